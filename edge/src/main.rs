@@ -1,0 +1,12 @@
+use clap::Parser;
+use edge::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    livepush::telemetry::init();
+    let config = Config::parse();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("--listen {}: {e}", config.listen))?;
+    edge::run(config, listener, livepush::signal::shutdown()).await
+}

@@ -1,0 +1,158 @@
+//! Everything the poller can be told, in one struct: flags with environment
+//! fallbacks and defaults, checked at start-up so a bad value stops the process
+//! with an error naming the flag instead of failing later at the first poll.
+
+use crate::media_url::MediaUrl;
+use clap::Parser;
+use std::{net::SocketAddr, time::Duration};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "poller",
+    version,
+    about = "Polls the media service once per watched event and streams changes over gRPC."
+)]
+pub struct Config {
+    /// Address for the gRPC server (LiveFeed, health, reflection).
+    #[arg(long, env = "POLLER_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Media service URL template; `{event_id}` is replaced by the
+    /// percent-encoded event id and must sit in the path or query.
+    #[arg(
+        long,
+        env = "POLLER_MEDIA_URL",
+        default_value = "http://127.0.0.1:8090/live/{event_id}",
+        value_parser = MediaUrl::parse
+    )]
+    pub media_url: MediaUrl,
+
+    /// Time between two polls of one event (e.g. 500ms, 2s, 1m).
+    #[arg(long, env = "POLLER_INTERVAL", default_value = "5s", value_parser = positive_duration)]
+    pub interval: Duration,
+
+    /// Timeout of one request to the media service, body included.
+    #[arg(long, env = "POLLER_MEDIA_TIMEOUT", default_value = "2s", value_parser = positive_duration)]
+    pub media_timeout: Duration,
+
+    /// Most requests in flight to the media service across all events.
+    #[arg(long, env = "POLLER_MAX_INFLIGHT", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_inflight: u32,
+
+    /// Largest media service body accepted, in bytes (suffixes KiB and MiB allowed).
+    #[arg(long, env = "POLLER_MAX_BODY", default_value = "1MiB", value_parser = parse_size)]
+    pub max_body: usize,
+
+    /// Keep polling an event this long after its last subscriber left, so a
+    /// page reload finds a warm value.
+    #[arg(long, env = "POLLER_LINGER", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub linger: Duration,
+
+    /// Longest wait between retries while the media service fails.
+    #[arg(long, env = "POLLER_MAX_BACKOFF", default_value = "1m", value_parser = positive_duration)]
+    pub max_backoff: Duration,
+
+    /// Most events watched at once; further new events are refused with
+    /// RESOURCE_EXHAUSTED so a flood of ids cannot exhaust the poller.
+    #[arg(long, env = "POLLER_MAX_EVENTS", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_events: u32,
+
+    /// Most concurrent gRPC streams per connection.
+    #[arg(long, env = "POLLER_MAX_STREAMS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams: u32,
+
+    /// How long a graceful shutdown may take before the process exits anyway.
+    #[arg(long, env = "POLLER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// The configuration with every default, polling `media_url`: handy for
+    /// tests and embedding.
+    pub fn with_media_url(media_url: &str) -> anyhow::Result<Self> {
+        Ok(Self::try_parse_from(["poller", "--media-url", media_url])?)
+    }
+}
+
+/// A duration of at least one millisecond (a zero interval would spin).
+pub fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(1) {
+        return Err("must be at least 1ms".into());
+    }
+    Ok(d)
+}
+
+/// A byte size such as `65536`, `64KiB` or `1MiB`, at least one byte.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: usize = digits.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        other => return Err(format!("unknown unit {other:?} (use B, KiB or MiB)")),
+    };
+    let size = n.checked_mul(mult).ok_or("size too large")?;
+    if size == 0 {
+        return Err("must be at least 1 byte".into());
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        Config::try_parse_from(std::iter::once("poller").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_match_the_docs() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.interval, Duration::from_secs(5));
+        assert_eq!(c.media_timeout, Duration::from_secs(2));
+        assert_eq!(c.max_inflight, 64);
+        assert_eq!(c.max_body, 1 << 20);
+        assert_eq!(c.linger, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn intervals_accept_human_units() {
+        for (s, d) in [("500ms", 500), ("2s", 2000), ("1m", 60_000)] {
+            assert_eq!(parse(&["--interval", s]).unwrap().interval, Duration::from_millis(d));
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        for (args, flag) in [
+            (&["--interval", "soon"][..], "--interval"),
+            (&["--interval", "0s"][..], "--interval"),
+            (&["--listen", "nowhere:x"][..], "--listen"),
+            (&["--media-url", "http://m/live"][..], "--media-url"),
+            (&["--media-url", "not a url {event_id}"][..], "--media-url"),
+            (&["--max-body", "12XB"][..], "--max-body"),
+            (&["--max-inflight", "0"][..], "--max-inflight"),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("99999999999999999999MiB").is_err());
+    }
+}

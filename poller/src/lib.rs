@@ -1,0 +1,95 @@
+//! The livepush poller: the only component that talks to the media service.
+//!
+//! Subscribers (edges, internal services) call `livepush.v1.LiveFeed/Subscribe`;
+//! the [`registry`] starts one [`poll_loop`] per watched event and fans its
+//! latest value out to every subscriber. Alongside the feed the server offers
+//! the standard gRPC health service and server reflection (v1 and v1alpha).
+
+pub mod config;
+pub mod media_client;
+pub mod media_url;
+mod poll_loop;
+pub mod registry;
+pub mod service;
+
+pub use config::Config;
+
+use livepush::proto::{FILE_DESCRIPTOR_SET, live_feed_server::LiveFeedServer};
+use media_client::MediaClient;
+use registry::{Registry, Settings};
+use service::LiveFeedService;
+use std::{future::Future, time::Duration};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Interval of HTTP/2 PING frames on subscriber connections: finds dead peers
+/// (and keeps idle connections alive through proxies) while a feed is silent.
+const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// Serves the poller on `listener` until `shutdown` completes, then drains:
+/// stops accepting, ends open streams with UNAVAILABLE so subscribers move
+/// elsewhere, and returns within `config.shutdown_timeout`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let client = MediaClient::new(
+        config.media_url.clone(),
+        config.media_timeout,
+        config.max_body,
+        config.max_inflight as usize,
+    );
+    let settings = Settings {
+        interval: config.interval,
+        linger: config.linger,
+        max_backoff: config.max_backoff,
+        max_events: config.max_events as usize,
+    };
+    let registry = Registry::new(client, settings, stop.clone());
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<LiveFeedServer<LiveFeedService>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // grpcurl 1.8 only speaks v1alpha.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let addr = listener.local_addr()?;
+    let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(config.max_streams))
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(LiveFeedServer::new(LiveFeedService::new(registry.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.clone().cancelled_owned());
+    info!(%addr, media_url = %config.media_url, interval = ?config.interval, "poller listening");
+
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return Ok(result?),
+        () = shutdown => {}
+    }
+    info!(watched_events = registry.watched_events(), "draining");
+    health.set_not_serving::<LiveFeedServer<LiveFeedService>>().await;
+    stop.cancel();
+    match tokio::time::timeout(config.shutdown_timeout, server).await {
+        Ok(result) => result?,
+        Err(_) => {
+            warn!(timeout = ?config.shutdown_timeout, "connections still open at the shutdown deadline; closing them")
+        }
+    }
+    registry.drain(Duration::from_secs(1)).await;
+    info!("poller stopped");
+    Ok(())
+}

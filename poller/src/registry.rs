@@ -1,0 +1,253 @@
+//! Which events are watched, by how many subscribers, and their latest value.
+//!
+//! One entry per watched event holds a `watch` channel: subscribers only ever
+//! need the latest value, so a slow subscriber skips intermediate ones instead
+//! of queueing them (the poller's memory does not depend on how fast edges
+//! read). The first subscriber of an event starts its poll task, so any number
+//! of simultaneous subscribers cause exactly one first fetch; the task stops
+//! once the event has had no subscriber for `--linger`.
+
+use crate::{media_client::MediaClient, poll_loop};
+use livepush::{EventId, proto::LiveUpdate};
+use std::{
+    collections::{HashMap, VecDeque, hash_map::Entry as MapEntry},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+use tokio::sync::watch;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// The latest value of an event, shared by every subscriber; `None` until the
+/// first fetch has answered.
+pub type Snapshot = Option<Arc<LiveUpdate>>;
+
+/// How long an ended event is remembered, so re-subscribing to it is answered
+/// at once instead of costing the media service a request.
+const ENDED_TTL: Duration = Duration::from_secs(600);
+/// Most ended events remembered; the oldest is forgotten first.
+const MAX_ENDED: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub interval: Duration,
+    pub linger: Duration,
+    pub max_backoff: Duration,
+    pub max_events: usize,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubscribeError {
+    #[error("the poller is shutting down")]
+    ShuttingDown,
+    #[error("the poller already watches its maximum of {0} events")]
+    TooManyEvents(usize),
+}
+
+/// Handle to the registry; clones share it.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    client: MediaClient,
+    settings: Settings,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+#[derive(Default)]
+struct State {
+    events: HashMap<EventId, Entry>,
+    ended: EndedMemory,
+    next_generation: u64,
+}
+
+struct Entry {
+    tx: watch::Sender<Snapshot>,
+    subscribers: usize,
+    idle_since: Option<Instant>,
+    /// Tells this entry from a later one for the same id, so a stale guard or
+    /// poll task never touches its successor.
+    generation: u64,
+}
+
+impl Registry {
+    pub fn new(client: MediaClient, settings: Settings, shutdown: CancellationToken) -> Self {
+        let inner = Inner { state: Mutex::default(), client, settings, shutdown, tasks: TaskTracker::new() };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// Subscribes to `id`, starting its poll task if nobody watched it yet.
+    pub fn subscribe(&self, id: EventId) -> Result<Subscription, SubscribeError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(SubscribeError::ShuttingDown);
+        }
+        let mut state = self.lock();
+        if let Some(ended) = state.ended.get(&id) {
+            // Nothing will ever change: a closed channel holding the final
+            // update makes the stream deliver it and end.
+            let (_, rx) = watch::channel(Some(ended));
+            return Ok(Subscription { rx, _guard: None });
+        }
+        let full = state.events.len() >= self.inner.settings.max_events;
+        // Generations only need to be unique; burning one per call is simpler
+        // than tracking whether this call created the entry.
+        let generation = state.next_generation;
+        state.next_generation += 1;
+        let entry = match state.events.entry(id.clone()) {
+            MapEntry::Occupied(o) => o.into_mut(),
+            MapEntry::Vacant(v) => {
+                if full {
+                    return Err(SubscribeError::TooManyEvents(self.inner.settings.max_events));
+                }
+                let (tx, _) = watch::channel(None);
+                let task = poll_loop::run(self.clone(), id.clone(), generation, tx.clone());
+                self.inner.tasks.spawn(task);
+                v.insert(Entry { tx, subscribers: 0, idle_since: None, generation })
+            }
+        };
+        entry.subscribers += 1;
+        entry.idle_since = None;
+        let guard = SubscriberGuard { registry: self.clone(), id, generation: entry.generation };
+        let rx = entry.tx.subscribe();
+        Ok(Subscription { rx, _guard: Some(guard) })
+    }
+
+    /// Number of events currently watched (polled or lingering).
+    pub fn watched_events(&self) -> usize {
+        self.lock().events.len()
+    }
+
+    /// Number of subscribers of `id` right now.
+    pub fn subscribers(&self, id: &EventId) -> usize {
+        self.lock().events.get(id).map_or(0, |e| e.subscribers)
+    }
+
+    /// Called by the poll task before each poll: `false` (and the entry is
+    /// dropped) once the event has had no subscriber for the linger time.
+    pub(crate) fn keep_polling(&self, id: &EventId, generation: u64) -> bool {
+        let mut state = self.lock();
+        let Some(entry) = state.events.get(id).filter(|e| e.generation == generation) else {
+            return false;
+        };
+        let expired = entry.idle_since.is_some_and(|since| since.elapsed() >= self.inner.settings.linger);
+        if expired {
+            state.events.remove(id);
+        }
+        !expired
+    }
+
+    /// The event is over: remember its final update and forget the entry.
+    pub(crate) fn finish_ended(&self, id: &EventId, generation: u64, last: Arc<LiveUpdate>) {
+        let mut state = self.lock();
+        if state.events.get(id).is_some_and(|e| e.generation == generation) {
+            state.events.remove(id);
+        }
+        state.ended.insert(id.clone(), last);
+    }
+
+    /// Drops the entry of a poll task that is stopping for another reason
+    /// (shutdown).
+    pub(crate) fn forget(&self, id: &EventId, generation: u64) {
+        let mut state = self.lock();
+        if state.events.get(id).is_some_and(|e| e.generation == generation) {
+            state.events.remove(id);
+        }
+    }
+
+    fn release(&self, id: &EventId, generation: u64) {
+        let mut state = self.lock();
+        if let Some(entry) = state.events.get_mut(id).filter(|e| e.generation == generation) {
+            entry.subscribers -= 1;
+            if entry.subscribers == 0 {
+                entry.idle_since = Some(Instant::now());
+            }
+        }
+    }
+
+    pub(crate) fn client(&self) -> &MediaClient {
+        &self.inner.client
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// Waits (at most `timeout`) for every poll task to stop after shutdown.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        self.inner.tasks.close();
+        tokio::time::timeout(timeout, self.inner.tasks.wait()).await.is_ok()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock would be a bug in a few lines of map
+        // bookkeeping; keep serving the other events rather than cascading.
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One subscriber's view of an event. Dropping it (the gRPC stream ends or the
+/// client goes away) releases the subscription.
+pub struct Subscription {
+    pub rx: watch::Receiver<Snapshot>,
+    _guard: Option<SubscriberGuard>,
+}
+
+struct SubscriberGuard {
+    registry: Registry,
+    id: EventId,
+    generation: u64,
+}
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        self.registry.release(&self.id, self.generation);
+    }
+}
+
+/// Recently ended events, bounded in count ([`MAX_ENDED`]) and age
+/// ([`ENDED_TTL`]).
+#[derive(Default)]
+struct EndedMemory {
+    by_id: HashMap<EventId, (Arc<LiveUpdate>, Instant)>,
+    order: VecDeque<(EventId, Instant)>,
+}
+
+impl EndedMemory {
+    fn get(&mut self, id: &EventId) -> Option<Arc<LiveUpdate>> {
+        self.expire();
+        self.by_id.get(id).map(|(u, _)| u.clone())
+    }
+
+    fn insert(&mut self, id: EventId, last: Arc<LiveUpdate>) {
+        self.expire();
+        let now = Instant::now();
+        self.by_id.insert(id.clone(), (last, now));
+        self.order.push_back((id, now));
+        while self.order.len() > MAX_ENDED {
+            self.pop_oldest();
+        }
+    }
+
+    fn expire(&mut self) {
+        while self.order.front().is_some_and(|(_, at)| at.elapsed() >= ENDED_TTL) {
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((id, at)) = self.order.pop_front() {
+            // Only remove the map entry this queue slot stands for (an id
+            // that ended twice has a newer slot).
+            if self.by_id.get(&id).is_some_and(|(_, t)| *t == at) {
+                self.by_id.remove(&id);
+            }
+        }
+    }
+}

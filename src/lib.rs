@@ -1,0 +1,18 @@
+//! The shared contract of livepush: the `livepush.v1` gRPC API generated from
+//! `proto/`, the event-id rules every component enforces, and the process
+//! signals that start a graceful shutdown.
+
+pub mod event_id;
+pub mod signal;
+pub mod telemetry;
+
+pub use event_id::{EventId, InvalidEventId};
+
+/// Code generated from `proto/livepush/v1/livepush.proto`.
+pub mod proto {
+    tonic::include_proto!("livepush.v1");
+
+    /// The encoded `FileDescriptorSet` of the API, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/livepush_descriptor.bin"));
+}

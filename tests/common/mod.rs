@@ -1,0 +1,118 @@
+//! Helpers shared by the end-to-end tests: a scriptable media service that
+//! counts what it is asked, the poller and edge started in-process on
+//! `127.0.0.1:0` with a way to stop them, and real clients (tonic, an
+//! independent SSE parser over reqwest, raw TCP for hostile request lines).
+
+pub mod media;
+pub mod sse;
+
+use anyhow::Context;
+use std::{net::SocketAddr, time::Duration};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+pub use media::TestMedia;
+
+/// How long any test waits for something that should happen promptly. Only a
+/// guard against hangs: tests assert on what arrives, never on how fast.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A server running in-process; dropping it without `stop` aborts it.
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// Triggers a graceful shutdown and waits for `run` to return.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.take().expect("running").send(());
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(PATIENCE, task).await.context("shutdown took too long")??
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+async fn spawn<F, Fut>(run: F) -> Running
+where
+    F: FnOnce(TcpListener, oneshot::Receiver<()>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(run(listener, rx));
+    Running { addr, stop: Some(tx), task: Some(task) }
+}
+
+/// Starts a poller with `args` (flags as on the command line).
+pub async fn start_poller(args: &[&str]) -> Running {
+    use clap::Parser;
+    let config = poller::Config::try_parse_from(std::iter::once("poller").chain(args.iter().copied()))
+        .expect("valid poller flags");
+    spawn(move |l, stop| async move {
+        poller::run(config, l, async {
+            let _ = stop.await;
+        })
+        .await
+    })
+    .await
+}
+
+/// Starts an edge with `args` (flags as on the command line).
+pub async fn start_edge(args: &[&str]) -> Running {
+    use clap::Parser;
+    let config = edge::Config::try_parse_from(std::iter::once("edge").chain(args.iter().copied()))
+        .expect("valid edge flags");
+    spawn(move |l, stop| async move {
+        edge::run(config, l, async {
+            let _ = stop.await;
+        })
+        .await
+    })
+    .await
+}
+
+/// A gRPC client of the poller at `addr`.
+pub async fn feed_client(
+    addr: SocketAddr,
+) -> livepush::proto::live_feed_client::LiveFeedClient<tonic::transport::Channel> {
+    livepush::proto::live_feed_client::LiveFeedClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect to the poller")
+}
+
+/// Sends `request` verbatim over TCP and returns the status code and body of
+/// the answer (for request lines no HTTP client library would send).
+pub async fn raw_request(addr: SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// Polls `check` until it holds or [`PATIENCE`] runs out.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
