@@ -5,8 +5,9 @@ use edge::Config;
 async fn main() -> anyhow::Result<()> {
     livepush::telemetry::init();
     let config = Config::parse();
+    let shutdown = livepush::signal::shutdown();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("--listen {}: {e}", config.listen))?;
-    edge::run(config, listener, livepush::signal::shutdown()).await
+    edge::run(config, listener, shutdown).await
 }

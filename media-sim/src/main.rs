@@ -5,8 +5,9 @@ use media_sim::Config;
 async fn main() -> anyhow::Result<()> {
     livepush::telemetry::init();
     let config = Config::parse();
+    let shutdown = livepush::signal::shutdown();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("--listen {}: {e}", config.listen))?;
-    media_sim::run(config, listener, livepush::signal::shutdown()).await
+    media_sim::run(config, listener, shutdown).await
 }

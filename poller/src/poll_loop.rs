@@ -9,7 +9,7 @@
 
 use crate::{
     media_client::{FetchError, Fetched, Validators},
-    registry::{Registry, Snapshot},
+    registry::{Lingering, Registry, Snapshot},
 };
 use livepush::{
     EventId,
@@ -20,10 +20,20 @@ use std::{
     sync::Arc,
     time::{Duration, SystemTime},
 };
-use tokio::{sync::watch, time::Instant};
+use tokio::{
+    sync::{Notify, watch},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub(crate) async fn run(registry: Registry, id: EventId, generation: u64, tx: watch::Sender<Snapshot>) {
+pub(crate) async fn run(
+    registry: Registry,
+    id: EventId,
+    generation: u64,
+    tx: watch::Sender<Snapshot>,
+    idle: Arc<Notify>,
+) {
     let mut feed = Feed {
         id: id.clone(),
         tx,
@@ -36,6 +46,11 @@ pub(crate) async fn run(registry: Registry, id: EventId, generation: u64, tx: wa
     let shutdown = registry.shutdown_token().clone();
     let mut validators = Validators::default();
     let mut failures: u32 = 0;
+    // The first poll happens at once (a subscriber is waiting); the next one
+    // lands anywhere in the following interval, so events subscribed together
+    // (an edge reconnecting with all its events) do not poll in lockstep for
+    // the rest of their lives. Later polls get a little jitter.
+    let mut first = true;
     debug!(event_id = %id, "polling started");
 
     while registry.keep_polling(&id, generation) {
@@ -44,17 +59,22 @@ pub(crate) async fn run(registry: Registry, id: EventId, generation: u64, tx: wa
             _ = shutdown.cancelled() => break,
             r = client.fetch(&id, &validators) => r,
         };
+        let interval = if std::mem::take(&mut first) {
+            spread(settings.interval)
+        } else {
+            jitter(settings.interval, 0.05)
+        };
         let delay = match result {
             Ok(Fetched::Json { data, validators: v }) => {
                 validators = v;
                 recovered(&id, &mut failures);
                 feed.publish(State::Live, Some(data));
-                jitter(settings.interval, 0.05)
+                interval
             }
             Ok(Fetched::NotModified) => {
                 recovered(&id, &mut failures);
                 feed.publish(State::Live, None);
-                jitter(settings.interval, 0.05)
+                interval
             }
             Ok(Fetched::Ended(status)) => {
                 info!(event_id = %id, %status, "event ended");
@@ -69,13 +89,45 @@ pub(crate) async fn run(registry: Registry, id: EventId, generation: u64, tx: wa
                 backoff(settings.interval, settings.max_backoff, failures, err.retry_after())
             }
         };
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep_until(started + delay) => {}
+        if !wait(&registry, &id, generation, started + delay, &idle, &shutdown).await {
+            break;
         }
     }
     registry.forget(&id, generation);
     debug!(event_id = %id, "polling stopped");
+}
+
+/// Sleeps until `poll_at`; returns `false` when polling must stop first:
+/// shutdown, or the linger time after the last subscriber left runs out
+/// before `poll_at` (the registry wakes us through `idle` when the last one
+/// leaves, so an abandoned event is dropped on time even with a long
+/// interval).
+async fn wait(
+    registry: &Registry,
+    id: &EventId,
+    generation: u64,
+    poll_at: Instant,
+    idle: &Notify,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        let wake_at = match registry.linger_ends(id, generation) {
+            Lingering::Watched => poll_at,
+            Lingering::Until(end) => Instant::from_std(end).min(poll_at),
+            Lingering::Gone => return false,
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = idle.notified() => continue,
+            _ = tokio::time::sleep_until(wake_at) => {}
+        }
+        if Instant::now() >= poll_at {
+            return true;
+        }
+        if !registry.keep_polling(id, generation) {
+            return false;
+        }
+    }
 }
 
 /// The event's published state; `seq` moves exactly when `data` or `state`
@@ -141,6 +193,12 @@ pub(crate) fn backoff(
     let exp = interval.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
     let wait = jitter(exp.min(max), 0.2).min(max);
     wait.max(retry_after.unwrap_or_default())
+}
+
+/// A random point in `[d/2, 3d/2)`: spreads the phase of an event's polls
+/// over a whole interval while keeping one poll per interval on average.
+fn spread(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.5..1.5))
 }
 
 /// `d` scaled by a random factor in `[1 - spread, 1 + spread]`, so events

@@ -14,7 +14,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// The latest value of an event, shared by every subscriber; `None` until the
@@ -57,7 +57,6 @@ struct Inner {
     tasks: TaskTracker,
 }
 
-#[derive(Default)]
 struct State {
     events: HashMap<EventId, Entry>,
     ended: EndedMemory,
@@ -68,6 +67,9 @@ struct Entry {
     tx: watch::Sender<Snapshot>,
     subscribers: usize,
     idle_since: Option<Instant>,
+    /// Wakes the poll task when the last subscriber leaves, so the linger
+    /// time is honoured even when the next poll is far away.
+    idle: Arc<Notify>,
     /// Tells this entry from a later one for the same id, so a stale guard or
     /// poll task never touches its successor.
     generation: u64,
@@ -75,7 +77,12 @@ struct Entry {
 
 impl Registry {
     pub fn new(client: MediaClient, settings: Settings, shutdown: CancellationToken) -> Self {
-        let inner = Inner { state: Mutex::default(), client, settings, shutdown, tasks: TaskTracker::new() };
+        let state = State {
+            events: HashMap::new(),
+            ended: EndedMemory::new(MAX_ENDED, ENDED_TTL),
+            next_generation: 0,
+        };
+        let inner = Inner { state: Mutex::new(state), client, settings, shutdown, tasks: TaskTracker::new() };
         Self { inner: Arc::new(inner) }
     }
 
@@ -103,9 +110,10 @@ impl Registry {
                     return Err(SubscribeError::TooManyEvents(self.inner.settings.max_events));
                 }
                 let (tx, _) = watch::channel(None);
-                let task = poll_loop::run(self.clone(), id.clone(), generation, tx.clone());
+                let idle = Arc::new(Notify::new());
+                let task = poll_loop::run(self.clone(), id.clone(), generation, tx.clone(), idle.clone());
                 self.inner.tasks.spawn(task);
-                v.insert(Entry { tx, subscribers: 0, idle_since: None, generation })
+                v.insert(Entry { tx, subscribers: 0, idle_since: None, idle, generation })
             }
         };
         entry.subscribers += 1;
@@ -139,6 +147,18 @@ impl Registry {
         !expired
     }
 
+    /// When the event's linger time ends, if nobody watches it.
+    pub(crate) fn linger_ends(&self, id: &EventId, generation: u64) -> Lingering {
+        let state = self.lock();
+        match state.events.get(id).filter(|e| e.generation == generation) {
+            None => Lingering::Gone,
+            Some(Entry { idle_since: None, .. }) => Lingering::Watched,
+            Some(Entry { idle_since: Some(since), .. }) => {
+                Lingering::Until(*since + self.inner.settings.linger)
+            }
+        }
+    }
+
     /// The event is over: remember its final update and forget the entry.
     pub(crate) fn finish_ended(&self, id: &EventId, generation: u64, last: Arc<LiveUpdate>) {
         let mut state = self.lock();
@@ -163,6 +183,7 @@ impl Registry {
             entry.subscribers -= 1;
             if entry.subscribers == 0 {
                 entry.idle_since = Some(Instant::now());
+                entry.idle.notify_one();
             }
         }
     }
@@ -192,6 +213,16 @@ impl Registry {
     }
 }
 
+/// Whether a poll task's event is still wanted.
+pub(crate) enum Lingering {
+    /// At least one subscriber.
+    Watched,
+    /// Nobody watches; polling stops at this instant.
+    Until(Instant),
+    /// The entry is gone (linger over, or replaced).
+    Gone,
+}
+
 /// One subscriber's view of an event. Dropping it (the gRPC stream ends or the
 /// client goes away) releases the subscription.
 pub struct Subscription {
@@ -211,15 +242,19 @@ impl Drop for SubscriberGuard {
     }
 }
 
-/// Recently ended events, bounded in count ([`MAX_ENDED`]) and age
-/// ([`ENDED_TTL`]).
-#[derive(Default)]
+/// Recently ended events, bounded in count and age.
 struct EndedMemory {
     by_id: HashMap<EventId, (Arc<LiveUpdate>, Instant)>,
     order: VecDeque<(EventId, Instant)>,
+    capacity: usize,
+    ttl: Duration,
 }
 
 impl EndedMemory {
+    fn new(capacity: usize, ttl: Duration) -> Self {
+        Self { by_id: HashMap::new(), order: VecDeque::new(), capacity, ttl }
+    }
+
     fn get(&mut self, id: &EventId) -> Option<Arc<LiveUpdate>> {
         self.expire();
         self.by_id.get(id).map(|(u, _)| u.clone())
@@ -230,13 +265,13 @@ impl EndedMemory {
         let now = Instant::now();
         self.by_id.insert(id.clone(), (last, now));
         self.order.push_back((id, now));
-        while self.order.len() > MAX_ENDED {
+        while self.order.len() > self.capacity {
             self.pop_oldest();
         }
     }
 
     fn expire(&mut self) {
-        while self.order.front().is_some_and(|(_, at)| at.elapsed() >= ENDED_TTL) {
+        while self.order.front().is_some_and(|(_, at)| at.elapsed() >= self.ttl) {
             self.pop_oldest();
         }
     }
@@ -249,5 +284,39 @@ impl EndedMemory {
                 self.by_id.remove(&id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(id: &str) -> (EventId, Arc<LiveUpdate>) {
+        let update = LiveUpdate { event_id: id.into(), state: 3, ..Default::default() };
+        (EventId::parse(id).unwrap(), Arc::new(update))
+    }
+
+    #[test]
+    fn ended_memory_is_bounded_in_count() {
+        let mut memory = EndedMemory::new(3, Duration::from_secs(60));
+        for i in 0..1000 {
+            let (id, u) = ended(&format!("ev-{i}"));
+            memory.insert(id, u);
+            assert!(memory.by_id.len() <= 3 && memory.order.len() <= 3);
+        }
+        // The newest are kept, the oldest forgotten.
+        assert!(memory.get(&ended("ev-999").0).is_some());
+        assert!(memory.get(&ended("ev-0").0).is_none());
+    }
+
+    #[test]
+    fn ended_memory_expires() {
+        let mut memory = EndedMemory::new(100, Duration::from_millis(30));
+        let (id, u) = ended("gone");
+        memory.insert(id.clone(), u);
+        assert!(memory.get(&id).is_some());
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(memory.get(&id).is_none());
+        assert!(memory.by_id.is_empty() && memory.order.is_empty());
     }
 }

@@ -4,6 +4,7 @@
 
 use axum::{
     Router,
+    body::Body,
     extract::{Path, State},
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
@@ -28,14 +29,20 @@ pub struct Reply {
     pub headers: Vec<(&'static str, String)>,
     /// Wait this long before answering.
     pub delay: Duration,
+    /// Send the body in chunks without `Content-Length`.
+    pub chunked: bool,
 }
 
 impl Reply {
     pub fn json(body: &str) -> Self {
-        Self { status: 200, body: body.to_owned(), headers: vec![], delay: Duration::ZERO }
+        Self { status: 200, body: body.to_owned(), headers: vec![], delay: Duration::ZERO, chunked: false }
     }
     pub fn status(status: u16) -> Self {
-        Self { status, body: String::new(), headers: vec![], delay: Duration::ZERO }
+        Self { status, ..Self::json("") }
+    }
+    pub fn chunked(mut self) -> Self {
+        self.chunked = true;
+        self
     }
     pub fn body(mut self, body: &str) -> Self {
         self.body = body.to_owned();
@@ -107,6 +114,18 @@ impl TestMedia {
         self.inner.seen.lock().unwrap().clone()
     }
 
+    /// Requests for `event_id` that carried `header`, with its values.
+    pub fn header_values(&self, event_id: &str, header: &str) -> Vec<String> {
+        let seen = self.inner.seen.lock().unwrap();
+        let values = seen.iter().filter(|s| s.event_id == event_id).filter_map(|s| s.headers.get(header));
+        values.map(|v| v.to_str().unwrap_or("<binary>").to_owned()).collect()
+    }
+
+    /// Arrival times of the requests for `event_id`.
+    pub fn times(&self, event_id: &str) -> Vec<Instant> {
+        self.inner.seen.lock().unwrap().iter().filter(|s| s.event_id == event_id).map(|s| s.at).collect()
+    }
+
     pub fn total(&self) -> usize {
         self.inner.seen.lock().unwrap().len()
     }
@@ -124,14 +143,38 @@ async fn answer(
 ) -> Response {
     let now = inner.inflight.fetch_add(1, Ordering::SeqCst) + 1;
     inner.max_inflight.fetch_max(now, Ordering::SeqCst);
-    inner.seen.lock().unwrap().push(Seen { event_id: event_id.clone(), at: Instant::now(), headers });
     let reply = inner.replies.lock().unwrap().get(&event_id).cloned();
     let reply = reply.unwrap_or_else(|| Reply::json(&format!(r#"{{"event":"{event_id}"}}"#)));
+    let conditional = not_modified(&reply, &headers);
+    inner.seen.lock().unwrap().push(Seen { event_id: event_id.clone(), at: Instant::now(), headers });
     tokio::time::sleep(reply.delay).await;
     inner.inflight.fetch_sub(1, Ordering::SeqCst);
-    let mut response = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
+    let status =
+        if conditional { StatusCode::NOT_MODIFIED } else { StatusCode::from_u16(reply.status).unwrap() };
+    let body = if conditional {
+        Body::empty()
+    } else if reply.chunked {
+        let chunks: Vec<Result<String, std::io::Error>> =
+            reply.body.as_bytes().chunks(256).map(|c| Ok(String::from_utf8_lossy(c).into_owned())).collect();
+        Body::from_stream(futures_util::stream::iter(chunks))
+    } else {
+        Body::from(reply.body)
+    };
+    let mut response = (status, body).into_response();
     for (name, value) in reply.headers {
         response.headers_mut().insert(HeaderName::from_static(name), HeaderValue::from_str(&value).unwrap());
     }
     response
+}
+
+/// A 304 when the request's validators match the scripted `ETag` or
+/// `Last-Modified`, as a well-behaved media service would answer.
+fn not_modified(reply: &Reply, request: &HeaderMap) -> bool {
+    let validator = |reply_header: &str, request_header: &str| {
+        let ours = reply.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(reply_header));
+        let theirs = request.get(request_header).and_then(|v| v.to_str().ok());
+        matches!((ours, theirs), (Some((_, a)), Some(b)) if a == b)
+    };
+    reply.status == 200
+        && (validator("etag", "if-none-match") || validator("last-modified", "if-modified-since"))
 }
