@@ -5,8 +5,10 @@
 pub mod event_id;
 pub mod signal;
 pub mod telemetry;
+pub mod viewer_id;
 
 pub use event_id::{EventId, InvalidEventId};
+pub use viewer_id::{InvalidViewerId, ViewerId};
 
 /// Code generated from `proto/livepush/v1/livepush.proto`.
 pub mod proto {

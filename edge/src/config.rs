@@ -2,7 +2,7 @@
 //! bad value stops the process with an error that names the flag.
 
 use clap::Parser;
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "edge", version, about = "Serves live event updates to browsers over Server-Sent Events.")]
@@ -23,6 +23,41 @@ pub struct Config {
     #[arg(long, env = "EDGE_KEEPALIVE", default_value = "15s", value_parser = positive_duration)]
     pub keepalive: Duration,
 
+    /// Close a connection whose writes make no progress for this long (a
+    /// browser that stopped reading).
+    #[arg(long, env = "EDGE_WRITE_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    pub write_timeout: Duration,
+
+    /// Most concurrent SSE streams; beyond it browsers get 503 with
+    /// Retry-After. Keep it below the process's open-file limit.
+    #[arg(long, env = "EDGE_MAX_CONNECTIONS", default_value_t = 18_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Most concurrent SSE streams from one client IP address (0: no cap).
+    /// Behind a proxy every browser shares the proxy's address, so the cap is
+    /// off by default.
+    #[arg(long, env = "EDGE_MAX_PER_CLIENT", default_value_t = 0)]
+    pub max_per_client: u32,
+
+    /// Origins allowed to open streams cross-origin, comma-separated, or `*`.
+    /// With a list, credentialed requests (`withCredentials: true`) are allowed
+    /// for exactly those origins. Empty: same-origin only.
+    #[arg(long, env = "EDGE_ALLOW_ORIGIN", value_delimiter = ',', value_parser = parse_origin)]
+    pub allow_origin: Vec<String>,
+
+    /// PEM certificate chain: with --tls-key, serve HTTP/1.1 and HTTP/2 over TLS.
+    #[arg(long, env = "EDGE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "EDGE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// On shutdown, browsers are told to reconnect after a random delay up to
+    /// this long, so they spread over the remaining edges instead of a herd.
+    #[arg(long, env = "EDGE_DRAIN_SPREAD", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_spread: Duration,
+
     /// How long a graceful shutdown may take before the process exits anyway.
     #[arg(long, env = "EDGE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -41,6 +76,21 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
         return Err("must be at least 1ms".into());
     }
     Ok(d)
+}
+
+/// `*` or an exact origin such as `https://app.example` (scheme, host and
+/// optional port; no path).
+fn parse_origin(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s == "*" {
+        return Ok(s.to_owned());
+    }
+    let uri: axum::http::Uri = s.parse().map_err(|e| format!("not an origin: {e}"))?;
+    let plain = uri.path_and_query().is_none_or(|p| p.as_str() == "/") && !s.ends_with('/');
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() || !plain {
+        return Err(format!("{s:?} is not an origin like https://app.example or *"));
+    }
+    Ok(s.to_owned())
 }
 
 /// An `http://` or `https://` URI with a host.
@@ -67,6 +117,15 @@ mod tests {
         assert_eq!(c.poller, "http://127.0.0.1:50051");
         assert_eq!(c.retry, Duration::from_millis(3000));
         assert_eq!(c.keepalive, Duration::from_secs(15));
+        assert_eq!(c.drain_spread, Duration::from_secs(5));
+        assert!(c.allow_origin.is_empty() && c.tls_cert.is_none());
+    }
+
+    #[test]
+    fn origins() {
+        let c = parse(&["--allow-origin", "https://a.example,http://localhost:3000"]).unwrap();
+        assert_eq!(c.allow_origin, ["https://a.example", "http://localhost:3000"]);
+        assert_eq!(parse(&["--allow-origin", "*"]).unwrap().allow_origin, ["*"]);
     }
 
     #[test]
@@ -77,6 +136,11 @@ mod tests {
             (&["--poller", "ftp://x"][..], "--poller"),
             (&["--keepalive", "0s"][..], "--keepalive"),
             (&["--retry", "later"][..], "--retry"),
+            (&["--allow-origin", "app.example"][..], "--allow-origin"),
+            (&["--allow-origin", "https://app.example/path"][..], "--allow-origin"),
+            (&["--tls-cert", "cert.pem"][..], "--tls-key"),
+            (&["--write-timeout", "0s"][..], "--write-timeout"),
+            (&["--max-connections", "0"][..], "--max-connections"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(flag), "{args:?}: {err}");

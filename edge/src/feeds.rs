@@ -2,10 +2,12 @@
 //! browsers watching it.
 //!
 //! Each watched event has an entry with a `watch` channel holding the latest
-//! encoded [`Frame`]: browsers only ever need the latest value, so a browser
-//! that reads slowly skips intermediate frames instead of queueing them, and
-//! the edge's memory per connection stays constant. The first browser of an
-//! event starts its upstream task; the last one leaving cancels it.
+//! [`Snapshot`]: browsers only ever need the latest state, so a browser that
+//! reads slowly skips intermediate values instead of queueing them, and the
+//! edge's memory per connection stays constant whatever the update rate. The
+//! first browser of an event starts its upstream task; the last one leaving
+//! cancels it. Events the poller reported ended are remembered (bounded) so
+//! reconnecting browsers can be told to stop.
 
 use crate::sse;
 use bytes::Bytes;
@@ -15,46 +17,37 @@ use livepush::{
 };
 use rand::Rng;
 use std::{
-    collections::{HashMap, hash_map::Entry as MapEntry},
+    collections::{HashMap, VecDeque, hash_map::Entry as MapEntry},
     sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
+    time::{Duration, Instant},
 };
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Code, transport::Channel};
 use tracing::{debug, info, warn};
 
-/// An update encoded once as an SSE event; every browser writes the same bytes.
-#[derive(Debug)]
-pub struct Frame {
-    pub seq: u64,
-    pub state: State,
-    pub bytes: Bytes,
+/// What browsers of an event should have, encoded once for all of them.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// `seq` of the update that last changed the data (0: no data yet). It is
+    /// the SSE `id` of `data_frame`.
+    pub data_seq: u64,
+    /// `id: <data_seq>` + `data: <json>`: an unnamed event, so
+    /// `EventSource.onmessage` gets the JSON exactly as polling fetched it.
+    pub data_frame: Option<Bytes>,
+    /// The data may be outdated: the poller says the media service fails, or
+    /// this edge lost its upstream stream.
+    pub stale: bool,
+    /// The poller said the event is over.
+    pub ended: bool,
 }
-
-impl Frame {
-    /// LIVE data goes out as an unnamed event so `EventSource.onmessage` gets
-    /// it exactly as the old polling code got the JSON; STALE and ENDED are
-    /// named events that `onmessage` ignores.
-    pub fn from_update(update: &LiveUpdate) -> Self {
-        let state = State::try_from(update.state).unwrap_or(State::Unspecified);
-        let id = update.seq.to_string();
-        let (event, data) = match state {
-            State::Stale => (Some("stale"), r#"{"state":"stale"}"#),
-            State::Ended => (Some("end"), r#"{"state":"ended"}"#),
-            State::Live | State::Unspecified => (None, update.data.as_str()),
-        };
-        let bytes = sse::Event { id: Some(&id), event, data }.encode();
-        Self { seq: update.seq, state, bytes }
-    }
-}
-
-/// Latest frame of an event; `None` until the poller sent one.
-pub type Latest = Option<Arc<Frame>>;
 
 /// Shortest and longest wait before resubscribing after the poller failed.
 const RESUBSCRIBE_MIN: Duration = Duration::from_millis(100);
 const RESUBSCRIBE_MAX: Duration = Duration::from_secs(10);
+/// Ended events remembered per edge, and for how long.
+const MAX_ENDED: usize = 10_000;
+const ENDED_TTL: Duration = Duration::from_secs(600);
 
 /// Handle to the feeds of this edge; clones share them.
 #[derive(Clone)]
@@ -64,19 +57,19 @@ pub struct Feeds {
 
 struct Inner {
     client: LiveFeedClient<Channel>,
-    state: Mutex<Table>,
+    table: Mutex<Table>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
 
-#[derive(Default)]
 struct Table {
     events: HashMap<EventId, Entry>,
+    ended: EndedSet,
     next_generation: u64,
 }
 
 struct Entry {
-    tx: watch::Sender<Latest>,
+    tx: watch::Sender<Snapshot>,
     browsers: usize,
     cancel: CancellationToken,
     generation: u64,
@@ -84,26 +77,32 @@ struct Entry {
 
 impl Feeds {
     pub fn new(poller: Channel, shutdown: CancellationToken) -> Self {
+        let table =
+            Table { events: HashMap::new(), ended: EndedSet::new(MAX_ENDED, ENDED_TTL), next_generation: 0 };
         let inner = Inner {
             client: LiveFeedClient::new(poller),
-            state: Mutex::default(),
+            table: Mutex::new(table),
             tasks: TaskTracker::new(),
             shutdown,
         };
         Self { inner: Arc::new(inner) }
     }
 
-    /// Starts watching `id` for one browser.
-    pub fn watch(&self, id: EventId) -> Watch {
-        let mut state = self.lock();
-        let generation = state.next_generation;
-        state.next_generation += 1;
-        let entry = match state.events.entry(id.clone()) {
+    /// Starts watching `id` for one browser; `None` if the event is known to
+    /// have ended.
+    pub fn watch(&self, id: EventId) -> Option<Watch> {
+        let mut table = self.lock();
+        if table.ended.contains(&id) {
+            return None;
+        }
+        let generation = table.next_generation;
+        table.next_generation += 1;
+        let entry = match table.events.entry(id.clone()) {
             MapEntry::Occupied(o) => o.into_mut(),
             MapEntry::Vacant(v) => {
-                let (tx, _) = watch::channel(None);
+                let (tx, _) = watch::channel(Snapshot::default());
                 let cancel = self.inner.shutdown.child_token();
-                let task = upstream(self.inner.client.clone(), id.clone(), tx.clone(), cancel.clone());
+                let task = upstream(self.clone(), id.clone(), tx.clone(), cancel.clone());
                 self.inner.tasks.spawn(task);
                 v.insert(Entry { tx, browsers: 0, cancel, generation })
             }
@@ -111,7 +110,7 @@ impl Feeds {
         entry.browsers += 1;
         let rx = entry.tx.subscribe();
         let guard = WatchGuard { feeds: self.clone(), id, generation: entry.generation };
-        Watch { rx, _guard: guard }
+        Some(Watch { rx, _guard: guard })
     }
 
     /// Events with at least one browser on this edge.
@@ -125,9 +124,13 @@ impl Feeds {
         tokio::time::timeout(timeout, self.inner.tasks.wait()).await.is_ok()
     }
 
+    fn remember_ended(&self, id: &EventId) {
+        self.lock().ended.insert(id.clone());
+    }
+
     fn release(&self, id: &EventId, generation: u64) {
-        let mut state = self.lock();
-        if let MapEntry::Occupied(mut o) = state.events.entry(id.clone()) {
+        let mut table = self.lock();
+        if let MapEntry::Occupied(mut o) = table.events.entry(id.clone()) {
             let entry = o.get_mut();
             if entry.generation == generation {
                 entry.browsers -= 1;
@@ -140,14 +143,14 @@ impl Feeds {
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 /// One browser's view of an event; dropping it (the browser went away) lets
 /// the upstream stream close when it was the last.
 pub struct Watch {
-    pub rx: watch::Receiver<Latest>,
+    pub rx: watch::Receiver<Snapshot>,
     _guard: WatchGuard,
 }
 
@@ -163,14 +166,59 @@ impl Drop for WatchGuard {
     }
 }
 
+/// Turns the poller's updates into snapshots. Updates carry a `seq` that
+/// increases across poller restarts, so anything at or below the last one
+/// seen is a repeat (a resubscription re-sends the current value) and only
+/// clears the edge's own "upstream lost" staleness.
+struct Publisher {
+    tx: watch::Sender<Snapshot>,
+    last_seq: u64,
+    data: String,
+    poller_stale: bool,
+    upstream_lost: bool,
+}
+
+impl Publisher {
+    fn update(&mut self, update: &LiveUpdate) {
+        let state = State::try_from(update.state).unwrap_or(State::Unspecified);
+        if update.seq > self.last_seq {
+            self.last_seq = update.seq;
+            self.poller_stale = state == State::Stale;
+            let has_data = !update.data.is_empty();
+            if has_data && update.data != self.data {
+                self.data.clone_from(&update.data);
+                let id = update.seq.to_string();
+                let frame = sse::Event { id: Some(&id), event: None, data: &self.data }.encode();
+                self.tx.send_modify(|s| {
+                    s.data_seq = update.seq;
+                    s.data_frame = Some(frame);
+                });
+            }
+            if state == State::Ended {
+                self.tx.send_modify(|s| s.ended = true);
+            }
+        }
+        self.upstream_lost = false;
+        self.publish_staleness();
+    }
+
+    fn lost(&mut self) {
+        self.upstream_lost = true;
+        self.publish_staleness();
+    }
+
+    fn publish_staleness(&self) {
+        let stale = self.poller_stale || self.upstream_lost;
+        self.tx.send_if_modified(|s| std::mem::replace(&mut s.stale, stale) != stale);
+    }
+}
+
 /// Holds the upstream subscription of one event until cancelled or ended,
 /// resubscribing with backoff and jitter when the poller fails or restarts.
-async fn upstream(
-    mut client: LiveFeedClient<Channel>,
-    id: EventId,
-    tx: watch::Sender<Latest>,
-    cancel: CancellationToken,
-) {
+async fn upstream(feeds: Feeds, id: EventId, tx: watch::Sender<Snapshot>, cancel: CancellationToken) {
+    let mut client = feeds.inner.client.clone();
+    let mut publisher =
+        Publisher { tx, last_seq: 0, data: String::new(), poller_stale: false, upstream_lost: false };
     let mut failures = 0u32;
     debug!(event_id = %id, "upstream subscribing");
     loop {
@@ -190,11 +238,10 @@ async fn upstream(
                     match message {
                         Ok(Some(update)) => {
                             failures = 0;
-                            let frame = Arc::new(Frame::from_update(&update));
-                            let ended = frame.state == State::Ended;
-                            tx.send_replace(Some(frame));
-                            if ended {
+                            publisher.update(&update);
+                            if update.state == State::Ended as i32 {
                                 info!(event_id = %id, "event ended");
+                                feeds.remember_ended(&id);
                                 return;
                             }
                         }
@@ -217,6 +264,7 @@ async fn upstream(
             }
             Err(status) => warn!(event_id = %id, %status, "subscribe failed"),
         }
+        publisher.lost();
         failures = failures.saturating_add(1);
         let wait = RESUBSCRIBE_MIN.saturating_mul(1 << failures.min(10)).min(RESUBSCRIBE_MAX);
         let wait = wait.mul_f64(rand::rng().random_range(0.5..=1.0));
@@ -226,4 +274,101 @@ async fn upstream(
         }
     }
     debug!(event_id = %id, "upstream closed");
+}
+
+/// Ids of ended events, bounded in count and age.
+struct EndedSet {
+    at: HashMap<EventId, Instant>,
+    order: VecDeque<(EventId, Instant)>,
+    capacity: usize,
+    ttl: Duration,
+}
+
+impl EndedSet {
+    fn new(capacity: usize, ttl: Duration) -> Self {
+        Self { at: HashMap::new(), order: VecDeque::new(), capacity, ttl }
+    }
+
+    fn contains(&mut self, id: &EventId) -> bool {
+        self.expire();
+        self.at.contains_key(id)
+    }
+
+    fn insert(&mut self, id: EventId) {
+        self.expire();
+        let now = Instant::now();
+        self.at.insert(id.clone(), now);
+        self.order.push_back((id, now));
+        while self.order.len() > self.capacity {
+            self.pop_oldest();
+        }
+    }
+
+    fn expire(&mut self) {
+        while self.order.front().is_some_and(|(_, at)| at.elapsed() >= self.ttl) {
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((id, at)) = self.order.pop_front()
+            && self.at.get(&id) == Some(&at)
+        {
+            self.at.remove(&id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ended_set_is_bounded_and_expires() {
+        let mut set = EndedSet::new(2, Duration::from_millis(30));
+        for i in 0..100 {
+            set.insert(EventId::parse(&format!("e{i}")).unwrap());
+            assert!(set.at.len() <= 2 && set.order.len() <= 2);
+        }
+        assert!(set.contains(&EventId::parse("e99").unwrap()));
+        assert!(!set.contains(&EventId::parse("e0").unwrap()));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!set.contains(&EventId::parse("e99").unwrap()));
+        assert!(set.order.is_empty());
+    }
+
+    fn update(seq: u64, state: State, data: &str) -> LiveUpdate {
+        LiveUpdate {
+            event_id: "e".into(),
+            seq,
+            data: data.into(),
+            fetched_at_unix_ms: 0,
+            state: state as i32,
+        }
+    }
+
+    #[test]
+    fn publisher_moves_data_seq_only_on_new_data() {
+        let (tx, rx) = watch::channel(Snapshot::default());
+        let mut p =
+            Publisher { tx, last_seq: 0, data: String::new(), poller_stale: false, upstream_lost: false };
+        p.update(&update(10, State::Live, "{}"));
+        assert_eq!((rx.borrow().data_seq, rx.borrow().stale), (10, false));
+        p.update(&update(11, State::Stale, "{}"));
+        assert_eq!((rx.borrow().data_seq, rx.borrow().stale), (10, true));
+        p.update(&update(12, State::Live, "{}"));
+        assert_eq!((rx.borrow().data_seq, rx.borrow().stale), (10, false));
+        // Upstream lost, then the resubscription repeats seq 12.
+        p.lost();
+        assert!(rx.borrow().stale);
+        p.update(&update(12, State::Live, "{}"));
+        assert_eq!((rx.borrow().data_seq, rx.borrow().stale), (10, false));
+        // A restarted poller: higher seq, same data, nothing to resend.
+        p.update(&update(500, State::Live, "{}"));
+        assert_eq!(rx.borrow().data_seq, 10);
+        p.update(&update(501, State::Live, r#"{"a":1}"#));
+        assert_eq!(rx.borrow().data_seq, 501);
+        p.update(&update(502, State::Ended, r#"{"a":1}"#));
+        assert!(rx.borrow().ended);
+    }
 }

@@ -1,32 +1,46 @@
 //! The livepush edge: an HTTP server that browsers reach with `EventSource`.
 //!
-//! Browsers open `GET /live/{event_id}/stream`; [`feeds`] holds one upstream
-//! `LiveFeed/Subscribe` stream per watched event and [`stream`] writes each
-//! update, encoded once by [`sse`], to every browser watching it.
+//! Browsers open `GET /live/{event_id}/stream` ([`routes`]); [`feeds`] holds
+//! one upstream `LiveFeed/Subscribe` stream per watched event and [`stream`]
+//! writes each update, encoded once by [`sse`], to every browser watching it.
+//! [`server`] owns the sockets: TLS, HTTP/1.1 and HTTP/2, limits, drain.
 
 pub mod config;
 pub mod feeds;
+pub mod limits;
+pub mod readiness;
 pub mod routes;
+pub mod server;
 pub mod sse;
 pub mod stream;
+pub mod tls;
+pub mod write_timeout;
 
 pub use config::Config;
 
 use feeds::Feeds;
+use limits::StreamLimits;
+use readiness::Readiness;
 use routes::AppState;
 use std::{future::Future, time::Duration};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
-use tracing::{info, warn};
+use tracing::info;
 
-/// Serves the edge on `listener` until `shutdown` completes, then closes the
-/// browser streams and returns within `config.shutdown_timeout`.
+/// Serves the edge on `listener` until `shutdown` completes, then drains:
+/// stops accepting, tells every browser to reconnect after a random delay
+/// within `--drain-spread`, closes the streams and returns within
+/// `--shutdown-timeout`.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let stop = CancellationToken::new();
     let channel = Endpoint::from_shared(config.poller.clone())?
         .connect_timeout(Duration::from_secs(3))
@@ -36,32 +50,38 @@ pub async fn run(
         // Lazy: the edge starts (and browsers connect) before the poller is
         // reachable; the channel reconnects on its own.
         .connect_lazy();
-    let feeds = Feeds::new(channel, stop.clone());
+    let feeds = Feeds::new(channel.clone(), stop.clone());
+    let readiness = Readiness::default();
+    let probe = tokio::spawn(readiness.clone().probe(channel, stop.clone()));
     let state = AppState {
         feeds: feeds.clone(),
+        limits: StreamLimits::new(config.max_connections as usize, config.max_per_client as usize),
+        readiness: readiness.clone(),
         retry: config.retry,
         keepalive: config.keepalive,
+        drain_spread: config.drain_spread,
         shutdown: stop.clone(),
     };
+    let app = routes::app(state, &config.allow_origin);
     let addr = listener.local_addr()?;
-    info!(%addr, poller = %config.poller, "edge listening");
+    info!(%addr, poller = %config.poller, tls = tls.is_some(), "edge listening");
 
+    let opts = server::ServerOptions {
+        tls,
+        write_timeout: config.write_timeout,
+        max_connections: config.max_connections as usize,
+    };
+    let serving = server::serve(listener, app, opts, stop.clone(), config.shutdown_timeout);
     let stopping = stop.clone();
-    let graceful = async move {
+    let signal = async move {
         shutdown.await;
-        info!("draining");
+        info!(watched_events = feeds.watched_events(), "draining");
+        readiness.set_draining();
         stopping.cancel();
+        feeds
     };
-    let server = axum::serve(listener, routes::app(state)).with_graceful_shutdown(graceful);
-    let stopped = stop.clone();
-    let deadline = async move {
-        stopped.cancelled().await;
-        tokio::time::sleep(config.shutdown_timeout).await;
-    };
-    tokio::select! {
-        result = server => result?,
-        () = deadline => warn!(timeout = ?config.shutdown_timeout, "connections still open at the shutdown deadline; closing them"),
-    }
+    let (_, feeds) = tokio::join!(serving, signal);
+    let _ = probe.await;
     feeds.drain(Duration::from_secs(1)).await;
     info!("edge stopped");
     Ok(())

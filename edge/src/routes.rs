@@ -1,74 +1,168 @@
-//! The edge's HTTP surface: the SSE stream per event, the demo page and health.
+//! The edge's HTTP surface: the SSE stream per event, the demo page, health
+//! and readiness. Every input (path, query, headers) is validated here before
+//! anything else sees it.
 
 use crate::{
     feeds::Feeds,
-    stream::{self, Options, Resume},
+    limits::{Refused, StreamLimits},
+    readiness::Readiness,
+    stream::{self, Options},
 };
 use axum::{
     Router,
     body::Body,
-    extract::{Path, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::{ConnectInfo, Path, Query, State, rejection::QueryRejection},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header},
     response::{Html, IntoResponse, Response},
     routing::get,
 };
-use livepush::EventId;
-use std::time::Duration;
+use futures_util::StreamExt;
+use livepush::{EventId, ViewerId};
+use serde::Deserialize;
+use std::{net::SocketAddr, time::Duration};
 use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+/// Longest query string accepted (`vid` and `lastEventId` need far less).
+const MAX_QUERY: usize = 512;
+/// What a refused browser is told to wait before trying again.
+const RETRY_AFTER_SECS: &str = "5";
 
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub feeds: Feeds,
+    pub limits: StreamLimits,
+    pub readiness: Readiness,
     pub retry: Duration,
     pub keepalive: Duration,
+    pub drain_spread: Duration,
     pub shutdown: CancellationToken,
 }
 
-pub fn app(state: AppState) -> Router {
-    Router::new()
+/// The router; `allow_origin` is `--allow-origin` (empty: same-origin only).
+pub fn app(state: AppState, allow_origin: &[String]) -> Router {
+    let router = Router::new()
         .route("/", get(demo_page))
         .route("/live/{event_id}/stream", get(live_stream))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(state)
+        .route("/readyz", get(ready))
+        .with_state(state);
+    match cors(allow_origin) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// CORS for cross-origin `EventSource`s. With a list of origins the exact
+/// origin is echoed with `Access-Control-Allow-Credentials: true` (what
+/// `withCredentials: true` requires) and `Vary: Origin`; `*` allows any origin
+/// without credentials. `Last-Event-ID` is allowed because browsers preflight
+/// it when it is long or unusual.
+fn cors(allow_origin: &[String]) -> Option<CorsLayer> {
+    if allow_origin.is_empty() {
+        return None;
+    }
+    let base = CorsLayer::new()
+        .allow_methods([Method::GET])
+        .allow_headers([HeaderName::from_static("last-event-id"), header::CACHE_CONTROL, header::ACCEPT])
+        .max_age(Duration::from_secs(86_400));
+    if allow_origin.iter().any(|o| o == "*") {
+        return Some(base.allow_origin(AllowOrigin::any()));
+    }
+    let origins = allow_origin.iter().filter_map(|o| HeaderValue::from_str(o).ok());
+    Some(base.allow_origin(AllowOrigin::list(origins)).allow_credentials(true))
 }
 
 async fn demo_page() -> Html<&'static str> {
     Html(include_str!("../static/index.html"))
 }
 
+async fn ready(State(app): State<AppState>) -> Response {
+    match app.readiness.check() {
+        Ok(()) => "ready\n".into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct StreamQuery {
+    vid: Option<String>,
+    /// For EventSource polyfills that cannot set the `Last-Event-ID` header.
+    #[serde(rename = "lastEventId")]
+    last_event_id: Option<String>,
+}
+
 /// `GET /live/{event_id}/stream`: `200 text/event-stream`, the latest value at
-/// once, then every change.
+/// once, then every change; `204` for an event known to have ended (the way
+/// to tell `EventSource` to stop reconnecting).
 async fn live_stream(
     State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(raw_id): Path<String>,
+    query: Result<Query<StreamQuery>, QueryRejection>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
+    if uri.query().map_or(0, str::len) > MAX_QUERY {
+        return plain(StatusCode::BAD_REQUEST, "query string is too long");
+    }
     let id = match EventId::parse(&raw_id) {
         Ok(id) => id,
-        Err(e) => return bad_request(&e.to_string()),
+        Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
     };
-    let resume = Resume { last_event_id: last_event_id(&headers) };
-    let watch = app.feeds.watch(id);
-    let opts = Options { retry: app.retry, keepalive: app.keepalive, shutdown: app.shutdown.clone() };
-    let body = Body::from_stream(stream::body(watch, resume, opts));
+    let Ok(Query(query)) = query else {
+        return plain(StatusCode::BAD_REQUEST, "query string is malformed");
+    };
+    let _viewer = match query.vid.as_deref().map(ViewerId::parse).transpose() {
+        Ok(vid) => vid,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(query.last_event_id.as_deref())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+
+    let permit = match app.limits.acquire(peer.ip()) {
+        Ok(permit) => permit,
+        Err(refused) => return unavailable(refused),
+    };
+    let Some(watch) = app.feeds.watch(id) else {
+        return StatusCode::NO_CONTENT.into_response();
+    };
+    if watch.rx.borrow().ended {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let opts = Options {
+        retry: app.retry,
+        keepalive: app.keepalive,
+        drain_spread: app.drain_spread,
+        shutdown: app.shutdown.clone(),
+    };
+    // The permit lives exactly as long as the response body.
+    let body = stream::body(watch, last_event_id, opts).map(move |chunk| {
+        let _ = &permit;
+        chunk
+    });
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-            (header::HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no")),
+            (HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no")),
         ],
-        body,
+        Body::from_stream(body),
     )
         .into_response()
 }
 
-/// The `Last-Event-ID` header as a `seq`; anything malformed is ignored.
-fn last_event_id(headers: &HeaderMap) -> Option<u64> {
-    headers.get("last-event-id")?.to_str().ok()?.trim().parse().ok()
+fn unavailable(refused: Refused) -> Response {
+    let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, &refused.to_string());
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+    response
 }
 
-fn bad_request(reason: &str) -> Response {
-    (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{reason}\n"))
-        .into_response()
+/// A one-line plain-text answer.
+fn plain(status: StatusCode, reason: &str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{reason}\n")).into_response()
 }

@@ -1,67 +1,104 @@
 //! The body of one browser's SSE response.
 //!
-//! It holds no queue: each poll of the stream writes the newest frame the
-//! browser has not had yet (a `watch` receiver), a keep-alive comment when idle,
-//! or ends the stream. Frames are shared `Bytes`, so fan-out costs a reference
-//! count per browser, not a copy.
+//! It holds no queue: each time the stream is polled it writes what the
+//! browser lacks compared with the event's latest [`Snapshot`] (new data, a
+//! change of staleness, the end), a keep-alive comment when idle, or ends.
+//! Data frames are shared `Bytes` encoded once per update, so fan-out costs a
+//! reference count per browser, not a copy; a browser that reads slowly
+//! simply skips to the latest value.
 
 use crate::{
-    feeds::{Frame, Watch},
+    feeds::{Snapshot, Watch},
     sse,
 };
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, stream};
-use livepush::proto::State;
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use rand::Rng;
+use std::{convert::Infallible, time::Duration};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-/// What the browser already has, from its `Last-Event-ID`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Resume {
-    pub last_event_id: Option<u64>,
-}
+/// Named events that `onmessage` ignores: the data may be outdated, it is
+/// fresh again, the event is over. They carry no `id`, so they never move a
+/// browser's `Last-Event-ID`.
+pub const STALE: Bytes = Bytes::from_static(b"event: stale\ndata: {\"state\":\"stale\"}\n\n");
+pub const LIVE: Bytes = Bytes::from_static(b"event: live\ndata: {\"state\":\"live\"}\n\n");
+pub const END: Bytes = Bytes::from_static(b"event: end\ndata: {\"state\":\"ended\"}\n\n");
 
 pub struct Options {
     pub retry: Duration,
     pub keepalive: Duration,
+    /// On shutdown each browser is told to reconnect after a random delay in
+    /// `[0, drain_spread]`, so reconnects spread over the remaining edges.
+    pub drain_spread: Duration,
     pub shutdown: CancellationToken,
+}
+
+/// What this browser has been sent so far.
+struct Sent {
+    /// `seq` of the last data written; only newer data is written, so no
+    /// `seq` reaches a browser twice, even across upstream resubscriptions.
+    data_seq: u64,
+    stale: bool,
+}
+
+impl Sent {
+    /// The frames that bring this browser from what it has to `snap`, and
+    /// whether the stream is over after them.
+    fn catch_up(&mut self, snap: &Snapshot) -> (Option<Bytes>, bool) {
+        let data = snap.data_frame.clone().filter(|_| snap.data_seq > self.data_seq);
+        self.data_seq = self.data_seq.max(snap.data_seq);
+        let marker =
+            (snap.stale != self.stale && !snap.ended).then_some(if snap.stale { STALE } else { LIVE });
+        self.stale = snap.stale;
+        let end = snap.ended.then_some(END);
+        let mut parts = [data, marker, end].into_iter().flatten();
+        let out = match (parts.next(), parts.next()) {
+            (None, _) => None,
+            // The common case: one shared frame, no copy.
+            (Some(only), None) => Some(only),
+            (Some(a), Some(b)) => {
+                let mut buf = BytesMut::from(&a[..]);
+                buf.extend_from_slice(&b);
+                parts.for_each(|p| buf.extend_from_slice(&p));
+                Some(buf.freeze())
+            }
+        };
+        (out, snap.ended)
+    }
 }
 
 struct Conn {
     watch: Watch,
-    /// `seq` of the last frame written; only newer frames are written, so no
-    /// `seq` reaches a browser twice, even across upstream resubscriptions.
-    last_sent: u64,
+    sent: Sent,
     keepalive: Interval,
-    shutdown: CancellationToken,
+    opts: Options,
     opening: Option<Bytes>,
     done: bool,
 }
 
 /// The SSE body for one browser: `retry:` and the latest value at once (so
-/// `onopen` fires without waiting for a change), then every newer frame.
+/// `onopen` fires without waiting for a change), then whatever changes.
+/// `last_event_id` is the browser's `Last-Event-ID`: when it is the current
+/// data's `seq`, the browser has that value and it is not sent again.
 pub fn body(
     mut watch: Watch,
-    resume: Resume,
+    last_event_id: Option<u64>,
     opts: Options,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+    let snap = watch.rx.borrow_and_update().clone();
+    let mut sent = Sent { data_seq: 0, stale: false };
+    if last_event_id == Some(snap.data_seq) {
+        sent.data_seq = snap.data_seq;
+    }
+    let (first, done) = sent.catch_up(&snap);
     let mut opening = BytesMut::from(&sse::retry(opts.retry.as_millis() as u64)[..]);
-    let latest = watch.rx.borrow_and_update().clone();
-    let mut last_sent = 0;
-    let mut done = false;
-    if let Some(frame) = latest {
-        // The same `seq` as the browser's Last-Event-ID: it has this value.
-        if resume.last_event_id != Some(frame.seq) {
-            opening.extend_from_slice(&frame.bytes);
-        }
-        last_sent = frame.seq;
-        done = frame.state == State::Ended;
+    if let Some(first) = first {
+        opening.extend_from_slice(&first);
     }
     let mut keepalive = tokio::time::interval_at(Instant::now() + opts.keepalive, opts.keepalive);
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let conn =
-        Conn { watch, last_sent, keepalive, shutdown: opts.shutdown, opening: Some(opening.freeze()), done };
+    let conn = Conn { watch, sent, keepalive, opts, opening: Some(opening.freeze()), done };
 
     stream::unfold(conn, |mut c| async move {
         if let Some(opening) = c.opening.take() {
@@ -72,21 +109,61 @@ pub fn body(
         }
         loop {
             tokio::select! {
-                _ = c.shutdown.cancelled() => return None,
+                _ = c.opts.shutdown.cancelled() => {
+                    c.done = true;
+                    let spread = c.opts.drain_spread.as_millis() as u64;
+                    let delay = rand::rng().random_range(0..=spread);
+                    return Some((Ok(sse::retry(delay)), c));
+                }
                 _ = c.keepalive.tick() => return Some((Ok(sse::KEEPALIVE), c)),
                 changed = c.watch.rx.changed() => {
                     if changed.is_err() {
                         return None;
                     }
-                    let latest: Option<Arc<Frame>> = c.watch.rx.borrow_and_update().clone();
-                    if let Some(frame) = latest.filter(|f| f.seq > c.last_sent) {
-                        c.last_sent = frame.seq;
-                        c.done = frame.state == State::Ended;
+                    let snap = c.watch.rx.borrow_and_update().clone();
+                    let (frames, done) = c.sent.catch_up(&snap);
+                    c.done = done;
+                    if let Some(frames) = frames {
                         c.keepalive.reset();
-                        return Some((Ok(frame.bytes.clone()), c));
+                        return Some((Ok(frames), c));
+                    }
+                    if done {
+                        return None;
                     }
                 }
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(data_seq: u64, stale: bool, ended: bool) -> Snapshot {
+        let data_frame = (data_seq > 0).then(|| Bytes::from(format!("id: {data_seq}\ndata: x\n\n")));
+        Snapshot { data_seq, data_frame, stale, ended }
+    }
+
+    #[test]
+    fn catch_up_sends_each_seq_once_and_markers_on_change() {
+        let mut sent = Sent { data_seq: 0, stale: false };
+        let (out, _) = sent.catch_up(&snap(5, false, false));
+        assert_eq!(out.unwrap(), "id: 5\ndata: x\n\n");
+        assert_eq!(sent.catch_up(&snap(5, false, false)).0, None, "same seq is not resent");
+        assert_eq!(sent.catch_up(&snap(5, true, false)).0.unwrap(), STALE);
+        assert_eq!(sent.catch_up(&snap(5, true, false)).0, None);
+        let (out, _) = sent.catch_up(&snap(7, false, false));
+        assert_eq!(out.unwrap(), [&b"id: 7\ndata: x\n\n"[..], &LIVE[..]].concat());
+        let (out, done) = sent.catch_up(&snap(7, false, true));
+        assert_eq!((out.unwrap(), done), (END, true));
+    }
+
+    #[test]
+    fn the_common_case_shares_the_frame() {
+        let s = snap(9, false, false);
+        let mut sent = Sent { data_seq: 3, stale: false };
+        let out = sent.catch_up(&s).0.unwrap();
+        assert_eq!(out.as_ptr(), s.data_frame.unwrap().as_ptr(), "no per-browser copy");
+    }
 }

@@ -50,7 +50,15 @@ where
     F: FnOnce(TcpListener, oneshot::Receiver<()>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    spawn_at("127.0.0.1:0".parse().unwrap(), run).await
+}
+
+async fn spawn_at<F, Fut>(addr: SocketAddr, run: F) -> Running
+where
+    F: FnOnce(TcpListener, oneshot::Receiver<()>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let listener = TcpListener::bind(addr).await.expect("bind");
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(run(listener, rx));
@@ -59,10 +67,15 @@ where
 
 /// Starts a poller with `args` (flags as on the command line).
 pub async fn start_poller(args: &[&str]) -> Running {
+    start_poller_at("127.0.0.1:0".parse().unwrap(), args).await
+}
+
+/// Starts a poller on `addr` (to restart one where edges expect it).
+pub async fn start_poller_at(addr: SocketAddr, args: &[&str]) -> Running {
     use clap::Parser;
     let config = poller::Config::try_parse_from(std::iter::once("poller").chain(args.iter().copied()))
         .expect("valid poller flags");
-    spawn(move |l, stop| async move {
+    spawn_at(addr, move |l, stop| async move {
         poller::run(config, l, async {
             let _ = stop.await;
         })
@@ -106,6 +119,18 @@ pub async fn raw_request(addr: SocketAddr, request: &str) -> (u16, String) {
     let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
+}
+
+/// Reads a streaming response's raw bytes for `window` (or until it ends).
+pub async fn read_for(resp: reqwest::Response, window: Duration) -> String {
+    use futures_util::StreamExt;
+    let mut body = resp.bytes_stream();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, body.next()).await {
+        out.extend_from_slice(&chunk);
+    }
+    String::from_utf8(out).expect("SSE is UTF-8")
 }
 
 /// Polls `check` until it holds or [`PATIENCE`] runs out.

@@ -1,0 +1,290 @@
+//! The edge as browsers, proxies and bad networks meet it: stream rules,
+//! reconnection, ended events, limits, hostile input, CORS and drain.
+
+use livepush_tests::{
+    PATIENCE, TestMedia, media::Reply, raw_request, read_for, sse::SseClient, start_edge, start_poller,
+    start_poller_at,
+};
+use std::time::Duration;
+
+fn stream_url(edge: &livepush_tests::Running, id: &str) -> String {
+    format!("{}/live/{id}/stream", edge.url())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_get_keepalive_comments() {
+    let media = TestMedia::start().await;
+    let poller = start_poller(&["--media-url", &media.template(), "--interval", "1h"]).await;
+    let edge = start_edge(&["--poller", &poller.url(), "--keepalive", "100ms"]).await;
+    let resp = reqwest::get(stream_url(&edge, "quiet")).await.unwrap();
+    let text = read_for(resp, Duration::from_millis(700)).await;
+    let data_at = text.find("data: ").expect("the value");
+    let comments = text[data_at..].matches("\n:\n\n").count();
+    assert!(comments >= 3, "keep-alive comments after the value: {text:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_event_id_decides_what_is_resent() {
+    let media = TestMedia::start().await;
+    media.set_json("resume", r#"{"r":1}"#);
+    let poller = start_poller(&["--media-url", &media.template(), "--interval", "1h"]).await;
+    let edge = start_edge(&["--poller", &poller.url()]).await;
+    let url = stream_url(&edge, "resume");
+    let mut first = SseClient::open(&url).await;
+    let current = first.next_message().await.id;
+
+    let client = reqwest::Client::new();
+    let window = Duration::from_millis(400);
+    // The browser has the current value: nothing is resent.
+    let same = client.get(&url).header("last-event-id", &current).send().await.unwrap();
+    let text = read_for(same, window).await;
+    assert!(text.starts_with("retry: ") && !text.contains("data:"), "{text:?}");
+    // Same through the query parameter polyfills use.
+    let same = client.get(format!("{url}?lastEventId={current}")).send().await.unwrap();
+    assert!(!read_for(same, window).await.contains("data:"));
+    // An older id, or one that is not a seq at all, gets the latest value.
+    let older = (current.parse::<u64>().unwrap() - 1).to_string();
+    for id in [older.as_str(), "abc", "99999999999999999999999", "", " 1 2"] {
+        let resp = client.get(&url).header("last-event-id", id).send().await.unwrap();
+        let text = read_for(resp, window).await;
+        assert!(text.contains(&format!("id: {current}\ndata: {{\"r\":1}}\n")), "{id:?}: {text:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_event_sends_end_closes_and_then_answers_204() {
+    let media = TestMedia::start().await;
+    media.set_json("finale", r#"{"on":true}"#);
+    let poller = start_poller(&["--media-url", &media.template(), "--interval", "50ms"]).await;
+    let edge = start_edge(&["--poller", &poller.url()]).await;
+    let url = stream_url(&edge, "finale");
+    let mut browser = SseClient::open(&url).await;
+    let first = browser.next_message().await;
+    media.set("finale", Reply::status(404));
+    let end = browser.next().await.expect("an end event");
+    assert_eq!(end.event, "end", "first {first:?}, then {end:?}");
+    assert!(browser.next().await.is_none(), "the stream closes after end");
+
+    let again = reqwest::get(&url).await.unwrap();
+    assert_eq!(again.status(), 204, "a reconnecting EventSource is told to stop");
+    // A fresh edge learns it from the poller's memory: end at once, then 204.
+    let edge2 = start_edge(&["--poller", &poller.url()]).await;
+    let mut late = SseClient::open(&stream_url(&edge2, "finale")).await;
+    // It never had the value: the final value, then the end.
+    assert_eq!(late.next().await.unwrap().data, r#"{"on":true}"#);
+    assert_eq!(late.next().await.unwrap().event, "end");
+    assert!(late.next().await.is_none());
+    assert_eq!(reqwest::get(stream_url(&edge2, "finale")).await.unwrap().status(), 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_ride_out_a_poller_restart_without_duplicate_seqs() {
+    let media = TestMedia::start().await;
+    media.set_json("steady", r#"{"n":1}"#);
+    let args = ["--media-url", &media.template(), "--interval", "50ms"];
+    let poller = start_poller(&args).await;
+    let addr = poller.addr;
+    let edge = start_edge(&["--poller", &poller.url()]).await;
+    let mut browser = SseClient::open(&stream_url(&edge, "steady")).await;
+    let first = browser.next_message().await;
+
+    poller.stop().await.unwrap();
+    let stale = browser.next().await.expect("still connected");
+    assert_eq!(stale.event, "stale", "browsers learn the data may be outdated");
+
+    let _poller = start_poller_at(addr, &args).await;
+    let live = browser.next().await.expect("still connected");
+    assert_eq!(live.event, "live", "fresh again once the poller is back: {live:?}");
+
+    media.set_json("steady", r#"{"n":2}"#);
+    let next = browser.next_message().await;
+    assert_eq!(next.data, r#"{"n":2}"#);
+    assert!(next.id.parse::<u64>().unwrap() > first.id.parse::<u64>().unwrap(), "seq moves on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_upstream_data_is_flagged_and_cleared() {
+    let media = TestMedia::start().await;
+    media.set_json("wobbly", r#"{"w":1}"#);
+    let poller =
+        start_poller(&["--media-url", &media.template(), "--interval", "50ms", "--max-backoff", "100ms"])
+            .await;
+    let edge = start_edge(&["--poller", &poller.url()]).await;
+    let mut browser = SseClient::open(&stream_url(&edge, "wobbly")).await;
+    assert_eq!(browser.next_message().await.data, r#"{"w":1}"#);
+    media.set("wobbly", Reply::status(500));
+    assert_eq!(browser.next().await.unwrap().event, "stale");
+    // A browser arriving now gets the last good value and the stale flag.
+    let mut late = SseClient::open(&stream_url(&edge, "wobbly")).await;
+    assert_eq!(late.next().await.unwrap().data, r#"{"w":1}"#);
+    assert_eq!(late.next().await.unwrap().event, "stale");
+    media.set_json("wobbly", r#"{"w":2}"#);
+    assert_eq!(browser.next().await.unwrap().data, r#"{"w":2}"#);
+    assert_eq!(browser.next().await.unwrap().event, "live");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limits_answer_503_with_retry_after() {
+    let media = TestMedia::start().await;
+    let poller = start_poller(&["--media-url", &media.template(), "--interval", "1h"]).await;
+    let edge =
+        start_edge(&["--poller", &poller.url(), "--max-connections", "3", "--max-per-client", "2"]).await;
+    let url = stream_url(&edge, "crowd");
+    let a = SseClient::open(&url).await;
+    let b = SseClient::open(&url).await;
+    assert_eq!((a.status, b.status), (200, 200));
+    let refused = reqwest::get(&url).await.unwrap();
+    assert_eq!(refused.status(), 503, "third stream from one address");
+    assert_eq!(refused.headers()["retry-after"], "5");
+
+    let other = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let c = other.get(&url).send().await.unwrap();
+    assert_eq!(c.status(), 200, "another address still fits");
+    let full = other.get(&url).send().await.unwrap();
+    assert_eq!(full.status(), 503, "total cap");
+    assert!(full.text().await.unwrap().contains("limit"));
+
+    drop(a);
+    // The freed slot is reusable once the edge notices the browser left.
+    let mut reopened = None;
+    for _ in 0..100 {
+        let r = other.get(&url).send().await.unwrap();
+        if r.status() == 200 {
+            reopened = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reopened.is_some(), "a closed stream frees its slot");
+    drop((b, c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_clear_errors() {
+    let media = TestMedia::start().await;
+    let poller = start_poller(&["--media-url", &media.template(), "--interval", "1h"]).await;
+    let edge = start_edge(&["--poller", &poller.url()]).await;
+    for (path, want) in [
+        ("/live/ok/stream?vid=a%20b", "viewer id"),
+        ("/live/ok/stream?vid=%0A", "viewer id"),
+        (&format!("/live/ok/stream?vid={}", "v".repeat(65)) as &str, "viewer id"),
+        ("/live/ok/stream?vid=", "viewer id"),
+        (&format!("/live/ok/stream?x={}", "q".repeat(600)), "query"),
+        ("/live/ok/stream?vid=%FF%FE", "viewer id"),
+    ] {
+        let (status, body) =
+            raw_request(edge.addr, &format!("GET {path} HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n"))
+                .await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains(want) && body.trim_end().lines().count() == 1, "{path}: {body:?}");
+    }
+    // A huge header block is refused by the HTTP layer, not buffered.
+    let big = format!("GET /live/ok/stream HTTP/1.1\r\nHost: e\r\nX-Big: {}\r\n\r\n", "h".repeat(64 * 1024));
+    let (status, _) = raw_request(edge.addr, &big).await;
+    assert_eq!(status, 431);
+    // A fine viewer id streams.
+    let mut ok = SseClient::open(&format!("{}?vid=user-1.a_b~c", stream_url(&edge, "ok"))).await;
+    assert_eq!(ok.status, 200);
+    ok.next_message().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_for_listed_origins_with_credentials_and_for_any_origin() {
+    let media = TestMedia::start().await;
+    let poller = start_poller(&["--media-url", &media.template(), "--interval", "1h"]).await;
+    let listed = start_edge(&[
+        "--poller",
+        &poller.url(),
+        "--allow-origin",
+        "https://app.example,http://localhost:3000",
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let url = stream_url(&listed, "cors");
+
+    let resp = client.get(&url).header("origin", "https://app.example").send().await.unwrap();
+    assert_eq!(resp.headers()["access-control-allow-origin"], "https://app.example");
+    assert_eq!(resp.headers()["access-control-allow-credentials"], "true");
+    assert!(resp.headers().get_all("vary").iter().any(|v| v.to_str().unwrap().contains("origin")));
+    let resp = client.get(&url).header("origin", "https://evil.example").send().await.unwrap();
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "http://localhost:3000")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "last-event-id")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    let allowed = preflight.headers()["access-control-allow-headers"].to_str().unwrap().to_lowercase();
+    assert!(allowed.contains("last-event-id"), "{allowed}");
+
+    let any = start_edge(&["--poller", &poller.url(), "--allow-origin", "*"]).await;
+    let resp =
+        client.get(stream_url(&any, "cors")).header("origin", "https://x.example").send().await.unwrap();
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+
+    let none = start_edge(&["--poller", &poller.url()]).await;
+    let resp =
+        client.get(stream_url(&none, "cors")).header("origin", "https://x.example").send().await.unwrap();
+    assert!(resp.headers().get("access-control-allow-origin").is_none(), "same-origin only by default");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_spreads_reconnects_and_closes_streams() {
+    let media = TestMedia::start().await;
+    let poller = start_poller(&["--media-url", &media.template(), "--interval", "1h"]).await;
+    let edge = start_edge(&["--poller", &poller.url(), "--drain-spread", "2s"]).await;
+    let url = stream_url(&edge, "drain");
+    let mut bodies = Vec::new();
+    for _ in 0..12 {
+        let resp = reqwest::get(&url).await.unwrap();
+        bodies.push(tokio::spawn(read_for(resp, PATIENCE)));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    edge.stop().await.unwrap();
+    let mut delays = Vec::new();
+    for body in bodies {
+        let text = body.await.unwrap();
+        let last_retry = text.rsplit("retry: ").next().unwrap();
+        let ms: u64 = last_retry.lines().next().unwrap().parse().unwrap();
+        assert!(text.matches("retry: ").count() == 2 && text.ends_with("\n\n"), "{text:?}");
+        delays.push(ms);
+    }
+    assert!(delays.iter().all(|d| *d <= 2000), "{delays:?}");
+    delays.sort();
+    delays.dedup();
+    assert!(delays.len() >= 6, "reconnect delays should be spread: {delays:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness() {
+    let media = TestMedia::start().await;
+    let poller = start_poller(&["--media-url", &media.template()]).await;
+    let edge = start_edge(&["--poller", &poller.url()]).await;
+    assert_eq!(reqwest::get(format!("{}/healthz", edge.url())).await.unwrap().status(), 200);
+    let ready = format!("{}/readyz", edge.url());
+    let mut ok = false;
+    for _ in 0..100 {
+        if reqwest::get(&ready).await.unwrap().status() == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "ready once the poller answers its health check");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let orphan = start_edge(&["--poller", &dead]).await;
+    assert_eq!(reqwest::get(format!("{}/healthz", orphan.url())).await.unwrap().status(), 200);
+    let resp = reqwest::get(format!("{}/readyz", orphan.url())).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.text().await.unwrap().contains("poller"));
+}
