@@ -56,7 +56,8 @@ async fn many_streams_share_one_http2_connection() {
 
     let tls = tls_connect(edge.addr, der, &[b"h2", b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "ALPN picks HTTP/2");
-    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
     tokio::spawn(conn);
 
     // Ten EventSources of one page, all multiplexed on this one connection.
@@ -120,7 +121,9 @@ fn bad_tls_files_stop_start_up_naming_the_flag() {
     std::fs::write(&junk, "not a pem").unwrap();
     let junk = junk.display().to_string();
     let (cert, _, _) = certificate(&dir);
-    for (cert, key, flag) in [(junk.as_str(), junk.as_str(), "--tls-cert"), (cert.as_str(), junk.as_str(), "--tls-key")] {
+    for (cert, key, flag) in
+        [(junk.as_str(), junk.as_str(), "--tls-cert"), (cert.as_str(), junk.as_str(), "--tls-key")]
+    {
         let err = edge::tls::acceptor(cert.as_ref(), key.as_ref()).err().expect("refused");
         assert!(err.to_string().contains(flag), "{err}");
     }

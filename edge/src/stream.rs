@@ -40,13 +40,20 @@ struct Sent {
     /// `seq` reaches a browser twice, even across upstream resubscriptions.
     data_seq: u64,
     stale: bool,
+    /// The browser's `Last-Event-ID`: the first data this connection would
+    /// send is skipped when it is exactly that `seq` (the browser has it).
+    /// Checked against the first data whenever it comes, because after an
+    /// edge restart the browser often reconnects before the feed has a value.
+    resume: Option<u64>,
 }
 
 impl Sent {
     /// The frames that bring this browser from what it has to `snap`, and
     /// whether the stream is over after them.
     fn catch_up(&mut self, snap: &Snapshot) -> (Option<Bytes>, bool) {
-        let data = snap.data_frame.clone().filter(|_| snap.data_seq > self.data_seq);
+        let new_data = snap.data_seq > self.data_seq;
+        let has_it = self.data_seq == 0 && self.resume == Some(snap.data_seq);
+        let data = snap.data_frame.clone().filter(|_| new_data && !has_it);
         self.data_seq = self.data_seq.max(snap.data_seq);
         let marker =
             (snap.stale != self.stale && !snap.ended).then_some(if snap.stale { STALE } else { LIVE });
@@ -87,10 +94,7 @@ pub fn body(
     opts: Options,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
     let snap = watch.rx.borrow_and_update().clone();
-    let mut sent = Sent { data_seq: 0, stale: false };
-    if last_event_id == Some(snap.data_seq) {
-        sent.data_seq = snap.data_seq;
-    }
+    let mut sent = Sent { data_seq: 0, stale: false, resume: last_event_id };
     let (first, done) = sent.catch_up(&snap);
     let mut opening = BytesMut::from(&sse::retry(opts.retry.as_millis() as u64)[..]);
     if let Some(first) = first {
@@ -147,7 +151,7 @@ mod tests {
 
     #[test]
     fn catch_up_sends_each_seq_once_and_markers_on_change() {
-        let mut sent = Sent { data_seq: 0, stale: false };
+        let mut sent = Sent { data_seq: 0, stale: false, resume: None };
         let (out, _) = sent.catch_up(&snap(5, false, false));
         assert_eq!(out.unwrap(), "id: 5\ndata: x\n\n");
         assert_eq!(sent.catch_up(&snap(5, false, false)).0, None, "same seq is not resent");
@@ -160,9 +164,22 @@ mod tests {
     }
 
     #[test]
+    fn last_event_id_skips_only_that_seq_even_when_it_arrives_late() {
+        // Reconnected before the feed had a value; the value is the one the
+        // browser already has.
+        let mut sent = Sent { data_seq: 0, stale: false, resume: Some(8) };
+        assert_eq!(sent.catch_up(&snap(0, false, false)).0, None);
+        assert_eq!(sent.catch_up(&snap(8, false, false)).0, None, "the browser has seq 8");
+        assert_eq!(sent.catch_up(&snap(9, false, false)).0.unwrap(), "id: 9\ndata: x\n\n");
+        // An older Last-Event-ID gets the latest value.
+        let mut older = Sent { data_seq: 0, stale: false, resume: Some(7) };
+        assert_eq!(older.catch_up(&snap(8, false, false)).0.unwrap(), "id: 8\ndata: x\n\n");
+    }
+
+    #[test]
     fn the_common_case_shares_the_frame() {
         let s = snap(9, false, false);
-        let mut sent = Sent { data_seq: 3, stale: false };
+        let mut sent = Sent { data_seq: 3, stale: false, resume: None };
         let out = sent.catch_up(&s).0.unwrap();
         assert_eq!(out.as_ptr(), s.data_frame.unwrap().as_ptr(), "no per-browser copy");
     }

@@ -3,6 +3,7 @@
 //! `127.0.0.1:0` with a way to stop them, and real clients (tonic, an
 //! independent SSE parser over reqwest, raw TCP for hostile request lines).
 
+pub mod browser;
 pub mod media;
 pub mod sse;
 
@@ -45,14 +46,6 @@ impl Drop for Running {
     }
 }
 
-async fn spawn<F, Fut>(run: F) -> Running
-where
-    F: FnOnce(TcpListener, oneshot::Receiver<()>) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    spawn_at("127.0.0.1:0".parse().unwrap(), run).await
-}
-
 async fn spawn_at<F, Fut>(addr: SocketAddr, run: F) -> Running
 where
     F: FnOnce(TcpListener, oneshot::Receiver<()>) -> Fut,
@@ -86,10 +79,15 @@ pub async fn start_poller_at(addr: SocketAddr, args: &[&str]) -> Running {
 
 /// Starts an edge with `args` (flags as on the command line).
 pub async fn start_edge(args: &[&str]) -> Running {
+    start_edge_at("127.0.0.1:0".parse().unwrap(), args).await
+}
+
+/// Starts an edge on `addr` (to restart one where browsers expect it).
+pub async fn start_edge_at(addr: SocketAddr, args: &[&str]) -> Running {
     use clap::Parser;
     let config = edge::Config::try_parse_from(std::iter::once("edge").chain(args.iter().copied()))
         .expect("valid edge flags");
-    spawn(move |l, stop| async move {
+    spawn_at(addr, move |l, stop| async move {
         edge::run(config, l, async {
             let _ = stop.await;
         })
