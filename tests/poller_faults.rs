@@ -371,3 +371,28 @@ async fn shutdown_ends_streams_with_unavailable_and_returns() {
     stopping.await.unwrap().expect("run returns Ok");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
 }
+
+/// An edge that reconnects resubscribes all its events at once, on one
+/// connection. h2 closes a connection holding too many small unread DATA
+/// frames (its budget is half the connection window), so the poller must
+/// offer a window that fits such a burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_subscribes_on_one_connection_is_accepted() {
+    let media = TestMedia::start().await;
+    let poller = start_poller(&["--media-url", &media.template(), "--interval", "1h", "--max-inflight", "256"]).await;
+    let client = feed_client(poller.addr).await;
+    let n = 8000;
+    let streams = futures_util::future::join_all((0..n).map(|i| {
+        let mut c = client.clone();
+        async move { c.subscribe(SubscribeRequest { event_id: format!("burst-{i}") }).await }
+    }))
+    .await;
+    let mut opened = Vec::new();
+    for (i, s) in streams.into_iter().enumerate() {
+        opened.push(s.unwrap_or_else(|e| panic!("subscribe {i} of a burst failed: {e}")).into_inner());
+    }
+    for mut s in opened {
+        next(&mut s).await;
+    }
+    assert_eq!(media.total(), n);
+}

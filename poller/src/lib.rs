@@ -28,6 +28,14 @@ use tracing::{info, warn};
 /// (and keeps idle connections alive through proxies) while a feed is silent.
 const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
 
+/// HTTP/2 connection window offered to subscribers. h2 closes a connection
+/// (GOAWAY ENHANCE_YOUR_CALM) that holds more small unread DATA frames than
+/// half this window allows, at ~240 bytes each; every Subscribe request is
+/// one such frame, and an edge resubscribing all its events after a
+/// reconnect sends thousands at once. 16 MiB admits ~35,000. It is flow
+/// control credit, not memory allocated up front.
+const HTTP2_CONNECTION_WINDOW: u32 = 16 << 20;
+
 /// Serves the poller on `listener` until `shutdown` completes, then drains:
 /// stops accepting, ends open streams with UNAVAILABLE so subscribers move
 /// elsewhere, and returns within `config.shutdown_timeout`.
@@ -68,6 +76,7 @@ pub async fn run(
         .max_concurrent_streams(Some(config.max_streams))
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
