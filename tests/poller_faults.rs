@@ -379,7 +379,8 @@ async fn shutdown_ends_streams_with_unavailable_and_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_subscribes_on_one_connection_is_accepted() {
     let media = TestMedia::start().await;
-    let poller = start_poller(&["--media-url", &media.template(), "--interval", "1h", "--max-inflight", "256"]).await;
+    let poller =
+        start_poller(&["--media-url", &media.template(), "--interval", "1h", "--max-inflight", "256"]).await;
     let client = feed_client(poller.addr).await;
     let n = 8000;
     let streams = futures_util::future::join_all((0..n).map(|i| {

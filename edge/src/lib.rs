@@ -47,6 +47,11 @@ pub async fn run(
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true)
+        // After a resubscription every event's first value arrives at once as
+        // small DATA frames; h2 closes a connection holding more of them
+        // than half its window allows, so offer a large one (credit, not
+        // memory allocated up front).
+        .initial_connection_window_size(16 << 20)
         // Lazy: the edge starts (and browsers connect) before the poller is
         // reachable; the channel reconnects on its own.
         .connect_lazy();
