@@ -58,6 +58,14 @@ pub struct Config {
     #[arg(long, env = "EDGE_DRAIN_SPREAD", default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_spread: Duration,
 
+    /// How often this edge reports its viewers to the poller (one batch).
+    #[arg(long, env = "EDGE_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = heartbeat_interval)]
+    pub heartbeat_interval: Duration,
+
+    /// This edge's name in heartbeat batches (default: `edge-` and random hex).
+    #[arg(long, env = "EDGE_ID", value_parser = parse_edge_id)]
+    pub edge_id: Option<String>,
+
     /// How long a graceful shutdown may take before the process exits anyway.
     #[arg(long, env = "EDGE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -91,6 +99,22 @@ fn parse_origin(s: &str) -> Result<String, String> {
         return Err(format!("{s:?} is not an origin like https://app.example or *"));
     }
     Ok(s.to_owned())
+}
+
+/// What the poller accepts: 100 ms to 10 min.
+fn heartbeat_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&d) {
+        return Err("must be between 100ms and 10m".into());
+    }
+    Ok(d)
+}
+
+/// `[A-Za-z0-9._~-]{1,64}`, like viewer ids.
+fn parse_edge_id(s: &str) -> Result<String, String> {
+    livepush::ViewerId::parse(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string().replace("viewer id", "edge id"))
 }
 
 /// An `http://` or `https://` URI with a host.
@@ -141,6 +165,8 @@ mod tests {
             (&["--tls-cert", "cert.pem"][..], "--tls-key"),
             (&["--write-timeout", "0s"][..], "--write-timeout"),
             (&["--max-connections", "0"][..], "--max-connections"),
+            (&["--heartbeat-interval", "1ms"][..], "--heartbeat-interval"),
+            (&["--edge-id", "a b"][..], "--edge-id"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(flag), "{args:?}: {err}");

@@ -40,6 +40,9 @@ pub struct Snapshot {
     pub stale: bool,
     /// The poller said the event is over.
     pub ended: bool,
+    /// Cluster-wide viewer count, once known, and its `presence` event.
+    pub viewers: Option<u32>,
+    pub presence_frame: Option<Bytes>,
 }
 
 /// Shortest and longest wait before resubscribing after the poller failed.
@@ -124,6 +127,25 @@ impl Feeds {
         tokio::time::timeout(timeout, self.inner.tasks.wait()).await.is_ok()
     }
 
+    /// Records the cluster-wide viewer count of `event_id` (from a heartbeat
+    /// answer); browsers get a `presence` event only when it changes.
+    pub fn set_viewers(&self, event_id: &str, viewers: u32) {
+        let Ok(id) = EventId::parse(event_id) else { return };
+        let table = self.lock();
+        if let Some(entry) = table.events.get(&id) {
+            entry.tx.send_if_modified(|s| {
+                if s.viewers == Some(viewers) {
+                    return false;
+                }
+                let data = format!(r#"{{"viewers":{viewers}}}"#);
+                s.viewers = Some(viewers);
+                s.presence_frame =
+                    Some(sse::Event { id: None, event: Some("presence"), data: &data }.encode());
+                true
+            });
+        }
+    }
+
     fn remember_ended(&self, id: &EventId) {
         self.lock().ended.insert(id.clone());
     }
@@ -152,6 +174,12 @@ impl Feeds {
 pub struct Watch {
     pub rx: watch::Receiver<Snapshot>,
     _guard: WatchGuard,
+}
+
+impl Watch {
+    pub fn event_id(&self) -> &EventId {
+        &self._guard.id
+    }
 }
 
 struct WatchGuard {

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod feeds;
+pub mod heartbeat;
 pub mod limits;
 pub mod readiness;
 pub mod routes;
@@ -14,12 +15,14 @@ pub mod server;
 pub mod sse;
 pub mod stream;
 pub mod tls;
+pub mod viewers;
 pub mod write_timeout;
 
 pub use config::Config;
 
 use feeds::Feeds;
 use limits::StreamLimits;
+use livepush::proto::presence_client::PresenceClient;
 use readiness::Readiness;
 use routes::AppState;
 use std::{future::Future, time::Duration};
@@ -27,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use tracing::info;
+use viewers::Viewers;
 
 /// Serves the edge on `listener` until `shutdown` completes, then drains:
 /// stops accepting, tells every browser to reconnect after a random delay
@@ -57,11 +61,21 @@ pub async fn run(
         .connect_lazy();
     let feeds = Feeds::new(channel.clone(), stop.clone());
     let readiness = Readiness::default();
-    let probe = tokio::spawn(readiness.clone().probe(channel, stop.clone()));
+    let probe = tokio::spawn(readiness.clone().probe(channel.clone(), stop.clone()));
+    let viewers = Viewers::default();
+    let edge_id = config.edge_id.clone().unwrap_or_else(|| format!("edge-{:08x}", rand::random::<u32>()));
+    let reporter = heartbeat::Reporter {
+        viewers: viewers.clone(),
+        feeds: feeds.clone(),
+        client: PresenceClient::new(channel),
+        edge_id: edge_id.clone(),
+        interval: config.heartbeat_interval,
+    };
     let state = AppState {
         feeds: feeds.clone(),
         limits: StreamLimits::new(config.max_connections as usize, config.max_per_client as usize),
         readiness: readiness.clone(),
+        viewers,
         retry: config.retry,
         keepalive: config.keepalive,
         drain_spread: config.drain_spread,
@@ -69,7 +83,7 @@ pub async fn run(
     };
     let app = routes::app(state, &config.allow_origin);
     let addr = listener.local_addr()?;
-    info!(%addr, poller = %config.poller, tls = tls.is_some(), "edge listening");
+    info!(%addr, poller = %config.poller, %edge_id, tls = tls.is_some(), "edge listening");
 
     let opts = server::ServerOptions {
         tls,
@@ -85,7 +99,9 @@ pub async fn run(
         stopping.cancel();
         feeds
     };
-    let (_, feeds) = tokio::join!(serving, signal);
+    // The reporter is part of this future, not a detached task: whatever
+    // ends the edge ends its reports, and the poller expires its viewers.
+    let (_, feeds, ()) = tokio::join!(serving, signal, reporter.run(stop.clone()));
     let _ = probe.await;
     feeds.drain(Duration::from_secs(1)).await;
     info!("edge stopped");

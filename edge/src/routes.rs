@@ -7,6 +7,7 @@ use crate::{
     limits::{Refused, StreamLimits},
     readiness::Readiness,
     stream::{self, Options},
+    viewers::Viewers,
 };
 use axum::{
     Router,
@@ -34,6 +35,7 @@ pub struct AppState {
     pub feeds: Feeds,
     pub limits: StreamLimits,
     pub readiness: Readiness,
+    pub viewers: Viewers,
     pub retry: Duration,
     pub keepalive: Duration,
     pub drain_spread: Duration,
@@ -114,7 +116,7 @@ async fn live_stream(
     let Ok(Query(query)) = query else {
         return plain(StatusCode::BAD_REQUEST, "query string is malformed");
     };
-    let _viewer = match query.vid.as_deref().map(ViewerId::parse).transpose() {
+    let vid = match query.vid.as_deref().map(ViewerId::parse).transpose() {
         Ok(vid) => vid,
         Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
     };
@@ -134,15 +136,18 @@ async fn live_stream(
     if watch.rx.borrow().ended {
         return StatusCode::NO_CONTENT.into_response();
     }
+    let viewer = app.viewers.join(watch.event_id().clone(), vid);
     let opts = Options {
         retry: app.retry,
         keepalive: app.keepalive,
         drain_spread: app.drain_spread,
         shutdown: app.shutdown.clone(),
     };
-    // The permit lives exactly as long as the response body.
+    // The stream's permit and its viewer's presence live exactly as long as
+    // the response body.
+    let held = (permit, viewer);
     let body = stream::body(watch, last_event_id, opts).map(move |chunk| {
-        let _ = &permit;
+        let _ = &held;
         chunk
     });
     (

@@ -19,7 +19,8 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 /// Named events that `onmessage` ignores: the data may be outdated, it is
-/// fresh again, the event is over. They carry no `id`, so they never move a
+/// fresh again, the event is over. (`presence` frames, `{"viewers":N}`, are
+/// encoded per change in the snapshot.) They carry no `id`, so they never move a
 /// browser's `Last-Event-ID`.
 pub const STALE: Bytes = Bytes::from_static(b"event: stale\ndata: {\"state\":\"stale\"}\n\n");
 pub const LIVE: Bytes = Bytes::from_static(b"event: live\ndata: {\"state\":\"live\"}\n\n");
@@ -40,6 +41,7 @@ struct Sent {
     /// `seq` reaches a browser twice, even across upstream resubscriptions.
     data_seq: u64,
     stale: bool,
+    viewers: Option<u32>,
     /// The browser's `Last-Event-ID`: the first data this connection would
     /// send is skipped when it is exactly that `seq` (the browser has it).
     /// Checked against the first data whenever it comes, because after an
@@ -58,8 +60,10 @@ impl Sent {
         let marker =
             (snap.stale != self.stale && !snap.ended).then_some(if snap.stale { STALE } else { LIVE });
         self.stale = snap.stale;
+        let presence = snap.presence_frame.clone().filter(|_| snap.viewers != self.viewers && !snap.ended);
+        self.viewers = snap.viewers;
         let end = snap.ended.then_some(END);
-        let mut parts = [data, marker, end].into_iter().flatten();
+        let mut parts = [data, marker, presence, end].into_iter().flatten();
         let out = match (parts.next(), parts.next()) {
             (None, _) => None,
             // The common case: one shared frame, no copy.
@@ -94,7 +98,7 @@ pub fn body(
     opts: Options,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
     let snap = watch.rx.borrow_and_update().clone();
-    let mut sent = Sent { data_seq: 0, stale: false, resume: last_event_id };
+    let mut sent = Sent { data_seq: 0, stale: false, viewers: None, resume: last_event_id };
     let (first, done) = sent.catch_up(&snap);
     let mut opening = BytesMut::from(&sse::retry(opts.retry.as_millis() as u64)[..]);
     if let Some(first) = first {
@@ -146,12 +150,12 @@ mod tests {
 
     fn snap(data_seq: u64, stale: bool, ended: bool) -> Snapshot {
         let data_frame = (data_seq > 0).then(|| Bytes::from(format!("id: {data_seq}\ndata: x\n\n")));
-        Snapshot { data_seq, data_frame, stale, ended }
+        Snapshot { data_seq, data_frame, stale, ended, ..Snapshot::default() }
     }
 
     #[test]
     fn catch_up_sends_each_seq_once_and_markers_on_change() {
-        let mut sent = Sent { data_seq: 0, stale: false, resume: None };
+        let mut sent = Sent { data_seq: 0, stale: false, viewers: None, resume: None };
         let (out, _) = sent.catch_up(&snap(5, false, false));
         assert_eq!(out.unwrap(), "id: 5\ndata: x\n\n");
         assert_eq!(sent.catch_up(&snap(5, false, false)).0, None, "same seq is not resent");
@@ -167,19 +171,29 @@ mod tests {
     fn last_event_id_skips_only_that_seq_even_when_it_arrives_late() {
         // Reconnected before the feed had a value; the value is the one the
         // browser already has.
-        let mut sent = Sent { data_seq: 0, stale: false, resume: Some(8) };
+        let mut sent = Sent { data_seq: 0, stale: false, viewers: None, resume: Some(8) };
         assert_eq!(sent.catch_up(&snap(0, false, false)).0, None);
         assert_eq!(sent.catch_up(&snap(8, false, false)).0, None, "the browser has seq 8");
         assert_eq!(sent.catch_up(&snap(9, false, false)).0.unwrap(), "id: 9\ndata: x\n\n");
         // An older Last-Event-ID gets the latest value.
-        let mut older = Sent { data_seq: 0, stale: false, resume: Some(7) };
+        let mut older = Sent { data_seq: 0, stale: false, viewers: None, resume: Some(7) };
         assert_eq!(older.catch_up(&snap(8, false, false)).0.unwrap(), "id: 8\ndata: x\n\n");
+    }
+
+    #[test]
+    fn presence_is_sent_on_change_only() {
+        let mut sent = Sent { data_seq: 5, stale: false, viewers: None, resume: None };
+        let mut s = snap(5, false, false);
+        s.viewers = Some(3);
+        s.presence_frame = Some(Bytes::from_static(b"event: presence\ndata: {\"viewers\":3}\n\n"));
+        assert_eq!(sent.catch_up(&s).0, s.presence_frame);
+        assert_eq!(sent.catch_up(&s).0, None);
     }
 
     #[test]
     fn the_common_case_shares_the_frame() {
         let s = snap(9, false, false);
-        let mut sent = Sent { data_seq: 3, stale: false, resume: None };
+        let mut sent = Sent { data_seq: 3, stale: false, viewers: None, resume: None };
         let out = sent.catch_up(&s).0.unwrap();
         assert_eq!(out.as_ptr(), s.data_frame.unwrap().as_ptr(), "no per-browser copy");
     }

@@ -64,6 +64,18 @@ pub struct Config {
     /// How long a graceful shutdown may take before the process exits anyway.
     #[arg(long, env = "POLLER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// Where to POST merged presence (off when unset): a URL template like
+    /// `--media-url`, with `{event_id}` in the path or query. Each event with
+    /// viewers gets `{"event_id","viewers","vids"}` every
+    /// `--heartbeat-interval`, and one post with zero viewers once its last
+    /// viewer is gone. Each post is bounded by `--media-timeout`.
+    #[arg(long, env = "POLLER_HEARTBEAT_URL", value_parser = MediaUrl::parse)]
+    pub heartbeat_url: Option<MediaUrl>,
+
+    /// Time between two presence posts of one event to `--heartbeat-url`.
+    #[arg(long, env = "POLLER_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = positive_duration)]
+    pub heartbeat_interval: Duration,
 }
 
 impl Config {
@@ -122,6 +134,16 @@ mod tests {
         assert_eq!(c.max_inflight, 64);
         assert_eq!(c.max_body, 1 << 20);
         assert_eq!(c.linger, Duration::from_secs(10));
+        assert!(c.heartbeat_url.is_none());
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn heartbeat_url_follows_the_media_url_rules() {
+        let c = parse(&["--heartbeat-url", "http://analytics/presence/{event_id}"]).unwrap();
+        assert_eq!(c.heartbeat_url.unwrap().to_string(), "http://analytics/presence/{event_id}");
+        let c = parse(&["--heartbeat-interval", "30s"]).unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
     }
 
     #[test]
@@ -141,6 +163,10 @@ mod tests {
             (&["--media-url", "not a url {event_id}"][..], "--media-url"),
             (&["--max-body", "12XB"][..], "--max-body"),
             (&["--max-inflight", "0"][..], "--max-inflight"),
+            (&["--heartbeat-url", "http://a/presence"][..], "--heartbeat-url"),
+            (&["--heartbeat-url", "http://{event_id}.a/p"][..], "--heartbeat-url"),
+            (&["--heartbeat-url", "ftp://a/{event_id}"][..], "--heartbeat-url"),
+            (&["--heartbeat-interval", "0s"][..], "--heartbeat-interval"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(flag), "{args:?}: {err}");

@@ -2,26 +2,37 @@
 //!
 //! Subscribers (edges, internal services) call `livepush.v1.LiveFeed/Subscribe`;
 //! the [`registry`] starts one [`poll_loop`] per watched event and fans its
-//! latest value out to every subscriber. Alongside the feed the server offers
-//! the standard gRPC health service and server reflection (v1 and v1alpha).
+//! latest value out to every subscriber. `livepush.v1.Presence` merges the
+//! edges' viewer batches in the [`presence`] store (and, with
+//! `--heartbeat-url`, [`presence_forward`] posts the result on). Alongside
+//! them the server offers the standard gRPC health service and server
+//! reflection (v1 and v1alpha).
 
 pub mod config;
 pub mod media_client;
 pub mod media_url;
 mod poll_loop;
+pub mod presence;
+pub mod presence_forward;
+pub mod presence_service;
 pub mod registry;
 pub mod service;
 
 pub use config::Config;
 
-use livepush::proto::{FILE_DESCRIPTOR_SET, live_feed_server::LiveFeedServer};
+use livepush::proto::{
+    FILE_DESCRIPTOR_SET, live_feed_server::LiveFeedServer, presence_server::PresenceServer,
+};
 use media_client::MediaClient;
+use presence::PresenceStore;
+use presence_forward::PresenceForwarder;
+use presence_service::PresenceService;
 use registry::{Registry, Settings};
 use service::LiveFeedService;
 use std::{future::Future, time::Duration};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 /// Interval of HTTP/2 PING frames on subscriber connections: finds dead peers
@@ -35,6 +46,15 @@ const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
 /// reconnect sends thousands at once. 16 MiB admits ~35,000. It is flow
 /// control credit, not memory allocated up front.
 const HTTP2_CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// Largest Presence request decoded (tonic's default is 4 MiB). An edge holds
+/// at most `--max-connections` (18,000 by default) streams, so its batch is
+/// under 4 MB even with maximum-length ids; 100,000 events with 128-byte ids
+/// (the proto's event limit) take ~14 MB. A batch at every per-field limit at
+/// once (1M vids of 64 bytes, ~66 MB) is not admitted: tonic buffers a whole
+/// message before we see it, and this bounds that per request. Larger
+/// messages are refused with OUT_OF_RANGE.
+const MAX_PRESENCE_MESSAGE: usize = 16 << 20;
 
 /// Serves the poller on `listener` until `shutdown` completes, then drains:
 /// stops accepting, ends open streams with UNAVAILABLE so subscribers move
@@ -58,9 +78,22 @@ pub async fn run(
         max_events: config.max_events as usize,
     };
     let registry = Registry::new(client, settings, stop.clone());
+    // However `run` ends (an early server error included), background tasks
+    // stop with it.
+    let _stop_on_exit = stop.clone().drop_guard();
+
+    let presence = PresenceStore::new(stop.clone());
+    let presence_tasks = TaskTracker::new();
+    presence_tasks.spawn(presence.clone().sweep());
+    if let Some(url) = config.heartbeat_url.clone() {
+        let forwarder =
+            PresenceForwarder::new(url, config.heartbeat_interval, config.media_timeout, presence.clone());
+        presence_tasks.spawn(forwarder.run());
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<LiveFeedServer<LiveFeedService>>().await;
+    health.set_serving::<PresenceServer<PresenceService>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -81,6 +114,10 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(LiveFeedServer::new(LiveFeedService::new(registry.clone())))
+        .add_service(
+            PresenceServer::new(PresenceService::new(presence.clone()))
+                .max_decoding_message_size(MAX_PRESENCE_MESSAGE),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.clone().cancelled_owned());
     info!(%addr, media_url = %config.media_url, interval = ?config.interval, "poller listening");
 
@@ -89,8 +126,14 @@ pub async fn run(
         result = &mut server => return Ok(result?),
         () = shutdown => {}
     }
-    info!(watched_events = registry.watched_events(), "draining");
+    info!(
+        watched_events = registry.watched_events(),
+        presence_edges = presence.edges(),
+        presence_watched = presence.watched_events(),
+        "draining"
+    );
     health.set_not_serving::<LiveFeedServer<LiveFeedService>>().await;
+    health.set_not_serving::<PresenceServer<PresenceService>>().await;
     stop.cancel();
     match tokio::time::timeout(config.shutdown_timeout, server).await {
         Ok(result) => result?,
@@ -99,6 +142,10 @@ pub async fn run(
         }
     }
     registry.drain(Duration::from_secs(1)).await;
+    presence_tasks.close();
+    if tokio::time::timeout(Duration::from_secs(1), presence_tasks.wait()).await.is_err() {
+        warn!("presence tasks still running at the shutdown deadline");
+    }
     info!("poller stopped");
     Ok(())
 }

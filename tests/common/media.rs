@@ -72,6 +72,9 @@ struct Inner {
     seen: Mutex<Vec<Seen>>,
     inflight: AtomicUsize,
     max_inflight: AtomicUsize,
+    /// JSON bodies POSTed to `/presence/{event_id}` (the poller's
+    /// `--heartbeat-url` forwarding).
+    posts: Mutex<Vec<(String, serde_json::Value)>>,
 }
 
 #[derive(Clone)]
@@ -84,7 +87,10 @@ impl TestMedia {
     /// Starts the server; unscripted events answer `{"event":"<id>"}`.
     pub async fn start() -> Self {
         let inner = Arc::new(Inner::default());
-        let app = Router::new().route("/live/{event_id}", get(answer)).with_state(inner.clone());
+        let app = Router::new()
+            .route("/live/{event_id}", get(answer))
+            .route("/presence/{event_id}", axum::routing::post(record_post))
+            .with_state(inner.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -94,6 +100,16 @@ impl TestMedia {
     /// `--media-url` for the poller.
     pub fn template(&self) -> String {
         format!("http://{}/live/{{event_id}}", self.addr)
+    }
+
+    /// `--heartbeat-url` for the poller.
+    pub fn heartbeat_template(&self) -> String {
+        format!("http://{}/presence/{{event_id}}", self.addr)
+    }
+
+    /// Presence POSTs received, in order: (event id in the URL, JSON body).
+    pub fn posts(&self) -> Vec<(String, serde_json::Value)> {
+        self.inner.posts.lock().unwrap().clone()
     }
 
     pub fn set(&self, event_id: &str, reply: Reply) {
@@ -165,6 +181,16 @@ async fn answer(
         response.headers_mut().insert(HeaderName::from_static(name), HeaderValue::from_str(&value).unwrap());
     }
     response
+}
+
+async fn record_post(
+    State(inner): State<Arc<Inner>>,
+    Path(event_id): Path<String>,
+    body: String,
+) -> StatusCode {
+    let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+    inner.posts.lock().unwrap().push((event_id, json));
+    StatusCode::NO_CONTENT
 }
 
 /// A 304 when the request's validators match the scripted `ETag` or

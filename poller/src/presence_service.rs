@@ -1,0 +1,116 @@
+//! `livepush.v1.Presence`: the gRPC face of the [`PresenceStore`]. Ids are
+//! checked here before the store sees them; store errors become the status
+//! codes the proto promises, and watch streams end with UNAVAILABLE on
+//! shutdown like LiveFeed streams, so watchers move to another poller.
+
+use crate::presence::{BatchError, PresenceStore, PresenceWatch, WatchError};
+use futures_util::{Stream, stream};
+use livepush::{
+    EventId,
+    proto::{EventPresence, HeartbeatAck, HeartbeatBatch, PresenceRequest, presence_server::Presence},
+};
+use std::pin::Pin;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+pub struct PresenceService {
+    store: PresenceStore,
+}
+
+impl PresenceService {
+    pub fn new(store: PresenceStore) -> Self {
+        Self { store }
+    }
+}
+
+type PresenceStream = Pin<Box<dyn Stream<Item = Result<EventPresence, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Presence for PresenceService {
+    type WatchPresenceStream = PresenceStream;
+
+    async fn report_heartbeats(
+        &self,
+        request: Request<HeartbeatBatch>,
+    ) -> Result<Response<HeartbeatAck>, Status> {
+        // A batch at the limits (a million ids) takes a few hundred
+        // milliseconds of CPU to check and merge: do it on the blocking pool
+        // so it never stalls the runtime's workers (poll loops, streams).
+        let store = self.store.clone();
+        let batch = request.into_inner();
+        let result = tokio::task::spawn_blocking(move || store.report(batch))
+            .await
+            .map_err(|_| Status::internal("handling the batch failed"))?;
+        let ack = result.map_err(|e| match e {
+            BatchError::Invalid(_) => Status::invalid_argument(e.to_string()),
+            BatchError::TooManyEdges(_) | BatchError::Full(_) => Status::resource_exhausted(e.to_string()),
+            BatchError::ShuttingDown => Status::unavailable(e.to_string()),
+        })?;
+        Ok(Response::new(ack))
+    }
+
+    async fn get_presence(
+        &self,
+        request: Request<PresenceRequest>,
+    ) -> Result<Response<EventPresence>, Status> {
+        let id = event_id(&request)?;
+        Ok(Response::new(self.store.get(&id)))
+    }
+
+    async fn watch_presence(
+        &self,
+        request: Request<PresenceRequest>,
+    ) -> Result<Response<PresenceStream>, Status> {
+        let id = event_id(&request)?;
+        let watch = self.store.watch(id).map_err(|e| match e {
+            WatchError::ShuttingDown => Status::unavailable(e.to_string()),
+            WatchError::TooManyWatched(_) => Status::resource_exhausted(e.to_string()),
+        })?;
+        let shutdown = self.store.shutdown_token().clone();
+        Ok(Response::new(Box::pin(changes(watch, shutdown))))
+    }
+}
+
+fn event_id(request: &Request<PresenceRequest>) -> Result<EventId, Status> {
+    EventId::parse(&request.get_ref().event_id).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// The current presence at once, then every change; ends with UNAVAILABLE
+/// when the poller shuts down.
+fn changes(
+    watch: PresenceWatch,
+    shutdown: CancellationToken,
+) -> impl Stream<Item = Result<EventPresence, Status>> {
+    struct St {
+        watch: PresenceWatch,
+        shutdown: CancellationToken,
+        first: bool,
+        done: bool,
+    }
+    let st = St { watch, shutdown, first: true, done: false };
+    stream::unfold(st, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        if !st.first {
+            tokio::select! {
+                biased;
+                _ = st.shutdown.cancelled() => {
+                    st.done = true;
+                    return Some((Err(Status::unavailable("poller is shutting down")), st));
+                }
+                changed = st.watch.rx.changed() => {
+                    if changed.is_err() {
+                        // The channel lives as long as a watcher holds it;
+                        // closed only if the store itself is gone.
+                        st.done = true;
+                        return Some((Err(Status::unavailable("poller is shutting down")), st));
+                    }
+                }
+            }
+        }
+        st.first = false;
+        let presence = st.watch.rx.borrow_and_update().clone();
+        Some((Ok(presence), st))
+    })
+}
