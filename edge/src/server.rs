@@ -68,6 +68,10 @@ pub async fn serve(
         .max_concurrent_streams(H2_MAX_STREAMS)
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         .keep_alive_interval(H2_KEEPALIVE);
+    // Over plain TCP only HTTP/1.1 is offered: browsers speak HTTP/2 only
+    // over TLS, and skipping the h2c preface sniffing saves every connection
+    // a rewind buffer and state. Over TLS, ALPN picks the protocol.
+    let plain = builder.clone().http1_only();
     let builder = Arc::new(builder);
     let sockets = Arc::new(Semaphore::new(opts.max_connections + SOCKET_HEADROOM));
     let graceful = GracefulShutdown::new();
@@ -95,7 +99,7 @@ pub async fn serve(
         let service = connection_service(app.clone(), peer);
         match &opts.tls {
             None => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+                let conn = plain.serve_connection(TokioIo::new(io), service).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _slot = slot;
@@ -135,7 +139,8 @@ async fn serve_one<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    // No upgrades (the edge has no WebSockets): less state per connection.
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn).await {
         debug!(%peer, error = %e, "connection ended with an error");
     }
