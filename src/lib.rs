@@ -3,6 +3,7 @@
 //! signals that start a graceful shutdown.
 
 pub mod event_id;
+pub mod recent;
 pub mod signal;
 pub mod telemetry;
 pub mod viewer_id;

@@ -2,32 +2,15 @@
 //! load and about what subscribers are told, shown with counted requests.
 
 use livepush::proto::{LiveUpdate, State, SubscribeRequest};
-use livepush_tests::{PATIENCE, TestMedia, feed_client, media::Reply, start_poller};
+use livepush_tests::{PATIENCE, TestMedia, feed_client, media::Reply, next_update, start_poller, subscribe};
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic::{Code, Streaming};
 
-async fn subscribe(addr: std::net::SocketAddr, id: &str) -> Streaming<LiveUpdate> {
-    feed_client(addr)
-        .await
-        .subscribe(SubscribeRequest { event_id: id.into() })
-        .await
-        .expect("subscribe")
-        .into_inner()
-}
-
-async fn next(stream: &mut Streaming<LiveUpdate>) -> LiveUpdate {
-    tokio::time::timeout(PATIENCE, stream.message())
-        .await
-        .expect("an update in time")
-        .expect("stream ok")
-        .expect("stream open")
-}
-
 /// Reads updates until one is in `state`.
 async fn until_state(stream: &mut Streaming<LiveUpdate>, state: State) -> LiveUpdate {
     loop {
-        let u = next(stream).await;
+        let u = next_update(stream).await;
         if u.state == state as i32 {
             return u;
         }
@@ -47,7 +30,7 @@ async fn a_slow_media_service_delays_polls_instead_of_stacking_them() {
     for _ in 0..5 {
         subs.push(subscribe(poller.addr, "slow").await);
     }
-    next(&mut subs[0]).await;
+    next_update(&mut subs[0]).await;
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(media.max_inflight(), 1, "two polls of one event overlapped");
     let times = media.times("slow");
@@ -77,7 +60,7 @@ async fn requests_in_flight_are_capped_across_thousands_of_events() {
         )
         .await;
     for mut s in streams {
-        next(&mut s).await;
+        next_update(&mut s).await;
     }
     assert_eq!(media.total(), 2000, "one first fetch per event");
     let max = media.max_inflight();
@@ -127,8 +110,8 @@ async fn conditional_requests_and_304_count_as_unchanged() {
     let poller = start_poller(&["--media-url", &media.template(), "--interval", "50ms"]).await;
     let mut cond = subscribe(poller.addr, "cond").await;
     let mut lm = subscribe(poller.addr, "lm").await;
-    let first = next(&mut cond).await;
-    next(&mut lm).await;
+    let first = next_update(&mut cond).await;
+    next_update(&mut lm).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
 
     let sent = media.header_values("cond", "if-none-match");
@@ -139,7 +122,7 @@ async fn conditional_requests_and_304_count_as_unchanged() {
 
     // All those 304s changed nothing: the next update is the real change.
     media.set("cond", Reply::json(r#"{"v":2}"#).header("etag", "\"v2\""));
-    let second = next(&mut cond).await;
+    let second = next_update(&mut cond).await;
     assert_eq!(second.data, r#"{"v":2}"#);
     assert_eq!(second.seq, first.seq + 1, "seq moves once per change");
 }
@@ -150,11 +133,11 @@ async fn unchanged_data_is_not_sent_again() {
     media.set_json("same", r#"{"same":true}"#);
     let poller = start_poller(&["--media-url", &media.template(), "--interval", "30ms"]).await;
     let mut s = subscribe(poller.addr, "same").await;
-    let first = next(&mut s).await;
+    let first = next_update(&mut s).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(media.count("same") >= 8);
     media.set_json("same", r#"{"same":false}"#);
-    let second = next(&mut s).await;
+    let second = next_update(&mut s).await;
     assert_eq!((second.seq, second.data.as_str()), (first.seq + 1, r#"{"same":false}"#));
 }
 
@@ -166,7 +149,7 @@ async fn failures_keep_the_last_value_back_off_and_recover() {
         start_poller(&["--media-url", &media.template(), "--interval", "50ms", "--max-backoff", "400ms"])
             .await;
     let mut s = subscribe(poller.addr, "flaky").await;
-    let live = next(&mut s).await;
+    let live = next_update(&mut s).await;
 
     media.set("flaky", Reply::status(500).body("oops"));
     let failing_since = media.count("flaky");
@@ -216,7 +199,7 @@ async fn timeouts_bad_bodies_and_refused_connections_are_stale_not_forwarded() {
     .await;
     for id in ["timeout", "big", "big-chunked", "html", "teapot"] {
         let mut s = subscribe(poller.addr, id).await;
-        let u = next(&mut s).await;
+        let u = next_update(&mut s).await;
         assert_eq!(u.state, State::Stale as i32, "{id}");
         assert_eq!(u.data, "", "{id}: nothing of a bad answer is forwarded");
     }
@@ -231,7 +214,7 @@ async fn timeouts_bad_bodies_and_refused_connections_are_stale_not_forwarded() {
     drop(closed);
     let poller = start_poller(&["--media-url", &dead, "--interval", "100ms"]).await;
     let mut s = subscribe(poller.addr, "nobody").await;
-    assert_eq!(next(&mut s).await.state, State::Stale as i32);
+    assert_eq!(next_update(&mut s).await.state, State::Stale as i32);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,7 +245,7 @@ async fn an_ended_event_ends_streams_and_is_remembered() {
     media.set_json("final", r#"{"last":true}"#);
     let poller = start_poller(&["--media-url", &media.template(), "--interval", "50ms"]).await;
     let mut s = subscribe(poller.addr, "final").await;
-    let live = next(&mut s).await;
+    let live = next_update(&mut s).await;
     media.set("final", Reply::status(404));
     let ended = until_state(&mut s, State::Ended).await;
     assert_eq!(ended.data, live.data, "the ended update carries the last value");
@@ -271,14 +254,14 @@ async fn an_ended_event_ends_streams_and_is_remembered() {
 
     let requests = media.count("final");
     let mut again = subscribe(poller.addr, "final").await;
-    assert_eq!(next(&mut again).await, ended, "a new subscriber gets the ending at once");
+    assert_eq!(next_update(&mut again).await, ended, "a new subscriber gets the ending at once");
     assert!(tokio::time::timeout(PATIENCE, again.message()).await.unwrap().unwrap().is_none());
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(media.count("final"), requests, "an ended event is not polled again");
 
     media.set("gone", Reply::status(410));
     let mut g = subscribe(poller.addr, "gone").await;
-    assert_eq!(next(&mut g).await.state, State::Ended as i32);
+    assert_eq!(next_update(&mut g).await.state, State::Ended as i32);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,7 +271,7 @@ async fn one_failing_event_does_not_slow_the_others() {
     let poller = start_poller(&["--media-url", &media.template(), "--interval", "100ms"]).await;
     let _bad = subscribe(poller.addr, "bad").await;
     let mut good = subscribe(poller.addr, "good").await;
-    next(&mut good).await;
+    next_update(&mut good).await;
     let before = media.count("good");
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let n = media.count("good") - before;
@@ -301,11 +284,11 @@ async fn linger_keeps_a_value_warm_then_stops() {
     let poller =
         start_poller(&["--media-url", &media.template(), "--interval", "100ms", "--linger", "800ms"]).await;
     let mut s = subscribe(poller.addr, "warm").await;
-    let first = next(&mut s).await;
+    let first = next_update(&mut s).await;
     drop(s);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut again = subscribe(poller.addr, "warm").await;
-    assert_eq!(next(&mut again).await.seq, first.seq, "a reload within --linger finds the warm value");
+    assert_eq!(next_update(&mut again).await.seq, first.seq, "a reload within --linger finds the warm value");
     drop(again);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let stopped = media.count("warm");
@@ -349,7 +332,7 @@ async fn max_events_bounds_what_is_watched() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(next(&mut c.expect("room for \"c\" after \"a\" was left")).await.data.contains("c"));
+    assert!(next_update(&mut c.expect("room for \"c\" after \"a\" was left")).await.data.contains("c"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,7 +341,7 @@ async fn shutdown_ends_streams_with_unavailable_and_returns() {
     let poller = start_poller(&["--media-url", &media.template(), "--interval", "50ms"]).await;
     let addr = poller.addr;
     let mut s = subscribe(addr, "bye").await;
-    next(&mut s).await;
+    next_update(&mut s).await;
     let stopping = tokio::spawn(poller.stop());
     let status = loop {
         match tokio::time::timeout(PATIENCE, s.message()).await.expect("stream ends") {
@@ -393,7 +376,7 @@ async fn a_burst_of_subscribes_on_one_connection_is_accepted() {
         opened.push(s.unwrap_or_else(|e| panic!("subscribe {i} of a burst failed: {e}")).into_inner());
     }
     for mut s in opened {
-        next(&mut s).await;
+        next_update(&mut s).await;
     }
     assert_eq!(media.total(), n);
 }

@@ -1,30 +1,12 @@
 //! The vertical slice, end to end: a media service, one poller, edges and
 //! SSE clients, all on real sockets.
 
-use livepush::proto::{LiveUpdate, State, SubscribeRequest};
+use livepush::proto::{State, SubscribeRequest};
 use livepush_tests::{
-    PATIENCE, TestMedia, eventually, feed_client, media::Reply, raw_request, sse::SseClient, start_edge,
-    start_poller,
+    PATIENCE, TestMedia, eventually, feed_client, media::Reply, next_update, raw_request, sse::SseClient,
+    start_edge, start_poller, subscribe,
 };
 use std::time::Duration;
-use tonic::Streaming;
-
-async fn next_update(stream: &mut Streaming<LiveUpdate>) -> LiveUpdate {
-    tokio::time::timeout(PATIENCE, stream.message())
-        .await
-        .expect("an update in time")
-        .expect("stream ok")
-        .expect("stream open")
-}
-
-async fn subscribe(addr: std::net::SocketAddr, id: &str) -> Streaming<LiveUpdate> {
-    feed_client(addr)
-        .await
-        .subscribe(SubscribeRequest { event_id: id.into() })
-        .await
-        .expect("subscribe")
-        .into_inner()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browsers_on_two_edges_receive_every_change() {

@@ -14,12 +14,13 @@ use bytes::Bytes;
 use livepush::{
     EventId,
     proto::{LiveUpdate, State, SubscribeRequest, live_feed_client::LiveFeedClient},
+    recent::RecentMap,
 };
 use rand::Rng;
 use std::{
-    collections::{HashMap, VecDeque, hash_map::Entry as MapEntry},
+    collections::{HashMap, hash_map::Entry as MapEntry},
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant},
+    time::Duration,
 };
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -67,7 +68,8 @@ struct Inner {
 
 struct Table {
     events: HashMap<EventId, Entry>,
-    ended: EndedSet,
+    /// Events the poller said are over (bounded in count and age).
+    ended: RecentMap<EventId, ()>,
     next_generation: u64,
 }
 
@@ -81,7 +83,7 @@ struct Entry {
 impl Feeds {
     pub fn new(poller: Channel, shutdown: CancellationToken) -> Self {
         let table =
-            Table { events: HashMap::new(), ended: EndedSet::new(MAX_ENDED, ENDED_TTL), next_generation: 0 };
+            Table { events: HashMap::new(), ended: RecentMap::new(MAX_ENDED, ENDED_TTL), next_generation: 0 };
         let inner = Inner {
             client: LiveFeedClient::new(poller),
             table: Mutex::new(table),
@@ -147,7 +149,7 @@ impl Feeds {
     }
 
     fn remember_ended(&self, id: &EventId) {
-        self.lock().ended.insert(id.clone());
+        self.lock().ended.insert(id.clone(), ());
     }
 
     fn release(&self, id: &EventId, generation: u64) {
@@ -304,66 +306,9 @@ async fn upstream(feeds: Feeds, id: EventId, tx: watch::Sender<Snapshot>, cancel
     debug!(event_id = %id, "upstream closed");
 }
 
-/// Ids of ended events, bounded in count and age.
-struct EndedSet {
-    at: HashMap<EventId, Instant>,
-    order: VecDeque<(EventId, Instant)>,
-    capacity: usize,
-    ttl: Duration,
-}
-
-impl EndedSet {
-    fn new(capacity: usize, ttl: Duration) -> Self {
-        Self { at: HashMap::new(), order: VecDeque::new(), capacity, ttl }
-    }
-
-    fn contains(&mut self, id: &EventId) -> bool {
-        self.expire();
-        self.at.contains_key(id)
-    }
-
-    fn insert(&mut self, id: EventId) {
-        self.expire();
-        let now = Instant::now();
-        self.at.insert(id.clone(), now);
-        self.order.push_back((id, now));
-        while self.order.len() > self.capacity {
-            self.pop_oldest();
-        }
-    }
-
-    fn expire(&mut self) {
-        while self.order.front().is_some_and(|(_, at)| at.elapsed() >= self.ttl) {
-            self.pop_oldest();
-        }
-    }
-
-    fn pop_oldest(&mut self) {
-        if let Some((id, at)) = self.order.pop_front()
-            && self.at.get(&id) == Some(&at)
-        {
-            self.at.remove(&id);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ended_set_is_bounded_and_expires() {
-        let mut set = EndedSet::new(2, Duration::from_millis(30));
-        for i in 0..100 {
-            set.insert(EventId::parse(&format!("e{i}")).unwrap());
-            assert!(set.at.len() <= 2 && set.order.len() <= 2);
-        }
-        assert!(set.contains(&EventId::parse("e99").unwrap()));
-        assert!(!set.contains(&EventId::parse("e0").unwrap()));
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(!set.contains(&EventId::parse("e99").unwrap()));
-        assert!(set.order.is_empty());
-    }
 
     fn update(seq: u64, state: State, data: &str) -> LiveUpdate {
         LiveUpdate {

@@ -71,15 +71,7 @@ pub struct MediaClient {
 
 impl MediaClient {
     pub fn new(url: MediaUrl, timeout: Duration, max_body: usize, max_inflight: usize) -> Self {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("livepush-poller/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            // Never follow a redirect: the template decides which server we
-            // talk to, not the media service's answers.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("static HTTP client configuration is valid");
+        let http = http_client(timeout);
         Self { http, url, timeout, max_body, inflight: Arc::new(Semaphore::new(max_inflight)) }
     }
 
@@ -134,6 +126,19 @@ impl MediaClient {
         }
         Ok(Fetched::Json { data: compact_json(&body)?, validators })
     }
+}
+
+/// The poller's HTTP client for the media service: connection reuse, a
+/// connect timeout, and no redirects (the URL templates decide which server
+/// the poller talks to, never the answers).
+pub(crate) fn http_client(connect_timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(concat!("livepush-poller/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("static HTTP client configuration is valid")
 }
 
 /// Re-serialises a JSON document on one line (key order kept). Serde escapes

@@ -77,15 +77,7 @@ impl PresenceForwarder {
     /// Forwards `store`'s presence to `url` every `interval`, each post
     /// bounded by `timeout`; stops with the store's shutdown token.
     pub fn new(url: MediaUrl, interval: Duration, timeout: Duration, store: PresenceStore) -> Self {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("livepush-poller/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            // Never follow a redirect: the template decides which server we
-            // talk to, not the receiver's answers.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("static HTTP client configuration is valid");
+        let http = crate::media_client::http_client(timeout);
         let posts = Arc::new(Semaphore::new(MAX_CONCURRENT_POSTS));
         let inner = Inner { http, url, interval, timeout, store, failures: AtomicU64::new(0), posts };
         Self { inner: Arc::new(inner) }

@@ -8,9 +8,9 @@
 //! once the event has had no subscriber for `--linger`.
 
 use crate::{media_client::MediaClient, poll_loop};
-use livepush::{EventId, proto::LiveUpdate};
+use livepush::{EventId, proto::LiveUpdate, recent::RecentMap};
 use std::{
-    collections::{HashMap, VecDeque, hash_map::Entry as MapEntry},
+    collections::{HashMap, hash_map::Entry as MapEntry},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
@@ -59,7 +59,8 @@ struct Inner {
 
 struct State {
     events: HashMap<EventId, Entry>,
-    ended: EndedMemory,
+    /// Recently ended events and their final update.
+    ended: RecentMap<EventId, Arc<LiveUpdate>>,
     next_generation: u64,
 }
 
@@ -79,7 +80,7 @@ impl Registry {
     pub fn new(client: MediaClient, settings: Settings, shutdown: CancellationToken) -> Self {
         let state = State {
             events: HashMap::new(),
-            ended: EndedMemory::new(MAX_ENDED, ENDED_TTL),
+            ended: RecentMap::new(MAX_ENDED, ENDED_TTL),
             next_generation: 0,
         };
         let inner = Inner { state: Mutex::new(state), client, settings, shutdown, tasks: TaskTracker::new() };
@@ -92,7 +93,7 @@ impl Registry {
             return Err(SubscribeError::ShuttingDown);
         }
         let mut state = self.lock();
-        if let Some(ended) = state.ended.get(&id) {
+        if let Some(ended) = state.ended.get(&id).cloned() {
             // Nothing will ever change: a closed channel holding the final
             // update makes the stream deliver it and end.
             let (_, rx) = watch::channel(Some(ended));
@@ -239,84 +240,5 @@ struct SubscriberGuard {
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
         self.registry.release(&self.id, self.generation);
-    }
-}
-
-/// Recently ended events, bounded in count and age.
-struct EndedMemory {
-    by_id: HashMap<EventId, (Arc<LiveUpdate>, Instant)>,
-    order: VecDeque<(EventId, Instant)>,
-    capacity: usize,
-    ttl: Duration,
-}
-
-impl EndedMemory {
-    fn new(capacity: usize, ttl: Duration) -> Self {
-        Self { by_id: HashMap::new(), order: VecDeque::new(), capacity, ttl }
-    }
-
-    fn get(&mut self, id: &EventId) -> Option<Arc<LiveUpdate>> {
-        self.expire();
-        self.by_id.get(id).map(|(u, _)| u.clone())
-    }
-
-    fn insert(&mut self, id: EventId, last: Arc<LiveUpdate>) {
-        self.expire();
-        let now = Instant::now();
-        self.by_id.insert(id.clone(), (last, now));
-        self.order.push_back((id, now));
-        while self.order.len() > self.capacity {
-            self.pop_oldest();
-        }
-    }
-
-    fn expire(&mut self) {
-        while self.order.front().is_some_and(|(_, at)| at.elapsed() >= self.ttl) {
-            self.pop_oldest();
-        }
-    }
-
-    fn pop_oldest(&mut self) {
-        if let Some((id, at)) = self.order.pop_front() {
-            // Only remove the map entry this queue slot stands for (an id
-            // that ended twice has a newer slot).
-            if self.by_id.get(&id).is_some_and(|(_, t)| *t == at) {
-                self.by_id.remove(&id);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ended(id: &str) -> (EventId, Arc<LiveUpdate>) {
-        let update = LiveUpdate { event_id: id.into(), state: 3, ..Default::default() };
-        (EventId::parse(id).unwrap(), Arc::new(update))
-    }
-
-    #[test]
-    fn ended_memory_is_bounded_in_count() {
-        let mut memory = EndedMemory::new(3, Duration::from_secs(60));
-        for i in 0..1000 {
-            let (id, u) = ended(&format!("ev-{i}"));
-            memory.insert(id, u);
-            assert!(memory.by_id.len() <= 3 && memory.order.len() <= 3);
-        }
-        // The newest are kept, the oldest forgotten.
-        assert!(memory.get(&ended("ev-999").0).is_some());
-        assert!(memory.get(&ended("ev-0").0).is_none());
-    }
-
-    #[test]
-    fn ended_memory_expires() {
-        let mut memory = EndedMemory::new(100, Duration::from_millis(30));
-        let (id, u) = ended("gone");
-        memory.insert(id.clone(), u);
-        assert!(memory.get(&id).is_some());
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(memory.get(&id).is_none());
-        assert!(memory.by_id.is_empty() && memory.order.is_empty());
     }
 }

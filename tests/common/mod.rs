@@ -105,6 +105,23 @@ pub async fn feed_client(
         .expect("connect to the poller")
 }
 
+/// Subscribes to `id` at the poller on `addr` with a real gRPC client.
+pub async fn subscribe(addr: SocketAddr, id: &str) -> tonic::Streaming<livepush::proto::LiveUpdate> {
+    let request = livepush::proto::SubscribeRequest { event_id: id.into() };
+    feed_client(addr).await.subscribe(request).await.expect("subscribe").into_inner()
+}
+
+/// The next update of a subscription (panics if none comes in time).
+pub async fn next_update(
+    stream: &mut tonic::Streaming<livepush::proto::LiveUpdate>,
+) -> livepush::proto::LiveUpdate {
+    tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("an update in time")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
 /// Sends `request` verbatim over TCP and returns the status code and body of
 /// the answer (for request lines no HTTP client library would send).
 pub async fn raw_request(addr: SocketAddr, request: &str) -> (u16, String) {
