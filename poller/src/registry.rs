@@ -78,11 +78,8 @@ struct Entry {
 
 impl Registry {
     pub fn new(client: MediaClient, settings: Settings, shutdown: CancellationToken) -> Self {
-        let state = State {
-            events: HashMap::new(),
-            ended: RecentMap::new(MAX_ENDED, ENDED_TTL),
-            next_generation: 0,
-        };
+        let state =
+            State { events: HashMap::new(), ended: RecentMap::new(MAX_ENDED, ENDED_TTL), next_generation: 0 };
         let inner = Inner { state: Mutex::new(state), client, settings, shutdown, tasks: TaskTracker::new() };
         Self { inner: Arc::new(inner) }
     }
