@@ -380,3 +380,56 @@ async fn a_burst_of_subscribes_on_one_connection_is_accepted() {
     }
     assert_eq!(media.total(), n);
 }
+
+/// An https media service with a certificate from a private CA: trusted
+/// through --media-ca, refused (stale, nothing forwarded) without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_media_services_are_polled_with_verified_certificates() {
+    use hyper_util::rt::TokioIo;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("livepush-media-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from_static(br#"{"secure":true}"#),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    let url = format!("https://localhost:{port}/live/{{event_id}}");
+    let ca = ca.display().to_string();
+
+    let trusted = start_poller(&["--media-url", &url, "--interval", "1h", "--media-ca", &ca]).await;
+    let mut s = subscribe(trusted.addr, "tls").await;
+    let u = next_update(&mut s).await;
+    assert_eq!((u.state, u.data.as_str()), (State::Live as i32, r#"{"secure":true}"#));
+
+    let untrusted = start_poller(&["--media-url", &url, "--interval", "1h"]).await;
+    let mut s = subscribe(untrusted.addr, "tls").await;
+    let u = next_update(&mut s).await;
+    assert_eq!((u.state, u.data.as_str()), (State::Stale as i32, ""), "an unverified certificate is refused");
+    let _ = std::fs::remove_dir_all(dir);
+}
