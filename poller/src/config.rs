@@ -35,11 +35,6 @@ pub struct Config {
     #[arg(long, env = "POLLER_MEDIA_TIMEOUT", default_value = "2s", value_parser = positive_duration)]
     pub media_timeout: Duration,
 
-    /// PEM bundle of the roots to trust for https media and heartbeat URLs
-    /// (a private PKI); without it the system's roots are trusted.
-    #[arg(long, env = "POLLER_MEDIA_CA")]
-    pub media_ca: Option<std::path::PathBuf>,
-
     /// Most requests in flight to the media service across all events.
     #[arg(long, env = "POLLER_MAX_INFLIGHT", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_inflight: u32,
@@ -89,15 +84,6 @@ impl Config {
     pub fn with_media_url(media_url: &str) -> anyhow::Result<Self> {
         Ok(Self::try_parse_from(["poller", "--media-url", media_url])?)
     }
-}
-
-/// Reads `--media-ca`.
-pub fn load_roots(path: &std::path::Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
-    let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("--media-ca {}: {e}", path.display()))?;
-    let roots = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| anyhow::anyhow!("--media-ca {}: {e}", path.display()))?;
-    anyhow::ensure!(!roots.is_empty(), "--media-ca {}: no certificate found", path.display());
-    Ok(roots)
 }
 
 /// A duration of at least one millisecond (a zero interval would spin).

@@ -65,15 +65,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
-    let roots = match &config.media_ca {
-        Some(path) => config::load_roots(path)?,
-        None => Vec::new(),
-    };
-    // One HTTP client (one connection pool) for polling and forwarding.
-    let http = media_client::http_client(config.media_timeout, roots)
-        .map_err(|e| anyhow::anyhow!("HTTP client for the media service: {e}"))?;
     let client = MediaClient::new(
-        http.clone(),
         config.media_url.clone(),
         config.media_timeout,
         config.max_body,
@@ -94,13 +86,8 @@ pub async fn run(
     let presence_tasks = TaskTracker::new();
     presence_tasks.spawn(presence.clone().sweep());
     if let Some(url) = config.heartbeat_url.clone() {
-        let forwarder = PresenceForwarder::new(
-            http,
-            url,
-            config.heartbeat_interval,
-            config.media_timeout,
-            presence.clone(),
-        );
+        let forwarder =
+            PresenceForwarder::new(url, config.heartbeat_interval, config.media_timeout, presence.clone());
         presence_tasks.spawn(forwarder.run());
     }
 

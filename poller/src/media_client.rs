@@ -70,14 +70,8 @@ pub struct MediaClient {
 }
 
 impl MediaClient {
-    /// `http` is the poller's shared client ([`http_client`]).
-    pub fn new(
-        http: reqwest::Client,
-        url: MediaUrl,
-        timeout: Duration,
-        max_body: usize,
-        max_inflight: usize,
-    ) -> Self {
+    pub fn new(url: MediaUrl, timeout: Duration, max_body: usize, max_inflight: usize) -> Self {
+        let http = http_client(timeout);
         Self { http, url, timeout, max_body, inflight: Arc::new(Semaphore::new(max_inflight)) }
     }
 
@@ -134,29 +128,17 @@ impl MediaClient {
     }
 }
 
-/// The poller's HTTP client for the media service: http and https (rustls,
-/// system roots), connection reuse, a connect timeout, and no redirects (the URL templates decide which server
+/// The poller's HTTP client for the media service: connection reuse, a
+/// connect timeout, and no redirects (the URL templates decide which server
 /// the poller talks to, never the answers).
-///
-/// With `roots` (from `--media-ca`), only those roots are trusted: a private
-/// PKI for internal media services. Otherwise the system's roots are.
-pub fn http_client(
-    connect_timeout: Duration,
-    roots: Vec<reqwest::Certificate>,
-) -> reqwest::Result<reqwest::Client> {
-    // reqwest's TLS is built without a bundled crypto provider (the default
-    // one compiles aws-lc, a large C build); use ring, as the edge does. An
-    // error only means a provider is already installed in this process.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = reqwest::Client::builder()
+pub(crate) fn http_client(connect_timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
         .user_agent(concat!("livepush-poller/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
-        .redirect(reqwest::redirect::Policy::none());
-    if !roots.is_empty() {
-        builder = builder.tls_certs_only(roots);
-    }
-    builder.build()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("static HTTP client configuration is valid")
 }
 
 /// Re-serialises a JSON document on one line (key order kept). Serde escapes

@@ -76,13 +76,8 @@ impl PostError {
 impl PresenceForwarder {
     /// Forwards `store`'s presence to `url` every `interval`, each post
     /// bounded by `timeout`; stops with the store's shutdown token.
-    pub fn new(
-        http: reqwest::Client,
-        url: MediaUrl,
-        interval: Duration,
-        timeout: Duration,
-        store: PresenceStore,
-    ) -> Self {
+    pub fn new(url: MediaUrl, interval: Duration, timeout: Duration, store: PresenceStore) -> Self {
+        let http = crate::media_client::http_client(timeout);
         let posts = Arc::new(Semaphore::new(MAX_CONCURRENT_POSTS));
         let inner = Inner { http, url, interval, timeout, store, failures: AtomicU64::new(0), posts };
         Self { inner: Arc::new(inner) }
@@ -253,9 +248,7 @@ mod tests {
         let stop = CancellationToken::new();
         let store = PresenceStore::new(stop.clone());
         let url = MediaUrl::parse(url).unwrap();
-        let http = crate::media_client::http_client(Duration::from_secs(1), Vec::new()).unwrap();
         let f = PresenceForwarder::new(
-            http,
             url,
             Duration::from_millis(interval_ms),
             Duration::from_secs(1),
