@@ -2,16 +2,28 @@
 //! print the figures (nothing is asserted; the numbers go to BENCHMARKS.md).
 //!
 //! Each scenario is a subcommand in a module of its own; the shared pieces
-//! (child processes, /proc sampling, upstream arrival recording, the report)
-//! live in small modules so later scenarios (SSE fan-out, nchan comparison)
-//! reuse them instead of growing this file.
+//! (child processes, /proc sampling, upstream arrival recording, the SSE load
+//! generator, the report) live in small modules so scenarios reuse them
+//! instead of growing this file.
 
 mod arrivals;
+mod attach;
+mod breadth;
 mod child;
+mod fanout;
+mod histogram;
+mod httpc;
+mod plot;
 mod poller;
+mod polling;
 mod procstat;
+mod proxy;
+mod push;
 mod report;
+mod sse_load;
+mod stack;
 mod subscribers;
+mod wire;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -33,6 +45,18 @@ enum Scenario {
     /// One real poller process watching many events against an in-process
     /// media-sim: upstream requests/s, poller CPU and RSS, poll spread.
     Poller(poller::Args),
+    /// One event, one edge, N SSE browsers (a list of sizes, each on a fresh
+    /// edge): edge RSS per connection, delivery latency, CPU, errors.
+    Fanout(fanout::Args),
+    /// Many events with a few browsers each over several edges (default
+    /// 1,000 x 10 over two): the same figures, plus polls per event.
+    Breadth(breadth::Args),
+    /// N viewers polling media-sim directly versus the same viewers through
+    /// livepush: upstream requests/s and bytes/s, measured at media-sim.
+    Polling(polling::Args),
+    /// The SSE load generator alone, against edges you started (for
+    /// diagnostics: an edge under a profiler, say).
+    SseLoad(attach::Args),
 }
 
 #[tokio::main]
@@ -41,6 +65,10 @@ async fn main() -> anyhow::Result<()> {
     let scenario = async {
         match cli.scenario {
             Scenario::Poller(args) => poller::run(args).await,
+            Scenario::Fanout(args) => fanout::run(args).await,
+            Scenario::Breadth(args) => breadth::run(args).await,
+            Scenario::Polling(args) => polling::run(args).await,
+            Scenario::SseLoad(args) => attach::run(args).await,
         }
     };
     // Ctrl-C drops the scenario, whose guards stop the child processes.
@@ -50,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
     };
     report.print(&mut std::io::stdout().lock()).context("printing the report")?;
     if let Some(path) = &cli.json {
+        stack::ensure_parent(path)?;
         report.write_json(path)?;
         eprintln!("figures written to {}", path.display());
     }

@@ -19,6 +19,7 @@ use crate::{
     child::Child,
     procstat::{self, Sample},
     report::{Report, Value},
+    stack::{free_port, shell_words},
     subscribers::Fleet,
 };
 use anyhow::{Context, bail, ensure};
@@ -224,13 +225,6 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// A port free on loopback right now (bound then released; the poller binds
-/// it a moment later).
-fn free_port() -> anyhow::Result<u16> {
-    let probe = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
-    Ok(probe.local_addr().context("probe address")?.port())
-}
-
 /// Waits until the poller accepts gRPC, then opens one connection per
 /// [`STREAMS_PER_CHANNEL`] streams.
 async fn connect_channels(url: &str, events: u32, poller: &mut Child) -> anyhow::Result<Vec<Channel>> {
@@ -278,18 +272,6 @@ fn micros(d: Duration) -> u64 {
 
 fn mib(bytes: u64) -> Value {
     Value::Float(bytes as f64 / (1024.0 * 1024.0), 1)
-}
-
-/// Arguments joined for display, quoted where a shell would need it.
-fn shell_words(args: &[String]) -> String {
-    let quote = |a: &String| {
-        if a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c)) {
-            a.clone()
-        } else {
-            format!("'{}'", a.replace('\'', r"'\''"))
-        }
-    };
-    args.iter().map(quote).collect::<Vec<_>>().join(" ")
 }
 
 struct Procs {
@@ -485,11 +467,5 @@ mod tests {
         assert_eq!(event_index("ev-1234567"), Some(1_234_567));
         assert_eq!(event_index("demo-1"), None);
         assert!(livepush::EventId::parse(&event_id(199_999)).is_ok());
-    }
-
-    #[test]
-    fn shell_words_quote_only_when_needed() {
-        let args = ["--media-url".to_owned(), "http://127.0.0.1:1/live/{event_id}".to_owned()];
-        assert_eq!(shell_words(&args), "--media-url 'http://127.0.0.1:1/live/{event_id}'");
     }
 }

@@ -1,6 +1,12 @@
 //! The output of a scenario: a table for people and, with `--json PATH`, the
 //! same figures as JSON for scripts comparing runs. Scenarios only add rows;
 //! layout and number formatting live here so every scenario reads alike.
+//!
+//! A report may have columns (one per size of a run, or one per setup being
+//! compared): rows added with [`Report::row_each`] carry one value per column,
+//! so the sizes sit side by side; plain rows (parameters shared by all
+//! columns) carry one value. In the JSON a per-column row is an array in
+//! column order and `columns` names the columns.
 
 use anyhow::Context;
 use serde_json::{Map, Value as Json};
@@ -13,6 +19,8 @@ pub enum Value {
     /// A number shown with this many decimals.
     Float(f64, usize),
     Text(String),
+    /// No figure (nothing measured); `n/a` in the table, `null` in JSON.
+    Missing,
 }
 
 impl Value {
@@ -21,6 +29,7 @@ impl Value {
             Self::Int(n) => n.to_string(),
             Self::Float(x, decimals) => format!("{x:.decimals$}"),
             Self::Text(s) => s.clone(),
+            Self::Missing => "n/a".to_owned(),
         }
     }
 
@@ -33,6 +42,7 @@ impl Value {
                 serde_json::Number::from_f64((x * scale).round() / scale).map_or(Json::Null, Json::Number)
             }
             Self::Text(s) => Json::from(s.as_str()),
+            Self::Missing => Json::Null,
         }
     }
 }
@@ -67,10 +77,17 @@ impl From<&str> for Value {
     }
 }
 
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Self::Missing, Into::into)
+    }
+}
+
 struct Row {
     key: &'static str,
     label: &'static str,
-    value: Value,
+    /// One value, or one per column.
+    values: Vec<Value>,
     unit: &'static str,
 }
 
@@ -83,13 +100,20 @@ struct Section {
 pub struct Report {
     scenario: &'static str,
     title: String,
+    columns: Vec<String>,
     sections: Vec<Section>,
     notes: Vec<String>,
 }
 
 impl Report {
     pub fn new(scenario: &'static str, title: String) -> Self {
-        Self { scenario, title, sections: Vec::new(), notes: Vec::new() }
+        Self { scenario, title, columns: Vec::new(), sections: Vec::new(), notes: Vec::new() }
+    }
+
+    /// Names the columns of [`Report::row_each`] rows.
+    pub fn columns(&mut self, names: Vec<String>) -> &mut Self {
+        self.columns = names;
+        self
     }
 
     /// Starts a section; `key` names it in the JSON.
@@ -106,11 +130,27 @@ impl Report {
         value: impl Into<Value>,
         unit: &'static str,
     ) -> &mut Self {
+        self.push(Row { key, label, values: vec![value.into()], unit })
+    }
+
+    /// Adds a row with one value per column (see [`Report::columns`]).
+    pub fn row_each<V: Into<Value>>(
+        &mut self,
+        key: &'static str,
+        label: &'static str,
+        values: impl IntoIterator<Item = V>,
+        unit: &'static str,
+    ) -> &mut Self {
+        let values = values.into_iter().map(Into::into).collect();
+        self.push(Row { key, label, values, unit })
+    }
+
+    fn push(&mut self, row: Row) -> &mut Self {
         if self.sections.is_empty() {
             self.section("figures", "figures");
         }
         if let Some(section) = self.sections.last_mut() {
-            section.rows.push(Row { key, label, value: value.into(), unit });
+            section.rows.push(row);
         }
         self
     }
@@ -125,18 +165,37 @@ impl Report {
     pub fn print(&self, out: &mut impl Write) -> std::io::Result<()> {
         let rows = || self.sections.iter().flat_map(|s| &s.rows);
         let label_w = rows().map(|r| r.label.chars().count()).max().unwrap_or(0);
-        // Text (a command line, say) is left-aligned and does not widen the
-        // column of numbers.
-        let numbers = || rows().filter(|r| !matches!(r.value, Value::Text(_)));
-        let value_w = numbers().map(|r| r.value.shown().chars().count()).max().unwrap_or(0);
+        let columns = self.columns.len().max(1);
+        // Width of each column. With one column, text (a command line, say)
+        // is left-aligned and widens nothing; a shared value in a report with
+        // several columns neither.
+        let mut widths: Vec<usize> =
+            (0..columns).map(|c| self.columns.get(c).map_or(0, |h| h.chars().count())).collect();
+        for r in rows().filter(|r| r.values.len() == columns) {
+            for (w, v) in widths.iter_mut().zip(&r.values) {
+                if columns > 1 || !matches!(v, Value::Text(_)) {
+                    *w = (*w).max(v.shown().chars().count());
+                }
+            }
+        }
         writeln!(out, "\n{}\n", self.title)?;
+        if !self.columns.is_empty() {
+            let heads: Vec<String> =
+                self.columns.iter().zip(&widths).map(|(h, w)| format!("{h:>w$}")).collect();
+            writeln!(out, "  {:label_w$}  {}", "", heads.join("  "))?;
+        }
         for section in &self.sections {
             writeln!(out, "{}", section.title)?;
             for r in &section.rows {
-                let value = r.value.shown();
-                let line = match r.value {
-                    Value::Text(_) => format!("  {:label_w$}  {value} {}", r.label, r.unit),
-                    _ => format!("  {:label_w$}  {value:>value_w$} {}", r.label, r.unit),
+                let line = if r.values.len() == columns
+                    && !(columns == 1 && matches!(r.values[0], Value::Text(_)))
+                {
+                    let cells: Vec<String> =
+                        r.values.iter().zip(&widths).map(|(v, w)| format!("{:>w$}", v.shown())).collect();
+                    format!("  {:label_w$}  {} {}", r.label, cells.join("  "), r.unit)
+                } else {
+                    let shown: Vec<String> = r.values.iter().map(Value::shown).collect();
+                    format!("  {:label_w$}  {} {}", r.label, shown.join(" | "), r.unit)
                 };
                 writeln!(out, "{}", line.trim_end())?;
             }
@@ -152,8 +211,16 @@ impl Report {
         let mut doc = Map::new();
         doc.insert("scenario".into(), self.scenario.into());
         doc.insert("title".into(), self.title.as_str().into());
+        if !self.columns.is_empty() {
+            doc.insert("columns".into(), self.columns.clone().into());
+        }
         for section in &self.sections {
-            let rows = section.rows.iter().map(|r| (r.key.to_owned(), r.value.json())).collect();
+            // One value (a shared row, or a report of one column): a scalar.
+            let json = |r: &Row| match r.values.as_slice() {
+                [one] => one.json(),
+                many => Json::Array(many.iter().map(Value::json).collect()),
+            };
+            let rows = section.rows.iter().map(|r| (r.key.to_owned(), json(r))).collect();
             doc.insert(section.key.into(), Json::Object(rows));
         }
         doc.insert("notes".into(), self.notes.clone().into());
@@ -196,5 +263,30 @@ mod tests {
         assert_eq!(j["upstream"]["rps"], 1999.5);
         assert_eq!(j["scenario"], "demo");
         assert_eq!(j["notes"][0], "a note");
+        assert!(j.get("columns").is_none());
+    }
+
+    #[test]
+    fn columns_side_by_side() {
+        let mut r = Report::new("demo", "sizes".into());
+        r.columns(vec!["1000".into(), "15000".into()]);
+        r.section("params", "parameters").row("cmd", "command", "edge --x", "");
+        r.section("lat", "latency")
+            .row_each("p99_ms", "p99", [Value::Float(3.25, 1), Value::Float(120.0, 1)], "ms")
+            .row_each("errors", "errors", [0u64, 12], "")
+            .row_each("max_ms", "max", [Value::Missing, Value::Float(1.0, 1)], "ms");
+        let mut out = Vec::new();
+        r.print(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\n           1000  15000\n"), "{text}");
+        assert!(text.contains("\n  p99       3.2  120.0 ms\n"), "{text}");
+        assert!(text.contains("\n  errors      0     12\n"), "{text}");
+        assert!(text.contains("\n  max       n/a    1.0 ms\n"), "{text}");
+        assert!(text.contains("  command  edge --x\n"), "{text}");
+        let j = r.to_json();
+        assert_eq!(j["columns"][1], "15000");
+        assert_eq!(j["lat"]["p99_ms"][1], 120.0);
+        assert_eq!(j["lat"]["max_ms"][0], Json::Null);
+        assert_eq!(j["params"]["cmd"], "edge --x");
     }
 }

@@ -1,0 +1,133 @@
+//! Scenario `sse-load`: the SSE load generator alone, against edges that are
+//! already running (started by hand).
+//!
+//! The other scenarios start and measure their own processes; this one exists
+//! for diagnostics they cannot run: an edge under a heap profiler or `perf`,
+//! an edge built with different settings, a quick check of a demo. It prints
+//! what the browsers saw (connect times, delivery latency if media-sim runs
+//! with `--stamp`, errors) and, with `--pid`, that process's RSS before and
+//! after connecting and its CPU during the window. Loopback targets only.
+
+use crate::{
+    procstat,
+    push::{LoadArgs, at_least_1s, event_id},
+    report::{Report, Value},
+    sse_load::{self, Load, Plan},
+};
+use anyhow::ensure;
+use std::{net::SocketAddr, time::Duration};
+use tokio::time::Instant;
+
+/// Wait after every connection has its first event, before sampling RSS.
+const SETTLE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Edge address (loopback); repeat it for several edges, which the
+    /// connections alternate between.
+    #[arg(long, required = true)]
+    target: Vec<SocketAddr>,
+
+    /// Events watched (ids ev-000000, ...), round-robin over connections.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    events: u32,
+
+    /// SSE connections.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=18_000))]
+    connections: u32,
+
+    /// Measurement window after all connected.
+    #[arg(long, default_value = "30s", value_parser = at_least_1s)]
+    duration: Duration,
+
+    /// A process to sample (the edge's pid): RSS and CPU.
+    #[arg(long)]
+    pid: Option<u32>,
+
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<Report> {
+    for t in &args.target {
+        ensure!(t.ip().is_loopback(), "{t} is not a loopback address: load goes to 127.0.0.0/8 only");
+    }
+    let before = args.pid.map(procstat::sample).transpose()?;
+    let n = u64::from(args.connections);
+    let mut plan = Plan::default();
+    for i in 0..args.connections {
+        let target = args.target[i as usize % args.target.len()];
+        let event = (i / args.target.len() as u32) % args.events;
+        plan.push(target, &format!("/live/{}/stream", event_id(event)), event);
+    }
+    let ramp_limit = args.load.ramp(n) + Duration::from_secs(30);
+    let deadline = Instant::now() + ramp_limit + SETTLE + args.duration + Duration::from_secs(30);
+    let load = Load::start(plan, args.load.config(deadline));
+    let ready_after = load.wait_ready(n, ramp_limit).await;
+    tokio::time::sleep(SETTLE).await;
+    let connected = args.pid.map(procstat::sample).transpose()?;
+    let stats = load.stats().clone();
+    stats.latency.reset();
+    let c0 = stats.counters();
+    let start = Instant::now();
+    tokio::time::sleep(args.duration).await;
+    let window = start.elapsed().as_secs_f64();
+    let end = args.pid.map(procstat::sample).transpose()?;
+    let c = stats.counters().since(&c0);
+    let latency = stats.latency.snapshot();
+    let connect = stats.connect.snapshot();
+    load.stop(Duration::from_secs(5)).await;
+    let totals = stats.counters();
+
+    let targets: Vec<String> = args.target.iter().map(ToString::to_string).collect();
+    let mut r = Report::new(
+        "sse-load",
+        format!("livepush-bench sse-load: {} SSE connections to {}", args.connections, targets.join(", ")),
+    );
+    let ms = |q: f64| sse_load::ms(&latency, q).map(|x| Value::Float(x, 2));
+    r.section("load", "browsers")
+        .row("connections", "connections", args.connections, "")
+        .row(
+            "all_ready_s",
+            "every browser had its first event after",
+            ready_after.map(|d| Value::Float(d.as_secs_f64(), 2)),
+            "s",
+        )
+        .row(
+            "connect_p99_ms",
+            "TCP connect p99",
+            sse_load::ms(&connect, 0.99).map(|x| Value::Float(x, 2)),
+            "ms",
+        )
+        .row("messages_per_s", "data events/s (window)", Value::Float(c.messages as f64 / window, 1), "/s")
+        .row("latency_p50_ms", "latency p50", ms(0.5), "ms")
+        .row("latency_p99_ms", "latency p99", ms(0.99), "ms")
+        .row("latency_max_ms", "latency max", ms(1.0), "ms")
+        .row("errors", "errors (whole run)", totals.errors, "")
+        .row("reconnects", "reconnects (whole run)", totals.reconnects, "");
+    if let (Some(before), Some(connected), Some(end)) = (before, connected, end) {
+        let kib = |b: u64| Value::Float(b as f64 / 1024.0, 0);
+        r.section("process", "sampled process (--pid)")
+            .row("rss_before_kib", "RSS before connecting", kib(before.rss_bytes), "KiB")
+            .row("rss_connected_kib", "RSS connected", kib(connected.rss_bytes), "KiB")
+            .row(
+                "rss_per_conn_kib",
+                "RSS per connection",
+                Value::Float(
+                    connected.rss_bytes.saturating_sub(before.rss_bytes) as f64 / 1024.0 / n as f64,
+                    2,
+                ),
+                "KiB",
+            )
+            .row(
+                "cpu_pct",
+                "CPU in the window, % of one core",
+                Value::Float(100.0 * (end.cpu_seconds - connected.cpu_seconds) / window, 1),
+                "%",
+            );
+    }
+    for (kind, count) in stats.error_kinds() {
+        r.note(format!("{count} x {kind}"));
+    }
+    Ok(r)
+}

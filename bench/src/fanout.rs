@@ -1,0 +1,76 @@
+//! Scenario `fanout`: one event, one edge, N browsers — the cost of holding
+//! many SSE streams and of pushing one update to all of them.
+//!
+//! media-sim (`--stamp`, data changing every second) and the poller (1 s
+//! interval) run once for the whole invocation; each size in `--connections`
+//! gets a fresh edge process, so its idle RSS, RSS per connection and CPU are
+//! its own (see [`crate::push`] for the phases). With `--plot` the latency
+//! and memory figures across sizes are drawn as an SVG.
+
+use crate::{
+    plot,
+    push::{self, Outcome, PushArgs, Shape, Upstream},
+    report::Report,
+};
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// SSE connections; a comma-separated list (1000,5000,15000) runs each
+    /// size in turn with a fresh edge.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000",
+        value_parser = clap::value_parser!(u32).range(1..=18_000)
+    )]
+    connections: Vec<u32>,
+
+    /// Also draw latency and RSS per connection against connections as SVG.
+    #[arg(long, value_name = "PATH")]
+    plot: Option<PathBuf>,
+
+    #[command(flatten)]
+    push: PushArgs,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<Report> {
+    let mut up = Upstream::start(&args.push).await?;
+    let cmds = (up.media.cmd.clone(), up.poller.cmd.clone());
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut failed = Vec::new();
+    for &n in &args.connections {
+        eprintln!("fanout: {n} connections");
+        let shape = Shape { edges: 1, events: 1, per_event: n };
+        match push::measure(&args.push, shape, &mut up).await {
+            Ok(o) => outcomes.push(o),
+            // The other sizes' figures still stand; the failure is reported.
+            Err(e) => failed.push(format!("{n} connections: the run failed: {e:#}")),
+        }
+    }
+    up.stop().await?;
+
+    let sizes: Vec<String> = outcomes.iter().map(|o| o.shape.connections().to_string()).collect();
+    let title = format!(
+        "livepush-bench fanout: one event, one edge, {} SSE connections",
+        args.connections.iter().map(u32::to_string).collect::<Vec<_>>().join(" / ")
+    );
+    let mut report = push::report("fanout", title, sizes, &outcomes, &args.push, (&cmds.0, &cmds.1));
+    for f in failed {
+        report.note(f);
+    }
+    if let Some(path) = &args.plot {
+        let points: Vec<plot::Point> = outcomes
+            .iter()
+            .map(|o| plot::Point {
+                connections: o.shape.connections(),
+                p50_ms: o.latency_ms(0.5),
+                p99_ms: o.latency_ms(0.99),
+                rss_per_conn_kib: o.rss_per_conn_kib(),
+            })
+            .collect();
+        plot::fanout(path, &points, push::TARGET_P99_MS, push::TARGET_RSS_PER_CONN_KIB)?;
+        report.note(format!("plot written to {}", path.display()));
+    }
+    Ok(report)
+}

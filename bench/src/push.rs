@@ -1,0 +1,811 @@
+//! One measured run of the push path, media-sim → poller → edge(s) → SSE
+//! browsers, shared by the `fanout` and `breadth` scenarios: they differ only
+//! in the shape (edges × events × browsers per event).
+//!
+//! The phases are chosen so each figure means one thing:
+//!
+//! 1. **Start** the edges (fresh processes: memory of an earlier size does
+//!    not carry over) and wait until `/readyz` answers 200.
+//! 2. **Warm up**: one SSE stream per edge until its first event, then closed,
+//!    so the gRPC channel, the feed machinery and the allocator have been
+//!    exercised. One second later: **idle RSS**.
+//! 3. **Connect** all browsers at `--connect-rate`, wait until every one has
+//!    its first event, then `--settle`: **connected RSS**. RSS per connection
+//!    is (connected − idle) / connections on that edge.
+//! 4. **Window** of `--duration`: latency histograms restarted, CPU of every
+//!    process, media-sim's request count and the generator's counters taken at
+//!    both ends. Updates served in the window are then given two seconds to
+//!    reach everyone before deliveries per update are read.
+//! 5. Stop the browsers, then the edges.
+//!
+//! Errors are never hidden: every failure, close and reconnect of the whole
+//! run (ramp included) is counted and listed by message.
+
+use crate::{
+    histogram::Snapshot,
+    procstat::{self, MemoryDetail, Sample},
+    report::{Report, Value},
+    sse_load::{self, Counters, Load, Plan, Update},
+    stack::{self, BinArgs, Proc},
+};
+use anyhow::Context;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Targets from the issue, shown next to the figures.
+pub const TARGET_RSS_PER_CONN_KIB: f64 = 6.0;
+pub const TARGET_P99_MS: f64 = 50.0;
+
+/// How the browsers are generated; shared with the `polling` scenario.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// New SSE connections per second (first connections and reconnects).
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
+    pub connect_rate: u32,
+
+    /// Connections bound to each source address (127.0.0.2, 127.0.0.3, ...).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=25_000))]
+    pub per_source: u32,
+}
+
+impl LoadArgs {
+    /// The generator's settings for a run that must end by `deadline`.
+    pub fn config(&self, deadline: Instant) -> sse_load::Config {
+        sse_load::Config {
+            connect_rate: self.connect_rate,
+            per_source: self.per_source,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(40),
+            reconnect_delay: Duration::from_millis(100),
+            deadline,
+        }
+    }
+
+    /// Time to start `n` connections at the connect rate.
+    pub fn ramp(&self, n: u64) -> Duration {
+        Duration::from_secs_f64(n as f64 / f64::from(self.connect_rate.max(1)))
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PushArgs {
+    /// Length of the measurement window.
+    #[arg(long, default_value = "30s", value_parser = at_least_1s)]
+    pub duration: Duration,
+
+    /// Wait between "every browser has its first event" and the connected
+    /// RSS sample / the window.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+
+    /// The poller's --interval.
+    #[arg(long, default_value = "1s", value_parser = at_least_1s)]
+    pub interval: Duration,
+
+    /// media-sim's --change-every (it runs with --stamp: every answer is new).
+    #[arg(long, default_value = "1s", value_parser = at_least_1s)]
+    pub change_every: Duration,
+
+    #[command(flatten)]
+    pub load: LoadArgs,
+
+    #[command(flatten)]
+    pub bins: BinArgs,
+}
+
+pub fn at_least_1s(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
+}
+
+/// Who watches what.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub edges: usize,
+    pub events: u32,
+    pub per_event: u32,
+}
+
+impl Shape {
+    pub fn connections(&self) -> u64 {
+        u64::from(self.events) * u64::from(self.per_event)
+    }
+}
+
+pub fn event_id(index: u32) -> String {
+    format!("ev-{index:06}")
+}
+
+/// The running upstream: media-sim (with `--stamp`) and the poller.
+pub struct Upstream {
+    pub media: Proc,
+    pub poller: Proc,
+}
+
+impl Upstream {
+    pub async fn start(args: &PushArgs) -> anyhow::Result<Self> {
+        let media = stack::media_sim(&args.bins, args.change_every, true).await?;
+        let poller = stack::poller(&args.bins, media.addr, args.interval).await?;
+        Ok(Self { media, poller })
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.poller.stop().await?;
+        self.media.stop().await
+    }
+}
+
+struct EdgeMemory {
+    conns: u64,
+    idle: Sample,
+    connected: Sample,
+    end: Sample,
+    idle_detail: MemoryDetail,
+    connected_detail: MemoryDetail,
+}
+
+/// Everything measured in one run.
+pub struct Outcome {
+    pub shape: Shape,
+    edge_cmd: String,
+    ready_after: Option<Duration>,
+    ready_at_wait_end: u64,
+    connect: Snapshot,
+    first_event: Snapshot,
+    window: Duration,
+    counters: Counters,
+    latency: Snapshot,
+    updates: Vec<Update>,
+    updates_dropped: u64,
+    requests: u64,
+    edges: Vec<EdgeMemory>,
+    cpu_edges: f64,
+    cpu_edges_system: f64,
+    cpu_poller: f64,
+    cpu_media: f64,
+    cpu_load: f64,
+    cpu_load_system: f64,
+    /// Host CPU used by other programs during the window.
+    cpu_others: f64,
+    load_rss_idle: u64,
+    load_rss_connected: u64,
+    totals: Counters,
+    error_kinds: Vec<(String, u64)>,
+    stuck: usize,
+    listen_overflows: u64,
+    listen_drops: u64,
+    syncookies: u64,
+}
+
+impl Outcome {
+    pub fn latency_ms(&self, q: f64) -> Option<f64> {
+        sse_load::ms(&self.latency, q)
+    }
+
+    /// Mean over the edges of (connected − idle RSS) / connections, in KiB.
+    pub fn rss_per_conn_kib(&self) -> f64 {
+        self.per_conn(|e| e.connected.rss_bytes.saturating_sub(e.idle.rss_bytes) as f64 / 1024.0)
+    }
+
+    fn per_conn(&self, delta_kib: impl Fn(&EdgeMemory) -> f64) -> f64 {
+        let per: Vec<f64> = self.edges.iter().map(|e| delta_kib(e) / e.conns.max(1) as f64).collect();
+        per.iter().sum::<f64>() / per.len().max(1) as f64
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.totals.errors
+    }
+
+    /// Upstream polls per event per interval during the window.
+    fn polls_per_interval(&self, interval: Duration) -> f64 {
+        self.requests as f64
+            / f64::from(self.shape.events)
+            / (self.window.as_secs_f64() / interval.as_secs_f64())
+    }
+}
+
+/// Runs one shape against `up` (see the module doc for the phases).
+pub async fn measure(args: &PushArgs, shape: Shape, up: &mut Upstream) -> anyhow::Result<Outcome> {
+    let mut edges = Vec::with_capacity(shape.edges);
+    for _ in 0..shape.edges {
+        edges.push(stack::edge(&args.bins, up.poller.addr).await?);
+    }
+    let edge_cmd = edges.first().map(|e| e.cmd.clone()).unwrap_or_default();
+
+    // Warm-up: one stream per edge until its first event.
+    let mut plan = Plan::default();
+    for e in &edges {
+        plan.push(e.addr, &format!("/live/{}/stream", event_id(0)), 0);
+    }
+    let warm = Load::start(plan, args.load.config(Instant::now() + Duration::from_secs(30)));
+    let warmed = warm.wait_ready(edges.len() as u64, Duration::from_secs(20)).await;
+    let warm_errors = warm.stats().error_kinds();
+    warm.stop(Duration::from_secs(2)).await;
+    warmed.with_context(|| format!("warm-up streams got no first event within 20 s: {warm_errors:?}"))?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let me = std::process::id();
+    let idle: Vec<(Sample, MemoryDetail)> =
+        edges.iter().map(|e| memory(e.pid())).collect::<Result<_, _>>()?;
+    let load_rss_idle = procstat::sample(me)?.rss_bytes;
+
+    // Connect everyone: connection i watches event i % events on edge
+    // (i / events) % edges, so every event has browsers on every edge.
+    let n = shape.connections();
+    let mut plan = Plan::default();
+    let mut conns = vec![0u64; edges.len()];
+    for i in 0..n {
+        let event = u32::try_from(i % u64::from(shape.events)).context("event index")?;
+        let e = usize::try_from((i / u64::from(shape.events)) % edges.len() as u64).context("edge index")?;
+        plan.push(edges[e].addr, &format!("/live/{}/stream", event_id(event)), event);
+        conns[e] += 1;
+    }
+    let ramp_limit = args.load.ramp(n) + Duration::from_secs(30);
+    let deadline = Instant::now() + ramp_limit + args.settle + args.duration + Duration::from_secs(60);
+    let listen0 = procstat::tcp_ext(LISTEN_COUNTERS)?;
+    let load = Load::start(plan, args.load.config(deadline));
+    eprintln!(
+        "connecting {n} browsers to {} edge(s) from {} source address(es) at {}/s",
+        edges.len(),
+        load.sources().len(),
+        args.load.connect_rate
+    );
+    let ready_after = load.wait_ready(n, ramp_limit).await;
+    let ready_at_wait_end = load.stats().counters().ready;
+    if ready_after.is_none() {
+        eprintln!(
+            "only {ready_at_wait_end} of {n} browsers had a first event after {ramp_limit:?}; measuring anyway"
+        );
+    }
+    tokio::time::sleep(args.settle).await;
+    for e in &mut edges {
+        e.child.ensure_running()?;
+    }
+    let connected: Vec<(Sample, MemoryDetail)> =
+        edges.iter().map(|e| memory(e.pid())).collect::<Result<_, _>>()?;
+    let load_rss_connected = procstat::sample(me)?.rss_bytes;
+
+    // The window.
+    let stats = load.stats().clone();
+    eprintln!("measuring for {}", humantime::format_duration(args.duration));
+    stats.latency.reset();
+    let c0 = stats.counters();
+    let r0 = stack::media_requests(up.media.addr).await?;
+    let cpu =
+        |pids: &[u32]| -> anyhow::Result<Vec<Sample>> { pids.iter().map(|&p| procstat::sample(p)).collect() };
+    let mut pids: Vec<u32> = edges.iter().map(Proc::pid).collect();
+    pids.extend([up.poller.pid(), up.media.pid(), me]);
+    let cpu0 = cpu(&pids)?;
+    let host0 = procstat::host_busy_seconds()?;
+    let t0_ms = sse_load::unix_micros() / 1000;
+    let start = Instant::now();
+    tokio::time::sleep(args.duration).await;
+    let cpu1 = cpu(&pids)?;
+    let host1 = procstat::host_busy_seconds()?;
+    let window = start.elapsed();
+    let t1_ms = sse_load::unix_micros() / 1000;
+    let latency = stats.latency.snapshot();
+    let counters = stats.counters().since(&c0);
+    let r1 = stack::media_requests(up.media.addr).await?;
+    let end: Vec<Sample> = edges.iter().map(|e| procstat::sample(e.pid())).collect::<Result<_, _>>()?;
+    for e in &mut edges {
+        e.child.ensure_running()?;
+    }
+    up.poller.child.ensure_running()?;
+    up.media.child.ensure_running()?;
+
+    // Let the updates served in the window reach everyone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (updates, updates_dropped) = stats.updates_served(t0_ms, t1_ms);
+    let connect = stats.connect.snapshot();
+    let first_event = stats.first_event.snapshot();
+    let listen1 = procstat::tcp_ext(LISTEN_COUNTERS)?;
+    let stuck = load.stop(Duration::from_secs(5)).await;
+    let totals = stats.counters();
+    let error_kinds = stats.error_kinds();
+    for e in edges {
+        e.stop().await?;
+    }
+
+    // (CPU, of which system) per process.
+    let spent: Vec<(f64, f64)> = cpu1
+        .iter()
+        .zip(&cpu0)
+        .map(|(b, a)| (b.cpu_seconds - a.cpu_seconds, b.system_seconds - a.system_seconds))
+        .collect();
+    let k = shape.edges;
+    let edges = idle
+        .into_iter()
+        .zip(connected)
+        .zip(end)
+        .zip(conns)
+        .map(|((((idle, idle_detail), (connected, connected_detail)), end), conns)| EdgeMemory {
+            conns,
+            idle,
+            connected,
+            end,
+            idle_detail,
+            connected_detail,
+        })
+        .collect();
+    Ok(Outcome {
+        shape,
+        edge_cmd,
+        ready_after,
+        ready_at_wait_end,
+        connect,
+        first_event,
+        window,
+        counters,
+        latency,
+        updates,
+        updates_dropped,
+        requests: r1.saturating_sub(r0),
+        edges,
+        cpu_edges: spent[..k].iter().map(|s| s.0).sum(),
+        cpu_edges_system: spent[..k].iter().map(|s| s.1).sum(),
+        cpu_poller: spent[k].0,
+        cpu_media: spent[k + 1].0,
+        cpu_load: spent[k + 2].0,
+        cpu_load_system: spent[k + 2].1,
+        cpu_others: (host1 - host0) - spent.iter().map(|s| s.0).sum::<f64>(),
+        load_rss_idle,
+        load_rss_connected,
+        totals,
+        error_kinds,
+        stuck,
+        listen_overflows: listen1[0].saturating_sub(listen0[0]),
+        listen_drops: listen1[1].saturating_sub(listen0[1]),
+        syncookies: listen1[2].saturating_sub(listen0[2]),
+    })
+}
+
+/// Accept-queue overflows, the SYNs they dropped, and SYN-queue overflows
+/// (the whole network namespace: other programs' connections count too).
+const LISTEN_COUNTERS: &[&str] = &["ListenOverflows", "ListenDrops", "SyncookiesSent"];
+
+fn memory(pid: u32) -> anyhow::Result<(Sample, MemoryDetail)> {
+    Ok((procstat::sample(pid)?, procstat::memory_detail(pid)?))
+}
+
+fn f(x: f64, decimals: usize) -> Value {
+    if x.is_finite() { Value::Float(x, decimals) } else { Value::Missing }
+}
+
+fn opt(x: Option<f64>, decimals: usize) -> Value {
+    x.map_or(Value::Missing, |x| f(x, decimals))
+}
+
+fn mib(bytes: u64) -> Value {
+    Value::Float(bytes as f64 / (1024.0 * 1024.0), 1)
+}
+
+fn quantile_of(values: &mut [f64], q: f64) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let i = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len().max(1)) - 1;
+    values.get(i).copied()
+}
+
+/// The table of one or more outcomes (one column each).
+pub fn report(
+    scenario: &'static str,
+    title: String,
+    columns: Vec<String>,
+    outcomes: &[Outcome],
+    args: &PushArgs,
+    up_cmds: (&str, &str),
+) -> Report {
+    let mut r = Report::new(scenario, title);
+    r.columns(columns);
+    let each = |g: &dyn Fn(&Outcome) -> Value| outcomes.iter().map(g).collect::<Vec<_>>();
+    let secs = |o: &Outcome| o.window.as_secs_f64();
+
+    r.section("params", "parameters")
+        .row_each("connections", "SSE connections", each(&|o| o.shape.connections().into()), "")
+        .row_each("edges", "edges", each(&|o| o.shape.edges.into()), "")
+        .row_each("events", "events", each(&|o| o.shape.events.into()), "")
+        .row_each("per_event", "browsers per event", each(&|o| o.shape.per_event.into()), "")
+        .row("interval_s", "poll interval", Value::Float(args.interval.as_secs_f64(), 1), "s")
+        .row(
+            "change_every_s",
+            "media-sim data changes every",
+            Value::Float(args.change_every.as_secs_f64(), 1),
+            "s",
+        )
+        .row("duration_s", "measurement window", Value::Float(args.duration.as_secs_f64(), 1), "s")
+        .row("settle_s", "settle before the window", Value::Float(args.settle.as_secs_f64(), 1), "s")
+        .row("connect_rate", "connect rate", args.load.connect_rate, "conn/s")
+        .row("per_source", "connections per source address", args.load.per_source, "")
+        .row("cores", "host cores (shared by all processes)", cores(), "")
+        .row("media_cmd", "media-sim", up_cmds.0, "")
+        .row("poller_cmd", "poller", up_cmds.1, "")
+        .row("edge_cmd", "edge (port varies)", outcomes.first().map_or("", |o| o.edge_cmd.as_str()), "");
+
+    r.section("connecting", "connecting (whole ramp)")
+        .row_each(
+            "all_ready_s",
+            "every browser had its first event after",
+            each(&|o| opt(o.ready_after.map(|d| d.as_secs_f64()), 2)),
+            "s",
+        )
+        .row_each("ready", "browsers with a first event then", each(&|o| o.ready_at_wait_end.into()), "")
+        .row_each("connect_p50_ms", "TCP connect p50", each(&|o| opt(sse_load::ms(&o.connect, 0.5), 2)), "ms")
+        .row_each(
+            "connect_p99_ms",
+            "TCP connect p99",
+            each(&|o| opt(sse_load::ms(&o.connect, 0.99), 2)),
+            "ms",
+        )
+        .row_each("connect_max_ms", "TCP connect max", each(&|o| opt(sse_load::ms(&o.connect, 1.0), 2)), "ms")
+        .row_each(
+            "listen_overflows",
+            "kernel accept-queue overflows (TcpExt ListenOverflows)",
+            each(&|o| o.listen_overflows.into()),
+            "",
+        )
+        .row_each(
+            "listen_drops",
+            "kernel listen drops (TcpExt ListenDrops)",
+            each(&|o| o.listen_drops.into()),
+            "",
+        )
+        .row_each("syncookies", "SYN cookies sent (SYN queue full)", each(&|o| o.syncookies.into()), "")
+        .row_each(
+            "first_event_p50_ms",
+            "connect start to first event p50",
+            each(&|o| opt(sse_load::ms(&o.first_event, 0.5), 2)),
+            "ms",
+        )
+        .row_each(
+            "first_event_p99_ms",
+            "connect start to first event p99",
+            each(&|o| opt(sse_load::ms(&o.first_event, 0.99), 2)),
+            "ms",
+        );
+
+    r.section("delivery", "delivery during the window (media-sim served -> browser read)")
+        .row_each("messages", "data events received", each(&|o| o.counters.messages.into()), "")
+        .row_each(
+            "messages_per_s",
+            "data events/s",
+            each(&|o| f(o.counters.messages as f64 / secs(o), 1)),
+            "/s",
+        )
+        .row_each(
+            "kib_per_s",
+            "bytes received/s",
+            each(&|o| f(o.counters.bytes as f64 / 1024.0 / secs(o), 1)),
+            "KiB/s",
+        )
+        .row_each("latency_n", "latencies recorded", each(&|o| o.latency.count.into()), "")
+        .row_each("latency_p50_ms", "latency p50", each(&|o| opt(o.latency_ms(0.5), 2)), "ms")
+        .row_each("latency_p90_ms", "latency p90", each(&|o| opt(o.latency_ms(0.9), 2)), "ms")
+        .row_each("latency_p99_ms", "latency p99", each(&|o| opt(o.latency_ms(0.99), 2)), "ms")
+        .row_each("latency_max_ms", "latency max", each(&|o| opt(o.latency_ms(1.0), 2)), "ms")
+        .row_each(
+            "latency_mean_ms",
+            "latency mean",
+            each(&|o| opt(o.latency.mean().map(|us| us / 1000.0), 2)),
+            "ms",
+        );
+
+    r.section("per_update", "per update served in the window (all its deliveries)")
+        .row_each("updates", "updates served", each(&|o| o.updates.len().into()), "")
+        .row_each(
+            "reached_min",
+            "browsers reached, least-reached update",
+            each(&|o| o.updates.iter().map(|u| u.reached).min().map_or(Value::Missing, Value::from)),
+            "",
+        )
+        .row_each(
+            "reached_mean",
+            "browsers reached, mean",
+            each(&|o| {
+                let n = o.updates.len().max(1) as f64;
+                opt(
+                    (!o.updates.is_empty())
+                        .then(|| o.updates.iter().map(|u| f64::from(u.reached)).sum::<f64>() / n),
+                    2,
+                )
+            }),
+            "",
+        )
+        .row_each(
+            "reached_all_pct",
+            "updates that reached every browser of the event",
+            each(&|o| {
+                let all = o.updates.iter().filter(|u| u.reached >= o.shape.per_event).count();
+                opt((!o.updates.is_empty()).then(|| 100.0 * all as f64 / o.updates.len() as f64), 1)
+            }),
+            "%",
+        )
+        .row_each(
+            "last_p50_ms",
+            "slowest browser of an update, p50",
+            each(&|o| {
+                opt(
+                    quantile_of(
+                        &mut o.updates.iter().map(|u| u.last_us as f64 / 1000.0).collect::<Vec<_>>(),
+                        0.5,
+                    ),
+                    2,
+                )
+            }),
+            "ms",
+        )
+        .row_each(
+            "last_p99_ms",
+            "slowest browser of an update, p99",
+            each(&|o| {
+                opt(
+                    quantile_of(
+                        &mut o.updates.iter().map(|u| u.last_us as f64 / 1000.0).collect::<Vec<_>>(),
+                        0.99,
+                    ),
+                    2,
+                )
+            }),
+            "ms",
+        )
+        .row_each(
+            "spread_p50_ms",
+            "first to last browser of an update, p50",
+            each(&|o| {
+                let mut s: Vec<f64> =
+                    o.updates.iter().map(|u| (u.last_us - u.first_us) as f64 / 1000.0).collect();
+                opt(quantile_of(&mut s, 0.5), 2)
+            }),
+            "ms",
+        )
+        .row_each(
+            "spread_max_ms",
+            "first to last browser of an update, max",
+            each(&|o| {
+                let mut s: Vec<f64> =
+                    o.updates.iter().map(|u| (u.last_us - u.first_us) as f64 / 1000.0).collect();
+                opt(quantile_of(&mut s, 1.0), 2)
+            }),
+            "ms",
+        );
+
+    r.section("errors", "errors and reconnects (whole run, ramp included)")
+        .row_each("attempts", "connection attempts", each(&|o| o.totals.attempts.into()), "")
+        .row_each("errors", "errors", each(&|o| o.totals.errors.into()), "")
+        .row_each("reconnects", "reconnects", each(&|o| o.totals.reconnects.into()), "")
+        .row_each(
+            "open_end",
+            "connections open at the end of the window",
+            each(&|o| o.counters.open.into()),
+            "",
+        )
+        .row_each("stale", "'stale' events", each(&|o| o.totals.stale.into()), "")
+        .row_each("live", "'live' events", each(&|o| o.totals.live.into()), "")
+        .row_each("presence", "'presence' events", each(&|o| o.totals.presence.into()), "")
+        .row_each("end", "'end' events", each(&|o| o.totals.end.into()), "")
+        .row_each("comments", "keep-alive comments", each(&|o| o.totals.comments.into()), "")
+        .row_each("unstamped", "data events without served_at_ms", each(&|o| o.totals.unstamped.into()), "")
+        .row_each("stuck", "tasks not stopped within 5 s", each(&|o| o.stuck.into()), "");
+
+    r.section("upstream", "upstream (media-sim GET /live count, window)")
+        .row_each("requests", "requests", each(&|o| o.requests.into()), "")
+        .row_each("requests_per_s", "requests/s", each(&|o| f(o.requests as f64 / secs(o), 2)), "req/s")
+        .row_each(
+            "expected_per_s",
+            "expected (events / interval)",
+            each(&|o| f(f64::from(o.shape.events) / args.interval.as_secs_f64(), 2)),
+            "req/s",
+        )
+        .row_each(
+            "polls_per_event_per_interval",
+            "polls per event per interval",
+            each(&|o| f(o.polls_per_interval(args.interval), 3)),
+            "",
+        );
+
+    let mean_edges = |o: &Outcome, g: &dyn Fn(&EdgeMemory) -> f64| {
+        o.edges.iter().map(g).sum::<f64>() / o.edges.len().max(1) as f64
+    };
+    r.section("memory", "edge memory (mean per edge)")
+        .row_each(
+            "conns_per_edge",
+            "connections per edge",
+            each(&|o| f(mean_edges(o, &|e| e.conns as f64), 0)),
+            "",
+        )
+        .row_each(
+            "rss_idle_mib",
+            "RSS idle (after warm-up)",
+            each(&|o| f(mean_edges(o, &|e| e.idle.rss_bytes as f64) / 1048576.0, 1)),
+            "MiB",
+        )
+        .row_each(
+            "rss_connected_mib",
+            "RSS all connected, settled",
+            each(&|o| f(mean_edges(o, &|e| e.connected.rss_bytes as f64) / 1048576.0, 1)),
+            "MiB",
+        )
+        .row_each(
+            "rss_end_mib",
+            "RSS at the end of the window",
+            each(&|o| f(mean_edges(o, &|e| e.end.rss_bytes as f64) / 1048576.0, 1)),
+            "MiB",
+        )
+        .row_each(
+            "rss_peak_mib",
+            "peak RSS (VmHWM)",
+            each(&|o| f(mean_edges(o, &|e| e.end.peak_rss_bytes as f64) / 1048576.0, 1)),
+            "MiB",
+        )
+        .row_each("rss_per_conn_kib", "RSS per connection", each(&|o| f(o.rss_per_conn_kib(), 2)), "KiB")
+        .row_each(
+            "anon_per_conn_kib",
+            "  of which anonymous (RssAnon)",
+            each(&|o| {
+                f(
+                    o.per_conn(|e| {
+                        e.connected_detail.rss_anon_kib as f64 - e.idle_detail.rss_anon_kib as f64
+                    }),
+                    2,
+                )
+            }),
+            "KiB",
+        )
+        .row_each(
+            "file_per_conn_kib",
+            "  of which file-backed (RssFile)",
+            each(&|o| {
+                f(
+                    o.per_conn(|e| {
+                        e.connected_detail.rss_file_kib as f64 - e.idle_detail.rss_file_kib as f64
+                    }),
+                    3,
+                )
+            }),
+            "KiB",
+        )
+        .row_each(
+            "end_per_conn_kib",
+            "RSS per connection at the end of the window",
+            each(&|o| f(o.per_conn(|e| e.end.rss_bytes.saturating_sub(e.idle.rss_bytes) as f64 / 1024.0), 2)),
+            "KiB",
+        )
+        .row_each(
+            "private_dirty_mib",
+            "smaps_rollup Private_Dirty, connected",
+            each(&|o| f(mean_edges(o, &|e| e.connected_detail.private_dirty_kib as f64) / 1024.0, 1)),
+            "MiB",
+        )
+        .row_each(
+            "threads",
+            "threads, connected",
+            each(&|o| f(mean_edges(o, &|e| e.connected_detail.threads as f64), 0)),
+            "",
+        )
+        .row_each(
+            "load_rss_per_conn_kib",
+            "load generator RSS per connection",
+            each(&|o| {
+                f(
+                    o.load_rss_connected.saturating_sub(o.load_rss_idle) as f64
+                        / 1024.0
+                        / o.shape.connections().max(1) as f64,
+                    2,
+                )
+            }),
+            "KiB",
+        )
+        .row_each(
+            "load_rss_mib",
+            "load generator RSS, connected",
+            each(&|o| mib(o.load_rss_connected)),
+            "MiB",
+        );
+
+    let pct = |cpu: f64, o: &Outcome| f(100.0 * cpu / secs(o), 1);
+    let cpu_s = |x: f64| f(x, 2);
+    r.section("cpu_seconds", "CPU seconds during the window")
+        .row_each("edges_s", "edge(s)", each(&|o| cpu_s(o.cpu_edges)), "s")
+        .row_each("poller_s", "poller", each(&|o| cpu_s(o.cpu_poller)), "s")
+        .row_each("media_s", "media-sim", each(&|o| cpu_s(o.cpu_media)), "s")
+        .row_each("load_s", "load generator", each(&|o| cpu_s(o.cpu_load)), "s");
+    r.section("cpu", "CPU during the window (% of one core)")
+        .row_each("edges_pct", "edge(s), all together", each(&|o| pct(o.cpu_edges, o)), "%")
+        .row_each("edges_system_pct", "  of which in the kernel", each(&|o| pct(o.cpu_edges_system, o)), "%")
+        .row_each(
+            "edge_us_per_delivery",
+            "edge CPU per data event delivered",
+            each(&|o| f(1e6 * o.cpu_edges / o.counters.messages.max(1) as f64, 1)),
+            "µs",
+        )
+        .row_each(
+            "edge_ms_per_update",
+            "edge CPU per update served (all its deliveries)",
+            each(&|o| f(1e3 * o.cpu_edges / o.updates.len().max(1) as f64, 2)),
+            "ms",
+        )
+        .row_each("poller_pct", "poller", each(&|o| pct(o.cpu_poller, o)), "%")
+        .row_each("media_pct", "media-sim", each(&|o| pct(o.cpu_media, o)), "%")
+        .row_each("load_pct", "load generator (this process)", each(&|o| pct(o.cpu_load, o)), "%")
+        .row_each("load_system_pct", "  of which in the kernel", each(&|o| pct(o.cpu_load_system, o)), "%")
+        .row_each(
+            "others_pct",
+            "other programs on the host (competing)",
+            each(&|o| pct(o.cpu_others.max(0.0), o)),
+            "%",
+        );
+
+    r.section("targets", "targets from the issue")
+        .row_each(
+            "zero_errors",
+            "no errors",
+            each(&|o| verdict(o.errors() == 0, format!("{} errors", o.errors()))),
+            "",
+        )
+        .row_each(
+            "rss_target",
+            "RSS per connection <= 6 KiB",
+            each(&|o| {
+                let kib = o.rss_per_conn_kib();
+                verdict(kib <= TARGET_RSS_PER_CONN_KIB, format!("{kib:.1} KiB"))
+            }),
+            "",
+        )
+        .row_each(
+            "p99_target",
+            "latency p99 < 50 ms",
+            each(&|o| match o.latency_ms(0.99) {
+                Some(ms) => verdict(ms < TARGET_P99_MS, format!("{ms:.1} ms")),
+                None => Value::Missing,
+            }),
+            "",
+        )
+        .row_each(
+            "one_poll_target",
+            "one poll per event per interval",
+            each(&|o| {
+                let p = o.polls_per_interval(args.interval);
+                verdict((p - 1.0).abs() <= 0.1, format!("{p:.3}"))
+            }),
+            "",
+        );
+
+    for o in outcomes {
+        let n = o.shape.connections();
+        for (kind, count) in &o.error_kinds {
+            r.note(format!("{n} connections: {count} x {kind}"));
+        }
+        if o.updates_dropped > 0 {
+            r.note(format!("{n} connections: {} deliveries not grouped per update (cap)", o.updates_dropped));
+        }
+    }
+    r.note(
+        "latency = browser read time - served_at_ms (media-sim's clock, ms precision: up to 1 ms too high); \
+         each connection's first event (the replayed latest value) is not counted"
+            .to_owned(),
+    );
+    r
+}
+
+/// "met (x)" or "MISSED (x)".
+fn verdict(met: bool, figure: String) -> Value {
+    Value::Text(if met { format!("met ({figure})") } else { format!("MISSED ({figure})") })
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_of_small_sets() {
+        assert_eq!(quantile_of(&mut [3.0, 1.0, 2.0], 0.5), Some(2.0));
+        assert_eq!(quantile_of(&mut [3.0, 1.0, 2.0], 1.0), Some(3.0));
+        assert_eq!(quantile_of(&mut [5.0], 0.99), Some(5.0));
+        assert_eq!(quantile_of(&mut [], 0.5), None);
+    }
+}

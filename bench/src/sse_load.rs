@@ -1,0 +1,728 @@
+//! A load generator of browsers holding SSE streams: N concurrent HTTP/1.1
+//! connections, each `GET <path>` with `Accept: text/event-stream`, read for
+//! as long as the run lasts, reconnected when they close.
+//!
+//! Why hand-rolled on raw sockets: the figures that matter (edge RSS per
+//! connection, delivery latency at 15,000 connections) are only meaningful if
+//! the client is much cheaper than the server and adds no queueing of its own.
+//! Each connection is one tokio task with a small parser state
+//! ([`crate::wire`]); reads go into one 64 KiB buffer per worker thread (the
+//! task waits for readability, then reads synchronously), so an idle
+//! connection costs its task, its socket and a few hundred bytes.
+//!
+//! - **Source addresses.** Connections bind to 127.0.0.2, 127.0.0.3, ...
+//!   (`per_source` connections each, port 0) so ephemeral ports never run out
+//!   and a later run, which takes fresh addresses, never meets the TIME_WAIT
+//!   sockets of an earlier one.
+//! - **Pacing.** New connections, first ones and reconnects alike, are started
+//!   at most `connect_rate` per second, so the server's accept queue is not
+//!   overrun and a failing server is not hammered.
+//! - **Latency.** media-sim's `--stamp` puts `served_at_ms` (Unix ms when it
+//!   generated the answer) in every document; for every unnamed event the
+//!   generator records `now - served_at_ms`. A connection's first event is the
+//!   latest value replayed on connect, not a delivery, so it counts for
+//!   time-to-first-event only. Both clocks are this machine's; the stamp's
+//!   millisecond truncation makes each latency up to 1 ms too high.
+//! - **Per update.** Deliveries are also grouped by (event, stamp), which says
+//!   whether every browser got every update and how long the slowest took.
+//! - **Bounded.** Every task stops at the deadline or on [`Load::stop`];
+//!   per-update records and distinct error messages are capped.
+
+use crate::{
+    histogram::{Histogram, Snapshot},
+    wire::{Item, Kind, ResponseParser, SseItem, SseParser, WireError},
+};
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    pin::pin,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+use tokio::{
+    io::AsyncWriteExt,
+    net::{TcpSocket, TcpStream},
+    task::JoinSet,
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Read buffer shared by the connections of one worker thread.
+const READ_BUF: usize = 64 * 1024;
+/// Most (event, stamp) pairs tracked; beyond it deliveries are not grouped.
+const MAX_UPDATES: usize = 500_000;
+/// Most distinct error messages counted separately.
+const MAX_ERROR_KINDS: usize = 32;
+
+thread_local! {
+    static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUF]);
+}
+
+/// The next source address to hand out, as an offset in 127.0.0.0/8.
+static NEXT_SOURCE: AtomicU32 = AtomicU32::new(2);
+
+/// How the generator behaves.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// New connections (first ones and reconnects) per second.
+    pub connect_rate: u32,
+    /// Connections bound to one source address.
+    pub per_source: u32,
+    /// Bound on the TCP connect, and then on the response head.
+    pub connect_timeout: Duration,
+    /// A stream with no bytes for this long is dead (the edge sends a
+    /// keep-alive comment every 15 s).
+    pub idle_timeout: Duration,
+    /// Wait before reconnecting a connection that closed or failed.
+    pub reconnect_delay: Duration,
+    /// Every task stops by itself here.
+    pub deadline: Instant,
+}
+
+/// Who connects where: one entry per connection.
+#[derive(Default)]
+pub struct Plan {
+    conns: Vec<Conn>,
+    requests: HashMap<(SocketAddr, String), Arc<[u8]>>,
+}
+
+struct Conn {
+    addr: SocketAddr,
+    request: Arc<[u8]>,
+    /// Groups deliveries per update (the event's index).
+    key: u32,
+}
+
+impl Plan {
+    /// One more connection to `addr`, `GET path`; `key` names its event.
+    pub fn push(&mut self, addr: SocketAddr, path: &str, key: u32) {
+        let request = self
+            .requests
+            .entry((addr, path.to_owned()))
+            .or_insert_with(|| {
+                format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
+                    .into_bytes()
+                    .into()
+            })
+            .clone();
+        self.conns.push(Conn { addr, request, key });
+    }
+}
+
+/// Counters of everything the connections saw; all monotonic except the
+/// two gauges (`open`, `ready`).
+#[derive(Default)]
+pub struct Stats {
+    /// µs from media-sim serving a value to a browser reading it (each
+    /// connection's first event excluded).
+    pub latency: Histogram,
+    /// µs of the TCP connect.
+    pub connect: Histogram,
+    /// µs from starting to connect to the first data event.
+    pub first_event: Histogram,
+    attempts: AtomicU64,
+    established: AtomicU64,
+    open: AtomicU64,
+    ready: AtomicU64,
+    reconnects: AtomicU64,
+    messages: AtomicU64,
+    unstamped: AtomicU64,
+    named: [AtomicU64; 5],
+    comments: AtomicU64,
+    bytes: AtomicU64,
+    errors: AtomicU64,
+    error_kinds: Mutex<BTreeMap<String, u64>>,
+    updates: Mutex<HashMap<(u32, u64), Update>>,
+    updates_dropped: AtomicU64,
+}
+
+/// Deliveries of one update (one event's value served at one instant).
+#[derive(Debug, Clone, Copy)]
+pub struct Update {
+    /// Unix ms when media-sim served it.
+    pub served_at_ms: u64,
+    /// Browsers that received it (first events excluded).
+    pub reached: u32,
+    /// µs latency of the first and of the last browser to receive it.
+    pub first_us: u64,
+    pub last_us: u64,
+}
+
+/// A reading of the monotonic counters and the gauges.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counters {
+    pub attempts: u64,
+    pub established: u64,
+    /// Connections whose response head was 200 and that are still open.
+    pub open: u64,
+    /// Open connections that have received their first data event.
+    pub ready: u64,
+    pub reconnects: u64,
+    /// Unnamed (data) events, first ones included.
+    pub messages: u64,
+    pub unstamped: u64,
+    pub stale: u64,
+    pub live: u64,
+    pub presence: u64,
+    pub end: u64,
+    pub other_named: u64,
+    pub comments: u64,
+    pub bytes: u64,
+    pub errors: u64,
+}
+
+impl Counters {
+    /// What happened between `earlier` and `self` (gauges are `self`'s).
+    pub fn since(&self, earlier: &Self) -> Self {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        Self {
+            attempts: d(self.attempts, earlier.attempts),
+            established: d(self.established, earlier.established),
+            open: self.open,
+            ready: self.ready,
+            reconnects: d(self.reconnects, earlier.reconnects),
+            messages: d(self.messages, earlier.messages),
+            unstamped: d(self.unstamped, earlier.unstamped),
+            stale: d(self.stale, earlier.stale),
+            live: d(self.live, earlier.live),
+            presence: d(self.presence, earlier.presence),
+            end: d(self.end, earlier.end),
+            other_named: d(self.other_named, earlier.other_named),
+            comments: d(self.comments, earlier.comments),
+            bytes: d(self.bytes, earlier.bytes),
+            errors: d(self.errors, earlier.errors),
+        }
+    }
+}
+
+impl Stats {
+    pub fn counters(&self) -> Counters {
+        let named = |k: usize| self.named[k].load(Relaxed);
+        Counters {
+            attempts: self.attempts.load(Relaxed),
+            established: self.established.load(Relaxed),
+            open: self.open.load(Relaxed),
+            ready: self.ready.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+            messages: self.messages.load(Relaxed),
+            unstamped: self.unstamped.load(Relaxed),
+            stale: named(0),
+            live: named(1),
+            presence: named(2),
+            end: named(3),
+            other_named: named(4),
+            comments: self.comments.load(Relaxed),
+            bytes: self.bytes.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+        }
+    }
+
+    /// Error messages and how often each occurred, most frequent first.
+    pub fn error_kinds(&self) -> Vec<(String, u64)> {
+        let mut kinds: Vec<_> = lock(&self.error_kinds).iter().map(|(k, &n)| (k.clone(), n)).collect();
+        kinds.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        kinds
+    }
+
+    /// Updates served in `[from_ms, to_ms)` (Unix ms) and their deliveries,
+    /// plus how many deliveries could not be grouped (cap reached).
+    pub fn updates_served(&self, from_ms: u64, to_ms: u64) -> (Vec<Update>, u64) {
+        let updates = lock(&self.updates)
+            .values()
+            .filter(|u| (from_ms..to_ms).contains(&u.served_at_ms))
+            .copied()
+            .collect();
+        (updates, self.updates_dropped.load(Relaxed))
+    }
+
+    fn fail(&self, failure: &Failure) {
+        self.errors.fetch_add(1, Relaxed);
+        let mut kinds = lock(&self.error_kinds);
+        let text = failure.to_string();
+        if let Some(n) = kinds.get_mut(&text) {
+            *n += 1;
+        } else if kinds.len() < MAX_ERROR_KINDS {
+            kinds.insert(text, 1);
+        } else {
+            *kinds.entry("(other errors)".to_owned()).or_default() += 1;
+        }
+    }
+
+    fn delivered(&self, key: u32, served_at_ms: u64, latency_us: u64) {
+        self.latency.record(latency_us);
+        let mut updates = lock(&self.updates);
+        let len = updates.len();
+        match updates.get_mut(&(key, served_at_ms)) {
+            Some(u) => {
+                u.reached += 1;
+                u.first_us = u.first_us.min(latency_us);
+                u.last_us = u.last_us.max(latency_us);
+            }
+            None if len < MAX_UPDATES => {
+                let u = Update { served_at_ms, reached: 1, first_us: latency_us, last_us: latency_us };
+                updates.insert((key, served_at_ms), u);
+            }
+            None => {
+                self.updates_dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a single insert or update.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Why a connection ended (other than being stopped).
+enum Failure {
+    Socket(std::io::Error),
+    Connect(std::io::Error),
+    Timeout(&'static str),
+    Status(u16),
+    NotEventStream,
+    Io(std::io::Error),
+    Closed,
+    Parse(WireError),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Socket(e) => write!(f, "socket/bind: {e}"),
+            Self::Connect(e) => write!(f, "connect: {e}"),
+            Self::Timeout(what) => write!(f, "timeout: {what}"),
+            Self::Status(code) => write!(f, "status {code}"),
+            Self::NotEventStream => f.write_str("200 without content-type text/event-stream"),
+            Self::Io(e) => write!(f, "read/write: {e}"),
+            Self::Closed => f.write_str("closed by the server"),
+            Self::Parse(e) => write!(f, "parse: {e}"),
+        }
+    }
+}
+
+/// The running generator; dropping it aborts every connection.
+pub struct Load {
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+    sources: Vec<Ipv4Addr>,
+}
+
+struct Shared {
+    stats: Arc<Stats>,
+    config: Config,
+    stop: CancellationToken,
+    pacer: Pacer,
+}
+
+impl Load {
+    /// Starts every connection of `plan` (paced; see the module doc). Must be
+    /// called inside a tokio runtime.
+    pub fn start(plan: Plan, config: Config) -> Self {
+        let stats = Arc::new(Stats::default());
+        let stop = CancellationToken::new();
+        let per_source = config.per_source.max(1) as usize;
+        let count = u32::try_from(plan.conns.len().div_ceil(per_source)).unwrap_or(u32::MAX);
+        let first = NEXT_SOURCE.fetch_add(count, Relaxed);
+        let sources: Vec<Ipv4Addr> =
+            (0..count).map(|i| Ipv4Addr::from(0x7f00_0000 | ((first + i) & 0x00ff_ffff))).collect();
+        let mut tasks = JoinSet::new();
+        let deadline = config.deadline;
+        let gap = Duration::from_secs(1) / config.connect_rate.max(1);
+        let shared = Arc::new(Shared {
+            stats: stats.clone(),
+            config,
+            stop: stop.clone(),
+            pacer: Pacer { next: Mutex::new(Instant::now()), gap },
+        });
+        let watchdog = stop.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = watchdog.cancelled() => {}
+                _ = tokio::time::sleep_until(deadline) => watchdog.cancel(),
+            }
+        });
+        for (i, conn) in plan.conns.into_iter().enumerate() {
+            let source = IpAddr::V4(sources[i / per_source]);
+            tasks.spawn(connection(conn, source, shared.clone()));
+        }
+        Self { stats, stop, tasks, sources }
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// The source addresses this run binds to.
+    pub fn sources(&self) -> &[Ipv4Addr] {
+        &self.sources
+    }
+
+    /// Waits until `n` connections have their first event, or `limit` has
+    /// passed; returns how long it took, or `None` on the limit.
+    pub async fn wait_ready(&self, n: u64, limit: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        loop {
+            if self.stats.counters().ready >= n {
+                return Some(start.elapsed());
+            }
+            if start.elapsed() >= limit || self.stop.is_cancelled() {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Closes every connection; returns how many tasks had not finished
+    /// within `grace` (they are aborted).
+    pub async fn stop(mut self, grace: Duration) -> usize {
+        self.stop.cancel();
+        let deadline = Instant::now() + grace;
+        while tokio::time::timeout_at(deadline, self.tasks.join_next()).await.is_ok_and(|r| r.is_some()) {}
+        let left = self.tasks.len();
+        self.tasks.shutdown().await;
+        left
+    }
+}
+
+/// Spaces connection starts `gap` apart, across all connections.
+struct Pacer {
+    next: Mutex<Instant>,
+    gap: Duration,
+}
+
+impl Pacer {
+    /// Waits for this caller's slot; `false` if stopped first.
+    async fn wait(&self, stop: &CancellationToken) -> bool {
+        let at = {
+            let mut next = lock(&self.next);
+            let at = (*next).max(Instant::now());
+            *next = at + self.gap;
+            at
+        };
+        tokio::select! {
+            _ = stop.cancelled() => false,
+            _ = tokio::time::sleep_until(at) => true,
+        }
+    }
+}
+
+/// One browser: connect, read until stopped; reconnect when the stream ends.
+async fn connection(conn: Conn, source: IpAddr, shared: Arc<Shared>) {
+    let mut first = true;
+    loop {
+        if !shared.pacer.wait(&shared.stop).await {
+            return;
+        }
+        if !std::mem::take(&mut first) {
+            shared.stats.reconnects.fetch_add(1, Relaxed);
+        }
+        match stream(&conn, source, &shared).await {
+            Ok(()) => return,
+            Err(failure) => shared.stats.fail(&failure),
+        }
+        tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            _ = tokio::time::sleep(shared.config.reconnect_delay) => {}
+        }
+    }
+}
+
+/// Decrements a gauge when dropped.
+struct Gauge<'a>(Option<&'a AtomicU64>);
+
+impl<'a> Gauge<'a> {
+    fn raise(&mut self, counter: &'a AtomicU64) {
+        if self.0.is_none() {
+            counter.fetch_add(1, Relaxed);
+            self.0 = Some(counter);
+        }
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            c.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+/// One connection's life; `Ok` when stopped, `Err` when it ended otherwise.
+async fn stream(conn: &Conn, source: IpAddr, shared: &Shared) -> Result<(), Failure> {
+    let stats = &shared.stats;
+    let config = &shared.config;
+    let started = Instant::now();
+    stats.attempts.fetch_add(1, Relaxed);
+    let socket = TcpSocket::new_v4().map_err(Failure::Socket)?;
+    socket.bind(SocketAddr::new(source, 0)).map_err(Failure::Socket)?;
+    let connecting = tokio::time::timeout(config.connect_timeout, socket.connect(conn.addr));
+    let mut tcp: TcpStream = tokio::select! {
+        _ = shared.stop.cancelled() => return Ok(()),
+        r = connecting => r.map_err(|_| Failure::Timeout("TCP connect"))?.map_err(Failure::Connect)?,
+    };
+    stats.connect.record(micros(started.elapsed()));
+    let _ = tcp.set_nodelay(true);
+    let writing = tokio::time::timeout(config.connect_timeout, tcp.write_all(&conn.request));
+    tokio::select! {
+        _ = shared.stop.cancelled() => return Ok(()),
+        r = writing => r.map_err(|_| Failure::Timeout("sending the request"))?.map_err(Failure::Io)?,
+    }
+
+    let mut open = Gauge(None);
+    let mut ready = Gauge(None);
+    let mut reader = Reader {
+        http: ResponseParser::new(),
+        sse: SseParser::new(),
+        status: None,
+        first_done: false,
+        started,
+        key: conn.key,
+    };
+    // No head within the connect timeout, then no bytes within the idle
+    // timeout, ends the connection.
+    let mut silence = pin!(tokio::time::sleep(config.connect_timeout));
+    loop {
+        tokio::select! {
+            _ = shared.stop.cancelled() => return Ok(()),
+            _ = silence.as_mut() => {
+                let what = if reader.status.is_some() { "no bytes within the idle timeout" } else { "no response head" };
+                return Err(Failure::Timeout(what));
+            }
+            r = tcp.readable() => r.map_err(Failure::Io)?,
+        }
+        let read = BUF.with_borrow_mut(|buf| match tcp.try_read(buf) {
+            Ok(0) => Err(Failure::Closed),
+            Ok(n) => {
+                stats.bytes.fetch_add(n as u64, Relaxed);
+                reader.feed(&buf[..n], stats).map(|()| true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(Failure::Io(e)),
+        })?;
+        if read {
+            silence.as_mut().reset(Instant::now() + config.idle_timeout);
+        }
+        if reader.status == Some(200) {
+            if open.0.is_none() {
+                stats.established.fetch_add(1, Relaxed);
+            }
+            open.raise(&stats.open);
+        }
+        if reader.first_done {
+            ready.raise(&stats.ready);
+        }
+    }
+}
+
+/// Parser state of one connection.
+struct Reader {
+    http: ResponseParser,
+    sse: SseParser,
+    status: Option<u16>,
+    first_done: bool,
+    started: Instant,
+    key: u32,
+}
+
+impl Reader {
+    fn feed(&mut self, bytes: &[u8], stats: &Stats) -> Result<(), Failure> {
+        let now_us = unix_micros();
+        let Self { http, sse, status, first_done, started, key } = self;
+        let mut not_sse = false;
+        let mut ended = false;
+        let fed = http.feed(bytes, &mut |item| match item {
+            Item::Head(head) => {
+                *status = Some(head.status);
+                if head.status != 200 {
+                    return Err(WireError("status"));
+                }
+                if !head.content_type.is_some_and(|t| t.starts_with("text/event-stream")) {
+                    not_sse = true;
+                    return Err(WireError("content-type"));
+                }
+                Ok(())
+            }
+            Item::Body(body) => sse.feed(body, &mut |event| match event {
+                SseItem::Comment => {
+                    stats.comments.fetch_add(1, Relaxed);
+                }
+                SseItem::Event { kind: Kind::Message, stamp } => {
+                    stats.messages.fetch_add(1, Relaxed);
+                    match stamp {
+                        None => {
+                            stats.unstamped.fetch_add(1, Relaxed);
+                        }
+                        Some(ms) if *first_done => {
+                            let latency = now_us.saturating_sub(ms.saturating_mul(1000));
+                            stats.delivered(*key, ms, latency);
+                        }
+                        Some(_) => {}
+                    }
+                    if !std::mem::replace(first_done, true) {
+                        stats.first_event.record(micros(started.elapsed()));
+                    }
+                }
+                SseItem::Event { kind, .. } => {
+                    let i = match kind {
+                        Kind::Stale => 0,
+                        Kind::Live => 1,
+                        Kind::Presence => 2,
+                        Kind::End => 3,
+                        Kind::Message | Kind::Other => 4,
+                    };
+                    stats.named[i].fetch_add(1, Relaxed);
+                }
+            }),
+            Item::End => {
+                ended = true;
+                Err(WireError("end"))
+            }
+        });
+        match fed {
+            Ok(()) => Ok(()),
+            Err(_) if ended => Err(Failure::Closed),
+            Err(_) if not_sse => Err(Failure::NotEventStream),
+            Err(_) if status.is_some_and(|s| s != 200) => Err(Failure::Status(status.unwrap_or(0))),
+            Err(e) => Err(Failure::Parse(e)),
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Microseconds since the Unix epoch (0 for a clock before 1970).
+pub fn unix_micros() -> u64 {
+    micros(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
+}
+
+/// Percentiles of a histogram of µs, in ms.
+pub fn ms(s: &Snapshot, q: f64) -> Option<f64> {
+    s.quantile(q).map(|us| us as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::{io::AsyncReadExt, net::TcpListener};
+
+    /// A scripted SSE server: answers each connection with `script(i)` and
+    /// closes it (if `close`) or holds it open.
+    async fn server(script: fn(usize) -> Vec<u8>, close: bool) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            for i in 0.. {
+                let Ok((mut s, _)) = listener.accept().await else { return };
+                let mut req = [0u8; 1024];
+                let n = s.read(&mut req).await.unwrap();
+                assert!(req[..n].starts_with(b"GET /live/e/stream HTTP/1.1\r\n"));
+                let accept = b"\r\nAccept: text/event-stream\r\n";
+                assert!(req[..n].windows(accept.len()).any(|w| w == accept));
+                s.write_all(&script(i)).await.unwrap();
+                if !close {
+                    held.push(s);
+                }
+            }
+        });
+        (addr, task)
+    }
+
+    fn config(rate: u32) -> Config {
+        Config {
+            connect_rate: rate,
+            per_source: 2,
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(5),
+            reconnect_delay: Duration::from_millis(10),
+            deadline: Instant::now() + Duration::from_secs(10),
+        }
+    }
+
+    fn stream_with_stamps(stamps: &[u64]) -> Vec<u8> {
+        let mut body = b"retry: 3000\n\n:\n\n".to_vec();
+        for s in stamps {
+            body.extend_from_slice(format!("id: 1\ndata: {{\"a\":1,\"served_at_ms\":{s}}}\n\n").as_bytes());
+        }
+        body.extend_from_slice(b"event: presence\ndata: {\"viewers\":3}\n\n");
+        // Split into chunks of 7 bytes so events straddle chunks.
+        let mut wire =
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                .to_vec();
+        for piece in body.chunks(7) {
+            wire.extend_from_slice(format!("{:X}\r\n", piece.len()).as_bytes());
+            wire.extend_from_slice(piece);
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn counts_latency_per_update_and_binds_distinct_sources() {
+        // The same stamps for every connection: they are the same updates.
+        static BASE_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let (addr, server) = server(
+            |_| {
+                let now_ms = *BASE_MS.get_or_init(|| unix_micros() / 1000);
+                stream_with_stamps(&[now_ms - 5000, now_ms - 20, now_ms - 10])
+            },
+            false,
+        )
+        .await;
+        let mut plan = Plan::default();
+        for _ in 0..5 {
+            plan.push(addr, "/live/e/stream", 7);
+        }
+        let load = Load::start(plan, config(1000));
+        assert_eq!(load.sources().len(), 3, "2 per source address");
+        assert!(load.wait_ready(5, Duration::from_secs(5)).await.is_some());
+        let c = load.stats().counters();
+        assert_eq!((c.open, c.ready, c.established, c.errors), (5, 5, 5, 0));
+        assert_eq!((c.messages, c.presence, c.comments, c.unstamped), (15, 5, 5, 0));
+        // The first event (5 s old) is not a delivery.
+        let lat = load.stats().latency.snapshot();
+        assert_eq!(lat.count, 10);
+        assert!(lat.max < 1_000_000, "{}", lat.max);
+        let (updates, dropped) = load.stats().updates_served(0, u64::MAX);
+        assert_eq!((updates.len(), dropped), (2, 0), "two updates, each reached 5 browsers");
+        assert!(updates.iter().all(|u| u.reached == 5 && u.first_us <= u.last_us));
+        assert_eq!(load.stop(Duration::from_secs(2)).await, 0);
+        server.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn closes_and_bad_answers_are_errors_and_reconnect() {
+        let (addr, server) = server(
+            |i| match i % 3 {
+                0 => b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_vec(),
+                1 => stream_with_stamps(&[1]),
+                _ => b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"
+                    .to_vec(),
+            },
+            true,
+        )
+        .await;
+        let mut plan = Plan::default();
+        plan.push(addr, "/live/e/stream", 0);
+        let load = Load::start(plan, config(100));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let stats = load.stats().clone();
+        load.stop(Duration::from_secs(2)).await;
+        let c = stats.counters();
+        assert!(c.reconnects >= 3 && c.errors >= 3, "{c:?}");
+        let kinds: Vec<String> = stats.error_kinds().into_iter().map(|(k, _)| k).collect();
+        for want in ["status 503", "closed by the server", "parse: bad chunk size line"] {
+            assert!(kinds.iter().any(|k| k == want), "{want} missing from {kinds:?}");
+        }
+        server.abort();
+    }
+}
