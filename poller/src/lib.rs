@@ -17,6 +17,7 @@ pub mod presence_forward;
 pub mod presence_service;
 pub mod registry;
 pub mod service;
+mod watch_stream;
 
 pub use config::Config;
 

@@ -3,14 +3,16 @@
 //! codes the proto promises, and watch streams end with UNAVAILABLE on
 //! shutdown like LiveFeed streams, so watchers move to another poller.
 
-use crate::presence::{BatchError, PresenceStore, PresenceWatch, WatchError};
-use futures_util::{Stream, stream};
+use crate::{
+    presence::{BatchError, PresenceStore, WatchError},
+    watch_stream,
+};
+use futures_util::Stream;
 use livepush::{
     EventId,
     proto::{EventPresence, HeartbeatAck, HeartbeatBatch, PresenceRequest, presence_server::Presence},
 };
 use std::pin::Pin;
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 pub struct PresenceService {
@@ -67,50 +69,12 @@ impl Presence for PresenceService {
             WatchError::TooManyWatched(_) => Status::resource_exhausted(e.to_string()),
         })?;
         let shutdown = self.store.shutdown_token().clone();
-        Ok(Response::new(Box::pin(changes(watch, shutdown))))
+        // Presence now, then at every change; open until shutdown.
+        let changes = watch_stream::latest(watch, |w| &mut w.rx, |p| Some((p.clone(), false)), shutdown);
+        Ok(Response::new(Box::pin(changes)))
     }
 }
 
 fn event_id(request: &Request<PresenceRequest>) -> Result<EventId, Status> {
     EventId::parse(&request.get_ref().event_id).map_err(|e| Status::invalid_argument(e.to_string()))
-}
-
-/// The current presence at once, then every change; ends with UNAVAILABLE
-/// when the poller shuts down.
-fn changes(
-    watch: PresenceWatch,
-    shutdown: CancellationToken,
-) -> impl Stream<Item = Result<EventPresence, Status>> {
-    struct St {
-        watch: PresenceWatch,
-        shutdown: CancellationToken,
-        first: bool,
-        done: bool,
-    }
-    let st = St { watch, shutdown, first: true, done: false };
-    stream::unfold(st, |mut st| async move {
-        if st.done {
-            return None;
-        }
-        if !st.first {
-            tokio::select! {
-                biased;
-                _ = st.shutdown.cancelled() => {
-                    st.done = true;
-                    return Some((Err(Status::unavailable("poller is shutting down")), st));
-                }
-                changed = st.watch.rx.changed() => {
-                    if changed.is_err() {
-                        // The channel lives as long as a watcher holds it;
-                        // closed only if the store itself is gone.
-                        st.done = true;
-                        return Some((Err(Status::unavailable("poller is shutting down")), st));
-                    }
-                }
-            }
-        }
-        st.first = false;
-        let presence = st.watch.rx.borrow_and_update().clone();
-        Some((Ok(presence), st))
-    })
 }
