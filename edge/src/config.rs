@@ -2,6 +2,7 @@
 //! bad value stops the process with an error that names the flag.
 
 use clap::Parser;
+use livepush::telemetry::LogFormat;
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 #[derive(Debug, Clone, Parser)]
@@ -69,6 +70,10 @@ pub struct Config {
     /// How long a graceful shutdown may take before the process exits anyway.
     #[arg(long, env = "EDGE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// Log lines as `text` or `json` (one object per line, for collectors).
+    #[arg(long, env = "EDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -143,6 +148,14 @@ mod tests {
         assert_eq!(c.keepalive, Duration::from_secs(15));
         assert_eq!(c.drain_spread, Duration::from_secs(5));
         assert!(c.allow_origin.is_empty() && c.tls_cert.is_none());
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn log_format() {
+        assert_eq!(parse(&["--log-format", "json"]).unwrap().log_format, LogFormat::Json);
+        let err = parse(&["--log-format", "xml"]).unwrap_err();
+        assert!(err.contains("--log-format") && err.contains("json"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! with an error naming the flag rather than surfacing as odd answers later.
 
 use clap::Parser;
-use livepush::EventId;
+use livepush::{EventId, telemetry::LogFormat};
 use std::{net::SocketAddr, time::Duration};
 
 #[derive(Debug, Clone, Parser)]
@@ -36,6 +36,10 @@ pub struct Config {
     /// Last-Modified is sent and conditional requests always get a full body.
     #[arg(long, env = "MEDIA_SIM_STAMP")]
     pub stamp: bool,
+
+    /// Log lines as `text` or `json` (one object per line, for collectors).
+    #[arg(long, env = "MEDIA_SIM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// A duration of at least one millisecond, the resolution of the change
@@ -64,6 +68,7 @@ mod tests {
         assert_eq!(c.change_every, Duration::from_secs(2));
         assert!(c.ended.is_empty());
         assert!(!c.stamp);
+        assert_eq!(c.log_format, LogFormat::Text);
     }
 
     #[test]
@@ -84,6 +89,7 @@ mod tests {
             (&["--ended", "ok,a/b"][..], "--ended"),
             (&["--ended", ".."][..], "--ended"),
             (&["--listen", "nowhere"][..], "--listen"),
+            (&["--log-format", "xml"][..], "--log-format"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(flag), "{args:?}: {err}");

@@ -4,6 +4,7 @@
 
 use crate::media_url::MediaUrl;
 use clap::Parser;
+use livepush::telemetry::LogFormat;
 use std::{net::SocketAddr, time::Duration};
 
 #[derive(Debug, Clone, Parser)]
@@ -76,6 +77,10 @@ pub struct Config {
     /// Time between two presence posts of one event to `--heartbeat-url`.
     #[arg(long, env = "POLLER_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = positive_duration)]
     pub heartbeat_interval: Duration,
+
+    /// Log lines as `text` or `json` (one object per line, for collectors).
+    #[arg(long, env = "POLLER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -136,6 +141,14 @@ mod tests {
         assert_eq!(c.linger, Duration::from_secs(10));
         assert!(c.heartbeat_url.is_none());
         assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn log_format() {
+        assert_eq!(parse(&["--log-format", "json"]).unwrap().log_format, LogFormat::Json);
+        let err = parse(&["--log-format", "xml"]).unwrap_err();
+        assert!(err.contains("--log-format") && err.contains("json"), "{err}");
     }
 
     #[test]

@@ -3,8 +3,8 @@ use poller::Config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    livepush::telemetry::init();
     let config = Config::parse();
+    livepush::telemetry::init(config.log_format);
     let shutdown = livepush::signal::shutdown();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
