@@ -1,8 +1,10 @@
 //! The shared contract of livepush: the `livepush.v1` gRPC API generated from
-//! `proto/`, the event-id rules every component enforces, and the process
-//! signals that start a graceful shutdown.
+//! `proto/`, the event-id rules every component enforces, the process signals
+//! that start a graceful shutdown, and the Prometheus metrics of both
+//! binaries.
 
 pub mod event_id;
+pub mod metrics;
 pub mod recent;
 pub mod signal;
 pub mod telemetry;

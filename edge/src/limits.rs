@@ -46,14 +46,17 @@ impl StreamLimits {
     }
 
     /// Reserves a stream for `client`; the reservation ends when the permit is
-    /// dropped.
+    /// dropped. Refusals are counted in `livepush_edge_rejected_total`.
     pub fn acquire(&self, client: IpAddr) -> Result<StreamPermit, Refused> {
+        let metrics = livepush::metrics::edge();
         let mut counts = self.lock();
         if counts.total >= self.inner.max_total {
+            metrics.rejected_max_connections.increment(1);
             return Err(Refused::Full);
         }
         let mine = counts.per_client.entry(client).or_default();
         if self.inner.max_per_client > 0 && *mine >= self.inner.max_per_client {
+            metrics.rejected_per_client.increment(1);
             return Err(Refused::ClientFull);
         }
         *mine += 1;

@@ -1,6 +1,6 @@
-//! The edge's HTTP surface: the SSE stream per event, the demo page, health
-//! and readiness. Every input (path, query, headers) is validated here before
-//! anything else sees it.
+//! The edge's HTTP surface: the SSE stream per event, the demo page, health,
+//! readiness and Prometheus metrics. Every input (path, query, headers) is
+//! validated here before anything else sees it.
 
 use crate::{
     feeds::Feeds,
@@ -44,11 +44,16 @@ pub struct AppState {
 
 /// The router; `allow_origin` is `--allow-origin` (empty: same-origin only).
 pub fn app(state: AppState, allow_origin: &[String]) -> Router {
+    // Installs the recorder before any metric handle is taken (so none is a
+    // no-op) and registers the edge's metrics, so a scrape shows them all
+    // from the start.
+    livepush::metrics::edge();
     let router = Router::new()
         .route("/", get(demo_page))
         .route("/live/{event_id}/stream", get(live_stream))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .with_state(state);
     match cors(allow_origin) {
         Some(cors) => router.layer(cors),
@@ -78,6 +83,11 @@ fn cors(allow_origin: &[String]) -> Option<CorsLayer> {
 
 async fn demo_page() -> Html<&'static str> {
     Html(include_str!("../static/index.html"))
+}
+
+/// `GET /metrics`: every metric of this process in the Prometheus text format.
+async fn metrics() -> Response {
+    ([(header::CONTENT_TYPE, livepush::metrics::CONTENT_TYPE)], livepush::metrics::render()).into_response()
 }
 
 async fn ready(State(app): State<AppState>) -> Response {

@@ -14,6 +14,7 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
+use livepush::metrics::GaugeGuard;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -75,6 +76,7 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let sockets = Arc::new(Semaphore::new(opts.max_connections + SOCKET_HEADROOM));
     let graceful = GracefulShutdown::new();
+    let metrics = livepush::metrics::edge();
 
     loop {
         let (tcp, peer) = tokio::select! {
@@ -91,9 +93,14 @@ pub async fn serve(
             },
         };
         let Ok(slot) = sockets.clone().try_acquire_owned() else {
+            metrics.rejected_socket_ceiling.increment(1);
             debug!(%peer, "socket ceiling reached; closing new connection");
             continue;
         };
+        metrics.connections_accepted.increment(1);
+        // Held with the socket's slot: the connection counts as open until
+        // its task ends.
+        let slot = (slot, GaugeGuard::new(&metrics.connections_open));
         let _ = tcp.set_nodelay(true);
         let io = WriteTimeout::new(tcp, opts.write_timeout);
         let service = connection_service(app.clone(), peer);

@@ -13,6 +13,7 @@ use crate::{
 };
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, stream};
+use livepush::metrics::GaugeGuard;
 use rand::Rng;
 use std::{convert::Infallible, time::Duration};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
@@ -35,6 +36,17 @@ pub struct Options {
     pub shutdown: CancellationToken,
 }
 
+/// What [`Sent::catch_up`] has for the browser.
+#[derive(Debug)]
+struct CatchUp {
+    /// The frames to write, as one chunk.
+    bytes: Option<Bytes>,
+    /// How many SSE events `bytes` holds.
+    frames: u64,
+    /// The stream is over after them.
+    done: bool,
+}
+
 /// What this browser has been sent so far.
 struct Sent {
     /// `seq` of the last data written; only newer data is written, so no
@@ -52,7 +64,7 @@ struct Sent {
 impl Sent {
     /// The frames that bring this browser from what it has to `snap`, and
     /// whether the stream is over after them.
-    fn catch_up(&mut self, snap: &Snapshot) -> (Option<Bytes>, bool) {
+    fn catch_up(&mut self, snap: &Snapshot) -> CatchUp {
         let new_data = snap.data_seq > self.data_seq;
         let has_it = self.data_seq == 0 && self.resume == Some(snap.data_seq);
         let data = snap.data_frame.clone().filter(|_| new_data && !has_it);
@@ -63,8 +75,10 @@ impl Sent {
         let presence = snap.presence_frame.clone().filter(|_| snap.viewers != self.viewers && !snap.ended);
         self.viewers = snap.viewers;
         let end = snap.ended.then_some(END);
-        let mut parts = [data, marker, presence, end].into_iter().flatten();
-        let out = match (parts.next(), parts.next()) {
+        let parts = [data, marker, presence, end];
+        let frames = parts.iter().flatten().count() as u64;
+        let mut parts = parts.into_iter().flatten();
+        let bytes = match (parts.next(), parts.next()) {
             (None, _) => None,
             // The common case: one shared frame, no copy.
             (Some(only), None) => Some(only),
@@ -75,7 +89,7 @@ impl Sent {
                 Some(buf.freeze())
             }
         };
-        (out, snap.ended)
+        CatchUp { bytes, frames, done: snap.ended }
     }
 }
 
@@ -84,8 +98,11 @@ struct Conn {
     sent: Sent,
     keepalive: Interval,
     opts: Options,
-    opening: Option<Bytes>,
+    /// `retry:` and the current value, with the number of update frames in it.
+    opening: Option<(Bytes, u64)>,
     done: bool,
+    /// Counts the stream in `livepush_edge_streams_open` while it lives.
+    _open: GaugeGuard,
 }
 
 /// The SSE body for one browser: `retry:` and the latest value at once (so
@@ -99,17 +116,27 @@ pub fn body(
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
     let snap = watch.rx.borrow_and_update().clone();
     let mut sent = Sent { data_seq: 0, stale: false, viewers: None, resume: last_event_id };
-    let (first, done) = sent.catch_up(&snap);
+    let first = sent.catch_up(&snap);
     let mut opening = BytesMut::from(&sse::retry(opts.retry.as_millis() as u64)[..]);
-    if let Some(first) = first {
-        opening.extend_from_slice(&first);
+    if let Some(bytes) = &first.bytes {
+        opening.extend_from_slice(bytes);
     }
     let mut keepalive = tokio::time::interval_at(Instant::now() + opts.keepalive, opts.keepalive);
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let conn = Conn { watch, sent, keepalive, opts, opening: Some(opening.freeze()), done };
+    let metrics = livepush::metrics::edge();
+    let conn = Conn {
+        watch,
+        sent,
+        keepalive,
+        opts,
+        opening: Some((opening.freeze(), first.frames)),
+        done: first.done,
+        _open: GaugeGuard::new(&metrics.streams_open),
+    };
 
-    stream::unfold(conn, |mut c| async move {
-        if let Some(opening) = c.opening.take() {
+    stream::unfold(conn, move |mut c| async move {
+        if let Some((opening, frames)) = c.opening.take() {
+            metrics.updates_delivered.increment(frames);
             return Some((Ok(opening), c));
         }
         if c.done {
@@ -119,6 +146,7 @@ pub fn body(
             tokio::select! {
                 _ = c.opts.shutdown.cancelled() => {
                     c.done = true;
+                    metrics.drain_closed.increment(1);
                     let spread = c.opts.drain_spread.as_millis() as u64;
                     let delay = rand::rng().random_range(0..=spread);
                     return Some((Ok(sse::retry(delay)), c));
@@ -129,11 +157,12 @@ pub fn body(
                         return None;
                     }
                     let snap = c.watch.rx.borrow_and_update().clone();
-                    let (frames, done) = c.sent.catch_up(&snap);
+                    let CatchUp { bytes, frames, done } = c.sent.catch_up(&snap);
                     c.done = done;
-                    if let Some(frames) = frames {
+                    if let Some(bytes) = bytes {
                         c.keepalive.reset();
-                        return Some((Ok(frames), c));
+                        metrics.updates_delivered.increment(frames);
+                        return Some((Ok(bytes), c));
                     }
                     if done {
                         return None;
@@ -156,15 +185,16 @@ mod tests {
     #[test]
     fn catch_up_sends_each_seq_once_and_markers_on_change() {
         let mut sent = Sent { data_seq: 0, stale: false, viewers: None, resume: None };
-        let (out, _) = sent.catch_up(&snap(5, false, false));
+        let out = sent.catch_up(&snap(5, false, false)).bytes;
         assert_eq!(out.unwrap(), "id: 5\ndata: x\n\n");
-        assert_eq!(sent.catch_up(&snap(5, false, false)).0, None, "same seq is not resent");
-        assert_eq!(sent.catch_up(&snap(5, true, false)).0.unwrap(), STALE);
-        assert_eq!(sent.catch_up(&snap(5, true, false)).0, None);
-        let (out, _) = sent.catch_up(&snap(7, false, false));
-        assert_eq!(out.unwrap(), [&b"id: 7\ndata: x\n\n"[..], &LIVE[..]].concat());
-        let (out, done) = sent.catch_up(&snap(7, false, true));
-        assert_eq!((out.unwrap(), done), (END, true));
+        assert_eq!(sent.catch_up(&snap(5, false, false)).bytes, None, "same seq is not resent");
+        assert_eq!(sent.catch_up(&snap(5, true, false)).bytes.unwrap(), STALE);
+        assert_eq!(sent.catch_up(&snap(5, true, false)).bytes, None);
+        let out = sent.catch_up(&snap(7, false, false));
+        assert_eq!(out.bytes.unwrap(), [&b"id: 7\ndata: x\n\n"[..], &LIVE[..]].concat());
+        assert_eq!(out.frames, 2, "data and marker are two frames in one chunk");
+        let out = sent.catch_up(&snap(7, false, true));
+        assert_eq!((out.bytes.unwrap(), out.frames, out.done), (END, 1, true));
     }
 
     #[test]
@@ -172,12 +202,12 @@ mod tests {
         // Reconnected before the feed had a value; the value is the one the
         // browser already has.
         let mut sent = Sent { data_seq: 0, stale: false, viewers: None, resume: Some(8) };
-        assert_eq!(sent.catch_up(&snap(0, false, false)).0, None);
-        assert_eq!(sent.catch_up(&snap(8, false, false)).0, None, "the browser has seq 8");
-        assert_eq!(sent.catch_up(&snap(9, false, false)).0.unwrap(), "id: 9\ndata: x\n\n");
+        assert_eq!(sent.catch_up(&snap(0, false, false)).bytes, None);
+        assert_eq!(sent.catch_up(&snap(8, false, false)).bytes, None, "the browser has seq 8");
+        assert_eq!(sent.catch_up(&snap(9, false, false)).bytes.unwrap(), "id: 9\ndata: x\n\n");
         // An older Last-Event-ID gets the latest value.
         let mut older = Sent { data_seq: 0, stale: false, viewers: None, resume: Some(7) };
-        assert_eq!(older.catch_up(&snap(8, false, false)).0.unwrap(), "id: 8\ndata: x\n\n");
+        assert_eq!(older.catch_up(&snap(8, false, false)).bytes.unwrap(), "id: 8\ndata: x\n\n");
     }
 
     #[test]
@@ -186,15 +216,15 @@ mod tests {
         let mut s = snap(5, false, false);
         s.viewers = Some(3);
         s.presence_frame = Some(Bytes::from_static(b"event: presence\ndata: {\"viewers\":3}\n\n"));
-        assert_eq!(sent.catch_up(&s).0, s.presence_frame);
-        assert_eq!(sent.catch_up(&s).0, None);
+        assert_eq!(sent.catch_up(&s).bytes, s.presence_frame);
+        assert_eq!(sent.catch_up(&s).bytes, None);
     }
 
     #[test]
     fn the_common_case_shares_the_frame() {
         let s = snap(9, false, false);
         let mut sent = Sent { data_seq: 3, stale: false, viewers: None, resume: None };
-        let out = sent.catch_up(&s).0.unwrap();
+        let out = sent.catch_up(&s).bytes.unwrap();
         assert_eq!(out.as_ptr(), s.data_frame.unwrap().as_ptr(), "no per-browser copy");
     }
 }

@@ -24,11 +24,14 @@ pub struct WriteTimeout<T> {
     timeout: Duration,
     /// Armed when a write first returns `Pending`, cleared on progress.
     stalled: Option<Pin<Box<Sleep>>>,
+    /// The stall has been counted as a dropped slow consumer (once per
+    /// connection, however often the failed write is retried).
+    counted: bool,
 }
 
 impl<T> WriteTimeout<T> {
     pub fn new(inner: T, timeout: Duration) -> Self {
-        Self { inner, timeout, stalled: None }
+        Self { inner, timeout, stalled: None, counted: false }
     }
 
     pub fn get_ref(&self) -> &T {
@@ -46,6 +49,9 @@ impl<T> WriteTimeout<T> {
                 let timeout = self.timeout;
                 let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 ready!(sleep.as_mut().poll(cx));
+                if !std::mem::replace(&mut self.counted, true) {
+                    livepush::metrics::edge().slow_consumers_dropped.increment(1);
+                }
                 Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "write stalled past --write-timeout",
@@ -100,12 +106,25 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
+    /// `livepush_edge_slow_consumers_dropped_total` in this process.
+    fn dropped() -> u64 {
+        let text = livepush::metrics::render();
+        let line = text.lines().find(|l| l.starts_with("livepush_edge_slow_consumers_dropped_total "));
+        line.map_or(0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+    }
+
     #[tokio::test]
     async fn a_reader_that_never_reads_fails_the_write() {
+        // The only test in this crate that stalls a write past its timeout,
+        // so the process-wide counter moves by exactly what it does.
+        let before = dropped();
         let (a, _b) = tokio::io::duplex(64);
         let mut w = WriteTimeout::new(a, Duration::from_millis(50));
         let err = w.write_all(&[0; 1024]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        // Retried writes keep failing, but the connection is counted once.
+        assert_eq!(w.write_all(&[0; 1024]).await.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert_eq!(dropped(), before + 1);
     }
 
     #[tokio::test]

@@ -6,7 +6,8 @@
 //! edges' viewer batches in the [`presence`] store (and, with
 //! `--heartbeat-url`, [`presence_forward`] posts the result on). Alongside
 //! them the server offers the standard gRPC health service and server
-//! reflection (v1 and v1alpha).
+//! reflection (v1 and v1alpha), and on the same port, over HTTP/1.1 or h2c,
+//! `GET /metrics` for Prometheus.
 
 pub mod config;
 pub mod media_client;
@@ -34,6 +35,7 @@ use std::{future::Future, time::Duration};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::service::Routes;
 use tracing::{info, warn};
 
 /// Interval of HTTP/2 PING frames on subscriber connections: finds dead peers
@@ -65,6 +67,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // Installs the recorder before any metric handle is taken (so none is a
+    // no-op) and registers every poller metric, so a scrape shows them all
+    // from the start.
+    livepush::metrics::poller();
     let stop = CancellationToken::new();
     let client = MediaClient::new(
         config.media_url.clone(),
@@ -105,13 +111,10 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let addr = listener.local_addr()?;
-    let server = tonic::transport::Server::builder()
-        .max_concurrent_streams(Some(config.max_streams))
-        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW))
-        .add_service(health_service)
+    // The gRPC services and `GET /metrics` share the port: HTTP/1.1 is
+    // accepted next to HTTP/2 (gRPC clients keep using h2c; a scraper speaks
+    // HTTP/1.1), and the services are axum routes beside `/metrics`.
+    let routes = Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(LiveFeedServer::new(LiveFeedService::new(registry.clone())))
@@ -119,6 +122,17 @@ pub async fn run(
             PresenceServer::new(PresenceService::new(presence.clone()))
                 .max_decoding_message_size(MAX_PRESENCE_MESSAGE),
         )
+        .into_axum_router()
+        .route("/metrics", axum::routing::get(metrics));
+
+    let addr = listener.local_addr()?;
+    let server = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .max_concurrent_streams(Some(config.max_streams))
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW))
+        .add_routes(Routes::from(routes))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.clone().cancelled_owned());
     info!(%addr, media_url = %config.media_url, interval = ?config.interval, "poller listening");
 
@@ -149,4 +163,9 @@ pub async fn run(
     }
     info!("poller stopped");
     Ok(())
+}
+
+/// `GET /metrics`: every metric of this process in the Prometheus text format.
+async fn metrics() -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, livepush::metrics::CONTENT_TYPE)], livepush::metrics::render())
 }

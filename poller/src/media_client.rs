@@ -4,10 +4,13 @@
 //! for every answer. Nothing the media service sends is forwarded unchecked.
 
 use crate::media_url::MediaUrl;
-use livepush::EventId;
+use livepush::{
+    EventId,
+    metrics::{Counter, UpstreamOutcomes},
+};
 use reqwest::{StatusCode, header};
 use std::{sync::Arc, time::Duration};
-use tokio::sync::Semaphore;
+use tokio::{sync::Semaphore, time::Instant};
 
 /// Validators from the last good answer, sent back as `If-None-Match` /
 /// `If-Modified-Since` so an unchanged value costs the media service a 304.
@@ -78,12 +81,17 @@ impl MediaClient {
     /// Polls the media service once for `id`.
     pub async fn fetch(&self, id: &EventId, validators: &Validators) -> Result<Fetched, FetchError> {
         let _permit = self.inflight.acquire().await.expect("semaphore is never closed");
+        let started = Instant::now();
         // The timeout covers headers and body, so a trickling body cannot hold
         // a permit forever.
-        match tokio::time::timeout(self.timeout, self.request(id, validators)).await {
+        let result = match tokio::time::timeout(self.timeout, self.request(id, validators)).await {
             Ok(result) => result,
             Err(_) => Err(FetchError::Timeout(self.timeout)),
-        }
+        };
+        let metrics = livepush::metrics::poller();
+        metrics.upstream_duration.record(started.elapsed());
+        outcome_counter(&metrics.upstream, &result).increment(1);
+        result
     }
 
     async fn request(&self, id: &EventId, validators: &Validators) -> Result<Fetched, FetchError> {
@@ -125,6 +133,21 @@ impl MediaClient {
             body.extend_from_slice(&chunk);
         }
         Ok(Fetched::Json { data: compact_json(&body)?, validators })
+    }
+}
+
+/// The `outcome` a poll is counted under.
+fn outcome_counter<'a>(outcomes: &'a UpstreamOutcomes, result: &Result<Fetched, FetchError>) -> &'a Counter {
+    match result {
+        Ok(Fetched::Json { .. }) => &outcomes.ok,
+        Ok(Fetched::NotModified) => &outcomes.not_modified,
+        Ok(Fetched::Ended(_)) => &outcomes.ended,
+        Err(FetchError::Timeout(_)) => &outcomes.timeout,
+        Err(FetchError::Connect(_)) => &outcomes.unreachable,
+        Err(FetchError::Status { .. }) => &outcomes.http_error,
+        Err(FetchError::TooLarge { .. }) => &outcomes.too_large,
+        Err(FetchError::NotJson(_)) => &outcomes.bad_body,
+        Err(FetchError::Body(_)) => &outcomes.body_error,
     }
 }
 

@@ -84,6 +84,7 @@ pub(crate) async fn run(
             }
             Err(err) => {
                 failures = failures.saturating_add(1);
+                livepush::metrics::poller().backoffs.increment(1);
                 log_failure(&id, &err, failures);
                 feed.publish(State::Stale, None);
                 backoff(settings.interval, settings.max_backoff, failures, err.retry_after())
@@ -159,6 +160,7 @@ impl Feed {
                 state: state as i32,
             };
             self.tx.send_replace(Some(Arc::new(update)));
+            livepush::metrics::poller().updates_published.increment(1);
         }
         self.tx.borrow().clone().expect("published at least once above")
     }

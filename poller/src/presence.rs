@@ -141,6 +141,13 @@ struct Inner {
     shutdown: CancellationToken,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        state.gauge(Sizes::default());
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// Edge ids follow the viewer-id rules, hence the type.
@@ -154,6 +161,20 @@ struct State {
     /// `None` until it first asks, so nothing accumulates when forwarding is
     /// off.
     vanished: Option<HashSet<EventId>>,
+    /// Viewers over all events: distinct vids per event plus anonymous.
+    viewers: u64,
+    /// What this store has added to the process's presence gauges.
+    gauged: Sizes,
+}
+
+/// The sizes behind the presence gauges. Several stores in one process (the
+/// tests) each add their own share, so the gauges move by deltas.
+#[derive(Default, Clone, Copy)]
+struct Sizes {
+    edges: usize,
+    events: usize,
+    viewers: u64,
+    watched: usize,
 }
 
 /// One edge's last batch.
@@ -286,6 +307,7 @@ impl PresenceStore {
                 rx
             }
         };
+        state.update_gauges();
         Ok(PresenceWatch { rx, _guard: WatchGuard { store: self.clone(), id } })
     }
 
@@ -350,6 +372,7 @@ impl PresenceStore {
                 o.remove();
             }
         }
+        state.update_gauges();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -390,6 +413,7 @@ impl State {
             }
         }
         self.stored = stored;
+        self.update_gauges();
         for id in &listed {
             self.publish(id);
         }
@@ -414,7 +438,32 @@ impl State {
             }
             expired.push((id, edge));
         }
+        if !expired.is_empty() {
+            self.update_gauges();
+        }
         expired
+    }
+
+    /// Brings the presence gauges to this store's current sizes.
+    fn update_gauges(&mut self) {
+        let now = Sizes {
+            edges: self.edges.len(),
+            events: self.events.len(),
+            viewers: self.viewers,
+            watched: self.watched.len(),
+        };
+        self.gauge(now);
+    }
+
+    /// Moves the process's presence gauges by `now` minus what this store
+    /// added so far.
+    fn gauge(&mut self, now: Sizes) {
+        let m = livepush::metrics::poller();
+        let was = std::mem::replace(&mut self.gauged, now);
+        m.presence_edges.increment(now.edges as f64 - was.edges as f64);
+        m.presence_events.increment(now.events as f64 - was.events as f64);
+        m.presence_viewers.increment(now.viewers as f64 - was.viewers as f64);
+        m.presence_watched.increment(now.watched as f64 - was.watched as f64);
     }
 
     fn add(&mut self, event: &EdgeEvent) {
@@ -429,9 +478,14 @@ impl State {
         };
         tally.vids.reserve(event.vids.len());
         for vid in &event.vids {
-            *tally.vids.entry(vid.clone()).or_insert(0) += 1;
+            let count = tally.vids.entry(vid.clone()).or_insert(0);
+            if *count == 0 {
+                self.viewers += 1;
+            }
+            *count += 1;
         }
         tally.anonymous += u64::from(event.anonymous);
+        self.viewers += u64::from(event.anonymous);
         tally.edges += 1;
     }
 
@@ -446,10 +500,12 @@ impl State {
                 *count -= 1;
                 if *count == 0 {
                     tally.vids.remove(vid);
+                    self.viewers -= 1;
                 }
             }
         }
         tally.anonymous -= u64::from(event.anonymous);
+        self.viewers -= u64::from(event.anonymous);
         tally.edges -= 1;
         if tally.edges == 0 {
             debug_assert!(tally.vids.is_empty() && tally.anonymous == 0);
@@ -658,6 +714,30 @@ mod tests {
         assert_eq!(s.events_with_viewers(), 0);
         assert_eq!(s.edges(), 2);
         assert_eq!(s.lock().stored, 0);
+    }
+
+    #[test]
+    fn gauges_follow_edges_events_viewers_and_watches() {
+        // This store's share of the process-wide gauges.
+        let sizes = |s: &PresenceStore| {
+            let g = s.lock().gauged;
+            (g.edges, g.events, g.viewers, g.watched)
+        };
+        let s = store();
+        s.report(batch("e1", 1000, vec![ev("x", &["a", "b"], 1), ev("y", &["a"], 0)])).unwrap();
+        s.report(batch("e2", 1000, vec![ev("x", &["b", "c"], 2)])).unwrap();
+        // x: a, b, c and 3 anonymous; y: a.
+        assert_eq!(sizes(&s), (2, 2, 7, 0));
+        let w = s.watch(id("x")).unwrap();
+        assert_eq!(sizes(&s), (2, 2, 7, 1));
+        s.report(batch("e1", 1000, vec![])).unwrap();
+        // x: b, c and 2 anonymous; e1 stays known with nothing.
+        assert_eq!(sizes(&s), (2, 1, 4, 1));
+        assert_eq!(u64::from(s.get(&id("x")).viewers), s.lock().viewers);
+        drop(w);
+        assert_eq!(sizes(&s), (2, 1, 4, 0));
+        assert_eq!(s.expire_at(Instant::now() + Duration::from_secs(3)), 2);
+        assert_eq!(sizes(&s), (0, 0, 0, 0));
     }
 
     #[test]

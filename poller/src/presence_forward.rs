@@ -147,7 +147,10 @@ impl PresenceForwarder {
         let url = self.inner.url.for_event(id);
         let mut backoff = RETRY_BACKOFF.min(self.inner.interval / 10);
         for attempt in 0..=MAX_RETRIES {
-            let Err(error) = self.post(url.clone(), body.clone()).await else { return };
+            let Err(error) = self.post(url.clone(), body.clone()).await else {
+                livepush::metrics::poller().presence_posts_ok.increment(1);
+                return;
+            };
             let retry = error.is_retryable() && attempt < MAX_RETRIES && Instant::now() + backoff < deadline;
             debug!(event_id = %id, attempt, %error, retry, "presence post failed");
             if !retry {
@@ -157,6 +160,7 @@ impl PresenceForwarder {
             backoff *= 2;
         }
         self.inner.failures.fetch_add(1, Ordering::Relaxed);
+        livepush::metrics::poller().presence_posts_failed.increment(1);
     }
 
     async fn post(&self, url: Url, body: Bytes) -> Result<(), PostError> {

@@ -43,6 +43,15 @@ impl Presence for PresenceService {
         let result = tokio::task::spawn_blocking(move || store.report(batch))
             .await
             .map_err(|_| Status::internal("handling the batch failed"))?;
+        let batches = &livepush::metrics::poller().heartbeat_batches;
+        let counter = match &result {
+            Ok(_) => &batches.ok,
+            Err(BatchError::Invalid(_)) => &batches.invalid,
+            Err(BatchError::TooManyEdges(_)) => &batches.too_many_edges,
+            Err(BatchError::Full(_)) => &batches.full,
+            Err(BatchError::ShuttingDown) => &batches.shutting_down,
+        };
+        counter.increment(1);
         let ack = result.map_err(|e| match e {
             BatchError::Invalid(_) => Status::invalid_argument(e.to_string()),
             BatchError::TooManyEdges(_) | BatchError::Full(_) => Status::resource_exhausted(e.to_string()),

@@ -8,7 +8,7 @@
 //! once the event has had no subscriber for `--linger`.
 
 use crate::{media_client::MediaClient, poll_loop};
-use livepush::{EventId, proto::LiveUpdate, recent::RecentMap};
+use livepush::{EventId, metrics::GaugeGuard, proto::LiveUpdate, recent::RecentMap};
 use std::{
     collections::{HashMap, hash_map::Entry as MapEntry},
     sync::{Arc, Mutex, MutexGuard},
@@ -74,6 +74,8 @@ struct Entry {
     /// Tells this entry from a later one for the same id, so a stale guard or
     /// poll task never touches its successor.
     generation: u64,
+    /// Counts the entry in `livepush_poller_events_watched` while it exists.
+    _watched: GaugeGuard,
 }
 
 impl Registry {
@@ -94,7 +96,7 @@ impl Registry {
             // Nothing will ever change: a closed channel holding the final
             // update makes the stream deliver it and end.
             let (_, rx) = watch::channel(Some(ended));
-            return Ok(Subscription { rx, _guard: None });
+            return Ok(Subscription { rx, _guard: None, _open: subscriber_gauge() });
         }
         let full = state.events.len() >= self.inner.settings.max_events;
         // Generations only need to be unique; burning one per call is simpler
@@ -111,14 +113,15 @@ impl Registry {
                 let idle = Arc::new(Notify::new());
                 let task = poll_loop::run(self.clone(), id.clone(), generation, tx.clone(), idle.clone());
                 self.inner.tasks.spawn(task);
-                v.insert(Entry { tx, subscribers: 0, idle_since: None, idle, generation })
+                let _watched = GaugeGuard::new(&livepush::metrics::poller().events_watched);
+                v.insert(Entry { tx, subscribers: 0, idle_since: None, idle, generation, _watched })
             }
         };
         entry.subscribers += 1;
         entry.idle_since = None;
         let guard = SubscriberGuard { registry: self.clone(), id, generation: entry.generation };
         let rx = entry.tx.subscribe();
-        Ok(Subscription { rx, _guard: Some(guard) })
+        Ok(Subscription { rx, _guard: Some(guard), _open: subscriber_gauge() })
     }
 
     /// Number of events currently watched (polled or lingering).
@@ -226,6 +229,12 @@ pub(crate) enum Lingering {
 pub struct Subscription {
     pub rx: watch::Receiver<Snapshot>,
     _guard: Option<SubscriberGuard>,
+    /// Counts the subscription in `livepush_poller_subscribers`.
+    _open: GaugeGuard,
+}
+
+fn subscriber_gauge() -> GaugeGuard {
+    GaugeGuard::new(&livepush::metrics::poller().subscribers)
 }
 
 struct SubscriberGuard {
