@@ -1,6 +1,7 @@
 //! Everything the edge can be told, in one struct, checked at start-up so a
 //! bad value stops the process with an error that names the flag.
 
+use crate::pollers::Target;
 use clap::Parser;
 use livepush::telemetry::LogFormat;
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -12,9 +13,16 @@ pub struct Config {
     #[arg(long, env = "EDGE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// gRPC address of the poller.
-    #[arg(long, env = "EDGE_POLLER", default_value = "http://127.0.0.1:50051", value_parser = parse_poller)]
-    pub poller: String,
+    /// The pollers, as `http://host:port`: repeat the flag or separate with
+    /// commas. A name that resolves to several addresses (a Kubernetes
+    /// headless Service) counts each address as a poller. Each event is
+    /// served by one live poller, the same on every edge.
+    #[arg(long = "poller", env = "EDGE_POLLER", default_value = "http://127.0.0.1:50051", value_delimiter = ',', value_parser = Target::parse)]
+    pub pollers: Vec<Target>,
+
+    /// How often poller names are resolved again (new and gone pollers).
+    #[arg(long, env = "EDGE_POLLER_RESOLVE_INTERVAL", default_value = "5s", value_parser = positive_duration)]
+    pub poller_resolve_interval: Duration,
 
     /// Reconnect delay suggested to browsers (`retry:`), e.g. 3000ms or 3s.
     #[arg(long, env = "EDGE_RETRY", default_value = "3000ms", value_parser = humantime::parse_duration)]
@@ -122,15 +130,6 @@ fn parse_edge_id(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string().replace("viewer id", "edge id"))
 }
 
-/// An `http://` or `https://` URI with a host.
-fn parse_poller(s: &str) -> Result<String, String> {
-    let uri: axum::http::Uri = s.parse().map_err(|e| format!("not a URI: {e}"))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-        return Err("must be an http:// or https:// URL with a host".into());
-    }
-    Ok(s.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,7 +142,8 @@ mod tests {
     fn defaults_match_the_docs() {
         let c = parse(&[]).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.poller, "http://127.0.0.1:50051");
+        assert_eq!(c.pollers, [Target { host: "127.0.0.1".into(), port: 50051 }]);
+        assert_eq!(c.poller_resolve_interval, Duration::from_secs(5));
         assert_eq!(c.retry, Duration::from_millis(3000));
         assert_eq!(c.keepalive, Duration::from_secs(15));
         assert_eq!(c.drain_spread, Duration::from_secs(5));
@@ -159,6 +159,14 @@ mod tests {
     }
 
     #[test]
+    fn pollers_repeat_or_separate_with_commas() {
+        let c =
+            parse(&["--poller", "http://a:1,http://b:2", "--poller", "http://pollers.svc:50051"]).unwrap();
+        let hosts: Vec<String> = c.pollers.iter().map(Target::to_string).collect();
+        assert_eq!(hosts, ["http://a:1", "http://b:2", "http://pollers.svc:50051"]);
+    }
+
+    #[test]
     fn origins() {
         let c = parse(&["--allow-origin", "https://a.example,http://localhost:3000"]).unwrap();
         assert_eq!(c.allow_origin, ["https://a.example", "http://localhost:3000"]);
@@ -171,6 +179,8 @@ mod tests {
             (&["--listen", "8080"][..], "--listen"),
             (&["--poller", "127.0.0.1:50051"][..], "--poller"),
             (&["--poller", "ftp://x"][..], "--poller"),
+            (&["--poller", "http://a:1,https://b:2"][..], "--poller"),
+            (&["--poller-resolve-interval", "0s"][..], "--poller-resolve-interval"),
             (&["--keepalive", "0s"][..], "--keepalive"),
             (&["--retry", "later"][..], "--retry"),
             (&["--allow-origin", "app.example"][..], "--allow-origin"),

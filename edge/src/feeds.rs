@@ -9,11 +9,15 @@
 //! cancels it. Events the poller reported ended are remembered (bounded) so
 //! reconnecting browsers can be told to stop.
 
-use crate::sse;
+use crate::{
+    pollers::{Live, Member, Pollers},
+    sse,
+};
 use bytes::Bytes;
 use livepush::{
     EventId,
-    proto::{LiveUpdate, State, SubscribeRequest, live_feed_client::LiveFeedClient},
+    metrics::{self, GaugeGuard},
+    proto::{LiveUpdate, State, SubscribeRequest},
     recent::RecentMap,
 };
 use rand::Rng;
@@ -22,9 +26,9 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::{Code, transport::Channel};
+use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
 /// What browsers of an event should have, encoded once for all of them.
@@ -49,6 +53,9 @@ pub struct Snapshot {
 /// Shortest and longest wait before resubscribing after the poller failed.
 const RESUBSCRIBE_MIN: Duration = Duration::from_millis(100);
 const RESUBSCRIBE_MAX: Duration = Duration::from_secs(10);
+/// Events move back to a returning (or new) poller within this long, spread
+/// evenly, so its first polls do not arrive as one burst.
+const REBALANCE_SPREAD: Duration = Duration::from_secs(5);
 /// Ended events remembered per edge, and for how long.
 const MAX_ENDED: usize = 10_000;
 const ENDED_TTL: Duration = Duration::from_secs(600);
@@ -60,7 +67,7 @@ pub struct Feeds {
 }
 
 struct Inner {
-    client: LiveFeedClient<Channel>,
+    pollers: Pollers,
     table: Mutex<Table>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -81,15 +88,10 @@ struct Entry {
 }
 
 impl Feeds {
-    pub fn new(poller: Channel, shutdown: CancellationToken) -> Self {
+    pub fn new(pollers: Pollers, shutdown: CancellationToken) -> Self {
         let table =
             Table { events: HashMap::new(), ended: RecentMap::new(MAX_ENDED, ENDED_TTL), next_generation: 0 };
-        let inner = Inner {
-            client: LiveFeedClient::new(poller),
-            table: Mutex::new(table),
-            tasks: TaskTracker::new(),
-            shutdown,
-        };
+        let inner = Inner { pollers, table: Mutex::new(table), tasks: TaskTracker::new(), shutdown };
         Self { inner: Arc::new(inner) }
     }
 
@@ -109,6 +111,7 @@ impl Feeds {
                 let cancel = self.inner.shutdown.child_token();
                 let task = upstream(self.clone(), id.clone(), tx.clone(), cancel.clone());
                 self.inner.tasks.spawn(task);
+                metrics::edge_upstream().events_watched.increment(1.0);
                 v.insert(Entry { tx, browsers: 0, cancel, generation })
             }
         };
@@ -161,6 +164,7 @@ impl Feeds {
                 if entry.browsers == 0 {
                     entry.cancel.cancel();
                     o.remove();
+                    metrics::edge_upstream().events_watched.decrement(1.0);
                 }
             }
         }
@@ -196,31 +200,49 @@ impl Drop for WatchGuard {
     }
 }
 
-/// Turns the poller's updates into snapshots. Updates carry a `seq` that
-/// increases across poller restarts, so anything at or below the last one
-/// seen is a repeat (a resubscription re-sends the current value) and only
-/// clears the edge's own "upstream lost" staleness.
+/// Turns the poller's updates into snapshots.
+///
+/// Updates carry a `seq` that a feed raises on every change and starts at its
+/// start time in microseconds, so within one upstream stream anything at or
+/// below the last `seq` is a repeat, and a feed started later (a restarted
+/// poller, or the next owner after a failover) continues above the last one.
+/// Browsers only ever get data that differs from what they have, so a new
+/// upstream's first value, which repeats the current one, sends nothing.
 struct Publisher {
     tx: watch::Sender<Snapshot>,
-    last_seq: u64,
+    /// Last `seq` taken from the current upstream stream.
+    source_seq: u64,
     data: String,
     poller_stale: bool,
     upstream_lost: bool,
 }
 
 impl Publisher {
+    fn new(tx: watch::Sender<Snapshot>) -> Self {
+        Self { tx, source_seq: 0, data: String::new(), poller_stale: false, upstream_lost: false }
+    }
+
+    /// The next updates come from a new stream (another poller, or the same
+    /// one resubscribed), whose `seq` restarts from its feed's own base.
+    fn new_source(&mut self) {
+        self.source_seq = 0;
+    }
+
     fn update(&mut self, update: &LiveUpdate) {
         let state = State::try_from(update.state).unwrap_or(State::Unspecified);
-        if update.seq > self.last_seq {
-            self.last_seq = update.seq;
+        if update.seq > self.source_seq {
+            self.source_seq = update.seq;
             self.poller_stale = state == State::Stale;
             let has_data = !update.data.is_empty();
             if has_data && update.data != self.data {
                 self.data.clone_from(&update.data);
-                let id = update.seq.to_string();
+                // Browsers compare ids to skip what they have: keep them
+                // increasing even if another poller's clock lags behind.
+                let seq = update.seq.max(self.tx.borrow().data_seq + 1);
+                let id = seq.to_string();
                 let frame = sse::Event { id: Some(&id), event: None, data: &self.data }.encode();
                 self.tx.send_modify(|s| {
-                    s.data_seq = update.seq;
+                    s.data_seq = seq;
                     s.data_frame = Some(frame);
                 });
             }
@@ -232,7 +254,12 @@ impl Publisher {
         self.publish_staleness();
     }
 
+    /// No upstream now. Browsers are told only once they have data that may
+    /// go stale: before the first value, "stale" says nothing useful.
     fn lost(&mut self) {
+        if self.data.is_empty() {
+            return;
+        }
         self.upstream_lost = true;
         self.publish_staleness();
     }
@@ -243,59 +270,57 @@ impl Publisher {
     }
 }
 
-/// Holds the upstream subscription of one event until cancelled or ended,
-/// resubscribing with backoff and jitter when the poller fails or restarts.
+/// How one upstream subscription ended.
+enum Outcome {
+    /// The edge no longer needs the event (no browser left, or shutdown).
+    Cancelled,
+    /// The poller said the event is over.
+    Ended,
+    /// The poller refuses the event id; retrying cannot help.
+    Refused,
+    /// The event belongs elsewhere now: its poller left the live set, or a
+    /// poller that ranks higher for it (re)joined.
+    Moved,
+    Failed(Status),
+}
+
+/// Holds the upstream subscription of one event until cancelled or ended:
+/// always with the event's owner among the live pollers, moving when the
+/// owner changes, resubscribing with backoff and jitter when it fails.
 async fn upstream(feeds: Feeds, id: EventId, tx: watch::Sender<Snapshot>, cancel: CancellationToken) {
-    let mut client = feeds.inner.client.clone();
-    let mut publisher =
-        Publisher { tx, last_seq: 0, data: String::new(), poller_stale: false, upstream_lost: false };
+    let pollers = feeds.inner.pollers.clone();
+    let mut live = pollers.watch();
+    let mut publisher = Publisher::new(tx);
     let mut failures = 0u32;
     debug!(event_id = %id, "upstream subscribing");
     loop {
-        let request = SubscribeRequest { event_id: id.to_string() };
-        let response = tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = client.subscribe(request) => r,
-        };
-        match response {
-            Ok(response) => {
-                let mut stream = response.into_inner();
-                loop {
-                    let message = tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        m = stream.message() => m,
-                    };
-                    match message {
-                        Ok(Some(update)) => {
-                            failures = 0;
-                            publisher.update(&update);
-                            if update.state == State::Ended as i32 {
-                                info!(event_id = %id, "event ended");
-                                feeds.remember_ended(&id);
-                                return;
-                            }
-                        }
-                        Ok(None) => {
-                            debug!(event_id = %id, "upstream stream closed by the poller");
-                            break;
-                        }
-                        Err(status) => {
-                            warn!(event_id = %id, %status, "upstream stream failed");
-                            break;
-                        }
-                    }
+        let Some(owner) = owner(&id, &mut live, &mut publisher, &cancel).await else { break };
+        publisher.new_source();
+        match follow(&feeds, &id, &owner, &mut live, &mut publisher, &cancel).await {
+            Outcome::Cancelled | Outcome::Ended | Outcome::Refused => break,
+            Outcome::Moved => {
+                debug!(event_id = %id, from = %owner.addr, "event moves to another poller");
+                metrics::edge_upstream().upstream_failovers.increment(1);
+                failures = 0;
+                continue;
+            }
+            Outcome::Failed(status) => {
+                failures = failures.saturating_add(1);
+                if suggests_gone(&status) {
+                    pollers.suspect(owner.addr);
                 }
+                let next = live.borrow().owner(&id).map(|m| m.addr);
+                if next.is_some_and(|next| next != owner.addr) && failures <= 3 {
+                    // Failover: the next poller in this event's ranking takes
+                    // it at once; browsers keep the value they have meanwhile.
+                    info!(event_id = %id, from = %owner.addr, %status, "upstream failed; failing over");
+                    metrics::edge_upstream().upstream_failovers.increment(1);
+                    continue;
+                }
+                warn!(event_id = %id, poller = %owner.addr, %status, "upstream failed");
             }
-            Err(status) if status.code() == Code::InvalidArgument => {
-                // Ids are validated before they get here; if the poller
-                // disagrees, retrying cannot help.
-                warn!(event_id = %id, %status, "poller refused the event id");
-                return;
-            }
-            Err(status) => warn!(event_id = %id, %status, "subscribe failed"),
         }
         publisher.lost();
-        failures = failures.saturating_add(1);
         let wait = RESUBSCRIBE_MIN.saturating_mul(1 << failures.min(10)).min(RESUBSCRIBE_MAX);
         let wait = wait.mul_f64(rand::rng().random_range(0.5..=1.0));
         tokio::select! {
@@ -304,6 +329,100 @@ async fn upstream(feeds: Feeds, id: EventId, tx: watch::Sender<Snapshot>, cancel
         }
     }
     debug!(event_id = %id, "upstream closed");
+}
+
+/// The event's owner now, or once a poller is live (browsers are told the
+/// data may be outdated meanwhile); `None` when cancelled.
+async fn owner(
+    id: &EventId,
+    live: &mut watch::Receiver<Live>,
+    publisher: &mut Publisher,
+    cancel: &CancellationToken,
+) -> Option<Member> {
+    loop {
+        if let Some(owner) = live.borrow_and_update().owner(id) {
+            return Some(owner.clone());
+        }
+        publisher.lost();
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            changed = live.changed() => changed.ok()?,
+        }
+    }
+}
+
+/// Subscribes to `owner` and publishes what it sends until something ends
+/// the subscription.
+async fn follow(
+    feeds: &Feeds,
+    id: &EventId,
+    owner: &Member,
+    live: &mut watch::Receiver<Live>,
+    publisher: &mut Publisher,
+    cancel: &CancellationToken,
+) -> Outcome {
+    let request = SubscribeRequest { event_id: id.to_string() };
+    let mut client = owner.feed.clone();
+    let response = tokio::select! {
+        _ = cancel.cancelled() => return Outcome::Cancelled,
+        r = client.subscribe(request) => r,
+    };
+    let mut stream = match response {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == Code::InvalidArgument => {
+            // Ids are validated before they get here; if the poller
+            // disagrees, retrying cannot help.
+            warn!(event_id = %id, %status, "poller refused the event id");
+            return Outcome::Refused;
+        }
+        Err(status) => return Outcome::Failed(status),
+    };
+    let _open = GaugeGuard::new(&metrics::edge_upstream().upstream_streams);
+    // Set when a poller that ranks higher for this event joins while ours is
+    // still live: the move waits a random part of REBALANCE_SPREAD, so a
+    // returning poller takes its events back gradually instead of all at once.
+    let mut move_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Outcome::Cancelled,
+            message = stream.message() => match message {
+                Ok(Some(update)) => {
+                    publisher.update(&update);
+                    if update.state == State::Ended as i32 {
+                        info!(event_id = %id, "event ended");
+                        feeds.remember_ended(id);
+                        return Outcome::Ended;
+                    }
+                }
+                Ok(None) => return Outcome::Failed(Status::unavailable("the poller closed the stream")),
+                Err(status) => return Outcome::Failed(status),
+            },
+            changed = live.changed() => {
+                if changed.is_err() {
+                    return Outcome::Cancelled;
+                }
+                let live = live.borrow_and_update();
+                if !live.members().contains(owner) {
+                    return Outcome::Moved;
+                }
+                if live.owner(id) == Some(owner) {
+                    move_at = None;
+                } else if move_at.is_none() {
+                    let delay = REBALANCE_SPREAD.mul_f64(rand::rng().random_range(0.0..1.0));
+                    move_at = Some(Instant::now() + delay);
+                }
+            }
+            () = tokio::time::sleep_until(move_at.unwrap_or_else(Instant::now)), if move_at.is_some() => {
+                return Outcome::Moved;
+            }
+        }
+    }
+}
+
+/// Whether a failed call suggests the poller itself is gone (rather than
+/// refusing this one request), so other events should stop using it too.
+fn suggests_gone(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled)
 }
 
 #[cfg(test)]
@@ -323,8 +442,7 @@ mod tests {
     #[test]
     fn publisher_moves_data_seq_only_on_new_data() {
         let (tx, rx) = watch::channel(Snapshot::default());
-        let mut p =
-            Publisher { tx, last_seq: 0, data: String::new(), poller_stale: false, upstream_lost: false };
+        let mut p = Publisher::new(tx);
         p.update(&update(10, State::Live, "{}"));
         assert_eq!((rx.borrow().data_seq, rx.borrow().stale), (10, false));
         p.update(&update(11, State::Stale, "{}"));
@@ -334,6 +452,7 @@ mod tests {
         // Upstream lost, then the resubscription repeats seq 12.
         p.lost();
         assert!(rx.borrow().stale);
+        p.new_source();
         p.update(&update(12, State::Live, "{}"));
         assert_eq!((rx.borrow().data_seq, rx.borrow().stale), (10, false));
         // A restarted poller: higher seq, same data, nothing to resend.
@@ -341,7 +460,16 @@ mod tests {
         assert_eq!(rx.borrow().data_seq, 10);
         p.update(&update(501, State::Live, r#"{"a":1}"#));
         assert_eq!(rx.borrow().data_seq, 501);
-        p.update(&update(502, State::Ended, r#"{"a":1}"#));
+        // Another poller whose clock lags: its first value is new data with a
+        // lower seq; browsers still get it once, with an id above theirs.
+        p.new_source();
+        p.update(&update(300, State::Live, r#"{"a":1}"#));
+        assert_eq!(rx.borrow().data_seq, 501, "same data: nothing new");
+        p.update(&update(301, State::Live, r#"{"a":2}"#));
+        assert_eq!(rx.borrow().data_seq, 502);
+        p.update(&update(301, State::Live, r#"{"a":3}"#));
+        assert_eq!(rx.borrow().data_seq, 502, "a repeated seq is not news");
+        p.update(&update(900, State::Ended, r#"{"a":2}"#));
         assert!(rx.borrow().ended);
     }
 }

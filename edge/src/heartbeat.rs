@@ -1,23 +1,32 @@
 //! The edge's heartbeat reporter: one `Presence/ReportHeartbeats` call per
-//! interval carrying everyone who watched through this edge, instead of one
-//! request per viewer. The answer brings the cluster-wide viewer counts of
+//! interval and poller carrying everyone who watched through this edge,
+//! instead of one request per viewer. Each event's viewers go to the poller
+//! that owns the event, so one poller sees every edge's viewers of it and
+//! counts each viewer once across the cluster. The answer brings the cluster-wide viewer counts of
 //! those events, which [`Feeds`] pushes to browsers as `presence` events.
 //!
 //! While the poller is unreachable nothing queues: each attempt sends the
 //! current state, rebuilt from the open streams.
 
-use crate::{feeds::Feeds, viewers::Viewers};
-use livepush::proto::{HeartbeatBatch, presence_client::PresenceClient};
+use crate::{
+    feeds::Feeds,
+    pollers::{Member, Pollers},
+    viewers::Viewers,
+};
+use livepush::{
+    EventId,
+    proto::{EventPresence, EventViewers, HeartbeatBatch},
+};
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic::Status;
 use tracing::{debug, info, warn};
 
 pub struct Reporter {
     pub viewers: Viewers,
     pub feeds: Feeds,
-    pub client: PresenceClient<Channel>,
+    pub pollers: Pollers,
     pub edge_id: String,
     pub interval: Duration,
 }
@@ -26,7 +35,7 @@ impl Reporter {
     /// Reports every interval until `stop`, then once more with no viewers so
     /// the poller forgets this edge's viewers at once instead of after three
     /// silent intervals.
-    pub async fn run(mut self, stop: CancellationToken) {
+    pub async fn run(self, stop: CancellationToken) {
         let mut ticker = tokio::time::interval_at(Instant::now() + self.interval, self.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut failing = false;
@@ -37,11 +46,8 @@ impl Reporter {
             }
             let events = self.viewers.batch();
             match self.send(events).await {
-                Ok(presence) => {
+                Ok(_) => {
                     self.viewers.reported();
-                    for p in presence {
-                        self.feeds.set_viewers(&p.event_id, p.viewers);
-                    }
                     if std::mem::take(&mut failing) {
                         info!("heartbeat reports accepted again");
                     }
@@ -57,10 +63,47 @@ impl Reporter {
         debug!(ok = matches!(farewell, Ok(Ok(_))), "final empty heartbeat report");
     }
 
-    async fn send(
-        &mut self,
-        events: Vec<livepush::proto::EventViewers>,
-    ) -> Result<Vec<livepush::proto::EventPresence>, tonic::Status> {
+    /// Sends every live poller the part of `events` it owns (the same owner
+    /// as the event's feed), and an empty part to the others, so a poller
+    /// forgets this edge's viewers of events that moved away. Fails if any
+    /// poller did not take its part.
+    async fn send(&self, events: Vec<EventViewers>) -> Result<Vec<EventPresence>, Status> {
+        let live = self.pollers.live();
+        if live.is_empty() {
+            return Err(Status::unavailable("no poller is serving"));
+        }
+        let mut parts: Vec<Vec<EventViewers>> = vec![Vec::new(); live.len()];
+        for event in events {
+            let Ok(id) = EventId::parse(&event.event_id) else { continue };
+            let owner = live.owner(&id).map(|o| o.addr);
+            if let Some(i) = live.members().iter().position(|m| Some(m.addr) == owner) {
+                parts[i].push(event);
+            }
+        }
+        let calls = live.members().iter().zip(parts).map(|(member, events)| self.send_to(member, events));
+        let mut presence = Vec::new();
+        let mut failed = None;
+        for result in futures_util::future::join_all(calls).await {
+            match result {
+                Ok(p) => presence.extend(p),
+                Err(status) => failed = Some(status),
+            }
+        }
+        // Counts that did arrive are applied even when another poller failed.
+        for p in &presence {
+            self.feeds.set_viewers(&p.event_id, p.viewers);
+        }
+        match failed {
+            Some(status) => Err(status),
+            None => Ok(presence),
+        }
+    }
+
+    async fn send_to(
+        &self,
+        member: &Member,
+        events: Vec<EventViewers>,
+    ) -> Result<Vec<EventPresence>, Status> {
         let batch = HeartbeatBatch {
             edge_id: self.edge_id.clone(),
             interval_ms: self.interval.as_millis().min(u32::MAX as u128) as u32,
@@ -68,6 +111,9 @@ impl Reporter {
         };
         let mut request = tonic::Request::new(batch);
         request.set_timeout(self.interval.max(Duration::from_secs(1)));
-        Ok(self.client.report_heartbeats(request).await?.into_inner().presence)
+        let mut client = member.presence.clone();
+        let result = client.report_heartbeats(request).await;
+        livepush::metrics::edge_heartbeat_report(if result.is_ok() { "ok" } else { "failed" });
+        Ok(result?.into_inner().presence)
     }
 }

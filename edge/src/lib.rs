@@ -1,7 +1,8 @@
 //! The livepush edge: an HTTP server that browsers reach with `EventSource`.
 //!
 //! Browsers open `GET /live/{event_id}/stream` ([`routes`]); [`feeds`] holds
-//! one upstream `LiveFeed/Subscribe` stream per watched event and [`stream`]
+//! one upstream `LiveFeed/Subscribe` stream per watched event, with the
+//! poller that owns it among the live [`pollers`], and [`stream`]
 //! writes each update, encoded once by [`sse`], to every browser watching it.
 //! [`server`] owns the sockets: TLS, HTTP/1.1 and HTTP/2, limits, drain.
 
@@ -9,6 +10,7 @@ pub mod config;
 pub mod feeds;
 pub mod heartbeat;
 pub mod limits;
+pub mod pollers;
 pub mod readiness;
 pub mod routes;
 pub mod server;
@@ -22,14 +24,13 @@ pub use config::Config;
 
 use feeds::Feeds;
 use limits::StreamLimits;
-use livepush::proto::presence_client::PresenceClient;
+use pollers::Pollers;
 use readiness::Readiness;
 use routes::AppState;
 use std::{future::Future, time::Duration};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
-use tracing::info;
+use tracing::{debug, info, warn};
 use viewers::Viewers;
 
 /// Serves the edge on `listener` until `shutdown` completes, then drains:
@@ -45,29 +46,18 @@ pub async fn run(
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,
     };
+    raise_open_files_limit(config.max_connections as u64);
     let stop = CancellationToken::new();
-    let channel = Endpoint::from_shared(config.poller.clone())?
-        .connect_timeout(Duration::from_secs(3))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        // After a resubscription every event's first value arrives at once as
-        // small DATA frames; h2 closes a connection holding more of them
-        // than half its window allows, so offer a large one (credit, not
-        // memory allocated up front).
-        .initial_connection_window_size(16 << 20)
-        // Lazy: the edge starts (and browsers connect) before the poller is
-        // reachable; the channel reconnects on its own.
-        .connect_lazy();
-    let feeds = Feeds::new(channel.clone(), stop.clone());
+    let pollers = Pollers::start(config.pollers.clone(), config.poller_resolve_interval, stop.clone());
+    let feeds = Feeds::new(pollers.clone(), stop.clone());
     let readiness = Readiness::default();
-    let probe = tokio::spawn(readiness.clone().probe(channel.clone(), stop.clone()));
+    let follow = tokio::spawn(readiness.clone().follow(pollers.watch(), stop.clone()));
     let viewers = Viewers::default();
     let edge_id = config.edge_id.clone().unwrap_or_else(|| format!("edge-{:08x}", rand::random::<u32>()));
     let reporter = heartbeat::Reporter {
         viewers: viewers.clone(),
         feeds: feeds.clone(),
-        client: PresenceClient::new(channel),
+        pollers: pollers.clone(),
         edge_id: edge_id.clone(),
         interval: config.heartbeat_interval,
     };
@@ -83,7 +73,8 @@ pub async fn run(
     };
     let app = routes::app(state, &config.allow_origin);
     let addr = listener.local_addr()?;
-    info!(%addr, poller = %config.poller, %edge_id, tls = tls.is_some(), "edge listening");
+    let targets: Vec<String> = config.pollers.iter().map(ToString::to_string).collect();
+    info!(%addr, pollers = ?targets, %edge_id, tls = tls.is_some(), "edge listening");
 
     let opts = server::ServerOptions {
         tls,
@@ -102,8 +93,24 @@ pub async fn run(
     // The reporter is part of this future, not a detached task: whatever
     // ends the edge ends its reports, and the poller expires its viewers.
     let (_, feeds, ()) = tokio::join!(serving, signal, reporter.run(stop.clone()));
-    let _ = probe.await;
+    let _ = follow.await;
     feeds.drain(Duration::from_secs(1)).await;
+    pollers.drain(Duration::from_secs(1)).await;
     info!("edge stopped");
     Ok(())
+}
+
+/// Every stream is a socket: raise the soft open-files limit to the hard one
+/// (container runtimes often start processes at 1,024) and say so if even
+/// that is below `--max-connections`.
+fn raise_open_files_limit(max_connections: u64) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < max_connections + 64 => warn!(
+            open_files = limit,
+            max_connections,
+            "the open-files limit is below --max-connections; browsers beyond it will be refused"
+        ),
+        Ok(limit) => debug!(open_files = limit, "open-files limit"),
+        Err(e) => warn!(error = %e, "cannot read or raise the open-files limit"),
+    }
 }

@@ -1,25 +1,17 @@
-//! `/readyz`: whether this edge should receive browsers. It is ready while the
-//! poller's standard health service reports `livepush.v1.LiveFeed` as SERVING
-//! and the edge is not draining; load balancers stop sending browsers to an
+//! `/readyz`: whether this edge should receive browsers. It is ready while at
+//! least one poller is live (its standard health service reports
+//! `livepush.v1.LiveFeed` as SERVING, see [`crate::pollers`]) and the edge is
+//! not draining; load balancers stop sending browsers to an
 //! edge that cannot reach a poller or is shutting down.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
+use crate::pollers::Live;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
 };
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
 use tracing::{info, warn};
-
-/// How often the poller's health is checked, and how long a check may take.
-const PROBE_EVERY: Duration = Duration::from_secs(2);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Default)]
 pub struct Readiness {
@@ -47,24 +39,19 @@ impl Readiness {
         self.inner.draining.store(true, Ordering::Relaxed);
     }
 
-    /// Probes the poller until `stop`; the task ends with it.
-    pub async fn probe(self, channel: Channel, stop: CancellationToken) {
-        let mut client = HealthClient::new(channel);
-        let request = || HealthCheckRequest { service: "livepush.v1.LiveFeed".into() };
+    /// Follows the live pollers until `stop`: ready while at least one is.
+    pub async fn follow(self, mut live: watch::Receiver<Live>, stop: CancellationToken) {
         loop {
-            let serving = matches!(
-                tokio::time::timeout(PROBE_TIMEOUT, client.check(request())).await,
-                Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
-            );
+            let serving = !live.borrow_and_update().is_empty();
             let was = self.inner.poller_serving.swap(serving, Ordering::Relaxed);
             match (was, serving) {
-                (false, true) => info!("poller reachable; ready"),
-                (true, false) => warn!("poller not serving; not ready"),
+                (false, true) => info!("a poller is serving; ready"),
+                (true, false) => warn!("no poller serving; not ready"),
                 _ => {}
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(PROBE_EVERY) => {}
+                changed = live.changed() => if changed.is_err() { return },
             }
         }
     }

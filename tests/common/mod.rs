@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod media;
+pub mod process;
 pub mod sse;
 
 use anyhow::Context;

@@ -46,6 +46,13 @@ impl SseClient {
         }
     }
 
+    /// The next event however long it takes; `None` when the stream ended
+    /// or failed. For readers that run beside the test, which sets its own
+    /// deadlines and checks whether streams ended.
+    pub async fn next_patiently(&mut self) -> Option<Event> {
+        self.events.next().await?.ok()
+    }
+
     /// The next unnamed event, i.e. what `EventSource.onmessage` would get.
     pub async fn next_message(&mut self) -> Event {
         loop {
