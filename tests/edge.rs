@@ -288,3 +288,70 @@ async fn health_and_readiness() {
     assert_eq!(resp.status(), 503);
     assert!(resp.text().await.unwrap().contains("poller"));
 }
+
+/// SSE streams over plain TCP are written by the edge's lean HTTP/1.1 path;
+/// everything else is hyper's. Either way clients get well-formed HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_and_other_requests_speak_plain_http11() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let media = TestMedia::start().await;
+    media.set_json("plain", r#"{"x":1}"#);
+    let poller = start_poller(&["--media-url", &media.template(), "--interval", "1h"]).await;
+    let edge = start_edge(&["--poller", &poller.url()]).await;
+
+    // The stream: a chunked 200 whose first chunks carry retry: and the value.
+    let mut s = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    s.write_all(b"GET /live/plain/stream HTTP/1.1\r\nHost: e\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !String::from_utf8_lossy(&raw).contains(r#"data: {"x":1}"#) {
+        let mut buf = [0u8; 1024];
+        let n =
+            tokio::time::timeout_at(deadline, s.read(&mut buf)).await.expect("the value in time").unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    for line in ["content-type: text/event-stream", "transfer-encoding: chunked", "cache-control: no-cache"] {
+        assert!(head.lines().any(|l| l == line), "{line} missing from {head}");
+    }
+    // Decode the chunks: a hex size line, exactly that many bytes, CRLF.
+    let mut rest = body;
+    let mut decoded = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size, 16).expect("hex chunk size");
+        if after.len() < size + 2 {
+            break;
+        }
+        decoded.push_str(&after[..size]);
+        assert_eq!(&after[size..size + 2], "\r\n");
+        rest = &after[size + 2..];
+    }
+    assert!(decoded.starts_with("retry: ") && decoded.contains("data: {\"x\":1}\n\n"), "{decoded:?}");
+
+    // HTTP/1.0 goes to hyper and still streams (no chunking, close-delimited).
+    let mut s10 = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    s10.write_all(b"GET /live/plain/stream HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(PATIENCE, s10.read(&mut buf)).await.unwrap().unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]);
+    assert!(first.starts_with("HTTP/1.0 200") || first.starts_with("HTTP/1.1 200"), "{first}");
+
+    // Pipelined requests are hyper's and are all answered.
+    let (status, body) = raw_request(
+        edge.addr,
+        "GET /healthz HTTP/1.1\r\nHost: e\r\n\r\nGET /healthz HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body.contains("HTTP/1.1 200"), "the second answer: {body:?}");
+
+    // A refused stream is a complete response, then the connection closes.
+    let (status, body) = raw_request(edge.addr, "GET /live/a%20b/stream HTTP/1.1\r\nHost: e\r\n\r\n").await;
+    assert_eq!(status, 400, "{body}");
+}

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod feeds;
 pub mod heartbeat;
+pub mod lean;
 pub mod limits;
 pub mod pollers;
 pub mod readiness;

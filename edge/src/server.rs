@@ -6,7 +6,7 @@
 //! socket, bounded request heads, a hard ceiling on open sockets, and the
 //! peer address for per-client limits.
 
-use crate::write_timeout::WriteTimeout;
+use crate::{lean, write_timeout::WriteTimeout};
 use axum::{Router, extract::ConnectInfo};
 use hyper::{Request, body::Incoming};
 use hyper_util::{
@@ -22,7 +22,7 @@ use tokio::{
     sync::Semaphore,
 };
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_service::Service;
 use tracing::{debug, warn};
 
@@ -71,11 +71,15 @@ pub async fn serve(
         .keep_alive_interval(H2_KEEPALIVE);
     // Over plain TCP only HTTP/1.1 is offered: browsers speak HTTP/2 only
     // over TLS, and skipping the h2c preface sniffing saves every connection
-    // a rewind buffer and state. Over TLS, ALPN picks the protocol.
-    let plain = builder.clone().http1_only();
+    // a rewind buffer and state. SSE streams skip hyper altogether (see
+    // `lean`). Over TLS, ALPN picks the protocol.
+    let plain = Arc::new(builder.clone().http1_only());
     let builder = Arc::new(builder);
     let sockets = Arc::new(Semaphore::new(opts.max_connections + SOCKET_HEADROOM));
     let graceful = GracefulShutdown::new();
+    // Plain-TCP connections (their SSE streams are served by `lean`, not
+    // watched by `graceful`): the drain waits for these tasks too.
+    let tasks = TaskTracker::new();
     let metrics = livepush::metrics::edge();
 
     loop {
@@ -106,12 +110,27 @@ pub async fn serve(
         let service = connection_service(app.clone(), peer);
         match &opts.tls {
             None => {
-                let conn = plain.serve_connection(TokioIo::new(io), service).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
+                let app = app.clone();
+                let plain = plain.clone();
+                let watcher = graceful.watcher();
+                let stop = stop.clone();
+                tasks.spawn(async move {
                     let _slot = slot;
-                    if let Err(e) = conn.await {
-                        debug!(%peer, error = %e, "connection ended with an error");
+                    let mut io = io;
+                    let first = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        first = lean::read_first(&mut io, MAX_HEAD_BYTES, HEADER_READ_TIMEOUT, peer) => first,
+                    };
+                    match first {
+                        lean::First::Gone => {}
+                        lean::First::Stream(request) => lean::respond(&mut io, app, *request).await,
+                        lean::First::Other(head) => {
+                            let conn =
+                                plain.serve_connection(TokioIo::new(lean::Rewind::new(head, io)), service);
+                            if let Err(e) = watcher.watch(conn).await {
+                                debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                        }
                     }
                 });
             }
@@ -132,7 +151,9 @@ pub async fn serve(
         }
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    tasks.close();
+    let drained = async { tokio::join!(graceful.shutdown(), tasks.wait()) };
+    if tokio::time::timeout(drain, drained).await.is_err() {
         warn!(timeout = ?drain, "connections still open at the shutdown deadline; closing them");
     }
 }
