@@ -99,6 +99,22 @@ fn owners(polls: &BTreeMap<String, Vec<usize>>) -> BTreeMap<String, usize> {
     polls.iter().map(|(e, c)| (e.clone(), c.iter().position(|n| *n > 0).expect("polled"))).collect()
 }
 
+/// `name` (a counter or gauge without labels) summed over the edges' scrapes.
+async fn edge_metric(edges: &[Process], name: &str) -> f64 {
+    let mut sum = 0.0;
+    for edge in edges {
+        let text = reqwest::get(format!("{}/metrics", edge.url())).await.unwrap().text().await.unwrap();
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("Prometheus text format");
+        let sample = scrape.samples.iter().find(|s| s.metric == name);
+        sum += match sample.map(|s| &s.value) {
+            Some(prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v)) => *v,
+            other => panic!("{name}: {other:?}"),
+        };
+    }
+    sum
+}
+
 async fn wait_listening(addr: std::net::SocketAddr) {
     let deadline = Instant::now() + PATIENCE;
     while tokio::net::TcpStream::connect(addr).await.is_err() {
@@ -192,6 +208,13 @@ async fn killing_a_poller_moves_its_events_and_browsers_see_every_value_once() {
         }
     }
 
+    // Each edge saw two pollers left and moved each of its streams of the
+    // victim's events once (every event has browsers on two edges).
+    assert_eq!(edge_metric(&edges, "livepush_edge_pollers_up").await, 6.0);
+    let moves = 2.0 * victims_events.len() as f64;
+    assert_eq!(edge_metric(&edges, "livepush_edge_upstream_failovers_total").await, moves);
+    assert_eq!(edge_metric(&edges, "livepush_edge_upstream_streams").await, 2.0 * EVENTS as f64);
+
     // The poller returns on its address: its events move back to it.
     let victim_polls = |m: &TestMedia| victims_events.iter().map(|e| m.count(e)).sum::<usize>();
     let polled_before_return = victim_polls(&media[victim]);
@@ -218,6 +241,8 @@ async fn killing_a_poller_moves_its_events_and_browsers_see_every_value_once() {
     let back = polls_in(&media, &events, t2, t2 + window);
     assert_one_poll_per_interval(&back, window, "after the return");
     assert_eq!(owners(&back), owned, "ownership after the return differs from before the kill");
+    assert_eq!(edge_metric(&edges, "livepush_edge_pollers_up").await, 9.0);
+    assert_eq!(edge_metric(&edges, "livepush_edge_upstream_failovers_total").await, 2.0 * moves);
 
     // Browsers never lost their stream, saw each value exactly once, in
     // order, with increasing ids.
