@@ -256,3 +256,50 @@ async fn killing_a_poller_moves_its_events_and_browsers_see_every_value_once() {
     }
     drop(edges);
 }
+
+/// A poller that drains (SIGTERM) says NOT_SERVING and ends its streams; its
+/// events move to the other poller with no `stale` blip in browsers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_poller_hands_its_events_over_without_a_stale_blip() {
+    use livepush_tests::{start_edge, start_poller};
+    let media = [TestMedia::start().await, TestMedia::start().await];
+    let events: Vec<String> = (0..6).map(|i| format!("drain-{i}")).collect();
+    for m in &media {
+        for e in &events {
+            m.set_json(e, &value(e, 1));
+        }
+    }
+    let interval = format!("{}ms", INTERVAL.as_millis());
+    let mut pollers = Vec::new();
+    for m in &media {
+        pollers.push(Some(start_poller(&["--media-url", &m.template(), "--interval", &interval]).await));
+    }
+    let list = pollers.iter().map(|p| p.as_ref().unwrap().url()).collect::<Vec<_>>().join(",");
+    let edge = start_edge(&["--poller", &list]).await;
+    wait_ok(&format!("{}/readyz", edge.url())).await;
+    let mut clients = Vec::new();
+    for e in &events {
+        let mut c = SseClient::open(&format!("{}/live/{e}/stream", edge.url())).await;
+        assert_eq!(c.next_message().await.data, value(e, 1));
+        clients.push(c);
+    }
+    // Drain the poller that polls the first event.
+    let owner = media.iter().position(|m| m.count(&events[0]) > 0).unwrap();
+    pollers[owner].take().unwrap().stop().await.unwrap();
+    for m in &media {
+        for e in &events {
+            m.set_json(e, &value(e, 2));
+        }
+    }
+    for (e, c) in events.iter().zip(&mut clients) {
+        let next = c.next().await.expect("still connected");
+        assert_eq!(
+            (next.event.as_str(), next.data),
+            ("message", value(e, 2)),
+            "{e}: the next value, nothing else"
+        );
+    }
+    let survivor = 1 - owner;
+    let polled_by_survivor = events.iter().filter(|e| media[survivor].count(e) > 0).count();
+    assert_eq!(polled_by_survivor, events.len(), "the survivor polls every event");
+}

@@ -355,3 +355,19 @@ async fn streams_and_other_requests_speak_plain_http11() {
     let (status, body) = raw_request(edge.addr, "GET /live/a%20b/stream HTTP/1.1\r\nHost: e\r\n\r\n").await;
     assert_eq!(status, 400, "{body}");
 }
+
+/// `--poller` may name a host: it is resolved (and re-resolved) to the
+/// addresses of the pollers. `localhost` may also resolve to `::1`, where
+/// nothing listens: that address is simply never live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poller_named_by_dns_is_found() {
+    let media = TestMedia::start().await;
+    media.set_json("named", r#"{"n":1}"#);
+    let poller = start_poller(&["--media-url", &media.template(), "--interval", "1h"]).await;
+    let named = format!("http://localhost:{}", poller.addr.port());
+    let edge = start_edge(&["--poller", &named, "--poller-resolve-interval", "200ms"]).await;
+    let mut browser = SseClient::open(&stream_url(&edge, "named")).await;
+    assert_eq!(browser.next_message().await.data, r#"{"n":1}"#);
+    let ready = reqwest::get(format!("{}/readyz", edge.url())).await.unwrap();
+    assert_eq!(ready.status(), 200);
+}

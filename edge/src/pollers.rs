@@ -412,8 +412,15 @@ impl Pollers {
                             }
                             message = stream.message() => match message {
                                 Ok(Some(status)) => {
+                                    let serving = status.status == ServingStatus::Serving as i32;
+                                    self.set_up(addr, serving, true);
+                                    if !serving {
+                                        // A draining poller waits for its
+                                        // streams to end: let go of this one
+                                        // and ask again later.
+                                        break;
+                                    }
                                     failures = 0;
-                                    self.set_up(addr, status.status == ServingStatus::Serving as i32, true);
                                 }
                                 Ok(None) => break,
                                 Err(status) => {
