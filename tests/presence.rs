@@ -198,3 +198,45 @@ async fn hostile_batches_are_refused_and_change_nothing() {
     let err = client.get_presence(PresenceRequest { event_id: "a/b".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
+
+/// With several pollers, each event's viewers go to the poller that owns it
+/// (the one that polls it), from every edge, so that poller counts them all
+/// once; the other pollers hold nothing for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_pollers_each_event_is_counted_by_its_owner() {
+    let media = [TestMedia::start().await, TestMedia::start().await];
+    let mut pollers = Vec::new();
+    for m in &media {
+        pollers.push(start_poller(&["--media-url", &m.template(), "--interval", "1h"]).await);
+    }
+    let list = format!("{},{}", pollers[0].url(), pollers[1].url());
+    let edge = |id: &'static str| {
+        let list = list.clone();
+        async move { start_edge(&["--poller", &list, "--heartbeat-interval", "200ms", "--edge-id", id]).await }
+    };
+    let (a, b) = (edge("edge-a").await, edge("edge-b").await);
+    let events: Vec<String> = (0..16).map(|i| format!("split-{i}")).collect();
+    let mut streams = Vec::new();
+    for e in &events {
+        for (edge, vid) in [(&a, "ann"), (&b, "ann"), (&b, "bob")] {
+            let mut s = SseClient::open(&format!("{}/live/{e}/stream?vid={vid}", edge.url())).await;
+            s.next_message().await;
+            streams.push(s);
+        }
+    }
+    let mut clients = [presence_client(pollers[0].addr).await, presence_client(pollers[1].addr).await];
+    for e in &events {
+        let owner = media.iter().position(|m| m.count(e) > 0).expect("polled");
+        let p = wait_presence(&mut clients[owner], e, "both edges' viewers", |p| p.viewers == 2).await;
+        assert_eq!((p.vids.as_slice(), p.edges), (&["ann".to_owned(), "bob".to_owned()][..], 2), "{e}");
+        let other = clients[1 - owner]
+            .get_presence(PresenceRequest { event_id: e.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(other.viewers, 0, "{e}: counted by a poller that does not own it: {other:?}");
+    }
+    let owners: std::collections::BTreeSet<usize> =
+        events.iter().map(|e| media.iter().position(|m| m.count(e) > 0).unwrap()).collect();
+    assert_eq!(owners.len(), 2, "16 events all owned by one of two pollers (odds 1 in 32,768)");
+}
