@@ -38,7 +38,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         shape.connections()
     );
     let mut up = Upstream::start(&args.push).await?;
-    let cmds = (up.media.cmd.clone(), up.poller.cmd.clone());
+    let params = up.params(&args.push);
     let outcome = push::measure(&args.push, shape, &mut up).await;
     up.stop().await?;
     let outcome = outcome?;
@@ -47,5 +47,5 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         args.events, args.browsers, args.edges
     );
     let column = format!("{}x{}", args.events, args.browsers);
-    Ok(push::report("breadth", title, vec![column], &[outcome], &args.push, (&cmds.0, &cmds.1)))
+    Ok(push::report("breadth", title, vec![column], &[outcome], &args.push, params))
 }

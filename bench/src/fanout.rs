@@ -36,7 +36,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     let mut up = Upstream::start(&args.push).await?;
-    let cmds = (up.media.cmd.clone(), up.poller.cmd.clone());
+    let params = up.params(&args.push);
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut failed = Vec::new();
     for &n in &args.connections {
@@ -55,7 +55,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         "livepush-bench fanout: one event, one edge, {} SSE connections",
         args.connections.iter().map(u32::to_string).collect::<Vec<_>>().join(" / ")
     );
-    let mut report = push::report("fanout", title, sizes, &outcomes, &args.push, (&cmds.0, &cmds.1));
+    let mut report = push::report("fanout", title, sizes, &outcomes, &args.push, params);
     for f in failed {
         report.note(f);
     }

@@ -10,9 +10,11 @@ mod arrivals;
 mod attach;
 mod breadth;
 mod child;
+mod failover;
 mod fanout;
 mod histogram;
 mod httpc;
+mod nchan;
 mod plot;
 mod poller;
 mod polling;
@@ -51,12 +53,21 @@ enum Scenario {
     /// Many events with a few browsers each over several edges (default
     /// 1,000 x 10 over two): the same figures, plus polls per event.
     Breadth(breadth::Args),
+    /// A poller killed with SIGKILL under load (default 1,000 events x 10
+    /// browsers, two edges, three pollers): time until every browser of its
+    /// events receives fresh data again, ids, reconnects, polls per event.
+    Failover(failover::Args),
     /// N viewers polling media-sim directly versus the same viewers through
     /// livepush: upstream requests/s and bytes/s, measured at media-sim.
     Polling(polling::Args),
     /// The SSE load generator alone, against edges you started (for
     /// diagnostics: an edge under a profiler, say).
     SseLoad(attach::Args),
+    /// The `fanout` measurement against Nginx with the nchan module (one
+    /// channel, N EventSource browsers, one update per second): RSS per
+    /// connection, delivery latency, CPU; `--with-livepush` runs livepush
+    /// alongside at each size.
+    Nchan(nchan::Args),
 }
 
 #[tokio::main]
@@ -67,8 +78,10 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Poller(args) => poller::run(args).await,
             Scenario::Fanout(args) => fanout::run(args).await,
             Scenario::Breadth(args) => breadth::run(args).await,
+            Scenario::Failover(args) => failover::run(args).await,
             Scenario::Polling(args) => polling::run(args).await,
             Scenario::SseLoad(args) => attach::run(args).await,
+            Scenario::Nchan(args) => nchan::run(args).await,
         }
     };
     // Ctrl-C drops the scenario, whose guards stop the child processes.

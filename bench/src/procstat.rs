@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use std::{process::Command, sync::OnceLock};
 
 /// One reading of a process's counters.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Sample {
     /// User plus system CPU time since the process started.
     pub cpu_seconds: f64,
@@ -24,6 +24,18 @@ pub struct Sample {
     pub rss_bytes: u64,
     /// Largest resident set size so far.
     pub peak_rss_bytes: u64,
+}
+
+impl Sample {
+    /// Adds `other`'s figures: the readings of a server made of several
+    /// processes (nginx's master and workers). The peaks are each process's
+    /// own, so their sum is an upper bound of the group's peak.
+    pub fn add(&mut self, other: &Self) {
+        self.cpu_seconds += other.cpu_seconds;
+        self.system_seconds += other.system_seconds;
+        self.rss_bytes += other.rss_bytes;
+        self.peak_rss_bytes += other.peak_rss_bytes;
+    }
 }
 
 /// Reads the counters of process `pid`.
@@ -50,10 +62,24 @@ pub struct MemoryDetail {
     pub rss_anon_kib: u64,
     /// `RssFile`: file-backed pages (mostly the binary's code).
     pub rss_file_kib: u64,
+    /// `RssShmem`: shared memory pages this process has touched (nginx's
+    /// shared zones, where nchan keeps channels and messages).
+    pub rss_shmem_kib: u64,
     /// `Private_Dirty` of smaps_rollup: pages only this process wrote.
     pub private_dirty_kib: u64,
     /// `Threads`.
     pub threads: u64,
+}
+
+impl MemoryDetail {
+    /// Adds `other`'s figures (see [`Sample::add`]).
+    pub fn add(&mut self, other: &Self) {
+        self.rss_anon_kib += other.rss_anon_kib;
+        self.rss_file_kib += other.rss_file_kib;
+        self.rss_shmem_kib += other.rss_shmem_kib;
+        self.private_dirty_kib += other.private_dirty_kib;
+        self.threads += other.threads;
+    }
 }
 
 /// Reads the split of `pid`'s resident memory.
@@ -71,10 +97,35 @@ pub fn memory_detail(pid: u32) -> anyhow::Result<MemoryDetail> {
             .with_context(|| format!("no RssAnon in {status_path}"))?,
         rss_file_kib: status_kib(&status, "RssFile")
             .with_context(|| format!("no RssFile in {status_path}"))?,
+        rss_shmem_kib: status_kib(&status, "RssShmem")
+            .with_context(|| format!("no RssShmem in {status_path}"))?,
         private_dirty_kib: status_kib(&rollup, "Private_Dirty")
             .with_context(|| format!("no Private_Dirty in {rollup_path}"))?,
         threads,
     })
+}
+
+/// The processes whose parent is `pid` (nginx's workers, for its master),
+/// in pid order, found by reading the parent pid of every `/proc/PID/stat`.
+/// Processes that exit during the scan are skipped.
+pub fn children(pid: u32) -> anyhow::Result<Vec<u32>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").context("listing /proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        if parent_pid(&stat) == Some(pid) {
+            found.push(child);
+        }
+    }
+    found.sort_unstable();
+    Ok(found)
+}
+
+/// Field 4 (`ppid`) of a `/proc/PID/stat` line.
+fn parent_pid(stat: &str) -> Option<u32> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_ascii_whitespace().nth(1)?.parse().ok()
 }
 
 /// CPU seconds the whole host has spent busy (all cores: everything but
@@ -174,6 +225,18 @@ mod tests {
         assert_eq!(cpu_ticks(stat).unwrap(), (1234, 567));
         assert!(cpu_ticks("4242 poller S 1").is_err());
         assert!(cpu_ticks("4242 (poller) S 1 2").is_err());
+    }
+
+    #[test]
+    fn parents_and_children() {
+        let stat = "4242 (nginx: worker (x)) S 4241 4241 4241 0 -1 4194560 2306 0 0 0 1234 567";
+        assert_eq!(parent_pid(stat), Some(4241));
+        assert_eq!(parent_pid("4242 nginx S 1"), None);
+        let me = std::process::id();
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        assert!(children(me).unwrap().contains(&child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

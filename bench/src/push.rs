@@ -1,6 +1,8 @@
 //! One measured run of the push path, media-sim → poller → edge(s) → SSE
 //! browsers, shared by the `fanout` and `breadth` scenarios: they differ only
-//! in the shape (edges × events × browsers per event).
+//! in the shape (edges × events × browsers per event). The `nchan` scenario
+//! runs the same phases against Nginx with the nchan module instead of the
+//! edges ([`System`] is what serves the browsers; [`crate::nchan`]).
 //!
 //! The phases are chosen so each figure means one thing:
 //!
@@ -8,7 +10,8 @@
 //!    not carry over) and wait until `/readyz` answers 200.
 //! 2. **Warm up**: one SSE stream per edge until its first event, then closed,
 //!    so the gRPC channel, the feed machinery and the allocator have been
-//!    exercised. One second later: **idle RSS**.
+//!    exercised. One second later: **idle RSS** (of a server made of several
+//!    processes, nginx's master and worker, the sum over them).
 //! 3. **Connect** all browsers at `--connect-rate`, wait until every one has
 //!    its first event, then `--settle`: **connected RSS**. RSS per connection
 //!    is (connected − idle) / connections on that edge.
@@ -24,12 +27,12 @@
 use crate::{
     histogram::Snapshot,
     procstat::{self, MemoryDetail, Sample},
-    report::{Report, Value},
+    report::{Label, Report, Value},
     sse_load::{self, Counters, Load, Plan, Update},
     stack::{self, BinArgs, Proc},
 };
 use anyhow::Context;
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 use tokio::time::Instant;
 
 /// Targets from the issue, shown next to the figures.
@@ -119,26 +122,136 @@ pub fn event_id(index: u32) -> String {
     format!("ev-{index:06}")
 }
 
+/// What serves the browsers in a run: livepush (fresh edges fed by one
+/// poller and media-sim, [`Upstream`]) or another push server
+/// ([`crate::nchan`]). [`measure`] runs the same phases against either.
+pub trait System {
+    type Server: Server;
+    /// Names the system in columns and notes: "livepush", "nchan".
+    fn name(&self) -> &'static str;
+    /// What one of its servers is called in labels: "edge", "nginx".
+    fn server_name(&self) -> &'static str;
+    /// Starts one fresh server and waits until it answers.
+    async fn start_server(&mut self) -> anyhow::Result<Self::Server>;
+    /// The path of event `index`'s SSE stream on a server.
+    fn stream_path(&self, event: u32) -> String;
+    /// The system's other processes, whose CPU is reported too.
+    fn feeders(&self) -> Vec<(&'static str, u32)>;
+    /// Upstream requests so far (media-sim's count), if the system polls one.
+    async fn upstream_requests(&self) -> anyhow::Result<Option<u64>>;
+    /// Fails if one of the system's long-running processes died.
+    fn ensure_running(&mut self) -> anyhow::Result<()>;
+}
+
+/// One server holding browsers: an edge, or an nginx instance.
+pub trait Server {
+    fn addr(&self) -> SocketAddr;
+    /// Its command line, for the report.
+    fn cmd(&self) -> &str;
+    /// Its processes, measured together: the edge; nginx's master and workers.
+    fn pids(&self) -> anyhow::Result<Vec<u32>>;
+    /// Fails if it died.
+    fn ensure_running(&mut self) -> anyhow::Result<()>;
+    async fn stop(self) -> anyhow::Result<()>;
+}
+
 /// The running upstream: media-sim (with `--stamp`) and the poller.
 pub struct Upstream {
     pub media: Proc,
     pub poller: Proc,
+    bins: BinArgs,
 }
 
 impl Upstream {
     pub async fn start(args: &PushArgs) -> anyhow::Result<Self> {
         let media = stack::media_sim(&args.bins, args.change_every, true).await?;
         let poller = stack::poller(&args.bins, media.addr, args.interval).await?;
-        Ok(Self { media, poller })
+        Ok(Self { media, poller, bins: args.bins.clone() })
     }
 
     pub async fn stop(self) -> anyhow::Result<()> {
         self.poller.stop().await?;
         self.media.stop().await
     }
+
+    /// The parameters of the livepush runs, for [`report`].
+    pub fn params(&self, args: &PushArgs) -> Vec<Param> {
+        vec![
+            ("interval_s", "poll interval".into(), Value::Float(args.interval.as_secs_f64(), 1), "s"),
+            (
+                "change_every_s",
+                "media-sim data changes every".into(),
+                Value::Float(args.change_every.as_secs_f64(), 1),
+                "s",
+            ),
+            ("media_cmd", "media-sim".into(), self.media.cmd.as_str().into(), ""),
+            ("poller_cmd", "poller".into(), self.poller.cmd.as_str().into(), ""),
+        ]
+    }
 }
 
+impl System for Upstream {
+    type Server = Proc;
+
+    fn name(&self) -> &'static str {
+        "livepush"
+    }
+
+    fn server_name(&self) -> &'static str {
+        "edge"
+    }
+
+    async fn start_server(&mut self) -> anyhow::Result<Proc> {
+        stack::edge(&self.bins, self.poller.addr).await
+    }
+
+    fn stream_path(&self, event: u32) -> String {
+        format!("/live/{}/stream", event_id(event))
+    }
+
+    fn feeders(&self) -> Vec<(&'static str, u32)> {
+        vec![("poller", self.poller.pid()), ("media-sim", self.media.pid())]
+    }
+
+    async fn upstream_requests(&self) -> anyhow::Result<Option<u64>> {
+        stack::media_requests(self.media.addr).await.map(Some)
+    }
+
+    fn ensure_running(&mut self) -> anyhow::Result<()> {
+        self.poller.child.ensure_running()?;
+        self.media.child.ensure_running()
+    }
+}
+
+/// An edge.
+impl Server for Proc {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn cmd(&self) -> &str {
+        &self.cmd
+    }
+
+    fn pids(&self) -> anyhow::Result<Vec<u32>> {
+        Ok(vec![self.pid()])
+    }
+
+    fn ensure_running(&mut self) -> anyhow::Result<()> {
+        self.child.ensure_running()
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        Proc::stop(self).await
+    }
+}
+
+/// A parameter row of [`report`]: key, label, value, unit.
+pub type Param = (&'static str, Label, Value, &'static str);
+
 struct EdgeMemory {
+    /// Processes summed (1 for an edge).
+    procs: usize,
     conns: u64,
     idle: Sample,
     connected: Sample,
@@ -150,22 +263,30 @@ struct EdgeMemory {
 /// Everything measured in one run.
 pub struct Outcome {
     pub shape: Shape,
+    /// [`System::name`] and [`System::server_name`].
+    pub system: &'static str,
+    server: &'static str,
     edge_cmd: String,
     ready_after: Option<Duration>,
     ready_at_wait_end: u64,
     connect: Snapshot,
     first_event: Snapshot,
+    /// Server CPU seconds and wall time from starting to connect until every
+    /// browser had its first event (or the wait gave up).
+    cpu_ramp: f64,
+    ramp: Duration,
     window: Duration,
     counters: Counters,
     latency: Snapshot,
     updates: Vec<Update>,
     updates_dropped: u64,
-    requests: u64,
+    /// Upstream requests in the window (`None`: the system does not poll).
+    requests: Option<u64>,
     edges: Vec<EdgeMemory>,
     cpu_edges: f64,
     cpu_edges_system: f64,
-    cpu_poller: f64,
-    cpu_media: f64,
+    /// CPU seconds of each of the system's other processes, by name.
+    cpu_feeders: Vec<(&'static str, f64)>,
     cpu_load: f64,
     cpu_load_system: f64,
     /// Host CPU used by other programs during the window.
@@ -200,25 +321,33 @@ impl Outcome {
     }
 
     /// Upstream polls per event per interval during the window.
-    fn polls_per_interval(&self, interval: Duration) -> f64 {
-        self.requests as f64
-            / f64::from(self.shape.events)
-            / (self.window.as_secs_f64() / interval.as_secs_f64())
+    fn polls_per_interval(&self, interval: Duration) -> Option<f64> {
+        Some(
+            self.requests? as f64
+                / f64::from(self.shape.events)
+                / (self.window.as_secs_f64() / interval.as_secs_f64()),
+        )
+    }
+
+    /// Server CPU per data event delivered, in µs.
+    pub fn server_us_per_delivery(&self) -> f64 {
+        1e6 * self.cpu_edges / self.counters.messages.max(1) as f64
     }
 }
 
-/// Runs one shape against `up` (see the module doc for the phases).
-pub async fn measure(args: &PushArgs, shape: Shape, up: &mut Upstream) -> anyhow::Result<Outcome> {
+/// Runs one shape against `sys` (see the module doc for the phases).
+pub async fn measure<S: System>(args: &PushArgs, shape: Shape, sys: &mut S) -> anyhow::Result<Outcome> {
+    let noun = sys.server_name();
     let mut edges = Vec::with_capacity(shape.edges);
     for _ in 0..shape.edges {
-        edges.push(stack::edge(&args.bins, up.poller.addr).await?);
+        edges.push(sys.start_server().await?);
     }
-    let edge_cmd = edges.first().map(|e| e.cmd.clone()).unwrap_or_default();
+    let edge_cmd = edges.first().map(|e| e.cmd().to_owned()).unwrap_or_default();
 
     // Warm-up: one stream per edge until its first event.
     let mut plan = Plan::default();
     for e in &edges {
-        plan.push(e.addr, &format!("/live/{}/stream", event_id(0)), 0);
+        plan.push(e.addr(), &sys.stream_path(0), 0);
     }
     let warm = Load::start(plan, args.load.config(Instant::now() + Duration::from_secs(30)));
     let warmed = warm.wait_ready(edges.len() as u64, Duration::from_secs(20)).await;
@@ -227,8 +356,7 @@ pub async fn measure(args: &PushArgs, shape: Shape, up: &mut Upstream) -> anyhow
     warmed.with_context(|| format!("warm-up streams got no first event within 20 s: {warm_errors:?}"))?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let me = std::process::id();
-    let idle: Vec<(Sample, MemoryDetail)> =
-        edges.iter().map(|e| memory(e.pid())).collect::<Result<_, _>>()?;
+    let idle: Vec<(usize, Sample, MemoryDetail)> = edges.iter().map(memory).collect::<Result<_, _>>()?;
     let load_rss_idle = procstat::sample(me)?.rss_bytes;
 
     // Connect everyone: connection i watches event i % events on edge
@@ -239,20 +367,24 @@ pub async fn measure(args: &PushArgs, shape: Shape, up: &mut Upstream) -> anyhow
     for i in 0..n {
         let event = u32::try_from(i % u64::from(shape.events)).context("event index")?;
         let e = usize::try_from((i / u64::from(shape.events)) % edges.len() as u64).context("edge index")?;
-        plan.push(edges[e].addr, &format!("/live/{}/stream", event_id(event)), event);
+        plan.push(edges[e].addr(), &sys.stream_path(event), event);
         conns[e] += 1;
     }
     let ramp_limit = args.load.ramp(n) + Duration::from_secs(30);
     let deadline = Instant::now() + ramp_limit + args.settle + args.duration + Duration::from_secs(60);
     let listen0 = procstat::tcp_ext(LISTEN_COUNTERS)?;
+    let ramp_cpu0 = servers_cpu(&edges)?;
+    let ramp_start = Instant::now();
     let load = Load::start(plan, args.load.config(deadline));
     eprintln!(
-        "connecting {n} browsers to {} edge(s) from {} source address(es) at {}/s",
+        "connecting {n} browsers to {} {noun}(s) from {} source address(es) at {}/s",
         edges.len(),
         load.sources().len(),
         args.load.connect_rate
     );
     let ready_after = load.wait_ready(n, ramp_limit).await;
+    let cpu_ramp = servers_cpu(&edges)? - ramp_cpu0;
+    let ramp = ramp_start.elapsed();
     let ready_at_wait_end = load.stats().counters().ready;
     if ready_after.is_none() {
         eprintln!(
@@ -261,10 +393,9 @@ pub async fn measure(args: &PushArgs, shape: Shape, up: &mut Upstream) -> anyhow
     }
     tokio::time::sleep(args.settle).await;
     for e in &mut edges {
-        e.child.ensure_running()?;
+        e.ensure_running()?;
     }
-    let connected: Vec<(Sample, MemoryDetail)> =
-        edges.iter().map(|e| memory(e.pid())).collect::<Result<_, _>>()?;
+    let connected: Vec<(usize, Sample, MemoryDetail)> = edges.iter().map(memory).collect::<Result<_, _>>()?;
     let load_rss_connected = procstat::sample(me)?.rss_bytes;
 
     // The window.
@@ -272,11 +403,18 @@ pub async fn measure(args: &PushArgs, shape: Shape, up: &mut Upstream) -> anyhow
     eprintln!("measuring for {}", humantime::format_duration(args.duration));
     stats.latency.reset();
     let c0 = stats.counters();
-    let r0 = stack::media_requests(up.media.addr).await?;
+    let r0 = sys.upstream_requests().await?;
     let cpu =
         |pids: &[u32]| -> anyhow::Result<Vec<Sample>> { pids.iter().map(|&p| procstat::sample(p)).collect() };
-    let mut pids: Vec<u32> = edges.iter().map(Proc::pid).collect();
-    pids.extend([up.poller.pid(), up.media.pid(), me]);
+    // The servers' processes, then the system's others, then this process.
+    let mut pids: Vec<u32> = Vec::new();
+    for e in &edges {
+        pids.extend(e.pids()?);
+    }
+    let k = pids.len();
+    let feeders = sys.feeders();
+    pids.extend(feeders.iter().map(|&(_, pid)| pid));
+    pids.push(me);
     let cpu0 = cpu(&pids)?;
     let host0 = procstat::host_busy_seconds()?;
     let t0_ms = sse_load::unix_micros() / 1000;
@@ -288,13 +426,13 @@ pub async fn measure(args: &PushArgs, shape: Shape, up: &mut Upstream) -> anyhow
     let t1_ms = sse_load::unix_micros() / 1000;
     let latency = stats.latency.snapshot();
     let counters = stats.counters().since(&c0);
-    let r1 = stack::media_requests(up.media.addr).await?;
-    let end: Vec<Sample> = edges.iter().map(|e| procstat::sample(e.pid())).collect::<Result<_, _>>()?;
+    let r1 = sys.upstream_requests().await?;
+    let end: Vec<Sample> =
+        edges.iter().map(|e| memory(e).map(|(_, sample, _)| sample)).collect::<Result<_, _>>()?;
     for e in &mut edges {
-        e.child.ensure_running()?;
+        e.ensure_running()?;
     }
-    up.poller.child.ensure_running()?;
-    up.media.child.ensure_running()?;
+    sys.ensure_running()?;
 
     // Let the updates served in the window reach everyone.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -315,41 +453,39 @@ pub async fn measure(args: &PushArgs, shape: Shape, up: &mut Upstream) -> anyhow
         .zip(&cpu0)
         .map(|(b, a)| (b.cpu_seconds - a.cpu_seconds, b.system_seconds - a.system_seconds))
         .collect();
-    let k = shape.edges;
-    let edges = idle
-        .into_iter()
-        .zip(connected)
-        .zip(end)
-        .zip(conns)
-        .map(|((((idle, idle_detail), (connected, connected_detail)), end), conns)| EdgeMemory {
-            conns,
-            idle,
-            connected,
-            end,
-            idle_detail,
-            connected_detail,
-        })
-        .collect();
+    let f = feeders.len();
+    let edges =
+        idle.into_iter()
+            .zip(connected)
+            .zip(end)
+            .zip(conns)
+            .map(|((((procs, idle, idle_detail), (_, connected, connected_detail)), end), conns)| {
+                EdgeMemory { procs, conns, idle, connected, end, idle_detail, connected_detail }
+            })
+            .collect();
     Ok(Outcome {
         shape,
+        system: sys.name(),
+        server: noun,
         edge_cmd,
         ready_after,
         ready_at_wait_end,
         connect,
         first_event,
+        cpu_ramp,
+        ramp,
         window,
         counters,
         latency,
         updates,
         updates_dropped,
-        requests: r1.saturating_sub(r0),
+        requests: r1.zip(r0).map(|(r1, r0)| r1.saturating_sub(r0)),
         edges,
         cpu_edges: spent[..k].iter().map(|s| s.0).sum(),
         cpu_edges_system: spent[..k].iter().map(|s| s.1).sum(),
-        cpu_poller: spent[k].0,
-        cpu_media: spent[k + 1].0,
-        cpu_load: spent[k + 2].0,
-        cpu_load_system: spent[k + 2].1,
+        cpu_feeders: feeders.iter().zip(&spent[k..k + f]).map(|(&(name, _), s)| (name, s.0)).collect(),
+        cpu_load: spent[k + f].0,
+        cpu_load_system: spent[k + f].1,
         cpu_others: (host1 - host0) - spent.iter().map(|s| s.0).sum::<f64>(),
         load_rss_idle,
         load_rss_connected,
@@ -366,8 +502,27 @@ pub async fn measure(args: &PushArgs, shape: Shape, up: &mut Upstream) -> anyhow
 /// (the whole network namespace: other programs' connections count too).
 const LISTEN_COUNTERS: &[&str] = &["ListenOverflows", "ListenDrops", "SyncookiesSent"];
 
-fn memory(pid: u32) -> anyhow::Result<(Sample, MemoryDetail)> {
-    Ok((procstat::sample(pid)?, procstat::memory_detail(pid)?))
+/// CPU seconds so far of all the servers' processes.
+fn servers_cpu(servers: &[impl Server]) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for s in servers {
+        for pid in s.pids()? {
+            total += procstat::sample(pid)?.cpu_seconds;
+        }
+    }
+    Ok(total)
+}
+
+/// A server's memory: its processes' figures summed, and how many there are.
+fn memory(server: &impl Server) -> anyhow::Result<(usize, Sample, MemoryDetail)> {
+    let pids = server.pids()?;
+    let mut sample = Sample::default();
+    let mut detail = MemoryDetail::default();
+    for &pid in &pids {
+        sample.add(&procstat::sample(pid)?);
+        detail.add(&procstat::memory_detail(pid)?);
+    }
+    Ok((pids.len(), sample, detail))
 }
 
 fn f(x: f64, decimals: usize) -> Value {
@@ -395,33 +550,78 @@ pub fn report(
     columns: Vec<String>,
     outcomes: &[Outcome],
     args: &PushArgs,
-    up_cmds: (&str, &str),
+    params: Vec<Param>,
 ) -> Report {
     let mut r = Report::new(scenario, title);
     r.columns(columns);
     let each = |g: &dyn Fn(&Outcome) -> Value| outcomes.iter().map(g).collect::<Vec<_>>();
     let secs = |o: &Outcome| o.window.as_secs_f64();
+    // Labels name the server measured: "edge" in livepush-only reports (as
+    // they always did), "nginx" in nchan-only ones, "server" in a mix.
+    let srv = match outcomes.first().map(|o| o.server) {
+        Some(first) if outcomes.iter().all(|o| o.server == first) => first,
+        _ => "server",
+    };
+    let livepush_only = outcomes.iter().all(|o| o.system == "livepush");
+    let polls = outcomes.iter().any(|o| o.requests.is_some());
+    let feeders: Vec<&'static str> = {
+        let mut names: Vec<&'static str> = Vec::new();
+        for (name, _) in outcomes.iter().flat_map(|o| &o.cpu_feeders) {
+            if !names.contains(name) {
+                names.push(name);
+            }
+        }
+        names
+    };
+    let feeder_cpu =
+        |o: &Outcome, name: &str| o.cpu_feeders.iter().find(|(n, _)| *n == name).map(|&(_, s)| s);
 
     r.section("params", "parameters")
         .row_each("connections", "SSE connections", each(&|o| o.shape.connections().into()), "")
-        .row_each("edges", "edges", each(&|o| o.shape.edges.into()), "")
-        .row_each("events", "events", each(&|o| o.shape.events.into()), "")
-        .row_each("per_event", "browsers per event", each(&|o| o.shape.per_event.into()), "")
-        .row("interval_s", "poll interval", Value::Float(args.interval.as_secs_f64(), 1), "s")
-        .row(
-            "change_every_s",
-            "media-sim data changes every",
-            Value::Float(args.change_every.as_secs_f64(), 1),
-            "s",
-        )
-        .row("duration_s", "measurement window", Value::Float(args.duration.as_secs_f64(), 1), "s")
+        .row_each(
+            "edges",
+            match srv {
+                "edge" => "edges",
+                "nginx" => "nginx instances",
+                _ => "servers (edges or nginx instances)",
+            },
+            each(&|o| o.shape.edges.into()),
+            "",
+        );
+    if !livepush_only {
+        r.row_each("system", "system", each(&|o| o.system.into()), "");
+    }
+    r.row_each("events", "events", each(&|o| o.shape.events.into()), "").row_each(
+        "per_event",
+        "browsers per event",
+        each(&|o| o.shape.per_event.into()),
+        "",
+    );
+    let (before, after): (Vec<Param>, Vec<Param>) =
+        params.into_iter().partition(|p| matches!(p.0, "interval_s" | "change_every_s"));
+    for (key, label, value, unit) in before {
+        r.row(key, label, value, unit);
+    }
+    r.row("duration_s", "measurement window", Value::Float(args.duration.as_secs_f64(), 1), "s")
         .row("settle_s", "settle before the window", Value::Float(args.settle.as_secs_f64(), 1), "s")
         .row("connect_rate", "connect rate", args.load.connect_rate, "conn/s")
         .row("per_source", "connections per source address", args.load.per_source, "")
-        .row("cores", "host cores (shared by all processes)", cores(), "")
-        .row("media_cmd", "media-sim", up_cmds.0, "")
-        .row("poller_cmd", "poller", up_cmds.1, "")
-        .row("edge_cmd", "edge (port varies)", outcomes.first().map_or("", |o| o.edge_cmd.as_str()), "");
+        .row("cores", "host cores (shared by all processes)", cores(), "");
+    for (key, label, value, unit) in after {
+        r.row(key, label, value, unit);
+    }
+    let mut shown: Vec<&'static str> = Vec::new();
+    for o in outcomes.iter().filter(|o| !o.edge_cmd.is_empty()) {
+        if !shown.contains(&o.server) {
+            shown.push(o.server);
+            let key = match o.server {
+                "edge" => "edge_cmd",
+                "nginx" => "nginx_cmd",
+                _ => "server_cmd",
+            };
+            r.row(key, format!("{} (port varies)", o.server), o.edge_cmd.as_str(), "");
+        }
+    }
 
     r.section("connecting", "connecting (whole ramp)")
         .row_each(
@@ -453,6 +653,18 @@ pub fn report(
         )
         .row_each("syncookies", "SYN cookies sent (SYN queue full)", each(&|o| o.syncookies.into()), "")
         .row_each(
+            "ramp_cpu_pct",
+            format!("{srv} CPU while connecting, % of one core"),
+            each(&|o| f(100.0 * o.cpu_ramp / o.ramp.as_secs_f64().max(1e-3), 1)),
+            "%",
+        )
+        .row_each(
+            "ramp_us_per_conn",
+            format!("{srv} CPU while connecting, per connection"),
+            each(&|o| f(1e6 * o.cpu_ramp / o.shape.connections().max(1) as f64, 1)),
+            "µs",
+        )
+        .row_each(
             "first_event_p50_ms",
             "connect start to first event p50",
             each(&|o| opt(sse_load::ms(&o.first_event, 0.5), 2)),
@@ -465,7 +677,12 @@ pub fn report(
             "ms",
         );
 
-    r.section("delivery", "delivery during the window (media-sim served -> browser read)")
+    let delivery = if livepush_only {
+        "delivery during the window (media-sim served -> browser read)"
+    } else {
+        "delivery during the window (update produced -> browser read)"
+    };
+    r.section("delivery", delivery)
         .row_each("messages", "data events received", each(&|o| o.counters.messages.into()), "")
         .row_each(
             "messages_per_s",
@@ -588,146 +805,191 @@ pub fn report(
         .row_each("unstamped", "data events without served_at_ms", each(&|o| o.totals.unstamped.into()), "")
         .row_each("stuck", "tasks not stopped within 5 s", each(&|o| o.stuck.into()), "");
 
-    r.section("upstream", "upstream (media-sim GET /live count, window)")
-        .row_each("requests", "requests", each(&|o| o.requests.into()), "")
-        .row_each("requests_per_s", "requests/s", each(&|o| f(o.requests as f64 / secs(o), 2)), "req/s")
-        .row_each(
-            "expected_per_s",
-            "expected (events / interval)",
-            each(&|o| f(f64::from(o.shape.events) / args.interval.as_secs_f64(), 2)),
-            "req/s",
-        )
-        .row_each(
-            "polls_per_event_per_interval",
-            "polls per event per interval",
-            each(&|o| f(o.polls_per_interval(args.interval), 3)),
-            "",
-        );
+    if polls {
+        r.section("upstream", "upstream (media-sim GET /live count, window)")
+            .row_each("requests", "requests", each(&|o| o.requests.into()), "")
+            .row_each(
+                "requests_per_s",
+                "requests/s",
+                each(&|o| opt(o.requests.map(|n| n as f64 / secs(o)), 2)),
+                "req/s",
+            )
+            .row_each(
+                "expected_per_s",
+                "expected (events / interval)",
+                each(&|o| {
+                    opt(o.requests.map(|_| f64::from(o.shape.events) / args.interval.as_secs_f64()), 2)
+                }),
+                "req/s",
+            )
+            .row_each(
+                "polls_per_event_per_interval",
+                "polls per event per interval",
+                each(&|o| opt(o.polls_per_interval(args.interval), 3)),
+                "",
+            );
+    }
 
     let mean_edges = |o: &Outcome, g: &dyn Fn(&EdgeMemory) -> f64| {
         o.edges.iter().map(g).sum::<f64>() / o.edges.len().max(1) as f64
     };
-    r.section("memory", "edge memory (mean per edge)")
-        .row_each(
-            "conns_per_edge",
-            "connections per edge",
-            each(&|o| f(mean_edges(o, &|e| e.conns as f64), 0)),
+    let memory_title = match srv {
+        "edge" => "edge memory (mean per edge)",
+        "nginx" => "nginx memory (master and worker processes summed)",
+        _ => "server memory (mean per edge; nginx: master and worker processes summed)",
+    };
+    r.section("memory", memory_title).row_each(
+        "conns_per_edge",
+        format!("connections per {srv}"),
+        each(&|o| f(mean_edges(o, &|e| e.conns as f64), 0)),
+        "",
+    );
+    if srv != "edge" {
+        r.row_each(
+            "processes",
+            "processes measured (summed)",
+            each(&|o| f(mean_edges(o, &|e| e.procs as f64), 0)),
             "",
-        )
-        .row_each(
-            "rss_idle_mib",
-            "RSS idle (after warm-up)",
-            each(&|o| f(mean_edges(o, &|e| e.idle.rss_bytes as f64) / 1048576.0, 1)),
-            "MiB",
-        )
-        .row_each(
-            "rss_connected_mib",
-            "RSS all connected, settled",
-            each(&|o| f(mean_edges(o, &|e| e.connected.rss_bytes as f64) / 1048576.0, 1)),
-            "MiB",
-        )
-        .row_each(
-            "rss_end_mib",
-            "RSS at the end of the window",
-            each(&|o| f(mean_edges(o, &|e| e.end.rss_bytes as f64) / 1048576.0, 1)),
-            "MiB",
-        )
-        .row_each(
-            "rss_peak_mib",
-            "peak RSS (VmHWM)",
-            each(&|o| f(mean_edges(o, &|e| e.end.peak_rss_bytes as f64) / 1048576.0, 1)),
-            "MiB",
-        )
-        .row_each("rss_per_conn_kib", "RSS per connection", each(&|o| f(o.rss_per_conn_kib(), 2)), "KiB")
-        .row_each(
-            "anon_per_conn_kib",
-            "  of which anonymous (RssAnon)",
+        );
+    }
+    r.row_each(
+        "rss_idle_mib",
+        "RSS idle (after warm-up)",
+        each(&|o| f(mean_edges(o, &|e| e.idle.rss_bytes as f64) / 1048576.0, 1)),
+        "MiB",
+    )
+    .row_each(
+        "rss_connected_mib",
+        "RSS all connected, settled",
+        each(&|o| f(mean_edges(o, &|e| e.connected.rss_bytes as f64) / 1048576.0, 1)),
+        "MiB",
+    )
+    .row_each(
+        "rss_end_mib",
+        "RSS at the end of the window",
+        each(&|o| f(mean_edges(o, &|e| e.end.rss_bytes as f64) / 1048576.0, 1)),
+        "MiB",
+    )
+    .row_each(
+        "rss_peak_mib",
+        "peak RSS (VmHWM)",
+        each(&|o| f(mean_edges(o, &|e| e.end.peak_rss_bytes as f64) / 1048576.0, 1)),
+        "MiB",
+    )
+    .row_each("rss_per_conn_kib", "RSS per connection", each(&|o| f(o.rss_per_conn_kib(), 2)), "KiB")
+    .row_each(
+        "anon_per_conn_kib",
+        "  of which anonymous (RssAnon)",
+        each(&|o| {
+            f(o.per_conn(|e| e.connected_detail.rss_anon_kib as f64 - e.idle_detail.rss_anon_kib as f64), 2)
+        }),
+        "KiB",
+    )
+    .row_each(
+        "file_per_conn_kib",
+        "  of which file-backed (RssFile)",
+        each(&|o| {
+            f(o.per_conn(|e| e.connected_detail.rss_file_kib as f64 - e.idle_detail.rss_file_kib as f64), 3)
+        }),
+        "KiB",
+    );
+    if srv != "edge" {
+        r.row_each(
+            "shmem_per_conn_kib",
+            "  of which shared memory (RssShmem)",
             each(&|o| {
                 f(
                     o.per_conn(|e| {
-                        e.connected_detail.rss_anon_kib as f64 - e.idle_detail.rss_anon_kib as f64
-                    }),
-                    2,
-                )
-            }),
-            "KiB",
-        )
-        .row_each(
-            "file_per_conn_kib",
-            "  of which file-backed (RssFile)",
-            each(&|o| {
-                f(
-                    o.per_conn(|e| {
-                        e.connected_detail.rss_file_kib as f64 - e.idle_detail.rss_file_kib as f64
+                        e.connected_detail.rss_shmem_kib as f64 - e.idle_detail.rss_shmem_kib as f64
                     }),
                     3,
                 )
             }),
             "KiB",
-        )
-        .row_each(
-            "end_per_conn_kib",
-            "RSS per connection at the end of the window",
-            each(&|o| f(o.per_conn(|e| e.end.rss_bytes.saturating_sub(e.idle.rss_bytes) as f64 / 1024.0), 2)),
-            "KiB",
-        )
-        .row_each(
-            "private_dirty_mib",
-            "smaps_rollup Private_Dirty, connected",
-            each(&|o| f(mean_edges(o, &|e| e.connected_detail.private_dirty_kib as f64) / 1024.0, 1)),
-            "MiB",
-        )
-        .row_each(
-            "threads",
-            "threads, connected",
-            each(&|o| f(mean_edges(o, &|e| e.connected_detail.threads as f64), 0)),
-            "",
-        )
-        .row_each(
-            "load_rss_per_conn_kib",
-            "load generator RSS per connection",
-            each(&|o| {
-                f(
-                    o.load_rss_connected.saturating_sub(o.load_rss_idle) as f64
-                        / 1024.0
-                        / o.shape.connections().max(1) as f64,
-                    2,
-                )
-            }),
-            "KiB",
-        )
-        .row_each(
-            "load_rss_mib",
-            "load generator RSS, connected",
-            each(&|o| mib(o.load_rss_connected)),
-            "MiB",
         );
+    }
+    r.row_each(
+        "end_per_conn_kib",
+        "RSS per connection at the end of the window",
+        each(&|o| f(o.per_conn(|e| e.end.rss_bytes.saturating_sub(e.idle.rss_bytes) as f64 / 1024.0), 2)),
+        "KiB",
+    )
+    .row_each(
+        "private_dirty_mib",
+        "smaps_rollup Private_Dirty, connected",
+        each(&|o| f(mean_edges(o, &|e| e.connected_detail.private_dirty_kib as f64) / 1024.0, 1)),
+        "MiB",
+    )
+    .row_each(
+        "threads",
+        "threads, connected",
+        each(&|o| f(mean_edges(o, &|e| e.connected_detail.threads as f64), 0)),
+        "",
+    )
+    .row_each(
+        "load_rss_per_conn_kib",
+        "load generator RSS per connection",
+        each(&|o| {
+            f(
+                o.load_rss_connected.saturating_sub(o.load_rss_idle) as f64
+                    / 1024.0
+                    / o.shape.connections().max(1) as f64,
+                2,
+            )
+        }),
+        "KiB",
+    )
+    .row_each(
+        "load_rss_mib",
+        "load generator RSS, connected",
+        each(&|o| mib(o.load_rss_connected)),
+        "MiB",
+    );
 
     let pct = |cpu: f64, o: &Outcome| f(100.0 * cpu / secs(o), 1);
     let cpu_s = |x: f64| f(x, 2);
-    r.section("cpu_seconds", "CPU seconds during the window")
-        .row_each("edges_s", "edge(s)", each(&|o| cpu_s(o.cpu_edges)), "s")
-        .row_each("poller_s", "poller", each(&|o| cpu_s(o.cpu_poller)), "s")
-        .row_each("media_s", "media-sim", each(&|o| cpu_s(o.cpu_media)), "s")
-        .row_each("load_s", "load generator", each(&|o| cpu_s(o.cpu_load)), "s");
+    let feeder_key = |name: &str, pct: bool| match (name, pct) {
+        ("poller", false) => "poller_s",
+        ("poller", true) => "poller_pct",
+        ("media-sim", false) => "media_s",
+        ("media-sim", true) => "media_pct",
+        (_, false) => "other_s",
+        (_, true) => "other_pct",
+    };
+    r.section("cpu_seconds", "CPU seconds during the window").row_each(
+        "edges_s",
+        format!("{srv}(s)"),
+        each(&|o| cpu_s(o.cpu_edges)),
+        "s",
+    );
+    for &name in &feeders {
+        r.row_each(feeder_key(name, false), name, each(&|o| opt(feeder_cpu(o, name), 2)), "s");
+    }
+    r.row_each("load_s", "load generator", each(&|o| cpu_s(o.cpu_load)), "s");
     r.section("cpu", "CPU during the window (% of one core)")
-        .row_each("edges_pct", "edge(s), all together", each(&|o| pct(o.cpu_edges, o)), "%")
+        .row_each("edges_pct", format!("{srv}(s), all together"), each(&|o| pct(o.cpu_edges, o)), "%")
         .row_each("edges_system_pct", "  of which in the kernel", each(&|o| pct(o.cpu_edges_system, o)), "%")
         .row_each(
             "edge_us_per_delivery",
-            "edge CPU per data event delivered",
+            format!("{srv} CPU per data event delivered"),
             each(&|o| f(1e6 * o.cpu_edges / o.counters.messages.max(1) as f64, 1)),
             "µs",
         )
         .row_each(
             "edge_ms_per_update",
-            "edge CPU per update served (all its deliveries)",
+            format!("{srv} CPU per update served (all its deliveries)"),
             each(&|o| f(1e3 * o.cpu_edges / o.updates.len().max(1) as f64, 2)),
             "ms",
-        )
-        .row_each("poller_pct", "poller", each(&|o| pct(o.cpu_poller, o)), "%")
-        .row_each("media_pct", "media-sim", each(&|o| pct(o.cpu_media, o)), "%")
-        .row_each("load_pct", "load generator (this process)", each(&|o| pct(o.cpu_load, o)), "%")
+        );
+    for &name in &feeders {
+        r.row_each(
+            feeder_key(name, true),
+            name,
+            each(&|o| feeder_cpu(o, name).map_or(Value::Missing, |s| pct(s, o))),
+            "%",
+        );
+    }
+    r.row_each("load_pct", "load generator (this process)", each(&|o| pct(o.cpu_load, o)), "%")
         .row_each("load_system_pct", "  of which in the kernel", each(&|o| pct(o.cpu_load_system, o)), "%")
         .row_each(
             "others_pct",
@@ -760,19 +1022,22 @@ pub fn report(
                 None => Value::Missing,
             }),
             "",
-        )
-        .row_each(
+        );
+    if polls {
+        r.row_each(
             "one_poll_target",
             "one poll per event per interval",
-            each(&|o| {
-                let p = o.polls_per_interval(args.interval);
-                verdict((p - 1.0).abs() <= 0.1, format!("{p:.3}"))
+            each(&|o| match o.polls_per_interval(args.interval) {
+                Some(p) => verdict((p - 1.0).abs() <= 0.1, format!("{p:.3}")),
+                None => Value::Missing,
             }),
             "",
         );
+    }
 
     for o in outcomes {
         let n = o.shape.connections();
+        let n = if livepush_only { n.to_string() } else { format!("{} {n}", o.system) };
         for (kind, count) in &o.error_kinds {
             r.note(format!("{n} connections: {count} x {kind}"));
         }
@@ -780,11 +1045,17 @@ pub fn report(
             r.note(format!("{n} connections: {} deliveries not grouped per update (cap)", o.updates_dropped));
         }
     }
-    r.note(
-        "latency = browser read time - served_at_ms (media-sim's clock, ms precision: up to 1 ms too high); \
+    let clock = if livepush_only {
+        "media-sim's clock"
+    } else if outcomes.iter().all(|o| o.system == "nchan") {
+        "stamped by the harness just before it POSTs the update to nchan"
+    } else {
+        "stamped by media-sim serving it (livepush) or by the harness just before it POSTs the update (nchan)"
+    };
+    r.note(format!(
+        "latency = browser read time - served_at_ms ({clock}, ms precision: up to 1 ms too high); \
          each connection's first event (the replayed latest value) is not counted"
-            .to_owned(),
-    );
+    ));
     r
 }
 

@@ -10,7 +10,11 @@
 
 use anyhow::Context;
 use serde_json::{Map, Value as Json};
-use std::{io::Write, path::Path};
+use std::{borrow::Cow, io::Write, path::Path};
+
+/// A row label or section title: usually a literal, sometimes composed (a
+/// label naming the server measured).
+pub type Label = Cow<'static, str>;
 
 /// A figure's value and how it is shown.
 #[derive(Debug, Clone)]
@@ -85,7 +89,7 @@ impl<T: Into<Value>> From<Option<T>> for Value {
 
 struct Row {
     key: &'static str,
-    label: &'static str,
+    label: Label,
     /// One value, or one per column.
     values: Vec<Value>,
     unit: &'static str,
@@ -93,7 +97,7 @@ struct Row {
 
 struct Section {
     key: &'static str,
-    title: &'static str,
+    title: Label,
     rows: Vec<Row>,
 }
 
@@ -117,8 +121,8 @@ impl Report {
     }
 
     /// Starts a section; `key` names it in the JSON.
-    pub fn section(&mut self, key: &'static str, title: &'static str) -> &mut Self {
-        self.sections.push(Section { key, title, rows: Vec::new() });
+    pub fn section(&mut self, key: &'static str, title: impl Into<Label>) -> &mut Self {
+        self.sections.push(Section { key, title: title.into(), rows: Vec::new() });
         self
     }
 
@@ -126,23 +130,23 @@ impl Report {
     pub fn row(
         &mut self,
         key: &'static str,
-        label: &'static str,
+        label: impl Into<Label>,
         value: impl Into<Value>,
         unit: &'static str,
     ) -> &mut Self {
-        self.push(Row { key, label, values: vec![value.into()], unit })
+        self.push(Row { key, label: label.into(), values: vec![value.into()], unit })
     }
 
     /// Adds a row with one value per column (see [`Report::columns`]).
     pub fn row_each<V: Into<Value>>(
         &mut self,
         key: &'static str,
-        label: &'static str,
+        label: impl Into<Label>,
         values: impl IntoIterator<Item = V>,
         unit: &'static str,
     ) -> &mut Self {
         let values = values.into_iter().map(Into::into).collect();
-        self.push(Row { key, label, values, unit })
+        self.push(Row { key, label: label.into(), values, unit })
     }
 
     fn push(&mut self, row: Row) -> &mut Self {

@@ -700,6 +700,41 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_nchan_eventsource_streams() {
+        // nchan's EventSource answer: no length, no chunking (the body runs
+        // until close), a `: hi` comment, `id: <time>:<tag>` before the data.
+        static BASE_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let (addr, server) = server(
+            |_| {
+                let now_ms = *BASE_MS.get_or_init(|| unix_micros() / 1000);
+                let mut wire = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\n\
+                    Content-Type: text/event-stream; charset=utf-8\r\nConnection: keep-alive\r\n\r\n: hi\n\n"
+                    .to_vec();
+                for (i, stamp) in [now_ms - 5000, now_ms - 20].iter().enumerate() {
+                    let event = format!("id: 1795613267:{i}\ndata: {{\"a\":1,\"served_at_ms\":{stamp}}}\n\n");
+                    wire.extend_from_slice(event.as_bytes());
+                }
+                wire
+            },
+            false,
+        )
+        .await;
+        let mut plan = Plan::default();
+        for _ in 0..3 {
+            plan.push(addr, "/live/e/stream", 0);
+        }
+        let load = Load::start(plan, config(1000));
+        assert!(load.wait_ready(3, Duration::from_secs(5)).await.is_some());
+        let c = load.stats().counters();
+        assert_eq!((c.open, c.ready, c.errors, c.messages, c.comments, c.unstamped), (3, 3, 0, 6, 3, 0));
+        let (updates, _) = load.stats().updates_served(0, u64::MAX);
+        assert_eq!(updates.len(), 1, "the first event of each connection is not a delivery");
+        assert_eq!(updates[0].reached, 3);
+        assert_eq!(load.stop(Duration::from_secs(2)).await, 0);
+        server.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn closes_and_bad_answers_are_errors_and_reconnect() {
         let (addr, server) = server(
             |i| match i % 3 {

@@ -36,9 +36,10 @@ pub struct BinArgs {
     #[arg(long, default_value = "warn")]
     pub child_log: String,
 
-    /// Pin the edges to these CPUs (`taskset -c LIST`, e.g. `0`), to tell
-    /// the edge's own cost apart from contention with the load generator
-    /// (run the harness itself under `taskset -c 1` for the other half).
+    /// Pin the edges (and nginx, in `nchan`) to these CPUs (`taskset -c
+    /// LIST`, e.g. `0`), to tell the server's own cost apart from contention
+    /// with the load generator (run the harness itself under `taskset -c 1`
+    /// for the other half).
     #[arg(long, value_name = "LIST")]
     pub edge_cpus: Option<String>,
 }
@@ -85,7 +86,7 @@ impl Proc {
 
 /// Starts `name` with `args`, under `taskset -c cpus` if given (taskset
 /// execs the binary, so the pid is the binary's).
-fn spawn(
+pub fn spawn(
     bins: &BinArgs,
     name: &str,
     args: Vec<String>,
@@ -171,7 +172,7 @@ pub async fn edge(bins: &BinArgs, poller: SocketAddr) -> anyhow::Result<Proc> {
 
 /// Polls `ready` every 50 ms until it holds, the child dies, or
 /// [`STARTUP_LIMIT`] passes.
-async fn wait_for<F, Fut>(child: &mut Child, name: &str, ready: F) -> anyhow::Result<()>
+pub async fn wait_for<F, Fut>(child: &mut Child, name: &str, ready: F) -> anyhow::Result<()>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = bool>,

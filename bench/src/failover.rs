@@ -1,0 +1,1686 @@
+//! Scenario `failover`: a poller killed with SIGKILL under load, and how long
+//! the browsers of its events go without fresh data (default 1,000 events ×
+//! 10 browsers over two edges and three pollers).
+//!
+//! The cluster is real release binaries: media-sim (`--stamp`, so every
+//! answer is a new value and carries `served_at_ms`), `--pollers` pollers on
+//! their own loopback ports, `--edges` edges each given every poller. Browser
+//! *i* watches event *i* mod `--events` on edge (*i* div `--events`) mod
+//! `--edges`, so every edge subscribes to every event.
+//!
+//! Phases:
+//!
+//! 1. **Steady state.** Every browser has its first event, then `--settle`;
+//!    then a `--window` in which media-sim's request count gives the polls per
+//!    event per interval, and each poller's `/metrics` gives the events it
+//!    polls (`livepush_poller_events_watched`).
+//! 2. **Kill.** The poller polling the most events gets SIGKILL (`kill
+//!    -KILL`); the kill instant *K* is taken when that command returns (the
+//!    signal has been sent). For every browser the harness finds the first
+//!    data event whose `served_at_ms` is at or after *K*: a value only a
+//!    surviving poller can have fetched. Its arrival minus *K* is the
+//!    browser's **time to resume**. It is measured from stamps, not from the
+//!    next poll of the schedule, so it includes whatever the system needs
+//!    (noticing the death, resubscribing, the new owner's first poll,
+//!    fan-out) and nothing of the harness.
+//! 3. **Which browsers were affected** is observed, not computed: a feed's
+//!    `seq` (the SSE `id`) starts at the feed's start time in microseconds
+//!    and then counts changes, so the first id a browser gets from a new
+//!    owner jumps by millions, while an event that stayed with its poller
+//!    moves by a few. An event moved if its browsers' first value after *K*
+//!    came with such a jump; the count is checked against the killed
+//!    poller's `events_watched` gauge and the edges' failover counters.
+//!    Browsers of events that did not move are the control group: their time
+//!    to resume is the wait for the next regular poll (up to one interval).
+//! 4. **After the kill**, after `--observe`: another `--window` of upstream
+//!    polls, and the survivors' gauges.
+//! 5. **Return** (unless `--no-return`): the killed poller is started again
+//!    on the same address; edges move its events back after a random delay
+//!    within 5 s each. A browser has switched back at its first id jump after
+//!    the restart. Then the survivors' `--linger` passes and a last window of
+//!    polls is taken.
+//!
+//! Throughout, every browser checks that SSE ids strictly increase
+//! (duplicates and out-of-order ids counted) and that none is passed over
+//! within a feed (a value never delivered), and counts errors and reconnects
+//! (none expected: browsers stay connected through a failover).
+//!
+//! The browsers are a small client of their own (one task per connection,
+//! [`crate::wire::ResponseParser`] for the HTTP framing, an SSE parser that
+//! also reads `id`), because the figures are per browser: each keeps the
+//! arrival time, id and stamp of every data event (24 bytes each, about
+//! 2 KiB per browser for a default run), analysed after the run.
+
+use crate::{
+    httpc, procstat,
+    push::{LoadArgs, event_id},
+    report::{Report, Value},
+    sse_load::unix_micros,
+    stack::{self, BinArgs, Proc},
+    wire::{Item, ResponseParser, WireError, find_stamp},
+};
+use anyhow::{Context, bail, ensure};
+use std::{
+    cell::RefCell,
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    pin::pin,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+use tokio::{net::TcpSocket, task::JoinHandle, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The pollers' `--linger`, passed explicitly: the wait before the last
+/// window depends on it.
+const LINGER: Duration = Duration::from_secs(10);
+/// An id step larger than this is a new feed (a new owner): within a feed
+/// ids count changes (about one per poll), across feeds they jump by the
+/// microseconds between the feeds' starts.
+const FEED_JUMP: u64 = 1_000_000;
+/// Data events kept per browser (about an hour at one per second).
+const MAX_RECORDS: usize = 4_096;
+/// Named events kept per browser.
+const MAX_NAMED: usize = 256;
+/// Distinct error messages kept per browser.
+const MAX_ERRORS: usize = 4;
+/// Reconnect delay: what the edge's `retry: 3000` tells a browser.
+const RECONNECT_DELAY: Duration = Duration::from_secs(3);
+/// Violations described in the notes.
+const SHOWN_VIOLATIONS: usize = 5;
+/// Largest SSE line accepted.
+const MAX_LINE: usize = 64 * 1024;
+/// Read buffer shared by the connections of one worker thread.
+const READ_BUF: usize = 64 * 1024;
+
+thread_local! {
+    static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUF]);
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Events watched (ids ev-000000, ev-000001, ...).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    events: u32,
+
+    /// Browsers per event, spread over the edges.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    browsers: u32,
+
+    /// Edge processes, each given every poller.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
+    edges: u32,
+
+    /// Poller processes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=8))]
+    pollers: u32,
+
+    /// The pollers' --interval.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+
+    /// media-sim's --change-every (it runs with --stamp: every answer is a
+    /// new value anyway).
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    change_every: Duration,
+
+    /// Wait between "every browser has its first event" and the first window.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+
+    /// Length of each window in which upstream polls are counted (before the
+    /// kill, after it, after the return).
+    #[arg(long, default_value = "10s", value_parser = at_least_1s)]
+    window: Duration,
+
+    /// How long browsers have after the kill to receive a value served after
+    /// it; later ones count as not resumed.
+    #[arg(long, default_value = "15s", value_parser = at_least_1s)]
+    observe: Duration,
+
+    /// Longest wait for the restarted poller to get its streams back.
+    #[arg(long, default_value = "30s", value_parser = at_least_1s)]
+    return_limit: Duration,
+
+    /// Do not restart the killed poller.
+    #[arg(long)]
+    no_return: bool,
+
+    #[command(flatten)]
+    load: LoadArgs,
+
+    #[command(flatten)]
+    bins: BinArgs,
+}
+
+fn at_least_1s(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
+}
+
+pub async fn run(args: Args) -> anyhow::Result<Report> {
+    let connections = u64::from(args.events) * u64::from(args.browsers);
+    ensure!(
+        connections <= 18_000,
+        "{connections} connections: the harness holds one file per connection, at most 18,000"
+    );
+    ensure!(args.interval >= Duration::from_millis(100), "--interval must be at least 100ms");
+    let bins = &args.bins;
+    let media = stack::media_sim(bins, args.change_every, true).await?;
+    let addrs: Vec<SocketAddr> = (0..args.pollers)
+        .map(|_| stack::free_port().map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p))))
+        .collect::<anyhow::Result<_>>()?;
+    let mut pollers: Vec<Option<Proc>> = Vec::new();
+    for &addr in &addrs {
+        pollers.push(Some(start_poller(bins, addr, media.addr, args.interval).await?));
+    }
+    let mut edges = Vec::new();
+    for _ in 0..args.edges {
+        edges.push(start_edge(bins, &addrs).await?);
+    }
+    let mut run = Run { args: &args, media, addrs, pollers, edges, browsers: None };
+    let outcome = run.measure().await;
+    // Stop everything whatever happened; an error of the run wins.
+    let stopped = run.stop().await;
+    let outcome = outcome?;
+    stopped?;
+    Ok(report(&args, &outcome))
+}
+
+/// The processes and browsers of a run.
+struct Run<'a> {
+    args: &'a Args,
+    media: Proc,
+    addrs: Vec<SocketAddr>,
+    /// `None` while killed.
+    pollers: Vec<Option<Proc>>,
+    edges: Vec<Proc>,
+    browsers: Option<Browsers>,
+}
+
+/// Readings of one poller's `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Gauges {
+    events: u64,
+    streams: u64,
+}
+
+/// Readings of one edge's `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+struct EdgeGauges {
+    failovers: u64,
+    pollers_up: u64,
+}
+
+/// Upstream polls in a window.
+#[derive(Debug, Clone)]
+struct Polls {
+    requests: u64,
+    seconds: f64,
+    /// Per poller (`None`: not running).
+    gauges: Vec<Option<Gauges>>,
+}
+
+/// CPU seconds: of the processes of the run (and this one), and of the
+/// whole host.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    ours: f64,
+    host: f64,
+}
+
+struct Outcome {
+    commands: Commands,
+    ready_after: Duration,
+    before: Polls,
+    cpu_before: Cpu,
+    victim: usize,
+    victim_addr: SocketAddr,
+    kill_cmd: Duration,
+    edges_before: Vec<EdgeGauges>,
+    edges_after: Vec<EdgeGauges>,
+    cpu_kill: Cpu,
+    after: Polls,
+    ret: Option<ReturnOutcome>,
+    logs: Vec<Log>,
+    stuck: usize,
+    /// Unix µs: kill instant and end of the observation after it.
+    k_us: u64,
+    observed_us: u64,
+    end_us: u64,
+}
+
+struct ReturnOutcome {
+    r_us: u64,
+    accepting_after: Duration,
+    /// Until the returned poller had as many streams as before the kill.
+    streams_back_after: Option<Duration>,
+    /// Per edge, until it counted every poller up again.
+    edges_up_after: Vec<Option<Duration>>,
+    edges: Vec<EdgeGauges>,
+    polls: Polls,
+}
+
+struct Commands {
+    media: String,
+    poller: String,
+    edge: String,
+}
+
+impl Run<'_> {
+    async fn measure(&mut self) -> anyhow::Result<Outcome> {
+        let args = self.args;
+        let commands = Commands {
+            media: self.media.cmd.clone(),
+            poller: self.pollers[0].as_ref().map(|p| p.cmd.clone()).unwrap_or_default(),
+            edge: self.edges[0].cmd.clone(),
+        };
+
+        // 1. Steady state.
+        let specs = self.plan();
+        let n = specs.len() as u64;
+        let started = Instant::now();
+        let browsers = self.browsers.insert(Browsers::start(specs, &args.load));
+        let limit = ramp(&args.load, n) + Duration::from_secs(30);
+        let Some(ready_after) = browsers.wait_ready(n, limit).await else {
+            bail!(
+                "only {} of {n} browsers had their first event after {limit:?} ({} errors)",
+                browsers.ready(),
+                browsers.errors()
+            );
+        };
+        eprintln!("failover: {n} browsers receiving after {:.1} s", started.elapsed().as_secs_f64());
+        tokio::time::sleep(args.settle).await;
+        let cpu0 = self.cpu_reading()?;
+        let before = self.polls(args.window).await?;
+        let cpu_before = self.cpu_reading()?.since(&cpu0);
+        self.ensure_running()?;
+
+        // 2. Kill the poller polling the most events.
+        let victim = (0..before.gauges.len())
+            .max_by_key(|&i| (before.gauges[i].map_or(0, |g| g.events), std::cmp::Reverse(i)))
+            .context("no pollers")?;
+        let edges_before = self.edge_gauges().await?;
+        let killed = self.pollers[victim].take().context("victim already stopped")?;
+        let cpu0 = self.cpu_reading()?;
+        eprintln!("failover: SIGKILL to poller {} (pid {})", killed.addr, killed.pid());
+        let t = Instant::now();
+        sigkill(killed.pid())?;
+        let k_us = unix_micros();
+        let kill_cmd = t.elapsed();
+        let k_at = std::time::UNIX_EPOCH + Duration::from_micros(k_us);
+        eprintln!("failover: kill -KILL returned at {}", humantime::format_rfc3339_micros(k_at));
+        // Reap it (it is gone; a non-zero status is expected).
+        let _ = killed.child.stop().await;
+        tokio::time::sleep(args.observe).await;
+        let observed_us = unix_micros();
+        let cpu_kill = self.cpu_reading()?.since(&cpu0);
+        let edges_after = self.edge_gauges().await?;
+        self.ensure_running()?;
+
+        // 4. Polls after the kill.
+        let after = self.polls(args.window).await?;
+
+        // 5. Return.
+        let ret = if args.no_return { None } else { Some(self.bring_back(victim, &before).await?) };
+        self.ensure_running()?;
+
+        let end_us = unix_micros();
+        let browsers = self.browsers.take().context("browsers gone")?;
+        let (logs, stuck) = browsers.stop(Duration::from_secs(5)).await;
+        Ok(Outcome {
+            commands,
+            ready_after,
+            before,
+            cpu_before,
+            victim,
+            victim_addr: self.addrs[victim],
+            kill_cmd,
+            edges_before,
+            edges_after,
+            cpu_kill,
+            after,
+            ret,
+            logs,
+            stuck,
+            k_us,
+            observed_us,
+            end_us,
+        })
+    }
+
+    /// One browser per (event, copy), spread over the edges and over source
+    /// addresses.
+    fn plan(&self) -> Vec<Spec> {
+        let args = self.args;
+        let total = args.events * args.browsers;
+        let per_source = args.load.per_source.max(1);
+        let paths: Vec<Arc<str>> =
+            (0..args.events).map(|e| Arc::from(format!("/live/{}/stream", event_id(e)))).collect();
+        (0..total)
+            .map(|i| {
+                let event = i % args.events;
+                let edge = (i / args.events) as usize % self.edges.len();
+                // 127.0.0.2, 127.0.0.3, ...
+                let source = Ipv4Addr::from(0x7f00_0000 | ((2 + i / per_source) & 0x00ff_ffff));
+                Spec {
+                    event,
+                    edge,
+                    addr: self.edges[edge].addr,
+                    path: paths[event as usize].clone(),
+                    source: IpAddr::V4(source),
+                }
+            })
+            .collect()
+    }
+
+    /// The killed poller again on its address; waits until its streams are
+    /// back, then until the survivors' linger has passed, then counts polls.
+    async fn bring_back(&mut self, victim: usize, before: &Polls) -> anyhow::Result<ReturnOutcome> {
+        let args = self.args;
+        let addr = self.addrs[victim];
+        let want = before.gauges[victim].map_or(0, |g| g.streams);
+        eprintln!("failover: restarting poller {addr}");
+        let t = Instant::now();
+        let r_us = unix_micros();
+        let proc = start_poller(&args.bins, addr, self.media.addr, args.interval).await?;
+        let accepting_after = t.elapsed();
+        self.pollers[victim] = Some(proc);
+        let mut streams_back_after = None;
+        let mut edges_up_after = vec![None; self.edges.len()];
+        while t.elapsed() < args.return_limit {
+            for (after, g) in edges_up_after.iter_mut().zip(self.edge_gauges().await?) {
+                if after.is_none() && g.pollers_up >= u64::from(args.pollers) {
+                    *after = Some(t.elapsed());
+                }
+            }
+            if streams_back_after.is_none() && scrape_poller(addr).await?.streams >= want {
+                streams_back_after = Some(t.elapsed());
+            }
+            if streams_back_after.is_some() && edges_up_after.iter().all(Option::is_some) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The previous owners keep polling moved events for --linger.
+        tokio::time::sleep(LINGER + Duration::from_secs(2)).await;
+        let edges = self.edge_gauges().await?;
+        let polls = self.polls(args.window).await?;
+        Ok(ReturnOutcome { r_us, accepting_after, streams_back_after, edges_up_after, edges, polls })
+    }
+
+    /// media-sim's requests and the pollers' gauges over `window`.
+    async fn polls(&self, window: Duration) -> anyhow::Result<Polls> {
+        let r0 = stack::media_requests(self.media.addr).await?;
+        let t = Instant::now();
+        tokio::time::sleep(window).await;
+        let r1 = stack::media_requests(self.media.addr).await?;
+        let seconds = t.elapsed().as_secs_f64();
+        let mut gauges = Vec::new();
+        for (i, p) in self.pollers.iter().enumerate() {
+            gauges.push(match p {
+                Some(_) => Some(scrape_poller(self.addrs[i]).await?),
+                None => None,
+            });
+        }
+        Ok(Polls { requests: r1.saturating_sub(r0), seconds, gauges })
+    }
+
+    async fn edge_gauges(&self) -> anyhow::Result<Vec<EdgeGauges>> {
+        let mut out = Vec::new();
+        for e in &self.edges {
+            let text = scrape(e.addr).await?;
+            out.push(EdgeGauges {
+                failovers: metric(&text, livepush::metrics::EDGE_UPSTREAM_FAILOVERS).unwrap_or(0),
+                pollers_up: metric(&text, livepush::metrics::EDGE_POLLERS_UP).unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    /// CPU of the running processes and this one, and the host's busy time.
+    fn cpu_reading(&self) -> anyhow::Result<Cpu> {
+        let mut pids = vec![self.media.pid(), std::process::id()];
+        pids.extend(self.pollers.iter().flatten().map(Proc::pid));
+        pids.extend(self.edges.iter().map(Proc::pid));
+        let mut ours = 0.0;
+        for pid in pids {
+            ours += procstat::sample(pid)?.cpu_seconds;
+        }
+        Ok(Cpu { ours, host: procstat::host_busy_seconds()? })
+    }
+
+    fn ensure_running(&mut self) -> anyhow::Result<()> {
+        self.media.child.ensure_running()?;
+        for p in self.pollers.iter_mut().flatten() {
+            p.child.ensure_running()?;
+        }
+        for e in &mut self.edges {
+            e.child.ensure_running()?;
+        }
+        Ok(())
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        if let Some(b) = self.browsers {
+            b.stop(Duration::from_secs(5)).await;
+        }
+        let mut first_error = None;
+        for e in self.edges {
+            first_error = first_error.or(e.stop().await.err());
+        }
+        for p in self.pollers.into_iter().flatten() {
+            first_error = first_error.or(p.stop().await.err());
+        }
+        first_error = first_error.or(self.media.stop().await.err());
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Cpu {
+    /// The phase from `start` to `self`.
+    fn since(&self, start: &Self) -> Self {
+        Self { ours: self.ours - start.ours, host: self.host - start.host }
+    }
+
+    /// CPU of other programs, % of one core, over `seconds`.
+    fn others_pct(&self, seconds: f64) -> f64 {
+        100.0 * (self.host - self.ours).max(0.0) / seconds.max(1e-9)
+    }
+}
+
+fn ramp(load: &LoadArgs, n: u64) -> Duration {
+    Duration::from_secs_f64(n as f64 / f64::from(load.connect_rate.max(1)))
+}
+
+/// A poller on `addr` polling media-sim every `interval`, answering
+/// `/metrics`.
+async fn start_poller(
+    bins: &BinArgs,
+    addr: SocketAddr,
+    media: SocketAddr,
+    interval: Duration,
+) -> anyhow::Result<Proc> {
+    let args = vec![
+        "--listen".to_owned(),
+        addr.to_string(),
+        "--media-url".to_owned(),
+        format!("http://{media}/live/{{event_id}}"),
+        "--interval".to_owned(),
+        humantime::format_duration(interval).to_string(),
+        "--linger".to_owned(),
+        humantime::format_duration(LINGER).to_string(),
+        "--shutdown-timeout".to_owned(),
+        "2s".to_owned(),
+    ];
+    let (mut child, cmd) = stack::spawn(bins, "poller", args, None)?;
+    stack::wait_for(&mut child, "poller", || async move { scrape(addr).await.is_ok() }).await?;
+    Ok(Proc { child, addr, cmd })
+}
+
+/// An edge using every poller in `pollers`, ready (`/readyz` 200).
+async fn start_edge(bins: &BinArgs, pollers: &[SocketAddr]) -> anyhow::Result<Proc> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
+    let list: Vec<String> = pollers.iter().map(|p| format!("http://{p}")).collect();
+    let args = vec![
+        "--listen".to_owned(),
+        addr.to_string(),
+        "--poller".to_owned(),
+        list.join(","),
+        "--shutdown-timeout".to_owned(),
+        "2s".to_owned(),
+    ];
+    let (mut child, cmd) = stack::spawn(bins, "edge", args, bins.edge_cpus.as_deref())?;
+    stack::wait_for(&mut child, "edge", || async move {
+        matches!(httpc::get(addr, "/readyz", Duration::from_secs(1)).await, Ok((200, _)))
+    })
+    .await?;
+    Ok(Proc { child, addr, cmd })
+}
+
+/// SIGKILL, through `kill` (std offers no signals for a child we do not own
+/// as `std::process::Child` here).
+fn sigkill(pid: u32) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .context("running kill -KILL")?;
+    ensure!(status.success(), "kill -KILL {pid}: {status}");
+    Ok(())
+}
+
+async fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
+    let (status, body) = httpc::get(addr, "/metrics", Duration::from_secs(5)).await?;
+    ensure!(status == 200, "GET http://{addr}/metrics answered {status}");
+    Ok(body)
+}
+
+async fn scrape_poller(addr: SocketAddr) -> anyhow::Result<Gauges> {
+    use livepush::metrics::{POLLER_EVENTS_WATCHED, POLLER_SUBSCRIBERS};
+    let text = scrape(addr).await?;
+    let get = |name| metric(&text, name).with_context(|| format!("no {name} in {addr}'s /metrics"));
+    Ok(Gauges { events: get(POLLER_EVENTS_WATCHED)?, streams: get(POLLER_SUBSCRIBERS)? })
+}
+
+/// The sum of every sample of metric `name` (all label sets) in Prometheus
+/// text, rounded; `None` if it has none.
+fn metric(text: &str, name: &str) -> Option<u64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let series_name = series.split('{').next().unwrap_or("").trim();
+        if series_name == name
+            && let Ok(v) = value.trim().parse::<f64>()
+        {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found.map(|v: f64| v.round() as u64)
+}
+
+// ---------------------------------------------------------------------------
+// Browsers
+
+/// One browser: which event, on which edge, from which source address.
+struct Spec {
+    event: u32,
+    edge: usize,
+    addr: SocketAddr,
+    path: Arc<str>,
+    source: IpAddr,
+}
+
+/// One data event as a browser received it.
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    /// Unix µs of the read.
+    at_us: u64,
+    /// The SSE id (0: none or unparsable).
+    id: u64,
+    /// media-sim's `served_at_ms` (0: none).
+    stamp_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Named {
+    Stale,
+    Live,
+    End,
+    Other,
+}
+
+/// Everything one browser saw, handed back when its task ends.
+#[derive(Debug, Default)]
+struct Log {
+    event: u32,
+    edge: usize,
+    data: Vec<Rec>,
+    /// Data events beyond [`MAX_RECORDS`].
+    dropped: u64,
+    named: Vec<(u64, Named)>,
+    last_id: Option<u64>,
+    duplicates: u64,
+    out_of_order: u64,
+    /// Ids passed over within a feed (a step of more than one but no new
+    /// feed): values this browser never got.
+    skipped: u64,
+    /// (previous id, id, Unix µs) of the first violation.
+    first_violation: Option<(u64, u64, u64)>,
+    no_id: u64,
+    bad_id: u64,
+    unstamped: u64,
+    attempts: u64,
+    errors: u64,
+    error_kinds: Vec<(String, u64)>,
+}
+
+impl Log {
+    fn error(&mut self, what: String) {
+        self.errors += 1;
+        if let Some(k) = self.error_kinds.iter_mut().find(|(k, _)| *k == what) {
+            k.1 += 1;
+        } else if self.error_kinds.len() < MAX_ERRORS {
+            self.error_kinds.push((what, 1));
+        }
+    }
+
+    fn event(&mut self, ev: Dispatched, at_us: u64, live: &Live) {
+        match ev.kind {
+            EvKind::Message => {
+                let id = match ev.id {
+                    IdField::None => {
+                        self.no_id += 1;
+                        0
+                    }
+                    IdField::Bad => {
+                        self.bad_id += 1;
+                        0
+                    }
+                    IdField::Id(id) => {
+                        if let Some(last) = self.last_id.filter(|&last| id <= last) {
+                            if id == last {
+                                self.duplicates += 1;
+                            } else {
+                                self.out_of_order += 1;
+                            }
+                            self.first_violation.get_or_insert((last, id, at_us));
+                        } else {
+                            let step = self.last_id.map_or(1, |last| id - last);
+                            if (2..=FEED_JUMP).contains(&step) {
+                                self.skipped += step - 1;
+                            }
+                            self.last_id = Some(id);
+                        }
+                        id
+                    }
+                };
+                if ev.stamp.is_none() {
+                    self.unstamped += 1;
+                }
+                if self.data.is_empty() && self.dropped == 0 {
+                    live.ready.fetch_add(1, Relaxed);
+                }
+                if self.data.len() < MAX_RECORDS {
+                    self.data.push(Rec { at_us, id, stamp_ms: ev.stamp.unwrap_or(0) });
+                } else {
+                    self.dropped += 1;
+                }
+            }
+            EvKind::Presence => {}
+            EvKind::Named(kind) => {
+                if self.named.len() < MAX_NAMED {
+                    self.named.push((at_us, kind));
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Live {
+    /// Browsers that have received a data event.
+    ready: AtomicU64,
+    errors: AtomicU64,
+}
+
+struct Shared {
+    live: Live,
+    stop: CancellationToken,
+    /// When the next connection may start (paced across all of them).
+    next: Mutex<Instant>,
+    gap: Duration,
+}
+
+impl Shared {
+    /// Waits for this connection's slot; `false` if stopped first.
+    async fn paced(&self) -> bool {
+        let at = {
+            let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
+            let at = (*next).max(Instant::now());
+            *next = at + self.gap;
+            at
+        };
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            _ = tokio::time::sleep_until(at) => true,
+        }
+    }
+}
+
+struct Browsers {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<Log>>,
+}
+
+impl Browsers {
+    fn start(specs: Vec<Spec>, load: &LoadArgs) -> Self {
+        let shared = Arc::new(Shared {
+            live: Live::default(),
+            stop: CancellationToken::new(),
+            next: Mutex::new(Instant::now()),
+            gap: Duration::from_secs(1) / load.connect_rate.max(1),
+        });
+        let tasks = specs.into_iter().map(|s| tokio::spawn(browser(s, shared.clone()))).collect();
+        Self { shared, tasks }
+    }
+
+    fn ready(&self) -> u64 {
+        self.shared.live.ready.load(Relaxed)
+    }
+
+    fn errors(&self) -> u64 {
+        self.shared.live.errors.load(Relaxed)
+    }
+
+    async fn wait_ready(&self, n: u64, limit: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        while self.ready() < n {
+            if start.elapsed() >= limit {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Some(start.elapsed())
+    }
+
+    /// Closes every connection; the logs of the tasks that ended within
+    /// `grace`, and how many did not (aborted, their logs lost).
+    async fn stop(self, grace: Duration) -> (Vec<Log>, usize) {
+        self.shared.stop.cancel();
+        let deadline = Instant::now() + grace;
+        let mut logs = Vec::with_capacity(self.tasks.len());
+        let mut stuck = 0;
+        for mut task in self.tasks {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Ok(log)) => logs.push(log),
+                Ok(Err(_)) => stuck += 1,
+                Err(_) => {
+                    task.abort();
+                    stuck += 1;
+                }
+            }
+        }
+        (logs, stuck)
+    }
+}
+
+/// One browser: connect, read until stopped; on a close or failure wait the
+/// edge's retry delay and reconnect with `Last-Event-ID`, as EventSource
+/// does.
+async fn browser(spec: Spec, shared: Arc<Shared>) -> Log {
+    let mut log = Log { event: spec.event, edge: spec.edge, ..Log::default() };
+    while shared.paced().await {
+        log.attempts += 1;
+        match session(&spec, &mut log, &shared).await {
+            Ok(()) => break,
+            Err(e) => {
+                shared.live.errors.fetch_add(1, Relaxed);
+                log.error(e);
+            }
+        }
+        tokio::select! {
+            _ = shared.stop.cancelled() => break,
+            _ = tokio::time::sleep(RECONNECT_DELAY) => {}
+        }
+    }
+    log
+}
+
+/// One connection; `Ok` when stopped, `Err` with a message otherwise.
+async fn session(spec: &Spec, log: &mut Log, shared: &Shared) -> Result<(), String> {
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    // The edge sends a keep-alive comment every 15 s.
+    const IDLE_TIMEOUT: Duration = Duration::from_secs(40);
+    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    socket.bind(SocketAddr::new(spec.source, 0)).map_err(|e| format!("bind: {e}"))?;
+    let connecting = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(spec.addr));
+    let tcp = tokio::select! {
+        _ = shared.stop.cancelled() => return Ok(()),
+        r = connecting => r.map_err(|_| "timeout: connect".to_owned())?.map_err(|e| format!("connect: {e}"))?,
+    };
+    let _ = tcp.set_nodelay(true);
+    let mut request =
+        format!("GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n", spec.path, spec.addr);
+    if let Some(id) = log.last_id {
+        request.push_str(&format!("Last-Event-ID: {id}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut sent = 0;
+    while sent < request.len() {
+        tokio::select! {
+            _ = shared.stop.cancelled() => return Ok(()),
+            r = tcp.writable() => r.map_err(|e| format!("write: {e}"))?,
+        }
+        match tcp.try_write(&request.as_bytes()[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(format!("write: {e}")),
+        }
+    }
+
+    let mut http = ResponseParser::new();
+    let mut sse = Sse::default();
+    let mut status = None;
+    let mut silence = pin!(tokio::time::sleep(CONNECT_TIMEOUT));
+    loop {
+        tokio::select! {
+            _ = shared.stop.cancelled() => return Ok(()),
+            _ = silence.as_mut() => {
+                return Err(if status.is_some() { "timeout: no bytes" } else { "timeout: no response head" }.to_owned());
+            }
+            r = tcp.readable() => r.map_err(|e| format!("read: {e}"))?,
+        }
+        let read = BUF.with_borrow_mut(|buf| match tcp.try_read(buf) {
+            Ok(0) => Err("closed by the server".to_owned()),
+            Ok(n) => {
+                let at_us = unix_micros();
+                let mut ended = false;
+                let fed = http.feed(&buf[..n], &mut |item| match item {
+                    Item::Head(head) => {
+                        status = Some(head.status);
+                        if head.status != 200 {
+                            return Err(WireError("status"));
+                        }
+                        if !head.content_type.is_some_and(|t| t.starts_with("text/event-stream")) {
+                            return Err(WireError("200 without content-type text/event-stream"));
+                        }
+                        Ok(())
+                    }
+                    Item::Body(body) => sse.feed(body, &mut |ev| log.event(ev, at_us, &shared.live)),
+                    Item::End => {
+                        ended = true;
+                        Err(WireError("end"))
+                    }
+                });
+                match fed {
+                    Ok(()) => Ok(true),
+                    Err(_) if ended => Err("the response ended".to_owned()),
+                    Err(_) if status.is_some_and(|s| s != 200) => {
+                        Err(format!("status {}", status.unwrap_or(0)))
+                    }
+                    Err(e) => Err(format!("parse: {e}")),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(format!("read: {e}")),
+        })?;
+        if read {
+            silence.as_mut().reset(Instant::now() + IDLE_TIMEOUT);
+        }
+    }
+}
+
+/// The `id` field of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdField {
+    None,
+    Bad,
+    Id(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EvKind {
+    Message,
+    Presence,
+    Named(Named),
+}
+
+/// A dispatched SSE event (one with data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dispatched {
+    kind: EvKind,
+    /// This event's own `id` field (the edge sends one with every data event).
+    id: IdField,
+    stamp: Option<u64>,
+}
+
+/// A `text/event-stream` parser that keeps what this scenario checks: the
+/// event type, its `id` and the `served_at_ms` stamp in its data.
+#[derive(Debug)]
+struct Sse {
+    line: Vec<u8>,
+    after_cr: bool,
+    kind: EvKind,
+    id: IdField,
+    data: bool,
+    stamp: Option<u64>,
+}
+
+impl Default for Sse {
+    fn default() -> Self {
+        Self {
+            line: Vec::new(),
+            after_cr: false,
+            kind: EvKind::Message,
+            id: IdField::None,
+            data: false,
+            stamp: None,
+        }
+    }
+}
+
+impl Sse {
+    /// Lines end with CRLF, LF or CR; an empty line dispatches the event if
+    /// it has data.
+    fn feed(&mut self, input: &[u8], on: &mut impl FnMut(Dispatched)) -> Result<(), WireError> {
+        for &b in input {
+            if std::mem::take(&mut self.after_cr) && b == b'\n' {
+                continue;
+            }
+            match b {
+                b'\n' | b'\r' => {
+                    self.after_cr = b == b'\r';
+                    let line = std::mem::take(&mut self.line);
+                    self.line(&line, on);
+                    self.line = line;
+                    self.line.clear();
+                }
+                _ if self.line.len() >= MAX_LINE => return Err(WireError("SSE line too long")),
+                _ => self.line.push(b),
+            }
+        }
+        Ok(())
+    }
+
+    fn line(&mut self, line: &[u8], on: &mut impl FnMut(Dispatched)) {
+        if line.is_empty() {
+            if self.data {
+                on(Dispatched { kind: self.kind, id: self.id, stamp: self.stamp });
+            }
+            *self = Self { line: Vec::new(), after_cr: self.after_cr, ..Self::default() };
+            return;
+        }
+        if line[0] == b':' {
+            return;
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(i) => (&line[..i], line[i + 1..].strip_prefix(b" ").unwrap_or(&line[i + 1..])),
+            None => (line, &b""[..]),
+        };
+        match field {
+            b"data" => {
+                self.data = true;
+                self.stamp = self.stamp.or_else(|| find_stamp(value));
+            }
+            b"id" => {
+                self.id = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .map_or(IdField::Bad, IdField::Id);
+            }
+            b"event" => {
+                self.kind = match value {
+                    b"" | b"message" => EvKind::Message,
+                    b"presence" => EvKind::Presence,
+                    b"stale" => EvKind::Named(Named::Stale),
+                    b"live" => EvKind::Named(Named::Live),
+                    b"end" => EvKind::Named(Named::End),
+                    _ => EvKind::Named(Named::Other),
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Analysis
+
+/// Browsers of one group around the kill.
+#[derive(Debug, Default)]
+struct Group {
+    browsers: u64,
+    /// µs from the kill to the first value served after it, sorted.
+    resume_us: Vec<u64>,
+    /// µs between the data event read before that one and it.
+    gap_us: Vec<u64>,
+    stale: u64,
+    live: u64,
+}
+
+impl Group {
+    fn sort(&mut self) {
+        self.resume_us.sort_unstable();
+        self.gap_us.sort_unstable();
+    }
+}
+
+#[derive(Debug, Default)]
+struct Failover {
+    affected: Group,
+    unaffected: Group,
+    /// Events whose browsers' first value after the kill came from a new feed.
+    moved_events: u64,
+    /// Events some of whose browsers saw a new feed and some not.
+    split_events: Vec<u32>,
+    /// Browsers with no value served after the kill, of events none of whose
+    /// browsers had one either: (event, edge).
+    unclassified: Vec<(u32, usize)>,
+}
+
+#[derive(Debug, Default)]
+struct Back {
+    /// Affected browsers that switched to the returned poller.
+    switched: u64,
+    affected_not_switched: Vec<(u32, usize)>,
+    /// Browsers of other events that saw a new feed after the restart.
+    others_switched: Vec<(u32, usize)>,
+    /// µs from the restart to each switched browser's first value from the
+    /// returned poller, sorted.
+    switch_us: Vec<u64>,
+    /// µs between the last value from the interim owner and the first from
+    /// the returned poller, per switched browser, sorted.
+    switch_gap_us: Vec<u64>,
+    /// Per browser, the largest gap between two data events read after the
+    /// restart (the end of the run counts as one), sorted: browsers of the
+    /// events that moved back, and the others.
+    max_gap_affected_us: Vec<u64>,
+    max_gap_others_us: Vec<u64>,
+    stale: u64,
+}
+
+#[derive(Debug, Default)]
+struct Integrity {
+    data_events: u64,
+    dropped: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    skipped: u64,
+    browsers_skipping: u64,
+    browsers_with_violations: u64,
+    violations: Vec<String>,
+    no_id: u64,
+    bad_id: u64,
+    unstamped: u64,
+    errors: u64,
+    reconnects: u64,
+    error_kinds: BTreeMap<String, u64>,
+    stale: u64,
+    end: u64,
+}
+
+/// What each browser's log says about the kill at `k_us`, observed until
+/// `observed_us`: the first value served at or after the kill, and whether
+/// it came from a new feed.
+fn failover(logs: &[Log], events: u32, k_us: u64, observed_us: u64) -> (Failover, Vec<Option<bool>>) {
+    struct Seen {
+        resume_us: u64,
+        gap_us: Option<u64>,
+        moved: bool,
+    }
+    let seen: Vec<Option<Seen>> = logs
+        .iter()
+        .map(|log| {
+            let i = log.data.iter().position(|r| r.stamp_ms > 0 && r.stamp_ms * 1000 >= k_us)?;
+            let rec = log.data[i];
+            if rec.at_us > observed_us {
+                return None;
+            }
+            let prev = i.checked_sub(1).map(|j| log.data[j]);
+            let moved = prev.is_some_and(|p| p.id != 0 && rec.id > p.id.saturating_add(FEED_JUMP));
+            Some(Seen {
+                resume_us: rec.at_us.saturating_sub(k_us),
+                gap_us: prev.map(|p| rec.at_us - p.at_us),
+                moved,
+            })
+        })
+        .collect();
+    // Per event: moved if any browser saw a new feed; split if they disagree.
+    let mut votes = vec![(0u32, 0u32); events as usize];
+    for (log, s) in logs.iter().zip(&seen) {
+        if let (Some(s), Some(v)) = (s, votes.get_mut(log.event as usize)) {
+            if s.moved { v.0 += 1 } else { v.1 += 1 }
+        }
+    }
+    let moved: Vec<Option<bool>> = votes.iter().map(|&(yes, no)| (yes + no > 0).then_some(yes > 0)).collect();
+    let mut f = Failover {
+        moved_events: moved.iter().filter(|m| **m == Some(true)).count() as u64,
+        split_events: (0..events).filter(|&e| votes[e as usize].0 > 0 && votes[e as usize].1 > 0).collect(),
+        ..Failover::default()
+    };
+    for (log, s) in logs.iter().zip(&seen) {
+        let group = match moved.get(log.event as usize).copied().flatten() {
+            Some(true) => &mut f.affected,
+            Some(false) => &mut f.unaffected,
+            None => {
+                f.unclassified.push((log.event, log.edge));
+                continue;
+            }
+        };
+        group.browsers += 1;
+        if let Some(s) = s {
+            group.resume_us.push(s.resume_us);
+            group.gap_us.extend(s.gap_us);
+        }
+        for &(at, kind) in &log.named {
+            if (k_us..=observed_us).contains(&at) {
+                match kind {
+                    Named::Stale => group.stale += 1,
+                    Named::Live => group.live += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+    f.affected.sort();
+    f.unaffected.sort();
+    (f, moved)
+}
+
+/// What the browsers saw after the restart at `r_us`, until `end_us`.
+fn back(logs: &[Log], moved: &[Option<bool>], r_us: u64, end_us: u64) -> Back {
+    let mut b = Back::default();
+    for log in logs {
+        let affected = moved.get(log.event as usize).copied().flatten() == Some(true);
+        let switch = log
+            .data
+            .windows(2)
+            .find(|w| w[1].at_us >= r_us && w[0].id != 0 && w[1].id > w[0].id.saturating_add(FEED_JUMP))
+            .map(|w| (w[1].at_us - r_us, w[1].at_us - w[0].at_us));
+        match (switch, affected) {
+            (Some((us, gap)), true) => {
+                b.switched += 1;
+                b.switch_us.push(us);
+                b.switch_gap_us.push(gap);
+            }
+            (None, true) => b.affected_not_switched.push((log.event, log.edge)),
+            (Some(_), false) => b.others_switched.push((log.event, log.edge)),
+            (None, false) => {}
+        }
+        let mut last = log.data.iter().rev().find(|r| r.at_us < r_us).map_or(r_us, |r| r.at_us);
+        let mut max_gap = 0;
+        for r in log.data.iter().filter(|r| (r_us..=end_us).contains(&r.at_us)) {
+            max_gap = max_gap.max(r.at_us - last);
+            last = r.at_us;
+        }
+        let max_gap = max_gap.max(end_us.saturating_sub(last));
+        if affected {
+            b.max_gap_affected_us.push(max_gap)
+        } else {
+            b.max_gap_others_us.push(max_gap)
+        }
+        b.stale += log.named.iter().filter(|&&(at, k)| at >= r_us && k == Named::Stale).count() as u64;
+    }
+    for v in [&mut b.switch_us, &mut b.switch_gap_us, &mut b.max_gap_affected_us, &mut b.max_gap_others_us] {
+        v.sort_unstable();
+    }
+    b
+}
+
+fn integrity(logs: &[Log], k_us: u64) -> Integrity {
+    let mut g = Integrity::default();
+    for log in logs {
+        g.data_events += log.data.len() as u64 + log.dropped;
+        g.dropped += log.dropped;
+        g.duplicates += log.duplicates;
+        g.out_of_order += log.out_of_order;
+        g.skipped += log.skipped;
+        g.browsers_skipping += u64::from(log.skipped > 0);
+        if let Some((prev, id, at)) = log.first_violation {
+            g.browsers_with_violations += 1;
+            if g.violations.len() < SHOWN_VIOLATIONS {
+                let rel = at as f64 / 1e6 - k_us as f64 / 1e6;
+                g.violations.push(format!(
+                    "{} on edge {}: id {id} after {prev}, {rel:+.3} s from the kill",
+                    event_id(log.event),
+                    log.edge
+                ));
+            }
+        }
+        g.no_id += log.no_id;
+        g.bad_id += log.bad_id;
+        g.unstamped += log.unstamped;
+        g.errors += log.errors;
+        g.reconnects += log.attempts.saturating_sub(1);
+        for (k, n) in &log.error_kinds {
+            *g.error_kinds.entry(k.clone()).or_default() += n;
+        }
+        g.stale += log.named.iter().filter(|(_, k)| *k == Named::Stale).count() as u64;
+        g.end += log.named.iter().filter(|(_, k)| *k == Named::End).count() as u64;
+    }
+    g
+}
+
+/// The value at quantile `q` of sorted µs (nearest rank), in ms.
+fn pct_ms(sorted: &[u64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1] as f64 / 1000.0)
+}
+
+// ---------------------------------------------------------------------------
+// Report
+
+fn report(args: &Args, o: &Outcome) -> Report {
+    let (f, moved) = failover(&o.logs, args.events, o.k_us, o.observed_us);
+    let g = integrity(&o.logs, o.k_us);
+    let victim_before = o.before.gauges[o.victim].unwrap_or_default();
+    let title = format!(
+        "livepush-bench failover: {} events x {} browsers over {} edges, {} pollers, one killed",
+        args.events, args.browsers, args.edges, args.pollers
+    );
+    let mut r = Report::new("failover", title);
+    let ms = |x: Option<f64>| Value::from(x.map(|v| Value::Float(v, 1)));
+    let s2 = |d: Duration| Value::Float(d.as_secs_f64(), 2);
+    let per_poller = |p: &Polls, f: fn(&Gauges) -> u64| -> String {
+        let cells: Vec<String> = p
+            .gauges
+            .iter()
+            .enumerate()
+            .map(|(i, g)| match g {
+                Some(g) if i == o.victim => format!("{}*", f(g)),
+                Some(g) => f(g).to_string(),
+                None => "-".to_owned(),
+            })
+            .collect();
+        cells.join(" / ")
+    };
+    let polls_per_interval = |p: &Polls| {
+        Value::Float(
+            p.requests as f64 / f64::from(args.events) / (p.seconds / args.interval.as_secs_f64()),
+            3,
+        )
+    };
+    let per_edge = |e: &[EdgeGauges], f: fn(&EdgeGauges) -> u64| -> String {
+        e.iter().map(|g| f(g).to_string()).collect::<Vec<_>>().join(" / ")
+    };
+
+    r.section("params", "parameters")
+        .row("connections", "SSE connections", u64::from(args.events) * u64::from(args.browsers), "")
+        .row("events", "events", args.events, "")
+        .row("browsers", "browsers per event", args.browsers, "")
+        .row("edges", "edges (each given every poller)", args.edges, "")
+        .row("pollers", "pollers", args.pollers, "")
+        .row("interval_s", "poll interval", Value::Float(args.interval.as_secs_f64(), 2), "s")
+        .row(
+            "change_every_s",
+            "media-sim data changes every (--stamp: every answer new)",
+            Value::Float(args.change_every.as_secs_f64(), 2),
+            "s",
+        )
+        .row("window_s", "each window of counted polls", s2(args.window), "s")
+        .row("observe_s", "time given to resume after the kill", s2(args.observe), "s")
+        .row("connect_rate", "connect rate", args.load.connect_rate, "conn/s")
+        .row("per_source", "connections per source address", args.load.per_source, "")
+        .row("cores", "host cores (shared by all processes)", cores(), "")
+        .row("media_cmd", "media-sim", o.commands.media.as_str(), "")
+        .row("poller_cmd", "poller (ports vary)", o.commands.poller.as_str(), "")
+        .row("edge_cmd", "edge (port varies)", o.commands.edge.as_str(), "");
+
+    r.section("before", "before the kill (* = the poller killed next)")
+        .row("ready_s", "every browser had its first event after", s2(o.ready_after), "s")
+        .row("events_per_poller", "events polled per poller", per_poller(&o.before, |g| g.events), "")
+        .row("streams_per_poller", "Subscribe streams per poller", per_poller(&o.before, |g| g.streams), "")
+        .row(
+            "requests_per_s",
+            "upstream requests/s",
+            Value::Float(o.before.requests as f64 / o.before.seconds, 1),
+            "req/s",
+        )
+        .row("polls_per_interval", "polls per event per interval", polls_per_interval(&o.before), "")
+        .row(
+            "others_cpu_pct",
+            "other programs on the host (competing CPU)",
+            Value::Float(o.cpu_before.others_pct(o.before.seconds), 1),
+            "% of one core",
+        );
+
+    let failovers: Vec<EdgeGauges> = o
+        .edges_after
+        .iter()
+        .zip(&o.edges_before)
+        .map(|(a, b)| EdgeGauges {
+            failovers: a.failovers.saturating_sub(b.failovers),
+            pollers_up: a.pollers_up,
+        })
+        .collect();
+    let observe_s = o.observed_us.saturating_sub(o.k_us) as f64 / 1e6;
+    r.section("kill", "the kill (SIGKILL to the poller polling the most events)")
+        .row("victim", "poller killed", o.victim_label(), "")
+        .row("victim_events", "its events (events_watched before)", victim_before.events, "")
+        .row("moved_events", "events that moved (browsers saw a new feed's id)", f.moved_events, "")
+        .row("split_events", "events whose browsers disagreed on that", f.split_events.len(), "")
+        .row(
+            "edge_failovers",
+            "streams moved, per edge (edges' failover counter)",
+            per_edge(&failovers, |g| g.failovers),
+            "",
+        )
+        .row(
+            "pollers_up",
+            "pollers up per edge after the kill",
+            per_edge(&o.edges_after, |g| g.pollers_up),
+            "",
+        )
+        .row("kill_cmd_ms", "`kill -KILL` took", Value::Float(o.kill_cmd.as_secs_f64() * 1000.0, 1), "ms")
+        .row(
+            "others_cpu_pct",
+            "other programs on the host from the kill on",
+            Value::Float(o.cpu_kill.others_pct(observe_s), 1),
+            "% of one core",
+        );
+
+    for (key, title, group) in [
+        (
+            "affected",
+            "browsers of the killed poller's events: time to a value served after the kill",
+            &f.affected,
+        ),
+        ("unaffected", "browsers of the other events (control: their next regular poll)", &f.unaffected),
+    ] {
+        let resumed = group.resume_us.len() as u64;
+        r.section(key, title)
+            .row("browsers", "browsers", group.browsers, "")
+            .row("resumed", "resumed", resumed, "")
+            .row("not_resumed", "not resumed within the observation", group.browsers - resumed, "")
+            .row(
+                "resume_min_ms",
+                "time to resume min (first browser)",
+                ms(pct_ms(&group.resume_us, 0.0)),
+                "ms",
+            )
+            .row("resume_p50_ms", "time to resume p50", ms(pct_ms(&group.resume_us, 0.5)), "ms")
+            .row("resume_p90_ms", "time to resume p90", ms(pct_ms(&group.resume_us, 0.9)), "ms")
+            .row("resume_p99_ms", "time to resume p99", ms(pct_ms(&group.resume_us, 0.99)), "ms")
+            .row("resume_max_ms", "time to resume max", ms(pct_ms(&group.resume_us, 1.0)), "ms")
+            .row(
+                "gap_p50_ms",
+                "gap seen (previous data event -> it) p50",
+                ms(pct_ms(&group.gap_us, 0.5)),
+                "ms",
+            )
+            .row("gap_max_ms", "gap seen max", ms(pct_ms(&group.gap_us, 1.0)), "ms")
+            .row("stale", "'stale' events in the observation", group.stale, "")
+            .row("live", "'live' events in the observation", group.live, "");
+    }
+    r.section("unclassified", "browsers of events none of whose browsers resumed").row(
+        "browsers",
+        "browsers",
+        f.unclassified.len(),
+        "",
+    );
+
+    r.section("after", "after the kill (window starts at the end of the observation)")
+        .row("events_per_poller", "events polled per poller", per_poller(&o.after, |g| g.events), "")
+        .row(
+            "requests_per_s",
+            "upstream requests/s",
+            Value::Float(o.after.requests as f64 / o.after.seconds, 1),
+            "req/s",
+        )
+        .row("polls_per_interval", "polls per event per interval", polls_per_interval(&o.after), "");
+
+    if let Some(ret) = &o.ret {
+        let b = back(&o.logs, &moved, ret.r_us, o.end_us);
+        let edges_up: Vec<String> = ret
+            .edges_up_after
+            .iter()
+            .map(|d| d.map_or_else(|| "never".to_owned(), |d| format!("{:.2}", d.as_secs_f64())))
+            .collect();
+        let edges_up = edges_up.join(" / ");
+        r.section("return", "return of the killed poller (same address)")
+            .row("accepting_s", "restarted poller answering after", s2(ret.accepting_after), "s")
+            .row("edges_up_s", "each edge counted it up again after", edges_up, "s")
+            .row(
+                "streams_back_s",
+                "its Subscribe streams back to the count before the kill after",
+                Value::from(ret.streams_back_after.map(s2)),
+                "s",
+            )
+            .row("switched", "affected browsers switched back", b.switched, "")
+            .row("not_switched", "affected browsers not switched back", b.affected_not_switched.len(), "")
+            .row("others_switched", "other browsers switched (expected 0)", b.others_switched.len(), "")
+            .row(
+                "switch_p50_ms",
+                "restart -> browser's first value from it p50",
+                ms(pct_ms(&b.switch_us, 0.5)),
+                "ms",
+            )
+            .row(
+                "switch_max_ms",
+                "restart -> browser's first value from it max",
+                ms(pct_ms(&b.switch_us, 1.0)),
+                "ms",
+            )
+            .row(
+                "switch_gap_p50_ms",
+                "gap at the switch (interim owner's last -> its first) p50",
+                ms(pct_ms(&b.switch_gap_us, 0.5)),
+                "ms",
+            )
+            .row("switch_gap_max_ms", "gap at the switch max", ms(pct_ms(&b.switch_gap_us, 1.0)), "ms")
+            .row(
+                "gap_affected_p99_ms",
+                "per browser largest gap after the restart, switched p99",
+                ms(pct_ms(&b.max_gap_affected_us, 0.99)),
+                "ms",
+            )
+            .row(
+                "gap_affected_max_ms",
+                "per browser largest gap after the restart, switched max",
+                ms(pct_ms(&b.max_gap_affected_us, 1.0)),
+                "ms",
+            )
+            .row(
+                "gap_others_p99_ms",
+                "per browser largest gap after the restart, others p99",
+                ms(pct_ms(&b.max_gap_others_us, 0.99)),
+                "ms",
+            )
+            .row(
+                "gap_others_max_ms",
+                "per browser largest gap after the restart, others max",
+                ms(pct_ms(&b.max_gap_others_us, 1.0)),
+                "ms",
+            )
+            .row("stale", "'stale' events after the restart", b.stale, "")
+            .row("failovers", "streams moved per edge, whole run", per_edge(&ret.edges, |g| g.failovers), "")
+            .row("pollers_up", "pollers up per edge", per_edge(&ret.edges, |g| g.pollers_up), "")
+            .row(
+                "events_per_poller",
+                "events polled per poller (after linger)",
+                per_poller(&ret.polls, |g| g.events),
+                "",
+            )
+            .row(
+                "requests_per_s",
+                "upstream requests/s",
+                Value::Float(ret.polls.requests as f64 / ret.polls.seconds, 1),
+                "req/s",
+            )
+            .row("polls_per_interval", "polls per event per interval", polls_per_interval(&ret.polls), "");
+        for (what, list) in
+            [("not switched back", &b.affected_not_switched), ("switched unexpectedly", &b.others_switched)]
+        {
+            if !list.is_empty() {
+                r.note(format!("browsers {what}: {}", describe(list)));
+            }
+        }
+    }
+
+    r.section("integrity", "stream integrity (every browser, whole run)")
+        .row("data_events", "data events read", g.data_events, "")
+        .row("duplicates", "duplicate ids (same id again)", g.duplicates, "")
+        .row("out_of_order", "out-of-order ids (lower than one seen)", g.out_of_order, "")
+        .row("browsers_with_violations", "browsers with either", g.browsers_with_violations, "")
+        .row("skipped", "values passed over (id step > 1 within a feed)", g.skipped, "")
+        .row("browsers_skipping", "browsers that passed over a value", g.browsers_skipping, "")
+        .row("no_id", "data events without an id / unparsable id", format!("{} / {}", g.no_id, g.bad_id), "")
+        .row("unstamped", "data events without served_at_ms", g.unstamped, "")
+        .row("stale", "'stale' / 'end' events", format!("{} / {}", g.stale, g.end), "")
+        .row("errors", "connection errors", g.errors, "")
+        .row("reconnects", "reconnects", g.reconnects, "")
+        .row("dropped", "data events not kept (per-browser cap)", g.dropped, "")
+        .row("stuck", "browser tasks not stopped within 5 s", o.stuck, "");
+
+    r.note(
+        "time to resume = arrival of a browser's first data event whose served_at_ms is at or after the \
+         kill instant, minus that instant (taken when `kill -KILL` returned); one clock, ms stamps"
+            .into(),
+    );
+    r.note(format!(
+        "affected = events whose first value after the kill carried an id from a new feed (a jump of more than \
+         {FEED_JUMP}); the killed poller's events_watched gauge said {}",
+        victim_before.events
+    ));
+    for v in &g.violations {
+        r.note(format!("id violation: {v}"));
+    }
+    for (k, n) in &g.error_kinds {
+        r.note(format!("error x{n}: {k}"));
+    }
+    if !f.split_events.is_empty() {
+        let ids: Vec<String> = f.split_events.iter().take(10).map(|&e| event_id(e)).collect();
+        r.note(format!("events whose browsers disagreed: {}", ids.join(", ")));
+    }
+    if !f.unclassified.is_empty() {
+        r.note(format!("browsers without any value after the kill: {}", describe(&f.unclassified)));
+    }
+    for (key, group) in [("affected", &f.affected), ("unaffected", &f.unaffected)] {
+        if group.browsers > group.resume_us.len() as u64 {
+            let missing: Vec<(u32, usize)> = o
+                .logs
+                .iter()
+                .filter(|l| moved.get(l.event as usize).copied().flatten() == Some(key == "affected"))
+                .filter(|l| {
+                    !l.data
+                        .iter()
+                        .any(|r| r.stamp_ms > 0 && r.stamp_ms * 1000 >= o.k_us && r.at_us <= o.observed_us)
+                })
+                .map(|l| (l.event, l.edge))
+                .collect();
+            r.note(format!("{key} browsers not resumed: {}", describe(&missing)));
+        }
+    }
+    r
+}
+
+impl Outcome {
+    fn victim_label(&self) -> String {
+        format!("poller {} of {} ({})", self.victim + 1, self.before.gauges.len(), self.victim_addr)
+    }
+}
+
+/// "ev-000001 on edge 0, ..." for at most ten browsers, and how many more.
+fn describe(list: &[(u32, usize)]) -> String {
+    let mut shown: Vec<String> =
+        list.iter().take(10).map(|&(e, edge)| format!("{} on edge {edge}", event_id(e))).collect();
+    if list.len() > 10 {
+        shown.push(format!("and {} more", list.len() - 10));
+    }
+    shown.join(", ")
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(wire: &[u8], step: usize) -> Vec<Dispatched> {
+        let mut sse = Sse::default();
+        let mut out = Vec::new();
+        for piece in wire.chunks(step) {
+            sse.feed(piece, &mut |d| out.push(d)).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn sse_parser_reads_ids_kinds_and_stamps_at_every_split() {
+        let wire = b"retry: 3000\n\nid: 17\ndata: {\"a\":1,\"served_at_ms\":42}\n\n:\r\n\
+            event: stale\r\ndata: {}\r\n\r\nevent: presence\rdata: {\"viewers\":3}\r\r\
+            id: x\ndata: {}\n\ndata: {}\n\n";
+        let want = vec![
+            Dispatched { kind: EvKind::Message, id: IdField::Id(17), stamp: Some(42) },
+            Dispatched { kind: EvKind::Named(Named::Stale), id: IdField::None, stamp: None },
+            Dispatched { kind: EvKind::Presence, id: IdField::None, stamp: None },
+            Dispatched { kind: EvKind::Message, id: IdField::Bad, stamp: None },
+            Dispatched { kind: EvKind::Message, id: IdField::None, stamp: None },
+        ];
+        for step in 1..=wire.len() {
+            assert_eq!(parse(wire, step), want, "split every {step} bytes");
+        }
+    }
+
+    #[test]
+    fn ids_must_strictly_increase() {
+        let live = Live::default();
+        let mut log = Log::default();
+        for (i, id) in [5u64, 6, 6, 4, 7].into_iter().enumerate() {
+            let ev = Dispatched { kind: EvKind::Message, id: IdField::Id(id), stamp: Some(1) };
+            log.event(ev, i as u64, &live);
+        }
+        assert_eq!((log.duplicates, log.out_of_order, log.skipped, log.last_id), (1, 1, 0, Some(7)));
+        // A step of three within a feed passes over two values; a new
+        // feed's jump passes over none.
+        for (i, id) in [10u64, 10 + FEED_JUMP + 5].into_iter().enumerate() {
+            log.event(
+                Dispatched { kind: EvKind::Message, id: IdField::Id(id), stamp: Some(1) },
+                9 + i as u64,
+                &live,
+            );
+        }
+        assert_eq!(log.skipped, 2);
+        assert_eq!(log.first_violation, Some((6, 6, 2)));
+        assert_eq!((log.data.len(), live.ready.load(Relaxed)), (7, 1));
+    }
+
+    fn log(event: u32, recs: &[(u64, u64, u64)]) -> Log {
+        let data = recs.iter().map(|&(at_us, id, stamp_ms)| Rec { at_us, id, stamp_ms }).collect();
+        Log { event, data, ..Log::default() }
+    }
+
+    #[test]
+    fn classifies_browsers_by_the_feed_of_their_first_value_after_the_kill() {
+        // Kill at t = 10 s. Event 0 moves (id jumps to a new feed base),
+        // event 1 stays (id + 1), event 2's browser never gets a fresh value.
+        let k = 10_000_000;
+        let logs = [
+            log(0, &[(9_500_000, 1_000_005, 9_499), (10_050_000, 10_000_000, 10_040)]),
+            log(0, &[(9_500_000, 1_000_005, 9_499), (10_060_000, 10_000_000, 10_040)]),
+            // A value served before the kill but read after it is not a resumption.
+            log(
+                1,
+                &[
+                    (9_900_000, 2_000_009, 9_899),
+                    (10_001_000, 2_000_010, 9_999),
+                    (10_700_000, 2_000_011, 10_690),
+                ],
+            ),
+            log(2, &[(9_000_000, 3_000_001, 8_999)]),
+        ];
+        let (f, moved) = failover(&logs, 3, k, 20_000_000);
+        assert_eq!(moved, vec![Some(true), Some(false), None]);
+        assert_eq!((f.moved_events, f.split_events.len(), f.unclassified), (1, 0, vec![(2, 0)]));
+        assert_eq!((f.affected.browsers, f.affected.resume_us.clone()), (2, vec![50_000, 60_000]));
+        assert_eq!(f.affected.gap_us, vec![550_000, 560_000]);
+        assert_eq!((f.unaffected.browsers, f.unaffected.resume_us.clone()), (1, vec![700_000]));
+        // The value served before the kill and read after it ends the gap.
+        assert_eq!(f.unaffected.gap_us, vec![699_000]);
+        assert_eq!(pct_ms(&f.affected.resume_us, 0.5), Some(50.0));
+        assert_eq!(pct_ms(&f.affected.resume_us, 1.0), Some(60.0));
+
+        // Restart at 30 s: event 0's browser switches at 33 s, the other
+        // not; event 1's stays. The run ends at 40 s.
+        let later = [
+            log(
+                0,
+                &[
+                    (29_000_000, 10_000_020, 28_999),
+                    (33_000_000, 30_500_000, 32_999),
+                    (34_000_000, 30_500_001, 33_999),
+                ],
+            ),
+            log(0, &[(29_000_000, 10_000_020, 28_999), (39_000_000, 10_000_030, 38_999)]),
+            log(1, &[(29_500_000, 2_000_030, 29_499), (30_500_000, 2_000_031, 30_499)]),
+        ];
+        let b = back(&later, &moved, 30_000_000, 40_000_000);
+        assert_eq!((b.switched, b.switch_us.clone()), (1, vec![3_000_000]));
+        assert_eq!((b.affected_not_switched, b.others_switched.len()), (vec![(0, 0)], 0));
+        // Gaps: 4 s (29 -> 33) then 6 s to the end; 10 s; 9.5 s to the end.
+        assert_eq!(b.switch_gap_us, vec![4_000_000]);
+        assert_eq!(b.max_gap_affected_us, vec![6_000_000, 10_000_000]);
+        assert_eq!(b.max_gap_others_us, vec![9_500_000]);
+    }
+
+    #[test]
+    fn metric_sums_label_sets() {
+        let text = "# HELP x y\nlivepush_poller_events_watched 334\n\
+            livepush_poller_upstream_requests_total{outcome=\"ok\"} 10\n\
+            livepush_poller_upstream_requests_total{outcome=\"timeout\"} 2\n";
+        assert_eq!(metric(text, "livepush_poller_events_watched"), Some(334));
+        assert_eq!(metric(text, "livepush_poller_upstream_requests_total"), Some(12));
+        assert_eq!(metric(text, "livepush_poller_subscribers"), None);
+    }
+}
