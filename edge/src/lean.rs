@@ -123,13 +123,30 @@ fn stream_request(buf: &[u8], peer: SocketAddr) -> Option<Request<Body>> {
 
 /// Answers `request` through `app` and writes the response on `io`; the
 /// connection is done afterwards.
-pub async fn respond<I: AsyncRead + AsyncWrite + Unpin>(io: &mut I, mut app: Router, request: Request<Body>) {
+///
+/// Only the body outlives the head: the request, the router handle and the
+/// response headers are dropped before streaming starts, because whatever
+/// this future holds across its awaits is held for the life of the stream.
+pub async fn respond<I: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut I,
+    mut app: Router,
+    request: Box<Request<Body>>,
+) {
+    // Unboxed in a block so the box is freed here, not when the stream ends.
+    let request = {
+        let boxed = request;
+        *boxed
+    };
     let Ok(response) = app.call(request).await;
+    drop(app);
     let (parts, mut body) = response.into_parts();
     let length = http_body::Body::size_hint(&body).exact();
-    if io.write_all(&head(&parts, length)).await.is_err() {
+    let head = head(&parts, length);
+    drop(parts);
+    if io.write_all(&head).await.is_err() {
         return;
     }
+    drop(head);
     // The only reads from here on look for the client going away (EOF);
     // anything it sends is discarded.
     let mut probe = [0u8; 16];

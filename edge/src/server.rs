@@ -123,7 +123,7 @@ pub async fn serve(
                     };
                     match first {
                         lean::First::Gone => {}
-                        lean::First::Stream(request) => lean::respond(&mut io, app, *request).await,
+                        lean::First::Stream(request) => lean::respond(&mut io, app, request).await,
                         lean::First::Other(head) => {
                             let conn =
                                 plain.serve_connection(TokioIo::new(lean::Rewind::new(head, io)), service);
