@@ -382,3 +382,31 @@ async fn a_burst_of_subscribes_on_one_connection_is_accepted() {
     }
     assert_eq!(media.total(), n);
 }
+
+/// A health watcher (an edge, grpcurl, a mesh) sees NOT_SERVING when the
+/// poller drains, then its stream ends, so it does not hold the drain until
+/// `--shutdown-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_watchers_see_not_serving_and_do_not_hold_the_drain() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let media = TestMedia::start().await;
+    let poller = start_poller(&["--media-url", &media.template(), "--shutdown-timeout", "60s"]).await;
+    let channel = tonic::transport::Endpoint::from_shared(poller.url()).unwrap().connect().await.unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut watch = health
+        .watch(HealthCheckRequest { service: "livepush.v1.LiveFeed".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    // Within PATIENCE (10 s), far below the 60 s shutdown timeout.
+    poller.stop().await.expect("the poller stops promptly although a watch was open");
+    let mut seen = Vec::new();
+    while let Ok(Some(m)) = watch.message().await {
+        seen.push(m.status);
+    }
+    assert_eq!(seen, [ServingStatus::NotServing as i32], "NOT_SERVING, then the end of the stream");
+}

@@ -98,7 +98,7 @@ pub async fn run(
         presence_tasks.spawn(forwarder.run());
     }
 
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let (mut health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<LiveFeedServer<LiveFeedService>>().await;
     health.set_serving::<PresenceServer<PresenceService>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -149,6 +149,17 @@ pub async fn run(
     );
     health.set_not_serving::<LiveFeedServer<LiveFeedService>>().await;
     health.set_not_serving::<PresenceServer<PresenceService>>().await;
+    // Health/Watch streams never end on their own, and the server's drain
+    // waits for every open stream: once watchers have NOT_SERVING (the
+    // latest value is delivered before a closed channel ends the stream),
+    // forget the statuses so their watch streams end too.
+    for service in [
+        <LiveFeedServer<LiveFeedService> as tonic::server::NamedService>::NAME,
+        <PresenceServer<PresenceService> as tonic::server::NamedService>::NAME,
+        "",
+    ] {
+        health.clear_service_status(service).await;
+    }
     stop.cancel();
     match tokio::time::timeout(config.shutdown_timeout, server).await {
         Ok(result) => result?,
