@@ -51,58 +51,65 @@ pub async fn read_first<I: AsyncRead + Unpin>(
     let read_head = async {
         loop {
             if buf.len() >= max_head {
-                return true;
+                return Some(Head::Other);
             }
             if buf.capacity() == buf.len() {
                 buf.reserve(buf.len().min(max_head - buf.len()));
             }
             match io.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return false,
+                Ok(0) | Err(_) => return None,
                 Ok(_) => {}
             }
-            match head_len(&buf) {
-                Ok(Some(_)) | Err(()) => return true,
-                Ok(None) => {}
+            match classify(&buf, peer) {
+                Head::Partial => {}
+                head => return Some(head),
             }
         }
     };
     // Closed, failed or silent before a complete head: hyper would only
     // close it too (an incomplete head gets no answer).
-    if !matches!(tokio::time::timeout(timeout, read_head).await, Ok(true)) {
-        return First::Gone;
-    }
-    match stream_request(&buf, peer) {
-        Some(request) => First::Stream(Box::new(request)),
-        None => First::Other(Bytes::from(buf)),
+    match tokio::time::timeout(timeout, read_head).await {
+        Ok(Some(Head::Stream(request))) => First::Stream(request),
+        Ok(Some(_)) => First::Other(Bytes::from(buf)),
+        Ok(None) | Err(_) => First::Gone,
     }
 }
 
-/// `Ok(Some(len))` once `buf` holds a complete head, `Err` if it cannot be
-/// one (hyper answers it).
-fn head_len(buf: &[u8]) -> Result<Option<usize>, ()> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::Request::new(&mut headers).parse(buf) {
-        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(_) => Err(()),
-    }
+/// What the bytes read so far are.
+enum Head {
+    /// Not a complete head yet.
+    Partial,
+    /// Exactly one bodiless HTTP/1.1 `GET /live/{id}/stream`.
+    Stream(Box<Request<Body>>),
+    /// Anything else, complete or malformed: hyper's.
+    Other,
 }
 
 /// Headers of a stream request handled here; more go to hyper, which
 /// enforces its own limit.
 const MAX_HEADERS: usize = 64;
 
-/// The request in `buf` if it is exactly one bodiless HTTP/1.1
-/// `GET /live/{id}/stream` (query allowed) and nothing else.
-fn stream_request(buf: &[u8], peer: SocketAddr) -> Option<Request<Body>> {
+/// Parses `buf` once per read: a stream request is handled here only if it
+/// is exactly one bodiless HTTP/1.1 `GET /live/{id}/stream` (query allowed)
+/// and nothing follows it.
+fn classify(buf: &[u8], peer: SocketAddr) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
-    let httparse::Status::Complete(len) = parsed.parse(buf).ok()? else { return None };
+    match parsed.parse(buf) {
+        Ok(httparse::Status::Partial) => Head::Partial,
+        Ok(httparse::Status::Complete(len)) if len == buf.len() => {
+            stream_request(&parsed, peer).map_or(Head::Other, |r| Head::Stream(Box::new(r)))
+        }
+        _ => Head::Other,
+    }
+}
+
+fn stream_request(parsed: &httparse::Request<'_, '_>, peer: SocketAddr) -> Option<Request<Body>> {
     let path = parsed.path?;
     let route = path.split('?').next().unwrap_or_default();
     let is_stream =
         route.starts_with("/live/") && route.ends_with("/stream") && route.len() > "/live//stream".len();
-    if len != buf.len() || parsed.method? != "GET" || parsed.version? != 1 || !is_stream {
+    if parsed.method? != "GET" || parsed.version? != 1 || !is_stream {
         return None;
     }
     let mut request = Request::get(path).version(hyper::Version::HTTP_11);
@@ -310,7 +317,7 @@ mod tests {
     #[test]
     fn only_plain_stream_gets_take_the_lean_path() {
         let ok = b"GET /live/m-1/stream?vid=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 5\r\n\r\n";
-        let req = stream_request(ok, peer()).expect("a stream request");
+        let Head::Stream(req) = classify(ok, peer()) else { panic!("a stream request") };
         assert_eq!(req.uri(), "/live/m-1/stream?vid=a");
         assert_eq!(req.headers()["last-event-id"], "5");
         assert!(req.extensions().get::<ConnectInfo<SocketAddr>>().is_some());
@@ -325,7 +332,11 @@ mod tests {
             b"GET /live/m-1/stream HTTP/1.1\r\nBad Header\r\n\r\n",
             b"GET /live/m-1/stream HTTP/1.1\r\n",
         ] {
-            assert!(stream_request(other, peer()).is_none(), "{}", String::from_utf8_lossy(other));
+            assert!(
+                !matches!(classify(other, peer()), Head::Stream(_)),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
         }
     }
 

@@ -53,6 +53,8 @@ const KEEPALIVE: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest the first routing waits for every poller's first health answer.
 const SETTLE: Duration = Duration::from_secs(2);
+/// Longest one name resolution may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most members, whatever DNS returns: a bound on tasks and connections.
 pub const MAX_MEMBERS: usize = 256;
 
@@ -358,7 +360,11 @@ impl Pollers {
         let mut failing = vec![false; targets.len()];
         loop {
             for (i, target) in targets.iter().enumerate() {
-                match target.resolve().await {
+                // A hung resolver must not stall discovery of the others.
+                let resolved = tokio::time::timeout(RESOLVE_TIMEOUT, target.resolve())
+                    .await
+                    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+                match resolved {
                     Ok(addrs) if !addrs.is_empty() => {
                         last[i] = addrs;
                         if std::mem::take(&mut failing[i]) {

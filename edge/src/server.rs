@@ -107,10 +107,9 @@ pub async fn serve(
         let slot = (slot, GaugeGuard::new(&metrics.connections_open));
         let _ = tcp.set_nodelay(true);
         let io = WriteTimeout::new(tcp, opts.write_timeout);
-        let service = connection_service(app.clone(), peer);
+        let app = app.clone();
         match &opts.tls {
             None => {
-                let app = app.clone();
                 let plain = plain.clone();
                 let watcher = graceful.watcher();
                 let stop = stop.clone();
@@ -123,10 +122,14 @@ pub async fn serve(
                     };
                     match first {
                         lean::First::Gone => {}
-                        lean::First::Stream(request) => lean::respond(&mut io, app, request).await,
+                        lean::First::Stream(request) => {
+                            // Held for the stream's whole life otherwise.
+                            drop((plain, watcher));
+                            lean::respond(&mut io, app, request).await;
+                        }
                         lean::First::Other(head) => {
-                            let conn =
-                                plain.serve_connection(TokioIo::new(lean::Rewind::new(head, io)), service);
+                            let io = TokioIo::new(lean::Rewind::new(head, io));
+                            let conn = plain.serve_connection(io, connection_service(app, peer));
                             if let Err(e) = watcher.watch(conn).await {
                                 debug!(%peer, error = %e, "connection ended with an error");
                             }
@@ -145,7 +148,7 @@ pub async fn serve(
                         Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => return debug!(%peer, "TLS handshake timed out"),
                     };
-                    serve_one(&builder, stream, service, watcher, peer).await;
+                    serve_one(&builder, stream, connection_service(app, peer), watcher, peer).await;
                 });
             }
         }
