@@ -75,8 +75,7 @@ impl Reporter {
         let mut parts: Vec<Vec<EventViewers>> = vec![Vec::new(); live.len()];
         for event in events {
             let Ok(id) = EventId::parse(&event.event_id) else { continue };
-            let owner = live.owner(&id).map(|o| o.addr);
-            if let Some(i) = live.members().iter().position(|m| Some(m.addr) == owner) {
+            if let Some(i) = live.owner_index(&id) {
                 parts[i].push(event);
             }
         }

@@ -143,7 +143,12 @@ impl Live {
 
     /// The member that owns `event`: the highest weight wins.
     pub fn owner(&self, event: &EventId) -> Option<&Member> {
-        self.members.iter().max_by_key(|m| rank(&m.key, event.as_str()))
+        self.owner_index(event).map(|i| &self.members[i])
+    }
+
+    /// The owner's position in [`Live::members`].
+    pub fn owner_index(&self, event: &EventId) -> Option<usize> {
+        (0..self.members.len()).max_by_key(|&i| rank(&self.members[i].key, event.as_str()))
     }
 }
 
@@ -156,11 +161,11 @@ fn rank<'a>(key: &'a str, event: &str) -> (u64, &'a str) {
 /// stable across versions and platforms, so edges built at different times
 /// agree on every owner.
 fn weight(key: &str, event: &str) -> u64 {
-    let mut bytes = Vec::with_capacity(key.len() + 1 + event.len());
-    bytes.extend_from_slice(key.as_bytes());
-    bytes.push(0);
-    bytes.extend_from_slice(event.as_bytes());
-    xxhash_rust::xxh3::xxh3_64(&bytes)
+    let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+    hasher.update(key.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(event.as_bytes());
+    hasher.digest()
 }
 
 /// Handle to this edge's view of the pollers; clones share it.
