@@ -8,30 +8,22 @@
 //! interval when two edges watch it.
 
 use crate::{
-    push::{self, PushArgs, Shape, Upstream},
+    push::{self, PushArgs, Shape, ShapeArgs, Upstream},
     report::Report,
 };
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Events watched (ids ev-000000, ev-000001, ...).
-    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    events: u32,
-
-    /// Browsers per event, spread over the edges.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    browsers: u32,
-
-    /// Edge processes.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
-    edges: u32,
+    #[command(flatten)]
+    shape: ShapeArgs,
 
     #[command(flatten)]
     push: PushArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
-    let shape = Shape { edges: args.edges as usize, events: args.events, per_event: args.browsers };
+    let shape =
+        Shape { edges: args.shape.edges as usize, events: args.shape.events, per_event: args.shape.browsers };
     anyhow::ensure!(
         shape.connections() <= 18_000,
         "{} connections: the load generator holds one file per connection, at most 18,000",
@@ -44,8 +36,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let outcome = outcome?;
     let title = format!(
         "livepush-bench breadth: {} events x {} browsers over {} edges",
-        args.events, args.browsers, args.edges
+        args.shape.events, args.shape.browsers, args.shape.edges
     );
-    let column = format!("{}x{}", args.events, args.browsers);
+    let column = format!("{}x{}", args.shape.events, args.shape.browsers);
     Ok(push::report("breadth", title, vec![column], &[outcome], &args.push, params))
 }

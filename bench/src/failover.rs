@@ -53,7 +53,7 @@
 
 use crate::{
     httpc, procstat,
-    push::{LoadArgs, event_id},
+    push::{LoadArgs, ShapeArgs, event_id},
     report::{Report, Value},
     sse_load::unix_micros,
     stack::{self, BinArgs, Proc},
@@ -102,17 +102,8 @@ thread_local! {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Events watched (ids ev-000000, ev-000001, ...).
-    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    events: u32,
-
-    /// Browsers per event, spread over the edges.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    browsers: u32,
-
-    /// Edge processes, each given every poller.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
-    edges: u32,
+    #[command(flatten)]
+    shape: ShapeArgs,
 
     /// Poller processes.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=8))]
@@ -165,7 +156,7 @@ fn at_least_1s(s: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
-    let connections = u64::from(args.events) * u64::from(args.browsers);
+    let connections = u64::from(args.shape.events) * u64::from(args.shape.browsers);
     ensure!(
         connections <= 18_000,
         "{connections} connections: the harness holds one file per connection, at most 18,000"
@@ -181,7 +172,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         pollers.push(Some(start_poller(bins, addr, media.addr, args.interval).await?));
     }
     let mut edges = Vec::new();
-    for _ in 0..args.edges {
+    for _ in 0..args.shape.edges {
         edges.push(start_edge(bins, &addrs).await?);
     }
     let mut run = Run { args: &args, media, addrs, pollers, edges, browsers: None };
@@ -359,14 +350,14 @@ impl Run<'_> {
     /// addresses.
     fn plan(&self) -> Vec<Spec> {
         let args = self.args;
-        let total = args.events * args.browsers;
+        let total = args.shape.events * args.shape.browsers;
         let per_source = args.load.per_source.max(1);
         let paths: Vec<Arc<str>> =
-            (0..args.events).map(|e| Arc::from(format!("/live/{}/stream", event_id(e)))).collect();
+            (0..args.shape.events).map(|e| Arc::from(format!("/live/{}/stream", event_id(e)))).collect();
         (0..total)
             .map(|i| {
-                let event = i % args.events;
-                let edge = (i / args.events) as usize % self.edges.len();
+                let event = i % args.shape.events;
+                let edge = (i / args.shape.events) as usize % self.edges.len();
                 // 127.0.0.2, 127.0.0.3, ...
                 let source = Ipv4Addr::from(0x7f00_0000 | ((2 + i / per_source) & 0x00ff_ffff));
                 Spec {
@@ -1240,12 +1231,12 @@ fn pct_ms(sorted: &[u64], q: f64) -> Option<f64> {
 // Report
 
 fn report(args: &Args, o: &Outcome) -> Report {
-    let (f, moved) = failover(&o.logs, args.events, o.k_us, o.observed_us);
+    let (f, moved) = failover(&o.logs, args.shape.events, o.k_us, o.observed_us);
     let g = integrity(&o.logs, o.k_us);
     let victim_before = o.before.gauges[o.victim].unwrap_or_default();
     let title = format!(
         "livepush-bench failover: {} events x {} browsers over {} edges, {} pollers, one killed",
-        args.events, args.browsers, args.edges, args.pollers
+        args.shape.events, args.shape.browsers, args.shape.edges, args.pollers
     );
     let mut r = Report::new("failover", title);
     let ms = |x: Option<f64>| Value::from(x.map(|v| Value::Float(v, 1)));
@@ -1265,7 +1256,7 @@ fn report(args: &Args, o: &Outcome) -> Report {
     };
     let polls_per_interval = |p: &Polls| {
         Value::Float(
-            p.requests as f64 / f64::from(args.events) / (p.seconds / args.interval.as_secs_f64()),
+            p.requests as f64 / f64::from(args.shape.events) / (p.seconds / args.interval.as_secs_f64()),
             3,
         )
     };
@@ -1274,10 +1265,15 @@ fn report(args: &Args, o: &Outcome) -> Report {
     };
 
     r.section("params", "parameters")
-        .row("connections", "SSE connections", u64::from(args.events) * u64::from(args.browsers), "")
-        .row("events", "events", args.events, "")
-        .row("browsers", "browsers per event", args.browsers, "")
-        .row("edges", "edges (each given every poller)", args.edges, "")
+        .row(
+            "connections",
+            "SSE connections",
+            u64::from(args.shape.events) * u64::from(args.shape.browsers),
+            "",
+        )
+        .row("events", "events", args.shape.events, "")
+        .row("browsers", "browsers per event", args.shape.browsers, "")
+        .row("edges", "edges (each given every poller)", args.shape.edges, "")
         .row("pollers", "pollers", args.pollers, "")
         .row("interval_s", "poll interval", Value::Float(args.interval.as_secs_f64(), 2), "s")
         .row(

@@ -9,22 +9,15 @@
 
 use crate::{
     plot,
-    push::{self, Outcome, PushArgs, Shape, Upstream},
+    push::{self, Outcome, PushArgs, Shape, Sizes, Upstream},
     report::Report,
 };
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// SSE connections; a comma-separated list (1000,5000,15000) runs each
-    /// size in turn with a fresh edge.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "1000",
-        value_parser = clap::value_parser!(u32).range(1..=18_000)
-    )]
-    connections: Vec<u32>,
+    #[command(flatten)]
+    sizes: Sizes,
 
     /// Also draw latency and RSS per connection against connections as SVG.
     #[arg(long, value_name = "PATH")]
@@ -39,7 +32,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let params = up.params(&args.push);
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut failed = Vec::new();
-    for &n in &args.connections {
+    for &n in &args.sizes.connections {
         eprintln!("fanout: {n} connections");
         let shape = Shape { edges: 1, events: 1, per_event: n };
         match push::measure(&args.push, shape, &mut up).await {
@@ -53,7 +46,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let sizes: Vec<String> = outcomes.iter().map(|o| o.shape.connections().to_string()).collect();
     let title = format!(
         "livepush-bench fanout: one event, one edge, {} SSE connections",
-        args.connections.iter().map(u32::to_string).collect::<Vec<_>>().join(" / ")
+        args.sizes.connections.iter().map(u32::to_string).collect::<Vec<_>>().join(" / ")
     );
     let mut report = push::report("fanout", title, sizes, &outcomes, &args.push, params);
     for f in failed {

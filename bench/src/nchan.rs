@@ -25,7 +25,7 @@
 use crate::{
     child::Child,
     httpc, procstat,
-    push::{self, Outcome, Param, PushArgs, Server, Shape, System, Upstream, at_least_1s},
+    push::{self, Outcome, Param, PushArgs, Server, Shape, Sizes, System, Upstream, at_least_1s},
     report::{Report, Value},
     stack::{self, Proc},
 };
@@ -58,15 +58,8 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// EventSource connections; a comma-separated list (1000,5000,15000) runs
-    /// each size in turn with a fresh nginx.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "1000",
-        value_parser = clap::value_parser!(u32).range(1..=18_000)
-    )]
-    connections: Vec<u32>,
+    #[command(flatten)]
+    sizes: Sizes,
 
     /// Also run livepush (media-sim, poller and a fresh edge, as `fanout`) at
     /// each size, just before nchan, for side-by-side figures from one session
@@ -115,7 +108,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut columns = Vec::new();
     let mut failed = Vec::new();
-    for &n in &args.connections {
+    for &n in &args.sizes.connections {
         let shape = Shape { edges: 1, events: 1, per_event: n };
         if let Some(up) = up.as_mut() {
             eprintln!("nchan scenario: livepush, {n} connections");
@@ -149,7 +142,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         up.stop().await?;
     }
 
-    let sizes = args.connections.iter().map(u32::to_string).collect::<Vec<_>>().join(" / ");
+    let sizes = args.sizes.connections.iter().map(u32::to_string).collect::<Vec<_>>().join(" / ");
     let title = if args.with_livepush {
         format!(
             "livepush-bench nchan: one channel, {sizes} SSE connections, livepush (one edge) and nchan (one nginx)"

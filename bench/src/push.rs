@@ -70,6 +70,37 @@ impl LoadArgs {
     }
 }
 
+/// Events x browsers over edges: the shape of the multi-event scenarios
+/// (`breadth`, `failover`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShapeArgs {
+    /// Events watched (ids ev-000000, ev-000001, ...).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub events: u32,
+
+    /// Browsers per event, spread over the edges.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub browsers: u32,
+
+    /// Edge processes (each given every poller).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub edges: u32,
+}
+
+/// The sizes of the one-channel scenarios (`fanout`, `nchan`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Sizes {
+    /// SSE connections; a comma-separated list (1000,5000,15000) runs each
+    /// size in turn with a fresh server.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000",
+        value_parser = clap::value_parser!(u32).range(1..=18_000)
+    )]
+    pub connections: Vec<u32>,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct PushArgs {
     /// Length of the measurement window.
