@@ -490,29 +490,16 @@ fn ramp(load: &LoadArgs, n: u64) -> Duration {
     Duration::from_secs_f64(n as f64 / f64::from(load.connect_rate.max(1)))
 }
 
-/// A poller on `addr` polling media-sim every `interval`, answering
-/// `/metrics`.
+/// A poller on `addr` polling media-sim every `interval`, lingering
+/// [`LINGER`] after its last subscriber.
 async fn start_poller(
     bins: &BinArgs,
     addr: SocketAddr,
     media: SocketAddr,
     interval: Duration,
 ) -> anyhow::Result<Proc> {
-    let args = vec![
-        "--listen".to_owned(),
-        addr.to_string(),
-        "--media-url".to_owned(),
-        format!("http://{media}/live/{{event_id}}"),
-        "--interval".to_owned(),
-        humantime::format_duration(interval).to_string(),
-        "--linger".to_owned(),
-        humantime::format_duration(LINGER).to_string(),
-        "--shutdown-timeout".to_owned(),
-        "2s".to_owned(),
-    ];
-    let (mut child, cmd) = stack::spawn(bins, "poller", args, None)?;
-    stack::wait_for(&mut child, "poller", || async move { scrape(addr).await.is_ok() }).await?;
-    Ok(Proc { child, addr, cmd })
+    let linger = humantime::format_duration(LINGER).to_string();
+    stack::poller_at(bins, addr, media, interval, &["--linger", &linger]).await
 }
 
 /// An edge using every poller in `pollers`, ready (`/readyz` 200).

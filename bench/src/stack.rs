@@ -135,7 +135,19 @@ pub async fn media_sim(bins: &BinArgs, change_every: Duration, stamp: bool) -> a
 /// origin) every `interval`, accepting TCP connections.
 pub async fn poller(bins: &BinArgs, media: SocketAddr, interval: Duration) -> anyhow::Result<Proc> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-    let args = vec![
+    poller_at(bins, addr, media, interval, &[]).await
+}
+
+/// The poller on `addr` (to restart one where edges expect it), with
+/// `extra` flags, accepting TCP connections.
+pub async fn poller_at(
+    bins: &BinArgs,
+    addr: SocketAddr,
+    media: SocketAddr,
+    interval: Duration,
+    extra: &[&str],
+) -> anyhow::Result<Proc> {
+    let mut args = vec![
         "--listen".to_owned(),
         addr.to_string(),
         "--media-url".to_owned(),
@@ -145,6 +157,7 @@ pub async fn poller(bins: &BinArgs, media: SocketAddr, interval: Duration) -> an
         "--shutdown-timeout".to_owned(),
         SHUTDOWN_TIMEOUT.to_owned(),
     ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
     let (mut child, cmd) = spawn(bins, "poller", args, None)?;
     wait_for(&mut child, "poller", || async move { tokio::net::TcpStream::connect(addr).await.is_ok() })
         .await?;
