@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod recent;
 pub mod signal;
 pub mod telemetry;
+pub mod tls;
 pub mod viewer_id;
 
 pub use event_id::{EventId, InvalidEventId};

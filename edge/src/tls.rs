@@ -1,4 +1,4 @@
-//! TLS for the edge (rustls with the ring provider), offering HTTP/2 and
+//! TLS for the edge (rustls with the workspace's provider, [`livepush::tls`]), offering HTTP/2 and
 //! HTTP/1.1 through ALPN: over h2 one browser's many `EventSource`s share one
 //! connection instead of hitting the six-connections-per-host cap of HTTP/1.1.
 
@@ -29,8 +29,7 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|source| TlsError::Key { path: key.display().to_string(), source })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(livepush::tls::provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
