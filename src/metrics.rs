@@ -139,8 +139,8 @@ fn describe() {
     describe_counter!(
         POLLER_UPSTREAM_REQUESTS,
         Unit::Count,
-        "Media service requests by outcome: ok, not_modified, ended, timeout, unreachable, http_error, \
-         too_large, bad_body, body_error"
+        "Media service requests by outcome: ok, not_modified, ended, timeout, unreachable, tls, redirect, \
+         http_error, too_large, bad_body, body_error"
     );
     describe_histogram!(
         POLLER_UPSTREAM_DURATION,
@@ -240,6 +240,11 @@ pub struct UpstreamOutcomes {
     pub timeout: Counter,
     /// Connecting or sending failed.
     pub unreachable: Counter,
+    /// The TLS handshake failed: the certificate did not verify (unknown
+    /// CA, wrong name, expired), or the server refused ours.
+    pub tls: Counter,
+    /// A 3xx other than 304: never followed (see `media_client`).
+    pub redirect: Counter,
     /// Any other status.
     pub http_error: Counter,
     /// Body larger than `--max-body`.
@@ -277,6 +282,8 @@ pub fn poller() -> &'static Poller {
                 ended: upstream("ended"),
                 timeout: upstream("timeout"),
                 unreachable: upstream("unreachable"),
+                tls: upstream("tls"),
+                redirect: upstream("redirect"),
                 http_error: upstream("http_error"),
                 too_large: upstream("too_large"),
                 bad_body: upstream("bad_body"),

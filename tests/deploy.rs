@@ -118,7 +118,8 @@ impl Manifests {
             "{binary}: `command` would replace the image's entry point"
         );
 
-        let env = self.env(container);
+        let mut env = self.env(container);
+        self.mount_secrets(binary, spec, container, &mut env);
         let mut argv = vec![binary.to_owned()];
         for arg in container["args"].as_array().into_iter().flatten() {
             let arg = arg.as_str().unwrap_or_else(|| panic!("{binary}: args must be strings: {arg}"));
@@ -138,6 +139,42 @@ impl Manifests {
             argv.push(format!("--{long}={value}"));
         }
         Pod { binary, spec, container, argv }
+    }
+
+    /// Writes the files of every Secret volume the container mounts into a
+    /// temporary directory, as the kubelet would, and points variables that
+    /// name a path under a mount there (flags such as
+    /// `--media-headers-file` read their file when parsed).
+    fn mount_secrets(
+        &self,
+        binary: &str,
+        spec: &Value,
+        container: &Value,
+        env: &mut BTreeMap<String, String>,
+    ) {
+        for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+            let (name, path) = (mount["name"].as_str().unwrap(), mount["mountPath"].as_str().unwrap());
+            let volume = spec["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|v| v["name"] == name)
+                .unwrap_or_else(|| panic!("{binary}: mounts {name}, which is no volume of the pod"));
+            let secret =
+                volume["secret"]["secretName"].as_str().unwrap_or_else(|| panic!("{binary}: {volume}"));
+            let secret = self.find("Secret", secret);
+            let dir =
+                std::env::temp_dir().join(format!("livepush-deploy-{}-{binary}-{name}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            for (file, text) in secret["stringData"].as_object().into_iter().flatten() {
+                std::fs::write(dir.join(file), text.as_str().unwrap()).unwrap();
+            }
+            for value in env.values_mut() {
+                if let Some(rest) = value.strip_prefix(path) {
+                    *value = format!("{}{rest}", dir.display());
+                }
+            }
+        }
     }
 
     /// The container's environment, as the kubelet would set it.

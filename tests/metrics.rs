@@ -253,6 +253,8 @@ async fn metrics_match_what_happened() {
         "ended",
         "timeout",
         "unreachable",
+        "tls",
+        "redirect",
         "http_error",
         "too_large",
         "bad_body",

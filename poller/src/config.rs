@@ -2,7 +2,11 @@
 //! fallbacks and defaults, checked at start-up so a bad value stops the process
 //! with an error naming the flag instead of failing later at the first poll.
 
-use crate::media_url::MediaUrl;
+use crate::{
+    headers::{Header, HeaderParser, HeadersFile},
+    media_url::MediaUrl,
+    tls::{CaBundle, ClientCert, ClientKey},
+};
 use clap::Parser;
 use livepush::telemetry::LogFormat;
 use std::{net::SocketAddr, time::Duration};
@@ -27,6 +31,42 @@ pub struct Config {
         value_parser = MediaUrl::parse
     )]
     pub media_url: MediaUrl,
+
+    /// Extra trusted CA certificates (PEM, one or more) for an https media
+    /// service or `--heartbeat-url`, on top of the system's trust store.
+    #[arg(long, env = "POLLER_MEDIA_CA", value_name = "PATH", value_parser = CaBundle::load)]
+    pub media_ca: Option<CaBundle>,
+
+    /// Client certificate chain (PEM) for media services that require mutual
+    /// TLS; needs `--media-client-key`.
+    #[arg(
+        long,
+        env = "POLLER_MEDIA_CLIENT_CERT",
+        value_name = "PATH",
+        requires = "media_client_key",
+        value_parser = ClientCert::load
+    )]
+    pub media_client_cert: Option<ClientCert>,
+
+    /// Private key (PEM) of `--media-client-cert`.
+    #[arg(
+        long,
+        env = "POLLER_MEDIA_CLIENT_KEY",
+        value_name = "PATH",
+        requires = "media_client_cert",
+        value_parser = ClientKey::load
+    )]
+    pub media_client_key: Option<ClientKey>,
+
+    /// A header added to every media request, as `Name: value` (repeatable).
+    /// Prefer `--media-headers-file` for secrets: flags show in `ps`.
+    #[arg(long = "media-header", env = "POLLER_MEDIA_HEADER", value_name = "NAME: VALUE", value_parser = HeaderParser)]
+    pub media_headers: Vec<Header>,
+
+    /// A file of headers for every media request, one `Name: value` per line
+    /// (`#` comments allowed); read again when it changes.
+    #[arg(long, env = "POLLER_MEDIA_HEADERS_FILE", value_name = "PATH", value_parser = HeadersFile::load)]
+    pub media_headers_file: Option<HeadersFile>,
 
     /// Time between two polls of one event (e.g. 500ms, 2s, 1m).
     #[arg(long, env = "POLLER_INTERVAL", default_value = "5s", value_parser = positive_duration)]
@@ -73,6 +113,22 @@ pub struct Config {
     /// viewer is gone. Each post is bounded by `--media-timeout`.
     #[arg(long, env = "POLLER_HEARTBEAT_URL", value_parser = MediaUrl::parse)]
     pub heartbeat_url: Option<MediaUrl>,
+
+    /// A header added to every `--heartbeat-url` post (repeatable). When
+    /// neither this nor `--heartbeat-headers-file` is given, the media
+    /// headers are sent.
+    #[arg(
+        long = "heartbeat-header",
+        env = "POLLER_HEARTBEAT_HEADER",
+        value_name = "NAME: VALUE",
+        value_parser = HeaderParser
+    )]
+    pub heartbeat_headers: Vec<Header>,
+
+    /// A file of headers for `--heartbeat-url` posts, like
+    /// `--media-headers-file`.
+    #[arg(long, env = "POLLER_HEARTBEAT_HEADERS_FILE", value_name = "PATH", value_parser = HeadersFile::load)]
+    pub heartbeat_headers_file: Option<HeadersFile>,
 
     /// Time between two presence posts of one event to `--heartbeat-url`.
     #[arg(long, env = "POLLER_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = positive_duration)]
@@ -184,6 +240,19 @@ mod tests {
             let err = parse(args).unwrap_err();
             assert!(err.contains(flag), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn upstream_tls_and_header_flags() {
+        let c = parse(&["--media-url", "https://media.example/live/{event_id}"]).unwrap();
+        assert_eq!(c.media_url.to_string(), "https://media.example/live/{event_id}");
+        assert!(c.media_ca.is_none() && c.media_client_cert.is_none() && c.media_headers.is_empty());
+        let c =
+            parse(&["--media-header", "X-Api-Key: k1", "--media-header", "Authorization: Bearer t"]).unwrap();
+        let names: Vec<_> = c.media_headers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["x-api-key", "authorization"]);
+        assert!(c.heartbeat_headers.is_empty(), "heartbeat headers default to the media ones at run time");
+        assert!(!format!("{c:?}").contains("k1"), "Debug of the config shows no header value");
     }
 
     #[test]

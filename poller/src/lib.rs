@@ -10,6 +10,7 @@
 //! `GET /metrics` for Prometheus.
 
 pub mod config;
+pub mod headers;
 pub mod media_client;
 pub mod media_url;
 mod poll_loop;
@@ -18,10 +19,12 @@ pub mod presence_forward;
 pub mod presence_service;
 pub mod registry;
 pub mod service;
+pub mod tls;
 mod watch_stream;
 
 pub use config::Config;
 
+use headers::RequestHeaders;
 use livepush::proto::{
     FILE_DESCRIPTOR_SET, live_feed_server::LiveFeedServer, presence_server::PresenceServer,
 };
@@ -72,7 +75,36 @@ pub async fn run(
     // from the start.
     livepush::metrics::poller();
     let stop = CancellationToken::new();
+    // However `run` ends (an early server error included), background tasks
+    // stop with it.
+    let _stop_on_exit = stop.clone().drop_guard();
+    let identity = config.media_client_cert.as_ref().zip(config.media_client_key.as_ref());
+    let tls = tls::client_config(config.media_ca.as_ref(), identity)?;
+    let http = media_client::http_client(tls, config.media_timeout);
+    let header_tasks = TaskTracker::new();
+    let media_headers = RequestHeaders::new(
+        "media",
+        &config.media_headers,
+        config.media_headers_file.as_ref(),
+        &header_tasks,
+        stop.clone(),
+    );
+    let heartbeat_headers = if config.heartbeat_headers.is_empty() && config.heartbeat_headers_file.is_none()
+    {
+        media_headers.clone()
+    } else {
+        RequestHeaders::new(
+            "heartbeat",
+            &config.heartbeat_headers,
+            config.heartbeat_headers_file.as_ref(),
+            &header_tasks,
+            stop.clone(),
+        )
+    };
+    header_tasks.close();
     let client = MediaClient::new(
+        http.clone(),
+        media_headers,
         config.media_url.clone(),
         config.media_timeout,
         config.max_body,
@@ -85,16 +117,19 @@ pub async fn run(
         max_events: config.max_events as usize,
     };
     let registry = Registry::new(client, settings, stop.clone());
-    // However `run` ends (an early server error included), background tasks
-    // stop with it.
-    let _stop_on_exit = stop.clone().drop_guard();
 
     let presence = PresenceStore::new(stop.clone());
     let presence_tasks = TaskTracker::new();
     presence_tasks.spawn(presence.clone().sweep());
     if let Some(url) = config.heartbeat_url.clone() {
-        let forwarder =
-            PresenceForwarder::new(url, config.heartbeat_interval, config.media_timeout, presence.clone());
+        let forwarder = PresenceForwarder::new(
+            http,
+            heartbeat_headers,
+            url,
+            config.heartbeat_interval,
+            config.media_timeout,
+            presence.clone(),
+        );
         presence_tasks.spawn(forwarder.run());
     }
 

@@ -2,8 +2,14 @@
 //! connection reuse), a cap on requests in flight across all events, a
 //! per-request timeout, a body size limit, conditional requests, and a verdict
 //! for every answer. Nothing the media service sends is forwarded unchecked.
+//!
+//! Redirects are never followed: the URL template decides which server the
+//! poller talks to, never an answer. Following them would let a media
+//! service, or anyone able to inject a `Location`, point the poller at
+//! internal addresses (SSRF). A 3xx is a failed poll counted as
+//! `outcome="redirect"`, with its `Location` in the log.
 
-use crate::media_url::MediaUrl;
+use crate::{headers::RequestHeaders, media_url::MediaUrl};
 use livepush::{
     EventId,
     metrics::{Counter, UpstreamOutcomes},
@@ -23,8 +29,8 @@ pub struct Validators {
 /// A successful poll.
 #[derive(Debug)]
 pub enum Fetched {
-    /// A JSON document, compacted to one line.
-    Json { data: String, validators: Validators },
+    /// A JSON document, compacted to one line, and its [`fingerprint`].
+    Json { data: String, fingerprint: u128, validators: Validators },
     /// 304: the value we hold is still current.
     NotModified,
     /// 404 or 410: the event is over.
@@ -38,6 +44,10 @@ pub enum FetchError {
     Timeout(Duration),
     #[error("media service unreachable: {0}")]
     Connect(#[source] reqwest::Error),
+    #[error("TLS with {host} failed: {detail}")]
+    Tls { host: String, detail: String },
+    #[error("media service answered {status} to {location}; redirects are not followed")]
+    Redirect { status: StatusCode, location: String },
     #[error("media service answered {status}")]
     Status { status: StatusCode, retry_after: Option<Duration> },
     #[error("media service body is not JSON: {0}")]
@@ -65,6 +75,7 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 #[derive(Clone)]
 pub struct MediaClient {
     http: reqwest::Client,
+    headers: RequestHeaders,
     url: MediaUrl,
     timeout: Duration,
     max_body: usize,
@@ -73,9 +84,17 @@ pub struct MediaClient {
 }
 
 impl MediaClient {
-    pub fn new(url: MediaUrl, timeout: Duration, max_body: usize, max_inflight: usize) -> Self {
-        let http = http_client(timeout);
-        Self { http, url, timeout, max_body, inflight: Arc::new(Semaphore::new(max_inflight)) }
+    /// Polls `url` through `http` (see [`http_client`]), adding `headers`
+    /// to every request.
+    pub fn new(
+        http: reqwest::Client,
+        headers: RequestHeaders,
+        url: MediaUrl,
+        timeout: Duration,
+        max_body: usize,
+        max_inflight: usize,
+    ) -> Self {
+        Self { http, headers, url, timeout, max_body, inflight: Arc::new(Semaphore::new(max_inflight)) }
     }
 
     /// Polls the media service once for `id`.
@@ -95,19 +114,26 @@ impl MediaClient {
     }
 
     async fn request(&self, id: &EventId, validators: &Validators) -> Result<Fetched, FetchError> {
-        let mut req = self.http.get(self.url.for_event(id)).header(header::ACCEPT, "application/json");
+        let url = self.url.for_event(id);
+        let mut req = self.http.get(url.clone()).header(header::ACCEPT, "application/json");
+        // After ours, so a deployment may override Accept or User-Agent; the
+        // conditional headers cannot be set this way (see `headers`).
+        req = req.headers((*self.headers.current()).clone());
         if let Some(etag) = &validators.etag {
             req = req.header(header::IF_NONE_MATCH, etag.clone());
         }
         if let Some(lm) = &validators.last_modified {
             req = req.header(header::IF_MODIFIED_SINCE, lm.clone());
         }
-        let mut resp = req.send().await.map_err(FetchError::Connect)?;
+        let mut resp = req.send().await.map_err(|e| send_error(&url, e))?;
         let status = resp.status();
         match status {
             StatusCode::NOT_MODIFIED => return Ok(Fetched::NotModified),
             StatusCode::NOT_FOUND | StatusCode::GONE => return Ok(Fetched::Ended(status)),
             s if s.is_success() => {}
+            s if s.is_redirection() => {
+                return Err(FetchError::Redirect { status: s, location: location(resp.headers()) });
+            }
             s => {
                 let retry_after = match s {
                     StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
@@ -132,7 +158,8 @@ impl MediaClient {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(Fetched::Json { data: compact_json(&body)?, validators })
+        let value = parse_json(&body)?;
+        Ok(Fetched::Json { data: value.to_string(), fingerprint: fingerprint(&value), validators })
     }
 }
 
@@ -144,6 +171,8 @@ fn outcome_counter<'a>(outcomes: &'a UpstreamOutcomes, result: &Result<Fetched, 
         Ok(Fetched::Ended(_)) => &outcomes.ended,
         Err(FetchError::Timeout(_)) => &outcomes.timeout,
         Err(FetchError::Connect(_)) => &outcomes.unreachable,
+        Err(FetchError::Tls { .. }) => &outcomes.tls,
+        Err(FetchError::Redirect { .. }) => &outcomes.redirect,
         Err(FetchError::Status { .. }) => &outcomes.http_error,
         Err(FetchError::TooLarge { .. }) => &outcomes.too_large,
         Err(FetchError::NotJson(_)) => &outcomes.bad_body,
@@ -151,12 +180,15 @@ fn outcome_counter<'a>(outcomes: &'a UpstreamOutcomes, result: &Result<Fetched, 
     }
 }
 
-/// The poller's HTTP client for the media service: connection reuse, a
-/// connect timeout, and no redirects (the URL templates decide which server
-/// the poller talks to, never the answers).
-pub(crate) fn http_client(connect_timeout: Duration) -> reqwest::Client {
+/// The poller's one HTTP client, shared by polling and presence forwarding
+/// (one connection pool): connections reused, HTTP/2 when the server offers
+/// it by ALPN, TLS from [`crate::tls`], the standard proxy variables
+/// (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`, read by reqwest), a connect
+/// timeout, and no redirects.
+pub fn http_client(tls: rustls::ClientConfig, connect_timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .user_agent(concat!("livepush-poller/", env!("CARGO_PKG_VERSION")))
+        .tls_backend_preconfigured(tls)
         .connect_timeout(connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .redirect(reqwest::redirect::Policy::none())
@@ -164,11 +196,93 @@ pub(crate) fn http_client(connect_timeout: Duration) -> reqwest::Client {
         .expect("static HTTP client configuration is valid")
 }
 
-/// Re-serialises a JSON document on one line (key order kept). Serde escapes
+/// A failed send, told apart: a TLS failure (somewhere in the error's
+/// chain: rustls reports it inside an `io::Error`) names the host.
+fn send_error(url: &reqwest::Url, err: reqwest::Error) -> FetchError {
+    match tls_failure(&err) {
+        Some(detail) => FetchError::Tls { host: url.host_str().unwrap_or_default().to_owned(), detail },
+        None => FetchError::Connect(err),
+    }
+}
+
+/// The rustls error behind `err`, if a TLS handshake is what failed.
+pub(crate) fn tls_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        // hyper-util wraps rustls' error in an io::Error inside another, and
+        // io::Error::source() skips the error it wraps: descend into it.
+        next = match e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}
+
+/// A redirect's `Location` for the log: at most 256 characters of visible
+/// ASCII (it is the media service's text, not ours).
+fn location(headers: &header::HeaderMap) -> String {
+    match headers.get(header::LOCATION).map(|v| v.to_str()) {
+        None => "(no Location)".into(),
+        Some(Err(_)) => "(Location not visible ASCII)".into(),
+        Some(Ok(l)) => l.chars().take(256).collect(),
+    }
+}
+
+fn parse_json(body: &[u8]) -> Result<serde_json::Value, FetchError> {
+    serde_json::from_slice(body).map_err(FetchError::NotJson)
+}
+
+/// Re-serialises a JSON document on one line, keeping key order and every
+/// digit of every number (serde_json's `arbitrary_precision`). Serde escapes
 /// control characters inside strings, so the result never holds CR or LF.
 pub fn compact_json(body: &[u8]) -> Result<String, FetchError> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(FetchError::NotJson)?;
-    Ok(value.to_string())
+    Ok(parse_json(body)?.to_string())
+}
+
+/// Identifies a JSON value regardless of key order and whitespace, so change
+/// detection compares values, not texts: a media service that reorders its
+/// keys has not changed anything. 128 bits of xxh3 over a canonical walk
+/// (keys sorted, each item tagged and length-prefixed, so no two different
+/// values walk alike); keeping a hash instead of the parsed value costs 16
+/// bytes per event.
+pub fn fingerprint(value: &serde_json::Value) -> u128 {
+    use serde_json::Value;
+    use xxhash_rust::xxh3::Xxh3;
+    fn text(h: &mut Xxh3, tag: u8, s: &str) {
+        h.update(&[tag]);
+        h.update(&(s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    }
+    fn walk(v: &Value, h: &mut Xxh3) {
+        match v {
+            Value::Null => text(h, b'z', ""),
+            Value::Bool(b) => text(h, b'b', if *b { "1" } else { "0" }),
+            // The number as written: with arbitrary_precision, 1.0 and 1 are
+            // different texts and count as a change, like any other digit.
+            Value::Number(n) => text(h, b'n', &n.to_string()),
+            Value::String(s) => text(h, b's', s),
+            Value::Array(items) => {
+                text(h, b'a', &items.len().to_string());
+                items.iter().for_each(|item| walk(item, h));
+            }
+            Value::Object(map) => {
+                text(h, b'o', &map.len().to_string());
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                for (k, item) in entries {
+                    text(h, b'k', k);
+                    walk(item, h);
+                }
+            }
+        }
+    }
+    let mut h = Xxh3::new();
+    walk(value, &mut h);
+    h.digest128()
 }
 
 /// `Retry-After` as delay-seconds or an HTTP date, clamped to
@@ -194,6 +308,36 @@ mod tests {
         let out = compact_json(b"{\n  \"z\": 1,\r\n  \"a\": \"x\\ny\"\n}").unwrap();
         assert_eq!(out, r#"{"z":1,"a":"x\ny"}"#);
         assert!(!out.contains('\n') && !out.contains('\r'));
+    }
+
+    #[test]
+    fn numbers_keep_every_digit() {
+        let body = br#"{"n": 1180591620717411303425, "price": 12345678901234567890.12345678901234567890,
+            "id": 18446744073709551615, "neg": -9223372036854775809, "e": 1e400, "f": 1.0}"#;
+        // Exponents are normalised (1e400 to 1e+400): the same value, every digit kept.
+        assert_eq!(
+            compact_json(body).unwrap(),
+            r#"{"n":1180591620717411303425,"price":12345678901234567890.12345678901234567890,"id":18446744073709551615,"neg":-9223372036854775809,"e":1e+400,"f":1.0}"#
+        );
+    }
+
+    #[test]
+    fn fingerprints_compare_values_not_texts() {
+        let fp = |s: &str| fingerprint(&parse_json(s.as_bytes()).unwrap());
+        assert_eq!(
+            fp(r#"{"a":1,"b":[1,{"x":"y","z":null}]}"#),
+            fp(r#"{ "b": [1, {"z":null, "x":"y"}], "a": 1 }"#)
+        );
+        for (a, b) in [
+            (r#"{"n":1180591620717411303425}"#, r#"{"n":1180591620717411303426}"#),
+            (r#"{"a":"1"}"#, r#"{"a":1}"#),
+            (r#"["ab","c"]"#, r#"["a","bc"]"#),
+            (r#"{"a":{"b":1}}"#, r#"{"a":{"b":1},"c":null}"#),
+            (r#"[[],[]]"#, r#"[[[]]]"#),
+            (r#"{"ab":"c"}"#, r#"{"a":"bc"}"#),
+        ] {
+            assert_ne!(fp(a), fp(b), "{a} vs {b}");
+        }
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub(crate) async fn run(
         tx,
         seq: seq_base(SystemTime::now()),
         data: String::new(),
+        fingerprint: None,
         state: State::Unspecified,
     };
     let client = registry.client().clone();
@@ -65,10 +66,10 @@ pub(crate) async fn run(
             jitter(settings.interval, 0.05)
         };
         let delay = match result {
-            Ok(Fetched::Json { data, validators: v }) => {
+            Ok(Fetched::Json { data, fingerprint, validators: v }) => {
                 validators = v;
                 recovered(&id, &mut failures);
-                feed.publish(State::Live, Some(data));
+                feed.publish(State::Live, Some((data, fingerprint)));
                 interval
             }
             Ok(Fetched::NotModified) => {
@@ -131,24 +132,28 @@ async fn wait(
     }
 }
 
-/// The event's published state; `seq` moves exactly when `data` or `state`
+/// The event's published state; `seq` moves exactly when the data's value
+/// (its fingerprint: key order and whitespace do not count) or `state`
 /// changes.
 struct Feed {
     id: EventId,
     tx: watch::Sender<Snapshot>,
     seq: u64,
     data: String,
+    fingerprint: Option<u128>,
     state: State,
 }
 
 impl Feed {
-    /// Publishes `state` with new `data` (or the current data when `None`)
-    /// if either differs from what subscribers have; returns the latest update.
-    fn publish(&mut self, state: State, data: Option<String>) -> Arc<LiveUpdate> {
-        let data_changed = data.as_ref().is_some_and(|d| *d != self.data);
+    /// Publishes `state` with new `data` and its fingerprint (or the current
+    /// data when `None`) if either differs from what subscribers have;
+    /// returns the latest update.
+    fn publish(&mut self, state: State, data: Option<(String, u128)>) -> Arc<LiveUpdate> {
+        let data_changed = data.as_ref().is_some_and(|(_, fp)| Some(*fp) != self.fingerprint);
         if data_changed || state != self.state {
-            if let Some(d) = data {
+            if let Some((d, fp)) = data.filter(|_| data_changed) {
                 self.data = d;
+                self.fingerprint = Some(fp);
             }
             self.seq += 1;
             self.state = state;

@@ -9,7 +9,7 @@
 //! interval. Failures are counted and logged once per interval, not once per
 //! request, so a dead receiver cannot flood the log.
 
-use crate::{media_url::MediaUrl, presence::PresenceStore};
+use crate::{headers::RequestHeaders, media_url::MediaUrl, presence::PresenceStore};
 use bytes::Bytes;
 use livepush::EventId;
 use reqwest::{StatusCode, Url, header};
@@ -46,6 +46,7 @@ pub struct PresenceForwarder {
 
 struct Inner {
     http: reqwest::Client,
+    headers: RequestHeaders,
     url: MediaUrl,
     interval: Duration,
     timeout: Duration,
@@ -60,6 +61,8 @@ enum PostError {
     Timeout(Duration),
     #[error("unreachable: {0}")]
     Send(#[source] reqwest::Error),
+    #[error("TLS with {host} failed: {detail}")]
+    Tls { host: String, detail: String },
     #[error("answered {0}")]
     Status(StatusCode),
 }
@@ -68,18 +71,28 @@ impl PostError {
     fn is_retryable(&self) -> bool {
         match self {
             Self::Timeout(_) | Self::Send(_) => true,
+            // A certificate that does not verify will not within a round.
+            Self::Tls { .. } => false,
             Self::Status(s) => s.is_server_error() || *s == StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
 
 impl PresenceForwarder {
-    /// Forwards `store`'s presence to `url` every `interval`, each post
-    /// bounded by `timeout`; stops with the store's shutdown token.
-    pub fn new(url: MediaUrl, interval: Duration, timeout: Duration, store: PresenceStore) -> Self {
-        let http = crate::media_client::http_client(timeout);
+    /// Forwards `store`'s presence to `url` through `http` (the poller's
+    /// shared client) with `headers`, every `interval`, each post bounded by
+    /// `timeout`; stops with the store's shutdown token.
+    pub fn new(
+        http: reqwest::Client,
+        headers: RequestHeaders,
+        url: MediaUrl,
+        interval: Duration,
+        timeout: Duration,
+        store: PresenceStore,
+    ) -> Self {
         let posts = Arc::new(Semaphore::new(MAX_CONCURRENT_POSTS));
-        let inner = Inner { http, url, interval, timeout, store, failures: AtomicU64::new(0), posts };
+        let failures = AtomicU64::new(0);
+        let inner = Inner { http, headers, url, interval, timeout, store, failures, posts };
         Self { inner: Arc::new(inner) }
     }
 
@@ -169,12 +182,18 @@ impl PresenceForwarder {
             let mut resp = self
                 .inner
                 .http
-                .post(url)
+                .post(url.clone())
                 .header(header::CONTENT_TYPE, "application/json")
+                .headers((*self.inner.headers.current()).clone())
                 .body(body)
                 .send()
                 .await
-                .map_err(PostError::Send)?;
+                .map_err(|e| match crate::media_client::tls_failure(&e) {
+                    Some(detail) => {
+                        PostError::Tls { host: url.host_str().unwrap_or_default().to_owned(), detail }
+                    }
+                    None => PostError::Send(e),
+                })?;
             let status = resp.status();
             let mut read = 0;
             while let Ok(Some(chunk)) = resp.chunk().await {
@@ -252,7 +271,10 @@ mod tests {
         let stop = CancellationToken::new();
         let store = PresenceStore::new(stop.clone());
         let url = MediaUrl::parse(url).unwrap();
+        let tls = crate::tls::client_config(None, None).unwrap();
         let f = PresenceForwarder::new(
+            crate::media_client::http_client(tls, Duration::from_secs(1)),
+            RequestHeaders::none(),
             url,
             Duration::from_millis(interval_ms),
             Duration::from_secs(1),

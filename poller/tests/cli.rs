@@ -32,6 +32,33 @@ fn bad_flags_stop_start_up_and_name_the_flag() {
 }
 
 #[test]
+fn bad_tls_and_header_files_stop_start_up_naming_the_flag() {
+    let dir = std::env::temp_dir().join(format!("livepush-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let junk = junk.to_str().unwrap();
+    let headers = dir.join("headers");
+    std::fs::write(&headers, "# ok\nX-Ok: 1\nAuthorization: Bearer s3cr3t\u{7}\n").unwrap();
+    let headers = headers.to_str().unwrap();
+    for (args, flag, also) in [
+        (&["--media-ca", junk][..], "--media-ca", junk),
+        (&["--media-ca", "/nonexistent/ca.pem"][..], "--media-ca", "/nonexistent/ca.pem"),
+        (&["--media-client-cert", junk, "--media-client-key", junk][..], "--media-client-cert", junk),
+        (&["--media-headers-file", headers][..], "--media-headers-file", "line 3"),
+        (&["--heartbeat-headers-file", headers][..], "--heartbeat-headers-file", "line 3"),
+        (&["--media-header", "X-Key s3cr3t"][..], "--media-header", "Name: value"),
+        (&["--heartbeat-header", "X-Key: s3cr3t\u{1}"][..], "--heartbeat-header", "x-key"),
+    ] {
+        let out = poller().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(flag) && stderr.contains(also), "{args:?}: {stderr}");
+        assert!(!stderr.contains("s3cr3t"), "a header value leaked: {stderr}");
+    }
+}
+
+#[test]
 fn environment_variables_are_read_too() {
     let out = poller().env("POLLER_INTERVAL", "never").output().unwrap();
     assert!(!out.status.success());

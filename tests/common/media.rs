@@ -75,6 +75,8 @@ struct Inner {
     /// JSON bodies POSTed to `/presence/{event_id}` (the poller's
     /// `--heartbeat-url` forwarding).
     posts: Mutex<Vec<(String, serde_json::Value)>>,
+    /// The headers of each of those POSTs, in the same order.
+    post_headers: Mutex<Vec<HeaderMap>>,
 }
 
 #[derive(Clone)]
@@ -86,15 +88,22 @@ pub struct TestMedia {
 impl TestMedia {
     /// Starts the server; unscripted events answer `{"event":"<id>"}`.
     pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (media, app) = Self::app_at(listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        media
+    }
+
+    /// The scripted app, not yet served, and the handle that scripts and
+    /// counts it: for serving the very same app on another transport (TLS in
+    /// `tls_media`). `addr` is where the caller serves it.
+    pub fn app_at(addr: SocketAddr) -> (Self, Router) {
         let inner = Arc::new(Inner::default());
         let app = Router::new()
             .route("/live/{event_id}", get(answer))
             .route("/presence/{event_id}", axum::routing::post(record_post))
             .with_state(inner.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { addr, inner }
+        (Self { addr, inner }, app)
     }
 
     /// `--media-url` for the poller.
@@ -110,6 +119,16 @@ impl TestMedia {
     /// Presence POSTs received, in order: (event id in the URL, JSON body).
     pub fn posts(&self) -> Vec<(String, serde_json::Value)> {
         self.inner.posts.lock().unwrap().clone()
+    }
+
+    /// The values of `header` on the presence POSTs received, in order.
+    pub fn post_header_values(&self, header: &str) -> Vec<String> {
+        let headers = self.inner.post_headers.lock().unwrap();
+        headers
+            .iter()
+            .filter_map(|h| h.get(header))
+            .map(|v| v.to_str().unwrap_or("<binary>").to_owned())
+            .collect()
     }
 
     pub fn set(&self, event_id: &str, reply: Reply) {
@@ -186,10 +205,13 @@ async fn answer(
 async fn record_post(
     State(inner): State<Arc<Inner>>,
     Path(event_id): Path<String>,
+    headers: HeaderMap,
     body: String,
 ) -> StatusCode {
     let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
-    inner.posts.lock().unwrap().push((event_id, json));
+    let mut posts = inner.posts.lock().unwrap();
+    posts.push((event_id, json));
+    inner.post_headers.lock().unwrap().push(headers);
     StatusCode::NO_CONTENT
 }
 

@@ -6,7 +6,9 @@
 pub mod browser;
 pub mod media;
 pub mod process;
+pub mod proxy;
 pub mod sse;
+pub mod tls_media;
 
 use anyhow::Context;
 use std::{net::SocketAddr, time::Duration};

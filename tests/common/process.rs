@@ -20,14 +20,39 @@ impl Process {
     /// Starts `bin --listen addr args…`; its logs show only with
     /// `LIVEPUSH_TEST_LOGS=1` (at `RUST_LOG`, default `warn`).
     pub fn start(bin: &str, addr: SocketAddr, args: &[&str]) -> Self {
+        Self::start_with(bin, addr, args, &[], None)
+    }
+
+    /// Like [`Process::start`], with extra environment variables (`env`;
+    /// the proxy variables are cleared unless given here) and, with `log`,
+    /// the process's whole standard output written to that file (set
+    /// `RUST_LOG` in `env` to choose the level).
+    pub fn start_with(
+        bin: &str,
+        addr: SocketAddr,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> Self {
         let logs = std::env::var_os("LIVEPUSH_TEST_LOGS").is_some();
-        let child = Command::new(bin)
+        let stdout = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("create the log file")),
+            None if logs => Stdio::inherit(),
+            None => Stdio::null(),
+        };
+        let mut command = Command::new(bin);
+        command
             .arg("--listen")
             .arg(addr.to_string())
             .args(args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+        for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"] {
+            command.env_remove(var).env_remove(var.to_ascii_lowercase());
+        }
+        let child = command
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(if logs { Stdio::inherit() } else { Stdio::null() })
+            .stdout(stdout)
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
@@ -42,6 +67,16 @@ impl Process {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The value of one series on this process's `/metrics`, e.g.
+    /// `livepush_poller_upstream_requests_total{outcome="tls"}` (0 if absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text =
+            reqwest::get(format!("{}/metrics", self.url())).await.expect("scrape").text().await.unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 }
 
