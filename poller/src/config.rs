@@ -98,7 +98,8 @@ pub struct Config {
     #[arg(long, env = "POLLER_MAX_EVENTS", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_events: u32,
 
-    /// Most concurrent gRPC streams per connection.
+    /// Most `Subscribe` streams per client connection; one beyond it is
+    /// refused with RESOURCE_EXHAUSTED (edges then open another connection).
     #[arg(long, env = "POLLER_MAX_STREAMS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams: u32,
 

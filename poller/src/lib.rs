@@ -10,6 +10,7 @@
 //! `GET /metrics` for Prometheus.
 
 pub mod config;
+pub mod connection_streams;
 pub mod headers;
 pub mod media_client;
 pub mod media_url;
@@ -52,6 +53,10 @@ const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
 /// reconnect sends thousands at once. 16 MiB admits ~35,000. It is flow
 /// control credit, not memory allocated up front.
 const HTTP2_CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// Streams a client may reset before the server accepted them, per
+/// connection, before the connection is dropped (h2's default is 20).
+const MAX_PENDING_ACCEPT_RESETS: usize = 1_024;
 
 /// Largest Presence request decoded (tonic's default is 4 MiB). An edge holds
 /// at most `--max-connections` (18,000 by default) streams, so its batch is
@@ -152,7 +157,7 @@ pub async fn run(
     let routes = Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(LiveFeedServer::new(LiveFeedService::new(registry.clone())))
+        .add_service(LiveFeedServer::new(LiveFeedService::new(registry.clone(), config.max_streams)))
         .add_service(
             PresenceServer::new(PresenceService::new(presence.clone()))
                 .max_decoding_message_size(MAX_PRESENCE_MESSAGE),
@@ -163,7 +168,19 @@ pub async fn run(
     let addr = listener.local_addr()?;
     let server = tonic::transport::Server::builder()
         .accept_http1(true)
-        .max_concurrent_streams(Some(config.max_streams))
+        // --max-streams itself is enforced per connection by the service, so
+        // a call beyond it is answered; HTTP/2 allows some more, or the
+        // client would queue that call silently (see connection_streams).
+        .max_concurrent_streams(Some(config.max_streams.saturating_add(connection_streams::HEADROOM)))
+        // Edges cancel a Subscribe as soon as its last browser leaves; a
+        // burst of them before the server accepted the streams counts as
+        // "remotely reset pending-accept streams", and h2's default of 20
+        // drops the whole connection with every other event on it (seen
+        // with 500 browsers leaving at once). Subscribers are edges and
+        // internal services on the private network, so allow a deliberate
+        // multiple of the stream headroom; a rapid-reset flood (CVE-2023-44487)
+        // is still cut off beyond it.
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW))

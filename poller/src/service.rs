@@ -3,6 +3,7 @@
 //! (stream dropped by tonic) stops counting at once.
 
 use crate::{
+    connection_streams::{ConnectionStreams, MAX_STREAMS_KEY},
     registry::{Registry, SubscribeError},
     watch_stream,
 };
@@ -16,11 +17,14 @@ use tonic::{Request, Response, Status};
 
 pub struct LiveFeedService {
     registry: Registry,
+    streams: ConnectionStreams,
 }
 
 impl LiveFeedService {
-    pub fn new(registry: Registry) -> Self {
-        Self { registry }
+    /// Serves `registry`, at most `max_streams` subscriptions per client
+    /// connection (see [`ConnectionStreams`]).
+    pub fn new(registry: Registry, max_streams: u32) -> Self {
+        Self { registry, streams: ConnectionStreams::new(max_streams) }
     }
 }
 
@@ -33,6 +37,7 @@ impl LiveFeed for LiveFeedService {
     async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<UpdateStream>, Status> {
         let id = EventId::parse(&request.get_ref().event_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let slot = self.streams.open(request.remote_addr()).map_err(|status| *status)?;
         let subscription = self.registry.subscribe(id).map_err(|e| match e {
             SubscribeError::ShuttingDown => Status::unavailable(e.to_string()),
             SubscribeError::TooManyEvents(_) => Status::resource_exhausted(e.to_string()),
@@ -41,11 +46,13 @@ impl LiveFeed for LiveFeedService {
         // The latest value at once (when known), then every change; the
         // stream ends after an ENDED update.
         let updates = watch_stream::latest(
-            subscription,
-            |s| &mut s.rx,
+            (subscription, slot),
+            |(s, _)| &mut s.rx,
             |latest| latest.as_ref().map(|u| (LiveUpdate::clone(u), u.state == State::Ended as i32)),
             shutdown,
         );
-        Ok(Response::new(Box::pin(updates)))
+        let mut response = Response::new(Box::pin(updates) as UpdateStream);
+        response.metadata_mut().insert(MAX_STREAMS_KEY, self.streams.limit_metadata());
+        Ok(response)
     }
 }
