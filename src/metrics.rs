@@ -83,6 +83,12 @@ pub const EDGE_UPSTREAM_STREAMS: &str = "livepush_edge_upstream_streams";
 pub const EDGE_UPSTREAM_FAILOVERS: &str = "livepush_edge_upstream_failovers_total";
 /// Gauge: pollers this edge currently considers healthy.
 pub const EDGE_POLLERS_UP: &str = "livepush_edge_pollers_up";
+/// Counter, label `reason`: upstream `Subscribe` calls that did not open a
+/// stream (`timeout`, `connection_full`, `refused`, `invalid`, `error`).
+pub const EDGE_UPSTREAM_SUBSCRIBE_FAILURES: &str = "livepush_edge_upstream_subscribe_failures_total";
+/// Gauge, label `poller`: HTTP/2 connections this edge holds to a poller for
+/// subscriptions.
+pub const EDGE_UPSTREAM_CHANNELS: &str = "livepush_edge_upstream_channels";
 /// Counter, label `outcome`: presence batches sent to the poller.
 pub const EDGE_HEARTBEAT_REPORTS: &str = "livepush_edge_heartbeat_reports_total";
 
@@ -190,6 +196,13 @@ fn describe() {
     describe_gauge!(EDGE_UPSTREAM_STREAMS, Unit::Count, "Upstream LiveFeed/Subscribe streams open");
     describe_counter!(EDGE_UPSTREAM_FAILOVERS, Unit::Count, "Upstream streams moved to another poller");
     describe_gauge!(EDGE_POLLERS_UP, Unit::Count, "Pollers this edge considers healthy");
+    describe_counter!(
+        EDGE_UPSTREAM_SUBSCRIBE_FAILURES,
+        Unit::Count,
+        "Upstream Subscribe calls that opened no stream, by reason: timeout, connection_full, refused, \
+         invalid, error"
+    );
+    describe_gauge!(EDGE_UPSTREAM_CHANNELS, Unit::Count, "Subscription connections to each poller");
     describe_counter!(EDGE_HEARTBEAT_REPORTS, Unit::Count, "Presence batches sent to the poller by outcome");
 }
 
@@ -363,6 +376,19 @@ pub fn edge_upstream() -> &'static EdgeUpstream {
             pollers_up: metrics::gauge!(EDGE_POLLERS_UP),
         }
     })
+}
+
+/// Counts one upstream `Subscribe` that opened no stream, by `reason` (a
+/// fixed word; a small lookup per failure, which is rare).
+pub fn edge_subscribe_failure(reason: &'static str) {
+    install();
+    metrics::counter!(EDGE_UPSTREAM_SUBSCRIBE_FAILURES, "reason" => reason).increment(1);
+}
+
+/// The gauge of subscription connections to the poller at `poller`.
+pub fn edge_upstream_channels(poller: &str) -> Gauge {
+    install();
+    metrics::gauge!(EDGE_UPSTREAM_CHANNELS, "poller" => poller.to_owned())
 }
 
 /// Counts one presence batch sent by this edge, by `outcome` (a fixed word

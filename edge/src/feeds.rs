@@ -5,11 +5,21 @@
 //! [`Snapshot`]: browsers only ever need the latest state, so a browser that
 //! reads slowly skips intermediate values instead of queueing them, and the
 //! edge's memory per connection stays constant whatever the update rate. The
-//! first browser of an event starts its upstream task; the last one leaving
-//! cancels it. Events the poller reported ended are remembered (bounded) so
-//! reconnecting browsers can be told to stop.
+//! first browser of an event starts its upstream task; after the last one
+//! leaves, the stream is kept for [`UPSTREAM_GRACE`] (a reloading page finds
+//! it still there, and a crowd leaving at once cancels its streams spread
+//! out rather than in one burst that the poller's HTTP/2 server would take
+//! for a rapid-reset attack). Events the poller reported ended are
+//! remembered (bounded) so reconnecting browsers can be told to stop.
+//!
+//! No failure is silent: a `Subscribe` that opens no stream within
+//! [`SUBSCRIBE_TIMEOUT`] or is refused marks its browsers `stale` (even
+//! before a first value), is retried with backoff, counted in
+//! `livepush_edge_upstream_subscribe_failures_total{reason}`, and logged
+//! once per poller and cause (see [`LogOnce`]), not once per event.
 
 use crate::{
+    channels::Lease,
     pollers::{Live, Member, Pollers},
     sse,
 };
@@ -23,6 +33,7 @@ use livepush::{
 use rand::Rng;
 use std::{
     collections::{HashMap, hash_map::Entry as MapEntry},
+    net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -59,6 +70,19 @@ const REBALANCE_SPREAD: Duration = Duration::from_secs(5);
 /// Ended events remembered per edge, and for how long.
 const MAX_ENDED: usize = 10_000;
 const ENDED_TTL: Duration = Duration::from_secs(600);
+/// An upstream stream outlives its last browser by this long, plus up to
+/// half of it at random (so a crowd's cancellations spread out).
+pub const UPSTREAM_GRACE: Duration = Duration::from_secs(5);
+/// How often streams past their grace are closed.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// Longest a `Subscribe` may take to open its stream.
+pub const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Immediate retries on another channel after a poller said a connection
+/// is full, before the usual backoff applies.
+const MAX_CHANNEL_RETRIES: u32 = 3;
+/// One warning per poller and cause per this long; repeats are counted and
+/// logged at debug.
+const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Handle to the feeds of this edge; clones share them.
 #[derive(Clone)]
@@ -71,6 +95,7 @@ struct Inner {
     table: Mutex<Table>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    log: LogOnce,
 }
 
 struct Table {
@@ -85,14 +110,56 @@ struct Entry {
     browsers: usize,
     cancel: CancellationToken,
     generation: u64,
+    /// Set when the last browser left: the stream closes then, unless a
+    /// browser comes back first.
+    idle_until: Option<Instant>,
 }
 
 impl Feeds {
+    /// The feeds of this edge, and the task that closes streams past their
+    /// grace (both end with `shutdown`).
     pub fn new(pollers: Pollers, shutdown: CancellationToken) -> Self {
         let table =
             Table { events: HashMap::new(), ended: RecentMap::new(MAX_ENDED, ENDED_TTL), next_generation: 0 };
-        let inner = Inner { pollers, table: Mutex::new(table), tasks: TaskTracker::new(), shutdown };
-        Self { inner: Arc::new(inner) }
+        let inner = Inner {
+            pollers,
+            table: Mutex::new(table),
+            tasks: TaskTracker::new(),
+            shutdown,
+            log: LogOnce::default(),
+        };
+        let feeds = Self { inner: Arc::new(inner) };
+        feeds.inner.tasks.spawn(feeds.clone().sweep());
+        feeds
+    }
+
+    /// Closes upstream streams whose grace after their last browser ran out.
+    async fn sweep(self) {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = Instant::now();
+            let mut table = self.lock();
+            let before = table.events.len();
+            table.events.retain(|_, e| {
+                let keep = e.idle_until.is_none_or(|t| t > now);
+                if !keep {
+                    e.cancel.cancel();
+                }
+                keep
+            });
+            let closed = before - table.events.len();
+            if closed > 0 {
+                metrics::edge_upstream().events_watched.decrement(closed as f64);
+                // A crowd that left frees its table space too.
+                if table.events.capacity() > 2 * table.events.len() + 1_024 {
+                    table.events.shrink_to_fit();
+                }
+            }
+        }
     }
 
     /// Starts watching `id` for one browser; `None` if the event is known to
@@ -112,10 +179,11 @@ impl Feeds {
                 let task = upstream(self.clone(), id.clone(), tx.clone(), cancel.clone());
                 self.inner.tasks.spawn(task);
                 metrics::edge_upstream().events_watched.increment(1.0);
-                v.insert(Entry { tx, browsers: 0, cancel, generation })
+                v.insert(Entry { tx, browsers: 0, cancel, generation, idle_until: None })
             }
         };
         entry.browsers += 1;
+        entry.idle_until = None;
         let rx = entry.tx.subscribe();
         let guard = WatchGuard { feeds: self.clone(), id, generation: entry.generation };
         Some(Watch { rx, _guard: guard })
@@ -157,15 +225,13 @@ impl Feeds {
 
     fn release(&self, id: &EventId, generation: u64) {
         let mut table = self.lock();
-        if let MapEntry::Occupied(mut o) = table.events.entry(id.clone()) {
-            let entry = o.get_mut();
-            if entry.generation == generation {
-                entry.browsers -= 1;
-                if entry.browsers == 0 {
-                    entry.cancel.cancel();
-                    o.remove();
-                    metrics::edge_upstream().events_watched.decrement(1.0);
-                }
+        if let Some(entry) = table.events.get_mut(id)
+            && entry.generation == generation
+        {
+            entry.browsers -= 1;
+            if entry.browsers == 0 {
+                let grace = UPSTREAM_GRACE.mul_f64(rand::rng().random_range(1.0..1.5));
+                entry.idle_until = Some(Instant::now() + grace);
             }
         }
     }
@@ -254,6 +320,18 @@ impl Publisher {
         self.publish_staleness();
     }
 
+    /// The upstream stream could not be opened: browsers are told at once,
+    /// with or without a value, so none waits in silence.
+    fn failed(&mut self) {
+        self.upstream_lost = true;
+        self.publish_staleness();
+    }
+
+    /// The poller refuses the event for good: browsers get `end`.
+    fn refused(&mut self) {
+        self.tx.send_modify(|s| s.ended = true);
+    }
+
     /// No upstream now. Browsers are told only once they have data that may
     /// go stale: before the first value, "stale" says nothing useful.
     fn lost(&mut self) {
@@ -278,6 +356,8 @@ enum Outcome {
     Ended,
     /// The poller refuses the event id; retrying cannot help.
     Refused,
+    /// The poller's connection was full: another channel will take it.
+    ChannelFull,
     /// The event belongs elsewhere now: its poller left the live set, or a
     /// poller that ranks higher for it (re)joined.
     Moved,
@@ -293,15 +373,30 @@ async fn upstream(feeds: Feeds, id: EventId, tx: watch::Sender<Snapshot>, cancel
     let mut publisher = Publisher::new(tx);
     let mut failures = 0u32;
     debug!(event_id = %id, "upstream subscribing");
+    let mut channel_retries = 0u32;
     loop {
         let Some(owner) = owner(&id, &mut live, &mut publisher, &cancel).await else { break };
         publisher.new_source();
         match follow(&feeds, &id, &owner, &mut live, &mut publisher, &cancel).await {
-            Outcome::Cancelled | Outcome::Ended | Outcome::Refused => break,
+            Outcome::Cancelled | Outcome::Ended => break,
+            Outcome::Refused => {
+                publisher.refused();
+                feeds.remember_ended(&id);
+                break;
+            }
+            Outcome::ChannelFull if channel_retries < MAX_CHANNEL_RETRIES => {
+                channel_retries += 1;
+                continue;
+            }
+            Outcome::ChannelFull => {
+                failures = failures.saturating_add(1);
+                publisher.failed();
+            }
             Outcome::Moved => {
                 debug!(event_id = %id, from = %owner.addr, "event moves to another poller");
                 metrics::edge_upstream().upstream_failovers.increment(1);
                 failures = 0;
+                channel_retries = 0;
                 continue;
             }
             Outcome::Failed(status) => {
@@ -317,10 +412,11 @@ async fn upstream(feeds: Feeds, id: EventId, tx: watch::Sender<Snapshot>, cancel
                     metrics::edge_upstream().upstream_failovers.increment(1);
                     continue;
                 }
-                warn!(event_id = %id, poller = %owner.addr, %status, "upstream failed");
+                feeds.inner.log.warn(owner.addr, cause(&status), &id, &status);
+                publisher.failed();
             }
         }
-        publisher.lost();
+        channel_retries = 0;
         let wait = RESUBSCRIBE_MIN.saturating_mul(1 << failures.min(10)).min(RESUBSCRIBE_MAX);
         let wait = wait.mul_f64(rand::rng().random_range(0.5..=1.0));
         tokio::select! {
@@ -362,20 +458,40 @@ async fn follow(
     cancel: &CancellationToken,
 ) -> Outcome {
     let request = SubscribeRequest { event_id: id.to_string() };
-    let mut client = owner.feed.clone();
-    let response = tokio::select! {
+    // The stream's place on one of the owner's connections, held as long as
+    // the stream.
+    let mut lease: Lease = owner.feeds.lease();
+    let subscribed = tokio::select! {
         _ = cancel.cancelled() => return Outcome::Cancelled,
-        r = client.subscribe(request) => r,
+        r = tokio::time::timeout(SUBSCRIBE_TIMEOUT, lease.client.subscribe(request)) => r,
     };
+    let response = subscribed.unwrap_or_else(|_| {
+        Err(Status::deadline_exceeded(format!("no stream within {SUBSCRIBE_TIMEOUT:?}")))
+    });
     let mut stream = match response {
-        Ok(response) => response.into_inner(),
-        Err(status) if status.code() == Code::InvalidArgument => {
-            // Ids are validated before they get here; if the poller
-            // disagrees, retrying cannot help.
-            warn!(event_id = %id, %status, "poller refused the event id");
-            return Outcome::Refused;
+        Ok(response) => {
+            if let Some(limit) = max_streams(response.metadata()) {
+                owner.feeds.learn_limit(limit);
+            }
+            response.into_inner()
         }
-        Err(status) => return Outcome::Failed(status),
+        Err(status) => {
+            metrics::edge_subscribe_failure(cause(&status));
+            if let Some(limit) = max_streams(status.metadata()) {
+                owner.feeds.learn_limit(limit);
+            }
+            return match status.code() {
+                // Ids are validated before they get here, by the same rules
+                // as the poller's; if the poller disagrees anyway, retrying
+                // cannot help.
+                Code::InvalidArgument => {
+                    warn!(event_id = %id, %status, "poller refused the event id");
+                    Outcome::Refused
+                }
+                _ if is_channel_full(&status) => Outcome::ChannelFull,
+                _ => Outcome::Failed(status),
+            };
+        }
     };
     let _open = GaugeGuard::new(&metrics::edge_upstream().upstream_streams);
     // Set when a poller that ranks higher for this event joins while ours is
@@ -415,6 +531,59 @@ async fn follow(
             () = tokio::time::sleep_until(move_at.unwrap_or_else(Instant::now)), if move_at.is_some() => {
                 return Outcome::Moved;
             }
+        }
+    }
+}
+
+/// The poller's per-connection stream limit, from its answer's metadata.
+fn max_streams(metadata: &tonic::metadata::MetadataMap) -> Option<usize> {
+    metadata.get("livepush-max-streams")?.to_str().ok()?.parse().ok()
+}
+
+/// The poller refused because this connection holds its limit.
+fn is_channel_full(status: &Status) -> bool {
+    status.code() == Code::ResourceExhausted
+        && status.metadata().get("livepush-refusal").is_some_and(|v| v == "connection-streams")
+}
+
+/// A failed subscription's cause, as counted and logged.
+fn cause(status: &Status) -> &'static str {
+    match status.code() {
+        Code::DeadlineExceeded => "timeout",
+        _ if is_channel_full(status) => "connection_full",
+        Code::ResourceExhausted => "refused",
+        Code::InvalidArgument => "invalid",
+        _ => "error",
+    }
+}
+
+/// Warns once per poller and cause per [`LOG_EVERY`]: 12,000 events failing
+/// for one reason are one line (with how many repeats it stands for), not
+/// 12,000. Bounded: pollers are capped and causes are a fixed set.
+#[derive(Default)]
+struct LogOnce {
+    /// Per (poller, cause): when it was last logged, and repeats since.
+    last: Mutex<HashMap<(SocketAddr, &'static str), Logged>>,
+}
+
+#[derive(Default)]
+struct Logged {
+    at: Option<Instant>,
+    repeats: u64,
+}
+
+impl LogOnce {
+    fn warn(&self, poller: SocketAddr, cause: &'static str, id: &EventId, status: &Status) {
+        let now = Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let logged = last.entry((poller, cause)).or_default();
+        if logged.at.is_none_or(|at| now.duration_since(at) >= LOG_EVERY) {
+            let repeats = logged.repeats;
+            warn!(%poller, cause, event_id = %id, %status, repeats, "upstream subscription failed; retrying with backoff");
+            *logged = Logged { at: Some(now), repeats: 0 };
+        } else {
+            logged.repeats += 1;
+            debug!(%poller, cause, event_id = %id, %status, "upstream subscription failed again");
         }
     }
 }

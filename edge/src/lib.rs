@@ -6,6 +6,7 @@
 //! writes each update, encoded once by [`sse`], to every browser watching it.
 //! [`server`] owns the sockets: TLS, HTTP/1.1 and HTTP/2, limits, drain.
 
+pub mod channels;
 pub mod config;
 pub mod feeds;
 pub mod heartbeat;

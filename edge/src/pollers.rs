@@ -15,10 +15,8 @@
 //! per event per interval across the cluster, and when a member comes or goes
 //! only the events it wins or held move.
 
-use livepush::{
-    EventId,
-    proto::{live_feed_client::LiveFeedClient, presence_client::PresenceClient},
-};
+use crate::channels::{self, ChannelPool};
+use livepush::{EventId, proto::presence_client::PresenceClient};
 use rand::Rng;
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -32,7 +30,7 @@ use std::{
 };
 use tokio::sync::{Notify, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -46,11 +44,6 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// first to the last, with jitter.
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-/// HTTP/2 PINGs on poller connections find a peer that vanished without
-/// closing its sockets (a partition, a frozen host) within about
-/// `KEEPALIVE + KEEPALIVE_TIMEOUT`, even while no update flows.
-const KEEPALIVE: Duration = Duration::from_secs(5);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest the first routing waits for every poller's first health answer.
 const SETTLE: Duration = Duration::from_secs(2);
 /// Longest one name resolution may take.
@@ -99,13 +92,15 @@ impl fmt::Display for Target {
     }
 }
 
-/// One poller address with its clients (clones share one HTTP/2 connection).
+/// One poller address with its clients: subscriptions lease a place on one
+/// of its [`ChannelPool`]'s connections; health and presence share a control
+/// connection of their own.
 #[derive(Clone)]
 pub struct Member {
     pub addr: SocketAddr,
     /// The ranking key: the same string on every edge for the same poller.
     key: Arc<str>,
-    pub feed: LiveFeedClient<Channel>,
+    pub feeds: Arc<ChannelPool>,
     pub presence: PresenceClient<Channel>,
     channel: Channel,
 }
@@ -329,22 +324,11 @@ impl Pollers {
     }
 
     fn new_entry(&self, addr: SocketAddr) -> Entry {
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .expect("a socket address is a valid URI")
-            .connect_timeout(Duration::from_secs(3))
-            .http2_keep_alive_interval(KEEPALIVE)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            // After a failover every moved event's first value arrives at
-            // once as small DATA frames; h2 closes a connection holding more
-            // of them than half its window allows, so offer a large one
-            // (credit, not memory allocated up front).
-            .initial_connection_window_size(16 << 20)
-            .connect_lazy();
+        let channel = channels::connect(addr);
         let member = Member {
             addr,
             key: addr.to_string().into(),
-            feed: LiveFeedClient::new(channel.clone()),
+            feeds: ChannelPool::new(addr),
             presence: PresenceClient::new(channel.clone()),
             channel,
         };
