@@ -34,7 +34,10 @@ use rand::Rng;
 use std::{
     collections::{HashMap, hash_map::Entry as MapEntry},
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 use tokio::{sync::watch, time::Instant};
@@ -96,6 +99,9 @@ struct Inner {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     log: LogOnce,
+    /// Upstream streams closed after their grace, since the last look
+    /// ([`Feeds::take_closed`]).
+    closed: AtomicUsize,
 }
 
 struct Table {
@@ -127,6 +133,7 @@ impl Feeds {
             tasks: TaskTracker::new(),
             shutdown,
             log: LogOnce::default(),
+            closed: AtomicUsize::new(0),
         };
         let feeds = Self { inner: Arc::new(inner) };
         feeds.inner.tasks.spawn(feeds.clone().sweep());
@@ -153,6 +160,7 @@ impl Feeds {
             });
             let closed = before - table.events.len();
             if closed > 0 {
+                self.inner.closed.fetch_add(closed, Ordering::Relaxed);
                 metrics::edge_upstream().events_watched.decrement(closed as f64);
                 // A crowd that left frees its table space too.
                 if table.events.capacity() > 2 * table.events.len() + 1_024 {
@@ -187,6 +195,11 @@ impl Feeds {
         let rx = entry.tx.subscribe();
         let guard = WatchGuard { feeds: self.clone(), id, generation: entry.generation };
         Some(Watch { rx, _guard: guard })
+    }
+
+    /// Upstream streams closed after their grace since the last call.
+    pub fn take_closed(&self) -> usize {
+        self.inner.closed.swap(0, Ordering::Relaxed)
     }
 
     /// Events with at least one browser on this edge.

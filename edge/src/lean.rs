@@ -128,6 +128,11 @@ fn stream_request(parsed: &httparse::Request<'_, '_>, peer: SocketAddr) -> Optio
     Some(request)
 }
 
+/// Line breaks a client may send after its request head (RFC 9112 asks
+/// servers to tolerate an empty line around requests); anything more, or
+/// anything else, closes the stream.
+const MAX_STRAY_BYTES: usize = 4;
+
 /// Answers `request` through `app` and writes the response on `io`; the
 /// connection is done afterwards.
 ///
@@ -154,15 +159,25 @@ pub async fn respond<I: AsyncRead + AsyncWrite + Unpin>(
         return;
     }
     drop(head);
-    // The only reads from here on look for the client going away (EOF);
-    // anything it sends is discarded.
+    // The only reads from here on look for the client going away (EOF). An
+    // SSE client sends nothing after its GET (browsers do not pipeline), so
+    // anything beyond a stray line break or two is a client misbehaving, and
+    // reading it 16 bytes at a time for the life of the stream would let it
+    // burn our CPU: the connection is closed instead.
     let mut probe = [0u8; 16];
+    let mut stray = 0usize;
     loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
             read = io.read(&mut probe) => match read {
                 Ok(0) | Err(_) => return,
-                Ok(_) => continue,
+                Ok(n) => {
+                    stray += n;
+                    if stray > MAX_STRAY_BYTES || probe[..n].iter().any(|b| !matches!(b, b'\r' | b'\n')) {
+                        return;
+                    }
+                    continue;
+                }
             },
         };
         let data = match frame {

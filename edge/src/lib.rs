@@ -12,6 +12,7 @@ pub mod feeds;
 pub mod heartbeat;
 pub mod lean;
 pub mod limits;
+pub mod memory;
 pub mod pollers;
 pub mod readiness;
 pub mod routes;
@@ -63,9 +64,11 @@ pub async fn run(
         edge_id: edge_id.clone(),
         interval: config.heartbeat_interval,
     };
+    let limits = StreamLimits::new(config.max_connections as usize, config.max_per_client as usize);
+    let trimming = tokio::spawn(memory::trim_after_crowds(limits.clone(), feeds.clone(), stop.clone()));
     let state = AppState {
         feeds: feeds.clone(),
-        limits: StreamLimits::new(config.max_connections as usize, config.max_per_client as usize),
+        limits,
         readiness: readiness.clone(),
         viewers,
         retry: config.retry,
@@ -96,6 +99,7 @@ pub async fn run(
     // ends the edge ends its reports, and the poller expires its viewers.
     let (_, feeds, ()) = tokio::join!(serving, signal, reporter.run(stop.clone()));
     let _ = follow.await;
+    let _ = trimming.await;
     feeds.drain(Duration::from_secs(1)).await;
     pollers.drain(Duration::from_secs(1)).await;
     info!("edge stopped");

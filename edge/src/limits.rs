@@ -25,6 +25,8 @@ struct Inner {
 #[derive(Default)]
 struct Counts {
     total: usize,
+    /// Most streams open at once since [`StreamLimits::take_peak`] last ran.
+    peak: usize,
     /// Only addresses with open streams are present, so the map is bounded by
     /// the total cap.
     per_client: HashMap<IpAddr, usize>,
@@ -61,12 +63,22 @@ impl StreamLimits {
         }
         *mine += 1;
         counts.total += 1;
+        counts.peak = counts.peak.max(counts.total);
         Ok(StreamPermit { limits: self.clone(), client })
     }
 
     /// Streams open now.
     pub fn open(&self) -> usize {
         self.lock().total
+    }
+
+    /// The most streams open at once since the last call (a crowd that came
+    /// and went between two looks still shows), and streams open now.
+    pub fn take_peak(&self) -> (usize, usize) {
+        let mut counts = self.lock();
+        let open = counts.total;
+        let peak = std::mem::replace(&mut counts.peak, open);
+        (peak, counts.total)
     }
 
     fn release(&self, client: IpAddr) {
@@ -76,6 +88,10 @@ impl StreamLimits {
             *n -= 1;
             if *n == 0 {
                 counts.per_client.remove(&client);
+                // Thousands of client addresses that left give their space back.
+                if counts.per_client.capacity() > 4 * counts.per_client.len() + 64 {
+                    counts.per_client.shrink_to_fit();
+                }
             }
         }
     }

@@ -87,9 +87,15 @@ impl Viewers {
         table.left_total = 0;
         table.events.retain(|_, w| {
             w.left.clear();
+            w.left.shrink_to_fit();
             w.anonymous_peak = w.anonymous;
             !w.is_empty()
         });
+        // A crowd of events that came and went leaves a table sized for it:
+        // give the space back once it is mostly empty.
+        if table.events.capacity() > 2 * table.events.len() + 64 {
+            table.events.shrink_to_fit();
+        }
     }
 
     fn leave(&self, event: &EventId, vid: &Option<ViewerId>) {
@@ -110,6 +116,13 @@ impl Viewers {
             }
             None => watching.anonymous = watching.anonymous.saturating_sub(1),
         }
+    }
+
+    /// Entries held now (events with viewers or departures to report), and
+    /// the table's capacity: for tests of the bound.
+    pub fn footprint(&self) -> (usize, usize) {
+        let table = self.lock();
+        (table.events.len(), table.events.capacity())
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
@@ -169,6 +182,21 @@ mod tests {
         v.reported();
         assert!(v.batch().is_empty());
         assert!(v.lock().events.is_empty() && v.lock().left_total == 0);
+    }
+
+    #[test]
+    fn a_crowd_that_left_gives_its_table_space_back() {
+        let v = Viewers::default();
+        let stable = v.join(ev("stable"), vid("s"));
+        for i in 0..10_000 {
+            drop(v.join(ev(&format!("e{i}")), vid(&format!("v{i}"))));
+        }
+        assert!(v.footprint().1 >= 10_000);
+        v.reported();
+        let (len, capacity) = v.footprint();
+        assert_eq!(len, 1);
+        assert!(capacity < 128, "capacity {capacity} after the crowd left");
+        drop(stable);
     }
 
     #[test]

@@ -20,6 +20,18 @@ pub use media::TestMedia;
 /// guard against hangs: tests assert on what arrives, never on how fast.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// One HTTP client for the helpers: building a reqwest client loads the
+/// system's trust store (tens of milliseconds), which a test opening 500
+/// browsers at once cannot afford per browser. Connections are not pooled,
+/// so the client serves every test's runtime alike (a pooled connection
+/// belongs to the runtime that opened it).
+pub fn http() -> reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client"))
+        .clone()
+}
+
 /// A server running in-process; dropping it without `stop` aborts it.
 pub struct Running {
     pub addr: SocketAddr,

@@ -69,11 +69,31 @@ impl Process {
         format!("http://{}", self.addr)
     }
 
+    /// The process's resident memory in bytes and its open file
+    /// descriptors, from /proc.
+    pub fn rss_and_fds(&self) -> (u64, usize) {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("/proc fd").count();
+        (kib * 1024, fds)
+    }
+
     /// The value of one series on this process's `/metrics`, e.g.
     /// `livepush_poller_upstream_requests_total{outcome="tls"}` (0 if absent).
     pub async fn metric(&self, series: &str) -> f64 {
-        let text =
-            reqwest::get(format!("{}/metrics", self.url())).await.expect("scrape").text().await.unwrap();
+        let text = crate::http()
+            .get(format!("{}/metrics", self.url()))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .unwrap();
         text.lines()
             .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or(0.0)
@@ -89,7 +109,7 @@ pub fn free_addr() -> SocketAddr {
 
 /// Waits until `GET url` answers 200.
 pub async fn wait_ok(url: &str) {
-    let client = reqwest::Client::new();
+    let client = crate::http();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         if let Ok(r) = client.get(url).timeout(Duration::from_secs(1)).send().await

@@ -22,10 +22,8 @@ impl SseClient {
     }
 
     pub async fn open_with(url: &str, headers: &[(&str, &str)]) -> Self {
-        let mut req = reqwest::Client::new()
-            .get(url)
-            .header("accept", "text/event-stream")
-            .header("cache-control", "no-cache");
+        let mut req =
+            crate::http().get(url).header("accept", "text/event-stream").header("cache-control", "no-cache");
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

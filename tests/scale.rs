@@ -1,0 +1,246 @@
+//! An edge at scale: any number of events through pollers that limit
+//! streams per connection, refusals that browsers hear about, and churn on
+//! some events that disturbs nobody else and leaves nothing behind.
+
+use livepush_tests::{
+    PATIENCE, TestMedia, http,
+    process::{Process, free_addr, wait_ok},
+    raw_request,
+    sse::SseClient,
+    start_edge, start_poller,
+};
+use std::time::Duration;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    time::Instant,
+};
+
+const EDGE: &str = env!("CARGO_BIN_EXE_livepush-test-edge");
+
+/// Longest any wait here may take: grace after the last browser (up to
+/// 7.5 s) plus retries with backoff.
+const LONG: Duration = Duration::from_secs(30);
+
+/// One series' value on `/metrics` at `url` (0 if absent).
+async fn metric(url: &str, series: &str) -> f64 {
+    let text = http().get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits (at most [`LONG`]) until the series at `url` satisfies `check`.
+async fn until_metric(url: &str, series: &str, check: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let v = metric(url, series).await;
+        if check(v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{series} = {v} at the deadline");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Opens `n` browsers on events `{prefix}0..n`, each waiting for its first
+/// value.
+async fn browsers(edge: &str, prefix: &str, n: usize) -> Vec<SseClient> {
+    let opened = (0..n).map(|i| {
+        let url = format!("{edge}/live/{prefix}{i}/stream");
+        async move {
+            let mut b = SseClient::open(&url).await;
+            let first = b.next_message().await;
+            assert_eq!(first.data, format!(r#"{{"event":"{prefix}{i}"}}"#));
+            b
+        }
+    });
+    futures_util::future::join_all(opened).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_beyond_a_pollers_stream_limit_open_more_channels_and_close_them_when_idle() {
+    let media = TestMedia::start().await;
+    let poller =
+        start_poller(&["--media-url", &media.template(), "--interval", "1h", "--max-streams", "50"]).await;
+    let edge = start_edge(&["--poller", &poller.url()]).await;
+    let channels = format!("livepush_edge_upstream_channels{{poller=\"{}\"}}", poller.addr);
+
+    let all = browsers(&edge.url(), "wide-", 120).await;
+    let open = metric(&edge.url(), &channels).await;
+    assert!(open >= 3.0, "120 streams at 50 per connection need 3 channels, gauge says {open}");
+    assert_eq!(metric(&edge.url(), "livepush_edge_upstream_streams").await, 120.0);
+    for i in 0..120 {
+        assert_eq!(media.count(&format!("wide-{i}")), 1, "one poll per event");
+    }
+
+    drop(all);
+    until_metric(&edge.url(), "livepush_edge_upstream_streams", |v| v == 0.0).await;
+    until_metric(&edge.url(), &channels, |v| v == 1.0).await;
+    until_metric(&edge.url(), "livepush_edge_streams_open", |v| v == 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_subscription_is_stale_counted_and_recovers_when_capacity_returns() {
+    let media = TestMedia::start().await;
+    let poller = start_poller(&[
+        "--media-url",
+        &media.template(),
+        "--interval",
+        "1h",
+        "--max-events",
+        "1",
+        "--linger",
+        "100ms",
+    ])
+    .await;
+    let edge = start_edge(&["--poller", &poller.url()]).await;
+    let refused = "livepush_edge_upstream_subscribe_failures_total{reason=\"refused\"}";
+    let before = metric(&edge.url(), refused).await;
+
+    let mut first = SseClient::open(&format!("{}/live/cap-a/stream", edge.url())).await;
+    assert_eq!(first.next_message().await.data, r#"{"event":"cap-a"}"#);
+    // The poller watches one event at most: the second is refused, and its
+    // browser hears it at once, before any value.
+    let mut second = SseClient::open(&format!("{}/live/cap-b/stream", edge.url())).await;
+    let heard = second.next().await.expect("open");
+    assert_eq!(heard.event, "stale", "{heard:?}");
+    assert!(metric(&edge.url(), refused).await > before);
+
+    // Capacity returns once the first event is let go (edge grace, then the
+    // poller's linger): the refused browser gets its value.
+    drop(first);
+    let value = tokio::time::timeout(LONG, async {
+        loop {
+            let e = second.next_patiently().await.expect("stream open");
+            if e.event == "message" {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("a value once capacity returned");
+    assert_eq!(value.data, r#"{"event":"cap-b"}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_on_500_events_disturbs_no_other_browser_and_leaves_nothing_behind() {
+    let media = TestMedia::start().await;
+    let poller =
+        start_poller(&["--media-url", &media.template(), "--interval", "1h", "--linger", "1s"]).await;
+    let edge = Process::start(EDGE, free_addr(), &["--poller", &poller.url()]);
+    wait_ok(&format!("{}/readyz", edge.url())).await;
+
+    // Browsers of a stable event, watching throughout.
+    let mut stable = browsers(&edge.url(), "stable-", 1).await;
+    stable.extend(browsers(&edge.url(), "stable-", 1).await);
+    let mut watchers = Vec::new();
+    for mut b in stable {
+        watchers.push(tokio::spawn(async move {
+            let mut named = Vec::new();
+            while let Some(e) = b.next_patiently().await {
+                named.push(e.event);
+            }
+            named
+        }));
+    }
+    // Readiness probed throughout.
+    let probe_url = format!("{}/readyz", edge.url());
+    let probing = tokio::spawn(async move {
+        let client = http();
+        let (mut ok, mut not) = (0, 0);
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < deadline {
+            match client.get(&probe_url).timeout(Duration::from_secs(2)).send().await {
+                Ok(r) if r.status() == 200 => ok += 1,
+                _ => not += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (ok, not)
+    });
+
+    let (rss_before, fds_before) = edge.rss_and_fds();
+    for round in 0..2 {
+        let crowd = browsers(&edge.url(), &format!("churn{round}-"), 500).await;
+        drop(crowd);
+    }
+    let (ok, not) = probing.await.unwrap();
+    assert_eq!(not, 0, "/readyz failed {not} of {} probes during the churn", ok + not);
+
+    // Only the stable browsers remain; the churned events are let go after
+    // the grace, and the poller stops polling them after its linger.
+    until_metric(&edge.url(), "livepush_edge_streams_open", |v| v == 2.0).await;
+    until_metric(&edge.url(), "livepush_edge_events_watched", |v| v == 1.0).await;
+    until_metric(&poller.url(), "livepush_poller_events_watched", |v| v == 1.0).await;
+    let polls = media.total();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(media.total(), polls, "nothing polls the churned events any more");
+    // Memory and sockets return to their level before the churn (within
+    // 10 % + 2 MiB: the allocator keeps some pages).
+    let rss_bound = rss_before + rss_before / 10 + (2 << 20);
+    let deadline = Instant::now() + LONG;
+    loop {
+        let (rss_after, fds_after) = edge.rss_and_fds();
+        if rss_after <= rss_bound && fds_after <= fds_before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "RSS {rss_before} -> {rss_after} (bound {rss_bound}), fds {fds_before} -> {fds_after}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The stable browsers never heard `stale`, and are still connected.
+    drop(edge);
+    for w in watchers {
+        let named = tokio::time::timeout(PATIENCE, w).await.expect("stream ends with the edge").unwrap();
+        assert!(!named.iter().any(|n| n == "stale"), "a stable browser saw {named:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_keeps_sending_after_its_get_is_closed() {
+    let media = TestMedia::start().await;
+    let poller = start_poller(&["--media-url", &media.template(), "--interval", "1h"]).await;
+    let edge = start_edge(&["--poller", &poller.url()]).await;
+    let head = "GET /live/chatty/stream HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n";
+
+    // A well-behaved client with a stray line break keeps its stream.
+    let mut quiet = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    quiet.write_all(head.as_bytes()).await.unwrap();
+    quiet.write_all(b"\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(PATIENCE, quiet.read(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    let mut chatty = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    chatty.write_all(head.as_bytes()).await.unwrap();
+    let n = tokio::time::timeout(PATIENCE, chatty.read(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "the stream started");
+    let closed = tokio::time::timeout(PATIENCE, async {
+        let mut sent = 0usize;
+        loop {
+            if chatty.write_all(b"more bytes nobody asked for\n").await.is_err() {
+                return sent;
+            }
+            sent += 1;
+            let mut buf = [0u8; 4096];
+            match tokio::time::timeout(Duration::from_millis(50), chatty.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return sent,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the edge closed the chatty connection");
+    assert!(closed < 100, "closed after {closed} writes");
+
+    // The quiet one is still served.
+    let (status, _) =
+        raw_request(edge.addr, "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    assert_eq!(status, 200);
+    quiet.write_all(b"").await.unwrap();
+    let still = tokio::time::timeout(Duration::from_millis(300), quiet.read(&mut buf)).await;
+    assert!(!matches!(still, Ok(Ok(0))), "the quiet stream was closed");
+}
