@@ -2,6 +2,10 @@
 //! streams per connection, refusals that browsers hear about, and churn on
 //! some events that disturbs nobody else and leaves nothing behind.
 
+use livepush::proto::{
+    LiveUpdate, SubscribeRequest,
+    live_feed_server::{LiveFeed, LiveFeedServer},
+};
 use livepush_tests::{
     PATIENCE, TestMedia, http,
     process::{Process, free_addr, wait_ok},
@@ -197,6 +201,47 @@ async fn churn_on_500_events_disturbs_no_other_browser_and_leaves_nothing_behind
         let named = tokio::time::timeout(PATIENCE, w).await.expect("stream ends with the edge").unwrap();
         assert!(!named.iter().any(|n| n == "stale"), "a stable browser saw {named:?}");
     }
+}
+
+/// A poller that refuses every event id as invalid (a poller whose id rules
+/// disagree with the edge's), healthy otherwise.
+struct Refusing;
+
+#[tonic::async_trait]
+impl LiveFeed for Refusing {
+    type SubscribeStream = futures_util::stream::Empty<Result<LiveUpdate, tonic::Status>>;
+
+    async fn subscribe(
+        &self,
+        _: tonic::Request<SubscribeRequest>,
+    ) -> Result<tonic::Response<Self::SubscribeStream>, tonic::Status> {
+        Err(tonic::Status::invalid_argument("this poller does not accept that id"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_the_poller_refuses_as_invalid_ends_its_browsers_streams() {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<LiveFeedServer<Refusing>>().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(LiveFeedServer::new(Refusing))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let edge = start_edge(&["--poller", &format!("http://{addr}")]).await;
+    let url = format!("{}/live/odd/stream", edge.url());
+    let mut browser = SseClient::open(&url).await;
+    assert_eq!(browser.status, 200);
+    let e = browser.next().await.expect("an event, not keep-alives for ever");
+    assert_eq!(e.event, "end", "{e:?}");
+    assert!(browser.next().await.is_none(), "the stream closes after end");
+    let again = http().get(&url).send().await.unwrap();
+    assert_eq!(again.status(), 204, "EventSource stops for good");
+    let invalid = "livepush_edge_upstream_subscribe_failures_total{reason=\"invalid\"}";
+    assert!(metric(&edge.url(), invalid).await >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

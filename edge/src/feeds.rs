@@ -425,7 +425,7 @@ async fn upstream(feeds: Feeds, id: EventId, tx: watch::Sender<Snapshot>, cancel
                     metrics::edge_upstream().upstream_failovers.increment(1);
                     continue;
                 }
-                feeds.inner.log.warn(owner.addr, cause(&status), &id, &status);
+                let _ = feeds.inner.log.warn(owner.addr, cause(&status), &id, &status);
                 publisher.failed();
             }
         }
@@ -586,7 +586,9 @@ struct Logged {
 }
 
 impl LogOnce {
-    fn warn(&self, poller: SocketAddr, cause: &'static str, id: &EventId, status: &Status) {
+    /// Logs at warn if this poller and cause were quiet for [`LOG_EVERY`]
+    /// (and says whether it did), at debug otherwise.
+    fn warn(&self, poller: SocketAddr, cause: &'static str, id: &EventId, status: &Status) -> bool {
         let now = Instant::now();
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let logged = last.entry((poller, cause)).or_default();
@@ -594,9 +596,11 @@ impl LogOnce {
             let repeats = logged.repeats;
             warn!(%poller, cause, event_id = %id, %status, repeats, "upstream subscription failed; retrying with backoff");
             *logged = Logged { at: Some(now), repeats: 0 };
+            true
         } else {
             logged.repeats += 1;
             debug!(%poller, cause, event_id = %id, %status, "upstream subscription failed again");
+            false
         }
     }
 }
@@ -619,6 +623,20 @@ mod tests {
             fetched_at_unix_ms: 0,
             state: state as i32,
         }
+    }
+
+    #[test]
+    fn failures_are_logged_once_per_poller_and_cause() {
+        let log = LogOnce::default();
+        let (a, b): (SocketAddr, SocketAddr) = ("10.0.0.1:1".parse().unwrap(), "10.0.0.2:1".parse().unwrap());
+        let full = Status::resource_exhausted("full");
+        let slow = Status::deadline_exceeded("slow");
+        let ids: Vec<EventId> = (0..1_000).map(|i| EventId::parse(&format!("e{i}")).unwrap()).collect();
+        let logged = ids.iter().filter(|id| log.warn(a, cause(&full), id, &full)).count();
+        assert_eq!(logged, 1, "1,000 events refused for one cause: one warning");
+        assert!(log.warn(a, cause(&slow), &ids[0], &slow), "another cause is news");
+        assert!(log.warn(b, cause(&full), &ids[0], &full), "another poller is news");
+        assert_eq!(log.last.lock().unwrap()[&(a, "refused")].repeats, 999);
     }
 
     #[test]
