@@ -67,6 +67,23 @@ async fn an_ended_event_sends_end_closes_and_then_answers_204() {
 
     let again = reqwest::get(&url).await.unwrap();
     assert_eq!(again.status(), 204, "a reconnecting EventSource is told to stop");
+    // RFC 9110: no Content-Length (nor any framing) on a 204, on the lean
+    // HTTP/1.1 path (a plain GET) and on hyper's (HTTP/1.0 goes there).
+    for version in ["1.1", "1.0"] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut raw = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+        let head =
+            format!("GET /live/finale/stream HTTP/{version}\r\nhost: x\r\naccept: text/event-stream\r\n\r\n");
+        raw.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(PATIENCE, raw.read_to_end(&mut answer)).await.unwrap().unwrap();
+        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(answer.starts_with(&format!("http/{version} 204")), "{version}: {answer}");
+        assert!(
+            !answer.contains("content-length") && !answer.contains("transfer-encoding"),
+            "{version}: {answer}"
+        );
+    }
     // A fresh edge learns it from the poller's memory: end at once, then 204.
     let edge2 = start_edge(&["--poller", &poller.url()]).await;
     let mut late = SseClient::open(&stream_url(&edge2, "finale")).await;

@@ -2,6 +2,7 @@
 //! streams per connection, refusals that browsers hear about, and churn on
 //! some events that disturbs nobody else and leaves nothing behind.
 
+use futures_util::StreamExt;
 use livepush::proto::{
     LiveUpdate, SubscribeRequest,
     live_feed_server::{LiveFeed, LiveFeedServer},
@@ -204,18 +205,38 @@ async fn churn_on_500_events_disturbs_no_other_browser_and_leaves_nothing_behind
 }
 
 /// A poller that refuses every event id as invalid (a poller whose id rules
-/// disagree with the edge's), healthy otherwise.
+/// disagree with the edge's), healthy otherwise; except `max-*` events, whose
+/// streams send `seq = u64::MAX` (a buggy or hostile poller), and `ok-*`
+/// events, served normally.
 struct Refusing;
 
 #[tonic::async_trait]
 impl LiveFeed for Refusing {
-    type SubscribeStream = futures_util::stream::Empty<Result<LiveUpdate, tonic::Status>>;
+    type SubscribeStream =
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<LiveUpdate, tonic::Status>> + Send>>;
 
     async fn subscribe(
         &self,
-        _: tonic::Request<SubscribeRequest>,
+        request: tonic::Request<SubscribeRequest>,
     ) -> Result<tonic::Response<Self::SubscribeStream>, tonic::Status> {
-        Err(tonic::Status::invalid_argument("this poller does not accept that id"))
+        let id = request.into_inner().event_id;
+        let update = |seq| LiveUpdate {
+            event_id: id.clone(),
+            seq,
+            data: r#"{"n":1}"#.into(),
+            fetched_at_unix_ms: 0,
+            state: livepush::proto::State::Live as i32,
+        };
+        let updates = if id.starts_with("max-") {
+            vec![update(u64::MAX), update(7)]
+        } else if id.starts_with("ok-") {
+            vec![update(5)]
+        } else {
+            return Err(tonic::Status::invalid_argument("this poller does not accept that id"));
+        };
+        let open_ended = futures_util::stream::iter(updates.into_iter().map(Ok::<_, tonic::Status>))
+            .chain(futures_util::stream::pending());
+        Ok(tonic::Response::new(Box::pin(open_ended)))
     }
 }
 
@@ -242,6 +263,37 @@ async fn an_id_the_poller_refuses_as_invalid_ends_its_browsers_streams() {
     assert_eq!(again.status(), 204, "EventSource stops for good");
     let invalid = "livepush_edge_upstream_subscribe_failures_total{reason=\"invalid\"}";
     assert!(metric(&edge.url(), invalid).await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poller_sending_seq_u64_max_cannot_stall_or_break_the_edge() {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<LiveFeedServer<Refusing>>().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(LiveFeedServer::new(Refusing))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let edge = Process::start(EDGE, free_addr(), &["--poller", &format!("http://{addr}")]);
+    wait_ok(&format!("{}/readyz", edge.url())).await;
+    let mut hostile = SseClient::open(&format!("{}/live/max-1/stream", edge.url())).await;
+    let heard = hostile.next().await.expect("open");
+    assert_eq!(heard.event, "stale", "the impossible value is not passed on: {heard:?}");
+    // The edge keeps serving: another event's browser gets its value, and
+    // the hostile event's browser is still connected (retrying upstream).
+    let mut fine = SseClient::open(&format!("{}/live/ok-1/stream", edge.url())).await;
+    let value = fine.next_message().await;
+    assert_eq!((value.id.as_str(), value.data.as_str()), ("5", r#"{"n":1}"#));
+    let (status, _) =
+        raw_request(edge.addr, "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    assert_eq!(status, 200);
+    drop(edge);
+    while let Some(e) = hostile.next_patiently().await {
+        assert_ne!(e.event, "message", "no data from the hostile stream: {e:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,6 +78,11 @@ const ENDED_TTL: Duration = Duration::from_secs(600);
 pub const UPSTREAM_GRACE: Duration = Duration::from_secs(5);
 /// How often streams past their grace are closed.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// Seqs are microseconds since 1970 (about 2^51 today) plus changes; one at
+/// or beyond 2^53 comes from a buggy or hostile poller. Refusing it keeps
+/// every id a browser sees exact as a JavaScript number and far from
+/// overflow, so such a poller cannot stall an event's feed at `u64::MAX`.
+const MAX_SEQ: u64 = 1 << 53;
 /// Longest a `Subscribe` may take to open its stream.
 pub const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Immediate retries on another channel after a poller said a connection
@@ -317,7 +322,7 @@ impl Publisher {
                 self.data.clone_from(&update.data);
                 // Browsers compare ids to skip what they have: keep them
                 // increasing even if another poller's clock lags behind.
-                let seq = update.seq.max(self.tx.borrow().data_seq + 1);
+                let seq = update.seq.max(self.tx.borrow().data_seq.saturating_add(1));
                 let id = seq.to_string();
                 let frame = sse::Event { id: Some(&id), event: None, data: &self.data }.encode();
                 self.tx.send_modify(|s| {
@@ -515,6 +520,10 @@ async fn follow(
         tokio::select! {
             _ = cancel.cancelled() => return Outcome::Cancelled,
             message = stream.message() => match message {
+                Ok(Some(update)) if update.seq >= MAX_SEQ => {
+                    warn!(event_id = %id, poller = %owner.addr, seq = update.seq, "poller sent an impossible seq; dropping its stream");
+                    return Outcome::Failed(Status::out_of_range("seq beyond 2^53"));
+                }
                 Ok(Some(update)) => {
                     publisher.update(&update);
                     if update.state == State::Ended as i32 {

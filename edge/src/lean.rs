@@ -154,11 +154,16 @@ pub async fn respond<I: AsyncRead + AsyncWrite + Unpin>(
     let (parts, mut body) = response.into_parts();
     let length = http_body::Body::size_hint(&body).exact();
     let head = head(&parts, length);
+    let bodiless = no_body(parts.status);
     drop(parts);
     if io.write_all(&head).await.is_err() {
         return;
     }
     drop(head);
+    if bodiless {
+        let _ = io.shutdown().await;
+        return;
+    }
     // The only reads from here on look for the client going away (EOF). An
     // SSE client sends nothing after its GET (browsers do not pipeline), so
     // anything beyond a stray line break or two is a client misbehaving, and
@@ -210,6 +215,13 @@ pub async fn respond<I: AsyncRead + AsyncWrite + Unpin>(
     let _ = io.shutdown().await;
 }
 
+/// Statuses whose answers have no body and so no framing headers.
+fn no_body(status: hyper::StatusCode) -> bool {
+    status == hyper::StatusCode::NO_CONTENT
+        || status == hyper::StatusCode::NOT_MODIFIED
+        || status.is_informational()
+}
+
 /// The status line and headers, with the framing this writer uses.
 fn head(parts: &hyper::http::response::Parts, length: Option<u64>) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
@@ -225,6 +237,8 @@ fn head(parts: &hyper::http::response::Parts, length: Option<u64>) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     match length {
+        // RFC 9110: a 204 (or 304) carries no Content-Length and no body.
+        _ if no_body(parts.status) => {}
         Some(n) => out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
         None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
