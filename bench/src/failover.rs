@@ -56,7 +56,7 @@ use crate::{
     push::{LoadArgs, ShapeArgs, event_id},
     report::{Report, Value},
     sse_load::unix_micros,
-    stack::{self, BinArgs, Proc},
+    stack::{self, BinArgs, Proc, metric, scrape},
     wire::{Item, ResponseParser, WireError, find_stamp},
 };
 use anyhow::{Context, bail, ensure};
@@ -533,33 +533,11 @@ fn sigkill(pid: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
-    let (status, body) = httpc::get(addr, "/metrics", Duration::from_secs(5)).await?;
-    ensure!(status == 200, "GET http://{addr}/metrics answered {status}");
-    Ok(body)
-}
-
 async fn scrape_poller(addr: SocketAddr) -> anyhow::Result<Gauges> {
     use livepush::metrics::{POLLER_EVENTS_WATCHED, POLLER_SUBSCRIBERS};
     let text = scrape(addr).await?;
     let get = |name| metric(&text, name).with_context(|| format!("no {name} in {addr}'s /metrics"));
     Ok(Gauges { events: get(POLLER_EVENTS_WATCHED)?, streams: get(POLLER_SUBSCRIBERS)? })
-}
-
-/// The sum of every sample of metric `name` (all label sets) in Prometheus
-/// text, rounded; `None` if it has none.
-fn metric(text: &str, name: &str) -> Option<u64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let series_name = series.split('{').next().unwrap_or("").trim();
-        if series_name == name
-            && let Ok(v) = value.trim().parse::<f64>()
-        {
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found.map(|v: f64| v.round() as u64)
 }
 
 // ---------------------------------------------------------------------------
@@ -1655,15 +1633,5 @@ mod tests {
         assert_eq!(b.switch_gap_us, vec![4_000_000]);
         assert_eq!(b.max_gap_affected_us, vec![6_000_000, 10_000_000]);
         assert_eq!(b.max_gap_others_us, vec![9_500_000]);
-    }
-
-    #[test]
-    fn metric_sums_label_sets() {
-        let text = "# HELP x y\nlivepush_poller_events_watched 334\n\
-            livepush_poller_upstream_requests_total{outcome=\"ok\"} 10\n\
-            livepush_poller_upstream_requests_total{outcome=\"timeout\"} 2\n";
-        assert_eq!(metric(text, "livepush_poller_events_watched"), Some(334));
-        assert_eq!(metric(text, "livepush_poller_upstream_requests_total"), Some(12));
-        assert_eq!(metric(text, "livepush_poller_subscribers"), None);
     }
 }

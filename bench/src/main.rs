@@ -10,6 +10,7 @@ mod arrivals;
 mod attach;
 mod breadth;
 mod child;
+mod churn;
 mod failover;
 mod fanout;
 mod histogram;
@@ -53,6 +54,12 @@ enum Scenario {
     /// Many events with a few browsers each over several edges (default
     /// 1,000 x 10 over two): the same figures, plus polls per event.
     Breadth(breadth::Args),
+    /// Browsers connecting and resetting in batches on distinct events on
+    /// one edge (default 10,000 in batches of 500) while the browsers of
+    /// one stable event watch: whether the edge's RSS, open files and
+    /// streams and the poller's polling return to their level before,
+    /// `stale` events and `/readyz` during the churn.
+    Churn(churn::Args),
     /// A poller killed with SIGKILL under load (default 1,000 events x 10
     /// browsers, two edges, three pollers): time until every browser of its
     /// events receives fresh data again, ids, reconnects, polls per event.
@@ -78,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Poller(args) => poller::run(args).await,
             Scenario::Fanout(args) => fanout::run(args).await,
             Scenario::Breadth(args) => breadth::run(args).await,
+            Scenario::Churn(args) => churn::run(args).await,
             Scenario::Failover(args) => failover::run(args).await,
             Scenario::Polling(args) => polling::run(args).await,
             Scenario::SseLoad(args) => attach::run(args).await,

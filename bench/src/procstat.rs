@@ -105,6 +105,14 @@ pub fn memory_detail(pid: u32) -> anyhow::Result<MemoryDetail> {
     })
 }
 
+/// How many files (sockets included) process `pid` holds open: the entries
+/// of `/proc/PID/fd`.
+pub fn open_files(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/fd");
+    let entries = std::fs::read_dir(&path).with_context(|| format!("listing {path}"))?;
+    Ok(entries.filter(Result::is_ok).count() as u64)
+}
+
 /// The processes whose parent is `pid` (nginx's workers, for its master),
 /// in pid order, found by reading the parent pid of every `/proc/PID/stat`.
 /// Processes that exit during the scan are skipped.
@@ -272,5 +280,10 @@ mod tests {
         assert!(s.cpu_seconds >= 0.0);
         let m = memory_detail(std::process::id()).unwrap();
         assert!(m.rss_anon_kib > 0 && m.threads >= 1);
+        // Other tests open files meanwhile: only the lower bound is exact.
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(open_files(std::process::id()).unwrap() >= 1);
+        drop(file);
+        assert!(open_files(u32::MAX).is_err());
     }
 }

@@ -28,7 +28,7 @@ use crate::{
     histogram::Snapshot,
     procstat::{self, MemoryDetail, Sample},
     report::{Label, Report, Value},
-    sse_load::{self, Counters, Load, Plan, Update},
+    sse_load::{self, Counters, Gaps, Load, Plan, Update},
     stack::{self, BinArgs, Proc},
 };
 use anyhow::Context;
@@ -61,6 +61,7 @@ impl LoadArgs {
             idle_timeout: Duration::from_secs(40),
             reconnect_delay: Duration::from_millis(100),
             deadline,
+            reset: false,
         }
     }
 
@@ -184,6 +185,49 @@ pub trait Server {
     /// Fails if it died.
     fn ensure_running(&mut self) -> anyhow::Result<()>;
     async fn stop(self) -> anyhow::Result<()>;
+    /// Its connections to the poller, if it has any (an edge's `/metrics`).
+    async fn upstream(&self) -> anyhow::Result<Option<EdgeUpstream>> {
+        Ok(None)
+    }
+}
+
+/// An edge's upstream, from its `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EdgeUpstream {
+    /// `livepush_edge_upstream_channels`, all pollers: HTTP/2 connections
+    /// carrying `Subscribe` streams.
+    pub channels: u64,
+    /// `livepush_edge_upstream_streams`.
+    pub streams: u64,
+    /// `livepush_edge_upstream_subscribe_failures_total`, all reasons.
+    pub subscribe_failures: u64,
+}
+
+impl EdgeUpstream {
+    /// Reads the edge at `addr`.
+    pub async fn read(addr: SocketAddr) -> anyhow::Result<Self> {
+        Ok(Self::parse(&stack::scrape(addr).await?))
+    }
+
+    /// From an edge's `/metrics` text (a metric missing counts 0).
+    pub fn parse(text: &str) -> Self {
+        use livepush::metrics::{
+            EDGE_UPSTREAM_CHANNELS, EDGE_UPSTREAM_STREAMS, EDGE_UPSTREAM_SUBSCRIBE_FAILURES,
+        };
+        let get = |name| stack::metric(text, name).unwrap_or(0);
+        Self {
+            channels: get(EDGE_UPSTREAM_CHANNELS),
+            streams: get(EDGE_UPSTREAM_STREAMS),
+            subscribe_failures: get(EDGE_UPSTREAM_SUBSCRIBE_FAILURES),
+        }
+    }
+
+    fn add(mut self, other: Self) -> Self {
+        self.channels += other.channels;
+        self.streams += other.streams;
+        self.subscribe_failures += other.subscribe_failures;
+        self
+    }
 }
 
 /// The running upstream: media-sim (with `--stamp`) and the poller.
@@ -275,6 +319,10 @@ impl Server for Proc {
     async fn stop(self) -> anyhow::Result<()> {
         Proc::stop(self).await
     }
+
+    async fn upstream(&self) -> anyhow::Result<Option<EdgeUpstream>> {
+        EdgeUpstream::read(self.addr).await.map(Some)
+    }
 }
 
 /// A parameter row of [`report`]: key, label, value, unit.
@@ -311,6 +359,12 @@ pub struct Outcome {
     latency: Snapshot,
     updates: Vec<Update>,
     updates_dropped: u64,
+    /// Changes missed in the window (`None`: the system does not poll).
+    gaps: Option<Gaps>,
+    /// The edges' upstream, summed: all connected (settled), and at the end
+    /// of the window (`None`: not an edge).
+    upstream_connected: Option<EdgeUpstream>,
+    upstream_end: Option<EdgeUpstream>,
     /// Upstream requests in the window (`None`: the system does not poll).
     requests: Option<u64>,
     edges: Vec<EdgeMemory>,
@@ -428,6 +482,7 @@ pub async fn measure<S: System>(args: &PushArgs, shape: Shape, sys: &mut S) -> a
     }
     let connected: Vec<(usize, Sample, MemoryDetail)> = edges.iter().map(memory).collect::<Result<_, _>>()?;
     let load_rss_connected = procstat::sample(me)?.rss_bytes;
+    let upstream_connected = upstream(&edges).await?;
 
     // The window.
     let stats = load.stats().clone();
@@ -460,6 +515,7 @@ pub async fn measure<S: System>(args: &PushArgs, shape: Shape, sys: &mut S) -> a
     let r1 = sys.upstream_requests().await?;
     let end: Vec<Sample> =
         edges.iter().map(|e| memory(e).map(|(_, sample, _)| sample)).collect::<Result<_, _>>()?;
+    let upstream_end = upstream(&edges).await?;
     for e in &mut edges {
         e.ensure_running()?;
     }
@@ -468,6 +524,11 @@ pub async fn measure<S: System>(args: &PushArgs, shape: Shape, sys: &mut S) -> a
     // Let the updates served in the window reach everyone.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (updates, updates_dropped) = stats.updates_served(t0_ms, t1_ms);
+    // A poll every interval (5 % jitter; the settle lets each event's
+    // second poll, up to 1.5 intervals after its first, pass): a gap over
+    // 1.5 intervals is a change missed.
+    let max_gap_ms = u64::try_from(args.interval.as_millis() * 3 / 2).unwrap_or(u64::MAX);
+    let gaps = r0.is_some().then(|| stats.gaps(0..shape.events, t0_ms, t1_ms, max_gap_ms));
     let connect = stats.connect.snapshot();
     let first_event = stats.first_event.snapshot();
     let listen1 = procstat::tcp_ext(LISTEN_COUNTERS)?;
@@ -510,6 +571,9 @@ pub async fn measure<S: System>(args: &PushArgs, shape: Shape, sys: &mut S) -> a
         latency,
         updates,
         updates_dropped,
+        gaps,
+        upstream_connected,
+        upstream_end,
         requests: r1.zip(r0).map(|(r1, r0)| r1.saturating_sub(r0)),
         edges,
         cpu_edges: spent[..k].iter().map(|s| s.0).sum(),
@@ -532,6 +596,17 @@ pub async fn measure<S: System>(args: &PushArgs, shape: Shape, sys: &mut S) -> a
 /// Accept-queue overflows, the SYNs they dropped, and SYN-queue overflows
 /// (the whole network namespace: other programs' connections count too).
 const LISTEN_COUNTERS: &[&str] = &["ListenOverflows", "ListenDrops", "SyncookiesSent"];
+
+/// The servers' upstream readings summed (`None` if they have none).
+async fn upstream(servers: &[impl Server]) -> anyhow::Result<Option<EdgeUpstream>> {
+    let mut total: Option<EdgeUpstream> = None;
+    for s in servers {
+        if let Some(u) = s.upstream().await? {
+            total = Some(total.unwrap_or_default().add(u));
+        }
+    }
+    Ok(total)
+}
 
 /// CPU seconds so far of all the servers' processes.
 fn servers_cpu(servers: &[impl Server]) -> anyhow::Result<f64> {
@@ -818,6 +893,21 @@ pub fn report(
             "ms",
         );
 
+    if polls {
+        r.row_each(
+            "events_missing_a_change",
+            "events that missed a change (updates > 1.5 intervals apart)",
+            each(&|o| o.gaps.map(|g| g.with_gap).into()),
+            "",
+        )
+        .row_each(
+            "longest_gap_s",
+            "longest time between an event's updates",
+            each(&|o| opt(o.gaps.map(|g| g.longest_ms as f64 / 1000.0), 2)),
+            "s",
+        );
+    }
+
     r.section("errors", "errors and reconnects (whole run, ramp included)")
         .row_each("attempts", "connection attempts", each(&|o| o.totals.attempts.into()), "")
         .row_each("errors", "errors", each(&|o| o.totals.errors.into()), "")
@@ -857,6 +947,37 @@ pub fn report(
                 "polls_per_event_per_interval",
                 "polls per event per interval",
                 each(&|o| opt(o.polls_per_interval(args.interval), 3)),
+                "",
+            );
+    }
+
+    if outcomes.iter().any(|o| o.upstream_connected.is_some()) {
+        let up = |g: fn(&EdgeUpstream) -> u64, at: fn(&Outcome) -> Option<EdgeUpstream>| {
+            each(&|o| at(o).map(|u| g(&u)).into())
+        };
+        r.section("edge_upstream", "edge upstream to the poller (edges' /metrics, all edges)")
+            .row_each(
+                "channels",
+                "HTTP/2 channels (livepush_edge_upstream_channels), connected",
+                up(|u| u.channels, |o| o.upstream_connected),
+                "",
+            )
+            .row_each(
+                "streams",
+                "Subscribe streams (livepush_edge_upstream_streams), connected",
+                up(|u| u.streams, |o| o.upstream_connected),
+                "",
+            )
+            .row_each(
+                "channels_end",
+                "HTTP/2 channels at the end of the window",
+                up(|u| u.channels, |o| o.upstream_end),
+                "",
+            )
+            .row_each(
+                "subscribe_failures",
+                "subscribe failures (whole run, to the end of the window)",
+                up(|u| u.subscribe_failures, |o| o.upstream_end),
                 "",
             );
     }

@@ -82,6 +82,9 @@ pub struct Config {
     pub reconnect_delay: Duration,
     /// Every task stops by itself here.
     pub deadline: Instant,
+    /// Close connections with a reset (`SO_LINGER` 0: RST, no FIN), as a
+    /// browser whose tab or network vanished; otherwise with a FIN.
+    pub reset: bool,
 }
 
 /// Who connects where: one entry per connection.
@@ -151,6 +154,17 @@ pub struct Update {
     /// µs latency of the first and of the last browser to receive it.
     pub first_us: u64,
     pub last_us: u64,
+}
+
+/// Gaps in the updates of events (see [`Stats::gaps`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gaps {
+    /// Events examined.
+    pub events: u64,
+    /// Events with a gap longer than the limit: a change missed.
+    pub with_gap: u64,
+    /// Longest gap of any event, in ms.
+    pub longest_ms: u64,
 }
 
 /// A reading of the monotonic counters and the gauges.
@@ -238,6 +252,38 @@ impl Stats {
             .copied()
             .collect();
         (updates, self.updates_dropped.load(Relaxed))
+    }
+
+    /// Whether the browsers missed changes of their events in `[from_ms,
+    /// to_ms)`, judged by the stamps of the updates they received: with
+    /// media-sim's `--stamp` every poll is a change, and an event is polled
+    /// once per interval (5 % jitter), so a change no browser received shows
+    /// as two of the event's updates (or an update and an end of the window)
+    /// more than `max_gap_ms` apart. `keys` are the events expected.
+    pub fn gaps(
+        &self,
+        keys: impl IntoIterator<Item = u32>,
+        from_ms: u64,
+        to_ms: u64,
+        max_gap_ms: u64,
+    ) -> Gaps {
+        let mut stamps: HashMap<u32, Vec<u64>> = HashMap::new();
+        for &(key, served_at_ms) in lock(&self.updates).keys() {
+            if (from_ms..to_ms).contains(&served_at_ms) {
+                stamps.entry(key).or_default().push(served_at_ms);
+            }
+        }
+        let mut gaps = Gaps::default();
+        for key in keys {
+            let mut points = stamps.remove(&key).unwrap_or_default();
+            points.extend([from_ms, to_ms]);
+            points.sort_unstable();
+            let longest = points.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+            gaps.events += 1;
+            gaps.with_gap += u64::from(longest > max_gap_ms);
+            gaps.longest_ms = gaps.longest_ms.max(longest);
+        }
+        gaps
     }
 
     fn fail(&self, failure: &Failure) {
@@ -462,6 +508,9 @@ async fn stream(conn: &Conn, source: IpAddr, shared: &Shared) -> Result<(), Fail
     stats.attempts.fetch_add(1, Relaxed);
     let socket = TcpSocket::new_v4().map_err(Failure::Socket)?;
     socket.bind(SocketAddr::new(source, 0)).map_err(Failure::Socket)?;
+    if config.reset {
+        socket.set_zero_linger().map_err(Failure::Socket)?;
+    }
     let connecting = tokio::time::timeout(config.connect_timeout, socket.connect(conn.addr));
     let mut tcp: TcpStream = tokio::select! {
         _ = shared.stop.cancelled() => return Ok(()),
@@ -645,7 +694,46 @@ mod tests {
             idle_timeout: Duration::from_secs(5),
             reconnect_delay: Duration::from_millis(10),
             deadline: Instant::now() + Duration::from_secs(10),
+            reset: false,
         }
+    }
+
+    #[test]
+    fn gaps_find_events_that_missed_a_change() {
+        let stats = Stats::default();
+        // Event 1: every 1,000 ms; event 2 misses the change at 3,000;
+        // event 3 receives nothing; event 4 is not expected.
+        for at in [1_000, 2_000, 3_000, 4_000] {
+            stats.delivered(1, at, 5);
+        }
+        for at in [1_000, 2_000, 4_000] {
+            stats.delivered(2, at, 5);
+        }
+        stats.delivered(4, 2_500, 5);
+        let g = stats.gaps([1, 2], 500, 4_500, 1_500);
+        assert_eq!((g.events, g.with_gap, g.longest_ms), (2, 1, 2_000));
+        let g = stats.gaps([1, 2, 3], 500, 4_500, 1_500);
+        assert_eq!((g.events, g.with_gap, g.longest_ms), (3, 2, 4_000));
+        // Updates outside the window do not count.
+        let g = stats.gaps([1], 2_500, 4_500, 1_500);
+        assert_eq!((g.with_gap, g.longest_ms), (0, 1_000));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reset_closes_with_rst() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut plan = Plan::default();
+        plan.push(addr, "/live/e/stream", 0);
+        let load = Load::start(plan, Config { reset: true, ..config(1000) });
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut req = [0u8; 1024];
+        assert!(s.read(&mut req).await.unwrap() > 0);
+        s.write_all(&stream_with_stamps(&[1])).await.unwrap();
+        assert!(load.wait_ready(1, Duration::from_secs(5)).await.is_some());
+        assert_eq!(load.stop(Duration::from_secs(2)).await, 0);
+        let err = s.read(&mut req).await.expect_err("a reset, not an end of stream");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
     }
 
     fn stream_with_stamps(stamps: &[u64]) -> Vec<u8> {

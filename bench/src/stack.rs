@@ -211,6 +211,30 @@ pub async fn media_requests(media: SocketAddr) -> anyhow::Result<u64> {
     json["requests"].as_u64().with_context(|| format!("no requests count in {body}"))
 }
 
+/// The Prometheus text of `GET /metrics` on `addr` (an edge, or a poller's
+/// gRPC port).
+pub async fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
+    let (status, body) = httpc::get(addr, "/metrics", Duration::from_secs(5)).await?;
+    ensure!(status == 200, "GET http://{addr}/metrics answered {status}");
+    Ok(body)
+}
+
+/// The sum of every sample of metric `name` (all label sets) in Prometheus
+/// text, rounded; `None` if it has none.
+pub fn metric(text: &str, name: &str) -> Option<u64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let series_name = series.split('{').next().unwrap_or("").trim();
+        if series_name == name
+            && let Ok(v) = value.trim().parse::<f64>()
+        {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found.map(|v: f64| v.round() as u64)
+}
+
 /// A port free on loopback right now (bound then released; the child binds
 /// it a moment later).
 pub fn free_port() -> anyhow::Result<u16> {
@@ -241,6 +265,16 @@ pub fn ensure_parent(path: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_sums_label_sets() {
+        let text = "# HELP x y\nlivepush_poller_events_watched 334\n\
+            livepush_poller_upstream_requests_total{outcome=\"ok\"} 10\n\
+            livepush_poller_upstream_requests_total{outcome=\"timeout\"} 2\n";
+        assert_eq!(metric(text, "livepush_poller_events_watched"), Some(334));
+        assert_eq!(metric(text, "livepush_poller_upstream_requests_total"), Some(12));
+        assert_eq!(metric(text, "livepush_poller_subscribers"), None);
+    }
 
     #[test]
     fn shell_words_quote_only_when_needed() {
