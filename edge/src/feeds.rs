@@ -124,6 +124,8 @@ struct Entry {
     /// Set when the last browser left: the stream closes then, unless a
     /// browser comes back first.
     idle_until: Option<Instant>,
+    /// The poller whose stream feeds the event (the last one subscribed).
+    source: Option<SocketAddr>,
 }
 
 impl Feeds {
@@ -192,7 +194,7 @@ impl Feeds {
                 let task = upstream(self.clone(), id.clone(), tx.clone(), cancel.clone());
                 self.inner.tasks.spawn(task);
                 metrics::edge_upstream().events_watched.increment(1.0);
-                v.insert(Entry { tx, browsers: 0, cancel, generation, idle_until: None })
+                v.insert(Entry { tx, browsers: 0, cancel, generation, idle_until: None, source: None })
             }
         };
         entry.browsers += 1;
@@ -200,6 +202,17 @@ impl Feeds {
         let rx = entry.tx.subscribe();
         let guard = WatchGuard { feeds: self.clone(), id, generation: entry.generation };
         Some(Watch { rx, _guard: guard })
+    }
+
+    /// The poller whose stream feeds `id` now (presence goes there).
+    pub fn source(&self, id: &EventId) -> Option<SocketAddr> {
+        self.lock().events.get(id)?.source
+    }
+
+    fn set_source(&self, id: &EventId, poller: SocketAddr) {
+        if let Some(entry) = self.lock().events.get_mut(id) {
+            entry.source = Some(poller);
+        }
     }
 
     /// Upstream streams closed after their grace since the last call.
@@ -491,6 +504,7 @@ async fn follow(
             if let Some(limit) = max_streams(response.metadata()) {
                 owner.feeds.learn_limit(limit);
             }
+            feeds.set_source(id, owner.addr);
             response.into_inner()
         }
         Err(status) => {

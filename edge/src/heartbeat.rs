@@ -44,10 +44,10 @@ impl Reporter {
                 _ = stop.cancelled() => break,
                 _ = ticker.tick() => {}
             }
-            let events = self.viewers.batch();
+            let (events, epoch) = self.viewers.batch();
             match self.send(events).await {
                 Ok(_) => {
-                    self.viewers.reported();
+                    self.viewers.reported(epoch);
                     if std::mem::take(&mut failing) {
                         info!("heartbeat reports accepted again");
                     }
@@ -63,8 +63,9 @@ impl Reporter {
         debug!(ok = matches!(farewell, Ok(Ok(_))), "final empty heartbeat report");
     }
 
-    /// Sends every live poller the part of `events` it owns (the same owner
-    /// as the event's feed), and an empty part to the others, so a poller
+    /// Sends every live poller the part of `events` whose streams it serves
+    /// (the owner, unless the event is still moving), and an empty part to
+    /// the others, so a poller
     /// forgets this edge's viewers of events that moved away. Fails if any
     /// poller did not take its part.
     async fn send(&self, events: Vec<EventViewers>) -> Result<Vec<EventPresence>, Status> {
@@ -75,7 +76,12 @@ impl Reporter {
         let mut parts: Vec<Vec<EventViewers>> = vec![Vec::new(); live.len()];
         for event in events {
             let Ok(id) = EventId::parse(&event.event_id) else { continue };
-            if let Some(i) = live.owner_index(&id) {
+            // The poller that serves the event's stream now; it differs from
+            // the owner while an event waits to move back to a returning
+            // poller, and that one is the poller that polls it.
+            let serving = self.feeds.source(&id);
+            let serving = serving.and_then(|addr| live.members().iter().position(|m| m.addr == addr));
+            if let Some(i) = serving.or_else(|| live.owner_index(&id)) {
                 parts[i].push(event);
             }
         }

@@ -22,12 +22,16 @@ use tracing::debug;
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Streams that must have closed since the last high before a trim.
 const TRIM_AFTER_DROP: usize = 256;
+/// A second trim this long after one: the viewers of a crowd are forgotten
+/// only after the next heartbeat report (every 10 s by default).
+const FOLLOW_UP: Duration = Duration::from_secs(12);
 
 /// Runs until `stop`.
 pub async fn trim_after_crowds(limits: StreamLimits, feeds: Feeds, stop: CancellationToken) {
     let mut tick = tokio::time::interval(CHECK_EVERY);
     // Streams and upstream streams closed since the last trim.
     let mut released = 0usize;
+    let mut follow_up: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -38,9 +42,11 @@ pub async fn trim_after_crowds(limits: StreamLimits, feeds: Feeds, stop: Cancell
         released += now;
         // Trim once the crowd is gone: nothing more closed since the last
         // look, so the pages it freed are all free now.
-        if released >= TRIM_AFTER_DROP && now == 0 {
+        let due = follow_up.is_some_and(|at| tokio::time::Instant::now() >= at);
+        if (released >= TRIM_AFTER_DROP && now == 0) || due {
             let trimmed = tokio::task::spawn_blocking(trim).await.unwrap_or(false);
             debug!(released, trimmed, "returned free memory after streams closed");
+            follow_up = (!due).then(|| tokio::time::Instant::now() + FOLLOW_UP);
             released = 0;
         }
     }

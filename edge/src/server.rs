@@ -77,8 +77,8 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let sockets = Arc::new(Semaphore::new(opts.max_connections + SOCKET_HEADROOM));
     let graceful = GracefulShutdown::new();
-    // Plain-TCP connections (their SSE streams are served by `lean`, not
-    // watched by `graceful`): the drain waits for these tasks too.
+    // Every connection's task (plain TCP, whose SSE streams `lean` serves
+    // unwatched by `graceful`, and TLS): the drain waits for these too.
     let tasks = TaskTracker::new();
     let metrics = livepush::metrics::edge();
 
@@ -141,9 +141,16 @@ pub async fn serve(
                 let tls = tls.clone();
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
-                tokio::spawn(async move {
+                let stop = stop.clone();
+                // Owned like the plain connections: the drain waits for
+                // (and a stop ends) handshakes in progress too.
+                tasks.spawn(async move {
                     let _slot = slot;
-                    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(io)).await {
+                    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(io));
+                    let stream = match tokio::select! {
+                        _ = stop.cancelled() => return,
+                        h = handshake => h,
+                    } {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => return debug!(%peer, "TLS handshake timed out"),

@@ -10,7 +10,7 @@
 
 use livepush::{EventId, ViewerId, proto::EventViewers};
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
 };
 
@@ -27,14 +27,19 @@ pub struct Viewers {
 struct Table {
     events: HashMap<EventId, Watching>,
     left_total: usize,
+    /// Numbers the batches: a departure is stamped with the batch it
+    /// belongs to, so one that happens while a batch is in flight is kept
+    /// for the next batch when that one is confirmed.
+    epoch: u64,
 }
 
 #[derive(Default)]
 struct Watching {
     /// Open streams per viewer id (two tabs: 2).
     vids: HashMap<ViewerId, u32>,
-    /// Viewer ids whose last stream closed since the last report.
-    left: HashSet<ViewerId>,
+    /// Viewer ids whose last stream closed since the last report, with the
+    /// epoch of the batch that first reports them.
+    left: HashMap<ViewerId, u64>,
     anonymous: u32,
     /// Most anonymous streams open at once since the last report.
     anonymous_peak: u32,
@@ -63,30 +68,38 @@ impl Viewers {
     }
 
     /// The batch for the interval that ends now: everyone who watched during
-    /// it. Call [`Viewers::reported`] once the poller has it.
-    pub fn batch(&self) -> Vec<EventViewers> {
-        let table = self.lock();
-        table
+    /// it, and its epoch. Call [`Viewers::reported`] with the epoch once the
+    /// poller has it.
+    pub fn batch(&self) -> (Vec<EventViewers>, u64) {
+        let mut table = self.lock();
+        let epoch = table.epoch;
+        table.epoch += 1;
+        let events = table
             .events
             .iter()
             .filter(|(_, w)| !w.is_empty())
             .map(|(event, w)| {
                 let mut vids: Vec<String> =
-                    w.vids.keys().chain(w.left.iter()).map(|v| v.as_str().to_owned()).collect();
+                    w.vids.keys().chain(w.left.keys()).map(|v| v.as_str().to_owned()).collect();
                 vids.sort_unstable();
                 vids.dedup();
                 EventViewers { event_id: event.to_string(), vids, anonymous: w.anonymous_peak }
             })
-            .collect()
+            .collect();
+        (events, epoch)
     }
 
-    /// The poller has the batch: start a new interval. If reporting fails,
-    /// this is not called and the next batch still includes those who left.
-    pub fn reported(&self) {
+    /// The poller has batch `epoch`: forget the departures it reported (one
+    /// that happened while it was in flight stays for the next batch). If
+    /// reporting fails, this is not called and the next batch still
+    /// includes those who left.
+    pub fn reported(&self, epoch: u64) {
         let mut table = self.lock();
-        table.left_total = 0;
-        table.events.retain(|_, w| {
-            w.left.clear();
+        let Table { events, left_total, .. } = &mut *table;
+        *left_total = 0;
+        events.retain(|_, w| {
+            w.left.retain(|_, e| *e > epoch);
+            *left_total += w.left.len();
             w.left.shrink_to_fit();
             w.anonymous_peak = w.anonymous;
             !w.is_empty()
@@ -100,7 +113,7 @@ impl Viewers {
 
     fn leave(&self, event: &EventId, vid: &Option<ViewerId>) {
         let mut table = self.lock();
-        let Table { events, left_total } = &mut *table;
+        let Table { events, left_total, epoch } = &mut *table;
         let Some(watching) = events.get_mut(event) else { return };
         match vid {
             Some(vid) => {
@@ -108,7 +121,7 @@ impl Viewers {
                     *n -= 1;
                     if *n == 0 {
                         watching.vids.remove(vid);
-                        if *left_total < MAX_LEFT && watching.left.insert(vid.clone()) {
+                        if *left_total < MAX_LEFT && watching.left.insert(vid.clone(), *epoch).is_none() {
                             *left_total += 1;
                         }
                     }
@@ -163,13 +176,30 @@ mod tests {
         let anon1 = v.join(ev("a"), None);
         let _anon2 = v.join(ev("a"), None);
         drop((brief, anon1, tab1));
-        let batch = v.batch();
+        let (batch, epoch) = v.batch();
         assert_eq!(batch.len(), 1);
         assert_eq!(batch[0].vids, ["ann", "bob"], "bob came and went: still counted once");
         assert_eq!(batch[0].anonymous, 2, "peak anonymous streams in the interval");
-        v.reported();
-        let batch = v.batch();
+        v.reported(epoch);
+        let (batch, _) = v.batch();
         assert_eq!((batch[0].vids.clone(), batch[0].anonymous), (vec!["ann".to_owned()], 1));
+    }
+
+    #[test]
+    fn a_departure_while_a_batch_is_in_flight_is_in_the_next_batch() {
+        let v = Viewers::default();
+        let carol = v.join(ev("a"), vid("carol"));
+        let _dan = v.join(ev("a"), vid("dan"));
+        let (batch, epoch) = v.batch();
+        assert_eq!(batch[0].vids, ["carol", "dan"]);
+        // Carol leaves after the batch was taken, before the poller took it.
+        drop(carol);
+        v.reported(epoch);
+        let (batch, epoch) = v.batch();
+        assert_eq!(batch[0].vids, ["carol", "dan"], "carol watched during this interval too");
+        v.reported(epoch);
+        let (batch, _) = v.batch();
+        assert_eq!(batch[0].vids, ["dan"], "then she is gone");
     }
 
     #[test]
@@ -178,9 +208,10 @@ mod tests {
         for i in 0..100 {
             drop(v.join(ev(&format!("e{i}")), vid(&format!("v{i}"))));
         }
-        assert_eq!(v.batch().len(), 100);
-        v.reported();
-        assert!(v.batch().is_empty());
+        let (batch, epoch) = v.batch();
+        assert_eq!(batch.len(), 100);
+        v.reported(epoch);
+        assert!(v.batch().0.is_empty());
         assert!(v.lock().events.is_empty() && v.lock().left_total == 0);
     }
 
@@ -192,7 +223,7 @@ mod tests {
             drop(v.join(ev(&format!("e{i}")), vid(&format!("v{i}"))));
         }
         assert!(v.footprint().1 >= 10_000);
-        v.reported();
+        v.reported(v.batch().1);
         let (len, capacity) = v.footprint();
         assert_eq!(len, 1);
         assert!(capacity < 128, "capacity {capacity} after the crowd left");
@@ -206,6 +237,6 @@ mod tests {
             drop(v.join(ev("big"), vid(&format!("v{i}"))));
         }
         assert_eq!(v.lock().left_total, MAX_LEFT);
-        assert_eq!(v.batch()[0].vids.len(), MAX_LEFT);
+        assert_eq!(v.batch().0[0].vids.len(), MAX_LEFT);
     }
 }
