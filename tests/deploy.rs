@@ -369,18 +369,29 @@ fn only_edges_and_labelled_clients_reach_the_pollers() {
     let spec = &policy["spec"];
     let pollers = labels(&m.find("Deployment", POLLER)["spec"]["template"]["metadata"]["labels"]);
     let edges = labels(&m.find("Deployment", EDGE)["spec"]["template"]["metadata"]["labels"]);
-    assert!(selects(labels(&spec["podSelector"]["matchLabels"]), pollers), "the policy must select the pollers");
-    assert!(!selects(labels(&spec["podSelector"]["matchLabels"]), edges), "the policy must not select the edges");
+    assert!(
+        selects(labels(&spec["podSelector"]["matchLabels"]), pollers),
+        "the policy must select the pollers"
+    );
+    assert!(
+        !selects(labels(&spec["podSelector"]["matchLabels"]), edges),
+        "the policy must not select the edges"
+    );
     assert!(spec["policyTypes"].as_array().unwrap().iter().any(|t| t == "Ingress"));
     let rules = spec["ingress"].as_array().expect("ingress rules");
     assert_eq!(rules.len(), 1, "one rule: who, and on which port");
-    let from: Vec<&Map<String, Value>> =
-        rules[0]["from"].as_array().unwrap().iter().map(|f| labels(&f["podSelector"]["matchLabels"])).collect();
+    let from: Vec<&Map<String, Value>> = rules[0]["from"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| labels(&f["podSelector"]["matchLabels"]))
+        .collect();
     assert!(from.iter().any(|s| selects(s, edges)), "the edges may reach the pollers");
     assert!(!from.iter().any(|s| selects(s, pollers)), "pollers need not reach each other");
     let client = serde_json::json!({"livepush.io/poller-client": "true"});
     assert!(from.iter().any(|s| selects(s, labels(&client))), "labelled clients may reach the pollers");
-    let ports: Vec<u64> = rules[0]["ports"].as_array().unwrap().iter().filter_map(|p| p["port"].as_u64()).collect();
+    let ports: Vec<u64> =
+        rules[0]["ports"].as_array().unwrap().iter().filter_map(|p| p["port"].as_u64()).collect();
     let grpc = m.poller().poller_config().listen.port() as u64;
     assert_eq!(ports, [grpc], "only the poller's port");
 }
