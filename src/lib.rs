@@ -3,6 +3,7 @@
 //! that start a graceful shutdown, and the Prometheus metrics of both
 //! binaries.
 
+pub mod bearer;
 pub mod event_id;
 pub mod metrics;
 pub mod recent;

@@ -56,6 +56,13 @@ pub const POLLER_PRESENCE_WATCHED: &str = "livepush_poller_presence_watched_even
 /// Counter, label `outcome` (`ok`, `failed`): posts to `--heartbeat-url`, a
 /// failure counted once after its retries.
 pub const POLLER_PRESENCE_POSTS: &str = "livepush_poller_presence_posts_total";
+/// Counter, label `reason` (`missing_token`, `unknown_token`, `wrong_role`):
+/// gRPC calls refused by `--clients-file`.
+pub const POLLER_AUTH_REFUSALS: &str = "livepush_poller_auth_refusals_total";
+/// Counter, label `rpc` (`subscribe`, `watch_presence`): streams refused
+/// because their client holds `--max-streams-per-client` or
+/// `--max-watches-per-client`.
+pub const POLLER_CLIENT_LIMIT_REFUSALS: &str = "livepush_poller_client_limit_refusals_total";
 
 // ---- edge --------------------------------------------------------------
 
@@ -83,8 +90,12 @@ pub const EDGE_UPSTREAM_STREAMS: &str = "livepush_edge_upstream_streams";
 pub const EDGE_UPSTREAM_FAILOVERS: &str = "livepush_edge_upstream_failovers_total";
 /// Gauge: pollers this edge currently considers healthy.
 pub const EDGE_POLLERS_UP: &str = "livepush_edge_pollers_up";
+/// Gauge: poller addresses this edge knows (from `--poller` and DNS), up
+/// or not; with `livepush_edge_pollers_up`, how many are not serving.
+pub const EDGE_POLLERS_KNOWN: &str = "livepush_edge_pollers_known";
 /// Counter, label `reason`: upstream `Subscribe` calls that did not open a
-/// stream (`timeout`, `connection_full`, `refused`, `invalid`, `error`).
+/// stream (`timeout`, `connection_full`, `refused`, `invalid`,
+/// `unauthorized`, `error`).
 pub const EDGE_UPSTREAM_SUBSCRIBE_FAILURES: &str = "livepush_edge_upstream_subscribe_failures_total";
 /// Gauge, label `poller`: HTTP/2 connections this edge holds to a poller for
 /// subscriptions.
@@ -95,7 +106,7 @@ pub const EDGE_HEARTBEAT_REPORTS: &str = "livepush_edge_heartbeat_reports_total"
 /// Label of [`POLLER_UPSTREAM_REQUESTS`], [`POLLER_HEARTBEAT_BATCHES`],
 /// [`POLLER_PRESENCE_POSTS`] and [`EDGE_HEARTBEAT_REPORTS`].
 pub const OUTCOME: &str = "outcome";
-/// Label of [`EDGE_REJECTED`].
+/// Label of [`EDGE_REJECTED`] and [`POLLER_AUTH_REFUSALS`].
 pub const REASON: &str = "reason";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -131,7 +142,22 @@ pub fn install() -> &'static PrometheusHandle {
 /// Every metric in the Prometheus text format (installs the recorder if
 /// needed).
 pub fn render() -> String {
-    install().render()
+    let handle = install();
+    // The standard process metrics (`process_open_fds`, `process_max_fds`,
+    // `process_resident_memory_bytes`, `process_cpu_seconds_total`, ...),
+    // read from /proc at each scrape: the alert on the open-files ceiling
+    // and the dashboard's memory and CPU panels use them.
+    process_collector().collect();
+    handle.render()
+}
+
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(|| {
+        let collector = metrics_process::Collector::default();
+        collector.describe();
+        collector
+    })
 }
 
 fn describe() {
@@ -172,6 +198,18 @@ fn describe() {
         Unit::Count,
         "Presence posts to --heartbeat-url by outcome: ok, failed (after retries)"
     );
+    describe_counter!(
+        POLLER_AUTH_REFUSALS,
+        Unit::Count,
+        "gRPC calls refused by --clients-file, by reason: missing_token, unknown_token (UNAUTHENTICATED), \
+         wrong_role (PERMISSION_DENIED)"
+    );
+    describe_counter!(
+        POLLER_CLIENT_LIMIT_REFUSALS,
+        Unit::Count,
+        "Streams refused at a per-client cap, by rpc: subscribe (--max-streams-per-client), \
+         watch_presence (--max-watches-per-client)"
+    );
 
     describe_gauge!(EDGE_CONNECTIONS_OPEN, Unit::Count, "Client sockets open");
     describe_counter!(EDGE_CONNECTIONS_ACCEPTED, Unit::Count, "Client sockets accepted");
@@ -196,11 +234,12 @@ fn describe() {
     describe_gauge!(EDGE_UPSTREAM_STREAMS, Unit::Count, "Upstream LiveFeed/Subscribe streams open");
     describe_counter!(EDGE_UPSTREAM_FAILOVERS, Unit::Count, "Upstream streams moved to another poller");
     describe_gauge!(EDGE_POLLERS_UP, Unit::Count, "Pollers this edge considers healthy");
+    describe_gauge!(EDGE_POLLERS_KNOWN, Unit::Count, "Poller addresses this edge knows, serving or not");
     describe_counter!(
         EDGE_UPSTREAM_SUBSCRIBE_FAILURES,
         Unit::Count,
         "Upstream Subscribe calls that opened no stream, by reason: timeout, connection_full, refused, \
-         invalid, error"
+         invalid, unauthorized, error"
     );
     describe_gauge!(EDGE_UPSTREAM_CHANNELS, Unit::Count, "Subscription connections to each poller");
     describe_counter!(EDGE_HEARTBEAT_REPORTS, Unit::Count, "Presence batches sent to the poller by outcome");
@@ -239,6 +278,24 @@ pub struct Poller {
     pub presence_watched: Gauge,
     pub presence_posts_ok: Counter,
     pub presence_posts_failed: Counter,
+    pub auth_refusals: AuthRefusals,
+    pub client_limit_refusals: ClientLimitRefusals,
+}
+
+/// [`POLLER_AUTH_REFUSALS`] per `reason`.
+pub struct AuthRefusals {
+    /// No `authorization: Bearer …` (UNAUTHENTICATED).
+    pub missing_token: Counter,
+    /// A token the clients file does not list (UNAUTHENTICATED).
+    pub unknown_token: Counter,
+    /// The client's role does not allow the method (PERMISSION_DENIED).
+    pub wrong_role: Counter,
+}
+
+/// [`POLLER_CLIENT_LIMIT_REFUSALS`] per `rpc`.
+pub struct ClientLimitRefusals {
+    pub subscribe: Counter,
+    pub watch_presence: Counter,
 }
 
 /// [`POLLER_UPSTREAM_REQUESTS`] per `outcome`.
@@ -285,6 +342,8 @@ pub fn poller() -> &'static Poller {
         let upstream =
             |outcome: &'static str| metrics::counter!(POLLER_UPSTREAM_REQUESTS, OUTCOME => outcome);
         let batches = |outcome: &'static str| metrics::counter!(POLLER_HEARTBEAT_BATCHES, OUTCOME => outcome);
+        let auth = |reason: &'static str| metrics::counter!(POLLER_AUTH_REFUSALS, REASON => reason);
+        let limits = |rpc: &'static str| metrics::counter!(POLLER_CLIENT_LIMIT_REFUSALS, "rpc" => rpc);
         Poller {
             subscribers: metrics::gauge!(POLLER_SUBSCRIBERS),
             events_watched: metrics::gauge!(POLLER_EVENTS_WATCHED),
@@ -317,6 +376,15 @@ pub fn poller() -> &'static Poller {
             presence_watched: metrics::gauge!(POLLER_PRESENCE_WATCHED),
             presence_posts_ok: metrics::counter!(POLLER_PRESENCE_POSTS, OUTCOME => "ok"),
             presence_posts_failed: metrics::counter!(POLLER_PRESENCE_POSTS, OUTCOME => "failed"),
+            auth_refusals: AuthRefusals {
+                missing_token: auth("missing_token"),
+                unknown_token: auth("unknown_token"),
+                wrong_role: auth("wrong_role"),
+            },
+            client_limit_refusals: ClientLimitRefusals {
+                subscribe: limits("subscribe"),
+                watch_presence: limits("watch_presence"),
+            },
         }
     })
 }
@@ -362,6 +430,7 @@ pub struct EdgeUpstream {
     pub upstream_streams: Gauge,
     pub upstream_failovers: Counter,
     pub pollers_up: Gauge,
+    pub pollers_known: Gauge,
 }
 
 /// See [`EdgeUpstream`] (installs the recorder on first use).
@@ -374,6 +443,7 @@ pub fn edge_upstream() -> &'static EdgeUpstream {
             upstream_streams: metrics::gauge!(EDGE_UPSTREAM_STREAMS),
             upstream_failovers: metrics::counter!(EDGE_UPSTREAM_FAILOVERS),
             pollers_up: metrics::gauge!(EDGE_POLLERS_UP),
+            pollers_known: metrics::gauge!(EDGE_POLLERS_KNOWN),
         }
     })
 }
@@ -413,6 +483,9 @@ mod tests {
         assert!(text.contains("# TYPE livepush_poller_backoffs_total counter"), "{text}");
         assert!(text.contains("# HELP livepush_poller_backoffs_total"), "{text}");
         assert!(text.contains(r#"livepush_edge_rejected_total{reason="per_client"} 2"#), "{text}");
+        let fds = text.lines().find_map(|l| l.strip_prefix("process_open_fds ")).expect("process_open_fds");
+        assert!(fds.parse::<f64>().unwrap() >= 3.0, "{text}");
+        assert!(text.contains("process_max_fds "), "{text}");
         poller().upstream_duration.record(0.03);
         let text = render();
         assert!(

@@ -492,16 +492,22 @@ fn probes_point_at_the_health_endpoints_on_the_serving_ports() {
     }
 
     let edge = m.edge();
-    let listen = edge.edge_config().listen.port();
+    let admin = edge_admin_port(&edge.edge_config());
     for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
         let get = &edge.container[probe]["httpGet"];
         assert_eq!(get["path"], path, "edge {probe}");
-        assert_eq!(edge.port(&get["port"]), listen, "edge {probe}: port vs --listen");
+        assert_eq!(edge.port(&get["port"]), admin, "edge {probe}: port vs --admin-listen (or --listen)");
     }
 }
 
+/// Where the edge serves probes and metrics: `--admin-listen`, else `--listen`.
+fn edge_admin_port(config: &edge::Config) -> u16 {
+    config.admin_listen.unwrap_or(config.listen).port()
+}
+
 /// What the kubelet asks, put to a poller and an edge started with the
-/// manifests' flags (the edge pointed at that poller instead of the Service).
+/// manifests' flags (the edge pointed at that poller instead of the Service,
+/// its admin endpoints on a free loopback port).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_probes_get_healthy_answers_from_real_servers() {
     use livepush_tests::{PATIENCE, start_edge, start_poller};
@@ -512,8 +518,10 @@ async fn the_probes_get_healthy_answers_from_real_servers() {
     let (poller_pod, edge_pod) = (m.poller(), m.edge());
     let args: Vec<&str> = poller_pod.argv[1..].iter().map(String::as_str).collect();
     let poller = start_poller(&args).await;
-    let mut args = without_flag(&edge_pod.argv[1..], "poller");
-    args.extend(["--poller".to_owned(), poller.url()]);
+    let mut args = without_flag(&without_flag(&edge_pod.argv[1..], "poller"), "admin-listen");
+    let admin = livepush_tests::process::free_addr();
+    args.extend(["--poller".to_owned(), poller.url(), "--admin-listen".to_owned(), admin.to_string()]);
+    assert!(edge_pod.edge_config().admin_listen.is_some(), "the manifests keep probes off the public port");
     let edge = start_edge(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
 
     let channel = tonic::transport::Endpoint::from_shared(poller.url()).unwrap().connect().await.unwrap();
@@ -525,7 +533,7 @@ async fn the_probes_get_healthy_answers_from_real_servers() {
     }
 
     for probe in ["livenessProbe", "readinessProbe"] {
-        let url = format!("{}{}", edge.url(), edge_pod.container[probe]["httpGet"]["path"].as_str().unwrap());
+        let url = format!("http://{admin}{}", edge_pod.container[probe]["httpGet"]["path"].as_str().unwrap());
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             let status = reqwest::get(&url).await.unwrap().status();
@@ -569,7 +577,7 @@ fn prometheus_scrapes_metrics_on_the_serving_ports() {
     let m = Manifests::load();
     let (poller, edge) = (m.poller(), m.edge());
     for (pod, port) in
-        [(&poller, poller.poller_config().listen.port()), (&edge, edge.edge_config().listen.port())]
+        [(&poller, poller.poller_config().listen.port()), (&edge, edge_admin_port(&edge.edge_config()))]
     {
         let deployment = m.find("Deployment", &format!("livepush-{}", pod.binary));
         assert_eq!(pod.annotation(deployment, "prometheus.io/scrape"), "true");

@@ -52,6 +52,38 @@ async fn last_event_id_decides_what_is_resent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listen_takes_probes_and_metrics_off_the_browser_port() {
+    let media = TestMedia::start().await;
+    let poller = start_poller(&["--media-url", &media.template(), "--interval", "1h"]).await;
+    let admin = livepush_tests::process::free_addr();
+    let edge = start_edge(&["--poller", &poller.url(), "--admin-listen", &admin.to_string()]).await;
+    let admin = format!("http://{admin}");
+    livepush_tests::process::wait_ok(&format!("{admin}/readyz")).await;
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(
+            reqwest::get(format!("{}{path}", edge.url())).await.unwrap().status(),
+            404,
+            "{path} on the public port"
+        );
+        assert_eq!(
+            reqwest::get(format!("{admin}{path}")).await.unwrap().status(),
+            200,
+            "{path} on the admin port"
+        );
+    }
+    let metrics = reqwest::get(format!("{admin}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("livepush_edge_streams_open"), "{metrics}");
+    // Browsers are served as before, and the demo page too.
+    let mut browser = SseClient::open(&stream_url(&edge, "adm")).await;
+    assert_eq!(browser.next_message().await.data, r#"{"event":"adm"}"#);
+    assert_eq!(reqwest::get(edge.url()).await.unwrap().status(), 200);
+    // The admin port closes with the edge.
+    drop(browser);
+    edge.stop().await.unwrap();
+    assert!(reqwest::get(format!("{admin}/healthz")).await.is_err(), "the admin port closes with the edge");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ended_event_sends_end_closes_and_then_answers_204() {
     let media = TestMedia::start().await;
     media.set_json("finale", r#"{"on":true}"#);

@@ -13,14 +13,26 @@
 //!
 //! Health watches and presence reports use a channel of their own, so churn
 //! on subscriptions cannot take the poller's health down with it.
+//!
+//! Every channel is made by one [`Link`]: plain h2c for `http://` pollers,
+//! TLS for `https://` ones ([`crate::poller_tls`]), and every call carries
+//! the edge's bearer token when it has one ([`crate::poller_token`]).
 
+use crate::{
+    poller_tls::{self, PollerCa, TlsConnector},
+    poller_token::PollerToken,
+};
 use livepush::{metrics::Gauge, proto::live_feed_client::LiveFeedClient};
+use rustls::pki_types::ServerName;
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
     time::Duration,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Channel, Endpoint},
+};
 
 /// Most subscriptions on one channel, whatever the poller allows.
 pub const MAX_PER_CHANNEL: usize = 1_000;
@@ -31,9 +43,73 @@ pub const MAX_PER_CHANNEL: usize = 1_000;
 const KEEPALIVE: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A lazily connecting channel to the poller at `addr`.
-pub fn connect(addr: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
+/// A channel to a poller: every call on it carries the edge's token.
+pub type PollerChannel = InterceptedService<Channel, PollerToken>;
+
+/// One poller address and how to greet it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dial {
+    pub addr: SocketAddr,
+    /// For an `https://` poller, the name its certificate must carry (the
+    /// `--poller` URL's host); `None` for `http://`.
+    pub tls_name: Option<ServerName<'static>>,
+}
+
+impl Dial {
+    /// A poller reached without TLS.
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self { addr, tls_name: None }
+    }
+}
+
+/// How this edge reaches pollers: the TLS trust for `https://` ones (built
+/// on first use, so an all-`http://` edge never loads a trust store) and
+/// the bearer token. Clones share both.
+#[derive(Clone)]
+pub struct Link {
+    ca: Option<PollerCa>,
+    tls: Arc<OnceLock<Arc<rustls::ClientConfig>>>,
+    token: PollerToken,
+}
+
+impl Link {
+    /// Trusting the system's roots plus `ca` for `https://` pollers, and
+    /// sending `token` on every call.
+    pub fn new(ca: Option<PollerCa>, token: PollerToken) -> Self {
+        Self { ca, tls: Arc::default(), token }
+    }
+
+    /// No extra CA, no token.
+    pub fn plain() -> Self {
+        Self::new(None, PollerToken::new(None))
+    }
+
+    /// The token source (its reload task belongs to whoever runs the edge's
+    /// background tasks).
+    pub fn token(&self) -> &PollerToken {
+        &self.token
+    }
+
+    /// A lazily connecting channel to `dial`.
+    pub fn connect(&self, dial: &Dial) -> PollerChannel {
+        let channel = match &dial.tls_name {
+            None => endpoint(format!("http://{}", dial.addr)).connect_lazy(),
+            // tonic's own TLS features are off (see livepush::tls), so an
+            // https:// endpoint goes straight to this connector; the connect
+            // timeout covers the handshake too.
+            Some(name) => {
+                let tls = self.tls.get_or_init(|| poller_tls::client_config(self.ca.as_ref())).clone();
+                let connector = TlsConnector::new(dial.addr, name.clone(), tls);
+                endpoint(format!("https://{}", dial.addr)).connect_with_connector_lazy(connector)
+            }
+        };
+        InterceptedService::new(channel, self.token.clone())
+    }
+}
+
+/// The settings of every channel to a poller.
+fn endpoint(uri: String) -> Endpoint {
+    Endpoint::from_shared(uri)
         .expect("a socket address is a valid URI")
         .connect_timeout(Duration::from_secs(3))
         .http2_keep_alive_interval(KEEPALIVE)
@@ -44,12 +120,12 @@ pub fn connect(addr: SocketAddr) -> Channel {
         // of them than half its window allows, so offer a large one
         // (credit, not memory allocated up front).
         .initial_connection_window_size(16 << 20)
-        .connect_lazy()
 }
 
 /// The subscription channels to one poller.
 pub struct ChannelPool {
-    addr: SocketAddr,
+    dial: Dial,
+    link: Link,
     state: Mutex<State>,
     gauge: Gauge,
 }
@@ -62,15 +138,15 @@ struct State {
 
 struct Slot {
     id: u64,
-    client: LiveFeedClient<Channel>,
+    client: LiveFeedClient<PollerChannel>,
     streams: usize,
 }
 
 impl ChannelPool {
-    pub fn new(addr: SocketAddr) -> Arc<Self> {
+    pub fn new(dial: Dial, link: Link) -> Arc<Self> {
         let state = State { slots: Vec::new(), per_channel: MAX_PER_CHANNEL, next_id: 0 };
-        let gauge = livepush::metrics::edge_upstream_channels(&addr.to_string());
-        Arc::new(Self { addr, state: Mutex::new(state), gauge })
+        let gauge = livepush::metrics::edge_upstream_channels(&dial.addr.to_string());
+        Arc::new(Self { dial, link, state: Mutex::new(state), gauge })
     }
 
     /// A place for one stream: on the fullest channel that still has room
@@ -84,7 +160,7 @@ impl ChannelPool {
             None => {
                 let id = state.next_id;
                 state.next_id += 1;
-                let client = LiveFeedClient::new(connect(self.addr));
+                let client = LiveFeedClient::new(self.link.connect(&self.dial));
                 state.slots.push(Slot { id, client, streams: 0 });
                 self.gauge.set(state.slots.len() as f64);
                 state.slots.len() - 1
@@ -135,7 +211,7 @@ impl Drop for ChannelPool {
 pub struct Lease {
     pool: Arc<ChannelPool>,
     id: u64,
-    pub client: LiveFeedClient<Channel>,
+    pub client: LiveFeedClient<PollerChannel>,
 }
 
 impl Drop for Lease {
@@ -150,7 +226,7 @@ mod tests {
 
     #[tokio::test]
     async fn opens_channels_at_the_budget_and_closes_idle_ones() {
-        let pool = ChannelPool::new("127.0.0.1:1".parse().unwrap());
+        let pool = ChannelPool::new(Dial::plain("127.0.0.1:1".parse().unwrap()), Link::plain());
         pool.learn_limit(2);
         let leases: Vec<Lease> = (0..5).map(|_| pool.lease()).collect();
         assert_eq!(pool.channels(), 3, "5 streams at 2 per channel");

@@ -1,7 +1,7 @@
 //! Everything the edge can be told, in one struct, checked at start-up so a
 //! bad value stops the process with an error that names the flag.
 
-use crate::pollers::Target;
+use crate::{poller_tls::PollerCa, poller_token::TokenFile, pollers::Target};
 use clap::Parser;
 use livepush::telemetry::LogFormat;
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -13,7 +13,14 @@ pub struct Config {
     #[arg(long, env = "EDGE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// The pollers, as `http://host:port`: repeat the flag or separate with
+    /// A separate address for `/metrics`, `/healthz` and `/readyz` (off when
+    /// unset: they share `--listen`). Set, the browser-facing port serves only
+    /// streams and the demo page, and these stay on the private network.
+    #[arg(long, env = "EDGE_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// The pollers, as `http://host:port` or `https://host:port` (TLS, the
+    /// certificate verified for `host`): repeat the flag or separate with
     /// commas. A name that resolves to several addresses (a Kubernetes
     /// headless Service) counts each address as a poller. Each event is
     /// served by one live poller, the same on every edge.
@@ -23,6 +30,17 @@ pub struct Config {
     /// How often poller names are resolved again (new and gone pollers).
     #[arg(long, env = "EDGE_POLLER_RESOLVE_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub poller_resolve_interval: Duration,
+
+    /// Extra trusted CA certificates (PEM) for `https://` pollers, on top of
+    /// the system's trust store.
+    #[arg(long, env = "EDGE_POLLER_CA", value_name = "PATH", value_parser = PollerCa::load)]
+    pub poller_ca: Option<PollerCa>,
+
+    /// A file holding this edge's token for pollers started with
+    /// `--clients-file` (sent as `authorization: Bearer TOKEN`); read again
+    /// when it changes.
+    #[arg(long, env = "EDGE_POLLER_TOKEN_FILE", value_name = "PATH", value_parser = TokenFile::load)]
+    pub poller_token_file: Option<TokenFile>,
 
     /// Reconnect delay suggested to browsers (`retry:`), e.g. 3000ms or 3s.
     #[arg(long, env = "EDGE_RETRY", default_value = "3000ms", value_parser = humantime::parse_duration)]
@@ -62,6 +80,26 @@ pub struct Config {
     #[arg(long, env = "EDGE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// File holding the secret (raw bytes, at least 32, one trailing line
+    /// break ignored) that signs browsers' watch tokens: with it, every
+    /// stream needs a valid token (`?token=` or the `livepush_token` cookie).
+    #[arg(long, env = "EDGE_AUTH_SECRET_FILE")]
+    pub auth_secret_file: Option<PathBuf>,
+
+    /// The secret being rotated out: tokens it signed are still accepted.
+    #[arg(long, env = "EDGE_AUTH_PREVIOUS_SECRET_FILE", requires = "auth_secret_file")]
+    pub auth_previous_secret_file: Option<PathBuf>,
+
+    /// How long a stream may outlive its token's expiry; then it is closed
+    /// with `retry:` and the browser reconnects with a fresh token.
+    #[arg(long, env = "EDGE_AUTH_GRACE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub auth_grace: Duration,
+
+    /// Serve `GET /demo/token?event=ID&vid=VID`, minting tokens valid this
+    /// long for anyone who asks. For demos and local development only.
+    #[arg(long, env = "EDGE_DEMO_TOKENS", requires = "auth_secret_file", value_parser = demo_token_ttl)]
+    pub demo_tokens: Option<Duration>,
+
     /// On shutdown, browsers are told to reconnect after a random delay up to
     /// this long, so they spread over the remaining edges instead of a herd.
     #[arg(long, env = "EDGE_DRAIN_SPREAD", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -97,6 +135,15 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
         return Err("must be at least 1ms".into());
     }
     Ok(d)
+}
+
+/// Whole seconds (token times are Unix seconds), 1 s to 1 day.
+fn demo_token_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&d) {
+        return Err("must be between 1s and 1d".into());
+    }
+    Ok(Duration::from_secs(d.as_secs()))
 }
 
 /// `*` or an exact origin such as `https://app.example` (scheme, host and
@@ -142,13 +189,27 @@ mod tests {
     fn defaults_match_the_docs() {
         let c = parse(&[]).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.pollers, [Target { host: "127.0.0.1".into(), port: 50051 }]);
+        assert_eq!(c.pollers, [Target { host: "127.0.0.1".into(), port: 50051, tls: false }]);
+        assert!(c.poller_ca.is_none() && c.poller_token_file.is_none());
         assert_eq!(c.poller_resolve_interval, Duration::from_secs(5));
         assert_eq!(c.retry, Duration::from_millis(3000));
         assert_eq!(c.keepalive, Duration::from_secs(15));
         assert_eq!(c.drain_spread, Duration::from_secs(5));
         assert!(c.allow_origin.is_empty() && c.tls_cert.is_none());
         assert_eq!(c.log_format, LogFormat::Text);
+        assert!(c.auth_secret_file.is_none() && c.demo_tokens.is_none(), "auth is off by default");
+        assert_eq!(c.auth_grace, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn auth_flags() {
+        let c = parse(&["--auth-secret-file", "s", "--auth-previous-secret-file", "p", "--auth-grace", "1m"])
+            .unwrap();
+        let files = (c.auth_secret_file.unwrap(), c.auth_previous_secret_file.unwrap());
+        assert_eq!(files, ("s".into(), "p".into()));
+        assert_eq!(c.auth_grace, Duration::from_secs(60));
+        let c = parse(&["--auth-secret-file", "s", "--demo-tokens", "90s"]).unwrap();
+        assert_eq!(c.demo_tokens, Some(Duration::from_secs(90)));
     }
 
     #[test]
@@ -161,9 +222,9 @@ mod tests {
     #[test]
     fn pollers_repeat_or_separate_with_commas() {
         let c =
-            parse(&["--poller", "http://a:1,http://b:2", "--poller", "http://pollers.svc:50051"]).unwrap();
+            parse(&["--poller", "http://a:1,https://b:2", "--poller", "http://pollers.svc:50051"]).unwrap();
         let hosts: Vec<String> = c.pollers.iter().map(Target::to_string).collect();
-        assert_eq!(hosts, ["http://a:1", "http://b:2", "http://pollers.svc:50051"]);
+        assert_eq!(hosts, ["http://a:1", "https://b:2", "http://pollers.svc:50051"]);
     }
 
     #[test]
@@ -179,7 +240,9 @@ mod tests {
             (&["--listen", "8080"][..], "--listen"),
             (&["--poller", "127.0.0.1:50051"][..], "--poller"),
             (&["--poller", "ftp://x"][..], "--poller"),
-            (&["--poller", "http://a:1,https://b:2"][..], "--poller"),
+            (&["--poller", "http://a:1,ftp://b:2"][..], "--poller"),
+            (&["--poller-ca", "/nonexistent/ca.pem"][..], "--poller-ca"),
+            (&["--poller-token-file", "/nonexistent/token"][..], "--poller-token-file"),
             (&["--poller-resolve-interval", "0s"][..], "--poller-resolve-interval"),
             (&["--keepalive", "0s"][..], "--keepalive"),
             (&["--retry", "later"][..], "--retry"),
@@ -190,6 +253,10 @@ mod tests {
             (&["--max-connections", "0"][..], "--max-connections"),
             (&["--heartbeat-interval", "1ms"][..], "--heartbeat-interval"),
             (&["--edge-id", "a b"][..], "--edge-id"),
+            (&["--auth-previous-secret-file", "p"][..], "--auth-secret-file"),
+            (&["--demo-tokens", "1m"][..], "--auth-secret-file"),
+            (&["--auth-secret-file", "s", "--demo-tokens", "0s"][..], "--demo-tokens"),
+            (&["--auth-grace", "soon"][..], "--auth-grace"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(flag), "{args:?}: {err}");

@@ -589,6 +589,8 @@ fn cause(status: &Status) -> &'static str {
         _ if is_channel_full(status) => "connection_full",
         Code::ResourceExhausted => "refused",
         Code::InvalidArgument => "invalid",
+        // The poller wants another token (--poller-token-file).
+        Code::Unauthenticated | Code::PermissionDenied => "unauthorized",
         _ => "error",
     }
 }

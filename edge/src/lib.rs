@@ -6,6 +6,7 @@
 //! writes each update, encoded once by [`sse`], to every browser watching it.
 //! [`server`] owns the sockets: TLS, HTTP/1.1 and HTTP/2, limits, drain.
 
+pub mod auth;
 pub mod channels;
 pub mod config;
 pub mod feeds;
@@ -13,6 +14,8 @@ pub mod heartbeat;
 pub mod lean;
 pub mod limits;
 pub mod memory;
+pub mod poller_tls;
+pub mod poller_token;
 pub mod pollers;
 pub mod readiness;
 pub mod routes;
@@ -49,9 +52,17 @@ pub async fn run(
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,
     };
+    let auth = auth::Auth::from_config(&config)?;
+    if auth.as_ref().is_some_and(|a| a.demo_ttl().is_some()) {
+        warn!("--demo-tokens: GET /demo/token mints a watch token for anyone who asks (demos only)");
+    }
     raise_open_files_limit(config.max_connections as u64);
     let stop = CancellationToken::new();
-    let pollers = Pollers::start(config.pollers.clone(), config.poller_resolve_interval, stop.clone());
+    let link = channels::Link::new(
+        config.poller_ca.clone(),
+        poller_token::PollerToken::new(config.poller_token_file.as_ref()),
+    );
+    let pollers = Pollers::start(config.pollers.clone(), config.poller_resolve_interval, link, stop.clone());
     let feeds = Feeds::new(pollers.clone(), stop.clone());
     let readiness = Readiness::default();
     let follow = tokio::spawn(readiness.clone().follow(pollers.watch(), stop.clone()));
@@ -75,8 +86,25 @@ pub async fn run(
         keepalive: config.keepalive,
         drain_spread: config.drain_spread,
         shutdown: stop.clone(),
+        auth,
     };
-    let app = routes::app(state, &config.allow_origin);
+    // --admin-listen: probes and metrics on their own address, served until
+    // the drain is over (readiness answers 503 meanwhile).
+    let admin_stop = CancellationToken::new();
+    // However `run` ends, the admin server ends with it.
+    let _admin_on_exit = admin_stop.clone().drop_guard();
+    let admin = match config.admin_listen {
+        Some(addr) => {
+            let admin =
+                TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("--admin-listen {addr}: {e}"))?;
+            info!(addr = %admin.local_addr()?, "admin endpoints listening");
+            let router = routes::admin(state.clone());
+            let done = admin_stop.clone().cancelled_owned();
+            Some(tokio::spawn(async move { axum::serve(admin, router).with_graceful_shutdown(done).await }))
+        }
+        None => None,
+    };
+    let app = routes::app(state, &config.allow_origin, config.admin_listen.is_some());
     let addr = listener.local_addr()?;
     let targets: Vec<String> = config.pollers.iter().map(ToString::to_string).collect();
     info!(%addr, pollers = ?targets, %edge_id, tls = tls.is_some(), "edge listening");
@@ -100,6 +128,10 @@ pub async fn run(
     let (_, feeds, ()) = tokio::join!(serving, signal, reporter.run(stop.clone()));
     let _ = follow.await;
     let _ = trimming.await;
+    admin_stop.cancel();
+    if let Some(admin) = admin {
+        let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
+    }
     feeds.drain(Duration::from_secs(1)).await;
     pollers.drain(Duration::from_secs(1)).await;
     info!("edge stopped");

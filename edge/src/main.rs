@@ -1,9 +1,37 @@
-use clap::Parser;
-use edge::Config;
+use clap::{Parser, Subcommand};
+use edge::{Config, auth::MintArgs};
+
+/// `edge [FLAGS]` serves; `edge token …` mints a watch token and exits.
+#[derive(Parser)]
+#[command(
+    name = "edge",
+    version,
+    about = "Serves live event updates to browsers over Server-Sent Events.",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a watch token for browsers, signed with the secret in
+    /// --secret-file (what the platform's backend mints).
+    Token(MintArgs),
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let config = match Cli::parse() {
+        Cli { command: Some(Command::Token(args)), .. } => {
+            println!("{}", args.mint()?);
+            return Ok(());
+        }
+        Cli { config, command: None } => config,
+    };
     livepush::telemetry::init(config.log_format);
     let shutdown = livepush::signal::shutdown();
     let listener = tokio::net::TcpListener::bind(config.listen)

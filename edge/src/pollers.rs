@@ -1,6 +1,8 @@
 //! The pollers this edge may subscribe to, and which of them owns each event.
 //!
-//! `--poller` names one or more targets; each is a host (an IP address or a
+//! `--poller` names one or more targets; each is a scheme (`http://`, or
+//! `https://` for TLS verified for the host's name, see
+//! [`crate::poller_tls`]), a host (an IP address or a
 //! DNS name, re-resolved every `--poller-resolve-interval`, so a Kubernetes
 //! headless Service works as discovery) and a port. Every address found is a
 //! member, and a member is *live* while the standard gRPC health service on
@@ -15,11 +17,12 @@
 //! per event per interval across the cluster, and when a member comes or goes
 //! only the events it wins or held move.
 
-use crate::channels::{self, ChannelPool};
+use crate::channels::{ChannelPool, Dial, Link, PollerChannel};
 use livepush::{EventId, proto::presence_client::PresenceClient};
 use rand::Rng;
+use rustls::pki_types::ServerName;
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     fmt,
     net::SocketAddr,
     sync::{
@@ -30,7 +33,6 @@ use std::{
 };
 use tokio::sync::{Notify, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -56,22 +58,35 @@ pub const MAX_MEMBERS: usize = 256;
 pub struct Target {
     pub host: String,
     pub port: u16,
+    /// `https://`: TLS, with the certificate verified for `host`.
+    pub tls: bool,
 }
 
 impl Target {
-    /// `http://host:port` (the path, if any, must be empty). TLS to pollers
-    /// is not offered: they belong on the cluster's private network.
+    /// `http://host:port` or `https://host:port` (the path, if any, must be
+    /// empty). Plain `http://` belongs on a trusted private network.
     pub fn parse(s: &str) -> Result<Self, String> {
         let uri: axum::http::Uri = s.trim().parse().map_err(|e| format!("not a URL: {e}"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(format!("{s:?}: must be an http:// URL (pollers are reached without TLS)"));
-        }
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(format!("{s:?}: must be an http:// or https:// URL")),
+        };
         if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
             return Err(format!("{s:?}: must not have a path"));
         }
         let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| format!("{s:?}: no host"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-        Ok(Self { host, port: uri.port_u16().unwrap_or(50051) })
+        let target = Self { host, port: uri.port_u16().unwrap_or(50051), tls };
+        if tls && target.tls_name().is_none() {
+            return Err(format!("{s:?}: the host is not a name a certificate can carry"));
+        }
+        Ok(target)
+    }
+
+    /// The name the poller's certificate must carry, for `https://`.
+    fn tls_name(&self) -> Option<ServerName<'static>> {
+        self.tls.then(|| ServerName::try_from(self.host.clone()).ok()).flatten()
     }
 
     async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
@@ -84,10 +99,11 @@ impl Target {
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
         if self.host.contains(':') {
-            write!(f, "http://[{}]:{}", self.host, self.port)
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
         } else {
-            write!(f, "http://{}:{}", self.host, self.port)
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
         }
     }
 }
@@ -101,8 +117,8 @@ pub struct Member {
     /// The ranking key: the same string on every edge for the same poller.
     key: Arc<str>,
     pub feeds: Arc<ChannelPool>,
-    pub presence: PresenceClient<Channel>,
-    channel: Channel,
+    pub presence: PresenceClient<PollerChannel>,
+    channel: PollerChannel,
 }
 
 impl fmt::Debug for Member {
@@ -177,6 +193,8 @@ struct Inner {
     /// moment later.
     settled: AtomicBool,
     table: Mutex<BTreeMap<SocketAddr, Entry>>,
+    /// How members are reached (TLS, token).
+    link: Link,
     tasks: TaskTracker,
     stop: CancellationToken,
 }
@@ -193,11 +211,14 @@ struct Entry {
 
 impl Pollers {
     /// Starts discovery of `targets` (re-resolving names every
-    /// `resolve_every`) and the health watch of every member, until `stop`.
-    pub fn start(targets: Vec<Target>, resolve_every: Duration, stop: CancellationToken) -> Self {
-        let pollers = Self::empty(stop);
+    /// `resolve_every`) and the health watch of every member, reached
+    /// through `link` (whose token file is followed too), until `stop`.
+    pub fn start(targets: Vec<Target>, resolve_every: Duration, link: Link, stop: CancellationToken) -> Self {
+        let pollers = Self::empty(link, stop);
         let discovery = pollers.clone().discover(targets, resolve_every);
         pollers.inner.tasks.spawn(discovery);
+        let token = pollers.inner.link.token().clone();
+        pollers.inner.tasks.spawn(token.follow(pollers.inner.stop.clone()));
         let settle = pollers.clone();
         pollers.inner.tasks.spawn(async move {
             tokio::select! {
@@ -211,11 +232,12 @@ impl Pollers {
         pollers
     }
 
-    fn empty(stop: CancellationToken) -> Self {
+    fn empty(link: Link, stop: CancellationToken) -> Self {
         let inner = Inner {
             live_tx: watch::channel(Live::default()).0,
             settled: AtomicBool::new(false),
             table: Mutex::new(BTreeMap::new()),
+            link,
             tasks: TaskTracker::new(),
             stop,
         };
@@ -268,7 +290,9 @@ impl Pollers {
             self.inner.settled.store(true, Ordering::Relaxed);
         }
         let members: Vec<Member> = table.values().filter(|e| e.up).map(|e| e.member.clone()).collect();
-        livepush::metrics::edge_upstream().pollers_up.set(members.len() as f64);
+        let metrics = livepush::metrics::edge_upstream();
+        metrics.pollers_up.set(members.len() as f64);
+        metrics.pollers_known.set(table.len() as f64);
         self.inner.live_tx.send_replace(Live { members });
     }
 
@@ -290,12 +314,13 @@ impl Pollers {
         }
     }
 
-    /// Makes the members exactly `addrs` (bounded by [`MAX_MEMBERS`]).
-    fn set_members(&self, addrs: &BTreeSet<SocketAddr>) {
+    /// Makes the members exactly `addrs`, each reached as its [`Dial`] says
+    /// (bounded by [`MAX_MEMBERS`]).
+    fn set_members(&self, addrs: &BTreeMap<SocketAddr, Dial>) {
         let mut table = self.lock();
         let before = table.len();
         table.retain(|addr, entry| {
-            let keep = addrs.contains(addr);
+            let keep = addrs.contains_key(addr);
             if !keep {
                 info!(poller = %addr, "poller address gone from discovery");
                 entry.cancel.cancel();
@@ -303,7 +328,7 @@ impl Pollers {
             keep
         });
         let mut changed = table.len() != before;
-        for &addr in addrs {
+        for (&addr, dial) in addrs {
             if table.len() >= MAX_MEMBERS {
                 warn!(limit = MAX_MEMBERS, "too many poller addresses; ignoring the rest");
                 break;
@@ -311,7 +336,7 @@ impl Pollers {
             if table.contains_key(&addr) {
                 continue;
             }
-            let entry = self.new_entry(addr);
+            let entry = self.new_entry(dial);
             let health = self.clone().health(addr, entry.suspect.clone(), entry.cancel.clone());
             self.inner.tasks.spawn(health);
             info!(poller = %addr, "poller address discovered");
@@ -323,12 +348,13 @@ impl Pollers {
         }
     }
 
-    fn new_entry(&self, addr: SocketAddr) -> Entry {
-        let channel = channels::connect(addr);
+    fn new_entry(&self, dial: &Dial) -> Entry {
+        let (addr, link) = (dial.addr, &self.inner.link);
+        let channel = link.connect(dial);
         let member = Member {
             addr,
             key: addr.to_string().into(),
-            feeds: ChannelPool::new(addr),
+            feeds: ChannelPool::new(dial.clone(), link.clone()),
             presence: PresenceClient::new(channel.clone()),
             channel,
         };
@@ -368,7 +394,14 @@ impl Pollers {
                     Err(e) => debug!(%target, error = %e, "cannot resolve poller name again"),
                 }
             }
-            self.set_members(&last.iter().flatten().copied().collect());
+            // An address two targets resolve to is reached as the first says.
+            let mut dials = BTreeMap::new();
+            for (target, addrs) in targets.iter().zip(&last) {
+                for &addr in addrs {
+                    dials.entry(addr).or_insert_with(|| Dial { addr, tls_name: target.tls_name() });
+                }
+            }
+            self.set_members(&dials);
             tokio::select! {
                 _ = self.inner.stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
@@ -500,11 +533,17 @@ mod tests {
     fn targets_parse_and_refuse_clearly() {
         assert_eq!(
             Target::parse("http://poller:7000").unwrap(),
-            Target { host: "poller".into(), port: 7000 }
+            Target { host: "poller".into(), port: 7000, tls: false }
         );
         assert_eq!(Target::parse("http://10.1.2.3").unwrap().port, 50051);
         assert_eq!(Target::parse("http://[::1]:9").unwrap().to_string(), "http://[::1]:9");
-        for bad in ["https://poller:1", "poller:1", "http://", "http://p:1/x", "ftp://p", ""] {
+        let tls = Target::parse("https://pollers.svc:7000").unwrap();
+        assert_eq!(tls, Target { host: "pollers.svc".into(), port: 7000, tls: true });
+        assert_eq!(tls.to_string(), "https://pollers.svc:7000");
+        assert_eq!(tls.tls_name(), Some(ServerName::try_from("pollers.svc").unwrap()));
+        assert_eq!(Target::parse("https://[::1]:9").unwrap().tls_name(), Some("::1".try_into().unwrap()));
+        assert_eq!(Target::parse("http://poller:1").unwrap().tls_name(), None);
+        for bad in ["poller:1", "http://", "https://p:1/x", "http://p:1/x", "ftp://p", "https://a..b:1", ""] {
             assert!(Target::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -512,12 +551,14 @@ mod tests {
     #[tokio::test]
     async fn members_follow_discovery_and_stay_bounded() {
         let stop = CancellationToken::new();
-        let pollers = Pollers::empty(stop.clone());
-        let many: BTreeSet<SocketAddr> =
-            (0..(MAX_MEMBERS as u16 + 50)).map(|p| SocketAddr::from(([127, 0, 0, 1], 20_000 + p))).collect();
+        let pollers = Pollers::empty(Link::plain(), stop.clone());
+        let many: BTreeMap<SocketAddr, Dial> = (0..(MAX_MEMBERS as u16 + 50))
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], 20_000 + p)))
+            .map(|a| (a, Dial::plain(a)))
+            .collect();
         pollers.set_members(&many);
         assert_eq!(pollers.known(), MAX_MEMBERS);
-        let few: BTreeSet<SocketAddr> = many.iter().copied().take(3).collect();
+        let few: BTreeMap<SocketAddr, Dial> = many.iter().take(3).map(|(a, d)| (*a, d.clone())).collect();
         pollers.set_members(&few);
         assert_eq!(pollers.known(), 3);
         // Nothing answers on those ports: none is live.

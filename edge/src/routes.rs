@@ -3,6 +3,7 @@
 //! validated here before anything else sees it.
 
 use crate::{
+    auth::{self, Auth, Events, TokenError},
     feeds::Feeds,
     limits::{Refused, StreamLimits},
     readiness::Readiness,
@@ -24,7 +25,10 @@ use std::{net::SocketAddr, time::Duration};
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-/// Longest query string accepted (`vid` and `lastEventId` need far less).
+/// Longest query string accepted (`vid` and `lastEventId` need far less),
+/// not counting a `token` parameter, which has its own bound
+/// ([`auth::MAX_TOKEN_LEN`]): a token naming many events is longer than the
+/// rest of the query may be, and the whole head stays within 16 KiB.
 const MAX_QUERY: usize = 512;
 /// What a refused browser is told to wait before trying again.
 const RETRY_AFTER_SECS: &str = "5";
@@ -40,25 +44,42 @@ pub struct AppState {
     pub keepalive: Duration,
     pub drain_spread: Duration,
     pub shutdown: CancellationToken,
+    /// `--auth-secret-file`: streams need a watch token (`None`: open).
+    pub auth: Option<Auth>,
 }
 
-/// The router; `allow_origin` is `--allow-origin` (empty: same-origin only).
-pub fn app(state: AppState, allow_origin: &[String]) -> Router {
+/// The router for browsers; `allow_origin` is `--allow-origin` (empty:
+/// same-origin only). With `admin_apart` (`--admin-listen`), the probes and
+/// `/metrics` are left to [`admin`] on their own address.
+pub fn app(state: AppState, allow_origin: &[String], admin_apart: bool) -> Router {
     // Installs the recorder before any metric handle is taken (so none is a
     // no-op) and registers the edge's metrics, so a scrape shows them all
     // from the start.
     livepush::metrics::edge();
-    let router = Router::new()
-        .route("/", get(demo_page))
-        .route("/live/{event_id}/stream", get(live_stream))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .with_state(state);
+    let demo_tokens = state.auth.as_ref().is_some_and(|auth| auth.demo_ttl().is_some());
+    let router = Router::new();
+    // Only with --demo-tokens: it hands a token to anyone who asks.
+    let router = if demo_tokens { router.route("/demo/token", get(demo_token)) } else { router };
+    let router = router.route("/", get(demo_page)).route("/live/{event_id}/stream", get(live_stream));
+    let router = if admin_apart { router } else { router.merge(admin_routes()) };
+    let router = router.with_state(state);
     match cors(allow_origin) {
         Some(cors) => router.layer(cors),
         None => router,
     }
+}
+
+/// The operator's routes on `--admin-listen`: liveness, readiness, metrics.
+pub fn admin(state: AppState) -> Router {
+    livepush::metrics::edge();
+    admin_routes().with_state(state)
+}
+
+fn admin_routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
 }
 
 /// CORS for cross-origin `EventSource`s. With a list of origins the exact
@@ -103,6 +124,8 @@ struct StreamQuery {
     /// For EventSource polyfills that cannot set the `Last-Event-ID` header.
     #[serde(rename = "lastEventId")]
     last_event_id: Option<String>,
+    /// A watch token; the `livepush_token` cookie keeps it out of logs.
+    token: Option<String>,
 }
 
 /// `GET /live/{event_id}/stream`: `200 text/event-stream`, the latest value at
@@ -116,7 +139,7 @@ async fn live_stream(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    if uri.query().map_or(0, str::len) > MAX_QUERY {
+    if uri.query().is_some_and(|q| !query_fits(q)) {
         return plain(StatusCode::BAD_REQUEST, "query string is too long");
     }
     let id = match EventId::parse(&raw_id) {
@@ -129,6 +152,18 @@ async fn live_stream(
     let vid = match query.vid.as_deref().map(ViewerId::parse).transpose() {
         Ok(vid) => vid,
         Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    // With tokens the token says who watches: a `vid` of its own is refused,
+    // and no stream is anonymous.
+    let (vid, deadline) = match &app.auth {
+        None => (vid, None),
+        Some(auth) => match auth.admit(query.token.as_deref(), &headers, &id) {
+            Err(refused) => return unauthorized(refused),
+            Ok(admitted) if vid.as_ref().is_some_and(|vid| *vid != admitted.vid) => {
+                return plain(StatusCode::BAD_REQUEST, "vid differs from the watch token's viewer id");
+            }
+            Ok(admitted) => (Some(admitted.vid), Some(admitted.deadline)),
+        },
     };
     let last_event_id = headers
         .get("last-event-id")
@@ -152,6 +187,7 @@ async fn live_stream(
         keepalive: app.keepalive,
         drain_spread: app.drain_spread,
         shutdown: app.shutdown.clone(),
+        deadline,
     };
     // The stream's permit and its viewer's presence live exactly as long as
     // the response body.
@@ -169,6 +205,69 @@ async fn live_stream(
         Body::from_stream(body),
     )
         .into_response()
+}
+
+/// Whether `query` is within bounds: [`MAX_QUERY`] bytes without its
+/// `token` parameter, which may add one token's length.
+fn query_fits(query: &str) -> bool {
+    let token = query.split('&').find(|p| p.starts_with("token=")).map_or(0, |p| p.len() + 1);
+    query.len() - token.min(query.len()) <= MAX_QUERY && token <= "token=&".len() + auth::MAX_TOKEN_LEN
+}
+
+#[derive(Deserialize)]
+struct DemoTokenQuery {
+    event: String,
+    vid: String,
+}
+
+/// `GET /demo/token?event=ID&vid=VID` (only with `--demo-tokens`): what a
+/// platform's backend does after its own login, minus the login. Answers the
+/// token, and sets it as the `livepush_token` cookie for that event's stream
+/// path, so one page can hold a token per event.
+async fn demo_token(
+    State(app): State<AppState>,
+    query: Result<Query<DemoTokenQuery>, QueryRejection>,
+) -> Response {
+    let Some((auth, ttl)) = app.auth.as_ref().and_then(|a| Some((a, a.demo_ttl()?))) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let Ok(Query(query)) = query else {
+        return plain(StatusCode::BAD_REQUEST, "expected ?event=ID&vid=VID");
+    };
+    let (event, vid) = match (EventId::parse(&query.event), ViewerId::parse(&query.vid)) {
+        (Ok(event), Ok(vid)) => (event, vid),
+        (Err(e), _) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
+        (_, Err(e)) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let token = match auth.mint_now(vid, Events::Only(vec![event.clone()]), ttl) {
+        Ok(token) => token,
+        Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    // HttpOnly: page scripts never need to read it. A real backend on
+    // another site adds `Secure; SameSite=None` (and the page opens its
+    // EventSource with `withCredentials: true`).
+    let cookie = format!(
+        "{}={token}; Path=/live/{event}/; Max-Age={}; HttpOnly; SameSite=Strict",
+        auth::COOKIE,
+        ttl.as_secs()
+    );
+    let mut response = plain(StatusCode::OK, &token);
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+        headers.insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// `401` with the reason. `EventSource` stops for good on it; the page then
+/// fetches a new token and opens a new one.
+fn unauthorized(refused: TokenError) -> Response {
+    let mut response = plain(StatusCode::UNAUTHORIZED, &refused.to_string());
+    let headers = response.headers_mut();
+    headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("LivepushToken realm=\"livepush\""));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn unavailable(refused: Refused) -> Response {

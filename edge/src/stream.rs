@@ -34,6 +34,11 @@ pub struct Options {
     /// `[0, drain_spread]`, so reconnects spread over the remaining edges.
     pub drain_spread: Duration,
     pub shutdown: CancellationToken,
+    /// With watch tokens: the token's expiry plus `--auth-grace`. The stream
+    /// then ends with `retry:`, and the browser reconnects with a fresh
+    /// token. One timer serves this and the keep-alives (see [`Conn::rearm`]),
+    /// so a stream holds nothing more than this instant for it.
+    pub deadline: Option<Instant>,
 }
 
 /// What [`Sent::catch_up`] has for the browser.
@@ -105,6 +110,15 @@ struct Conn {
     _open: GaugeGuard,
 }
 
+impl Conn {
+    /// Sets the timer to the next keep-alive, or to the deadline if that
+    /// comes first.
+    fn rearm(&mut self) {
+        let next = Instant::now() + self.opts.keepalive;
+        self.keepalive.reset_at(self.opts.deadline.map_or(next, |deadline| next.min(deadline)));
+    }
+}
+
 /// The SSE body for one browser: `retry:` and the latest value at once (so
 /// `onopen` fires without waiting for a change), then whatever changes.
 /// `last_event_id` is the browser's `Last-Event-ID`: when it is the current
@@ -121,7 +135,9 @@ pub fn body(
     if let Some(bytes) = &first.bytes {
         opening.extend_from_slice(bytes);
     }
-    let mut keepalive = tokio::time::interval_at(Instant::now() + opts.keepalive, opts.keepalive);
+    let first_tick = Instant::now() + opts.keepalive;
+    let first_tick = opts.deadline.map_or(first_tick, |deadline| first_tick.min(deadline));
+    let mut keepalive = tokio::time::interval_at(first_tick, opts.keepalive);
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let metrics = livepush::metrics::edge();
     let conn = Conn {
@@ -151,7 +167,14 @@ pub fn body(
                     let delay = rand::rng().random_range(0..=spread);
                     return Some((Ok(sse::retry(delay)), c));
                 }
-                _ = c.keepalive.tick() => return Some((Ok(sse::KEEPALIVE), c)),
+                _ = c.keepalive.tick() => {
+                    if c.opts.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                        c.done = true;
+                        return Some((Ok(sse::retry(c.opts.retry.as_millis() as u64)), c));
+                    }
+                    c.rearm();
+                    return Some((Ok(sse::KEEPALIVE), c));
+                }
                 changed = c.watch.rx.changed() => {
                     if changed.is_err() {
                         return None;
@@ -160,7 +183,7 @@ pub fn body(
                     let CatchUp { bytes, frames, done } = c.sent.catch_up(&snap);
                     c.done = done;
                     if let Some(bytes) = bytes {
-                        c.keepalive.reset();
+                        c.rearm();
                         metrics.updates_delivered.increment(frames);
                         return Some((Ok(bytes), c));
                     }

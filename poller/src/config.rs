@@ -3,9 +3,11 @@
 //! with an error naming the flag instead of failing later at the first poll.
 
 use crate::{
+    clients::ClientsFile,
     headers::{Header, HeaderParser, HeadersFile},
     media_url::MediaUrl,
     tls::{CaBundle, ClientCert, ClientKey},
+    tls_listener::{ServerCert, ServerKey},
 };
 use clap::Parser;
 use livepush::telemetry::LogFormat;
@@ -21,6 +23,49 @@ pub struct Config {
     /// Address for the gRPC server (LiveFeed, health, reflection).
     #[arg(long, env = "POLLER_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+
+    /// Certificate chain (PEM, leaf first): with `--tls-key`, the gRPC port
+    /// (health, reflection and `/metrics` included) speaks TLS only.
+    #[arg(
+        long,
+        env = "POLLER_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key",
+        value_parser = ServerCert::load
+    )]
+    pub tls_cert: Option<ServerCert>,
+
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "POLLER_TLS_KEY", value_name = "PATH", requires = "tls_cert", value_parser = ServerKey::load)]
+    pub tls_key: Option<ServerKey>,
+
+    /// The gRPC clients, one `TOKEN ROLE NAME` per line (`#` comments; role
+    /// `edge` or `reader`), read again when it changes. With it, LiveFeed and
+    /// Presence calls need `authorization: Bearer TOKEN`; without it they are
+    /// open to anyone who reaches the port (a trusted network only).
+    #[arg(long, env = "POLLER_CLIENTS_FILE", value_name = "PATH", value_parser = ClientsFile::load)]
+    pub clients_file: Option<ClientsFile>,
+
+    /// Most viewer ids in one `GetPresence` answer (the counts stay exact;
+    /// `truncated` says some were left out).
+    #[arg(
+        long,
+        env = "POLLER_MAX_PRESENCE_VIDS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(0..=MAX_PRESENCE_VIDS)
+    )]
+    pub max_presence_vids: u32,
+
+    /// Most `Subscribe` streams one client holds open, over all its
+    /// connections: per token name with `--clients-file`, per IP address
+    /// without (clients sharing one share the cap).
+    #[arg(long, env = "POLLER_MAX_STREAMS_PER_CLIENT", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_client: u32,
+
+    /// Most `WatchPresence` streams one client holds open (counted like
+    /// `--max-streams-per-client`).
+    #[arg(long, env = "POLLER_MAX_WATCHES_PER_CLIENT", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_watches_per_client: u32,
 
     /// Media service URL template; `{event_id}` is replaced by the
     /// percent-encoded event id and must sit in the path or query.
@@ -140,6 +185,10 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// Upper bound of `--max-presence-vids`: 50,000 ids of up to 64 bytes stay
+/// under the 4 MiB a gRPC client accepts by default.
+pub const MAX_PRESENCE_VIDS: i64 = 50_000;
+
 impl Config {
     /// The configuration with every default, polling `media_url`: handy for
     /// tests and embedding.
@@ -199,6 +248,31 @@ mod tests {
         assert!(c.heartbeat_url.is_none());
         assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(c.log_format, LogFormat::Text);
+        assert!(c.tls_cert.is_none() && c.tls_key.is_none() && c.clients_file.is_none());
+        assert_eq!(c.max_presence_vids, 10_000);
+        assert_eq!(c.max_streams_per_client, 100_000);
+        assert_eq!(c.max_watches_per_client, 10_000);
+    }
+
+    #[test]
+    fn grpc_access_flags() {
+        let dir = std::env::temp_dir().join(format!("livepush-config-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let clients = dir.join("clients");
+        std::fs::write(&clients, "# ok\nedge-token-0123456789 edge edge-pool\n").unwrap();
+        let c = parse(&["--clients-file", clients.to_str().unwrap(), "--max-presence-vids", "0"]).unwrap();
+        assert_eq!(c.clients_file.unwrap().path, clients.to_str().unwrap());
+        assert_eq!(c.max_presence_vids, 0);
+        assert!(
+            !format!("{:?}", parse(&["--clients-file", clients.to_str().unwrap()]).unwrap())
+                .contains("edge-token")
+        );
+        let bad = dir.join("bad-clients");
+        std::fs::write(&bad, "edge-token-0123456789 edge edge-pool\nedge-token-0123456789 edge other\n")
+            .unwrap();
+        let err = parse(&["--clients-file", bad.to_str().unwrap()]).unwrap_err();
+        assert!(err.contains("--clients-file") && err.contains("line 2"), "{err}");
+        assert!(!err.contains("edge-token"), "{err}");
     }
 
     #[test]
@@ -237,6 +311,12 @@ mod tests {
             (&["--heartbeat-url", "http://{event_id}.a/p"][..], "--heartbeat-url"),
             (&["--heartbeat-url", "ftp://a/{event_id}"][..], "--heartbeat-url"),
             (&["--heartbeat-interval", "0s"][..], "--heartbeat-interval"),
+            (&["--tls-cert", "/nonexistent/cert.pem"][..], "--tls-cert"),
+            (&["--tls-key", "/nonexistent/key.pem"][..], "--tls-key"),
+            (&["--clients-file", "/nonexistent/clients"][..], "--clients-file"),
+            (&["--max-presence-vids", "50001"][..], "--max-presence-vids"),
+            (&["--max-streams-per-client", "0"][..], "--max-streams-per-client"),
+            (&["--max-watches-per-client", "0"][..], "--max-watches-per-client"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(flag), "{args:?}: {err}");

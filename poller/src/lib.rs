@@ -8,7 +8,15 @@
 //! them the server offers the standard gRPC health service and server
 //! reflection (v1 and v1alpha), and on the same port, over HTTP/1.1 or h2c,
 //! `GET /metrics` for Prometheus.
+//!
+//! The port speaks TLS with `--tls-cert`/`--tls-key` ([`tls_listener`]), and
+//! with `--clients-file` ([`clients`]) LiveFeed and Presence calls need a
+//! bearer token whose role allows them ([`access`]); per-client caps
+//! ([`client_streams`]) bound what one client holds open.
 
+pub mod access;
+pub mod client_streams;
+pub mod clients;
 pub mod config;
 pub mod connection_streams;
 pub mod headers;
@@ -21,10 +29,14 @@ pub mod presence_service;
 pub mod registry;
 pub mod service;
 pub mod tls;
+pub mod tls_listener;
 mod watch_stream;
 
 pub use config::Config;
 
+use access::AccessLayer;
+use client_streams::ClientStreams;
+use clients::Clients;
 use headers::RequestHeaders;
 use livepush::proto::{
     FILE_DESCRIPTOR_SET, live_feed_server::LiveFeedServer, presence_server::PresenceServer,
@@ -35,7 +47,7 @@ use presence_forward::PresenceForwarder;
 use presence_service::PresenceService;
 use registry::{Registry, Settings};
 use service::LiveFeedService;
-use std::{future::Future, time::Duration};
+use std::{future::Future, pin::Pin, time::Duration};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -86,6 +98,10 @@ pub async fn run(
     let identity = config.media_client_cert.as_ref().zip(config.media_client_key.as_ref());
     let tls = tls::client_config(config.media_ca.as_ref(), identity)?;
     let http = media_client::http_client(tls, config.media_timeout);
+    let server_tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_listener::acceptor(cert, key)?),
+        _ => None,
+    };
     let header_tasks = TaskTracker::new();
     let media_headers = RequestHeaders::new(
         "media",
@@ -106,6 +122,8 @@ pub async fn run(
             stop.clone(),
         )
     };
+    // The clients file is watched like the headers files.
+    let clients = config.clients_file.as_ref().map(|file| Clients::watch(file, &header_tasks, stop.clone()));
     header_tasks.close();
     let client = MediaClient::new(
         http.clone(),
@@ -157,16 +175,38 @@ pub async fn run(
     let routes = Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(LiveFeedServer::new(LiveFeedService::new(registry.clone(), config.max_streams)))
+        .add_service(LiveFeedServer::new(LiveFeedService::new(
+            registry.clone(),
+            config.max_streams,
+            ClientStreams::new(
+                "--max-streams-per-client",
+                config.max_streams_per_client,
+                livepush::metrics::poller().client_limit_refusals.subscribe.clone(),
+            ),
+        )))
         .add_service(
-            PresenceServer::new(PresenceService::new(presence.clone()))
-                .max_decoding_message_size(MAX_PRESENCE_MESSAGE),
+            PresenceServer::new(PresenceService::new(
+                presence.clone(),
+                config.max_presence_vids as usize,
+                ClientStreams::new(
+                    "--max-watches-per-client",
+                    config.max_watches_per_client,
+                    livepush::metrics::poller().client_limit_refusals.watch_presence.clone(),
+                ),
+            ))
+            .max_decoding_message_size(MAX_PRESENCE_MESSAGE),
         )
         .into_axum_router()
         .route("/metrics", axum::routing::get(metrics));
+    // Tokens and roles, in front of every service (health, reflection and
+    // /metrics pass untouched); without a clients file, open as before.
+    let routes = match clients.clone() {
+        Some(clients) => routes.layer(AccessLayer::new(clients)),
+        None => routes,
+    };
 
     let addr = listener.local_addr()?;
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .accept_http1(true)
         // --max-streams itself is enforced per connection by the service, so
         // a call beyond it is answered; HTTP/2 allows some more, or the
@@ -184,11 +224,20 @@ pub async fn run(
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW))
-        .add_routes(Routes::from(routes))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.clone().cancelled_owned());
-    info!(%addr, media_url = %config.media_url, interval = ?config.interval, "poller listening");
+        .add_routes(Routes::from(routes));
+    let (tls, auth) = (server_tls.is_some(), clients.is_some());
+    let signal = stop.clone().cancelled_owned();
+    // Plain TCP and TLS connections are different types, hence the box.
+    let mut server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match server_tls {
+            Some(acceptor) => {
+                let incoming = tls_listener::incoming(listener, acceptor, stop.clone());
+                Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+            }
+            None => Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)),
+        };
+    info!(%addr, media_url = %config.media_url, interval = ?config.interval, tls, auth, "poller listening");
 
-    tokio::pin!(server);
     tokio::select! {
         result = &mut server => return Ok(result?),
         () = shutdown => {}

@@ -27,6 +27,14 @@
 //!
 //! Batches are validated completely before the lock is taken; an invalid batch
 //! changes nothing, so bad input never loses what was there.
+//!
+//! With a clients file (see `clients`), an edge is the pair (client name,
+//! `edge_id`): the name comes from the caller's token, so a batch can only
+//! replace a batch of the same client, and each client has a budget of its
+//! own ([`MAX_EDGES`] edges, [`MAX_STORED_ENTRIES`] entries): a client
+//! inventing edge ids fills its own budget, never another's. Without a
+//! clients file every batch belongs to one anonymous owner and the budgets
+//! are the whole store's, as before tokens existed.
 
 use livepush::{
     EventId, InvalidEventId, InvalidViewerId, ViewerId,
@@ -41,7 +49,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// Edges tracked at once. A cluster has tens of edges; the bound keeps a
+/// Edges tracked at once per owner (per client with a clients file, for the
+/// whole store without one). A cluster has tens of edges; the bound keeps a
 /// client inventing edge ids from making the expiry sweep (which scans all
 /// edges) and the state grow without limit.
 pub const MAX_EDGES: usize = 1024;
@@ -64,12 +73,14 @@ pub const MAX_VIDS_PER_BATCH: usize = 1_000_000;
 /// An edge silent for this many of its own intervals is expired: one lost or
 /// late batch must not make its viewers flicker away.
 pub const EXPIRY_INTERVALS: u32 = 3;
-/// Entries stored across all edges, where each event an edge lists with
-/// viewers and each vid it lists counts one (about 150 bytes each, so ~1.5 GB
-/// at most). Per-batch limits times [`MAX_EDGES`] would allow a thousand
-/// times more; real edges (at most `--max-connections` streams each) stay far
-/// below. A batch that would cross it is refused and the edge keeps its
-/// previous state.
+/// Entries stored across all edges of one owner (see [`MAX_EDGES`]), where
+/// each event an edge lists with viewers and each vid it lists counts one
+/// (about 150 bytes each, so ~1.5 GB at most per owner; with a clients file
+/// the owners are the clients with role `edge`, which the operator lists).
+/// Per-batch limits times [`MAX_EDGES`] would allow a thousand times more;
+/// real edges (at most `--max-connections` streams each) stay far below. A
+/// batch that would cross it is refused and the edge keeps its previous
+/// state.
 pub const MAX_STORED_ENTRIES: usize = 10_000_000;
 /// Events whose presence is watched at once (WatchPresence), so that watching
 /// made-up ids cannot grow the poller without limit. Matches the default
@@ -113,9 +124,9 @@ pub enum InvalidBatch {
 pub enum BatchError {
     #[error(transparent)]
     Invalid(#[from] InvalidBatch),
-    #[error("the poller already tracks its maximum of {0} edges")]
+    #[error("the poller already tracks its maximum of {0} edges for this client")]
     TooManyEdges(usize),
-    #[error("the poller already stores its maximum of {0} presence entries")]
+    #[error("the poller already stores its maximum of {0} presence entries for this client")]
     Full(usize),
     #[error("the poller is shutting down")]
     ShuttingDown,
@@ -148,10 +159,37 @@ impl Drop for Inner {
     }
 }
 
+/// Who owns a batch: the authenticated client's name with a clients file,
+/// `None` (one owner for everything) without.
+pub type Owner = Option<Arc<str>>;
+
+/// One reporting edge: its owner and its `edge_id` (which follows the
+/// viewer-id rules, hence the type).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct EdgeKey {
+    owner: Owner,
+    edge: ViewerId,
+}
+
+impl EdgeKey {
+    /// The client's name for logs (`-` without a clients file).
+    fn client(&self) -> &str {
+        self.owner.as_deref().unwrap_or("-")
+    }
+}
+
+/// What one owner holds, bounded by [`MAX_EDGES`] and [`MAX_STORED_ENTRIES`].
+#[derive(Default, Clone, Copy)]
+struct Usage {
+    edges: usize,
+    stored: usize,
+}
+
 #[derive(Default)]
 struct State {
-    /// Edge ids follow the viewer-id rules, hence the type.
-    edges: HashMap<ViewerId, Edge>,
+    edges: HashMap<EdgeKey, Edge>,
+    /// Per owner with at least one edge.
+    usage: HashMap<Owner, Usage>,
     /// Only events with at least one viewer on some edge.
     events: HashMap<EventId, Tally>,
     watched: HashMap<EventId, Watched>,
@@ -233,36 +271,63 @@ impl PresenceStore {
     }
 
     /// Stores an edge's batch in place of its previous one and answers the
-    /// cluster-wide presence of every event the batch lists.
+    /// cluster-wide presence of every event the batch lists (no clients
+    /// file: every batch has the same owner).
     pub fn report(&self, batch: HeartbeatBatch) -> Result<HeartbeatAck, BatchError> {
-        self.report_at(batch, Instant::now())
+        self.report_for(None, batch)
     }
 
+    /// Like [`report`](Self::report), for the edge `batch.edge_id` of
+    /// `owner` (the authenticated client's name): it replaces only that
+    /// owner's batch for that edge, within that owner's budget.
+    pub fn report_for(&self, owner: Owner, batch: HeartbeatBatch) -> Result<HeartbeatAck, BatchError> {
+        self.report_owned_at(owner, batch, Instant::now())
+    }
+
+    #[cfg(test)]
     fn report_at(&self, batch: HeartbeatBatch, now: Instant) -> Result<HeartbeatAck, BatchError> {
+        self.report_owned_at(None, batch, now)
+    }
+
+    fn report_owned_at(
+        &self,
+        owner: Owner,
+        batch: HeartbeatBatch,
+        now: Instant,
+    ) -> Result<HeartbeatAck, BatchError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(BatchError::ShuttingDown);
         }
         let batch = validate(batch)?;
-        let edge = batch.edge.clone();
+        let key = EdgeKey { owner, edge: batch.edge.clone() };
         let (ack, replaced, expired) = {
             let mut state = self.lock();
             let mut expired = Vec::new();
-            if !state.edges.contains_key(&edge) && state.edges.len() >= MAX_EDGES {
+            if !state.edges.contains_key(&key) && state.usage(&key.owner).edges >= MAX_EDGES {
                 // Make room from edges that are already dead but not swept yet.
                 expired = state.expire_due(now);
-                if state.edges.len() >= MAX_EDGES {
+                if state.usage(&key.owner).edges >= MAX_EDGES {
                     drop(state);
-                    warn!(edge_id = %edge, max = MAX_EDGES, "presence batch refused: too many edges");
+                    log_expired(&expired);
+                    warn!(
+                        edge_id = %key.edge,
+                        client = key.client(),
+                        max = MAX_EDGES,
+                        "presence batch refused: too many edges for this client"
+                    );
                     return Err(BatchError::TooManyEdges(MAX_EDGES));
                 }
             }
-            let (ack, replaced) = state.replace(batch, now)?;
+            let (ack, replaced) = state.replace(key.clone(), batch, now)?;
             (ack, replaced, expired)
         };
         log_expired(&expired);
+        let (edge, client) = (&key.edge, key.client());
         match &replaced {
-            None => info!(edge_id = %edge, events = ack.presence.len(), "edge started reporting presence"),
-            Some(_) => debug!(edge_id = %edge, events = ack.presence.len(), "presence batch stored"),
+            None => {
+                info!(edge_id = %edge, client, events = ack.presence.len(), "edge started reporting presence")
+            }
+            Some(_) => debug!(edge_id = %edge, client, events = ack.presence.len(), "presence batch stored"),
         }
         // The previous batch (possibly a million ids) is freed here, after the
         // lock is released.
@@ -270,16 +335,29 @@ impl PresenceStore {
         Ok(ack)
     }
 
-    /// Current presence of `id`, with its distinct viewer ids sorted.
+    /// Current presence of `id`, with all its distinct viewer ids sorted.
     pub fn get(&self, id: &EventId) -> EventPresence {
-        let (mut presence, mut vids) = {
+        self.get_at_most(id, usize::MAX)
+    }
+
+    /// Current presence of `id` (exact counts) with at most `max_vids` of its
+    /// distinct viewer ids, sorted; `truncated` when some were left out.
+    /// Only those are copied under the lock (reference counts, not strings),
+    /// so an event with a crowd costs the bound, not the crowd: which ones
+    /// is the map's order, not the first in sort order (that would mean
+    /// scanning every viewer under the lock).
+    pub fn get_at_most(&self, id: &EventId, max_vids: usize) -> EventPresence {
+        let (mut presence, mut vids, truncated) = {
             let state = self.lock();
-            let vids: Vec<ViewerId> =
-                state.events.get(id).map(|t| t.vids.keys().cloned().collect()).unwrap_or_default();
-            (state.presence(id), vids)
+            let (vids, truncated) = match state.events.get(id) {
+                Some(t) => (t.vids.keys().take(max_vids).cloned().collect(), t.vids.len() > max_vids),
+                None => (Vec::new(), false),
+            };
+            (state.presence(id), vids, truncated)
         };
         vids.sort_unstable();
         presence.vids = vids.iter().map(|v| v.as_str().to_owned()).collect();
+        presence.truncated = truncated;
         presence
     }
 
@@ -387,15 +465,23 @@ impl State {
     /// the replaced edge (to be freed outside the lock).
     fn replace(
         &mut self,
+        key: EdgeKey,
         batch: ValidBatch,
         now: Instant,
     ) -> Result<(HeartbeatAck, Option<Edge>), BatchError> {
-        let ValidBatch { edge, interval, listed, events } = batch;
+        let ValidBatch { edge: _, interval, listed, events } = batch;
         let weight = events.iter().map(|e| 1 + e.vids.len()).sum::<usize>();
-        let old_weight = self.edges.get(&edge).map_or(0, |e| e.weight);
-        let stored = self.stored - old_weight + weight;
-        if stored > MAX_STORED_ENTRIES {
-            warn!(edge_id = %edge, weight, max = MAX_STORED_ENTRIES, "presence batch refused: store full");
+        let old_weight = self.edges.get(&key).map_or(0, |e| e.weight);
+        let usage = self.usage(&key.owner);
+        let owned = usage.stored - old_weight + weight;
+        if owned > MAX_STORED_ENTRIES {
+            warn!(
+                edge_id = %key.edge,
+                client = key.client(),
+                weight,
+                max = MAX_STORED_ENTRIES,
+                "presence batch refused: this client's share of the store is full"
+            );
             return Err(BatchError::Full(MAX_STORED_ENTRIES));
         }
         // Add first, then subtract: vids present in both keep their entries.
@@ -403,7 +489,10 @@ impl State {
             self.add(event);
         }
         let expires_at = now + interval * EXPIRY_INTERVALS;
-        let replaced = self.edges.insert(edge, Edge { expires_at, events, weight });
+        let owner = key.owner.clone();
+        let replaced = self.edges.insert(key, Edge { expires_at, events, weight });
+        let edges = usage.edges + usize::from(replaced.is_none());
+        self.usage.insert(owner, Usage { edges, stored: owned });
         if let Some(old) = &replaced {
             for event in &old.events {
                 self.subtract(event);
@@ -412,7 +501,7 @@ impl State {
                 self.publish(&event.id);
             }
         }
-        self.stored = stored;
+        self.stored = self.stored - old_weight + weight;
         self.update_gauges();
         for id in &listed {
             self.publish(id);
@@ -423,8 +512,8 @@ impl State {
 
     /// Removes every edge whose deadline has passed, publishing the events it
     /// listed.
-    fn expire_due(&mut self, now: Instant) -> Vec<(ViewerId, Edge)> {
-        let due: Vec<ViewerId> =
+    fn expire_due(&mut self, now: Instant) -> Vec<(EdgeKey, Edge)> {
+        let due: Vec<EdgeKey> =
             self.edges.iter().filter(|(_, e)| e.expires_at <= now).map(|(id, _)| id.clone()).collect();
         let mut expired = Vec::with_capacity(due.len());
         for id in due {
@@ -433,6 +522,14 @@ impl State {
                 self.subtract(event);
             }
             self.stored -= edge.weight;
+            if let MapEntry::Occupied(mut entry) = self.usage.entry(id.owner.clone()) {
+                let usage = entry.get_mut();
+                usage.edges -= 1;
+                usage.stored -= edge.weight;
+                if usage.edges == 0 {
+                    entry.remove();
+                }
+            }
             for event in &edge.events {
                 self.publish(&event.id);
             }
@@ -442,6 +539,11 @@ impl State {
             self.update_gauges();
         }
         expired
+    }
+
+    /// What `owner` holds now.
+    fn usage(&self, owner: &Owner) -> Usage {
+        self.usage.get(owner).copied().unwrap_or_default()
     }
 
     /// Brings the presence gauges to this store's current sizes.
@@ -551,9 +653,10 @@ fn saturate(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-fn log_expired(expired: &[(ViewerId, Edge)]) {
+fn log_expired(expired: &[(EdgeKey, Edge)]) {
     for (id, edge) in expired {
-        info!(edge_id = %id, events = edge.events.len(), "edge stopped reporting presence; its viewers expired");
+        let (edge_id, client, events) = (&id.edge, id.client(), edge.events.len());
+        info!(%edge_id, client, events, "edge stopped reporting presence; its viewers expired");
     }
 }
 
@@ -843,12 +946,97 @@ mod tests {
         assert_eq!(s.edges(), MAX_EDGES);
     }
 
+    fn owner(name: &str) -> Owner {
+        Some(Arc::from(name))
+    }
+
+    #[test]
+    fn a_client_inventing_edge_ids_fills_only_its_own_budget() {
+        let s = store();
+        let t0 = Instant::now();
+        s.report_for(owner("edges"), batch("edge-a", 60_000, vec![ev("x", &["ann"], 0)])).unwrap();
+        let mut refused = 0;
+        for i in 0..2_000 {
+            let fake = batch(&format!("fake-{i}"), 60_000, vec![ev("x", &[], 1)]);
+            match s.report_owned_at(owner("evil"), fake, t0) {
+                Ok(_) => {}
+                Err(BatchError::TooManyEdges(MAX_EDGES)) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(refused, 2_000 - MAX_EDGES);
+        // The real edge keeps reporting, and a new edge of another client is
+        // still admitted.
+        s.report_for(owner("edges"), batch("edge-a", 60_000, vec![ev("x", &["ann", "bob"], 0)])).unwrap();
+        s.report_for(owner("edges"), batch("edge-b", 60_000, vec![ev("x", &["carl"], 0)])).unwrap();
+        let p = s.get(&id("x"));
+        assert_eq!(p.vids, ["ann", "bob", "carl"]);
+        assert_eq!((p.identified, p.edges), (3, 2 + MAX_EDGES as u32));
+        // The same edge id under another client is another edge: nobody else
+        // can replace (or empty) edge-a's batch.
+        assert_eq!(
+            s.report_for(owner("evil"), batch("edge-a", 60_000, vec![])).unwrap_err(),
+            BatchError::TooManyEdges(MAX_EDGES)
+        );
+        s.report_for(owner("other"), batch("edge-a", 60_000, vec![])).unwrap();
+        s.report_for(owner("edges"), batch("fake-0", 60_000, vec![])).unwrap();
+        assert_eq!(s.get(&id("x")).vids, ["ann", "bob", "carl"]);
+        assert_eq!(s.edges(), 3 + MAX_EDGES + 1);
+    }
+
+    #[test]
+    fn each_client_has_its_own_share_of_entries() {
+        let s = store();
+        s.lock().usage.insert(owner("evil"), Usage { edges: 0, stored: MAX_STORED_ENTRIES - 1 });
+        let err = s.report_for(owner("evil"), batch("e", 1000, vec![ev("x", &["a", "b"], 0)])).unwrap_err();
+        assert_eq!(err, BatchError::Full(MAX_STORED_ENTRIES));
+        s.report_for(owner("edges"), batch("e", 1000, vec![ev("x", &["a", "b"], 0)])).unwrap();
+        assert_eq!(s.get(&id("x")).identified, 2);
+    }
+
+    #[test]
+    fn owners_budgets_follow_expiry() {
+        let s = store();
+        let t0 = Instant::now();
+        s.report_owned_at(owner("a"), batch("e1", 100, vec![ev("x", &["v"], 0)]), t0).unwrap();
+        s.report_owned_at(owner("a"), batch("e2", 1000, vec![ev("x", &["w"], 0)]), t0).unwrap();
+        s.report_owned_at(owner("b"), batch("e1", 100, vec![ev("x", &[], 2)]), t0).unwrap();
+        let usage = |s: &PresenceStore, o: &str| {
+            let u = s.lock().usage(&owner(o));
+            (u.edges, u.stored)
+        };
+        assert_eq!((usage(&s, "a"), usage(&s, "b")), ((2, 4), (1, 1)));
+        assert_eq!(s.expire_at(t0 + Duration::from_millis(300)), 2);
+        assert_eq!((usage(&s, "a"), usage(&s, "b")), ((1, 2), (0, 0)));
+        assert_eq!(s.lock().usage.len(), 1, "an owner without edges is forgotten");
+        assert_eq!(counts(&s.get(&id("x"))), (1, 1, 0, 1));
+    }
+
+    #[test]
+    fn get_at_most_bounds_the_ids_and_keeps_the_counts_exact() {
+        let s = store();
+        let vids: Vec<String> = (0..1_000).map(|i| format!("v{i:04}")).collect();
+        let refs: Vec<&str> = vids.iter().map(String::as_str).collect();
+        s.report(batch("e1", 1000, vec![ev("x", &refs, 3)])).unwrap();
+        let p = s.get_at_most(&id("x"), 10);
+        assert_eq!((p.viewers, p.identified, p.anonymous), (1_003, 1_000, 3));
+        assert_eq!(p.vids.len(), 10);
+        assert!(p.truncated);
+        assert!(p.vids.windows(2).all(|w| w[0] < w[1]), "sorted: {:?}", p.vids);
+        assert!(p.vids.iter().all(|v| vids.contains(v)), "real viewer ids");
+        let all = s.get_at_most(&id("x"), 1_000);
+        assert_eq!((all.vids, all.truncated), (vids.clone(), false));
+        let none = s.get_at_most(&id("x"), 0);
+        assert!(none.vids.is_empty() && none.truncated && none.identified == 1_000);
+        assert!(!s.get_at_most(&id("nobody"), 0).truncated);
+    }
+
     #[test]
     fn the_store_is_bounded_in_entries() {
         let s = store();
         {
             // Pretend other edges already hold almost everything.
-            s.lock().stored = MAX_STORED_ENTRIES - 3;
+            s.lock().usage.insert(None, Usage { edges: 0, stored: MAX_STORED_ENTRIES - 3 });
         }
         s.report(batch("e1", 1000, vec![ev("x", &["a", "b"], 0)])).unwrap();
         let err = s.report(batch("e2", 1000, vec![ev("y", &[], 1)])).unwrap_err();

@@ -2,8 +2,15 @@
 //! checked here before the store sees them; store errors become the status
 //! codes the proto promises, and watch streams end with UNAVAILABLE on
 //! shutdown like LiveFeed streams, so watchers move to another poller.
+//!
+//! With `--clients-file`, a batch is stored under its client's name (see
+//! [`crate::presence`]), `GetPresence` answers at most
+//! `--max-presence-vids` viewer ids, and open watches count against
+//! `--max-watches-per-client`.
 
 use crate::{
+    client_streams::{ClientKey, ClientStreams},
+    clients::Caller,
     presence::{BatchError, PresenceStore, WatchError},
     watch_stream,
 };
@@ -17,11 +24,15 @@ use tonic::{Request, Response, Status};
 
 pub struct PresenceService {
     store: PresenceStore,
+    max_vids: usize,
+    watches: ClientStreams,
 }
 
 impl PresenceService {
-    pub fn new(store: PresenceStore) -> Self {
-        Self { store }
+    /// Serves `store`: `GetPresence` answers with at most `max_vids` viewer
+    /// ids, and `watches` caps open `WatchPresence` streams per client.
+    pub fn new(store: PresenceStore, max_vids: usize, watches: ClientStreams) -> Self {
+        Self { store, max_vids, watches }
     }
 }
 
@@ -39,8 +50,11 @@ impl Presence for PresenceService {
         // milliseconds of CPU to check and merge: do it on the blocking pool
         // so it never stalls the runtime's workers (poll loops, streams).
         let store = self.store.clone();
+        // Without a clients file there is no caller, and every batch has the
+        // same owner, as before tokens.
+        let owner = request.extensions().get::<Caller>().map(|c| c.name.clone());
         let batch = request.into_inner();
-        let result = tokio::task::spawn_blocking(move || store.report(batch))
+        let result = tokio::task::spawn_blocking(move || store.report_for(owner, batch))
             .await
             .map_err(|_| Status::internal("handling the batch failed"))?;
         let batches = &livepush::metrics::poller().heartbeat_batches;
@@ -65,7 +79,13 @@ impl Presence for PresenceService {
         request: Request<PresenceRequest>,
     ) -> Result<Response<EventPresence>, Status> {
         let id = event_id(&request)?;
-        Ok(Response::new(self.store.get(&id)))
+        // At most --max-presence-vids ids are copied and sorted; off the
+        // runtime's workers all the same, like batches.
+        let (store, max) = (self.store.clone(), self.max_vids);
+        let presence = tokio::task::spawn_blocking(move || store.get_at_most(&id, max))
+            .await
+            .map_err(|_| Status::internal("reading presence failed"))?;
+        Ok(Response::new(presence))
     }
 
     async fn watch_presence(
@@ -73,13 +93,15 @@ impl Presence for PresenceService {
         request: Request<PresenceRequest>,
     ) -> Result<Response<PresenceStream>, Status> {
         let id = event_id(&request)?;
+        let slot = self.watches.open(ClientKey::of(&request)).map_err(|status| *status)?;
         let watch = self.store.watch(id).map_err(|e| match e {
             WatchError::ShuttingDown => Status::unavailable(e.to_string()),
             WatchError::TooManyWatched(_) => Status::resource_exhausted(e.to_string()),
         })?;
         let shutdown = self.store.shutdown_token().clone();
         // Presence now, then at every change; open until shutdown.
-        let changes = watch_stream::latest(watch, |w| &mut w.rx, |p| Some((p.clone(), false)), shutdown);
+        let changes =
+            watch_stream::latest((watch, slot), |(w, _)| &mut w.rx, |p| Some((p.clone(), false)), shutdown);
         Ok(Response::new(Box::pin(changes)))
     }
 }

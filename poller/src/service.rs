@@ -1,8 +1,10 @@
 //! `livepush.v1.LiveFeed`: turns a registry subscription into a gRPC server
-//! stream. The stream owns the subscription, so a subscriber that goes away
+//! stream. The stream owns the subscription and its places in the
+//! per-connection and per-client caps, so a subscriber that goes away
 //! (stream dropped by tonic) stops counting at once.
 
 use crate::{
+    client_streams::{ClientKey, ClientStreams},
     connection_streams::{ConnectionStreams, MAX_STREAMS_KEY},
     registry::{Registry, SubscribeError},
     watch_stream,
@@ -18,13 +20,14 @@ use tonic::{Request, Response, Status};
 pub struct LiveFeedService {
     registry: Registry,
     streams: ConnectionStreams,
+    per_client: ClientStreams,
 }
 
 impl LiveFeedService {
     /// Serves `registry`, at most `max_streams` subscriptions per client
-    /// connection (see [`ConnectionStreams`]).
-    pub fn new(registry: Registry, max_streams: u32) -> Self {
-        Self { registry, streams: ConnectionStreams::new(max_streams) }
+    /// connection (see [`ConnectionStreams`]) and `per_client`'s per client.
+    pub fn new(registry: Registry, max_streams: u32, per_client: ClientStreams) -> Self {
+        Self { registry, streams: ConnectionStreams::new(max_streams), per_client }
     }
 }
 
@@ -38,6 +41,7 @@ impl LiveFeed for LiveFeedService {
         let id = EventId::parse(&request.get_ref().event_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let slot = self.streams.open(request.remote_addr()).map_err(|status| *status)?;
+        let client_slot = self.per_client.open(ClientKey::of(&request)).map_err(|status| *status)?;
         let subscription = self.registry.subscribe(id).map_err(|e| match e {
             SubscribeError::ShuttingDown => Status::unavailable(e.to_string()),
             SubscribeError::TooManyEvents(_) => Status::resource_exhausted(e.to_string()),
@@ -46,8 +50,8 @@ impl LiveFeed for LiveFeedService {
         // The latest value at once (when known), then every change; the
         // stream ends after an ENDED update.
         let updates = watch_stream::latest(
-            (subscription, slot),
-            |(s, _)| &mut s.rx,
+            (subscription, slot, client_slot),
+            |(s, _, _)| &mut s.rx,
             |latest| latest.as_ref().map(|u| (LiveUpdate::clone(u), u.state == State::Ended as i32)),
             shutdown,
         );

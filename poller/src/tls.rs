@@ -133,7 +133,7 @@ fn roots(system: Vec<CertificateDer<'static>>) -> (RootCertStore, RootsSource) {
     (store, RootsSource::System)
 }
 
-fn read_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn read_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("{path}: {e}"))?;

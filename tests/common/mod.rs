@@ -4,6 +4,7 @@
 //! independent SSE parser over reqwest, raw TCP for hostile request lines).
 
 pub mod browser;
+pub mod grpc;
 pub mod media;
 pub mod process;
 pub mod proxy;
