@@ -86,6 +86,58 @@ impl Manifests {
         Manifests { docs, kustomization }
     }
 
+    /// `deploy/k8s-tls`: the base with the overlay's JSON patches applied,
+    /// plus the `livepush-poller-tls` Secret its README line has the user
+    /// create (here with a certificate made for `livepush-poller`).
+    fn load_tls_overlay() -> Self {
+        let mut m = Self::load();
+        let overlay = parse_one(&repo().join("deploy/k8s-tls/kustomization.yaml"));
+        assert_eq!(overlay["resources"], serde_json::json!(["../k8s"]));
+        for patch in overlay["patches"].as_array().expect("patches") {
+            let (kind, name) =
+                (patch["target"]["kind"].as_str().unwrap(), patch["target"]["name"].as_str().unwrap());
+            let ops: Value =
+                serde_yaml_ng::from_str(patch["patch"].as_str().unwrap()).expect("a JSON patch in YAML");
+            let doc = m
+                .docs
+                .iter_mut()
+                .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+                .expect("target");
+            for op in ops.as_array().unwrap() {
+                let path = op["path"].as_str().unwrap();
+                match op["op"].as_str().unwrap() {
+                    "add" => {
+                        let parent = path.strip_suffix("/-").expect("this overlay only appends");
+                        let list = doc.pointer_mut(parent).unwrap_or_else(|| panic!("{name}: no {parent}"));
+                        list.as_array_mut()
+                            .unwrap_or_else(|| panic!("{name}: {parent} is no list"))
+                            .push(op["value"].clone());
+                    }
+                    "replace" => {
+                        let old = doc.pointer_mut(path).unwrap_or_else(|| panic!("{name}: no {path}"));
+                        // The patch names a list index: make sure it still
+                        // points at the flag it means to replace.
+                        let flag = op["value"].as_str().unwrap().split('=').next().unwrap();
+                        assert!(
+                            old.as_str().unwrap().starts_with(flag),
+                            "{name}: {path} is {old}, not {flag}"
+                        );
+                        *old = op["value"].clone();
+                    }
+                    other => panic!("unsupported op {other}"),
+                }
+            }
+        }
+        let ca = livepush_tests::tls_media::TestCa::new("livepush poller CA");
+        let leaf = ca.leaf(&["livepush-poller"], livepush_tests::tls_media::Validity::Valid);
+        m.docs.push(serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "livepush-poller-tls"},
+            "stringData": {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem, "ca.crt": ca.ca_pem()},
+        }));
+        m
+    }
+
     fn find(&self, kind: &str, name: &str) -> &Value {
         self.docs
             .iter()
@@ -392,8 +444,54 @@ fn only_edges_and_labelled_clients_reach_the_pollers() {
     assert!(from.iter().any(|s| selects(s, labels(&client))), "labelled clients may reach the pollers");
     let ports: Vec<u64> =
         rules[0]["ports"].as_array().unwrap().iter().filter_map(|p| p["port"].as_u64()).collect();
-    let grpc = m.poller().poller_config().listen.port() as u64;
-    assert_eq!(ports, [grpc], "only the poller's port");
+    let config = m.poller().poller_config();
+    let serving: Vec<u64> =
+        [Some(config.listen), config.admin_listen].into_iter().flatten().map(|a| a.port() as u64).collect();
+    assert_eq!(ports, serving, "only the poller's ports (gRPC, then admin)");
+}
+
+#[test]
+fn the_edges_token_is_one_the_pollers_accept_as_an_edge() {
+    let m = Manifests::load();
+    let secret = &m.find("Secret", "livepush-grpc-tokens")["stringData"];
+    let edge_token = secret["edge-token"].as_str().expect("edge-token").trim();
+    assert!(livepush::bearer::is_valid(edge_token), "{edge_token:?}");
+    let clients = secret["clients"].as_str().expect("clients");
+    let roles: Vec<(&str, &str)> = clients
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0], f[1])
+        })
+        .collect();
+    assert!(roles.contains(&(edge_token, "edge")), "the edge token must have role edge: {roles:?}");
+    // Both binaries are pointed at those files (through the mounts).
+    assert!(m.poller().poller_config().clients_file.is_some(), "the pollers check tokens");
+    assert!(m.edge().edge_config().poller_token_file.is_some(), "the edges present theirs");
+}
+
+#[test]
+fn the_tls_overlay_gives_pollers_a_certificate_and_edges_its_ca() {
+    let m = Manifests::load_tls_overlay();
+    let poller = m.poller().poller_config();
+    assert!(poller.tls_cert.is_some() && poller.tls_key.is_some(), "the pollers serve TLS");
+    assert!(poller.admin_listen.is_some(), "probes keep a plain admin port");
+    let edge = m.edge().edge_config();
+    assert!(edge.poller_ca.is_some(), "the edges trust the pollers' CA");
+    let targets: Vec<String> = edge.pollers.iter().map(ToString::to_string).collect();
+    assert_eq!(targets, ["https://livepush-poller:50051"]);
+    // Probes and scraping are untouched: still on the admin ports.
+    let base = Manifests::load();
+    for name in [POLLER, EDGE] {
+        for probe in ["readinessProbe", "livenessProbe"] {
+            let container = |m: &Manifests| {
+                m.find("Deployment", name)["spec"]["template"]["spec"]["containers"][0][probe].clone()
+            };
+            assert_eq!(container(&m), container(&base), "{name} {probe}");
+        }
+    }
 }
 
 #[test]
@@ -482,12 +580,15 @@ fn the_edge_reaches_the_pollers_through_their_service() {
 fn probes_point_at_the_health_endpoints_on_the_serving_ports() {
     let m = Manifests::load();
     let poller = m.poller();
-    let listen = poller.poller_config().listen.port();
+    let config = poller.poller_config();
+    // The kubelet's gRPC probes carry no token and speak no TLS: the admin
+    // port is where they get an answer.
+    let listen = config.admin_listen.unwrap_or(config.listen).port();
     for probe in ["readinessProbe", "livenessProbe"] {
         let grpc = &poller.container[probe]["grpc"];
         assert!(grpc.is_object(), "poller {probe}: not a gRPC probe");
         // gRPC probes take a port number only.
-        assert_eq!(grpc["port"].as_u64(), Some(listen.into()), "poller {probe}: port vs --listen");
+        assert_eq!(grpc["port"].as_u64(), Some(listen.into()), "poller {probe}: port vs --admin-listen");
         assert_eq!(grpc["service"], livepush::proto::live_feed_server::SERVICE_NAME, "poller {probe}");
     }
 
@@ -516,15 +617,24 @@ async fn the_probes_get_healthy_answers_from_real_servers() {
     };
     let m = Manifests::load();
     let (poller_pod, edge_pod) = (m.poller(), m.edge());
-    let args: Vec<&str> = poller_pod.argv[1..].iter().map(String::as_str).collect();
-    let poller = start_poller(&args).await;
+    assert!(poller_pod.poller_config().admin_listen.is_some(), "the manifests probe the admin port");
+    let poller_admin = livepush_tests::process::free_addr();
+    let mut args = without_flag(&poller_pod.argv[1..], "admin-listen");
+    args.extend(["--admin-listen".to_owned(), poller_admin.to_string()]);
+    let poller = start_poller(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    livepush_tests::process::wait_ok(&format!("http://{poller_admin}/metrics")).await;
     let mut args = without_flag(&without_flag(&edge_pod.argv[1..], "poller"), "admin-listen");
     let admin = livepush_tests::process::free_addr();
     args.extend(["--poller".to_owned(), poller.url(), "--admin-listen".to_owned(), admin.to_string()]);
     assert!(edge_pod.edge_config().admin_listen.is_some(), "the manifests keep probes off the public port");
     let edge = start_edge(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
 
-    let channel = tonic::transport::Endpoint::from_shared(poller.url()).unwrap().connect().await.unwrap();
+    // As the kubelet asks: on the admin port, without a token.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{poller_admin}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut health = HealthClient::new(channel);
     for probe in ["readinessProbe", "livenessProbe"] {
         let service = poller_pod.container[probe]["grpc"]["service"].as_str().unwrap().to_owned();
@@ -576,9 +686,9 @@ fn shutdown_fits_in_the_grace_period() {
 fn prometheus_scrapes_metrics_on_the_serving_ports() {
     let m = Manifests::load();
     let (poller, edge) = (m.poller(), m.edge());
-    for (pod, port) in
-        [(&poller, poller.poller_config().listen.port()), (&edge, edge_admin_port(&edge.edge_config()))]
-    {
+    let poller_config = poller.poller_config();
+    let poller_port = poller_config.admin_listen.unwrap_or(poller_config.listen).port();
+    for (pod, port) in [(&poller, poller_port), (&edge, edge_admin_port(&edge.edge_config()))] {
         let deployment = m.find("Deployment", &format!("livepush-{}", pod.binary));
         assert_eq!(pod.annotation(deployment, "prometheus.io/scrape"), "true");
         assert_eq!(pod.annotation(deployment, "prometheus.io/port"), port.to_string(), "{}", pod.binary);

@@ -13,6 +13,7 @@ use livepush::proto::{
 use livepush_tests::{
     PATIENCE, Running, TestMedia,
     grpc::{self, Authed},
+    http,
     process::{Process, free_addr},
     sse::SseClient,
     start_edge, start_poller,
@@ -485,4 +486,34 @@ async fn streams_are_capped_per_client() {
     let refused = watch(READER).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted);
     assert!(refused.message().contains("--max-watches-per-client"), "{}", refused.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_answers_probes_and_scrapes_without_a_token_and_nothing_else() {
+    let media = TestMedia::start().await;
+    let dir = temp_dir("admin");
+    let admin = livepush_tests::process::free_addr();
+    let poller =
+        poller_with_clients(&media, &clients_file(&dir), &["--admin-listen", &admin.to_string()]).await;
+    livepush_tests::process::wait_ok(&format!("http://{admin}/metrics")).await;
+    // The health service, as a Kubernetes gRPC probe asks it: no token.
+    let mut health = HealthClient::new(grpc::plain(admin));
+    let status = health
+        .check(HealthCheckRequest { service: "livepush.v1.LiveFeed".into() })
+        .await
+        .expect("health without a token")
+        .into_inner()
+        .status;
+    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let metrics = http().get(format!("http://{admin}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.text().await.unwrap().contains("livepush_poller_subscribers"));
+    // Nothing else is there, with or without a token.
+    for token in [None, Some(EDGE)] {
+        let answer = feed(admin, token).subscribe(SubscribeRequest { event_id: "a".into() }).await;
+        assert_eq!(code(answer), Code::Unimplemented, "Subscribe on the admin port");
+    }
+    // The gRPC port still wants its token.
+    let answer = feed(poller.addr, None).subscribe(SubscribeRequest { event_id: "a".into() }).await;
+    assert_eq!(code(answer), Code::Unauthenticated);
 }

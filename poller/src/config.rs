@@ -24,6 +24,13 @@ pub struct Config {
     #[arg(long, env = "POLLER_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// A separate plain address for the health service and `/metrics` (off
+    /// when unset). For probes and scrapers that cannot present the gRPC
+    /// port's TLS or tokens, such as Kubernetes' gRPC probes; keep it on the
+    /// private network.
+    #[arg(long, env = "POLLER_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
     /// Certificate chain (PEM, leaf first): with `--tls-key`, the gRPC port
     /// (health, reflection and `/metrics` included) speaks TLS only.
     #[arg(

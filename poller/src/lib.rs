@@ -169,6 +169,25 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    // --admin-listen: the health service and /metrics again, in plain h2c
+    // and HTTP/1.1 without tokens, for probes; it drains with the rest.
+    let admin = match config.admin_listen {
+        Some(addr) => {
+            let admin =
+                TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("--admin-listen {addr}: {e}"))?;
+            info!(addr = %admin.local_addr()?, "admin endpoints listening");
+            let routes = Routes::new(health_service.clone())
+                .into_axum_router()
+                .route("/metrics", axum::routing::get(metrics));
+            let serving = tonic::transport::Server::builder()
+                .accept_http1(true)
+                .add_routes(Routes::from(routes))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(admin), stop.clone().cancelled_owned());
+            Some(tokio::spawn(serving))
+        }
+        None => None,
+    };
+
     // The gRPC services and `GET /metrics` share the port: HTTP/1.1 is
     // accepted next to HTTP/2 (gRPC clients keep using h2c; a scraper speaks
     // HTTP/1.1), and the services are axum routes beside `/metrics`.
@@ -267,6 +286,9 @@ pub async fn run(
         Err(_) => {
             warn!(timeout = ?config.shutdown_timeout, "connections still open at the shutdown deadline; closing them")
         }
+    }
+    if let Some(admin) = admin {
+        let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
     }
     registry.drain(Duration::from_secs(1)).await;
     presence_tasks.close();
