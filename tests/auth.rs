@@ -233,6 +233,33 @@ async fn bad_tokens_get_401_with_a_one_line_reason_on_both_http_paths() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_event_stream_needs_a_token_covering_every_event() {
+    let media = TestMedia::start().await;
+    let poller = poller(&media).await;
+    let secrets = Secrets::new("multi");
+    let edge =
+        start_edge(&["--poller", &poller.url(), "--auth-secret-file", p(&secrets.file("s", SECRET))]).await;
+    let url = format!("{}/live/stream?event=m-a&event=m-b", edge.url());
+    let both = token(SECRET, "ann", &["m-a", "m-b"], 600);
+    let mut ok = SseClient::open(&format!("{url}&token={both}")).await;
+    assert_eq!(ok.status, 200);
+    ok.next_message().await;
+    let all = token(SECRET, "ann", &["*"], 600);
+    assert_eq!(SseClient::open(&format!("{url}&token={all}")).await.status, 200);
+    // A token for one of them only, or none: 401 on both HTTP paths, and
+    // nothing watched upstream.
+    let one = token(SECRET, "ann", &["m-a"], 600);
+    for version in ["1.1", "1.0"] {
+        let target = format!("/live/stream?event=m-c&event=m-a&token={one}");
+        let (status, _, body) = refusal(&edge, version, &target, None).await;
+        assert_eq!((status, body.as_str()), (401, "watch token does not cover this event\n"), "{version}");
+        let (status, _, body) = refusal(&edge, version, "/live/stream?event=m-c", None).await;
+        assert_eq!(status, 401, "{version}: {body}");
+    }
+    assert_eq!(media.count("m-c"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_fixes_the_viewer_id() {
     let media = TestMedia::start().await;
     let poller = poller(&media).await;
@@ -443,8 +470,24 @@ async fn the_demo_token_endpoint_exists_only_when_asked_for() {
     s.next_message().await;
     let (status, _, body) = refusal(&demo, "1.1", "/live/other/stream", Some(&as_cookie)).await;
     assert_eq!((status, body.as_str()), (401, "watch token does not cover this event\n"));
+    // Repeated events: one token for them all, as a cookie for the
+    // multi-event stream's path.
+    let resp = reqwest::get(format!("{}/demo/token?event=match&event=other&event=match&vid=ann", demo.url()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.contains("; Path=/live/stream; "), "{cookie}");
+    let minted = resp.text().await.unwrap().trim().to_owned();
+    let url = format!("{}/live/stream?event=match&event=other", demo.url());
+    let mut s = SseClient::open_with(&url, &[("cookie", &format!("livepush_token={minted}"))]).await;
+    assert_eq!(s.status, 200);
+    s.next_message().await;
     // The endpoint validates what it signs.
-    for bad in ["event=a%20b&vid=ann", "event=match&vid=", "event=match"] {
+    let too_many: String = (0..65).map(|i| format!("event=e{i}&")).collect();
+    for bad in
+        ["event=a%20b&vid=ann", "event=match&vid=", "event=match", "vid=ann", &format!("{too_many}vid=ann")]
+    {
         let resp = reqwest::get(format!("{}/demo/token?{bad}", demo.url())).await.unwrap();
         assert_eq!(resp.status(), 400, "{bad}");
     }
@@ -590,5 +633,36 @@ async fn chromium_demo_page_renews_its_token_after_a_refusal() {
         .await;
     media.set_json("page", r#"{"p":2}"#);
     browser.wait_for("a value on the new stream", &shows(r#""p": 2"#)).await;
+    browser.close().await;
+}
+
+/// The demo page's live-events view with tokens on: one token for its 24
+/// events, sent as the cookie of `/live/stream`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_demo_grid_gets_one_token_for_all_its_events() {
+    let Some(browser) = Browser::launch().await else { return };
+    let media = TestMedia::start().await;
+    let poller = start_poller(&["--media-url", &media.template(), "--interval", "50ms"]).await;
+    let secrets = Secrets::new("grid");
+    let edge = start_edge(&[
+        "--poller",
+        &poller.url(),
+        "--auth-secret-file",
+        p(&secrets.file("s", SECRET)),
+        "--demo-tokens",
+        "60s",
+    ])
+    .await;
+    browser.client.goto(&format!("{}/?grid", edge.url())).await.unwrap();
+    browser
+        .wait_for(
+            "24 events on one stream",
+            "Array.from(document.querySelectorAll('#grid .card .value')).filter(v => v.textContent !== 'waiting…').length === 24",
+        )
+        .await;
+    assert_eq!(
+        browser.eval("return [window.grid.tokens, window.grid.opens]").await,
+        serde_json::json!([1, 1])
+    );
     browser.close().await;
 }

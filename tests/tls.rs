@@ -82,6 +82,25 @@ async fn many_streams_share_one_http2_connection() {
         }
         assert!(text.contains(&format!(r#"data: {{"event":"tab-{i}"}}"#)), "{text}");
     }
+    // A multi-event stream on the same connection: one HTTP/2 stream.
+    let request = hyper::Request::get("https://localhost/live/stream?event=tab-0&event=tab-9")
+        .header("accept", "text/event-stream")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.clone().send_request(request).await.unwrap();
+    assert_eq!((response.status().as_u16(), response.version()), (200, hyper::Version::HTTP_2));
+    let mut body = response.into_body();
+    let mut text = String::new();
+    while text.matches("data: ").count() < 2 {
+        let frame = tokio::time::timeout(PATIENCE, body.frame()).await.unwrap().unwrap().unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+    for i in [0, 9] {
+        let tagged = format!(r#"data: {{"event_id":"tab-{i}","data":{{"event":"tab-{i}"}}}}"#);
+        assert!(text.contains(&tagged), "{text}");
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
 

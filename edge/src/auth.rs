@@ -357,20 +357,25 @@ impl Auth {
     }
 
     /// Checks the tokens the request presents (see [`presented`]) for
-    /// `event`: the first that is valid and covers it admits the stream;
-    /// otherwise the first token's error (or [`TokenError::Missing`]).
+    /// `events` (one, or every event of a multi-event stream): the first
+    /// that is valid and covers them all admits the stream; otherwise the
+    /// first token's error (or [`TokenError::Missing`]).
     pub fn admit(
         &self,
         query: Option<&str>,
         headers: &HeaderMap,
-        event: &EventId,
+        events: &[EventId],
     ) -> Result<Admitted, TokenError> {
         let now = SystemTime::now();
         let now_secs = unix_secs(now);
         let mut refusal = None;
         for token in presented(query, headers) {
             let checked = self.keys.verify(token, now_secs).and_then(|claims| {
-                if claims.covers(event) { Ok(claims) } else { Err(TokenError::OtherEvent) }
+                if events.iter().all(|event| claims.covers(event)) {
+                    Ok(claims)
+                } else {
+                    Err(TokenError::OtherEvent)
+                }
             });
             match checked {
                 Ok(claims) => {
@@ -749,17 +754,25 @@ mod tests {
             header::COOKIE,
             format!("livepush_token={other}; livepush_token={mine}").parse().unwrap(),
         );
-        let admitted = auth.admit(None, &headers, &ev("mine")).unwrap();
+        let admitted = auth.admit(None, &headers, &[ev("mine")]).unwrap();
         assert_eq!(admitted.vid.as_str(), "b");
         let left = admitted.deadline - Instant::now();
         assert!(left > Duration::from_secs(350) && left <= Duration::from_secs(361), "{left:?}");
         // Nothing covers it: the first token's reason.
-        assert_eq!(auth.admit(None, &headers, &ev("third")).unwrap_err(), TokenError::OtherEvent);
+        assert_eq!(auth.admit(None, &headers, &[ev("third")]).unwrap_err(), TokenError::OtherEvent);
         assert_eq!(
-            auth.admit(Some("junk"), &headers, &ev("mine")).unwrap_err(),
+            auth.admit(Some("junk"), &headers, &[ev("mine")]).unwrap_err(),
             TokenError::Malformed("expected two base64url parts joined by a dot")
         );
-        assert_eq!(auth.admit(None, &HeaderMap::new(), &ev("mine")).unwrap_err(), TokenError::Missing);
+        assert_eq!(auth.admit(None, &HeaderMap::new(), &[ev("mine")]).unwrap_err(), TokenError::Missing);
+        // A multi-event stream: one token must cover every event of it.
+        let both = token(&["mine", "other"], "c");
+        let admitted = auth.admit(Some(&both), &HeaderMap::new(), &[ev("mine"), ev("other")]).unwrap();
+        assert_eq!(admitted.vid.as_str(), "c");
+        assert_eq!(
+            auth.admit(None, &headers, &[ev("mine"), ev("other")]).unwrap_err(),
+            TokenError::OtherEvent
+        );
     }
 
     #[test]

@@ -66,6 +66,12 @@ pub struct Config {
     #[arg(long, env = "EDGE_MAX_PER_CLIENT", default_value_t = 0)]
     pub max_per_client: u32,
 
+    /// Most events on one multi-event stream (`GET /live/stream?event=…`);
+    /// more get 400. At most 256, which keeps the stream's resume id within
+    /// 2.7 KiB and its query within the 16 KiB head limit.
+    #[arg(long, env = "EDGE_MAX_EVENTS_PER_STREAM", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=crate::multi::MAX_EVENTS as i64))]
+    pub max_events_per_stream: u16,
+
     /// Origins allowed to open streams cross-origin, comma-separated, or `*`.
     /// With a list, credentialed requests (`withCredentials: true`) are allowed
     /// for exactly those origins. Empty: same-origin only.
@@ -199,6 +205,7 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Text);
         assert!(c.auth_secret_file.is_none() && c.demo_tokens.is_none(), "auth is off by default");
         assert_eq!(c.auth_grace, Duration::from_secs(300));
+        assert_eq!(c.max_events_per_stream as usize, crate::multi::DEFAULT_MAX_EVENTS);
     }
 
     #[test]
@@ -251,6 +258,8 @@ mod tests {
             (&["--tls-cert", "cert.pem"][..], "--tls-key"),
             (&["--write-timeout", "0s"][..], "--write-timeout"),
             (&["--max-connections", "0"][..], "--max-connections"),
+            (&["--max-events-per-stream", "0"][..], "--max-events-per-stream"),
+            (&["--max-events-per-stream", "257"][..], "--max-events-per-stream"),
             (&["--heartbeat-interval", "1ms"][..], "--heartbeat-interval"),
             (&["--edge-id", "a b"][..], "--edge-id"),
             (&["--auth-previous-secret-file", "p"][..], "--auth-secret-file"),

@@ -62,6 +62,46 @@ pub struct Snapshot {
     /// Cluster-wide viewer count, once known, and its `presence` event.
     pub viewers: Option<u32>,
     pub presence_frame: Option<Bytes>,
+    /// The same, tagged with the event id, for multi-event streams.
+    pub tagged: Tagged,
+}
+
+/// Frames of multi-event streams ([`crate::multi`]), encoded once per change
+/// like the untagged ones: each carries `{"event_id": …}` so one `onmessage`
+/// handler can route it.
+#[derive(Debug, Clone, Default)]
+pub struct Tagged {
+    /// `data: {"event_id":…,"data":<json>}` and the blank line, without an
+    /// `id:` line: each connection writes its own resume id before it.
+    pub data: Option<Bytes>,
+    /// `event: presence` with `{"event_id":…,"viewers":N}`.
+    pub presence: Option<Bytes>,
+    /// `stale`, `live` and `end` of this event: fixed, encoded when its feed
+    /// is created and shared by every snapshot.
+    pub markers: Option<Arc<Markers>>,
+}
+
+#[derive(Debug)]
+pub struct Markers {
+    pub stale: Bytes,
+    pub live: Bytes,
+    pub end: Bytes,
+}
+
+impl Snapshot {
+    /// The empty snapshot a new feed of `id` starts with.
+    pub fn new(id: &EventId) -> Self {
+        let marker = |event, state| {
+            let data = format!(r#"{{"event_id":"{}","state":"{state}"}}"#, id.as_str());
+            sse::Event { id: None, event: Some(event), data: &data }.encode()
+        };
+        let markers = Markers {
+            stale: marker("stale", "stale"),
+            live: marker("live", "live"),
+            end: marker("end", "ended"),
+        };
+        Self { tagged: Tagged { markers: Some(Arc::new(markers)), ..Tagged::default() }, ..Self::default() }
+    }
 }
 
 /// Shortest and longest wait before resubscribing after the poller failed.
@@ -189,7 +229,7 @@ impl Feeds {
         let entry = match table.events.entry(id.clone()) {
             MapEntry::Occupied(o) => o.into_mut(),
             MapEntry::Vacant(v) => {
-                let (tx, _) = watch::channel(Snapshot::default());
+                let (tx, _) = watch::channel(Snapshot::new(&id));
                 let cancel = self.inner.shutdown.child_token();
                 let task = upstream(self.clone(), id.clone(), tx.clone(), cancel.clone());
                 self.inner.tasks.spawn(task);
@@ -244,6 +284,9 @@ impl Feeds {
                 let data = format!(r#"{{"viewers":{viewers}}}"#);
                 s.viewers = Some(viewers);
                 s.presence_frame =
+                    Some(sse::Event { id: None, event: Some("presence"), data: &data }.encode());
+                let data = format!(r#"{{"event_id":"{}","viewers":{viewers}}}"#, id.as_str());
+                s.tagged.presence =
                     Some(sse::Event { id: None, event: Some("presence"), data: &data }.encode());
                 true
             });
@@ -307,6 +350,8 @@ impl Drop for WatchGuard {
 /// upstream's first value, which repeats the current one, sends nothing.
 struct Publisher {
     tx: watch::Sender<Snapshot>,
+    /// `{"event_id":"…","data":`: the start of the multi-event envelope.
+    envelope: String,
     /// Last `seq` taken from the current upstream stream.
     source_seq: u64,
     data: String,
@@ -315,8 +360,9 @@ struct Publisher {
 }
 
 impl Publisher {
-    fn new(tx: watch::Sender<Snapshot>) -> Self {
-        Self { tx, source_seq: 0, data: String::new(), poller_stale: false, upstream_lost: false }
+    fn new(tx: watch::Sender<Snapshot>, id: &EventId) -> Self {
+        let envelope = format!(r#"{{"event_id":"{}","data":"#, id.as_str());
+        Self { tx, envelope, source_seq: 0, data: String::new(), poller_stale: false, upstream_lost: false }
     }
 
     /// The next updates come from a new stream (another poller, or the same
@@ -338,9 +384,14 @@ impl Publisher {
                 let seq = update.seq.max(self.tx.borrow().data_seq.saturating_add(1));
                 let id = seq.to_string();
                 let frame = sse::Event { id: Some(&id), event: None, data: &self.data }.encode();
+                // Event ids need no JSON escaping (`[A-Za-z0-9._~-]`), and
+                // the data is the poller's one-line JSON.
+                let envelope = format!("{}{}}}", self.envelope, self.data);
+                let tagged = sse::Event { id: None, event: None, data: &envelope }.encode();
                 self.tx.send_modify(|s| {
                     s.data_seq = seq;
                     s.data_frame = Some(frame);
+                    s.tagged.data = Some(tagged);
                 });
             }
             if state == State::Ended {
@@ -401,7 +452,7 @@ enum Outcome {
 async fn upstream(feeds: Feeds, id: EventId, tx: watch::Sender<Snapshot>, cancel: CancellationToken) {
     let pollers = feeds.inner.pollers.clone();
     let mut live = pollers.watch();
-    let mut publisher = Publisher::new(tx);
+    let mut publisher = Publisher::new(tx, &id);
     let mut failures = 0u32;
     debug!(event_id = %id, "upstream subscribing");
     let mut channel_retries = 0u32;
@@ -666,8 +717,9 @@ mod tests {
 
     #[test]
     fn publisher_moves_data_seq_only_on_new_data() {
-        let (tx, rx) = watch::channel(Snapshot::default());
-        let mut p = Publisher::new(tx);
+        let id = EventId::parse("e").unwrap();
+        let (tx, rx) = watch::channel(Snapshot::new(&id));
+        let mut p = Publisher::new(tx, &id);
         p.update(&update(10, State::Live, "{}"));
         assert_eq!((rx.borrow().data_seq, rx.borrow().stale), (10, false));
         p.update(&update(11, State::Stale, "{}"));

@@ -7,7 +7,8 @@
 //! browser, so it needs neither buffer. For plain-TCP connections the edge
 //! therefore reads the first request head itself into a short-lived buffer:
 //!
-//! - a plain `GET /live/{id}/stream` over HTTP/1.1 with no body goes through
+//! - a plain `GET /live/{id}/stream` (or a multi-event `GET /live/stream`)
+//!   over HTTP/1.1 with no body goes through
 //!   the same axum router (validation, limits, CORS, `Last-Event-ID`), and
 //!   the response is written here: the head, then each shared frame as one
 //!   chunk with a vectored write, no copy, no buffer kept between frames;
@@ -79,7 +80,7 @@ pub async fn read_first<I: AsyncRead + Unpin>(
 enum Head {
     /// Not a complete head yet.
     Partial,
-    /// Exactly one bodiless HTTP/1.1 `GET /live/{id}/stream`.
+    /// Exactly one bodiless HTTP/1.1 `GET /live/{id}/stream` or `/live/stream`.
     Stream(Box<Request<Body>>),
     /// Anything else, complete or malformed: hyper's.
     Other,
@@ -90,7 +91,8 @@ enum Head {
 const MAX_HEADERS: usize = 64;
 
 /// Parses `buf` once per read: a stream request is handled here only if it
-/// is exactly one bodiless HTTP/1.1 `GET /live/{id}/stream` (query allowed)
+/// is exactly one bodiless HTTP/1.1 `GET /live/{id}/stream` or `GET
+/// /live/stream` (query allowed)
 /// and nothing follows it.
 fn classify(buf: &[u8], peer: SocketAddr) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -107,8 +109,8 @@ fn classify(buf: &[u8], peer: SocketAddr) -> Head {
 fn stream_request(parsed: &httparse::Request<'_, '_>, peer: SocketAddr) -> Option<Request<Body>> {
     let path = parsed.path?;
     let route = path.split('?').next().unwrap_or_default();
-    let is_stream =
-        route.starts_with("/live/") && route.ends_with("/stream") && route.len() > "/live//stream".len();
+    let is_stream = route == "/live/stream"
+        || (route.starts_with("/live/") && route.ends_with("/stream") && route.len() > "/live//stream".len());
     if parsed.method? != "GET" || parsed.version? != 1 || !is_stream {
         return None;
     }
@@ -350,6 +352,9 @@ mod tests {
         assert_eq!(req.uri(), "/live/m-1/stream?vid=a");
         assert_eq!(req.headers()["last-event-id"], "5");
         assert!(req.extensions().get::<ConnectInfo<SocketAddr>>().is_some());
+        let multi = b"GET /live/stream?event=a&event=b HTTP/1.1\r\nHost: x\r\n\r\n";
+        let Head::Stream(req) = classify(multi, peer()) else { panic!("a multi-event stream request") };
+        assert_eq!(req.uri(), "/live/stream?event=a&event=b");
         for other in [
             &b"GET /live/m-1/stream HTTP/1.0\r\n\r\n"[..],
             b"POST /live/m-1/stream HTTP/1.1\r\nContent-Length: 0\r\n\r\n",

@@ -14,6 +14,7 @@ pub mod heartbeat;
 pub mod lean;
 pub mod limits;
 pub mod memory;
+pub mod multi;
 pub mod poller_tls;
 pub mod poller_token;
 pub mod pollers;
@@ -87,6 +88,7 @@ pub async fn run(
         drain_spread: config.drain_spread,
         shutdown: stop.clone(),
         auth,
+        max_events_per_stream: config.max_events_per_stream.into(),
     };
     // --admin-listen: probes and metrics on their own address, served until
     // the drain is over (readiness answers 503 meanwhile).

@@ -6,6 +6,7 @@ use crate::{
     auth::{self, Auth, Events, TokenError},
     feeds::Feeds,
     limits::{Refused, StreamLimits},
+    multi,
     readiness::Readiness,
     stream::{self, Options},
     viewers::Viewers,
@@ -46,6 +47,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// `--auth-secret-file`: streams need a watch token (`None`: open).
     pub auth: Option<Auth>,
+    /// `--max-events-per-stream`: most events of one multi-event stream.
+    pub max_events_per_stream: usize,
 }
 
 /// The router for browsers; `allow_origin` is `--allow-origin` (empty:
@@ -60,7 +63,10 @@ pub fn app(state: AppState, allow_origin: &[String], admin_apart: bool) -> Route
     let router = Router::new();
     // Only with --demo-tokens: it hands a token to anyone who asks.
     let router = if demo_tokens { router.route("/demo/token", get(demo_token)) } else { router };
-    let router = router.route("/", get(demo_page)).route("/live/{event_id}/stream", get(live_stream));
+    let router = router
+        .route("/", get(demo_page))
+        .route("/live/{event_id}/stream", get(live_stream))
+        .route("/live/stream", get(multi_stream));
     let router = if admin_apart { router } else { router.merge(admin_routes()) };
     let router = router.with_state(state);
     match cors(allow_origin) {
@@ -157,7 +163,7 @@ async fn live_stream(
     // and no stream is anonymous.
     let (vid, deadline) = match &app.auth {
         None => (vid, None),
-        Some(auth) => match auth.admit(query.token.as_deref(), &headers, &id) {
+        Some(auth) => match auth.admit(query.token.as_deref(), &headers, std::slice::from_ref(&id)) {
             Err(refused) => return unauthorized(refused),
             Ok(admitted) if vid.as_ref().is_some_and(|vid| *vid != admitted.vid) => {
                 return plain(StatusCode::BAD_REQUEST, "vid differs from the watch token's viewer id");
@@ -196,15 +202,121 @@ async fn live_stream(
         let _ = &held;
         chunk
     });
+    event_stream(Body::from_stream(body))
+}
+
+/// `200 text/event-stream`, uncached and unbuffered by proxies.
+fn event_stream(body: Body) -> Response {
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
             (HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no")),
         ],
-        Body::from_stream(body),
+        body,
     )
         .into_response()
+}
+
+/// `GET /live/stream?event=a&event=b&…`: many events on one stream (see
+/// [`multi`]): `400` with a reason for no event, more than
+/// `--max-events-per-stream` distinct ones or any invalid id (nothing is
+/// watched then); `204` when every event is known to have ended. Otherwise
+/// as a single-event stream: one connection in the limits, presence on
+/// every event, tokens that must cover every event.
+async fn multi_stream(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if uri.query().is_some_and(|q| !multi_query_fits(q, app.max_events_per_stream)) {
+        return plain(StatusCode::BAD_REQUEST, "query string is too long");
+    }
+    let Ok(Query(pairs)) = query else {
+        return plain(StatusCode::BAD_REQUEST, "query string is malformed");
+    };
+    let mut events: Vec<EventId> = Vec::new();
+    let (mut vid, mut last_event_id, mut token) = (None, None, None);
+    for (key, value) in &pairs {
+        match key.as_str() {
+            "event" => match EventId::parse(value) {
+                Ok(id) if events.contains(&id) => {}
+                Ok(_) if events.len() == app.max_events_per_stream => {
+                    let reason = format!("too many events: at most {} per stream", app.max_events_per_stream);
+                    return plain(StatusCode::BAD_REQUEST, &reason);
+                }
+                Ok(id) => events.push(id),
+                Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("{e}: {value:?}")),
+            },
+            "vid" => vid = vid.or(Some(value.as_str())),
+            "lastEventId" => last_event_id = last_event_id.or(Some(value.as_str())),
+            "token" => token = token.or(Some(value.as_str())),
+            _ => {}
+        }
+    }
+    if events.is_empty() {
+        return plain(StatusCode::BAD_REQUEST, "no event: expected ?event=ID, repeated for each event");
+    }
+    let vid = match vid.map(ViewerId::parse).transpose() {
+        Ok(vid) => vid,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let (vid, deadline) = match &app.auth {
+        None => (vid, None),
+        Some(auth) => match auth.admit(token, &headers, &events) {
+            Err(refused) => return unauthorized(refused),
+            Ok(admitted) if vid.as_ref().is_some_and(|vid| *vid != admitted.vid) => {
+                return plain(StatusCode::BAD_REQUEST, "vid differs from the watch token's viewer id");
+            }
+            Ok(admitted) => (Some(admitted.vid), Some(admitted.deadline)),
+        },
+    };
+    let last_event_id =
+        headers.get("last-event-id").and_then(|v| v.to_str().ok()).or(last_event_id).map(str::to_owned);
+
+    let permit = match app.limits.acquire(peer.ip()) {
+        Ok(permit) => permit,
+        Err(refused) => return unavailable(refused),
+    };
+    let watches: Vec<_> = events
+        .into_iter()
+        .map(|id| {
+            let watch = app.feeds.watch(id.clone()).filter(|w| !w.rx.borrow().ended);
+            (id, watch)
+        })
+        .collect();
+    if watches.iter().all(|(_, watch)| watch.is_none()) {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let viewers: Vec<_> = watches
+        .iter()
+        .filter(|(_, watch)| watch.is_some())
+        .map(|(id, _)| app.viewers.join(id.clone(), vid.clone()))
+        .collect();
+    let opts = Options {
+        retry: app.retry,
+        keepalive: app.keepalive,
+        drain_spread: app.drain_spread,
+        shutdown: app.shutdown.clone(),
+        deadline,
+    };
+    let held = (permit, viewers);
+    let body = multi::body(watches, last_event_id.as_deref(), opts).map(move |chunk| {
+        let _ = &held;
+        chunk
+    });
+    event_stream(Body::from_stream(body))
+}
+
+/// [`query_fits`] for multi-event streams, whose query may also hold up to
+/// `max_events` `event=ID` pairs (ids percent-encoded at worst).
+fn multi_query_fits(query: &str, max_events: usize) -> bool {
+    let token = query.split('&').find(|p| p.starts_with("token=")).map_or(0, |p| p.len() + 1);
+    let events = max_events * ("&event=".len() + 3 * livepush::event_id::MAX_LEN);
+    query.len() - token.min(query.len()) <= MAX_QUERY + events
+        && token <= "token=&".len() + auth::MAX_TOKEN_LEN
 }
 
 /// Whether `query` is within bounds: [`MAX_QUERY`] bytes without its
@@ -214,32 +326,46 @@ fn query_fits(query: &str) -> bool {
     query.len() - token.min(query.len()) <= MAX_QUERY && token <= "token=&".len() + auth::MAX_TOKEN_LEN
 }
 
-#[derive(Deserialize)]
-struct DemoTokenQuery {
-    event: String,
-    vid: String,
-}
-
 /// `GET /demo/token?event=ID&vid=VID` (only with `--demo-tokens`): what a
 /// platform's backend does after its own login, minus the login. Answers the
 /// token, and sets it as the `livepush_token` cookie for that event's stream
-/// path, so one page can hold a token per event.
+/// path, so one page can hold a token per event. With `event` repeated (at
+/// most [`auth::MAX_EVENTS`]) the token covers them all and the cookie is
+/// for the multi-event stream's path, `/live/stream`.
 async fn demo_token(
     State(app): State<AppState>,
-    query: Result<Query<DemoTokenQuery>, QueryRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
     let Some((auth, ttl)) = app.auth.as_ref().and_then(|a| Some((a, a.demo_ttl()?))) else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let Ok(Query(query)) = query else {
+    let Ok(Query(pairs)) = query else {
         return plain(StatusCode::BAD_REQUEST, "expected ?event=ID&vid=VID");
     };
-    let (event, vid) = match (EventId::parse(&query.event), ViewerId::parse(&query.vid)) {
-        (Ok(event), Ok(vid)) => (event, vid),
-        (Err(e), _) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
-        (_, Err(e)) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
+    let mut events: Vec<EventId> = Vec::new();
+    let mut vid = None;
+    for (key, value) in &pairs {
+        match key.as_str() {
+            "event" => match EventId::parse(value) {
+                Ok(id) if events.contains(&id) => {}
+                Ok(_) if events.len() == auth::MAX_EVENTS => {
+                    let reason = format!("too many events: at most {} per token", auth::MAX_EVENTS);
+                    return plain(StatusCode::BAD_REQUEST, &reason);
+                }
+                Ok(id) => events.push(id),
+                Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
+            },
+            "vid" => vid = vid.or(Some(value.as_str())),
+            _ => {}
+        }
+    }
+    let (path, vid) = match (events.as_slice(), vid.map(ViewerId::parse)) {
+        (_, Some(Err(e))) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
+        ([], _) | (_, None) => return plain(StatusCode::BAD_REQUEST, "expected ?event=ID&vid=VID"),
+        ([one], Some(Ok(vid))) => (format!("/live/{one}/"), vid),
+        (_, Some(Ok(vid))) => ("/live/stream".to_owned(), vid),
     };
-    let token = match auth.mint_now(vid, Events::Only(vec![event.clone()]), ttl) {
+    let token = match auth.mint_now(vid, Events::Only(events), ttl) {
         Ok(token) => token,
         Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
@@ -247,7 +373,7 @@ async fn demo_token(
     // another site adds `Secure; SameSite=None` (and the page opens its
     // EventSource with `withCredentials: true`).
     let cookie = format!(
-        "{}={token}; Path=/live/{event}/; Max-Age={}; HttpOnly; SameSite=Strict",
+        "{}={token}; Path={path}; Max-Age={}; HttpOnly; SameSite=Strict",
         auth::COOKIE,
         ttl.as_secs()
     );
