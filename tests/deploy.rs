@@ -215,8 +215,13 @@ impl Manifests {
             let secret =
                 volume["secret"]["secretName"].as_str().unwrap_or_else(|| panic!("{binary}: {volume}"));
             let secret = self.find("Secret", secret);
-            let dir =
-                std::env::temp_dir().join(format!("livepush-deploy-{}-{binary}-{name}", std::process::id()));
+            // A directory per call: tests run side by side in this process,
+            // and one rewriting a file another is parsing would hand it an
+            // empty file.
+            static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = std::env::temp_dir()
+                .join(format!("livepush-deploy-{}-{call}-{binary}-{name}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             for (file, text) in secret["stringData"].as_object().into_iter().flatten() {
                 std::fs::write(dir.join(file), text.as_str().unwrap()).unwrap();
