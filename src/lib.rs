@@ -11,6 +11,7 @@ pub mod signal;
 pub mod telemetry;
 pub mod tls;
 pub mod viewer_id;
+pub mod watched_file;
 
 pub use event_id::{EventId, InvalidEventId};
 pub use viewer_id::{InvalidViewerId, ViewerId};

@@ -14,7 +14,8 @@
 //! File format: the token on a line of its own; blank lines and lines
 //! starting with `#` are skipped; surrounding whitespace is ignored.
 
-use std::{sync::Arc, time::Duration};
+use livepush::watched_file;
+use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -25,7 +26,7 @@ use tonic::{
 use tracing::{info, warn};
 
 /// How often the token file is read again for changes.
-pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
+pub use livepush::watched_file::RELOAD_EVERY;
 /// Largest token file read: one token and some comments.
 pub const MAX_FILE: u64 = 16 << 10;
 
@@ -36,7 +37,9 @@ type Header = MetadataValue<Ascii>;
 #[derive(Clone)]
 pub struct TokenFile {
     pub path: String,
-    text: Arc<str>,
+    /// Of the text read at start-up (the token itself is kept only as the
+    /// header).
+    text: u64,
     header: Header,
 }
 
@@ -51,7 +54,7 @@ impl TokenFile {
     pub fn load(path: &str) -> Result<Self, String> {
         let text = read_bounded(path)?;
         let header = parse(&text).map_err(|e| format!("{path}: {e}"))?;
-        Ok(Self { path: path.to_owned(), text: text.into(), header })
+        Ok(Self { path: path.to_owned(), text: watched_file::fingerprint(&text), header })
     }
 }
 
@@ -73,12 +76,7 @@ fn parse(text: &str) -> Result<Header, String> {
 }
 
 fn read_bounded(path: &str) -> Result<String, String> {
-    let len = std::fs::metadata(path).map_err(|e| format!("{path}: {e}"))?.len();
-    if len > MAX_FILE {
-        return Err(format!("{path}: larger than {MAX_FILE} bytes"));
-    }
-    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
-    String::from_utf8(bytes).map_err(|_| format!("{path}: not UTF-8"))
+    watched_file::read_bounded(path, MAX_FILE)
 }
 
 /// The token every poller call carries (none without a file); clones share
@@ -91,7 +89,7 @@ pub struct PollerToken {
 
 struct Source {
     path: String,
-    loaded: Arc<str>,
+    loaded: u64,
     tx: watch::Sender<Option<Header>>,
 }
 
@@ -100,7 +98,7 @@ impl PollerToken {
     /// keeps it current.
     pub fn new(file: Option<&TokenFile>) -> Self {
         let (tx, current) = watch::channel(file.map(|f| f.header.clone()));
-        let source = file.map(|f| Arc::new(Source { path: f.path.clone(), loaded: f.text.clone(), tx }));
+        let source = file.map(|f| Arc::new(Source { path: f.path.clone(), loaded: f.text, tx }));
         if let Some(file) = file {
             info!(path = %file.path, "calls to pollers carry the token from this file");
         }
@@ -111,41 +109,17 @@ impl PollerToken {
     /// a changed token (returns at once without a file).
     pub async fn follow(self, stop: CancellationToken) {
         let Some(source) = self.source else { return };
-        // Contents, not modification times (a Kubernetes Secret volume swaps
-        // a symlink), starting from what the flag parser read.
-        let mut last = Some(source.loaded.to_string());
-        let mut tick = tokio::time::interval(RELOAD_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
+        let what = format!("poller token file {}", source.path);
+        watched_file::follow(&what, &source.path, MAX_FILE, Some(source.loaded), stop, |text| match parse(text) {
+            Ok(header) => {
+                info!(path = %source.path, "poller token file reloaded");
+                source.tx.send_replace(Some(header));
             }
-            let path = source.path.clone();
-            let text = match tokio::task::spawn_blocking(move || read_bounded(&path)).await {
-                Ok(Ok(text)) => text,
-                Ok(Err(error)) => {
-                    if last.take().is_some() {
-                        warn!(%error, "poller token file unreadable; keeping the previous token");
-                    }
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            if last.as_deref() == Some(text.as_str()) {
-                continue;
+            Err(error) => {
+                warn!(path = %source.path, %error, "poller token file is invalid; keeping the previous token")
             }
-            match parse(&text) {
-                Ok(header) => {
-                    info!(path = %source.path, "poller token file reloaded");
-                    source.tx.send_replace(Some(header));
-                }
-                Err(error) => {
-                    warn!(path = %source.path, %error, "poller token file is invalid; keeping the previous token")
-                }
-            }
-            last = Some(text);
-        }
+        })
+        .await;
     }
 }
 
@@ -161,6 +135,7 @@ impl Interceptor for PollerToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const TOKEN: &str = "edge-token-0123456789";
 

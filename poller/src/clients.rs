@@ -28,18 +28,17 @@
 //! log. A revoked token ends no stream already open; its next call is
 //! refused.
 
-use livepush::ViewerId;
+use livepush::{ViewerId, watched_file};
 use std::{
     collections::{HashMap, hash_map::Entry},
     sync::Arc,
-    time::Duration,
 };
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 /// How often the clients file is read again for changes.
-pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
+pub use livepush::watched_file::RELOAD_EVERY;
 /// Largest clients file read: thousands of lines, not a data file.
 pub const MAX_FILE: u64 = 1 << 20;
 
@@ -172,7 +171,7 @@ pub struct ClientsFile {
     table: Arc<ClientTable>,
     /// Of the text `table` came from: what the reloads compare with (the
     /// text itself, tokens and all, is not kept).
-    text: Digest,
+    text: u64,
 }
 
 impl ClientsFile {
@@ -180,17 +179,12 @@ impl ClientsFile {
     pub fn load(path: &str) -> Result<Self, String> {
         let text = read_bounded(path)?;
         let table = ClientTable::parse(&text).map_err(|e| format!("{path}: {e}"))?;
-        Ok(Self { path: path.to_owned(), table: Arc::new(table), text: digest(&text) })
+        Ok(Self { path: path.to_owned(), table: Arc::new(table), text: watched_file::fingerprint(&text) })
     }
 }
 
 fn read_bounded(path: &str) -> Result<String, String> {
-    let len = std::fs::metadata(path).map_err(|e| format!("{path}: {e}"))?.len();
-    if len > MAX_FILE {
-        return Err(format!("{path}: larger than {MAX_FILE} bytes"));
-    }
-    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
-    String::from_utf8(bytes).map_err(|_| format!("{path}: not UTF-8"))
+    watched_file::read_bounded(path, MAX_FILE)
 }
 
 /// The clients the file lists now; clones share them.
@@ -228,48 +222,25 @@ fn log_loaded(path: &str, table: &ClientTable, message: &str) {
     }
 }
 
-/// Re-reads the file and publishes its clients when its contents change.
-async fn reload(path: String, loaded: Digest, tx: watch::Sender<Arc<ClientTable>>, stop: CancellationToken) {
-    // Contents, not modification times: a Kubernetes Secret volume swaps a
-    // symlink, and editors may keep the mtime. Starting from what the flag
-    // parser read, so a change made since is not missed.
-    let mut last = Some(loaded);
-    let mut tick = tokio::time::interval(RELOAD_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+/// Re-reads the file and publishes its clients when its contents change,
+/// starting from what the flag parser read (so a change made since is not
+/// missed).
+async fn reload(path: String, loaded: u64, tx: watch::Sender<Arc<ClientTable>>, stop: CancellationToken) {
+    let what = format!("clients file {path}");
+    watched_file::follow(&what, &path, MAX_FILE, Some(loaded), stop, |text| match ClientTable::parse(text) {
+        Ok(table) => {
+            log_loaded(&path, &table, "gRPC clients file reloaded");
+            tx.send_replace(Arc::new(table));
         }
-        let file = path.clone();
-        let text = match tokio::task::spawn_blocking(move || read_bounded(&file)).await {
-            Ok(Ok(text)) => text,
-            Ok(Err(error)) => {
-                if last.take().is_some() {
-                    warn!(%error, "clients file unreadable; keeping the previous clients");
-                }
-                continue;
-            }
-            Err(_) => continue,
-        };
-        let now = digest(&text);
-        if last == Some(now) {
-            continue;
-        }
-        match ClientTable::parse(&text) {
-            Ok(table) => {
-                log_loaded(&path, &table, "gRPC clients file reloaded");
-                tx.send_replace(Arc::new(table));
-            }
-            Err(error) => warn!(%path, %error, "clients file is invalid; keeping the previous clients"),
-        }
-        last = Some(now);
-    }
+        Err(error) => warn!(%path, %error, "clients file is invalid; keeping the previous clients"),
+    })
+    .await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const T1: &str = "tok-edge-0123456789abcdef";
     const T2: &str = "tok-read-0123456789abcdef";

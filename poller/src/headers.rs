@@ -12,14 +12,15 @@
 //! and the header, never the value.
 
 use clap::{Arg, Command, builder::TypedValueParser, error::ErrorKind};
+use livepush::watched_file;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use std::{ffi::OsStr, sync::Arc, time::Duration};
+use std::{ffi::OsStr, sync::Arc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// How often a headers file is read again for changes.
-pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
+pub use livepush::watched_file::RELOAD_EVERY;
 
 /// Largest headers file read: a few tokens, not a data file.
 pub const MAX_FILE: u64 = 64 << 10;
@@ -128,12 +129,7 @@ fn parse_file(text: &str) -> Result<Vec<Header>, String> {
 }
 
 fn read_bounded(path: &str) -> Result<String, String> {
-    let len = std::fs::metadata(path).map_err(|e| format!("{path}: {e}"))?.len();
-    if len > MAX_FILE {
-        return Err(format!("{path}: larger than {MAX_FILE} bytes"));
-    }
-    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
-    String::from_utf8(bytes).map_err(|_| format!("{path}: not UTF-8"))
+    watched_file::read_bounded(path, MAX_FILE)
 }
 
 /// The headers to add to every request of one kind (media or heartbeat),
@@ -207,43 +203,19 @@ struct Watcher {
 
 impl Watcher {
     async fn run(self, stop: CancellationToken) {
-        // Compare file contents, not modification times: a Kubernetes Secret
-        // volume swaps a symlink, and editors may keep the mtime.
-        let mut last = read_bounded(&self.path).ok();
-        let mut tick = tokio::time::interval(RELOAD_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
+        let loaded = read_bounded(&self.path).ok().map(|t| watched_file::fingerprint(&t));
+        let what = format!("{} headers file {}", self.what, self.path);
+        watched_file::follow(&what, &self.path, MAX_FILE, loaded, stop, |text| match parse_file(text) {
+            Ok(headers) => {
+                let map = merge(&self.flags, &headers);
+                info!(path = %self.path, headers = ?names(&map), "{} headers file reloaded", self.what);
+                self.tx.send_replace(Arc::new(map));
             }
-            let path = self.path.clone();
-            let read = tokio::task::spawn_blocking(move || read_bounded(&path)).await;
-            let text = match read {
-                Ok(Ok(text)) => text,
-                Ok(Err(error)) => {
-                    if last.take().is_some() {
-                        warn!(%error, "{} headers file unreadable; keeping the previous headers", self.what);
-                    }
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            if last.as_deref() == Some(text.as_str()) {
-                continue;
+            Err(error) => {
+                warn!(path = %self.path, %error, "{} headers file is invalid; keeping the previous headers", self.what)
             }
-            match parse_file(&text) {
-                Ok(headers) => {
-                    let map = merge(&self.flags, &headers);
-                    info!(path = %self.path, headers = ?names(&map), "{} headers file reloaded", self.what);
-                    self.tx.send_replace(Arc::new(map));
-                }
-                Err(error) => {
-                    warn!(path = %self.path, %error, "{} headers file is invalid; keeping the previous headers", self.what)
-                }
-            }
-            last = Some(text);
-        }
+        })
+        .await;
     }
 }
 
