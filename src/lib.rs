@@ -8,6 +8,7 @@ pub mod event_id;
 pub mod metrics;
 pub mod recent;
 pub mod signal;
+pub mod target;
 pub mod telemetry;
 pub mod tls;
 pub mod viewer_id;

@@ -18,9 +18,9 @@
 //! only the events it wins or held move.
 
 use crate::channels::{ChannelPool, Dial, Link, PollerChannel};
+pub use livepush::target::Target;
 use livepush::{EventId, proto::presence_client::PresenceClient};
 use rand::Rng;
-use rustls::pki_types::ServerName;
 use std::{
     collections::BTreeMap,
     fmt,
@@ -52,61 +52,6 @@ const SETTLE: Duration = Duration::from_secs(2);
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most members, whatever DNS returns: a bound on tasks and connections.
 pub const MAX_MEMBERS: usize = 256;
-
-/// A `--poller` value: where to find one or more pollers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub host: String,
-    pub port: u16,
-    /// `https://`: TLS, with the certificate verified for `host`.
-    pub tls: bool,
-}
-
-impl Target {
-    /// `http://host:port` or `https://host:port` (the path, if any, must be
-    /// empty). Plain `http://` belongs on a trusted private network.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let uri: axum::http::Uri = s.trim().parse().map_err(|e| format!("not a URL: {e}"))?;
-        let tls = match uri.scheme_str() {
-            Some("http") => false,
-            Some("https") => true,
-            _ => return Err(format!("{s:?}: must be an http:// or https:// URL")),
-        };
-        if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
-            return Err(format!("{s:?}: must not have a path"));
-        }
-        let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| format!("{s:?}: no host"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-        let target = Self { host, port: uri.port_u16().unwrap_or(50051), tls };
-        if tls && target.tls_name().is_none() {
-            return Err(format!("{s:?}: the host is not a name a certificate can carry"));
-        }
-        Ok(target)
-    }
-
-    /// The name the poller's certificate must carry, for `https://`.
-    fn tls_name(&self) -> Option<ServerName<'static>> {
-        self.tls.then(|| ServerName::try_from(self.host.clone()).ok()).flatten()
-    }
-
-    async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
-        if let Ok(ip) = self.host.parse() {
-            return Ok(vec![SocketAddr::new(ip, self.port)]);
-        }
-        Ok(tokio::net::lookup_host((self.host.as_str(), self.port)).await?.collect())
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = if self.tls { "https" } else { "http" };
-        if self.host.contains(':') {
-            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{scheme}://{}:{}", self.host, self.port)
-        }
-    }
-}
 
 /// One poller address with its clients: subscriptions lease a place on one
 /// of its [`ChannelPool`]'s connections; health and presence share a control
@@ -527,25 +472,6 @@ mod tests {
         // Pinned: a change of hash would split ownership across edge versions.
         // An independent xxh3 (Python's xxhash) gave this value.
         assert_eq!(weight("127.0.0.1:50051", "match-42"), 14_127_173_975_049_704_396);
-    }
-
-    #[test]
-    fn targets_parse_and_refuse_clearly() {
-        assert_eq!(
-            Target::parse("http://poller:7000").unwrap(),
-            Target { host: "poller".into(), port: 7000, tls: false }
-        );
-        assert_eq!(Target::parse("http://10.1.2.3").unwrap().port, 50051);
-        assert_eq!(Target::parse("http://[::1]:9").unwrap().to_string(), "http://[::1]:9");
-        let tls = Target::parse("https://pollers.svc:7000").unwrap();
-        assert_eq!(tls, Target { host: "pollers.svc".into(), port: 7000, tls: true });
-        assert_eq!(tls.to_string(), "https://pollers.svc:7000");
-        assert_eq!(tls.tls_name(), Some(ServerName::try_from("pollers.svc").unwrap()));
-        assert_eq!(Target::parse("https://[::1]:9").unwrap().tls_name(), Some("::1".try_into().unwrap()));
-        assert_eq!(Target::parse("http://poller:1").unwrap().tls_name(), None);
-        for bad in ["poller:1", "http://", "https://p:1/x", "http://p:1/x", "ftp://p", "https://a..b:1", ""] {
-            assert!(Target::parse(bad).is_err(), "{bad:?} accepted");
-        }
     }
 
     #[tokio::test]
