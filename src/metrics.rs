@@ -25,6 +25,9 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 /// beyond the media timeout's default (2 s).
 pub const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// Buckets of [`POLLER_BATCH_SIZE`], up to `--batch-size`'s maximum.
+pub const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+
 /// How often histogram samples are folded into their buckets when nobody
 /// scrapes (a scrape does it too), so unscraped samples cannot pile up.
 const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
@@ -63,6 +66,28 @@ pub const POLLER_AUTH_REFUSALS: &str = "livepush_poller_auth_refusals_total";
 /// because their client holds `--max-streams-per-client` or
 /// `--max-watches-per-client`.
 pub const POLLER_CLIENT_LIMIT_REFUSALS: &str = "livepush_poller_client_limit_refusals_total";
+/// Counter: batch requests to `--media-batch-url` (each also counted in
+/// [`POLLER_UPSTREAM_REQUESTS`] by outcome).
+pub const POLLER_BATCH_REQUESTS: &str = "livepush_poller_batch_requests_total";
+/// Histogram: event ids per batch request.
+pub const POLLER_BATCH_SIZE: &str = "livepush_poller_batch_size";
+/// Counter: event ids a batch answer left out (each a failed poll of that
+/// event).
+pub const POLLER_BATCH_MISSING: &str = "livepush_poller_batch_missing_total";
+/// Counter: change hints and publishes accepted (HTTP or gRPC, forwarded
+/// ones included).
+pub const POLLER_HINTS_RECEIVED: &str = "livepush_poller_hints_received_total";
+/// Counter: hints that caused no poll of their own (one was already due or
+/// in flight, or `--min-hint-gap` had not passed).
+pub const POLLER_HINTS_COALESCED: &str = "livepush_poller_hints_coalesced_total";
+/// Counter: hints for events this poller does not watch, sent on to
+/// `--peers`.
+pub const POLLER_HINTS_FORWARDED: &str = "livepush_poller_hints_forwarded_total";
+/// Counter: documents published directly (a hint with a body).
+pub const POLLER_HINTS_PUBLISHED: &str = "livepush_poller_hints_published_total";
+/// Counter, label `reason` (`disabled`, `unauthenticated`, `invalid`):
+/// hints refused.
+pub const POLLER_HINT_REFUSALS: &str = "livepush_poller_hint_refusals_total";
 
 // ---- edge --------------------------------------------------------------
 
@@ -118,6 +143,8 @@ pub fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .expect("the bucket list is not empty")
+            .set_buckets_for_metric(Matcher::Full(POLLER_BATCH_SIZE.into()), BATCH_SIZE_BUCKETS)
             .expect("the bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -211,6 +238,31 @@ fn describe() {
          watch_presence (--max-watches-per-client)"
     );
 
+    describe_counter!(POLLER_BATCH_REQUESTS, Unit::Count, "Batch requests to --media-batch-url");
+    describe_histogram!(POLLER_BATCH_SIZE, Unit::Count, "Event ids per batch request");
+    describe_counter!(POLLER_BATCH_MISSING, Unit::Count, "Event ids a batch answer left out (failed polls)");
+    describe_counter!(POLLER_HINTS_RECEIVED, Unit::Count, "Change hints and publishes accepted");
+    describe_counter!(
+        POLLER_HINTS_COALESCED,
+        Unit::Count,
+        "Hints that caused no poll of their own (one already due or in flight, or --min-hint-gap)"
+    );
+    describe_counter!(
+        POLLER_HINTS_FORWARDED,
+        Unit::Count,
+        "Hints for events watched elsewhere, sent to --peers"
+    );
+    describe_counter!(
+        POLLER_HINTS_PUBLISHED,
+        Unit::Count,
+        "Documents published directly by a hint with a body"
+    );
+    describe_counter!(
+        POLLER_HINT_REFUSALS,
+        Unit::Count,
+        "Hints refused by reason: disabled (no --publish-token-file), unauthenticated, invalid"
+    );
+
     describe_gauge!(EDGE_CONNECTIONS_OPEN, Unit::Count, "Client sockets open");
     describe_counter!(EDGE_CONNECTIONS_ACCEPTED, Unit::Count, "Client sockets accepted");
     describe_gauge!(EDGE_STREAMS_OPEN, Unit::Count, "SSE streams open");
@@ -280,6 +332,24 @@ pub struct Poller {
     pub presence_posts_failed: Counter,
     pub auth_refusals: AuthRefusals,
     pub client_limit_refusals: ClientLimitRefusals,
+    pub batch_requests: Counter,
+    pub batch_size: Histogram,
+    pub batch_missing: Counter,
+    pub hints: Hints,
+}
+
+/// The hint counters.
+pub struct Hints {
+    pub received: Counter,
+    pub coalesced: Counter,
+    pub forwarded: Counter,
+    pub published: Counter,
+    /// [`POLLER_HINT_REFUSALS`]: no `--publish-token-file`.
+    pub refused_disabled: Counter,
+    /// Missing or wrong token.
+    pub refused_unauthenticated: Counter,
+    /// Bad event id, body not JSON or too large.
+    pub refused_invalid: Counter,
 }
 
 /// [`POLLER_AUTH_REFUSALS`] per `reason`.
@@ -384,6 +454,18 @@ pub fn poller() -> &'static Poller {
             client_limit_refusals: ClientLimitRefusals {
                 subscribe: limits("subscribe"),
                 watch_presence: limits("watch_presence"),
+            },
+            batch_requests: metrics::counter!(POLLER_BATCH_REQUESTS),
+            batch_size: metrics::histogram!(POLLER_BATCH_SIZE),
+            batch_missing: metrics::counter!(POLLER_BATCH_MISSING),
+            hints: Hints {
+                received: metrics::counter!(POLLER_HINTS_RECEIVED),
+                coalesced: metrics::counter!(POLLER_HINTS_COALESCED),
+                forwarded: metrics::counter!(POLLER_HINTS_FORWARDED),
+                published: metrics::counter!(POLLER_HINTS_PUBLISHED),
+                refused_disabled: metrics::counter!(POLLER_HINT_REFUSALS, REASON => "disabled"),
+                refused_unauthenticated: metrics::counter!(POLLER_HINT_REFUSALS, REASON => "unauthenticated"),
+                refused_invalid: metrics::counter!(POLLER_HINT_REFUSALS, REASON => "invalid"),
             },
         }
     })

@@ -8,7 +8,7 @@ use livepush::proto::{
     live_feed_server::{LiveFeed, LiveFeedServer},
 };
 use livepush_tests::{
-    PATIENCE, TestMedia, http,
+    PATIENCE, TestMedia, http, metric,
     process::{Process, free_addr, wait_ok},
     raw_request,
     sse::SseClient,
@@ -25,14 +25,6 @@ const EDGE: &str = env!("CARGO_BIN_EXE_livepush-test-edge");
 /// Longest any wait here may take: grace after the last browser (up to
 /// 7.5 s) plus retries with backoff.
 const LONG: Duration = Duration::from_secs(30);
-
-/// One series' value on `/metrics` at `url` (0 if absent).
-async fn metric(url: &str, series: &str) -> f64 {
-    let text = http().get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
 
 /// Waits (at most [`LONG`]) until the series at `url` satisfies `check`.
 async fn until_metric(url: &str, series: &str, check: impl Fn(f64) -> bool) -> f64 {
@@ -237,6 +229,13 @@ impl LiveFeed for Refusing {
         let open_ended = futures_util::stream::iter(updates.into_iter().map(Ok::<_, tonic::Status>))
             .chain(futures_util::stream::pending());
         Ok(tonic::Response::new(Box::pin(open_ended)))
+    }
+
+    async fn publish(
+        &self,
+        _: tonic::Request<livepush::proto::PublishRequest>,
+    ) -> Result<tonic::Response<livepush::proto::PublishReply>, tonic::Status> {
+        Err(tonic::Status::unimplemented("this test poller publishes nothing"))
     }
 }
 

@@ -6,6 +6,9 @@
 //! timer ([`sim`]), sends ETag / Last-Modified and honours conditional
 //! requests so 304s happen for real, and lets events be ended and revived
 //! through an admin API ([`routes`]) to exercise the end-of-event path.
+//! `GET /batch?ids=a,b,c` answers many events at once (one JSON object keyed
+//! by id, `null` for ended ones, one ETag for the whole) for the poller's
+//! `--media-batch-url`.
 
 pub mod config;
 pub mod routes;

@@ -4,7 +4,11 @@
 //! An event's data is a pure function of its id and the current change period,
 //! so two requests in the same period get byte-identical bodies (and the same
 //! ETag) without the simulator storing anything per event. The only state is
-//! the bounded set of ended events and a request counter.
+//! the bounded set of ended events and two request counters.
+//!
+//! A batch answer ([`Sim::batch`]) is the same documents gathered into one
+//! JSON object keyed by event id, all taken at the same instant, with `null`
+//! for ended events.
 
 use livepush::EventId;
 use std::{
@@ -19,6 +23,10 @@ use std::{
 /// Most events that can be marked ended at once, so the admin API cannot be
 /// used to grow the simulator's memory without bound.
 pub const MAX_ENDED: usize = 10_000;
+
+/// Most ids one batch request may name: the poller's largest `--batch-size`.
+/// It bounds what one request makes the simulator render (about 150 KiB).
+pub const MAX_BATCH: usize = 1_000;
 
 /// Refusal to end one more event while [`MAX_ENDED`] are already ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +44,16 @@ pub struct Snapshot {
     pub last_modified: Option<SystemTime>,
 }
 
+/// The answer to one batch request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchSnapshot {
+    /// A JSON object: each distinct requested id, in request order, mapped to
+    /// its document, or to `null` if the event has ended.
+    pub body: String,
+    /// Strong validator of `body`; `None` when stamping (every body differs).
+    pub etag: Option<String>,
+}
+
 /// Handle on the simulator; clones share the same state.
 #[derive(Clone)]
 pub struct Sim {
@@ -47,6 +65,7 @@ struct Inner {
     stamp: bool,
     ended: Mutex<HashSet<EventId>>,
     requests: AtomicU64,
+    batch_requests: AtomicU64,
 }
 
 impl Sim {
@@ -60,16 +79,47 @@ impl Sim {
                 stamp,
                 ended: Mutex::new(HashSet::new()),
                 requests: AtomicU64::new(0),
+                batch_requests: AtomicU64::new(0),
             }),
         }
     }
 
     /// The answer for `id` right now, or `None` if the event has ended.
     pub fn current(&self, id: &EventId) -> Option<Snapshot> {
+        self.current_at(id, unix_ms(SystemTime::now()))
+    }
+
+    /// The answer for each of `ids` at one instant, as one JSON object keyed
+    /// by id (`null` for ended events). A repeated id appears once. Callers
+    /// bound `ids` by [`MAX_BATCH`].
+    pub fn batch(&self, ids: &[EventId]) -> BatchSnapshot {
+        let now_ms = unix_ms(SystemTime::now());
+        let mut seen = HashSet::with_capacity(ids.len());
+        let mut body = String::from("{");
+        for id in ids.iter().filter(|id| seen.insert(*id)) {
+            if body.len() > 1 {
+                body.push(',');
+            }
+            // Event ids are made of URL-unreserved characters only, none of
+            // which JSON escapes, and each document is already JSON: the
+            // object is assembled as text, keeping every document's bytes.
+            body.push('"');
+            body.push_str(id.as_str());
+            body.push_str("\":");
+            match self.current_at(id, now_ms) {
+                Some(snapshot) => body.push_str(&snapshot.body),
+                None => body.push_str("null"),
+            }
+        }
+        body.push('}');
+        let etag = (!self.inner.stamp).then(|| etag_of(&body));
+        BatchSnapshot { body, etag }
+    }
+
+    fn current_at(&self, id: &EventId, now_ms: u64) -> Option<Snapshot> {
         if self.is_ended(id) {
             return None;
         }
-        let now_ms = unix_ms(SystemTime::now());
         let period = now_ms / self.inner.change_every_ms;
         let start = UNIX_EPOCH + Duration::from_millis(period * self.inner.change_every_ms);
         Some(if self.inner.stamp {
@@ -110,6 +160,16 @@ impl Sim {
     /// Requests to the live endpoint so far.
     pub fn requests(&self) -> u64 {
         self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// Counts one request to the batch endpoint.
+    pub fn record_batch_request(&self) {
+        self.inner.batch_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests to the batch endpoint so far (not counted in [`Sim::requests`]).
+    pub fn batch_requests(&self) -> u64 {
+        self.inner.batch_requests.load(Ordering::Relaxed)
     }
 
     fn ended(&self) -> MutexGuard<'_, HashSet<EventId>> {
@@ -263,6 +323,70 @@ mod tests {
         assert!(!sim.revive(&id("e0")));
         assert!(sim.current(&id("e0")).is_some());
         assert_eq!(sim.end(id("one-too-many")), Ok(true));
+    }
+
+    /// `sim.batch(ids)` twice within one change period.
+    fn batch_twice(sim: &Sim, ids: &[EventId]) -> (BatchSnapshot, BatchSnapshot) {
+        loop {
+            let (a, b) = (sim.batch(ids), sim.batch(ids));
+            if a == b {
+                return (a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_is_an_object_of_current_documents_with_null_for_ended_events() {
+        let sim = Sim::new(Duration::from_secs(3600), false);
+        sim.end(id("gone")).unwrap();
+        let ids = [id("b"), id("gone"), id("a"), id("b")];
+        let batch = sim.batch(&ids);
+        let v: serde_json::Value = serde_json::from_str(&batch.body).unwrap();
+        let obj = v.as_object().unwrap();
+        let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["b", "gone", "a"], "request order, each id once");
+        assert_eq!(obj["gone"], serde_json::Value::Null);
+        for name in ["a", "b"] {
+            let single: serde_json::Value =
+                serde_json::from_str(&sim.current(&id(name)).unwrap().body).unwrap();
+            assert_eq!(obj[name], single, "{name}");
+        }
+        assert!(batch.body.contains(r#""a":{"event_id":"a","status":"live""#), "documents keep their bytes");
+    }
+
+    #[test]
+    fn batch_etags_follow_members_order_and_endings() {
+        let sim = Sim::new(Duration::from_secs(3600), false);
+        let ab = [id("a"), id("b")];
+        let (first, again) = batch_twice(&sim, &ab);
+        let etag = first.etag.clone().expect("an ETag");
+        assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+        assert_eq!(first, again, "same period, same answer");
+        assert_ne!(sim.batch(&[id("a")]).etag, first.etag, "other members");
+        assert_ne!(sim.batch(&[id("b"), id("a")]).etag, first.etag, "other order, other bytes");
+        sim.end(id("b")).unwrap();
+        let ended = sim.batch(&ab);
+        assert_ne!(ended.etag, first.etag, "an ending member changes the batch");
+        sim.revive(&id("b"));
+        assert_eq!(batch_twice(&sim, &ab).0.etag, first.etag);
+    }
+
+    #[test]
+    fn stamped_batches_carry_no_validator() {
+        let sim = Sim::new(Duration::from_secs(2), true);
+        let b = sim.batch(&[id("a")]);
+        assert_eq!(b.etag, None);
+        let v: serde_json::Value = serde_json::from_str(&b.body).unwrap();
+        assert!(v["a"]["served_at_ms"].is_u64(), "{}", b.body);
+    }
+
+    #[test]
+    fn batch_requests_are_counted_apart() {
+        let sim = Sim::new(Duration::from_secs(2), false);
+        sim.record_batch_request();
+        sim.clone().record_batch_request();
+        sim.record_request();
+        assert_eq!((sim.requests(), sim.batch_requests()), (1, 2));
     }
 
     #[test]

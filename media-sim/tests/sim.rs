@@ -215,7 +215,7 @@ async fn stats_count_live_requests() {
         sim.get(path).await;
     }
     let stats: Value = serde_json::from_slice(&sim.get("/stats").await.bytes().await.unwrap()).unwrap();
-    assert_eq!(stats, serde_json::json!({"requests": 4}));
+    assert_eq!(stats, serde_json::json!({"requests": 4, "batch_requests": 0}));
     sim.stop().await.unwrap();
 }
 

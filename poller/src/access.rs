@@ -9,6 +9,7 @@
 //! | `livepush.v1.LiveFeed/Subscribe` | role `edge` or `reader` |
 //! | `livepush.v1.Presence/ReportHeartbeats` | role `edge` |
 //! | `livepush.v1.Presence/GetPresence`, `WatchPresence` | role `reader` |
+//! | `livepush.v1.LiveFeed/Publish` | the publish token (checked by the service) |
 //! | any other `livepush.*` method | any known token (then UNIMPLEMENTED) |
 //! | `grpc.health.v1.Health/*`, reflection, `GET /metrics` | nothing |
 //!
@@ -47,6 +48,8 @@ fn allowed(path: &str) -> Option<&'static [Role]> {
         "/livepush.v1.LiveFeed/Subscribe" => Some(&[Role::Edge, Role::Reader]),
         "/livepush.v1.Presence/ReportHeartbeats" => Some(&[Role::Edge]),
         "/livepush.v1.Presence/GetPresence" | "/livepush.v1.Presence/WatchPresence" => Some(&[Role::Reader]),
+        // Needs the publish token instead, checked by the service.
+        "/livepush.v1.LiveFeed/Publish" => None,
         // Methods added later are closed until listed above.
         p if p.starts_with("/livepush.") => Some(&[]),
         _ => None,

@@ -6,11 +6,13 @@ use crate::{
     clients::ClientsFile,
     headers::{Header, HeaderParser, HeadersFile},
     media_url::MediaUrl,
+    peers::parse_peer,
+    publish::PublishTokenFile,
     tls::{CaBundle, ClientCert, ClientKey},
     tls_listener::{ServerCert, ServerKey},
 };
 use clap::Parser;
-use livepush::telemetry::LogFormat;
+use livepush::{target::Target, telemetry::LogFormat};
 use std::{net::SocketAddr, time::Duration};
 
 #[derive(Debug, Clone, Parser)]
@@ -83,6 +85,40 @@ pub struct Config {
         value_parser = MediaUrl::parse
     )]
     pub media_url: MediaUrl,
+
+    /// Batch polls: a URL template with `{event_ids}` (in the path or query)
+    /// replaced by a comma-separated list of percent-encoded event ids. When
+    /// set, every poll goes through it, `--batch-size` events at a time; the
+    /// answer is a JSON object keyed by event id (`null`: the event ended).
+    #[arg(long, env = "POLLER_MEDIA_BATCH_URL", value_name = "TEMPLATE", value_parser = MediaUrl::parse_batch)]
+    pub media_batch_url: Option<MediaUrl>,
+
+    /// Most event ids in one `--media-batch-url` request.
+    #[arg(long, env = "POLLER_BATCH_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub batch_size: u32,
+
+    /// A file holding the token (one line; `#` comments allowed) that change
+    /// hints and direct publishes need (`POST /events/{id}/changed`,
+    /// `LiveFeed/Publish`), read again when it changes. Without it, both
+    /// are refused.
+    #[arg(long, env = "POLLER_PUBLISH_TOKEN_FILE", value_name = "PATH", value_parser = PublishTokenFile::load)]
+    pub publish_token_file: Option<PublishTokenFile>,
+
+    /// The other pollers (`http://host:port` or `https://host:port`,
+    /// repeated or comma-separated; a DNS name counts each of its
+    /// addresses), to which hints for events this poller does not watch are
+    /// forwarded.
+    #[arg(long = "peers", env = "POLLER_PEERS", value_name = "URL", value_delimiter = ',', value_parser = parse_peer)]
+    pub peers: Vec<Target>,
+
+    /// How often peer names are resolved again.
+    #[arg(long, env = "POLLER_PEERS_RESOLVE_INTERVAL", default_value = "10s", value_parser = positive_duration)]
+    pub peers_resolve_interval: Duration,
+
+    /// Least time between two hint-triggered polls of one event: hints
+    /// beyond it are coalesced.
+    #[arg(long, env = "POLLER_MIN_HINT_GAP", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub min_hint_gap: Duration,
 
     /// Extra trusted CA certificates (PEM, one or more) for an https media
     /// service or `--heartbeat-url`, on top of the system's trust store.
@@ -259,6 +295,28 @@ mod tests {
         assert_eq!(c.max_presence_vids, 10_000);
         assert_eq!(c.max_streams_per_client, 100_000);
         assert_eq!(c.max_watches_per_client, 10_000);
+        assert!(c.media_batch_url.is_none() && c.publish_token_file.is_none() && c.peers.is_empty());
+        assert_eq!(c.batch_size, 100);
+        assert_eq!(c.min_hint_gap, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn batch_and_hint_flags() {
+        let c = parse(&[
+            "--media-batch-url",
+            "https://media/live?ids={event_ids}",
+            "--batch-size",
+            "250",
+            "--peers",
+            "http://p1:50051,p2:7000",
+            "--peers",
+            "https://pollers.svc",
+        ])
+        .unwrap();
+        assert_eq!(c.media_batch_url.unwrap().to_string(), "https://media/live?ids={event_ids}");
+        assert_eq!(c.batch_size, 250);
+        let peers: Vec<String> = c.peers.iter().map(Target::to_string).collect();
+        assert_eq!(peers, ["http://p1:50051", "http://p2:7000", "https://pollers.svc:50051"]);
     }
 
     #[test]
@@ -324,6 +382,12 @@ mod tests {
             (&["--max-presence-vids", "50001"][..], "--max-presence-vids"),
             (&["--max-streams-per-client", "0"][..], "--max-streams-per-client"),
             (&["--max-watches-per-client", "0"][..], "--max-watches-per-client"),
+            (&["--media-batch-url", "http://m/live/{event_id}"][..], "--media-batch-url"),
+            (&["--batch-size", "0"][..], "--batch-size"),
+            (&["--batch-size", "1001"][..], "--batch-size"),
+            (&["--publish-token-file", "/nonexistent/token"][..], "--publish-token-file"),
+            (&["--peers", "ftp://x"][..], "--peers"),
+            (&["--peers", "http://p:1/path"][..], "--peers"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(flag), "{args:?}: {err}");

@@ -15,6 +15,7 @@
 //! ([`client_streams`]) bound what one client holds open.
 
 pub mod access;
+pub mod batch;
 pub mod client_streams;
 pub mod clients;
 pub mod config;
@@ -22,10 +23,12 @@ pub mod connection_streams;
 pub mod headers;
 pub mod media_client;
 pub mod media_url;
+pub mod peers;
 mod poll_loop;
 pub mod presence;
 pub mod presence_forward;
 pub mod presence_service;
+pub mod publish;
 pub mod registry;
 pub mod service;
 pub mod tls;
@@ -42,9 +45,11 @@ use livepush::proto::{
     FILE_DESCRIPTOR_SET, live_feed_server::LiveFeedServer, presence_server::PresenceServer,
 };
 use media_client::MediaClient;
+use peers::Peers;
 use presence::PresenceStore;
 use presence_forward::PresenceForwarder;
 use presence_service::PresenceService;
+use publish::{Forwarding, Publisher};
 use registry::{Registry, Settings};
 use service::LiveFeedService;
 use std::{future::Future, pin::Pin, time::Duration};
@@ -124,7 +129,6 @@ pub async fn run(
     };
     // The clients file is watched like the headers files.
     let clients = config.clients_file.as_ref().map(|file| Clients::watch(file, &header_tasks, stop.clone()));
-    header_tasks.close();
     let client = MediaClient::new(
         http.clone(),
         media_headers,
@@ -132,14 +136,28 @@ pub async fn run(
         config.media_timeout,
         config.max_body,
         config.max_inflight as usize,
-    );
+    )
+    .with_batch_url(config.media_batch_url.clone());
     let settings = Settings {
         interval: config.interval,
         linger: config.linger,
         max_backoff: config.max_backoff,
         max_events: config.max_events as usize,
+        min_hint_gap: config.min_hint_gap,
+        batch_size: config.batch_size as usize,
     };
     let registry = Registry::new(client, settings, stop.clone());
+    let peers =
+        Peers::start(config.peers.clone(), config.peers_resolve_interval, &header_tasks, stop.clone());
+    let publisher = Publisher::new(
+        registry.clone(),
+        config.publish_token_file.as_ref(),
+        Forwarding { peers, http: http.clone(), timeout: config.media_timeout },
+        config.max_body,
+        &header_tasks,
+        stop.clone(),
+    );
+    header_tasks.close();
 
     let presence = PresenceStore::new(stop.clone());
     let presence_tasks = TaskTracker::new();
@@ -202,6 +220,7 @@ pub async fn run(
                 config.max_streams_per_client,
                 livepush::metrics::poller().client_limit_refusals.subscribe.clone(),
             ),
+            publisher.clone(),
         )))
         .add_service(
             PresenceServer::new(PresenceService::new(
@@ -216,7 +235,8 @@ pub async fn run(
             .max_decoding_message_size(MAX_PRESENCE_MESSAGE),
         )
         .into_axum_router()
-        .route("/metrics", axum::routing::get(metrics));
+        .route("/metrics", axum::routing::get(metrics))
+        .route("/events/{event_id}/changed", axum::routing::post(publish::changed).with_state(publisher));
     // Tokens and roles, in front of every service (health, reflection and
     // /metrics pass untouched); without a clients file, open as before.
     let routes = match clients.clone() {

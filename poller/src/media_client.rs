@@ -14,7 +14,7 @@ use livepush::{
     EventId,
     metrics::{Counter, UpstreamOutcomes},
 };
-use reqwest::{StatusCode, header};
+use reqwest::{StatusCode, Url, header};
 use std::{sync::Arc, time::Duration};
 use tokio::{sync::Semaphore, time::Instant};
 
@@ -56,6 +56,16 @@ pub enum FetchError {
     TooLarge { limit: usize },
     #[error("reading the media service body failed: {0}")]
     Body(#[source] reqwest::Error),
+    #[error("media service batch answer is not a JSON object")]
+    NotAnObject,
+    #[error("media service batch answer has no entry for the event")]
+    MissingFromBatch,
+    /// The batch this event's poll went in failed as a whole.
+    #[error("{0}")]
+    Batch(Arc<FetchError>),
+    /// The poll was given up before it answered (shutting down).
+    #[error("the poll was abandoned")]
+    Dropped,
 }
 
 impl FetchError {
@@ -63,6 +73,7 @@ impl FetchError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Status { retry_after, .. } => *retry_after,
+            Self::Batch(inner) => inner.retry_after(),
             _ => None,
         }
     }
@@ -77,6 +88,8 @@ pub struct MediaClient {
     http: reqwest::Client,
     headers: RequestHeaders,
     url: MediaUrl,
+    /// `--media-batch-url`: when set, every poll is a batch poll.
+    batch_url: Option<MediaUrl>,
     timeout: Duration,
     max_body: usize,
     /// Bounds requests in flight across all events (`--max-inflight`).
@@ -94,7 +107,14 @@ impl MediaClient {
         max_body: usize,
         max_inflight: usize,
     ) -> Self {
-        Self { http, headers, url, timeout, max_body, inflight: Arc::new(Semaphore::new(max_inflight)) }
+        let inflight = Arc::new(Semaphore::new(max_inflight));
+        Self { http, headers, url, batch_url: None, timeout, max_body, inflight }
+    }
+
+    /// Polls through `--media-batch-url` instead (see [`crate::batch`]).
+    pub fn with_batch_url(mut self, batch_url: Option<MediaUrl>) -> Self {
+        self.batch_url = batch_url;
+        self
     }
 
     /// Polls the media service once for `id`.
@@ -103,8 +123,17 @@ impl MediaClient {
         let started = Instant::now();
         // The timeout covers headers and body, so a trickling body cannot hold
         // a permit forever.
-        let result = match tokio::time::timeout(self.timeout, self.request(id, validators)).await {
-            Ok(result) => result,
+        let url = self.url.for_event(id);
+        let result = match tokio::time::timeout(self.timeout, self.get(url, validators, self.max_body)).await
+        {
+            Ok(Ok(Answer::Body { body, validators })) => parse_json(&body).map(|value| Fetched::Json {
+                data: value.to_string(),
+                fingerprint: fingerprint(&value),
+                validators,
+            }),
+            Ok(Ok(Answer::NotModified)) => Ok(Fetched::NotModified),
+            Ok(Ok(Answer::Gone(status))) => Ok(Fetched::Ended(status)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(FetchError::Timeout(self.timeout)),
         };
         let metrics = livepush::metrics::poller();
@@ -113,8 +142,45 @@ impl MediaClient {
         result
     }
 
-    async fn request(&self, id: &EventId, validators: &Validators) -> Result<Fetched, FetchError> {
-        let url = self.url.for_event(id);
+    /// Polls `--media-batch-url` once for `ids` (at most `--batch-size`).
+    /// A whole-batch failure is one error; per-event verdicts are in the
+    /// answer. A 404 or 410 here is a failure, not an end: it is the batch
+    /// endpoint that answered it.
+    pub async fn fetch_batch(&self, ids: &[EventId], validators: &Validators) -> Result<Batch, FetchError> {
+        let batch_url = self.batch_url.as_ref().expect("batches are only polled with --media-batch-url");
+        let _permit = self.inflight.acquire().await.expect("semaphore is never closed");
+        let started = Instant::now();
+        let url = batch_url.for_events(ids);
+        let limit = batch_body_limit(self.max_body, ids.len());
+        let result = match tokio::time::timeout(self.timeout, self.get(url, validators, limit)).await {
+            Ok(Ok(Answer::Body { body, validators })) => {
+                parse_batch(&body, ids, self.max_body).map(|values| Batch::Values { values, validators })
+            }
+            Ok(Ok(Answer::NotModified)) => Ok(Batch::NotModified),
+            Ok(Ok(Answer::Gone(status))) => Err(FetchError::Status { status, retry_after: None }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(FetchError::Timeout(self.timeout)),
+        };
+        let metrics = livepush::metrics::poller();
+        metrics.upstream_duration.record(started.elapsed());
+        metrics.batch_requests.increment(1);
+        metrics.batch_size.record(ids.len() as f64);
+        let outcomes = &metrics.upstream;
+        match &result {
+            Ok(Batch::Values { .. }) => outcomes.ok.increment(1),
+            Ok(Batch::NotModified) => outcomes.not_modified.increment(1),
+            Err(e) => error_counter(outcomes, e).increment(1),
+        }
+        result
+    }
+
+    /// Whether polls go through `--media-batch-url`.
+    pub fn batched(&self) -> bool {
+        self.batch_url.is_some()
+    }
+
+    /// One conditional GET of `url`, its body bounded by `max_body`.
+    async fn get(&self, url: Url, validators: &Validators, max_body: usize) -> Result<Answer, FetchError> {
         let mut req = self.http.get(url.clone()).header(header::ACCEPT, "application/json");
         // After ours, so a deployment may override Accept or User-Agent; the
         // conditional headers cannot be set this way (see `headers`).
@@ -128,8 +194,8 @@ impl MediaClient {
         let mut resp = req.send().await.map_err(|e| send_error(&url, e))?;
         let status = resp.status();
         match status {
-            StatusCode::NOT_MODIFIED => return Ok(Fetched::NotModified),
-            StatusCode::NOT_FOUND | StatusCode::GONE => return Ok(Fetched::Ended(status)),
+            StatusCode::NOT_MODIFIED => return Ok(Answer::NotModified),
+            StatusCode::NOT_FOUND | StatusCode::GONE => return Ok(Answer::Gone(status)),
             s if s.is_success() => {}
             s if s.is_redirection() => {
                 return Err(FetchError::Redirect { status: s, location: location(resp.headers()) });
@@ -144,8 +210,8 @@ impl MediaClient {
                 return Err(FetchError::Status { status: s, retry_after });
             }
         }
-        if resp.content_length().is_some_and(|n| n > self.max_body as u64) {
-            return Err(FetchError::TooLarge { limit: self.max_body });
+        if resp.content_length().is_some_and(|n| n > max_body as u64) {
+            return Err(FetchError::TooLarge { limit: max_body });
         }
         let validators = Validators {
             etag: resp.headers().get(header::ETAG).cloned(),
@@ -153,14 +219,77 @@ impl MediaClient {
         };
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(FetchError::Body)? {
-            if body.len() + chunk.len() > self.max_body {
-                return Err(FetchError::TooLarge { limit: self.max_body });
+            if body.len() + chunk.len() > max_body {
+                return Err(FetchError::TooLarge { limit: max_body });
             }
             body.extend_from_slice(&chunk);
         }
-        let value = parse_json(&body)?;
-        Ok(Fetched::Json { data: value.to_string(), fingerprint: fingerprint(&value), validators })
+        Ok(Answer::Body { body, validators })
     }
+}
+
+/// What one GET brought back.
+enum Answer {
+    Body { body: Vec<u8>, validators: Validators },
+    NotModified,
+    Gone(StatusCode),
+}
+
+/// A batch answer.
+#[derive(Debug)]
+pub enum Batch {
+    /// 304: every event of the batch is unchanged.
+    NotModified,
+    /// Each requested event's verdict, in the order requested, and the
+    /// whole batch's validators.
+    Values { values: Vec<BatchValue>, validators: Validators },
+}
+
+/// One event's part of a batch answer.
+#[derive(Debug)]
+pub enum BatchValue {
+    /// Its document, compacted, and its [`fingerprint`].
+    Json { data: String, fingerprint: u128 },
+    /// `null`: the event is over.
+    Ended,
+    /// The answer left it out (a failed poll of that event only).
+    Missing,
+    /// Its document is larger than `--max-body` (`limit`).
+    TooLarge { limit: usize },
+}
+
+/// Largest batch body read: `--max-body` per event asked for, but never
+/// more than [`MAX_BATCH_BODY`] (the body is held and parsed whole).
+pub fn batch_body_limit(max_body: usize, ids: usize) -> usize {
+    max_body.saturating_mul(ids.max(1)).min(MAX_BATCH_BODY)
+}
+
+/// Bound of one batch body, whatever `--max-body` and `--batch-size` say.
+pub const MAX_BATCH_BODY: usize = 64 << 20;
+
+/// Splits a batch answer (a JSON object keyed by event id) into the
+/// verdicts of `ids`; keys nobody asked for are ignored.
+fn parse_batch(body: &[u8], ids: &[EventId], max_body: usize) -> Result<Vec<BatchValue>, FetchError> {
+    let mut object: serde_json::Map<String, serde_json::Value> = match parse_json(body)? {
+        serde_json::Value::Object(map) => map,
+        _ => return Err(FetchError::NotAnObject),
+    };
+    let values = ids
+        .iter()
+        .map(|id| match object.remove(id.as_str()) {
+            None => BatchValue::Missing,
+            Some(serde_json::Value::Null) => BatchValue::Ended,
+            Some(value) => {
+                let data = value.to_string();
+                if data.len() > max_body {
+                    BatchValue::TooLarge { limit: max_body }
+                } else {
+                    BatchValue::Json { fingerprint: fingerprint(&value), data }
+                }
+            }
+        })
+        .collect();
+    Ok(values)
 }
 
 /// The `outcome` a poll is counted under.
@@ -169,14 +298,25 @@ fn outcome_counter<'a>(outcomes: &'a UpstreamOutcomes, result: &Result<Fetched, 
         Ok(Fetched::Json { .. }) => &outcomes.ok,
         Ok(Fetched::NotModified) => &outcomes.not_modified,
         Ok(Fetched::Ended(_)) => &outcomes.ended,
-        Err(FetchError::Timeout(_)) => &outcomes.timeout,
-        Err(FetchError::Connect(_)) => &outcomes.unreachable,
-        Err(FetchError::Tls { .. }) => &outcomes.tls,
-        Err(FetchError::Redirect { .. }) => &outcomes.redirect,
-        Err(FetchError::Status { .. }) => &outcomes.http_error,
-        Err(FetchError::TooLarge { .. }) => &outcomes.too_large,
-        Err(FetchError::NotJson(_)) => &outcomes.bad_body,
-        Err(FetchError::Body(_)) => &outcomes.body_error,
+        Err(e) => error_counter(outcomes, e),
+    }
+}
+
+/// The `outcome` a failed request is counted under.
+fn error_counter<'a>(outcomes: &'a UpstreamOutcomes, err: &FetchError) -> &'a Counter {
+    match err {
+        FetchError::Timeout(_) => &outcomes.timeout,
+        FetchError::Connect(_) => &outcomes.unreachable,
+        FetchError::Tls { .. } => &outcomes.tls,
+        FetchError::Redirect { .. } => &outcomes.redirect,
+        FetchError::Status { .. } => &outcomes.http_error,
+        FetchError::TooLarge { .. } => &outcomes.too_large,
+        FetchError::NotJson(_) | FetchError::NotAnObject => &outcomes.bad_body,
+        FetchError::Body(_) => &outcomes.body_error,
+        // Counted once, as the batch request they came from.
+        FetchError::Batch(inner) => error_counter(outcomes, inner),
+        FetchError::MissingFromBatch => &outcomes.bad_body,
+        FetchError::Dropped => &outcomes.unreachable,
     }
 }
 

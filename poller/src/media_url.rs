@@ -1,12 +1,15 @@
-//! The media service URL template and the only place an event id becomes part
-//! of a URL. The id is already allow-listed ([`EventId`]); it is still
+//! The media service URL templates and the only place an event id becomes
+//! part of a URL. The id is already allow-listed ([`EventId`]); it is still
 //! percent-encoded here so that this function stays safe on its own.
+//! `--media-url` and `--heartbeat-url` take one id (`{event_id}`),
+//! `--media-batch-url` a comma-separated list (`{event_ids}`).
 
 use livepush::EventId;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Url;
 
 const PLACEHOLDER: &str = "{event_id}";
+const PLACEHOLDER_MANY: &str = "{event_ids}";
 
 /// Everything but RFC 3986 "unreserved" characters is encoded.
 const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
@@ -17,21 +20,34 @@ const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').re
 #[derive(Debug, Clone)]
 pub struct MediaUrl {
     template: String,
+    placeholder: &'static str,
 }
 
 impl MediaUrl {
+    /// A template for one event (`{event_id}`).
     pub fn parse(template: &str) -> Result<Self, String> {
-        if !template.contains(PLACEHOLDER) {
-            return Err(format!("must contain {PLACEHOLDER}"));
+        Self::parse_with(template, PLACEHOLDER)
+    }
+
+    /// A template for a batch of events (`{event_ids}`).
+    pub fn parse_batch(template: &str) -> Result<Self, String> {
+        Self::parse_with(template, PLACEHOLDER_MANY)
+    }
+
+    fn parse_with(template: &str, placeholder: &'static str) -> Result<Self, String> {
+        // `{event_id}` is a prefix of `{event_ids}`: look for the whole one.
+        let other = if placeholder == PLACEHOLDER { PLACEHOLDER_MANY } else { PLACEHOLDER };
+        if !template.replace(other, "").contains(placeholder) {
+            return Err(format!("must contain {placeholder}"));
         }
-        let this = Self { template: template.to_owned() };
+        let this = Self { template: template.to_owned(), placeholder };
         let a = this.render("a").map_err(|e| format!("not a valid URL: {e}"))?;
         let b = this.render("b").map_err(|e| format!("not a valid URL: {e}"))?;
         if !matches!(a.scheme(), "http" | "https") {
             return Err("must be an http:// or https:// URL".into());
         }
         if a.host_str().is_none() || a.origin() != b.origin() {
-            return Err(format!("{PLACEHOLDER} must be in the path or query, not the host"));
+            return Err(format!("{placeholder} must be in the path or query, not the host"));
         }
         Ok(this)
     }
@@ -41,9 +57,19 @@ impl MediaUrl {
         self.render(id.as_str()).expect("an allow-listed, encoded id keeps a valid template valid")
     }
 
+    /// The URL to poll for `ids` at once: each percent-encoded, joined by
+    /// commas (which the encoding never produces, so the list splits back
+    /// unambiguously).
+    pub fn for_events(&self, ids: &[EventId]) -> Url {
+        let joined: Vec<String> =
+            ids.iter().map(|id| utf8_percent_encode(id.as_str(), NOT_UNRESERVED).to_string()).collect();
+        Url::parse(&self.template.replace(self.placeholder, &joined.join(",")))
+            .expect("allow-listed, encoded ids keep a valid template valid")
+    }
+
     fn render(&self, id: &str) -> Result<Url, url::ParseError> {
         let encoded = utf8_percent_encode(id, NOT_UNRESERVED).to_string();
-        Url::parse(&self.template.replace(PLACEHOLDER, &encoded))
+        Url::parse(&self.template.replace(self.placeholder, &encoded))
     }
 }
 
@@ -79,6 +105,16 @@ mod tests {
         let m = MediaUrl::parse("http://[::1]:8090/live/{event_id}").unwrap();
         let u = m.for_event(&id);
         assert_eq!((u.host_str(), u.port(), u.path()), (Some("[::1]"), Some(8090), "/live/e1"));
+    }
+
+    #[test]
+    fn batch_templates_join_encoded_ids() {
+        let m = MediaUrl::parse_batch("https://media/v1/live?ids={event_ids}&key=1").unwrap();
+        let ids = ["a", "b.c", "~d_-"].map(|i| EventId::parse(i).unwrap());
+        assert_eq!(m.for_events(&ids).as_str(), "https://media/v1/live?ids=a,b.c,~d_-&key=1");
+        assert!(MediaUrl::parse_batch("http://media/live/{event_id}").is_err());
+        assert!(MediaUrl::parse("http://media/live?ids={event_ids}").is_err());
+        assert!(MediaUrl::parse_batch("http://{event_ids}/x").is_err());
     }
 
     #[test]

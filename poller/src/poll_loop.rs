@@ -8,8 +8,9 @@
 //! task and every error is a value here, never a panic.
 
 use crate::{
-    media_client::{FetchError, Fetched, Validators},
-    registry::{Lingering, Registry, Snapshot},
+    batch::{Batcher, Due},
+    media_client::{FetchError, Fetched, MediaClient, Validators},
+    registry::{Control, Lingering, Registry, Snapshot},
 };
 use livepush::{
     EventId,
@@ -24,7 +25,6 @@ use tokio::{
     sync::{Notify, watch},
     time::Instant,
 };
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub(crate) async fn run(
@@ -33,6 +33,7 @@ pub(crate) async fn run(
     generation: u64,
     tx: watch::Sender<Snapshot>,
     idle: Arc<Notify>,
+    control: Arc<Control>,
 ) {
     let mut feed = Feed {
         id: id.clone(),
@@ -43,27 +44,65 @@ pub(crate) async fn run(
         state: State::Unspecified,
     };
     let client = registry.client().clone();
+    let batcher = registry.batcher().cloned();
+    let _membership = batcher.as_ref().map(|b| b.join(&id, generation));
     let settings = registry.settings().clone();
     let shutdown = registry.shutdown_token().clone();
+    let poller = Poller { client: &client, batcher: batcher.as_ref(), id: &id, generation };
     let mut validators = Validators::default();
     let mut failures: u32 = 0;
+    let mut hints = Hints::new(settings.min_hint_gap);
     // The first poll happens at once (a subscriber is waiting); the next one
     // lands anywhere in the following interval, so events subscribed together
     // (an edge reconnecting with all its events) do not poll in lockstep for
-    // the rest of their lives. Later polls get a little jitter.
+    // the rest of their lives. Later polls get a little jitter. (Batched
+    // events keep their round's phase instead.)
     let mut first = true;
+    let mut due = Due::Now;
     debug!(event_id = %id, "polling started");
 
-    while registry.keep_polling(&id, generation) {
-        let started = Instant::now();
-        let result = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = client.fetch(&id, &validators) => r,
+    'polling: while registry.keep_polling(&id, generation) {
+        // Wait for the poll's verdict; meanwhile, hints and publishes.
+        let (started, result) = {
+            let poll = poller.poll(&validators, due);
+            tokio::pin!(poll);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break 'polling,
+                    _ = linger_over(&registry, &id, generation, &idle) => break 'polling,
+                    _ = control.notified() => {
+                        let pending = control.take();
+                        if let Some(data) = pending.data {
+                            livepush::metrics::poller().hints.published.increment(1);
+                            feed.publish(State::Live, Some(data));
+                        }
+                        if pending.poll {
+                            hints.request();
+                        }
+                    }
+                    _ = hints.ready() => {
+                        // A hint's poll, now: bring the pending poll forward, or
+                        // poll again after the one in flight.
+                        let brought = match &batcher {
+                            Some(b) => b.expedite(&id, generation),
+                            None if !in_flight(due) => {
+                                due = Due::Now;
+                                poll.set(poller.poll(&validators, due));
+                                true
+                            }
+                            None => false,
+                        };
+                        hints.fired(brought);
+                    }
+                    r = &mut poll => break r,
+                }
+            }
         };
-        let interval = if std::mem::take(&mut first) {
-            spread(settings.interval)
-        } else {
-            jitter(settings.interval, 0.05)
+        let interval = match (&batcher, std::mem::take(&mut first)) {
+            (None, true) => spread(settings.interval),
+            (None, false) => jitter(settings.interval, 0.05),
+            (Some(_), true) => settings.interval / 2,
+            (Some(_), false) => Duration::ZERO,
         };
         let delay = match result {
             Ok(Fetched::Json { data, fingerprint, validators: v }) => {
@@ -83,6 +122,7 @@ pub(crate) async fn run(
                 registry.finish_ended(&id, generation, last);
                 return;
             }
+            Err(FetchError::Dropped) => break,
             Err(err) => {
                 failures = failures.saturating_add(1);
                 livepush::metrics::poller().backoffs.increment(1);
@@ -91,43 +131,120 @@ pub(crate) async fn run(
                 backoff(settings.interval, settings.max_backoff, failures, err.retry_after())
             }
         };
-        if !wait(&registry, &id, generation, started + delay, &idle, &shutdown).await {
-            break;
-        }
+        due = Due::From(started + delay);
+        hints.answered();
     }
     registry.forget(&id, generation);
     debug!(event_id = %id, "polling stopped");
 }
 
-/// Sleeps until `poll_at`; returns `false` when polling must stop first:
-/// shutdown, or the linger time after the last subscriber left runs out
-/// before `poll_at` (the registry wakes us through `idle` when the last one
-/// leaves, so an abandoned event is dropped on time even with a long
-/// interval).
-async fn wait(
-    registry: &Registry,
-    id: &EventId,
+/// Whether the poll due as `due` has begun (a poll waiting for its time
+/// can still be brought forward).
+fn in_flight(due: Due) -> bool {
+    match due {
+        Due::Now => true,
+        Due::From(at) => Instant::now() >= at,
+    }
+}
+
+/// How one event's polls are made: alone, or in batches.
+struct Poller<'a> {
+    client: &'a MediaClient,
+    batcher: Option<&'a Batcher>,
+    id: &'a EventId,
     generation: u64,
-    poll_at: Instant,
-    idle: &Notify,
-    shutdown: &CancellationToken,
-) -> bool {
+}
+
+impl Poller<'_> {
+    /// The next poll, once `due`: its start and its verdict.
+    async fn poll(&self, validators: &Validators, due: Due) -> (Instant, Result<Fetched, FetchError>) {
+        match self.batcher {
+            Some(batcher) => {
+                let verdict = batcher.poll(self.id, self.generation, due).await;
+                (Instant::now(), verdict)
+            }
+            None => {
+                if let Due::From(at) = due {
+                    tokio::time::sleep_until(at).await;
+                }
+                let started = Instant::now();
+                (started, self.client.fetch(self.id, validators).await)
+            }
+        }
+    }
+}
+
+/// Resolves once the event has had no subscriber for the linger time (the
+/// registry wakes us through `idle` when the last one leaves, so an
+/// abandoned event is dropped on time even with a long interval).
+async fn linger_over(registry: &Registry, id: &EventId, generation: u64, idle: &Notify) {
     loop {
-        let wake_at = match registry.linger_ends(id, generation) {
-            Lingering::Watched => poll_at,
-            Lingering::Until(end) => Instant::from_std(end).min(poll_at),
-            Lingering::Gone => return false,
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = idle.notified() => continue,
-            _ = tokio::time::sleep_until(wake_at) => {}
+        match registry.linger_ends(id, generation) {
+            Lingering::Gone => return,
+            Lingering::Watched => idle.notified().await,
+            Lingering::Until(end) => {
+                tokio::time::sleep_until(Instant::from_std(end)).await;
+                if !registry.keep_polling(id, generation) {
+                    return;
+                }
+            }
         }
-        if Instant::now() >= poll_at {
-            return true;
+    }
+}
+
+/// Change hints of one event, coalesced: at most one hint-triggered poll
+/// per `--min-hint-gap`, and never two in flight (a hint during a poll asks
+/// for one more poll after it; more hints meanwhile add nothing). Counted in
+/// `livepush_poller_hints_coalesced_total` when they cause no poll.
+struct Hints {
+    gap: Duration,
+    /// When the last hint-triggered poll was asked for.
+    last: Option<Instant>,
+    /// A hint is waiting for its poll.
+    wanted: bool,
+    /// A hint came during the poll in flight: poll once more after it.
+    again: bool,
+}
+
+impl Hints {
+    fn new(gap: Duration) -> Self {
+        Self { gap, last: None, wanted: false, again: false }
+    }
+
+    /// A hint arrived.
+    fn request(&mut self) {
+        if self.wanted || self.again {
+            livepush::metrics::poller().hints.coalesced.increment(1);
+        } else {
+            self.wanted = true;
         }
-        if !registry.keep_polling(id, generation) {
-            return false;
+    }
+
+    /// Resolves when a wanted hint's poll may go.
+    async fn ready(&self) {
+        if !self.wanted {
+            return std::future::pending().await;
+        }
+        if let Some(last) = self.last {
+            tokio::time::sleep_until(last + self.gap).await;
+        }
+    }
+
+    /// The hint's poll was brought forward (`true`), or one is in flight and
+    /// another follows it.
+    fn fired(&mut self, brought: bool) {
+        self.wanted = false;
+        if brought {
+            self.last = Some(Instant::now());
+        } else {
+            self.again = true;
+        }
+    }
+
+    /// A poll answered: a hint that came during it wants another.
+    fn answered(&mut self) {
+        if std::mem::take(&mut self.again) {
+            self.wanted = true;
         }
     }
 }

@@ -7,7 +7,7 @@
 //! of simultaneous subscribers cause exactly one first fetch; the task stops
 //! once the event has had no subscriber for `--linger`.
 
-use crate::{media_client::MediaClient, poll_loop};
+use crate::{batch::Batcher, media_client::MediaClient, poll_loop};
 use livepush::{EventId, metrics::GaugeGuard, proto::LiveUpdate, recent::RecentMap};
 use std::{
     collections::{HashMap, hash_map::Entry as MapEntry},
@@ -33,6 +33,10 @@ pub struct Settings {
     pub linger: Duration,
     pub max_backoff: Duration,
     pub max_events: usize,
+    /// Least time between two hint-triggered polls of one event.
+    pub min_hint_gap: Duration,
+    /// Ids per batch poll, with `--media-batch-url`.
+    pub batch_size: usize,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -52,6 +56,8 @@ pub struct Registry {
 struct Inner {
     state: Mutex<State>,
     client: MediaClient,
+    /// With `--media-batch-url`: every poll goes through it.
+    batcher: Option<Batcher>,
     settings: Settings,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -74,6 +80,8 @@ struct Entry {
     /// Tells this entry from a later one for the same id, so a stale guard or
     /// poll task never touches its successor.
     generation: u64,
+    /// Hints and publishes for the poll task.
+    control: Arc<Control>,
     /// Counts the entry in `livepush_poller_events_watched` while it exists.
     _watched: GaugeGuard,
 }
@@ -82,7 +90,17 @@ impl Registry {
     pub fn new(client: MediaClient, settings: Settings, shutdown: CancellationToken) -> Self {
         let state =
             State { events: HashMap::new(), ended: RecentMap::new(MAX_ENDED, ENDED_TTL), next_generation: 0 };
-        let inner = Inner { state: Mutex::new(state), client, settings, shutdown, tasks: TaskTracker::new() };
+        let batcher = client.batched().then(|| {
+            Batcher::start(client.clone(), settings.interval, settings.batch_size, shutdown.clone())
+        });
+        let inner = Inner {
+            state: Mutex::new(state),
+            client,
+            batcher,
+            settings,
+            shutdown,
+            tasks: TaskTracker::new(),
+        };
         Self { inner: Arc::new(inner) }
     }
 
@@ -111,10 +129,18 @@ impl Registry {
                 }
                 let (tx, _) = watch::channel(None);
                 let idle = Arc::new(Notify::new());
-                let task = poll_loop::run(self.clone(), id.clone(), generation, tx.clone(), idle.clone());
+                let control = Arc::new(Control::default());
+                let task = poll_loop::run(
+                    self.clone(),
+                    id.clone(),
+                    generation,
+                    tx.clone(),
+                    idle.clone(),
+                    control.clone(),
+                );
                 self.inner.tasks.spawn(task);
                 let _watched = GaugeGuard::new(&livepush::metrics::poller().events_watched);
-                v.insert(Entry { tx, subscribers: 0, idle_since: None, idle, generation, _watched })
+                v.insert(Entry { tx, subscribers: 0, idle_since: None, idle, generation, control, _watched })
             }
         };
         entry.subscribers += 1;
@@ -122,6 +148,33 @@ impl Registry {
         let guard = SubscriberGuard { registry: self.clone(), id, generation: entry.generation };
         let rx = entry.tx.subscribe();
         Ok(Subscription { rx, _guard: Some(guard), _open: subscriber_gauge() })
+    }
+
+    /// Hands a change hint (or a document to publish) to `id`'s poll task,
+    /// if this poller watches the event.
+    pub fn hint(&self, id: &EventId, hint: Hint) -> HintOutcome {
+        let state = self.lock();
+        let Some(entry) = state.events.get(id) else {
+            return HintOutcome::NotWatched;
+        };
+        let mut pending = entry.control.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = match hint {
+            Hint::Poll => {
+                if std::mem::replace(&mut pending.poll, true) {
+                    // The task has not taken the previous one yet.
+                    livepush::metrics::poller().hints.coalesced.increment(1);
+                }
+                HintOutcome::Poll
+            }
+            Hint::Publish { data, fingerprint } => {
+                // Only the latest document matters.
+                pending.data = Some((data, fingerprint));
+                HintOutcome::Published
+            }
+        };
+        drop(pending);
+        entry.control.notify.notify_one();
+        outcome
     }
 
     /// Number of events currently watched (polled or lingering).
@@ -193,6 +246,10 @@ impl Registry {
         &self.inner.client
     }
 
+    pub(crate) fn batcher(&self) -> Option<&Batcher> {
+        self.inner.batcher.as_ref()
+    }
+
     pub(crate) fn settings(&self) -> &Settings {
         &self.inner.settings
     }
@@ -204,13 +261,59 @@ impl Registry {
     /// Waits (at most `timeout`) for every poll task to stop after shutdown.
     pub async fn drain(&self, timeout: Duration) -> bool {
         self.inner.tasks.close();
-        tokio::time::timeout(timeout, self.inner.tasks.wait()).await.is_ok()
+        let polls = tokio::time::timeout(timeout, self.inner.tasks.wait()).await.is_ok();
+        match &self.inner.batcher {
+            Some(batcher) => batcher.drain(timeout).await && polls,
+            None => polls,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock would be a bug in a few lines of map
         // bookkeeping; keep serving the other events rather than cascading.
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What a hint asks of an event's poll task.
+#[derive(Debug)]
+pub enum Hint {
+    /// Poll now (coalesced by the task).
+    Poll,
+    /// Publish this document (compacted, with its fingerprint) now.
+    Publish { data: String, fingerprint: u128 },
+}
+
+/// What became of a hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HintOutcome {
+    Poll,
+    Published,
+    /// This poller does not watch the event.
+    NotWatched,
+}
+
+/// The hints waiting for a poll task.
+#[derive(Default)]
+pub(crate) struct Control {
+    notify: Notify,
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+pub(crate) struct Pending {
+    pub poll: bool,
+    pub data: Option<(String, u128)>,
+}
+
+impl Control {
+    pub(crate) async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    /// What is waiting, leaving nothing.
+    pub(crate) fn take(&self) -> Pending {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 

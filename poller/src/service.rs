@@ -6,13 +6,14 @@
 use crate::{
     client_streams::{ClientKey, ClientStreams},
     connection_streams::{ConnectionStreams, MAX_STREAMS_KEY},
+    publish::{self, Publisher},
     registry::{Registry, SubscribeError},
     watch_stream,
 };
 use futures_util::Stream;
 use livepush::{
     EventId,
-    proto::{LiveUpdate, State, SubscribeRequest, live_feed_server::LiveFeed},
+    proto::{LiveUpdate, PublishReply, PublishRequest, State, SubscribeRequest, live_feed_server::LiveFeed},
 };
 use std::pin::Pin;
 use tonic::{Request, Response, Status};
@@ -21,13 +22,20 @@ pub struct LiveFeedService {
     registry: Registry,
     streams: ConnectionStreams,
     per_client: ClientStreams,
+    publisher: Publisher,
 }
 
 impl LiveFeedService {
     /// Serves `registry`, at most `max_streams` subscriptions per client
-    /// connection (see [`ConnectionStreams`]) and `per_client`'s per client.
-    pub fn new(registry: Registry, max_streams: u32, per_client: ClientStreams) -> Self {
-        Self { registry, streams: ConnectionStreams::new(max_streams), per_client }
+    /// connection (see [`ConnectionStreams`]) and `per_client`'s per client;
+    /// `Publish` goes to `publisher`.
+    pub fn new(
+        registry: Registry,
+        max_streams: u32,
+        per_client: ClientStreams,
+        publisher: Publisher,
+    ) -> Self {
+        Self { registry, streams: ConnectionStreams::new(max_streams), per_client, publisher }
     }
 }
 
@@ -58,5 +66,18 @@ impl LiveFeed for LiveFeedService {
         let mut response = Response::new(Box::pin(updates) as UpdateStream);
         response.metadata_mut().insert(MAX_STREAMS_KEY, self.streams.limit_metadata());
         Ok(response)
+    }
+
+    async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishReply>, Status> {
+        let authorization = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        self.publisher.authorize(authorization).map_err(publish::status)?;
+        let authorization = authorization.expect("authorized").to_owned();
+        let PublishRequest { event_id, data } = request.into_inner();
+        let accepted = self
+            .publisher
+            .hint(&event_id, data.as_bytes(), false, &authorization)
+            .await
+            .map_err(publish::status)?;
+        Ok(Response::new(PublishReply { outcome: accepted.outcome.into(), peers: accepted.peers }))
     }
 }

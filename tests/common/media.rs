@@ -1,11 +1,19 @@
 //! A media service whose answers the test scripts per event id, and which
 //! records every request it gets (per event, with arrival times and how many
 //! were in flight at once) so tests can count upstream load exactly.
+//!
+//! It also answers batch polls (`GET /batch?ids=a,b,c`, the poller's
+//! `--media-batch-url`) from the same per-event script: one JSON object with
+//! each 200 reply's body as its event's value, `null` for a 404 and the id
+//! left out for anything else ([`Reply::missing`]). A batch gets an `ETag`
+//! (and 304 on a match) when every value in it has a scripted `etag`, and a
+//! test can replace whole batches that contain a given id
+//! ([`TestMedia::set_batch_override`]).
 
 use axum::{
     Router,
     body::Body,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
@@ -40,6 +48,11 @@ impl Reply {
     pub fn status(status: u16) -> Self {
         Self { status, ..Self::json("") }
     }
+    /// A failure of this event alone: `/live` answers 500 and batch answers
+    /// leave the id out (as for every status but 200 and 404).
+    pub fn missing() -> Self {
+        Self::status(500).body("left out of batch answers")
+    }
     pub fn chunked(mut self) -> Self {
         self.chunked = true;
         self
@@ -66,10 +79,33 @@ pub struct Seen {
     pub headers: HeaderMap,
 }
 
+/// A batch request the media service received.
+#[derive(Clone, Debug)]
+pub struct BatchSeen {
+    /// The ids asked for, in the request's order (duplicates kept).
+    pub ids: Vec<String>,
+    pub at: Instant,
+    pub headers: HeaderMap,
+    /// The status it was answered with (304 for a matching `If-None-Match`).
+    pub status: u16,
+    /// The `ETag` it was answered with, if any.
+    pub etag: Option<String>,
+}
+
+impl BatchSeen {
+    /// The value of `header` on this request, if it carried one.
+    pub fn header(&self, header: &str) -> Option<String> {
+        self.headers.get(header).map(|v| v.to_str().unwrap_or("<binary>").to_owned())
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     replies: Mutex<HashMap<String, Reply>>,
     seen: Mutex<Vec<Seen>>,
+    batches: Mutex<Vec<BatchSeen>>,
+    /// Whole-batch replies, by an id that makes a batch get them.
+    batch_overrides: Mutex<Vec<(String, Reply)>>,
     inflight: AtomicUsize,
     max_inflight: AtomicUsize,
     /// JSON bodies POSTed to `/presence/{event_id}` (the poller's
@@ -101,6 +137,7 @@ impl TestMedia {
         let inner = Arc::new(Inner::default());
         let app = Router::new()
             .route("/live/{event_id}", get(answer))
+            .route("/batch", get(answer_batch))
             .route("/presence/{event_id}", axum::routing::post(record_post))
             .with_state(inner.clone());
         (Self { addr, inner }, app)
@@ -109,6 +146,11 @@ impl TestMedia {
     /// `--media-url` for the poller.
     pub fn template(&self) -> String {
         format!("http://{}/live/{{event_id}}", self.addr)
+    }
+
+    /// `--media-batch-url` for the poller.
+    pub fn batch_template(&self) -> String {
+        format!("http://{}/batch?ids={{event_ids}}", self.addr)
     }
 
     /// `--heartbeat-url` for the poller.
@@ -137,6 +179,48 @@ impl TestMedia {
 
     pub fn set_json(&self, event_id: &str, body: &str) {
         self.set(event_id, Reply::json(body));
+    }
+
+    /// Answers every later batch request that names `event_id` with `reply`
+    /// verbatim (status, body, headers, delay), whatever its other ids. The
+    /// first override set for any of a batch's ids wins.
+    pub fn set_batch_override(&self, event_id: &str, reply: Reply) {
+        let mut overrides = self.inner.batch_overrides.lock().unwrap();
+        overrides.retain(|(id, _)| id != event_id);
+        overrides.push((event_id.to_owned(), reply));
+    }
+
+    /// Batches naming `event_id` are answered from the script again.
+    pub fn clear_batch_override(&self, event_id: &str) {
+        self.inner.batch_overrides.lock().unwrap().retain(|(id, _)| id != event_id);
+    }
+
+    /// Every batch request received, in order.
+    pub fn batches(&self) -> Vec<BatchSeen> {
+        self.inner.batches.lock().unwrap().clone()
+    }
+
+    /// Batch requests received.
+    pub fn batch_count(&self) -> usize {
+        self.inner.batches.lock().unwrap().len()
+    }
+
+    /// Batch requests that named `event_id` (once however often it was named).
+    pub fn batch_appearances(&self, event_id: &str) -> usize {
+        let batches = self.inner.batches.lock().unwrap();
+        batches.iter().filter(|b| b.ids.iter().any(|id| id == event_id)).count()
+    }
+
+    /// Arrival times of the batch requests that named `event_id`.
+    pub fn batch_times(&self, event_id: &str) -> Vec<Instant> {
+        let batches = self.inner.batches.lock().unwrap();
+        batches.iter().filter(|b| b.ids.iter().any(|id| id == event_id)).map(|b| b.at).collect()
+    }
+
+    /// Polls of `event_id` of either kind: its own requests plus the batch
+    /// requests that named it.
+    pub fn polls(&self, event_id: &str) -> usize {
+        self.count(event_id) + self.batch_appearances(event_id)
     }
 
     /// Requests received for `event_id`.
@@ -200,6 +284,94 @@ async fn answer(
         response.headers_mut().insert(HeaderName::from_static(name), HeaderValue::from_str(&value).unwrap());
     }
     response
+}
+
+/// `GET /batch?ids=a,b,c`: a scripted override if one names an id of the
+/// batch, else the object built from the per-event script (see the module
+/// comment), with a batch `ETag` derived from its members' and a 304 when
+/// `If-None-Match` names it.
+async fn answer_batch(
+    State(inner): State<Arc<Inner>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(list) = query.get("ids") else {
+        return (StatusCode::BAD_REQUEST, "the ids query parameter is missing").into_response();
+    };
+    let ids: Vec<String> = list.split(',').map(str::to_owned).collect();
+    let now = inner.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+    inner.max_inflight.fetch_max(now, Ordering::SeqCst);
+    let overridden = {
+        let overrides = inner.batch_overrides.lock().unwrap();
+        overrides.iter().find(|(id, _)| ids.contains(id)).map(|(_, r)| r.clone())
+    };
+    let reply = match overridden {
+        Some(reply) => reply,
+        None => {
+            let members: Vec<(String, Reply)> = {
+                let script = inner.replies.lock().unwrap();
+                let mut members: Vec<(String, Reply)> = Vec::new();
+                for id in &ids {
+                    if !members.iter().any(|(m, _)| m == id) {
+                        let default = || Reply::json(&format!(r#"{{"event":"{id}"}}"#));
+                        members.push((id.clone(), script.get(id).cloned().unwrap_or_else(default)));
+                    }
+                }
+                members
+            };
+            let delay = members.iter().map(|(_, r)| r.delay).max().unwrap_or_default();
+            let mut reply = Reply::json(&batch_body(&members)).delay(delay);
+            reply.headers.push(("content-type", "application/json".into()));
+            if let Some(etag) = batch_etag(&members) {
+                if headers.get("if-none-match").and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+                    reply.status = 304;
+                    reply.body.clear();
+                }
+                reply.headers.push(("etag", etag));
+            }
+            reply
+        }
+    };
+    let etag = reply.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("etag")).map(|(_, v)| v.clone());
+    let seen = BatchSeen { ids, at: Instant::now(), headers, status: reply.status, etag };
+    inner.batches.lock().unwrap().push(seen);
+    tokio::time::sleep(reply.delay).await;
+    inner.inflight.fetch_sub(1, Ordering::SeqCst);
+    let mut response = (StatusCode::from_u16(reply.status).unwrap(), Body::from(reply.body)).into_response();
+    for (name, value) in reply.headers {
+        response.headers_mut().insert(HeaderName::from_static(name), HeaderValue::from_str(&value).unwrap());
+    }
+    response
+}
+
+/// The batch object: a 200 reply's body verbatim (so a test can break the
+/// JSON through one event), `null` for a 404, nothing for other statuses.
+fn batch_body(replies: &[(String, Reply)]) -> String {
+    let members = replies.iter().filter_map(|(id, reply)| {
+        let value = match reply.status {
+            200 => reply.body.as_str(),
+            404 => "null",
+            _ => return None,
+        };
+        Some(format!("{}:{value}", serde_json::Value::from(id.as_str())))
+    });
+    format!("{{{}}}", members.collect::<Vec<_>>().join(","))
+}
+
+/// A batch `ETag` when every value in it has a scripted `etag`: a hash of the
+/// members and what each answers, so it changes with any of them.
+fn batch_etag(replies: &[(String, Reply)]) -> Option<String> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (id, reply) in replies {
+        id.hash(&mut h);
+        reply.status.hash(&mut h);
+        if reply.status == 200 {
+            let etag = reply.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("etag"))?;
+            etag.1.hash(&mut h);
+        }
+    }
+    Some(format!("\"batch-{:016x}\"", h.finish()))
 }
 
 async fn record_post(

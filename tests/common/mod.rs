@@ -33,6 +33,15 @@ pub fn http() -> reqwest::Client {
         .clone()
 }
 
+/// One series' value on the `/metrics` of the server at `url` (`http://…`),
+/// e.g. `livepush_poller_upstream_requests_total{outcome="tls"}`; 0 if absent.
+pub async fn metric(url: &str, series: &str) -> f64 {
+    let text = http().get(format!("{url}/metrics")).send().await.expect("scrape").text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A server running in-process; dropping it without `stop` aborts it.
 pub struct Running {
     pub addr: SocketAddr,

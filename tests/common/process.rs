@@ -86,17 +86,7 @@ impl Process {
     /// The value of one series on this process's `/metrics`, e.g.
     /// `livepush_poller_upstream_requests_total{outcome="tls"}` (0 if absent).
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = crate::http()
-            .get(format!("{}/metrics", self.url()))
-            .send()
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or(0.0)
+        crate::metric(&self.url(), series).await
     }
 }
 
