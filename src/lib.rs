@@ -8,6 +8,7 @@ pub mod event_id;
 pub mod metrics;
 pub mod recent;
 pub mod signal;
+pub mod sync;
 pub mod target;
 pub mod telemetry;
 pub mod tls;

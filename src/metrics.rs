@@ -89,6 +89,12 @@ pub const POLLER_HINTS_PUBLISHED: &str = "livepush_poller_hints_published_total"
 /// hints refused.
 pub const POLLER_HINT_REFUSALS: &str = "livepush_poller_hint_refusals_total";
 
+// ---- both ---------------------------------------------------------------
+
+/// Counter, label `lock`: locks found poisoned by a panic (and recovered;
+/// see [`crate::sync`]). Anything but 0 is a bug to report.
+pub const POISONED_LOCKS: &str = "livepush_poisoned_locks_total";
+
 // ---- edge --------------------------------------------------------------
 
 /// Gauge: client sockets open.
@@ -262,6 +268,8 @@ fn describe() {
         Unit::Count,
         "Hints refused by reason: disabled (no --publish-token-file), unauthenticated, invalid"
     );
+
+    describe_counter!(POISONED_LOCKS, Unit::Count, "Locks found poisoned by a panic and recovered (a bug)");
 
     describe_gauge!(EDGE_CONNECTIONS_OPEN, Unit::Count, "Client sockets open");
     describe_counter!(EDGE_CONNECTIONS_ACCEPTED, Unit::Count, "Client sockets accepted");

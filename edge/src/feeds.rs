@@ -311,7 +311,7 @@ impl Feeds {
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
-        self.inner.table.lock().unwrap_or_else(|e| e.into_inner())
+        livepush::sync::lock(&self.inner.table, "event table")
     }
 }
 
@@ -666,7 +666,7 @@ impl LogOnce {
     /// (and says whether it did), at debug otherwise.
     fn warn(&self, poller: SocketAddr, cause: &'static str, id: &EventId, status: &Status) -> bool {
         let now = Instant::now();
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = livepush::sync::lock(&self.last, "log-once table");
         let logged = last.entry((poller, cause)).or_default();
         if logged.at.is_none_or(|at| now.duration_since(at) >= LOG_EVERY) {
             let repeats = logged.repeats;

@@ -97,7 +97,7 @@ impl StreamLimits {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
-        self.inner.counts.lock().unwrap_or_else(|e| e.into_inner())
+        livepush::sync::lock(&self.inner.counts, "stream limits")
     }
 }
 

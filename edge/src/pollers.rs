@@ -224,7 +224,7 @@ impl Pollers {
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<SocketAddr, Entry>> {
-        self.inner.table.lock().unwrap_or_else(|e| e.into_inner())
+        livepush::sync::lock(&self.inner.table, "pollers")
     }
 
     fn publish(&self, table: &BTreeMap<SocketAddr, Entry>) {

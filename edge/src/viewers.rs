@@ -139,7 +139,7 @@ impl Viewers {
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        livepush::sync::lock(&self.inner, "viewers")
     }
 }
 

@@ -197,7 +197,7 @@ impl LogOnce {
     fn should_warn(&self, refusal: Refusal) -> bool {
         let i = Refusal::ALL.iter().position(|r| *r == refusal).expect("every reason is listed");
         let now = Instant::now();
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = livepush::sync::lock(&self.last, "auth refusal log");
         if last[i].is_some_and(|at| now.duration_since(at) < LOG_EVERY) {
             return false;
         }

@@ -370,8 +370,7 @@ impl Batcher {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Only plain bookkeeping runs under this lock.
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+        livepush::sync::lock(&self.inner.state, "batch rounds")
     }
 }
 

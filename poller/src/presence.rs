@@ -154,7 +154,7 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        let state = livepush::sync::get_mut(&mut self.state, "presence store");
         state.gauge(Sizes::default());
     }
 }
@@ -454,9 +454,7 @@ impl PresenceStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock would be a bug in map bookkeeping;
-        // keep serving rather than cascading.
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+        livepush::sync::lock(&self.inner.state, "presence store")
     }
 }
 

@@ -157,7 +157,7 @@ impl Registry {
         let Some(entry) = state.events.get(id) else {
             return HintOutcome::NotWatched;
         };
-        let mut pending = entry.control.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = livepush::sync::lock(&entry.control.pending, "event hints");
         let outcome = match hint {
             Hint::Poll => {
                 if std::mem::replace(&mut pending.poll, true) {
@@ -269,9 +269,7 @@ impl Registry {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock would be a bug in a few lines of map
-        // bookkeeping; keep serving the other events rather than cascading.
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+        livepush::sync::lock(&self.inner.state, "poller registry")
     }
 }
 
@@ -313,7 +311,7 @@ impl Control {
 
     /// What is waiting, leaving nothing.
     pub(crate) fn take(&self) -> Pending {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *livepush::sync::lock(&self.pending, "event hints"))
     }
 }
 
