@@ -143,29 +143,21 @@ const MAX_STRAY_BYTES: usize = 4;
 /// this future holds across its awaits is held for the life of the stream.
 pub async fn respond<I: AsyncRead + AsyncWrite + Unpin>(
     io: &mut I,
-    mut app: Router,
+    app: Router,
     request: Box<Request<Body>>,
 ) {
-    // Unboxed in a block so the box is freed here, not when the stream ends.
-    let request = {
-        let boxed = request;
-        *boxed
-    };
-    let Ok(response) = app.call(request).await;
-    drop(app);
-    let (parts, mut body) = response.into_parts();
-    let length = http_body::Body::size_hint(&body).exact();
-    let head = head(&parts, length);
-    let bodiless = no_body(parts.status);
-    drop(parts);
+    // Boxed: the router's future, the request and the response's headers
+    // are needed only until the head is written, and held inline they would
+    // size this future (so the stream's state) for its whole life.
+    let (head, body) = Box::pin(answer(app, request)).await;
     if io.write_all(&head).await.is_err() {
         return;
     }
     drop(head);
-    if bodiless {
+    let Some((mut body, length)) = body else {
         let _ = io.shutdown().await;
         return;
-    }
+    };
     // The only reads from here on look for the client going away (EOF). An
     // SSE client sends nothing after its GET (browsers do not pipeline), so
     // anything beyond a stray line break or two is a client misbehaving, and
@@ -215,6 +207,16 @@ pub async fn respond<I: AsyncRead + AsyncWrite + Unpin>(
         let _ = io.write_all(b"0\r\n\r\n").await;
     }
     let _ = io.shutdown().await;
+}
+
+/// The response's head and, unless its status has none, its body with its
+/// exact length when known.
+async fn answer(mut app: Router, request: Box<Request<Body>>) -> (Vec<u8>, Option<(Body, Option<u64>)>) {
+    let Ok(response) = app.call(*request).await;
+    let (parts, body) = response.into_parts();
+    let length = http_body::Body::size_hint(&body).exact();
+    let head = head(&parts, length);
+    (head, (!no_body(parts.status)).then_some((body, length)))
 }
 
 /// Statuses whose answers have no body and so no framing headers.

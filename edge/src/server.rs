@@ -128,11 +128,17 @@ pub async fn serve(
                             lean::respond(&mut io, app, request).await;
                         }
                         lean::First::Other(head) => {
-                            let io = TokioIo::new(lean::Rewind::new(head, io));
-                            let conn = plain.serve_connection(io, connection_service(app, peer));
-                            if let Err(e) = watcher.watch(conn).await {
-                                debug!(%peer, error = %e, "connection ended with an error");
-                            }
+                            // Boxed: hyper's connection state is large, and
+                            // inline it would size every connection's task,
+                            // SSE streams' included.
+                            Box::pin(async move {
+                                let io = TokioIo::new(lean::Rewind::new(head, io));
+                                let conn = plain.serve_connection(io, connection_service(app, peer));
+                                if let Err(e) = watcher.watch(conn).await {
+                                    debug!(%peer, error = %e, "connection ended with an error");
+                                }
+                            })
+                            .await
                         }
                     }
                 });
