@@ -11,8 +11,8 @@
 
 use livepush::proto::{LiveUpdate, PublishReply, PublishRequest, State};
 use livepush_tests::{
-    PATIENCE, TestMedia, feed_client, http, media::Reply, metric, next_update, raw_request, sse::SseClient,
-    start_edge, start_poller, start_poller_at, subscribe,
+    PATIENCE, TestMedia, eventually, feed_client, http, media::Reply, metric, next_update, raw_request,
+    sse::SseClient, start_edge, start_poller, start_poller_at, subscribe,
 };
 use serde_json::Value;
 use std::{
@@ -528,4 +528,27 @@ async fn a_hint_sent_to_any_poller_of_a_cluster_reaches_the_browser() {
     let status = resp.status().as_u16();
     let body = resp.text().await.unwrap();
     assert_accepted(&Answer { status, headers: Default::default(), body }, "ignored", 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_that_went_out_before_a_publish_does_not_bring_the_old_document_back() {
+    let dir = temp_dir("publish-race");
+    let media = TestMedia::start().await;
+    media.set_json("race", r#"{"n":0}"#);
+    let p = poller(&media, Some(&token_file(&dir, TOKEN)), &[]).await;
+    let mut feed = subscribe(p.addr, "race").await;
+    expect_live(&mut feed, r#"{"n":0}"#).await;
+    // The media service still has the old document and answers slowly (no
+    // validators, so the answer is a full 200): a hint's poll goes out...
+    media.set("race", Reply::json(r#"{"n":0}"#).delay(Duration::from_millis(800)));
+    assert_accepted(&post(&p.url(), "race", Some(TOKEN), "").await, "poll", 0);
+    eventually("the hint's poll is out", || media.count("race") == 2).await;
+    // ...and while it is out, the new document is published directly.
+    assert_accepted(&post(&p.url(), "race", Some(TOKEN), r#"{"n":1}"#).await, "published", 0);
+    expect_live(&mut feed, r#"{"n":1}"#).await;
+    // The poll's answer (the old document) arrives after the publish: it is
+    // older than what subscribers have and changes nothing.
+    let later = tokio::time::timeout(Duration::from_millis(1500), feed.message()).await;
+    assert!(later.is_err(), "the old document came back: {later:?}");
+    assert_eq!(media.count("race"), 2);
 }

@@ -52,6 +52,9 @@ pub enum Due {
 /// A poll's verdict, as the event's task receives it.
 pub type Verdict = Result<Fetched, FetchError>;
 
+/// A verdict with the moment its request went out.
+type Answer = (Instant, Verdict);
+
 /// The batch scheduler; clones share it.
 #[derive(Clone)]
 pub struct Batcher {
@@ -86,7 +89,7 @@ struct Member {
 
 struct Waiter {
     from: Instant,
-    tx: oneshot::Sender<Verdict>,
+    tx: oneshot::Sender<Answer>,
 }
 
 struct Round {
@@ -129,13 +132,14 @@ impl Batcher {
         Membership { batcher: self.clone(), id: id.clone(), generation }
     }
 
-    /// The verdict of `id`'s next poll, due as `due`.
-    pub async fn poll(&self, id: &EventId, generation: u64, due: Due) -> Verdict {
+    /// The verdict of `id`'s next poll, due as `due`, and when its request
+    /// went out.
+    pub async fn poll(&self, id: &EventId, generation: u64, due: Due) -> (Instant, Verdict) {
         let (tx, rx) = oneshot::channel();
         {
             let mut state = self.lock();
             let Some(member) = state.members.get_mut(id).filter(|m| m.generation == generation) else {
-                return Err(FetchError::Dropped);
+                return (Instant::now(), Err(FetchError::Dropped));
             };
             let from = match due {
                 Due::Now => Instant::now(),
@@ -147,7 +151,7 @@ impl Batcher {
                 self.inner.wake.notify_one();
             }
         }
-        rx.await.unwrap_or(Err(FetchError::Dropped))
+        rx.await.unwrap_or_else(|_| (Instant::now(), Err(FetchError::Dropped)))
     }
 
     /// Moves `id`'s pending poll forward to now (a hint); `false` when it is
@@ -259,6 +263,7 @@ impl Batcher {
     }
 
     async fn request(self, round: Option<u64>, ids: Vec<EventId>, validators: Validators) {
+        let started = Instant::now();
         let result = self.inner.client.fetch_batch(&ids, &validators).await;
         let mut state = self.lock();
         let verdicts: Vec<Verdict> = match result {
@@ -285,7 +290,7 @@ impl Batcher {
             if let Some(member) = state.members.get_mut(id) {
                 member.in_flight = false;
                 if let Some(waiter) = member.waiter.take() {
-                    let _ = waiter.tx.send(verdict);
+                    let _ = waiter.tx.send((started, verdict));
                 }
             }
         }
@@ -491,7 +496,7 @@ mod tests {
         let (e1, e2) = (id(1), id(2));
         let _m = [b.join(&e1, 1), b.join(&e2, 1)];
         let (one, two) = tokio::join!(b.poll(&e1, 1, Due::Now), b.poll(&e2, 1, Due::Now));
-        for verdict in [one, two] {
+        for (_, verdict) in [one, two] {
             assert!(matches!(verdict, Err(FetchError::Batch(_))), "{verdict:?}");
         }
         stop.cancel();

@@ -59,6 +59,9 @@ pub(crate) async fn run(
     // events keep their round's phase instead.)
     let mut first = true;
     let mut due = Due::Now;
+    // When a document was last published directly: a poll that went out
+    // before it may bring the older document back, and must not.
+    let mut published_at: Option<Instant> = None;
     debug!(event_id = %id, "polling started");
 
     'polling: while registry.keep_polling(&id, generation) {
@@ -75,6 +78,7 @@ pub(crate) async fn run(
                         if let Some(data) = pending.data {
                             livepush::metrics::poller().hints.published.increment(1);
                             feed.publish(State::Live, Some(data));
+                            published_at = Some(Instant::now());
                         }
                         if pending.poll {
                             hints.request();
@@ -105,6 +109,13 @@ pub(crate) async fn run(
             (Some(_), false) => Duration::ZERO,
         };
         let delay = match result {
+            // Asked before the last direct publish: older than what
+            // subscribers have. The media service answered, though.
+            Ok(Fetched::Json { .. }) if published_at.is_some_and(|at| started <= at) => {
+                recovered(&id, &mut failures);
+                feed.publish(State::Live, None);
+                interval
+            }
             Ok(Fetched::Json { data, fingerprint, validators: v }) => {
                 validators = v;
                 recovered(&id, &mut failures);
@@ -159,10 +170,7 @@ impl Poller<'_> {
     /// The next poll, once `due`: its start and its verdict.
     async fn poll(&self, validators: &Validators, due: Due) -> (Instant, Result<Fetched, FetchError>) {
         match self.batcher {
-            Some(batcher) => {
-                let verdict = batcher.poll(self.id, self.generation, due).await;
-                (Instant::now(), verdict)
-            }
+            Some(batcher) => batcher.poll(self.id, self.generation, due).await,
             None => {
                 if let Due::From(at) = due {
                     tokio::time::sleep_until(at).await;
