@@ -226,15 +226,18 @@ impl Feeds {
         }
         let generation = table.next_generation;
         table.next_generation += 1;
-        let entry = match table.events.entry(id.clone()) {
-            MapEntry::Occupied(o) => o.into_mut(),
+        // The stream keeps the table's copy of the id (a shared `Arc`), so
+        // the one parsed from its request is freed with the request.
+        let (id, entry) = match table.events.entry(id) {
+            MapEntry::Occupied(o) => (o.key().clone(), o.into_mut()),
             MapEntry::Vacant(v) => {
+                let id = v.key().clone();
                 let (tx, _) = watch::channel(Snapshot::new(&id));
                 let cancel = self.inner.shutdown.child_token();
                 let task = upstream(self.clone(), id.clone(), tx.clone(), cancel.clone());
                 self.inner.tasks.spawn(task);
                 metrics::edge_upstream().events_watched.increment(1.0);
-                v.insert(Entry { tx, browsers: 0, cancel, generation, idle_until: None, source: None })
+                (id, v.insert(Entry { tx, browsers: 0, cancel, generation, idle_until: None, source: None }))
             }
         };
         entry.browsers += 1;

@@ -18,6 +18,7 @@ pub mod multi;
 pub mod poller_tls;
 pub mod poller_token;
 pub mod pollers;
+pub mod pulse;
 pub mod readiness;
 pub mod routes;
 pub mod server;
@@ -32,6 +33,7 @@ pub use config::Config;
 use feeds::Feeds;
 use limits::StreamLimits;
 use pollers::Pollers;
+use pulse::Pulse;
 use readiness::Readiness;
 use routes::AppState;
 use std::{future::Future, time::Duration};
@@ -83,10 +85,7 @@ pub async fn run(
         limits,
         readiness: readiness.clone(),
         viewers,
-        retry: config.retry,
-        keepalive: config.keepalive,
-        drain_spread: config.drain_spread,
-        shutdown: stop.clone(),
+        pulse: Pulse::start(config.keepalive, config.retry, config.drain_spread, stop.clone()),
         auth,
         max_events_per_stream: config.max_events_per_stream.into(),
     };

@@ -23,16 +23,15 @@
 
 use crate::{
     feeds::{Snapshot, Watch},
+    pulse::Follower,
     sse,
-    stream::Options,
+    stream::pulse_frame,
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{FutureExt, Stream, StreamExt, stream, stream::SelectAll};
 use livepush::{EventId, metrics::GaugeGuard};
-use rand::Rng;
 use std::{convert::Infallible, pin::Pin};
-use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 /// The default and the most of `--max-events-per-stream`. The most keeps a
 /// resume id within 2.7 KiB (see [`ResumeId`]) and a request's query within
@@ -246,18 +245,10 @@ fn follow(i: usize, watch: Watch) -> Changes {
 struct Conn {
     members: Members,
     changes: SelectAll<Changes>,
-    keepalive: Interval,
-    opts: Options,
+    pulse: Follower,
     opening: Option<(Bytes, u64)>,
     done: bool,
     _open: GaugeGuard,
-}
-
-impl Conn {
-    fn rearm(&mut self) {
-        let next = Instant::now() + self.opts.keepalive;
-        self.keepalive.reset_at(self.opts.deadline.map_or(next, |deadline| next.min(deadline)));
-    }
 }
 
 /// The SSE body of a multi-event stream: `retry:` and every event's latest
@@ -269,7 +260,7 @@ impl Conn {
 pub fn body(
     events: Vec<(EventId, Option<Watch>)>,
     last_event_id: Option<&str>,
-    opts: Options,
+    pulse: Follower,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + use<> {
     let ids: Vec<EventId> = events.iter().map(|(id, _)| id.clone()).collect();
     let list = ResumeId::list(&ids);
@@ -278,7 +269,7 @@ pub fn body(
         .map(|i| Sent { resume: resume.as_ref().map(|r| r[i]).filter(|&s| s > 0), ..Sent::default() })
         .collect();
     let mut members = Members { list, sent };
-    let mut opening = BytesMut::from(&sse::retry(opts.retry.as_millis() as u64)[..]);
+    let mut opening = BytesMut::from(&sse::retry(pulse.retry_ms())[..]);
     let mut frames = 0;
     let mut changes = SelectAll::new();
     for (i, (id, watch)) in events.into_iter().enumerate() {
@@ -294,17 +285,12 @@ pub fn body(
             changes.push(follow(i, watch));
         }
     }
-    let first_tick = Instant::now() + opts.keepalive;
-    let first_tick = opts.deadline.map_or(first_tick, |deadline| first_tick.min(deadline));
-    let mut keepalive = tokio::time::interval_at(first_tick, opts.keepalive);
-    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let metrics = livepush::metrics::edge();
     let done = changes.is_empty();
     let conn = Conn {
         members,
         changes,
-        keepalive,
-        opts,
+        pulse,
         opening: Some((opening.freeze(), frames)),
         done,
         _open: GaugeGuard::new(&metrics.streams_open),
@@ -320,21 +306,7 @@ pub fn body(
         }
         loop {
             tokio::select! {
-                _ = c.opts.shutdown.cancelled() => {
-                    c.done = true;
-                    metrics.drain_closed.increment(1);
-                    let spread = c.opts.drain_spread.as_millis() as u64;
-                    let delay = rand::rng().random_range(0..=spread);
-                    return Some((Ok(sse::retry(delay)), c));
-                }
-                _ = c.keepalive.tick() => {
-                    if c.opts.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                        c.done = true;
-                        return Some((Ok(sse::retry(c.opts.retry.as_millis() as u64)), c));
-                    }
-                    c.rearm();
-                    return Some((Ok(sse::KEEPALIVE), c));
-                }
+                due = c.pulse.due() => return Some((Ok(pulse_frame(due, &mut c.done)), c)),
                 change = c.changes.next() => {
                     let mut out = BytesMut::new();
                     let mut frames = 0;
@@ -353,7 +325,7 @@ pub fn body(
                         }
                     }
                     if !out.is_empty() {
-                        c.rearm();
+                        c.pulse.wrote();
                         metrics.updates_delivered.increment(frames);
                         return Some((Ok(out.freeze()), c));
                     }

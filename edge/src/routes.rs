@@ -7,8 +7,9 @@ use crate::{
     feeds::Feeds,
     limits::{Refused, StreamLimits},
     multi,
+    pulse::Pulse,
     readiness::Readiness,
-    stream::{self, Options},
+    stream,
     viewers::Viewers,
 };
 use axum::{
@@ -23,7 +24,6 @@ use futures_util::StreamExt;
 use livepush::{EventId, ViewerId};
 use serde::Deserialize;
 use std::{net::SocketAddr, time::Duration};
-use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// Longest query string accepted (`vid` and `lastEventId` need far less),
@@ -41,10 +41,9 @@ pub struct AppState {
     pub limits: StreamLimits,
     pub readiness: Readiness,
     pub viewers: Viewers,
-    pub retry: Duration,
-    pub keepalive: Duration,
-    pub drain_spread: Duration,
-    pub shutdown: CancellationToken,
+    /// `--retry` (sent first on every stream), keep-alives, token deadlines
+    /// and the drain of every stream.
+    pub pulse: Pulse,
     /// `--auth-secret-file`: streams need a watch token (`None`: open).
     pub auth: Option<Auth>,
     /// `--max-events-per-stream`: most events of one multi-event stream.
@@ -188,17 +187,11 @@ async fn live_stream(
         return StatusCode::NO_CONTENT.into_response();
     }
     let viewer = app.viewers.join(watch.event_id().clone(), vid);
-    let opts = Options {
-        retry: app.retry,
-        keepalive: app.keepalive,
-        drain_spread: app.drain_spread,
-        shutdown: app.shutdown.clone(),
-        deadline,
-    };
+    let pulse = app.pulse.follow(deadline);
     // The stream's permit and its viewer's presence live exactly as long as
     // the response body.
     let held = (permit, viewer);
-    let body = stream::body(watch, last_event_id, opts).map(move |chunk| {
+    let body = stream::body(watch, last_event_id, pulse).map(move |chunk| {
         let _ = &held;
         chunk
     });
@@ -295,15 +288,9 @@ async fn multi_stream(
         .filter(|(_, watch)| watch.is_some())
         .map(|(id, _)| app.viewers.join(id.clone(), vid.clone()))
         .collect();
-    let opts = Options {
-        retry: app.retry,
-        keepalive: app.keepalive,
-        drain_spread: app.drain_spread,
-        shutdown: app.shutdown.clone(),
-        deadline,
-    };
+    let pulse = app.pulse.follow(deadline);
     let held = (permit, viewers);
-    let body = multi::body(watches, last_event_id.as_deref(), opts).map(move |chunk| {
+    let body = multi::body(watches, last_event_id.as_deref(), pulse).map(move |chunk| {
         let _ = &held;
         chunk
     });

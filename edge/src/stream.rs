@@ -9,15 +9,13 @@
 
 use crate::{
     feeds::{Snapshot, Watch},
+    pulse::{Due, Follower},
     sse,
 };
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, stream};
 use livepush::metrics::GaugeGuard;
-use rand::Rng;
-use std::{convert::Infallible, time::Duration};
-use tokio::time::{Instant, Interval, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
+use std::convert::Infallible;
 
 /// Named events that `onmessage` ignores: the data may be outdated, it is
 /// fresh again, the event is over. (`presence` frames, `{"viewers":N}`, are
@@ -26,20 +24,6 @@ use tokio_util::sync::CancellationToken;
 pub const STALE: Bytes = Bytes::from_static(b"event: stale\ndata: {\"state\":\"stale\"}\n\n");
 pub const LIVE: Bytes = Bytes::from_static(b"event: live\ndata: {\"state\":\"live\"}\n\n");
 pub const END: Bytes = Bytes::from_static(b"event: end\ndata: {\"state\":\"ended\"}\n\n");
-
-pub struct Options {
-    pub retry: Duration,
-    pub keepalive: Duration,
-    /// On shutdown each browser is told to reconnect after a random delay in
-    /// `[0, drain_spread]`, so reconnects spread over the remaining edges.
-    pub drain_spread: Duration,
-    pub shutdown: CancellationToken,
-    /// With watch tokens: the token's expiry plus `--auth-grace`. The stream
-    /// then ends with `retry:`, and the browser reconnects with a fresh
-    /// token. One timer serves this and the keep-alives (see [`Conn::rearm`]),
-    /// so a stream holds nothing more than this instant for it.
-    pub deadline: Option<Instant>,
-}
 
 /// What [`Sent::catch_up`] has for the browser.
 #[derive(Debug)]
@@ -101,22 +85,14 @@ impl Sent {
 struct Conn {
     watch: Watch,
     sent: Sent,
-    keepalive: Interval,
-    opts: Options,
-    /// `retry:` and the current value, with the number of update frames in it.
-    opening: Option<(Bytes, u64)>,
+    pulse: Follower,
+    /// Nothing written yet: the opening (`retry:` and the current value) is
+    /// due. Built when first polled rather than kept from the start: every
+    /// stream's state is held for its whole life.
+    fresh: bool,
     done: bool,
     /// Counts the stream in `livepush_edge_streams_open` while it lives.
     _open: GaugeGuard,
-}
-
-impl Conn {
-    /// Sets the timer to the next keep-alive, or to the deadline if that
-    /// comes first.
-    fn rearm(&mut self) {
-        let next = Instant::now() + self.opts.keepalive;
-        self.keepalive.reset_at(self.opts.deadline.map_or(next, |deadline| next.min(deadline)));
-    }
 }
 
 /// The SSE body for one browser: `retry:` and the latest value at once (so
@@ -124,57 +100,38 @@ impl Conn {
 /// `last_event_id` is the browser's `Last-Event-ID`: when it is the current
 /// data's `seq`, the browser has that value and it is not sent again.
 pub fn body(
-    mut watch: Watch,
+    watch: Watch,
     last_event_id: Option<u64>,
-    opts: Options,
+    pulse: Follower,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
-    let snap = watch.rx.borrow_and_update().clone();
-    let mut sent = Sent { data_seq: 0, stale: false, viewers: None, resume: last_event_id };
-    let first = sent.catch_up(&snap);
-    let mut opening = BytesMut::from(&sse::retry(opts.retry.as_millis() as u64)[..]);
-    if let Some(bytes) = &first.bytes {
-        opening.extend_from_slice(bytes);
-    }
-    let first_tick = Instant::now() + opts.keepalive;
-    let first_tick = opts.deadline.map_or(first_tick, |deadline| first_tick.min(deadline));
-    let mut keepalive = tokio::time::interval_at(first_tick, opts.keepalive);
-    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let metrics = livepush::metrics::edge();
     let conn = Conn {
         watch,
-        sent,
-        keepalive,
-        opts,
-        opening: Some((opening.freeze(), first.frames)),
-        done: first.done,
+        sent: Sent { data_seq: 0, stale: false, viewers: None, resume: last_event_id },
+        pulse,
+        fresh: true,
+        done: false,
         _open: GaugeGuard::new(&metrics.streams_open),
     };
 
     stream::unfold(conn, move |mut c| async move {
-        if let Some((opening, frames)) = c.opening.take() {
-            metrics.updates_delivered.increment(frames);
-            return Some((Ok(opening), c));
+        if std::mem::take(&mut c.fresh) {
+            let snap = c.watch.rx.borrow_and_update().clone();
+            let first = c.sent.catch_up(&snap);
+            c.done = first.done;
+            let mut opening = BytesMut::from(&sse::retry(c.pulse.retry_ms())[..]);
+            if let Some(bytes) = &first.bytes {
+                opening.extend_from_slice(bytes);
+            }
+            metrics.updates_delivered.increment(first.frames);
+            return Some((Ok(opening.freeze()), c));
         }
         if c.done {
             return None;
         }
         loop {
             tokio::select! {
-                _ = c.opts.shutdown.cancelled() => {
-                    c.done = true;
-                    metrics.drain_closed.increment(1);
-                    let spread = c.opts.drain_spread.as_millis() as u64;
-                    let delay = rand::rng().random_range(0..=spread);
-                    return Some((Ok(sse::retry(delay)), c));
-                }
-                _ = c.keepalive.tick() => {
-                    if c.opts.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                        c.done = true;
-                        return Some((Ok(sse::retry(c.opts.retry.as_millis() as u64)), c));
-                    }
-                    c.rearm();
-                    return Some((Ok(sse::KEEPALIVE), c));
-                }
+                due = c.pulse.due() => return Some((Ok(pulse_frame(due, &mut c.done)), c)),
                 changed = c.watch.rx.changed() => {
                     if changed.is_err() {
                         return None;
@@ -183,7 +140,7 @@ pub fn body(
                     let CatchUp { bytes, frames, done } = c.sent.catch_up(&snap);
                     c.done = done;
                     if let Some(bytes) = bytes {
-                        c.rearm();
+                        c.pulse.wrote();
                         metrics.updates_delivered.increment(frames);
                         return Some((Ok(bytes), c));
                     }
@@ -194,6 +151,23 @@ pub fn body(
             }
         }
     })
+}
+
+/// The frame a beat of the clock asks for; `done` when the stream ends
+/// after it.
+pub fn pulse_frame(due: Due, done: &mut bool) -> Bytes {
+    match due {
+        Due::KeepAlive => sse::KEEPALIVE,
+        Due::Deadline(retry) => {
+            *done = true;
+            sse::retry(retry)
+        }
+        Due::Drain(retry) => {
+            *done = true;
+            livepush::metrics::edge().drain_closed.increment(1);
+            sse::retry(retry)
+        }
+    }
 }
 
 #[cfg(test)]
