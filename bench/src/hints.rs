@@ -51,6 +51,9 @@ use tokio::{net::TcpListener, task::JoinSet, time::Instant};
 const EVENT: &str = "hinted-1";
 /// Targets from the issue.
 const TARGET_HINT_P99_MS: f64 = 100.0;
+/// The poller's default `--min-hint-gap`: a hint's poll waits until this
+/// long after the previous hint's poll.
+const HINT_GAP: Duration = Duration::from_millis(250);
 /// How long a POST to the poller may take.
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the harness looks whether every browser has a change.
@@ -74,6 +77,13 @@ pub struct Args {
     /// poll now), `publish` (POST of the new document).
     #[arg(long, value_delimiter = ',', default_value = "none,hint,publish", value_parser = parse_variant)]
     variants: Vec<Variant>,
+
+    /// Shortest wait before a change (after the previous one reached every
+    /// browser): waits are uniform in `[min-change-gap, interval)`. The
+    /// poller holds a hint's poll until `--min-hint-gap` (250 ms) after the
+    /// previous hint's poll, so shorter waits measure that coalescing.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    min_change_gap: Duration,
 
     /// Seed of the random waits before changes [default: from the clock].
     #[arg(long)]
@@ -216,6 +226,11 @@ impl Rng {
     fn below(&mut self, d: Duration) -> Duration {
         d.mul_f64((self.next() >> 11) as f64 / (1u64 << 53) as f64)
     }
+
+    /// Uniform in `[low, high)` (`low` if the range is empty).
+    fn between(&mut self, low: Duration, high: Duration) -> Duration {
+        low + self.below(high.saturating_sub(low))
+    }
 }
 
 /// One change and how it reached the browsers.
@@ -229,6 +244,8 @@ struct Change {
     last_us: u64,
     /// Round trip of the POST to the poller (hint, publish).
     post_us: Option<u64>,
+    /// The random wait before it, after the previous change was delivered.
+    wait: Duration,
 }
 
 /// What one variant measured.
@@ -418,7 +435,8 @@ impl Session<'_> {
         let mut changes = Vec::new();
         let mut post_failures = Vec::new();
         for _ in 0..args.changes {
-            tokio::time::sleep(rng.below(args.interval)).await;
+            let wait = rng.between(args.min_change_gap, args.interval);
+            tokio::time::sleep(wait).await;
             let doc = media.change();
             let post_us = match variant {
                 Variant::None => None,
@@ -433,7 +451,7 @@ impl Session<'_> {
                 let reached = updates.first().map_or(0, |u| u.reached);
                 if reached >= args.browsers || Instant::now() >= waited {
                     let (first_us, last_us) = updates.first().map_or((0, 0), |u| (u.first_us, u.last_us));
-                    break Change { stamp_ms: doc.changed_at_ms, reached, first_us, last_us, post_us };
+                    break Change { stamp_ms: doc.changed_at_ms, reached, first_us, last_us, post_us, wait };
                 }
                 tokio::time::sleep(CHECK_EVERY).await;
             };
@@ -499,6 +517,12 @@ fn report(args: &Args, p: &Params, outcomes: &[Outcome], repeats: &[u64]) -> Rep
         .row("changes", "changes per variant", args.changes, "")
         .row("interval_s", "poll interval", Value::Float(args.interval.as_secs_f64(), 1), "s")
         .row("seed", "seed of the random waits", p.seed, "")
+        .row(
+            "min_change_gap_ms",
+            "waits before a change at least",
+            Value::Float(args.min_change_gap.as_secs_f64() * 1000.0, 0),
+            "ms",
+        )
         .row("connect_rate", "connect rate", args.load.connect_rate, "conn/s")
         .row("cores", "host cores (shared by all processes)", cores(), "")
         .row("media", "media service (in the harness)", format!("http://{}/live/{EVENT}", p.media_addr), "")
@@ -534,7 +558,22 @@ fn report(args: &Args, p: &Params, outcomes: &[Outcome], repeats: &[u64]) -> Rep
             }),
             "ms",
         )
-        .row_each("first_p50_ms", "change → first browser, p50", q(&first, 0.5), "ms");
+        .row_each("first_p50_ms", "change → first browser, p50", q(&first, 0.5), "ms")
+        .row_each(
+            "within_hint_gap",
+            "changes less than 250 ms after the previous one was delivered",
+            outcomes.iter().map(|o| o.changes.iter().filter(|c| c.wait < HINT_GAP).count()),
+            "",
+        )
+        .row_each(
+            "apart_max_ms",
+            "max over the other changes",
+            outcomes.iter().map(|o| {
+                let apart = sorted(o.changes.iter().filter(|c| c.wait >= HINT_GAP).map(|c| c.last_us));
+                quantile_ms(&apart, 1.0)
+            }),
+            "ms",
+        );
 
     let each = |f: &dyn Fn(&Snapshot) -> Option<f64>| {
         outcomes.iter().map(|o| f(&o.each).map_or(Value::Missing, |v| Value::Float(v, 1))).collect::<Vec<_>>()
