@@ -3,6 +3,11 @@
 //! poller: that is the load a real media service would see, queueing included,
 //! and it needs nothing from the poller's code.
 //!
+//! A single poll (`GET /live/{id}`) is one arrival; a batch poll
+//! (`GET /batch?ids=a,b,c`) is one arrival per id, the first marked as the
+//! start of a request, so per-event figures read the same either way and
+//! request figures count only the starts.
+//!
 //! Also the analysis of those arrivals over a measurement window: rate, how
 //! evenly polls spread over the poll interval, and how bursty they are at a
 //! finer grain.
@@ -23,7 +28,8 @@ use std::{
 /// this is only a backstop; arrivals beyond it are counted, not stored.
 pub const MAX_ARRIVALS: usize = 2_000_000;
 
-/// One `GET /live/{event_id}` request.
+/// One event polled: a `GET /live/{event_id}` request, or one id of a
+/// `GET /batch?ids=...` request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Arrival {
     /// When the request reached the router, in µs since [`Arrivals::origin`].
@@ -31,8 +37,10 @@ pub struct Arrival {
     /// Index of the event, from the scenario's id scheme; `u32::MAX` if the
     /// id was not one of the scenario's.
     pub event: u32,
-    /// Status of the answer.
+    /// Status of the answer (a batch's, for each of its ids).
     pub status: u16,
+    /// The first (or only) id of a request: counting these counts requests.
+    pub request: bool,
 }
 
 /// Shared log of arrivals; clones share it.
@@ -53,6 +61,16 @@ struct Log {
     dropped: u64,
 }
 
+impl Log {
+    fn push(&mut self, arrival: Arrival) {
+        if self.arrivals.len() < MAX_ARRIVALS {
+            self.arrivals.push(arrival);
+        } else {
+            self.dropped += 1;
+        }
+    }
+}
+
 impl Arrivals {
     /// An empty log; `index_of` maps an event id to the scenario's index.
     pub fn new(index_of: fn(&str) -> Option<u32>) -> Self {
@@ -65,7 +83,8 @@ impl Arrivals {
         u64::try_from(t.saturating_duration_since(self.inner.origin).as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// `router` with every `GET /live/...` request recorded.
+    /// `router` with every `GET /live/...` and `GET /batch?ids=...` request
+    /// recorded.
     pub fn wrap(&self, router: Router) -> Router {
         router.layer(middleware::from_fn_with_state(self.clone(), record))
     }
@@ -77,15 +96,6 @@ impl Arrivals {
         (log.arrivals.clone(), log.dropped)
     }
 
-    fn push(&self, arrival: Arrival) {
-        let mut log = self.log();
-        if log.arrivals.len() < MAX_ARRIVALS {
-            log.arrivals.push(arrival);
-        } else {
-            log.dropped += 1;
-        }
-    }
-
     fn log(&self) -> std::sync::MutexGuard<'_, Log> {
         // Pushing a Copy value cannot leave the log half-updated.
         self.inner.log.lock().unwrap_or_else(PoisonError::into_inner)
@@ -93,13 +103,42 @@ impl Arrivals {
 }
 
 async fn record(State(arrivals): State<Arrivals>, req: Request, next: Next) -> Response {
-    let live_id = (req.method() == Method::GET).then(|| req.uri().path().strip_prefix("/live/")).flatten();
-    let Some(id) = live_id else { return next.run(req).await };
-    let event = (arrivals.inner.index_of)(id).unwrap_or(u32::MAX);
+    let events = polled_events(&req, arrivals.inner.index_of);
+    if events.is_empty() {
+        return next.run(req).await;
+    }
     let at_us = arrivals.offset_us(Instant::now());
     let response = next.run(req).await;
-    arrivals.push(Arrival { at_us, event, status: response.status().as_u16() });
+    let status = response.status().as_u16();
+    let mut log = arrivals.log();
+    for (i, event) in events.into_iter().enumerate() {
+        log.push(Arrival { at_us, event, status, request: i == 0 });
+    }
     response
+}
+
+/// The events a request polls, as indices (`u32::MAX` for a foreign id):
+/// one for `GET /live/{id}`, one per id of `GET /batch?ids=a,b,c` (the
+/// scenarios' ids need no percent-decoding), none for anything else.
+fn polled_events(req: &Request, index_of: fn(&str) -> Option<u32>) -> Vec<u32> {
+    if req.method() != Method::GET {
+        return Vec::new();
+    }
+    let index = |id: &str| index_of(id).unwrap_or(u32::MAX);
+    let uri = req.uri();
+    if let Some(id) = uri.path().strip_prefix("/live/") {
+        return vec![index(id)];
+    }
+    if uri.path() == "/batch" {
+        let ids = uri.query().unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("ids="));
+        // A batch request without ids is still a request (media-sim answers
+        // 400): one foreign arrival.
+        return match ids {
+            Some(ids) if !ids.is_empty() => ids.split(',').map(index).collect(),
+            _ => vec![u32::MAX],
+        };
+    }
+    Vec::new()
 }
 
 /// Arrival offsets relative to `start_us`, of the arrivals in
@@ -135,6 +174,12 @@ pub fn phase_shares(window: &[Arrival], span_us: u64, interval_us: u64, buckets:
     (total > 0).then(|| counts.iter().map(|&c| c as f64 / total as f64).collect())
 }
 
+/// The arrivals that start a request: one per request to the media service,
+/// whether it polls one event or a batch.
+pub fn requests(window: &[Arrival]) -> Vec<Arrival> {
+    window.iter().filter(|a| a.request).copied().collect()
+}
+
 /// Number of arrivals in each consecutive `slot_us` slot of the window (only
 /// whole slots; a trailing partial slot is left out).
 pub fn slot_counts(window: &[Arrival], span_us: u64, slot_us: u64) -> Vec<u64> {
@@ -164,7 +209,9 @@ mod tests {
     use super::*;
 
     fn at(us: &[u64]) -> Vec<Arrival> {
-        us.iter().map(|&at_us| Arrival { at_us, event: (at_us % 3) as u32, status: 200 }).collect()
+        us.iter()
+            .map(|&at_us| Arrival { at_us, event: (at_us % 3) as u32, status: 200, request: true })
+            .collect()
     }
 
     #[test]
@@ -195,7 +242,21 @@ mod tests {
     #[test]
     fn per_event_ignores_foreign_ids() {
         let mut w = at(&[0, 1, 3]);
-        w.push(Arrival { at_us: 4, event: u32::MAX, status: 200 });
+        w.push(Arrival { at_us: 4, event: u32::MAX, status: 200, request: true });
         assert_eq!(per_event_counts(&w, 2), [2, 1]);
+    }
+
+    #[test]
+    fn batch_requests_count_once_and_poll_each_id() {
+        let index = |id: &str| id.strip_prefix("e").and_then(|n| n.parse().ok());
+        let get = |uri: &str| Request::builder().uri(uri).body(axum::body::Body::empty()).unwrap();
+        assert_eq!(polled_events(&get("/live/e7"), index), [7]);
+        assert_eq!(polled_events(&get("/batch?ids=e1,e2,x"), index), [1, 2, u32::MAX]);
+        assert_eq!(polled_events(&get("/batch?x=1&ids=e3"), index), [3]);
+        assert_eq!(polled_events(&get("/batch"), index), [u32::MAX]);
+        assert!(polled_events(&get("/stats"), index).is_empty());
+        let mut w = at(&[0, 10]);
+        w[1].request = false;
+        assert_eq!(requests(&w).len(), 1);
     }
 }

@@ -34,8 +34,21 @@ pub async fn post_json(
     body: &str,
     timeout: Duration,
 ) -> anyhow::Result<(u16, String)> {
+    post_json_with(addr, path, &[], body, timeout).await
+}
+
+/// [`post_json`] with extra `headers` (name, value), e.g. an
+/// `Authorization` for the poller's change hints.
+pub async fn post_json_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra}\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );

@@ -13,6 +13,7 @@ mod child;
 mod churn;
 mod failover;
 mod fanout;
+mod hints;
 mod histogram;
 mod httpc;
 mod nchan;
@@ -64,6 +65,11 @@ enum Scenario {
     /// browsers, two edges, three pollers): time until every browser of its
     /// events receives fresh data again, ids, reconnects, polls per event.
     Failover(failover::Args),
+    /// Change to browser with 1,000 browsers on one event: regular polls
+    /// alone, a change hint, a direct publish (random changes, one session):
+    /// time from the media service's change to the last browser and to
+    /// each browser.
+    Hints(hints::Args),
     /// N viewers polling media-sim directly versus the same viewers through
     /// livepush: upstream requests/s and bytes/s, measured at media-sim.
     Polling(polling::Args),
@@ -88,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Churn(args) => churn::run(args).await,
             Scenario::Failover(args) => failover::run(args).await,
             Scenario::Polling(args) => polling::run(args).await,
+            Scenario::Hints(args) => hints::run(args).await,
             Scenario::SseLoad(args) => attach::run(args).await,
             Scenario::Nchan(args) => nchan::run(args).await,
         }

@@ -13,6 +13,13 @@
 //! stream has its first value (the poller's first poll of each event happens
 //! at once), wait one more interval so the poll phases settle, then measure
 //! for `--duration`.
+//!
+//! `--batch-size` compares polling modes in one session: `off` (one
+//! `GET /live/{id}` per event, the default) and/or batch sizes, each a fresh
+//! poller given `--media-batch-url .../batch?ids={event_ids} --batch-size N`
+//! against the same media-sim. Each mode is a column of the report; a batch
+//! request counts as one request to the media service, and each of its ids
+//! as one poll of that event.
 
 use crate::{
     arrivals::{self, Arrival, Arrivals},
@@ -71,9 +78,51 @@ pub struct Args {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pending_subscribes: u32,
 
+    /// Polling modes to measure, one after the other with a fresh poller:
+    /// `off` (one request per event) or a batch size N (the poller gets
+    /// `--media-batch-url` and `--batch-size N`); e.g. `off,100`.
+    #[arg(long, value_delimiter = ',', default_value = "off", value_parser = parse_mode)]
+    batch_size: Vec<Mode>,
+
     /// The poller binary [default: <workspace>/target/release/poller].
     #[arg(long, value_name = "PATH")]
     poller_bin: Option<PathBuf>,
+}
+
+/// How the poller asks the media service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One `GET /live/{id}` per event per interval.
+    Single,
+    /// `GET /batch?ids=...` with at most this many ids.
+    Batch(u32),
+}
+
+impl Mode {
+    fn column(self) -> String {
+        match self {
+            Self::Single => "one per event".to_owned(),
+            Self::Batch(n) => format!("batch {n}"),
+        }
+    }
+
+    /// Requests per interval if every event is polled once per interval.
+    fn requests_per_interval(self, events: u32) -> f64 {
+        match self {
+            Self::Single => f64::from(events),
+            Self::Batch(n) => f64::from(events.div_ceil(n)),
+        }
+    }
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    match s.trim() {
+        "off" => Ok(Mode::Single),
+        n => match n.parse::<u32>() {
+            Ok(n) if (1..=media_sim::sim::MAX_BATCH).contains(&(n as usize)) => Ok(Mode::Batch(n)),
+            _ => Err(format!("{n:?}: `off` or a batch size from 1 to {}", media_sim::sim::MAX_BATCH)),
+        },
+    }
 }
 
 fn at_least_1ms(s: &str) -> Result<Duration, String> {
@@ -123,8 +172,36 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let app = arrivals.wrap(media_sim::app(sim.clone()));
     background.spawn(async move { axum::serve(listener, app).await });
 
+    let mut runs = Vec::new();
+    for &mode in &args.batch_size {
+        eprintln!("poller: {}", mode.column());
+        runs.push(measure(&args, &poller_bin, mode, sim_addr, &arrivals).await?);
+    }
+    background.shutdown().await;
+
+    let mut report = report(&args, &runs);
+    let (_, dropped) = arrivals.snapshot();
+    if dropped > 0 {
+        report.note(format!("{dropped} arrivals beyond {} were not recorded", arrivals::MAX_ARRIVALS));
+    }
+    for run in &runs {
+        for note in &run.notes {
+            report.note(format!("{}: {note}", run.mode.column()));
+        }
+    }
+    Ok(report)
+}
+
+/// One polling mode's run: a fresh poller against the shared media-sim.
+async fn measure(
+    args: &Args,
+    poller_bin: &std::path::Path,
+    mode: Mode,
+    sim_addr: SocketAddr,
+    arrivals: &Arrivals,
+) -> anyhow::Result<Run> {
     let grpc_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-    let poller_args = vec![
+    let mut poller_args = vec![
         "--listen".to_owned(),
         grpc_addr.to_string(),
         "--media-url".to_owned(),
@@ -136,7 +213,15 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         "--shutdown-timeout".to_owned(),
         POLLER_SHUTDOWN_TIMEOUT.to_owned(),
     ];
-    let mut cmd = Command::new(&poller_bin);
+    if let Mode::Batch(n) = mode {
+        poller_args.extend([
+            "--media-batch-url".to_owned(),
+            format!("http://{sim_addr}/batch?ids={{event_ids}}"),
+            "--batch-size".to_owned(),
+            n.to_string(),
+        ]);
+    }
+    let mut cmd = Command::new(poller_bin);
     cmd.args(&poller_args).env("RUST_LOG", "warn");
     // Only the flags above count: no POLLER_* setting leaks in from our
     // environment, so the reported command is the whole configuration.
@@ -181,11 +266,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     let warm = procstat::sample(pid)?;
     let me_start = procstat::sample(std::process::id())?;
+    let host_start = procstat::host_busy_seconds()?;
     let window_start = Instant::now();
     let updates_start = fleet.updates();
     tokio::time::sleep_until(window_start + args.duration).await;
     let end = procstat::sample(pid)?;
     let me_end = procstat::sample(std::process::id())?;
+    let host_end = procstat::host_busy_seconds()?;
     let elapsed = window_start.elapsed();
     let updates = fleet.updates() - updates_start;
     let (ended, failed) = fleet.finished();
@@ -195,34 +282,31 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let stuck = fleet.stop(Duration::from_secs(5)).await;
     drop(channels);
     let exit = poller.stop().await?;
-    background.shutdown().await;
 
-    let (log, dropped) = arrivals.snapshot();
+    let (log, _) = arrivals.snapshot();
     let window = arrivals::window(&log, arrivals.offset_us(window_start.into_std()), micros(args.duration));
-    let figures = Figures {
-        args: &args,
-        window: &window,
-        first_values_after,
-        updates,
-        procs: Procs { idle, warm, end, elapsed, me_start, me_end },
-    };
-    let mut report = figures.report(&poller_cmd);
-    if dropped > 0 {
-        report.note(format!("{dropped} arrivals beyond {} were not recorded", arrivals::MAX_ARRIVALS));
-    }
+    let mut notes = Vec::new();
     if ended + failed > 0 {
-        report.note(format!(
+        notes.push(format!(
             "{ended} streams ended and {failed} failed during the window (first error: {})",
             first_error.as_deref().unwrap_or("none")
         ));
     }
     if stuck > 0 {
-        report.note(format!("{stuck} stream tasks did not stop within 5 s and were aborted"));
+        notes.push(format!("{stuck} stream tasks did not stop within 5 s and were aborted"));
     }
     if !exit.success() {
-        report.note(format!("the poller exited with {exit} after SIGTERM"));
+        notes.push(format!("the poller exited with {exit} after SIGTERM"));
     }
-    Ok(report)
+    Ok(Run {
+        mode,
+        poller_cmd,
+        window,
+        first_values_after,
+        updates,
+        procs: Procs { idle, warm, end, elapsed, me_start, me_end, host_busy: host_end - host_start },
+        notes,
+    })
 }
 
 /// Waits until the poller accepts gRPC, then opens one connection per
@@ -281,167 +365,258 @@ struct Procs {
     elapsed: Duration,
     me_start: Sample,
     me_end: Sample,
+    /// Host CPU seconds busy (all programs) during the window.
+    host_busy: f64,
 }
 
-struct Figures<'a> {
-    args: &'a Args,
-    /// Arrivals in the window, window-relative and sorted.
-    window: &'a [Arrival],
+/// What one polling mode's run measured.
+struct Run {
+    mode: Mode,
+    poller_cmd: String,
+    /// Arrivals (polled ids) in the window, window-relative and sorted.
+    window: Vec<Arrival>,
     first_values_after: Duration,
     updates: u64,
     procs: Procs,
+    notes: Vec<String>,
 }
 
-impl Figures<'_> {
-    fn report(&self, poller_cmd: &str) -> Report {
-        let a = self.args;
-        let secs = a.duration.as_secs_f64();
-        let span = micros(a.duration);
-        let requests = self.window.len() as u64;
-        let rps = requests as f64 / secs;
-        let expected = f64::from(a.events) / a.interval.as_secs_f64();
-        let intervals = secs / a.interval.as_secs_f64();
-        let per_event = arrivals::per_event_counts(self.window, a.events);
-        let status = |code: u16| self.window.iter().filter(|w| w.status == code).count();
-        let slots = arrivals::slot_counts(self.window, span, micros(SLOT));
+/// The figures of one run, computed once for the columns of the report.
+struct Figures {
+    requests: u64,
+    batch_requests: u64,
+    rps: f64,
+    expected_rps: f64,
+    id_polls: u64,
+    status: [u64; 3],
+    polls_per_event_per_interval: f64,
+    event_polls_min: u32,
+    event_polls_max: u32,
+    events_unpolled: usize,
+    phase_shares: Option<Vec<f64>>,
+    slots: Vec<u64>,
+    slot_mean: f64,
+    cpu: f64,
+    wall: f64,
+    me_cpu: f64,
+    others_cpu: f64,
+}
+
+impl Figures {
+    fn of(args: &Args, run: &Run) -> Self {
+        let secs = args.duration.as_secs_f64();
+        let span = micros(args.duration);
+        let requests = arrivals::requests(&run.window);
+        let batch_requests = if matches!(run.mode, Mode::Batch(_)) { requests.len() as u64 } else { 0 };
+        let per_event = arrivals::per_event_counts(&run.window, args.events);
+        let status = |code: u16| run.window.iter().filter(|w| w.status == code).count() as u64;
+        let (ok, not_modified) = (status(200), status(304));
+        let slots = arrivals::slot_counts(&requests, span, micros(SLOT));
         let slot_mean = slots.iter().sum::<u64>() as f64 / slots.len().max(1) as f64;
-        let p = &self.procs;
+        let p = &run.procs;
         let cpu = p.end.cpu_seconds - p.warm.cpu_seconds;
-        let wall = p.elapsed.as_secs_f64();
         let me_cpu = p.me_end.cpu_seconds - p.me_start.cpu_seconds;
-
-        let mut r = Report::new(
-            "poller",
-            format!(
-                "livepush-bench poller: {} events, interval {}, measured {}",
-                a.events,
-                humantime::format_duration(a.interval),
-                humantime::format_duration(a.duration)
-            ),
-        );
-        r.section("params", "parameters")
-            .row("events", "events watched (1 gRPC stream each)", a.events, "")
-            .row("interval_s", "poll interval", Value::Float(a.interval.as_secs_f64(), 3), "s")
-            .row("duration_s", "measurement window", Value::Float(secs, 3), "s")
-            .row(
-                "change_every_s",
-                "media-sim data changes every",
-                Value::Float(a.change_every.as_secs_f64(), 3),
-                "s",
-            )
-            .row("streams_per_channel", "gRPC streams per connection", STREAMS_PER_CHANNEL, "")
-            .row("pending_subscribes", "subscribe calls in flight per connection", a.pending_subscribes, "")
-            .row("cores", "host cores (shared by poller and harness)", cores(), "")
-            .row("poller_cmd", "poller command", poller_cmd, "");
-
-        r.section("warmup", "warm-up")
-            .row(
-                "first_values_s",
-                "every stream has its first value after",
-                Value::Float(self.first_values_after.as_secs_f64(), 2),
-                "s",
-            )
-            .row("settle_s", "then waited (phases settle)", Value::Float(a.interval.as_secs_f64(), 3), "s");
-
-        r.section("upstream", "upstream, as media-sim saw it during the window")
-            .row("requests", "GET /live requests", requests, "")
-            .row("requests_per_s", "requests/s", Value::Float(rps, 1), "req/s")
-            .row("expected_per_s", "expected (events / interval)", Value::Float(expected, 1), "req/s")
-            .row("ratio", "measured / expected", Value::Float(rps / expected, 3), "")
-            .row("status_200", "answers 200 (data changed)", status(200), "")
-            .row("status_304", "answers 304 (not modified)", status(304), "")
-            .row("status_other", "other answers", self.window.len() - status(200) - status(304), "")
-            .row(
-                "polls_per_event_per_interval",
-                "polls per event per interval",
-                Value::Float(requests as f64 / f64::from(a.events) / intervals, 3),
-                "",
-            )
-            .row("event_polls_min", "polls of the least-polled event", min_or_zero(&per_event), "")
-            .row(
-                "event_polls_max",
-                "polls of the most-polled event",
-                per_event.iter().copied().max().unwrap_or(0),
-                "",
-            )
-            .row(
-                "events_unpolled",
-                "events not polled at all",
-                per_event.iter().filter(|&&c| c == 0).count(),
-                "",
-            );
-
-        r.section("spread", "spread of poll arrivals");
-        match arrivals::phase_shares(self.window, span, micros(a.interval), PHASE_BUCKETS) {
-            Some(shares) => {
-                let pct = |x: f64| Value::Float(100.0 * x, 2);
-                r.row(
-                    "phase_share_min_pct",
-                    "smallest tenth-of-interval share (ideal 10)",
-                    pct(fold(&shares, f64::min)),
-                    "%",
-                )
-                .row(
-                    "phase_share_max_pct",
-                    "largest tenth-of-interval share (ideal 10)",
-                    pct(fold(&shares, f64::max)),
-                    "%",
-                );
-            }
-            None => {
-                r.row(
-                    "phase_share",
-                    "tenth-of-interval shares",
-                    "n/a (window shorter than one interval)",
-                    "",
-                );
-            }
+        let intervals = secs / args.interval.as_secs_f64();
+        Self {
+            requests: requests.len() as u64,
+            batch_requests,
+            rps: requests.len() as f64 / secs,
+            expected_rps: run.mode.requests_per_interval(args.events) / args.interval.as_secs_f64(),
+            id_polls: run.window.len() as u64,
+            status: [ok, not_modified, run.window.len() as u64 - ok - not_modified],
+            polls_per_event_per_interval: run.window.len() as f64 / f64::from(args.events) / intervals,
+            event_polls_min: min_or_zero(&per_event),
+            event_polls_max: per_event.iter().copied().max().unwrap_or(0),
+            events_unpolled: per_event.iter().filter(|&&c| c == 0).count(),
+            phase_shares: arrivals::phase_shares(&requests, span, micros(args.interval), PHASE_BUCKETS),
+            slot_mean,
+            slots,
+            cpu,
+            wall: p.elapsed.as_secs_f64(),
+            me_cpu,
+            others_cpu: (p.host_busy - cpu - me_cpu).max(0.0),
         }
-        r.row("slot_mean", "requests per 100 ms slot, mean", Value::Float(slot_mean, 1), "")
-            .row("slot_min", "requests per 100 ms slot, min", min_or_zero(&slots), "")
-            .row("slot_max", "requests per 100 ms slot, max", slots.iter().copied().max().unwrap_or(0), "")
-            .row(
-                "slot_max_over_mean",
-                "busiest slot / mean",
-                Value::Float(
-                    slots.iter().copied().max().unwrap_or(0) as f64 / slot_mean.max(f64::MIN_POSITIVE),
-                    2,
-                ),
-                "",
-            );
-
-        r.section("subscribers", "subscribers")
-            .row("updates", "updates received in the window", self.updates, "")
-            .row("updates_per_s", "updates/s", Value::Float(self.updates as f64 / wall, 1), "upd/s");
-
-        r.section("poller", "poller process")
-            .row("cpu_s", "CPU time in the window", Value::Float(cpu, 2), "s")
-            .row("cpu_pct_core", "CPU, % of one core", Value::Float(100.0 * cpu / wall, 1), "%")
-            .row(
-                "cpu_us_per_poll",
-                "CPU per upstream poll",
-                Value::Float(1e6 * cpu / requests.max(1) as f64, 1),
-                "µs",
-            )
-            .row("rss_idle_mib", "RSS idle (before subscribing)", mib(p.idle.rss_bytes), "MiB")
-            .row("rss_warm_mib", "RSS after warm-up", mib(p.warm.rss_bytes), "MiB")
-            .row("rss_end_mib", "RSS at the end", mib(p.end.rss_bytes), "MiB")
-            .row("rss_peak_mib", "peak RSS (VmHWM)", mib(p.end.peak_rss_bytes), "MiB")
-            .row(
-                "rss_per_event_kib",
-                "RSS per watched event (warm - idle)",
-                Value::Float(
-                    p.warm.rss_bytes.saturating_sub(p.idle.rss_bytes) as f64 / 1024.0 / f64::from(a.events),
-                    2,
-                ),
-                "KiB",
-            );
-
-        r.section("harness", "harness process (media-sim + subscribers)")
-            .row("cpu_pct_core", "CPU, % of one core", Value::Float(100.0 * me_cpu / wall, 1), "%")
-            .row("rss_end_mib", "RSS at the end", mib(p.me_end.rss_bytes), "MiB");
-        r
     }
+}
+
+fn report(a: &Args, runs: &[Run]) -> Report {
+    let figs: Vec<Figures> = runs.iter().map(|r| Figures::of(a, r)).collect();
+    let each = |f: &dyn Fn(&Figures) -> Value| figs.iter().map(f).collect::<Vec<Value>>();
+    let each_run = |f: &dyn Fn(&Run) -> Value| runs.iter().map(f).collect::<Vec<Value>>();
+    let pct = |x: f64| Value::Float(100.0 * x, 2);
+    let secs = a.duration.as_secs_f64();
+
+    let mut r = Report::new(
+        "poller",
+        format!(
+            "livepush-bench poller: {} events, interval {}, measured {}, {}",
+            a.events,
+            humantime::format_duration(a.interval),
+            humantime::format_duration(a.duration),
+            runs.iter().map(|r| r.mode.column()).collect::<Vec<_>>().join(" vs ")
+        ),
+    );
+    r.columns(runs.iter().map(|r| r.mode.column()).collect());
+    r.section("params", "parameters")
+        .row("events", "events watched (1 gRPC stream each)", a.events, "")
+        .row("interval_s", "poll interval", Value::Float(a.interval.as_secs_f64(), 3), "s")
+        .row("duration_s", "measurement window", Value::Float(secs, 3), "s")
+        .row(
+            "change_every_s",
+            "media-sim data changes every",
+            Value::Float(a.change_every.as_secs_f64(), 3),
+            "s",
+        )
+        .row("streams_per_channel", "gRPC streams per connection", STREAMS_PER_CHANNEL, "")
+        .row("pending_subscribes", "subscribe calls in flight per connection", a.pending_subscribes, "")
+        .row("cores", "host cores (shared by poller and harness)", cores(), "")
+        .row("poller_cmd", "poller command (first column; ports vary)", runs[0].poller_cmd.as_str(), "");
+    if let Some(run) = runs.iter().find(|r| matches!(r.mode, Mode::Batch(_))) {
+        let flags = run.poller_cmd.find(" --media-batch-url").map_or("", |i| run.poller_cmd[i + 1..].trim());
+        r.row("batch_flags", "batched columns add", flags, "");
+    }
+
+    r.section("warmup", "warm-up")
+        .row_each(
+            "first_values_s",
+            "every stream has its first value after",
+            each_run(&|run| Value::Float(run.first_values_after.as_secs_f64(), 2)),
+            "s",
+        )
+        .row("settle_s", "then waited (phases settle)", Value::Float(a.interval.as_secs_f64(), 3), "s");
+
+    r.section("upstream", "upstream, as media-sim saw it during the window")
+        .row_each("requests", "requests (GET /live + GET /batch)", each(&|f| f.requests.into()), "")
+        .row_each("batch_requests", "of which GET /batch", each(&|f| f.batch_requests.into()), "")
+        .row_each("requests_per_s", "requests/s", each(&|f| Value::Float(f.rps, 1)), "req/s")
+        .row_each(
+            "expected_per_s",
+            "expected (requests per interval / interval)",
+            each(&|f| Value::Float(f.expected_rps, 1)),
+            "req/s",
+        )
+        .row_each("ratio", "measured / expected", each(&|f| Value::Float(f.rps / f.expected_rps, 3)), "")
+        .row_each("id_polls", "events polled (ids over all requests)", each(&|f| f.id_polls.into()), "")
+        .row_each(
+            "ids_per_request",
+            "ids per request, mean",
+            each(&|f| Value::Float(f.id_polls as f64 / f.requests.max(1) as f64, 1)),
+            "",
+        )
+        .row_each("status_200", "polled ids answered 200 (data changed)", each(&|f| f.status[0].into()), "")
+        .row_each("status_304", "polled ids answered 304 (not modified)", each(&|f| f.status[1].into()), "")
+        .row_each("status_other", "polled ids with other answers", each(&|f| f.status[2].into()), "")
+        .row_each(
+            "polls_per_event_per_interval",
+            "polls per event per interval",
+            each(&|f| Value::Float(f.polls_per_event_per_interval, 3)),
+            "",
+        )
+        .row_each(
+            "event_polls_min",
+            "polls of the least-polled event",
+            each(&|f| f.event_polls_min.into()),
+            "",
+        )
+        .row_each(
+            "event_polls_max",
+            "polls of the most-polled event",
+            each(&|f| f.event_polls_max.into()),
+            "",
+        )
+        .row_each("events_unpolled", "events not polled at all", each(&|f| f.events_unpolled.into()), "");
+
+    r.section("spread", "spread of requests over time")
+        .row_each(
+            "phase_share_min_pct",
+            "smallest tenth-of-interval share of requests (ideal 10)",
+            each(&|f| f.phase_shares.as_ref().map_or(Value::Missing, |s| pct(fold(s, f64::min)))),
+            "%",
+        )
+        .row_each(
+            "phase_share_max_pct",
+            "largest tenth-of-interval share of requests (ideal 10)",
+            each(&|f| f.phase_shares.as_ref().map_or(Value::Missing, |s| pct(fold(s, f64::max)))),
+            "%",
+        )
+        .row_each("slot_mean", "requests per 100 ms slot, mean", each(&|f| Value::Float(f.slot_mean, 1)), "")
+        .row_each("slot_min", "requests per 100 ms slot, min", each(&|f| min_or_zero(&f.slots).into()), "")
+        .row_each(
+            "slot_max",
+            "requests per 100 ms slot, max",
+            each(&|f| f.slots.iter().copied().max().unwrap_or(0).into()),
+            "",
+        )
+        .row_each(
+            "slot_max_over_mean",
+            "busiest slot / mean",
+            each(&|f| {
+                let max = f.slots.iter().copied().max().unwrap_or(0) as f64;
+                Value::Float(max / f.slot_mean.max(f64::MIN_POSITIVE), 2)
+            }),
+            "",
+        );
+
+    r.section("subscribers", "subscribers")
+        .row_each("updates", "updates received in the window", each_run(&|run| run.updates.into()), "")
+        .row_each(
+            "updates_per_s",
+            "updates/s",
+            figs.iter().zip(runs).map(|(f, run)| Value::Float(run.updates as f64 / f.wall, 1)),
+            "upd/s",
+        );
+
+    let mib_of = |get: fn(&Procs) -> u64| each_run(&|run| mib(get(&run.procs)));
+    r.section("poller", "poller process")
+        .row_each("cpu_s", "CPU time in the window", each(&|f| Value::Float(f.cpu, 2)), "s")
+        .row_each(
+            "cpu_pct_core",
+            "CPU, % of one core",
+            each(&|f| Value::Float(100.0 * f.cpu / f.wall, 1)),
+            "%",
+        )
+        .row_each(
+            "cpu_us_per_poll",
+            "CPU per polled event",
+            each(&|f| Value::Float(1e6 * f.cpu / f.id_polls.max(1) as f64, 1)),
+            "µs",
+        )
+        .row_each(
+            "cpu_us_per_request",
+            "CPU per upstream request",
+            each(&|f| Value::Float(1e6 * f.cpu / f.requests.max(1) as f64, 1)),
+            "µs",
+        )
+        .row_each("rss_idle_mib", "RSS idle (before subscribing)", mib_of(|p| p.idle.rss_bytes), "MiB")
+        .row_each("rss_warm_mib", "RSS after warm-up", mib_of(|p| p.warm.rss_bytes), "MiB")
+        .row_each("rss_end_mib", "RSS at the end", mib_of(|p| p.end.rss_bytes), "MiB")
+        .row_each("rss_peak_mib", "peak RSS (VmHWM)", mib_of(|p| p.end.peak_rss_bytes), "MiB")
+        .row_each(
+            "rss_per_event_kib",
+            "RSS per watched event (warm - idle)",
+            each_run(&|run| {
+                let p = &run.procs;
+                let delta = p.warm.rss_bytes.saturating_sub(p.idle.rss_bytes) as f64;
+                Value::Float(delta / 1024.0 / f64::from(a.events), 2)
+            }),
+            "KiB",
+        );
+
+    r.section("harness", "harness process (media-sim + subscribers)")
+        .row_each(
+            "cpu_pct_core",
+            "CPU, % of one core",
+            each(&|f| Value::Float(100.0 * f.me_cpu / f.wall, 1)),
+            "%",
+        )
+        .row_each("rss_end_mib", "RSS at the end", mib_of(|p| p.me_end.rss_bytes), "MiB");
+    r.section("host", "host").row_each(
+        "others_pct_core",
+        "other programs on the host (competing), % of one core",
+        each(&|f| Value::Float(100.0 * f.others_cpu / f.wall, 1)),
+        "%",
+    );
+    r
 }
 
 fn min_or_zero<T: Copy + Ord + Default>(xs: &[T]) -> T {

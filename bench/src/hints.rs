@@ -1,0 +1,682 @@
+//! Scenario `hints`: how long a change at the media service takes to reach
+//! browsers, with the poller's regular polls alone, with a change hint, and
+//! with a direct publish (issue 16).
+//!
+//! The media service is served here (an axum router answering
+//! `GET /live/{id}` with the current document, ETags and 304s included), so
+//! the harness knows the instant each change happens. Every document
+//! carries that instant as `served_at_ms`, the stamp the SSE load generator
+//! ([`crate::sse_load`]) measures from: its latencies are then "change →
+//! browser", and its per-update records give the last browser of each
+//! change. One real poller (`--publish-token-file`) and one real edge run as
+//! processes; the browsers all watch one event.
+//!
+//! Each variant makes `--changes` changes, one at a time: wait a random time
+//! in `[0, interval)` (so changes land at random points of the poll cycle),
+//! change the document, then
+//! - `none`: nothing more; the next regular poll finds it,
+//! - `hint`: `POST /events/{id}/changed` with an empty body (poll now),
+//! - `publish`: `POST /events/{id}/changed` with the new document,
+//!
+//! and wait until every browser has the new value (or the limit passes).
+//! All variants run in one session against the same processes and browsers.
+
+use crate::{
+    arrivals::{self, Arrivals},
+    histogram::Snapshot,
+    httpc,
+    procstat::{self, Sample},
+    push::LoadArgs,
+    report::{Report, Value},
+    sse_load::{self, Counters, Load, Plan},
+    stack::{self, BinArgs},
+};
+use anyhow::{Context, bail, ensure};
+use axum::{
+    Router,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+use tokio::{net::TcpListener, task::JoinSet, time::Instant};
+
+/// The one event every browser watches.
+const EVENT: &str = "hinted-1";
+/// Targets from the issue.
+const TARGET_HINT_P99_MS: f64 = 100.0;
+/// The poller's default `--min-hint-gap`: a hint's poll waits until this
+/// long after the previous hint's poll.
+const HINT_GAP: Duration = Duration::from_millis(250);
+/// How long a POST to the poller may take.
+const POST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the harness looks whether every browser has a change.
+const CHECK_EVERY: Duration = Duration::from_millis(2);
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// SSE browsers, all on one event, on one edge.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=18_000))]
+    browsers: u32,
+
+    /// Changes made in each variant.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    changes: u32,
+
+    /// The poller's --interval.
+    #[arg(long, default_value = "5s", value_parser = crate::push::at_least_1s)]
+    interval: Duration,
+
+    /// Variants, in order: `none` (regular polls only), `hint` (empty POST:
+    /// poll now), `publish` (POST of the new document).
+    #[arg(long, value_delimiter = ',', default_value = "none,hint,publish", value_parser = parse_variant)]
+    variants: Vec<Variant>,
+
+    /// Shortest wait before a change (after the previous one reached every
+    /// browser): waits are uniform in `[min-change-gap, interval)`. The
+    /// poller holds a hint's poll until `--min-hint-gap` (250 ms) after the
+    /// previous hint's poll, so shorter waits measure that coalescing.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    min_change_gap: Duration,
+
+    /// Seed of the random waits before changes [default: from the clock].
+    #[arg(long)]
+    seed: Option<u64>,
+
+    #[command(flatten)]
+    load: LoadArgs,
+
+    #[command(flatten)]
+    bins: BinArgs,
+}
+
+/// What the media service does after changing the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    None,
+    Hint,
+    Publish,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "no hint",
+            Self::Hint => "hint",
+            Self::Publish => "publish",
+        }
+    }
+}
+
+fn parse_variant(s: &str) -> Result<Variant, String> {
+    match s.trim() {
+        "none" => Ok(Variant::None),
+        "hint" => Ok(Variant::Hint),
+        "publish" => Ok(Variant::Publish),
+        other => Err(format!("{other:?}: one of none, hint, publish")),
+    }
+}
+
+/// The media service's document for [`EVENT`]: a handle over the current
+/// version, changed by the harness and read by the routes.
+#[derive(Clone)]
+struct Media {
+    doc: Arc<Mutex<Doc>>,
+}
+
+#[derive(Clone)]
+struct Doc {
+    version: u64,
+    /// Unix ms of the change that made this version (also in the body).
+    changed_at_ms: u64,
+    body: String,
+}
+
+impl Doc {
+    fn new(version: u64, changed_at_ms: u64) -> Self {
+        let body = format!(r#"{{"event":"{EVENT}","version":{version},"served_at_ms":{changed_at_ms}}}"#);
+        Self { version, changed_at_ms, body }
+    }
+
+    fn etag(&self) -> String {
+        format!("\"v{}\"", self.version)
+    }
+}
+
+impl Media {
+    fn new() -> Self {
+        Self { doc: Arc::new(Mutex::new(Doc::new(0, sse_load::unix_micros() / 1000))) }
+    }
+
+    fn current(&self) -> Doc {
+        // Replacing a value cannot leave it half-updated.
+        self.doc.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Makes a new version, stamped now, and returns it.
+    fn change(&self) -> Doc {
+        let mut doc = self.doc.lock().unwrap_or_else(PoisonError::into_inner);
+        // Two changes within one ms would share a stamp: keep stamps distinct.
+        let now_ms = (sse_load::unix_micros() / 1000).max(doc.changed_at_ms + 1);
+        *doc = Doc::new(doc.version + 1, now_ms);
+        doc.clone()
+    }
+
+    fn app(&self) -> Router {
+        Router::new().route("/live/{event_id}", get(live)).with_state(self.clone())
+    }
+}
+
+async fn live(State(media): State<Media>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    if id != EVENT {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let doc = media.current();
+    let etag = doc.etag();
+    let etag_value = HeaderValue::from_str(&etag).expect("an ASCII ETag");
+    if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes()) {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response();
+    }
+    let json = HeaderValue::from_static("application/json");
+    (StatusCode::OK, [(header::CONTENT_TYPE, json), (header::ETAG, etag_value)], doc.body).into_response()
+}
+
+/// A token file for the poller's `--publish-token-file`, removed on drop.
+struct TokenFile {
+    path: PathBuf,
+    token: String,
+}
+
+impl TokenFile {
+    fn create() -> anyhow::Result<Self> {
+        let nonce = sse_load::unix_micros();
+        let token = format!("bench-{nonce:x}-{:x}", std::process::id());
+        let path =
+            std::env::temp_dir().join(format!("livepush-bench-hints-{}-{nonce}.token", std::process::id()));
+        std::fs::write(&path, format!("{token}\n")).with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self { path, token })
+    }
+}
+
+impl Drop for TokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// SplitMix64: reproducible random waits from `--seed`, without a crate.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, d)`.
+    fn below(&mut self, d: Duration) -> Duration {
+        d.mul_f64((self.next() >> 11) as f64 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in `[low, high)` (`low` if the range is empty).
+    fn between(&mut self, low: Duration, high: Duration) -> Duration {
+        low + self.below(high.saturating_sub(low))
+    }
+}
+
+/// One change and how it reached the browsers.
+#[derive(Debug, Clone, Copy)]
+struct Change {
+    stamp_ms: u64,
+    /// Browsers that had it when the harness stopped waiting.
+    reached: u32,
+    /// µs from the change to the first and to the last browser.
+    first_us: u64,
+    last_us: u64,
+    /// Round trip of the POST to the poller (hint, publish).
+    post_us: Option<u64>,
+    /// The random wait before it, after the previous change was delivered.
+    wait: Duration,
+}
+
+/// What one variant measured.
+struct Outcome {
+    variant: Variant,
+    changes: Vec<Change>,
+    /// Every delivery's latency (change → each browser).
+    each: Snapshot,
+    /// Polls of the event the media service saw during the variant.
+    polls: u64,
+    wall: f64,
+    counters: Counters,
+    post_failures: Vec<String>,
+    cpu: Cpu,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    poller: f64,
+    edge: f64,
+    harness: f64,
+    others: f64,
+}
+
+/// The processes whose CPU is read around each variant.
+struct Pids {
+    poller: u32,
+    edge: u32,
+    me: u32,
+}
+
+impl Pids {
+    fn sample(&self) -> anyhow::Result<(Sample, Sample, Sample, f64)> {
+        Ok((
+            procstat::sample(self.poller)?,
+            procstat::sample(self.edge)?,
+            procstat::sample(self.me)?,
+            procstat::host_busy_seconds()?,
+        ))
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<Report> {
+    ensure!(!args.variants.is_empty(), "no variant to run");
+    let seed = args.seed.unwrap_or_else(sse_load::unix_micros);
+    let mut rng = Rng(seed);
+
+    // The media service, in-process, polls counted by the arrivals log.
+    let mut background = JoinSet::new();
+    let media = Media::new();
+    let arrivals = Arrivals::new(|id| (id == EVENT).then_some(0));
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.context("binding the media service")?;
+    let media_addr = listener.local_addr().context("media service address")?;
+    let app = arrivals.wrap(media.app());
+    background.spawn(async move { axum::serve(listener, app).await });
+
+    let token = TokenFile::create()?;
+    let poller_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
+    let token_path = token.path.to_string_lossy().into_owned();
+    let mut poller = stack::poller_at(
+        &args.bins,
+        poller_addr,
+        media_addr,
+        args.interval,
+        &["--publish-token-file", token_path.as_str()],
+    )
+    .await?;
+    let mut edge = stack::edge(&args.bins, poller.addr).await?;
+    let pids = Pids { poller: poller.pid(), edge: edge.pid(), me: std::process::id() };
+
+    let changes_per_variant = u64::from(args.changes);
+    let limit = deliver_limit(args.interval);
+    let budget = (args.interval + limit) * u32::try_from(changes_per_variant).unwrap_or(u32::MAX);
+    let deadline = Instant::now() + Duration::from_secs(60) + budget * args.variants.len() as u32;
+    let mut plan = Plan::default();
+    let path = format!("/live/{EVENT}/stream");
+    for _ in 0..args.browsers {
+        plan.push(edge.addr, &path, 0);
+    }
+    let load = Load::start(plan, args.load.config(deadline));
+    let ramp = args.load.ramp(u64::from(args.browsers)) + Duration::from_secs(20);
+    let Some(ready_after) = load.wait_ready(u64::from(args.browsers), ramp).await else {
+        bail!(
+            "only {} of {} browsers had their first event after {ramp:?}",
+            load.stats().counters().ready,
+            args.browsers
+        );
+    };
+    // The first regular poll after the browsers arrived is not part of any
+    // variant: let the poll cycle settle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut outcomes = Vec::new();
+    let hint = Hinter { poller: poller.addr, token: &token.token };
+    let session = Session { args: &args, media: &media, arrivals: &arrivals, load: &load, hint, pids, limit };
+    for &variant in &args.variants {
+        eprintln!("hints: variant {}", variant.name());
+        let outcome = session.measure(variant, &mut rng).await;
+        poller.child.ensure_running()?;
+        edge.child.ensure_running()?;
+        outcomes.push(outcome?);
+    }
+    // Late repeats (a regular poll re-publishing a value, say) get time to show.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stats = load.stats().clone();
+    let (all_updates, _) = stats.updates_served(0, u64::MAX);
+    let error_kinds = stats.error_kinds();
+    let stuck = load.stop(Duration::from_secs(5)).await;
+    let poller_cmd = poller.cmd.clone();
+    let edge_cmd = edge.cmd.clone();
+    edge.stop().await?;
+    poller.stop().await?;
+    background.shutdown().await;
+
+    // Deliveries beyond one per browser, per variant (by the change's stamp).
+    let repeats: Vec<u64> = outcomes
+        .iter()
+        .map(|o| {
+            o.changes
+                .iter()
+                .filter_map(|c| all_updates.iter().find(|u| u.served_at_ms == c.stamp_ms))
+                .map(|u| u64::from(u.reached.saturating_sub(args.browsers)))
+                .sum()
+        })
+        .collect();
+    let params = Params { seed, ready_after, poller_cmd, edge_cmd, media_addr };
+    let mut report = report(&args, &params, &outcomes, &repeats);
+    for (kind, n) in error_kinds {
+        report.note(format!("browser error (whole run): {kind} x{n}"));
+    }
+    if stuck > 0 {
+        report.note(format!("{stuck} browser tasks did not stop within 5 s and were aborted"));
+    }
+    Ok(report)
+}
+
+/// How long to wait for one change to reach every browser: the next
+/// regular poll (an interval, plus its 5 % jitter) and a generous delivery.
+fn deliver_limit(interval: Duration) -> Duration {
+    interval.mul_f64(1.1) + Duration::from_secs(2)
+}
+
+/// Posts change hints to the poller.
+struct Hinter<'a> {
+    poller: SocketAddr,
+    token: &'a str,
+}
+
+impl Hinter<'_> {
+    /// `POST /events/{EVENT}/changed` with `body`; its round trip, or why it
+    /// failed (anything but 202).
+    async fn post(&self, body: &str) -> Result<u64, String> {
+        let started = Instant::now();
+        let auth = format!("Bearer {}", self.token);
+        let path = format!("/events/{EVENT}/changed");
+        match httpc::post_json_with(self.poller, &path, &[("Authorization", &auth)], body, POST_TIMEOUT).await
+        {
+            Ok((202, _)) => Ok(micros(started.elapsed())),
+            Ok((status, answer)) => Err(format!("{status} {}", answer.trim())),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+}
+
+/// What every variant runs against.
+struct Session<'a> {
+    args: &'a Args,
+    media: &'a Media,
+    arrivals: &'a Arrivals,
+    load: &'a Load,
+    hint: Hinter<'a>,
+    pids: Pids,
+    /// How long one change may take to reach every browser.
+    limit: Duration,
+}
+
+impl Session<'_> {
+    async fn measure(&self, variant: Variant, rng: &mut Rng) -> anyhow::Result<Outcome> {
+        let Self { args, media, arrivals, load, hint, pids, limit } = self;
+        let limit = *limit;
+        let stats = load.stats();
+        let counters_start = stats.counters();
+        stats.latency.reset();
+        let (poller0, edge0, me0, host0) = pids.sample()?;
+        let started = Instant::now();
+        let arrivals_from = arrivals.offset_us(started.into_std());
+        let mut changes = Vec::new();
+        let mut post_failures = Vec::new();
+        for _ in 0..args.changes {
+            let wait = rng.between(args.min_change_gap, args.interval);
+            tokio::time::sleep(wait).await;
+            let doc = media.change();
+            let post_us = match variant {
+                Variant::None => None,
+                Variant::Hint => Some(hint.post("").await),
+                Variant::Publish => Some(hint.post(&doc.body).await),
+            }
+            .and_then(|r| r.map_err(|e| post_failures.push(e)).ok());
+            // Wait until every browser has it, or the limit.
+            let waited = Instant::now() + limit;
+            let change = loop {
+                let (updates, _) = stats.updates_served(doc.changed_at_ms, doc.changed_at_ms + 1);
+                let reached = updates.first().map_or(0, |u| u.reached);
+                if reached >= args.browsers || Instant::now() >= waited {
+                    let (first_us, last_us) = updates.first().map_or((0, 0), |u| (u.first_us, u.last_us));
+                    break Change { stamp_ms: doc.changed_at_ms, reached, first_us, last_us, post_us, wait };
+                }
+                tokio::time::sleep(CHECK_EVERY).await;
+            };
+            changes.push(change);
+        }
+        let (poller1, edge1, me1, host1) = pids.sample()?;
+        let wall = started.elapsed();
+        let (log, _) = arrivals.snapshot();
+        let polls = arrivals::window(&log, arrivals_from, micros(wall)).len() as u64;
+        let (poller_cpu, edge_cpu, me_cpu) = (
+            poller1.cpu_seconds - poller0.cpu_seconds,
+            edge1.cpu_seconds - edge0.cpu_seconds,
+            me1.cpu_seconds - me0.cpu_seconds,
+        );
+        Ok(Outcome {
+            variant,
+            changes,
+            each: stats.latency.snapshot(),
+            polls,
+            wall: wall.as_secs_f64(),
+            counters: stats.counters().since(&counters_start),
+            post_failures,
+            cpu: Cpu {
+                poller: poller_cpu,
+                edge: edge_cpu,
+                harness: me_cpu,
+                others: ((host1 - host0) - poller_cpu - edge_cpu - me_cpu).max(0.0),
+            },
+        })
+    }
+}
+
+struct Params {
+    seed: u64,
+    ready_after: Duration,
+    poller_cmd: String,
+    edge_cmd: String,
+    media_addr: SocketAddr,
+}
+
+/// Nearest-rank quantile of `xs` (sorted), in ms.
+fn quantile_ms(sorted_us: &[u64], q: f64) -> Value {
+    if sorted_us.is_empty() {
+        return Value::Missing;
+    }
+    let rank = ((q * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len());
+    Value::Float(sorted_us[rank - 1] as f64 / 1000.0, 1)
+}
+
+fn report(args: &Args, p: &Params, outcomes: &[Outcome], repeats: &[u64]) -> Report {
+    let mut r = Report::new(
+        "hints",
+        format!(
+            "livepush-bench hints: change to browser, {} browsers on one event, interval {}, {} changes per variant",
+            args.browsers,
+            humantime::format_duration(args.interval),
+            args.changes
+        ),
+    );
+    r.columns(outcomes.iter().map(|o| o.variant.name().to_owned()).collect());
+    r.section("params", "parameters")
+        .row("browsers", "SSE browsers (one event, one edge)", args.browsers, "")
+        .row("changes", "changes per variant", args.changes, "")
+        .row("interval_s", "poll interval", Value::Float(args.interval.as_secs_f64(), 1), "s")
+        .row("seed", "seed of the random waits", p.seed, "")
+        .row(
+            "min_change_gap_ms",
+            "waits before a change at least",
+            Value::Float(args.min_change_gap.as_secs_f64() * 1000.0, 0),
+            "ms",
+        )
+        .row("connect_rate", "connect rate", args.load.connect_rate, "conn/s")
+        .row("cores", "host cores (shared by all processes)", cores(), "")
+        .row("media", "media service (in the harness)", format!("http://{}/live/{EVENT}", p.media_addr), "")
+        .row("poller_cmd", "poller", p.poller_cmd.as_str(), "")
+        .row("edge_cmd", "edge", p.edge_cmd.as_str(), "")
+        .row(
+            "browsers_ready_s",
+            "every browser had its first event after",
+            Value::Float(p.ready_after.as_secs_f64(), 2),
+            "s",
+        );
+
+    let last: Vec<Vec<u64>> = outcomes.iter().map(|o| sorted(o.changes.iter().map(|c| c.last_us))).collect();
+    let first: Vec<Vec<u64>> =
+        outcomes.iter().map(|o| sorted(o.changes.iter().map(|c| c.first_us))).collect();
+    let q = |lists: &[Vec<u64>], at: f64| lists.iter().map(|l| quantile_ms(l, at)).collect::<Vec<_>>();
+    let complete = |o: &Outcome| o.changes.iter().filter(|c| c.reached >= args.browsers).count();
+    r.section("last_browser", "change → last browser (one figure per change)")
+        .row_each("changes", "changes made", outcomes.iter().map(|o| o.changes.len()), "")
+        .row_each("reached_all", "changes that reached every browser", outcomes.iter().map(complete), "")
+        .row_each("p50_ms", "p50", q(&last, 0.5), "ms")
+        .row_each("p99_ms", "p99 (nearest rank: the max below 100 changes)", q(&last, 0.99), "ms")
+        .row_each("max_ms", "max", q(&last, 1.0), "ms")
+        .row_each(
+            "mean_ms",
+            "mean",
+            last.iter().map(|l| {
+                if l.is_empty() {
+                    Value::Missing
+                } else {
+                    Value::Float(l.iter().sum::<u64>() as f64 / l.len() as f64 / 1000.0, 1)
+                }
+            }),
+            "ms",
+        )
+        .row_each("first_p50_ms", "change → first browser, p50", q(&first, 0.5), "ms")
+        .row_each(
+            "within_hint_gap",
+            "changes less than 250 ms after the previous one was delivered",
+            outcomes.iter().map(|o| o.changes.iter().filter(|c| c.wait < HINT_GAP).count()),
+            "",
+        )
+        .row_each(
+            "apart_max_ms",
+            "max over the other changes",
+            outcomes.iter().map(|o| {
+                let apart = sorted(o.changes.iter().filter(|c| c.wait >= HINT_GAP).map(|c| c.last_us));
+                quantile_ms(&apart, 1.0)
+            }),
+            "ms",
+        );
+
+    let each = |f: &dyn Fn(&Snapshot) -> Option<f64>| {
+        outcomes.iter().map(|o| f(&o.each).map_or(Value::Missing, |v| Value::Float(v, 1))).collect::<Vec<_>>()
+    };
+    r.section("each_browser", "change → each browser (every delivery)")
+        .row_each("deliveries", "deliveries", outcomes.iter().map(|o| o.each.count), "")
+        .row_each("p50_ms", "p50", each(&|s| sse_load::ms(s, 0.5)), "ms")
+        .row_each("p99_ms", "p99", each(&|s| sse_load::ms(s, 0.99)), "ms")
+        .row_each("max_ms", "max", each(&|s| (s.count > 0).then(|| s.max as f64 / 1000.0)), "ms")
+        .row_each("repeats", "deliveries beyond one per browser and change", repeats.iter().copied(), "");
+
+    let posts: Vec<Vec<u64>> =
+        outcomes.iter().map(|o| sorted(o.changes.iter().filter_map(|c| c.post_us))).collect();
+    r.section("upstream", "media service and hints")
+        .row_each("polls", "polls of the event during the variant", outcomes.iter().map(|o| o.polls), "")
+        .row_each(
+            "polls_per_change",
+            "polls per change",
+            outcomes.iter().map(|o| Value::Float(o.polls as f64 / o.changes.len().max(1) as f64, 2)),
+            "",
+        )
+        .row_each("posts_ok", "POSTs answered 202", posts.iter().map(Vec::len), "")
+        .row_each("post_failures", "POSTs failed", outcomes.iter().map(|o| o.post_failures.len()), "")
+        .row_each("post_p50_ms", "POST round trip, p50", q(&posts, 0.5), "ms")
+        .row_each("post_max_ms", "POST round trip, max", q(&posts, 1.0), "ms");
+
+    r.section("browsers", "browsers during the variant")
+        .row_each("errors", "errors", outcomes.iter().map(|o| o.counters.errors), "")
+        .row_each("reconnects", "reconnects", outcomes.iter().map(|o| o.counters.reconnects), "")
+        .row_each("stale", "`stale` events", outcomes.iter().map(|o| o.counters.stale), "")
+        .row_each("open", "open at the end", outcomes.iter().map(|o| o.counters.open), "");
+
+    let pct = |f: fn(&Cpu) -> f64| {
+        outcomes.iter().map(move |o| Value::Float(100.0 * f(&o.cpu) / o.wall.max(f64::MIN_POSITIVE), 1))
+    };
+    r.section("cpu", "CPU during the variant, % of one core")
+        .row_each("wall_s", "variant length", outcomes.iter().map(|o| Value::Float(o.wall, 1)), "s")
+        .row_each("poller_pct", "poller", pct(|c| c.poller), "%")
+        .row_each("edge_pct", "edge", pct(|c| c.edge), "%")
+        .row_each("harness_pct", "harness (media service + browsers)", pct(|c| c.harness), "%")
+        .row_each("others_pct", "other programs on the host (competing)", pct(|c| c.others), "%");
+
+    for (o, last) in outcomes.iter().zip(&last).filter(|(o, _)| o.variant != Variant::None) {
+        if let Value::Float(p99, _) = quantile_ms(last, 0.99) {
+            let verdict = if p99 < TARGET_HINT_P99_MS { "met" } else { "missed" };
+            r.note(format!(
+                "target p99 change → last browser under {TARGET_HINT_P99_MS} ms: {}: {p99:.1} ms, {verdict}",
+                o.variant.name()
+            ));
+        }
+    }
+    for o in outcomes {
+        for failure in o.post_failures.iter().take(5) {
+            r.note(format!("{}: POST failed: {failure}", o.variant.name()));
+        }
+    }
+    r
+}
+
+fn sorted(xs: impl Iterator<Item = u64>) -> Vec<u64> {
+    let mut v: Vec<u64> = xs.collect();
+    v.sort_unstable();
+    v
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_quantiles() {
+        let xs = sorted([5_000, 1_000, 3_000, 2_000, 4_000].into_iter());
+        assert!(matches!(quantile_ms(&xs, 0.5), Value::Float(x, _) if x == 3.0));
+        assert!(matches!(quantile_ms(&xs, 0.99), Value::Float(x, _) if x == 5.0));
+        assert!(matches!(quantile_ms(&[], 0.5), Value::Missing));
+    }
+
+    #[test]
+    fn random_waits_stay_below_the_bound() {
+        let mut rng = Rng(7);
+        let waits: Vec<Duration> = (0..1000).map(|_| rng.below(Duration::from_secs(5))).collect();
+        assert!(waits.iter().all(|w| *w < Duration::from_secs(5)));
+        assert!(
+            waits.iter().any(|w| *w < Duration::from_secs(1))
+                && waits.iter().any(|w| *w > Duration::from_secs(4))
+        );
+    }
+
+    #[test]
+    fn changes_get_distinct_stamps_and_etags() {
+        let media = Media::new();
+        let (a, b) = (media.change(), media.change());
+        assert!(b.changed_at_ms > a.changed_at_ms);
+        assert_ne!(a.etag(), b.etag());
+        assert!(b.body.contains(&format!("\"served_at_ms\":{}", b.changed_at_ms)));
+        assert_eq!(media.current().version, b.version);
+    }
+}
