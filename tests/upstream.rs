@@ -292,7 +292,9 @@ async fn proxy_variables_are_honoured() {
     let env: Vec<_> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let p = poller(&media.template(), &[], &env, None).await;
     assert_eq!(next(&mut subscribe(p.addr, "np").await).await.state, State::Live as i32);
-    assert_eq!(media.count("np"), 1);
+    // At least the first poll (at a 200 ms interval a second may have gone
+    // too on a busy machine), all of them direct.
+    assert!(media.count("np") >= 1);
     assert_eq!(direct.count(), 0, "NO_PROXY host went through the proxy: {:?}", direct.seen());
     drop(p);
 
@@ -311,7 +313,7 @@ async fn proxy_variables_are_honoured() {
         "{:?}",
         tunnel.seen()
     );
-    assert_eq!(secure.count("tx"), 1);
+    assert!(secure.count("tx") >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
