@@ -2,6 +2,11 @@
 //! `LiveUpdate` only when something changed, back off while it fails, end the
 //! stream when the event is over, and stop once nobody watches.
 //!
+//! The task is handed everything it needs ([`Task`]) and reports how it
+//! ended ([`Finished`]); it never asks the registry anything. Whether
+//! anyone still watches comes as a count on a `watch` channel the registry
+//! keeps: the linger runs here, from the moment that count reaches zero.
+//!
 //! Polls of one event are strictly sequential (the next one is scheduled after
 //! the previous answered), so a slow media service delays polls instead of
 //! stacking them. One failing event never affects another: each has its own
@@ -10,7 +15,7 @@
 use crate::{
     batch::{Batcher, Due},
     media_client::{FetchError, Fetched, MediaClient, Validators},
-    registry::{Control, Lingering, Registry, Snapshot},
+    registry::{Control, Settings, Snapshot},
 };
 use livepush::{
     EventId,
@@ -21,20 +26,40 @@ use std::{
     sync::Arc,
     time::{Duration, SystemTime},
 };
-use tokio::{
-    sync::{Notify, watch},
-    time::Instant,
-};
+use tokio::{sync::watch, time::Instant};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub(crate) async fn run(
-    registry: Registry,
-    id: EventId,
-    generation: u64,
-    tx: watch::Sender<Snapshot>,
-    idle: Arc<Notify>,
-    control: Arc<Control>,
-) {
+/// What one event's poll task is given.
+pub(crate) struct Task {
+    pub id: EventId,
+    /// Tells this event's entry (and batch membership) from a later one.
+    pub generation: u64,
+    /// Where the event's latest update goes.
+    pub tx: watch::Sender<Snapshot>,
+    /// Hints and publishes.
+    pub control: Arc<Control>,
+    /// How many subscribe now (kept by the registry).
+    pub interest: watch::Receiver<usize>,
+    pub client: MediaClient,
+    pub batcher: Option<Batcher>,
+    pub settings: Settings,
+    pub shutdown: CancellationToken,
+}
+
+/// How a poll task ended.
+#[derive(Debug)]
+pub(crate) enum Finished {
+    /// The media service says the event is over; its final update.
+    Ended(Arc<LiveUpdate>),
+    /// Nobody watched for the linger time.
+    Idle,
+    /// Shutdown.
+    Stopped,
+}
+
+pub(crate) async fn run(task: Task) -> Finished {
+    let Task { id, generation, tx, control, interest, client, batcher, settings, shutdown } = task;
     let mut feed = Feed {
         id: id.clone(),
         tx,
@@ -43,11 +68,11 @@ pub(crate) async fn run(
         fingerprint: None,
         state: State::Unspecified,
     };
-    let client = registry.client().clone();
-    let batcher = registry.batcher().cloned();
     let _membership = batcher.as_ref().map(|b| b.join(&id, generation));
-    let settings = registry.settings().clone();
-    let shutdown = registry.shutdown_token().clone();
+    // One future for the task's life: the linger counts from the moment the
+    // last subscriber left, whatever polls and hints happen meanwhile.
+    let linger = linger_over(interest, settings.linger);
+    tokio::pin!(linger);
     let poller = Poller { client: &client, batcher: batcher.as_ref(), id: &id, generation };
     let mut validators = Validators::default();
     let mut failures: u32 = 0;
@@ -64,15 +89,15 @@ pub(crate) async fn run(
     let mut published_at: Option<Instant> = None;
     debug!(event_id = %id, "polling started");
 
-    'polling: while registry.keep_polling(&id, generation) {
+    let finished = 'polling: loop {
         // Wait for the poll's verdict; meanwhile, hints and publishes.
         let (started, result) = {
             let poll = poller.poll(&validators, due);
             tokio::pin!(poll);
             loop {
                 tokio::select! {
-                    _ = shutdown.cancelled() => break 'polling,
-                    _ = linger_over(&registry, &id, generation, &idle) => break 'polling,
+                    _ = shutdown.cancelled() => break 'polling Finished::Stopped,
+                    _ = &mut linger => break 'polling Finished::Idle,
                     _ = control.notified() => {
                         let pending = control.take();
                         if let Some(data) = pending.data {
@@ -129,11 +154,9 @@ pub(crate) async fn run(
             }
             Ok(Fetched::Ended(status)) => {
                 info!(event_id = %id, %status, "event ended");
-                let last = feed.publish(State::Ended, None);
-                registry.finish_ended(&id, generation, last);
-                return;
+                break Finished::Ended(feed.publish(State::Ended, None));
             }
-            Err(FetchError::Dropped) => break,
+            Err(FetchError::Dropped) => break Finished::Stopped,
             Err(err) => {
                 failures = failures.saturating_add(1);
                 livepush::metrics::poller().backoffs.increment(1);
@@ -144,9 +167,9 @@ pub(crate) async fn run(
         };
         due = Due::From(started + delay);
         hints.answered();
-    }
-    registry.forget(&id, generation);
-    debug!(event_id = %id, "polling stopped");
+    };
+    debug!(event_id = %id, how = ?finished, "polling stopped");
+    finished
 }
 
 /// Whether the poll due as `due` has begun (a poll waiting for its time
@@ -182,20 +205,16 @@ impl Poller<'_> {
     }
 }
 
-/// Resolves once the event has had no subscriber for the linger time (the
-/// registry wakes us through `idle` when the last one leaves, so an
-/// abandoned event is dropped on time even with a long interval).
-async fn linger_over(registry: &Registry, id: &EventId, generation: u64, idle: &Notify) {
+/// Resolves once the event has had no subscriber for `linger` (or the
+/// registry dropped its entry).
+async fn linger_over(mut interest: watch::Receiver<usize>, linger: Duration) {
     loop {
-        match registry.linger_ends(id, generation) {
-            Lingering::Gone => return,
-            Lingering::Watched => idle.notified().await,
-            Lingering::Until(end) => {
-                tokio::time::sleep_until(Instant::from_std(end)).await;
-                if !registry.keep_polling(id, generation) {
-                    return;
-                }
-            }
+        if interest.wait_for(|n| *n == 0).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(linger) => return,
+            back = interest.wait_for(|n| *n > 0) => if back.is_err() { return },
         }
     }
 }

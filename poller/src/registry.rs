@@ -7,12 +7,16 @@
 //! of simultaneous subscribers cause exactly one first fetch; the task stops
 //! once the event has had no subscriber for `--linger`.
 
-use crate::{batch::Batcher, media_client::MediaClient, poll_loop};
+use crate::{
+    batch::Batcher,
+    media_client::MediaClient,
+    poll_loop::{self, Finished},
+};
 use livepush::{EventId, metrics::GaugeGuard, proto::LiveUpdate, recent::RecentMap};
 use std::{
     collections::{HashMap, hash_map::Entry as MapEntry},
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant},
+    time::Duration,
 };
 use tokio::sync::{Notify, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -72,11 +76,8 @@ struct State {
 
 struct Entry {
     tx: watch::Sender<Snapshot>,
-    subscribers: usize,
-    idle_since: Option<Instant>,
-    /// Wakes the poll task when the last subscriber leaves, so the linger
-    /// time is honoured even when the next poll is far away.
-    idle: Arc<Notify>,
+    /// Subscribers now; the poll task follows it and lingers once it is 0.
+    interest: watch::Sender<usize>,
     /// Tells this entry from a later one for the same id, so a stale guard or
     /// poll task never touches its successor.
     generation: u64,
@@ -128,23 +129,14 @@ impl Registry {
                     return Err(SubscribeError::TooManyEvents(self.inner.settings.max_events));
                 }
                 let (tx, _) = watch::channel(None);
-                let idle = Arc::new(Notify::new());
+                let (interest, _) = watch::channel(0);
                 let control = Arc::new(Control::default());
-                let task = poll_loop::run(
-                    self.clone(),
-                    id.clone(),
-                    generation,
-                    tx.clone(),
-                    idle.clone(),
-                    control.clone(),
-                );
-                self.inner.tasks.spawn(task);
+                self.spawn_poll(id.clone(), generation, &tx, &interest, &control);
                 let _watched = GaugeGuard::new(&livepush::metrics::poller().events_watched);
-                v.insert(Entry { tx, subscribers: 0, idle_since: None, idle, generation, control, _watched })
+                v.insert(Entry { tx, interest, generation, control, _watched })
             }
         };
-        entry.subscribers += 1;
-        entry.idle_since = None;
+        entry.interest.send_modify(|n| *n += 1);
         let guard = SubscriberGuard { registry: self.clone(), id, generation: entry.generation };
         let rx = entry.tx.subscribe();
         Ok(Subscription { rx, _guard: Some(guard), _open: subscriber_gauge() })
@@ -184,74 +176,74 @@ impl Registry {
 
     /// Number of subscribers of `id` right now.
     pub fn subscribers(&self, id: &EventId) -> usize {
-        self.lock().events.get(id).map_or(0, |e| e.subscribers)
+        self.lock().events.get(id).map_or(0, |e| *e.interest.borrow())
     }
 
-    /// Called by the poll task before each poll: `false` (and the entry is
-    /// dropped) once the event has had no subscriber for the linger time.
-    pub(crate) fn keep_polling(&self, id: &EventId, generation: u64) -> bool {
-        let mut state = self.lock();
-        let Some(entry) = state.events.get(id).filter(|e| e.generation == generation) else {
-            return false;
+    /// Starts the poll task of `id`'s entry; the registry owns its life and
+    /// hears how it ended.
+    fn spawn_poll(
+        &self,
+        id: EventId,
+        generation: u64,
+        tx: &watch::Sender<Snapshot>,
+        interest: &watch::Sender<usize>,
+        control: &Arc<Control>,
+    ) {
+        let task = poll_loop::Task {
+            id: id.clone(),
+            generation,
+            tx: tx.clone(),
+            control: control.clone(),
+            interest: interest.subscribe(),
+            client: self.inner.client.clone(),
+            batcher: self.inner.batcher.clone(),
+            settings: self.inner.settings.clone(),
+            shutdown: self.inner.shutdown.clone(),
         };
-        let expired = entry.idle_since.is_some_and(|since| since.elapsed() >= self.inner.settings.linger);
-        if expired {
-            state.events.remove(id);
-        }
-        !expired
+        let registry = self.clone();
+        self.inner.tasks.spawn(async move {
+            let finished = poll_loop::run(task).await;
+            registry.finished(id, generation, finished);
+        });
     }
 
-    /// When the event's linger time ends, if nobody watches it.
-    pub(crate) fn linger_ends(&self, id: &EventId, generation: u64) -> Lingering {
-        let state = self.lock();
-        match state.events.get(id).filter(|e| e.generation == generation) {
-            None => Lingering::Gone,
-            Some(Entry { idle_since: None, .. }) => Lingering::Watched,
-            Some(Entry { idle_since: Some(since), .. }) => {
-                Lingering::Until(*since + self.inner.settings.linger)
+    /// A poll task ended: forget its entry (remembering an ended event's
+    /// final update), unless a subscriber came back in the instant between
+    /// the linger running out and now, in which case polling goes on.
+    fn finished(&self, id: EventId, generation: u64, finished: Finished) {
+        let mut state = self.lock();
+        let current = state.events.get(&id).filter(|e| e.generation == generation);
+        match finished {
+            Finished::Idle if current.is_some_and(|e| *e.interest.borrow() > 0) => {
+                if self.inner.shutdown.is_cancelled() {
+                    state.events.remove(&id);
+                    return;
+                }
+                let entry = current.expect("just seen");
+                let (tx, interest, control) =
+                    (entry.tx.clone(), entry.interest.clone(), entry.control.clone());
+                drop(state);
+                self.spawn_poll(id, generation, &tx, &interest, &control);
             }
-        }
-    }
-
-    /// The event is over: remember its final update and forget the entry.
-    pub(crate) fn finish_ended(&self, id: &EventId, generation: u64, last: Arc<LiveUpdate>) {
-        let mut state = self.lock();
-        if state.events.get(id).is_some_and(|e| e.generation == generation) {
-            state.events.remove(id);
-        }
-        state.ended.insert(id.clone(), last);
-    }
-
-    /// Drops the entry of a poll task that is stopping for another reason
-    /// (shutdown).
-    pub(crate) fn forget(&self, id: &EventId, generation: u64) {
-        let mut state = self.lock();
-        if state.events.get(id).is_some_and(|e| e.generation == generation) {
-            state.events.remove(id);
+            Finished::Ended(last) => {
+                if current.is_some() {
+                    state.events.remove(&id);
+                }
+                state.ended.insert(id, last);
+            }
+            Finished::Idle | Finished::Stopped => {
+                if current.is_some() {
+                    state.events.remove(&id);
+                }
+            }
         }
     }
 
     fn release(&self, id: &EventId, generation: u64) {
         let mut state = self.lock();
         if let Some(entry) = state.events.get_mut(id).filter(|e| e.generation == generation) {
-            entry.subscribers -= 1;
-            if entry.subscribers == 0 {
-                entry.idle_since = Some(Instant::now());
-                entry.idle.notify_one();
-            }
+            entry.interest.send_modify(|n| *n = n.saturating_sub(1));
         }
-    }
-
-    pub(crate) fn client(&self) -> &MediaClient {
-        &self.inner.client
-    }
-
-    pub(crate) fn batcher(&self) -> Option<&Batcher> {
-        self.inner.batcher.as_ref()
-    }
-
-    pub(crate) fn settings(&self) -> &Settings {
-        &self.inner.settings
     }
 
     pub fn shutdown_token(&self) -> &CancellationToken {
@@ -313,16 +305,6 @@ impl Control {
     pub(crate) fn take(&self) -> Pending {
         std::mem::take(&mut *livepush::sync::lock(&self.pending, "event hints"))
     }
-}
-
-/// Whether a poll task's event is still wanted.
-pub(crate) enum Lingering {
-    /// At least one subscriber.
-    Watched,
-    /// Nobody watches; polling stops at this instant.
-    Until(Instant),
-    /// The entry is gone (linger over, or replaced).
-    Gone,
 }
 
 /// One subscriber's view of an event. Dropping it (the gRPC stream ends or the
