@@ -31,6 +31,21 @@ pub fn from_header(value: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// The one token of a token file (`--poller-token-file`,
+/// `--publish-token-file`): one line of [`RULE`], `#` comments and blank
+/// lines allowed. The error never shows any of the file.
+pub fn from_file(text: &str) -> Result<&str, String> {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let token = lines.next().ok_or("no token (the file is empty or only comments)")?;
+    if lines.next().is_some() {
+        return Err("more than one line besides comments (the file holds one token)".into());
+    }
+    if !is_valid(token) {
+        return Err(format!("the token must be {RULE}"));
+    }
+    Ok(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,6 +60,17 @@ mod tests {
         assert!(!is_valid("abcdefgh=ijklmnopq"), "= only at the end");
         assert!(!is_valid("abcdefgh ijklmnopq"));
         assert!(!is_valid("abcdefghijklmnopq\u{e9}"));
+    }
+
+    #[test]
+    fn token_files_hold_one_token() {
+        assert_eq!(from_file("# the token\n\n  abcdefghijklmnop0123  \n"), Ok("abcdefghijklmnop0123"));
+        for bad in
+            ["", "# only\n", "short", "abcdefghijklmnop0123\nabcdefghijklmnop0124", "abc def ghi jkl mno pq"]
+        {
+            let err = from_file(bad).unwrap_err();
+            assert!(!err.contains("abcdefghijklmnop"), "{err}");
+        }
     }
 
     #[test]

@@ -61,14 +61,7 @@ impl TokenFile {
 /// The `authorization` value for the token the file holds; the error never
 /// shows any of the file.
 fn parse(text: &str) -> Result<Header, String> {
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
-    let token = lines.next().ok_or("no token (the file is empty or only comments)")?;
-    if lines.next().is_some() {
-        return Err("more than one line besides comments (the file holds one token)".into());
-    }
-    if !livepush::bearer::is_valid(token) {
-        return Err(format!("the token must be {}", livepush::bearer::RULE));
-    }
+    let token = livepush::bearer::from_file(text)?;
     let mut header: Header =
         format!("Bearer {token}").parse().map_err(|_| "the token is not a valid header value".to_owned())?;
     header.set_sensitive(true);

@@ -77,9 +77,10 @@ pub struct Caller {
     pub role: Role,
 }
 
-type Digest = [u8; 32];
+/// A token's SHA-256: what is kept and compared instead of the token.
+pub(crate) type Digest = [u8; 32];
 
-fn digest(token: &str) -> Digest {
+pub(crate) fn digest(token: &str) -> Digest {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
     d.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
