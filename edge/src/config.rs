@@ -1,7 +1,7 @@
 //! Everything the edge can be told, in one struct, checked at start-up so a
 //! bad value stops the process with an error that names the flag.
 
-use crate::{poller_tls::PollerCa, poller_token::TokenFile, pollers::Target};
+use crate::upstream::{pollers::Target, tls::PollerCa, token::TokenFile};
 use clap::Parser;
 use livepush::telemetry::LogFormat;
 use std::{net::SocketAddr, path::PathBuf, time::Duration};

@@ -10,7 +10,7 @@
 
 use crate::{
     feeds::Feeds,
-    pollers::{Member, Pollers},
+    upstream::pollers::{Member, Pollers},
     viewers::Viewers,
 };
 use livepush::{

@@ -2,12 +2,11 @@
 //!
 //! Browsers open `GET /live/{event_id}/stream` ([`routes`]); [`feeds`] holds
 //! one upstream `LiveFeed/Subscribe` stream per watched event, with the
-//! poller that owns it among the live [`pollers`], and [`stream`]
+//! poller that owns it among the live [`upstream::pollers`], and [`stream`]
 //! writes each update, encoded once by [`sse`], to every browser watching it.
 //! [`server`] owns the sockets: TLS, HTTP/1.1 and HTTP/2, limits, drain.
 
 pub mod auth;
-pub mod channels;
 pub mod config;
 pub mod feeds;
 pub mod heartbeat;
@@ -15,9 +14,6 @@ pub mod lean;
 pub mod limits;
 pub mod memory;
 pub mod multi;
-pub mod poller_tls;
-pub mod poller_token;
-pub mod pollers;
 pub mod pulse;
 pub mod readiness;
 pub mod routes;
@@ -25,6 +21,7 @@ pub mod server;
 pub mod sse;
 pub mod stream;
 pub mod tls;
+pub mod upstream;
 pub mod viewers;
 pub mod write_timeout;
 
@@ -32,7 +29,6 @@ pub use config::Config;
 
 use feeds::Feeds;
 use limits::StreamLimits;
-use pollers::Pollers;
 use pulse::Pulse;
 use readiness::Readiness;
 use routes::AppState;
@@ -40,6 +36,7 @@ use std::{future::Future, time::Duration};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use upstream::pollers::Pollers;
 use viewers::Viewers;
 
 /// Serves the edge on `listener` until `shutdown` completes, then drains:
@@ -61,9 +58,9 @@ pub async fn run(
     }
     raise_open_files_limit(config.max_connections as u64);
     let stop = CancellationToken::new();
-    let link = channels::Link::new(
+    let link = upstream::channels::Link::new(
         config.poller_ca.clone(),
-        poller_token::PollerToken::new(config.poller_token_file.as_ref()),
+        upstream::token::PollerToken::new(config.poller_token_file.as_ref()),
     );
     let pollers = Pollers::start(config.pollers.clone(), config.poller_resolve_interval, link, stop.clone());
     let feeds = Feeds::new(pollers.clone(), stop.clone());

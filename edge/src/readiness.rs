@@ -1,10 +1,10 @@
 //! `/readyz`: whether this edge should receive browsers. It is ready while at
 //! least one poller is live (its standard health service reports
-//! `livepush.v1.LiveFeed` as SERVING, see [`crate::pollers`]) and the edge is
+//! `livepush.v1.LiveFeed` as SERVING, see [`crate::upstream::pollers`]) and the edge is
 //! not draining; load balancers stop sending browsers to an
 //! edge that cannot reach a poller or is shutting down.
 
-use crate::pollers::Live;
+use crate::upstream::pollers::Live;
 use std::sync::{
     Arc,
     atomic::{AtomicBool, Ordering},

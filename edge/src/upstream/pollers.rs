@@ -2,7 +2,7 @@
 //!
 //! `--poller` names one or more targets; each is a scheme (`http://`, or
 //! `https://` for TLS verified for the host's name, see
-//! [`crate::poller_tls`]), a host (an IP address or a
+//! [`crate::upstream::tls`]), a host (an IP address or a
 //! DNS name, re-resolved every `--poller-resolve-interval`, so a Kubernetes
 //! headless Service works as discovery) and a port. Every address found is a
 //! member, and a member is *live* while the standard gRPC health service on
@@ -17,7 +17,7 @@
 //! per event per interval across the cluster, and when a member comes or goes
 //! only the events it wins or held move.
 
-use crate::channels::{ChannelPool, Dial, Link, PollerChannel};
+use crate::upstream::channels::{ChannelPool, Dial, Link, PollerChannel};
 pub use livepush::target::Target;
 use livepush::{EventId, proto::presence_client::PresenceClient};
 use rand::Rng;

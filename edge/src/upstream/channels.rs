@@ -15,12 +15,12 @@
 //! on subscriptions cannot take the poller's health down with it.
 //!
 //! Every channel is made by one [`Link`]: plain h2c for `http://` pollers,
-//! TLS for `https://` ones ([`crate::poller_tls`]), and every call carries
-//! the edge's bearer token when it has one ([`crate::poller_token`]).
+//! TLS for `https://` ones ([`crate::upstream::tls`]), and every call carries
+//! the edge's bearer token when it has one ([`crate::upstream::token`]).
 
-use crate::{
-    poller_tls::{self, PollerCa, TlsConnector},
-    poller_token::PollerToken,
+use crate::upstream::{
+    tls::{self as poller_tls, PollerCa, TlsConnector},
+    token::PollerToken,
 };
 use livepush::{metrics::Gauge, proto::live_feed_client::LiveFeedClient};
 use rustls::pki_types::ServerName;
