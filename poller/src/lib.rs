@@ -4,7 +4,7 @@
 //! the [`registry`] starts one [`poll_loop`] per watched event and fans its
 //! latest value out to every subscriber. `livepush.v1.Presence` merges the
 //! edges' viewer batches in the [`presence`] store (and, with
-//! `--heartbeat-url`, [`presence_forward`] posts the result on). Alongside
+//! `--heartbeat-url`, [`presence::forward`] posts the result on). Alongside
 //! them the server offers the standard gRPC health service and server
 //! reflection (v1 and v1alpha), and on the same port, over HTTP/1.1 or h2c,
 //! `GET /metrics` for Prometheus.
@@ -26,8 +26,6 @@ pub mod media_url;
 pub mod peers;
 mod poll_loop;
 pub mod presence;
-pub mod presence_forward;
-pub mod presence_service;
 pub mod publish;
 pub mod registry;
 pub mod service;
@@ -47,8 +45,8 @@ use livepush::proto::{
 use media_client::MediaClient;
 use peers::Peers;
 use presence::PresenceStore;
-use presence_forward::PresenceForwarder;
-use presence_service::PresenceService;
+use presence::forward::PresenceForwarder;
+use presence::service::PresenceService;
 use publish::{Forwarding, Publisher};
 use registry::{Registry, Settings};
 use service::LiveFeedService;
