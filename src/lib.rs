@@ -5,6 +5,7 @@
 
 pub mod bearer;
 pub mod event_id;
+pub mod flags;
 pub mod metrics;
 pub mod recent;
 pub mod signal;

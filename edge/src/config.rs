@@ -3,7 +3,7 @@
 
 use crate::upstream::{pollers::Target, tls::PollerCa, token::TokenFile};
 use clap::Parser;
-use livepush::telemetry::LogFormat;
+use livepush::{flags::positive_duration, telemetry::LogFormat};
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 #[derive(Debug, Clone, Parser)]
@@ -133,14 +133,6 @@ impl Config {
     pub fn with_poller(poller: &str) -> anyhow::Result<Self> {
         Ok(Self::try_parse_from(["edge", "--poller", poller])?)
     }
-}
-
-fn positive_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
-    if d < Duration::from_millis(1) {
-        return Err("must be at least 1ms".into());
-    }
-    Ok(d)
 }
 
 /// Whole seconds (token times are Unix seconds), 1 s to 1 day.

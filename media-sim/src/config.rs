@@ -3,7 +3,7 @@
 //! with an error naming the flag rather than surfacing as odd answers later.
 
 use clap::Parser;
-use livepush::{EventId, telemetry::LogFormat};
+use livepush::{EventId, flags::positive_duration, telemetry::LogFormat};
 use std::{net::SocketAddr, time::Duration};
 
 #[derive(Debug, Clone, Parser)]
@@ -40,16 +40,6 @@ pub struct Config {
     /// Log lines as `text` or `json` (one object per line, for collectors).
     #[arg(long, env = "MEDIA_SIM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-}
-
-/// A duration of at least one millisecond, the resolution of the change
-/// periods (a zero period would make every request a new version).
-pub fn positive_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
-    if d < Duration::from_millis(1) {
-        return Err("must be at least 1ms".into());
-    }
-    Ok(d)
 }
 
 #[cfg(test)]

@@ -12,7 +12,11 @@ use crate::{
     tls_listener::{ServerCert, ServerKey},
 };
 use clap::Parser;
-use livepush::{target::Target, telemetry::LogFormat};
+use livepush::{
+    flags::{parse_size, positive_duration},
+    target::Target,
+    telemetry::LogFormat,
+};
 use std::{net::SocketAddr, time::Duration};
 
 #[derive(Debug, Clone, Parser)]
@@ -240,36 +244,6 @@ impl Config {
     }
 }
 
-/// A duration of at least one millisecond (a zero interval would spin).
-pub fn positive_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
-    if d < Duration::from_millis(1) {
-        return Err("must be at least 1ms".into());
-    }
-    Ok(d)
-}
-
-/// A byte size such as `65536`, `64KiB` or `1MiB`, at least one byte.
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, ""),
-    };
-    let n: usize = digits.parse().map_err(|_| format!("not a size: {s:?}"))?;
-    let mult = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" | "k" => 1 << 10,
-        "MiB" | "M" => 1 << 20,
-        other => return Err(format!("unknown unit {other:?} (use B, KiB or MiB)")),
-    };
-    let size = n.checked_mul(mult).ok_or("size too large")?;
-    if size == 0 {
-        return Err("must be at least 1 byte".into());
-    }
-    Ok(size)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,14 +379,5 @@ mod tests {
         assert_eq!(names, ["x-api-key", "authorization"]);
         assert!(c.heartbeat_headers.is_empty(), "heartbeat headers default to the media ones at run time");
         assert!(!format!("{c:?}").contains("k1"), "Debug of the config shows no header value");
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
-        assert_eq!(parse_size("100"), Ok(100));
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("99999999999999999999MiB").is_err());
     }
 }
