@@ -4,6 +4,8 @@
 //! binaries.
 
 pub mod bearer;
+#[cfg(feature = "test-support")]
+pub mod cli_checks;
 pub mod event_id;
 pub mod flags;
 pub mod metrics;

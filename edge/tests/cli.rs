@@ -2,33 +2,26 @@
 //! SIGINT both end the process cleanly, and `--log-format json` writes one JSON
 //! object per line.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use livepush::cli_checks;
+use std::process::Command;
 
 fn edge() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge"));
-    cmd.env_clear().env("RUST_LOG", "info");
-    cmd
+    cli_checks::command(env!("CARGO_BIN_EXE_edge"))
 }
 
 #[test]
 fn bad_flags_stop_start_up_and_name_the_flag() {
-    for (args, flag) in [
-        (&["--poller", "127.0.0.1:50051"][..], "--poller"),
-        (&["--poller", "ftp://x"][..], "--poller"),
-        (&["--keepalive", "0s"][..], "--keepalive"),
-        (&["--listen", "localhost"][..], "--listen"),
-        (&["--retry", "soon"][..], "--retry"),
-        (&["--log-format", "bogus"][..], "--log-format"),
-    ] {
-        let out = edge().args(args).output().unwrap();
-        assert!(!out.status.success(), "{args:?} started");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(flag), "{args:?}: {stderr}");
-    }
+    cli_checks::refuses_naming_the_flag(
+        edge,
+        &[
+            (&["--poller", "127.0.0.1:50051"][..], "--poller"),
+            (&["--poller", "ftp://x"][..], "--poller"),
+            (&["--keepalive", "0s"][..], "--keepalive"),
+            (&["--listen", "localhost"][..], "--listen"),
+            (&["--retry", "soon"][..], "--retry"),
+            (&["--log-format", "bogus"][..], "--log-format"),
+        ],
+    );
 }
 
 #[test]
@@ -40,29 +33,6 @@ fn environment_variables_are_read_too() {
 
 #[test]
 fn sigterm_and_sigint_shut_down_gracefully() {
-    for signal in ["TERM", "INT"] {
-        let mut child = edge()
-            .args(["--listen", "127.0.0.1:0", "--shutdown-timeout", "5s"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        assert!(
-            lines.by_ref().map_while(Result::ok).any(|l| l.contains("edge listening")),
-            "the edge never said it was listening"
-        );
-        let kill = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status();
-        assert!(kill.unwrap().success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "SIG{signal}: still running");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(status.success(), "SIG{signal}: {status}");
-        let rest: Vec<String> = lines.map_while(Result::ok).collect();
-        assert!(rest.iter().any(|l| l.contains("edge stopped")), "SIG{signal}: {rest:?}");
-    }
+    let args = ["--listen", "127.0.0.1:0", "--shutdown-timeout", "5s"];
+    cli_checks::stops_gracefully_on_sigterm_and_sigint(edge, &args, "edge listening", "edge stopped");
 }
