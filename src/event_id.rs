@@ -2,7 +2,8 @@
 //! in the media service's URL, so they are checked against one allow-list
 //! everywhere, before anything else looks at them.
 
-use std::{fmt, sync::Arc};
+use crate::allow_listed::{self, Refusal, id_type};
+use std::sync::Arc;
 
 /// Longest accepted event id, in bytes.
 pub const MAX_LEN: usize = 128;
@@ -35,28 +36,14 @@ pub enum InvalidEventId {
 impl EventId {
     /// Validates `s` as an event id.
     pub fn parse(s: &str) -> Result<Self, InvalidEventId> {
-        if s.is_empty() {
-            return Err(InvalidEventId::Empty);
-        }
-        if s.len() > MAX_LEN {
-            return Err(InvalidEventId::TooLong);
-        }
-        if !s.bytes().all(is_allowed) {
-            return Err(InvalidEventId::BadCharacter);
-        }
-        if s.bytes().all(|b| b == b'.') {
-            return Err(InvalidEventId::OnlyDots);
-        }
+        allow_listed::check(s, MAX_LEN, false).map_err(|refusal| match refusal {
+            Refusal::Empty => InvalidEventId::Empty,
+            Refusal::TooLong => InvalidEventId::TooLong,
+            Refusal::BadCharacter => InvalidEventId::BadCharacter,
+            Refusal::OnlyDots => InvalidEventId::OnlyDots,
+        })?;
         Ok(Self(Arc::from(s)))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-fn is_allowed(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-')
 }
 
 impl std::str::FromStr for EventId {
@@ -66,23 +53,7 @@ impl std::str::FromStr for EventId {
     }
 }
 
-impl AsRef<str> for EventId {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
+id_type!(EventId);
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,7 @@
 //! that start a graceful shutdown, and the Prometheus metrics of both
 //! binaries.
 
+pub mod allow_listed;
 pub mod bearer;
 #[cfg(feature = "test-support")]
 pub mod cli_checks;

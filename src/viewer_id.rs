@@ -1,7 +1,8 @@
 //! Viewer ids (`?vid=`) come from browsers and travel to the poller and the
 //! media service, so they are allow-listed like event ids.
 
-use std::{fmt, sync::Arc};
+use crate::allow_listed::{self, Refusal, id_type};
+use std::sync::Arc;
 
 /// Longest accepted viewer id, in bytes.
 pub const MAX_LEN: usize = 64;
@@ -23,34 +24,16 @@ pub enum InvalidViewerId {
 
 impl ViewerId {
     pub fn parse(s: &str) -> Result<Self, InvalidViewerId> {
-        if s.is_empty() {
-            return Err(InvalidViewerId::Empty);
-        }
-        if s.len() > MAX_LEN {
-            return Err(InvalidViewerId::TooLong);
-        }
-        if !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-')) {
-            return Err(InvalidViewerId::BadCharacter);
-        }
+        allow_listed::check(s, MAX_LEN, true).map_err(|refusal| match refusal {
+            Refusal::Empty => InvalidViewerId::Empty,
+            Refusal::TooLong => InvalidViewerId::TooLong,
+            Refusal::BadCharacter | Refusal::OnlyDots => InvalidViewerId::BadCharacter,
+        })?;
         Ok(Self(Arc::from(s)))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for ViewerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for ViewerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
+id_type!(ViewerId);
 
 #[cfg(test)]
 mod tests {
