@@ -9,6 +9,7 @@ pub mod bearer;
 pub mod cli_checks;
 pub mod event_id;
 pub mod flags;
+pub mod listen;
 pub mod metrics;
 pub mod recent;
 pub mod signal;

@@ -211,6 +211,7 @@ mod tests {
         assert_eq!(c.demo_tokens, Some(Duration::from_secs(90)));
     }
 
+    // The same check as the poller's on purpose: each binary's own flag.
     #[test]
     fn log_format() {
         assert_eq!(parse(&["--log-format", "json"]).unwrap().log_format, LogFormat::Json);

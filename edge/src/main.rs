@@ -34,8 +34,6 @@ async fn main() -> anyhow::Result<()> {
     };
     livepush::telemetry::init(config.log_format);
     let shutdown = livepush::signal::shutdown();
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("--listen {}: {e}", config.listen))?;
+    let listener = livepush::listen::bind(config.listen).await?;
     edge::run(config, listener, shutdown).await
 }

@@ -314,6 +314,7 @@ mod tests {
         assert!(!err.contains("edge-token"), "{err}");
     }
 
+    // The same check as the edge's on purpose: each binary's own flag.
     #[test]
     fn log_format() {
         assert_eq!(parse(&["--log-format", "json"]).unwrap().log_format, LogFormat::Json);
