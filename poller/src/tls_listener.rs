@@ -53,7 +53,7 @@ pub struct ServerCert {
 impl ServerCert {
     /// Reads and checks the chain (the flag's value parser).
     pub fn load(path: &str) -> Result<Self, String> {
-        Ok(Self { path: path.to_owned(), certs: crate::tls::read_certs(path)? })
+        Ok(Self { path: path.to_owned(), certs: livepush::tls::read_certs(path)? })
     }
 }
 

@@ -12,10 +12,7 @@
 //! says why at debug (`RUST_LOG=edge=debug`).
 
 use hyper_util::rt::TokioIo;
-use rustls::{
-    RootCertStore,
-    pki_types::{CertificateDer, ServerName, pem::PemObject},
-};
+use rustls::pki_types::ServerName;
 use std::{
     future::Future,
     io,
@@ -28,54 +25,17 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tonic::transport::Uri;
 use tower_service::Service;
-use tracing::{info, warn};
+use tracing::info;
 
 /// `--poller-ca`: extra trusted CA certificates (PEM, one or more).
-#[derive(Clone, Debug)]
-pub struct PollerCa {
-    path: String,
-    certs: Vec<CertificateDer<'static>>,
-}
-
-impl PollerCa {
-    /// Reads and checks the bundle (the flag's value parser): every
-    /// certificate must be a usable trust anchor.
-    pub fn load(path: &str) -> Result<Self, String> {
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("{path}: {e}"))?;
-        if certs.is_empty() {
-            return Err(format!("{path}: no PEM certificate found"));
-        }
-        let mut store = RootCertStore::empty();
-        for (i, cert) in certs.iter().enumerate() {
-            store
-                .add(cert.clone())
-                .map_err(|e| format!("{path}: certificate {} is not a usable CA: {e}", i + 1))?;
-        }
-        Ok(Self { path: path.to_owned(), certs })
-    }
-}
+pub use livepush::tls::CaBundle as PollerCa;
 
 /// The client side of every handshake with a poller: the system's roots
 /// plus `ca`, ALPN `h2`, no client certificate (the edge proves who it is
 /// with its bearer token).
 pub fn client_config(ca: Option<&PollerCa>) -> Arc<rustls::ClientConfig> {
-    let native = rustls_native_certs::load_native_certs();
-    for error in native.errors.iter().take(3) {
-        warn!(%error, "reading the system's trust store");
-    }
-    let mut roots = RootCertStore::empty();
-    let (system, _) = roots.add_parsable_certificates(native.certs);
-    if let Some(ca) = ca {
-        for cert in &ca.certs {
-            roots.add(cert.clone()).expect("checked when --poller-ca was parsed");
-        }
-    }
-    info!(system_roots = system, poller_ca = ca.map(|c| c.path.as_str()), "TLS trust for https:// pollers");
-    if roots.is_empty() {
-        warn!("no trusted roots for https:// pollers: give --poller-ca");
-    }
+    let (roots, system, source) = livepush::tls::roots(ca);
+    info!(roots = system, ?source, poller_ca = ca.map(|c| c.path.as_str()), "TLS trust for https:// pollers");
     let mut config = rustls::ClientConfig::builder_with_provider(livepush::tls::provider())
         .with_safe_default_protocol_versions()
         .expect("the provider supports the default protocol versions")
@@ -122,24 +82,5 @@ impl Service<Uri> for TlsConnector {
             let stream = tls.connect(name, tcp).await?;
             Ok(TokioIo::new(stream))
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bad_ca_files_are_refused_with_their_path() {
-        let dir = std::env::temp_dir().join(format!("livepush-poller-ca-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let empty = dir.join("empty.pem");
-        std::fs::write(&empty, "").unwrap();
-        let junk = dir.join("junk.pem");
-        std::fs::write(&junk, "-----BEGIN CERTIFICATE-----\n@@@\n-----END CERTIFICATE-----\n").unwrap();
-        for path in [empty.to_str().unwrap(), junk.to_str().unwrap(), "/nonexistent/ca.pem"] {
-            let err = PollerCa::load(path).unwrap_err();
-            assert!(err.contains(path), "{err}");
-        }
     }
 }
