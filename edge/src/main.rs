@@ -23,6 +23,8 @@ enum Command {
     Token(MintArgs),
 }
 
+// The same few lines in each binary, on purpose: main parses flags, starts
+// logging and hands over to the crate's `run`.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = match Cli::parse() {

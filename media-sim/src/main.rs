@@ -1,6 +1,8 @@
 use clap::Parser;
 use media_sim::Config;
 
+// The same few lines in each binary, on purpose: main parses flags, starts
+// logging and hands over to the crate's `run`.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
