@@ -273,7 +273,11 @@ pub async fn run(
             }
             None => Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)),
         };
-    info!(%addr, media_url = %config.media_url, interval = ?config.interval, tls, auth, "poller listening");
+    // With --media-batch-url every poll goes there, so that is the URL to show.
+    let polls = config.media_batch_url.as_ref().unwrap_or(&config.media_url);
+    let (batch_size, publish) =
+        (config.media_batch_url.as_ref().map(|_| config.batch_size), config.publish_token_file.is_some());
+    info!(%addr, media_url = %polls, ?batch_size, interval = ?config.interval, tls, auth, publish, "poller listening");
 
     tokio::select! {
         result = &mut server => return Ok(result?),
