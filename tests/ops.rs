@@ -116,7 +116,7 @@ fn the_dashboard_is_importable_and_uses_a_datasource_variable() {
         .filter(|p| p["type"] == "row")
         .map(|p| p["title"].as_str().unwrap())
         .collect();
-    assert_eq!(titles.len(), 6, "{titles:?}");
+    assert_eq!(titles.len(), 7, "{titles:?}");
 }
 
 #[test]
