@@ -552,3 +552,25 @@ async fn a_poll_that_went_out_before_a_publish_does_not_bring_the_old_document_b
     assert!(later.is_err(), "the old document came back: {later:?}");
     assert_eq!(media.count("race"), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_work_with_batch_polls_too() {
+    let dir = temp_dir("batched");
+    let media = TestMedia::start().await;
+    media.set_json("hb", r#"{"v":0}"#);
+    let batch = media.batch_template();
+    let args = ["--media-batch-url", batch.as_str(), "--min-hint-gap", "10ms"];
+    let p = poller(&media, Some(&token_file(&dir, TOKEN)), &args).await;
+    let mut feed = subscribe(p.addr, "hb").await;
+    expect_live(&mut feed, r#"{"v":0}"#).await;
+    // At a 1 h interval only the hints can bring these; each one right
+    // after the previous value arrived (a hint whose poll is lost would
+    // leave the stream waiting for the next round, an hour away).
+    for v in 1..=20 {
+        let doc = format!(r#"{{"v":{v}}}"#);
+        media.set_json("hb", &doc);
+        assert_accepted(&post(&p.url(), "hb", Some(TOKEN), "").await, "poll", 0);
+        expect_live(&mut feed, &doc).await;
+    }
+    assert_eq!(media.total(), 0, "every poll went through the batch endpoint");
+}

@@ -95,9 +95,14 @@ pub(crate) async fn run(task: Task) -> Finished {
             let poll = poller.poll(&validators, due);
             tokio::pin!(poll);
             loop {
+                // In this order: the poll is polled (so a batched one is
+                // registered with the batcher) before a hint can bring it
+                // forward.
                 tokio::select! {
+                    biased;
                     _ = shutdown.cancelled() => break 'polling Finished::Stopped,
                     _ = &mut linger => break 'polling Finished::Idle,
+                    r = &mut poll => break r,
                     _ = control.notified() => {
                         let pending = control.take();
                         if let Some(data) = pending.data {
@@ -123,7 +128,6 @@ pub(crate) async fn run(task: Task) -> Finished {
                         };
                         hints.fired(brought);
                     }
-                    r = &mut poll => break r,
                 }
             }
         };
