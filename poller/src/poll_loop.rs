@@ -15,7 +15,6 @@
 use crate::{
     batch::{Batcher, Due},
     media_client::{FetchError, Fetched, MediaClient, Validators},
-    registry::{Control, Settings, Snapshot},
 };
 use livepush::{
     EventId,
@@ -23,12 +22,81 @@ use livepush::{
 };
 use rand::Rng;
 use std::{
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
-use tokio::{sync::watch, time::Instant};
+use tokio::{
+    sync::{Notify, watch},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+/// The latest value of an event, shared by every subscriber; `None` until the
+/// first fetch has answered.
+pub type Snapshot = Option<Arc<LiveUpdate>>;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub interval: Duration,
+    pub linger: Duration,
+    pub max_backoff: Duration,
+    pub max_events: usize,
+    /// Least time between two hint-triggered polls of one event.
+    pub min_hint_gap: Duration,
+    /// Ids per batch poll, with `--media-batch-url`.
+    pub batch_size: usize,
+}
+
+/// What a hint asks of an event's poll task.
+#[derive(Debug)]
+pub enum Hint {
+    /// Poll now (coalesced by the task).
+    Poll,
+    /// Publish this document (compacted, with its fingerprint) now.
+    Publish { data: String, fingerprint: u128 },
+}
+
+/// The hints waiting for a poll task.
+#[derive(Default)]
+pub(crate) struct Control {
+    notify: Notify,
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+pub(crate) struct Pending {
+    pub poll: bool,
+    pub data: Option<(String, u128)>,
+}
+
+impl Control {
+    /// Hands `hint` to the task: the latest document replaces an earlier
+    /// one, and a poll asked for while one is already asked is coalesced.
+    pub(crate) fn offer(&self, hint: Hint) {
+        let mut pending = livepush::sync::lock(&self.pending, "event hints");
+        match hint {
+            Hint::Poll => {
+                if std::mem::replace(&mut pending.poll, true) {
+                    // The task has not taken the previous one yet.
+                    livepush::metrics::poller().hints.coalesced.increment(1);
+                }
+            }
+            Hint::Publish { data, fingerprint } => pending.data = Some((data, fingerprint)),
+        }
+        drop(pending);
+        self.notify.notify_one();
+    }
+
+    pub(crate) async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    /// What is waiting, leaving nothing.
+    pub(crate) fn take(&self) -> Pending {
+        std::mem::take(&mut *livepush::sync::lock(&self.pending, "event hints"))
+    }
+}
 
 /// What one event's poll task is given.
 pub(crate) struct Task {

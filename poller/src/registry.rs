@@ -7,10 +7,11 @@
 //! of simultaneous subscribers cause exactly one first fetch; the task stops
 //! once the event has had no subscriber for `--linger`.
 
+pub use crate::poll_loop::{Hint, Settings, Snapshot};
 use crate::{
     batch::Batcher,
     media_client::MediaClient,
-    poll_loop::{self, Finished},
+    poll_loop::{self, Control, Finished},
 };
 use livepush::{EventId, metrics::GaugeGuard, proto::LiveUpdate, recent::RecentMap};
 use std::{
@@ -18,30 +19,14 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-
-/// The latest value of an event, shared by every subscriber; `None` until the
-/// first fetch has answered.
-pub type Snapshot = Option<Arc<LiveUpdate>>;
 
 /// How long an ended event is remembered, so re-subscribing to it is answered
 /// at once instead of costing the media service a request.
 const ENDED_TTL: Duration = Duration::from_secs(600);
 /// Most ended events remembered; the oldest is forgotten first.
 const MAX_ENDED: usize = 10_000;
-
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub interval: Duration,
-    pub linger: Duration,
-    pub max_backoff: Duration,
-    pub max_events: usize,
-    /// Least time between two hint-triggered polls of one event.
-    pub min_hint_gap: Duration,
-    /// Ids per batch poll, with `--media-batch-url`.
-    pub batch_size: usize,
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SubscribeError {
@@ -149,23 +134,11 @@ impl Registry {
         let Some(entry) = state.events.get(id) else {
             return HintOutcome::NotWatched;
         };
-        let mut pending = livepush::sync::lock(&entry.control.pending, "event hints");
-        let outcome = match hint {
-            Hint::Poll => {
-                if std::mem::replace(&mut pending.poll, true) {
-                    // The task has not taken the previous one yet.
-                    livepush::metrics::poller().hints.coalesced.increment(1);
-                }
-                HintOutcome::Poll
-            }
-            Hint::Publish { data, fingerprint } => {
-                // Only the latest document matters.
-                pending.data = Some((data, fingerprint));
-                HintOutcome::Published
-            }
+        let outcome = match &hint {
+            Hint::Poll => HintOutcome::Poll,
+            Hint::Publish { .. } => HintOutcome::Published,
         };
-        drop(pending);
-        entry.control.notify.notify_one();
+        entry.control.offer(hint);
         outcome
     }
 
@@ -265,15 +238,6 @@ impl Registry {
     }
 }
 
-/// What a hint asks of an event's poll task.
-#[derive(Debug)]
-pub enum Hint {
-    /// Poll now (coalesced by the task).
-    Poll,
-    /// Publish this document (compacted, with its fingerprint) now.
-    Publish { data: String, fingerprint: u128 },
-}
-
 /// What became of a hint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HintOutcome {
@@ -281,30 +245,6 @@ pub enum HintOutcome {
     Published,
     /// This poller does not watch the event.
     NotWatched,
-}
-
-/// The hints waiting for a poll task.
-#[derive(Default)]
-pub(crate) struct Control {
-    notify: Notify,
-    pending: Mutex<Pending>,
-}
-
-#[derive(Default)]
-pub(crate) struct Pending {
-    pub poll: bool,
-    pub data: Option<(String, u128)>,
-}
-
-impl Control {
-    pub(crate) async fn notified(&self) {
-        self.notify.notified().await
-    }
-
-    /// What is waiting, leaving nothing.
-    pub(crate) fn take(&self) -> Pending {
-        std::mem::take(&mut *livepush::sync::lock(&self.pending, "event hints"))
-    }
 }
 
 /// One subscriber's view of an event. Dropping it (the gRPC stream ends or the

@@ -4,7 +4,10 @@
 //! added. Everything here runs under the store's lock and costs the size of
 //! the batches involved, never of everything stored.
 
-use super::{validate::ValidBatch, *};
+use super::{
+    validate::{EdgeEvent, ValidBatch},
+    *,
+};
 
 /// One reporting edge: its owner and its `edge_id` (which follows the
 /// viewer-id rules, hence the type).
@@ -65,19 +68,6 @@ pub(super) struct Edge {
     pub(super) events: Vec<EdgeEvent>,
     /// Its share of [`MAX_STORED_ENTRIES`].
     pub(super) weight: usize,
-}
-
-/// One event as one edge listed it.
-pub(super) struct EdgeEvent {
-    pub(super) id: EventId,
-    pub(super) vids: Box<[ViewerId]>,
-    pub(super) anonymous: u32,
-}
-
-impl EdgeEvent {
-    pub(super) fn has_viewers(&self) -> bool {
-        !self.vids.is_empty() || self.anonymous > 0
-    }
 }
 
 /// One event merged over all edges.

@@ -1,7 +1,7 @@
 //! Every check a heartbeat batch passes, before the store's lock is taken:
 //! an invalid batch changes nothing.
 
-use super::{tally::EdgeEvent, *};
+use super::*;
 
 /// Why a batch was refused as malformed (INVALID_ARGUMENT). One line; it names
 /// the offending position, never echoes the input.
@@ -87,4 +87,17 @@ pub(super) fn validate(batch: HeartbeatBatch) -> Result<ValidBatch, InvalidBatch
     }
     let interval = Duration::from_millis(batch.interval_ms.into());
     Ok(ValidBatch { edge, interval, listed, events })
+}
+
+/// One event as one edge listed it.
+pub(super) struct EdgeEvent {
+    pub(super) id: EventId,
+    pub(super) vids: Box<[ViewerId]>,
+    pub(super) anonymous: u32,
+}
+
+impl EdgeEvent {
+    pub(super) fn has_viewers(&self) -> bool {
+        !self.vids.is_empty() || self.anonymous > 0
+    }
 }
