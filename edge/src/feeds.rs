@@ -15,14 +15,14 @@
 //! Each entry's upstream task, its subscription and its failover between
 //! pollers, is [`crate::upstream::failover`].
 
+pub use crate::snapshot::{Markers, Snapshot, Tagged};
 use crate::{
     sse,
     upstream::{
-        failover::{LogOnce, upstream},
+        failover::{self, LogOnce, upstream},
         pollers::Pollers,
     },
 };
-use bytes::Bytes;
 use livepush::{EventId, metrics, recent::RecentMap};
 use rand::Rng;
 use std::{
@@ -36,65 +36,6 @@ use std::{
 };
 use tokio::{sync::watch, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-
-/// What browsers of an event should have, encoded once for all of them.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    /// `seq` of the update that last changed the data (0: no data yet). It is
-    /// the SSE `id` of `data_frame`.
-    pub data_seq: u64,
-    /// `id: <data_seq>` + `data: <json>`: an unnamed event, so
-    /// `EventSource.onmessage` gets the JSON exactly as polling fetched it.
-    pub data_frame: Option<Bytes>,
-    /// The data may be outdated: the poller says the media service fails, or
-    /// this edge lost its upstream stream.
-    pub stale: bool,
-    /// The poller said the event is over.
-    pub ended: bool,
-    /// Cluster-wide viewer count, once known, and its `presence` event.
-    pub viewers: Option<u32>,
-    pub presence_frame: Option<Bytes>,
-    /// The same, tagged with the event id, for multi-event streams.
-    pub tagged: Tagged,
-}
-
-/// Frames of multi-event streams ([`crate::multi`]), encoded once per change
-/// like the untagged ones: each carries `{"event_id": …}` so one `onmessage`
-/// handler can route it.
-#[derive(Debug, Clone, Default)]
-pub struct Tagged {
-    /// `data: {"event_id":…,"data":<json>}` and the blank line, without an
-    /// `id:` line: each connection writes its own resume id before it.
-    pub data: Option<Bytes>,
-    /// `event: presence` with `{"event_id":…,"viewers":N}`.
-    pub presence: Option<Bytes>,
-    /// `stale`, `live` and `end` of this event: fixed, encoded when its feed
-    /// is created and shared by every snapshot.
-    pub markers: Option<Arc<Markers>>,
-}
-
-#[derive(Debug)]
-pub struct Markers {
-    pub stale: Bytes,
-    pub live: Bytes,
-    pub end: Bytes,
-}
-
-impl Snapshot {
-    /// The empty snapshot a new feed of `id` starts with.
-    pub fn new(id: &EventId) -> Self {
-        let marker = |event, state| {
-            let data = format!(r#"{{"event_id":"{}","state":"{state}"}}"#, id.as_str());
-            sse::Event { id: None, event: Some(event), data: &data }.encode()
-        };
-        let markers = Markers {
-            stale: marker("stale", "stale"),
-            live: marker("live", "live"),
-            end: marker("end", "ended"),
-        };
-        Self { tagged: Tagged { markers: Some(Arc::new(markers)), ..Tagged::default() }, ..Self::default() }
-    }
-}
 
 /// Ended events remembered per edge, and for how long.
 const MAX_ENDED: usize = 10_000;
@@ -224,20 +165,10 @@ impl Feeds {
         self.lock().events.get(id)?.source
     }
 
-    pub(crate) fn set_source(&self, id: &EventId, poller: SocketAddr) {
+    fn set_source(&self, id: &EventId, poller: SocketAddr) {
         if let Some(entry) = self.lock().events.get_mut(id) {
             entry.source = Some(poller);
         }
-    }
-
-    /// The pollers the events' streams go to.
-    pub(crate) fn pollers(&self) -> &Pollers {
-        &self.inner.pollers
-    }
-
-    /// The once-per-cause log of upstream failures.
-    pub(crate) fn log(&self) -> &LogOnce {
-        &self.inner.log
     }
 
     /// Upstream streams closed after their grace since the last call.
@@ -278,7 +209,7 @@ impl Feeds {
         }
     }
 
-    pub(crate) fn remember_ended(&self, id: &EventId) {
+    fn remember_ended(&self, id: &EventId) {
         self.lock().ended.insert(id.clone(), ());
     }
 
@@ -322,5 +253,24 @@ struct WatchGuard {
 impl Drop for WatchGuard {
     fn drop(&mut self) {
         self.feeds.release(&self.id, self.generation);
+    }
+}
+
+/// The table as the upstream tasks see it.
+impl failover::Table for Feeds {
+    fn pollers(&self) -> &Pollers {
+        &self.inner.pollers
+    }
+
+    fn log(&self) -> &LogOnce {
+        &self.inner.log
+    }
+
+    fn remember_ended(&self, id: &EventId) {
+        Feeds::remember_ended(self, id)
+    }
+
+    fn set_source(&self, id: &EventId, poller: SocketAddr) {
+        Feeds::set_source(self, id, poller)
     }
 }

@@ -18,6 +18,7 @@ pub mod pulse;
 pub mod readiness;
 pub mod routes;
 pub mod server;
+pub mod snapshot;
 pub mod sse;
 pub mod stream;
 pub mod tls;

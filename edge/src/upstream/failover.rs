@@ -12,11 +12,11 @@
 //! once per poller and cause (see [`LogOnce`]), not once per event.
 
 use crate::{
-    feeds::{Feeds, Snapshot},
+    snapshot::Snapshot,
     sse,
     upstream::{
         channels::Lease,
-        pollers::{Live, Member},
+        pollers::{Live, Member, Pollers},
     },
 };
 use livepush::{
@@ -50,6 +50,19 @@ const MAX_CHANNEL_RETRIES: u32 = 3;
 /// One warning per poller and cause per this long; repeats are counted and
 /// logged at debug.
 const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// What an event's upstream task needs of the table of watched events
+/// ([`crate::feeds::Feeds`]), so that this module does not depend on it.
+pub(crate) trait Table: Send + Sync + 'static {
+    /// The pollers and which one owns each event.
+    fn pollers(&self) -> &Pollers;
+    /// One warning per poller and cause.
+    fn log(&self) -> &LogOnce;
+    /// The poller said the event is over.
+    fn remember_ended(&self, id: &EventId);
+    /// The poller whose stream feeds the event now.
+    fn set_source(&self, id: &EventId, poller: SocketAddr);
+}
 
 /// Turns the poller's updates into snapshots.
 ///
@@ -160,8 +173,8 @@ enum Outcome {
 /// Holds the upstream subscription of one event until cancelled or ended:
 /// always with the event's owner among the live pollers, moving when the
 /// owner changes, resubscribing with backoff and jitter when it fails.
-pub(crate) async fn upstream(
-    feeds: Feeds,
+pub(crate) async fn upstream<T: Table>(
+    feeds: T,
     id: EventId,
     tx: watch::Sender<Snapshot>,
     cancel: CancellationToken,
@@ -248,7 +261,7 @@ async fn owner(
 /// Subscribes to `owner` and publishes what it sends until something ends
 /// the subscription.
 async fn follow(
-    feeds: &Feeds,
+    feeds: &impl Table,
     id: &EventId,
     owner: &Member,
     live: &mut watch::Receiver<Live>,
