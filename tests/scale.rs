@@ -196,6 +196,21 @@ async fn churn_on_500_events_disturbs_no_other_browser_and_leaves_nothing_behind
     }
 }
 
+/// Serves [`Refusing`] (with a SERVING health status) on a free port.
+async fn start_refusing_poller() -> std::net::SocketAddr {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<LiveFeedServer<Refusing>>().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(LiveFeedServer::new(Refusing))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
 /// A poller that refuses every event id as invalid (a poller whose id rules
 /// disagree with the edge's), healthy otherwise; except `max-*` events, whose
 /// streams send `seq = u64::MAX` (a buggy or hostile poller), and `ok-*`
@@ -241,16 +256,7 @@ impl LiveFeed for Refusing {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_the_poller_refuses_as_invalid_ends_its_browsers_streams() {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_serving::<LiveFeedServer<Refusing>>().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health)
-            .add_service(LiveFeedServer::new(Refusing))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let addr = start_refusing_poller().await;
     let edge = start_edge(&["--poller", &format!("http://{addr}")]).await;
     let url = format!("{}/live/odd/stream", edge.url());
     let mut browser = SseClient::open(&url).await;
@@ -266,16 +272,7 @@ async fn an_id_the_poller_refuses_as_invalid_ends_its_browsers_streams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poller_sending_seq_u64_max_cannot_stall_or_break_the_edge() {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_serving::<LiveFeedServer<Refusing>>().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health)
-            .add_service(LiveFeedServer::new(Refusing))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let addr = start_refusing_poller().await;
     let edge = Process::start(EDGE, free_addr(), &["--poller", &format!("http://{addr}")]);
     wait_ok(&format!("{}/readyz", edge.url())).await;
     let mut hostile = SseClient::open(&format!("{}/live/max-1/stream", edge.url())).await;
