@@ -10,7 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("livepush_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Small per-call buffers: see src/codec.rs.
+    tonic_prost_build::configure().codec_path("crate::codec::LeanCodec").compile_fds(fds)?;
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -7,6 +7,7 @@ pub mod allow_listed;
 pub mod bearer;
 #[cfg(feature = "test-support")]
 pub mod cli_checks;
+pub mod codec;
 pub mod event_id;
 pub mod flags;
 pub mod listen;
