@@ -122,9 +122,12 @@ impl Feeds {
             if closed > 0 {
                 self.inner.closed.fetch_add(closed, Ordering::Relaxed);
                 metrics::edge_upstream().events_watched.decrement(closed as f64);
-                // A crowd that left frees its table space too.
-                if table.events.capacity() > 2 * table.events.len() + 1_024 {
-                    table.events.shrink_to_fit();
+                // A crowd that left frees its table space too (down to
+                // twice what is left, so a table shrinking over several
+                // sweeps moves a few times, not at every sweep).
+                let left = table.events.len();
+                if table.events.capacity() > 4 * left + 64 {
+                    table.events.shrink_to(2 * left);
                 }
             }
         }
