@@ -32,9 +32,7 @@ const EVIL: &str = "evil-token-0123456789abcdef";
 const UNKNOWN: &str = "unknown-token-0123456789abcdef";
 
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("livepush-grpc-auth-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    livepush_tests::temp_dir(&format!("grpc-auth-{name}"))
 }
 
 /// The usual clients: an edge pool, a dashboard that reads, and `evil`, an

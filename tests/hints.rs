@@ -24,11 +24,8 @@ use tonic::{Code, Streaming};
 
 const TOKEN: &str = "hint-token-0123456789";
 
-/// A fresh directory for this test's files.
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("livepush-hints-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    livepush_tests::temp_dir(&format!("hints-{name}"))
 }
 
 /// Writes `content` to `dir/publish-token` and returns its path.

@@ -30,9 +30,7 @@ const EDGE_TOKEN: &str = "edge-token-0123456789abcdef";
 const READER_TOKEN: &str = "reader-token-0123456789abcdef";
 
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("livepush-poller-tls-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    livepush_tests::temp_dir(&format!("poller-tls-{name}"))
 }
 
 /// A CA, a poller certificate for `localhost` and 127.0.0.1 signed by it,

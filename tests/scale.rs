@@ -254,6 +254,35 @@ impl LiveFeed for Refusing {
     }
 }
 
+/// The edge starts again with one malloc arena and no thread cache (what
+/// lets it give a crowd's memory back), keeping other tunables, unless the
+/// operator chose either setting; its start-up log says which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_runs_with_its_allocator_tunables_unless_the_operator_set_them() {
+    let ours = edge::memory::TUNABLES;
+    let cases = [
+        ("", format!("one arena, no thread cache tunables=\"{ours}\"")),
+        ("glibc.malloc.trim_threshold=65536", format!("one arena, no thread cache tunables=\"{ours}\"")),
+        (
+            "glibc.malloc.tcache_count=7",
+            "as the operator set it tunables=glibc.malloc.tcache_count=7".to_owned(),
+        ),
+    ];
+    let dir = livepush_tests::temp_dir("allocator");
+    for (i, (given, expected)) in cases.into_iter().enumerate() {
+        let log = dir.join(format!("edge-{i}.log"));
+        let args = ["--poller", "http://127.0.0.1:9"];
+        let env = [("GLIBC_TUNABLES", given), ("RUST_LOG", "edge=info")];
+        let edge = Process::start_with(EDGE, free_addr(), &args, &env, Some(&log));
+        wait_ok(&format!("{}/healthz", edge.url())).await;
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<_> = text.lines().filter(|l| l.contains("malloc:")).collect();
+        assert_eq!(lines.len(), 1, "given {given:?}: one line, once:\n{text}");
+        assert!(lines[0].contains(&expected), "given {given:?}: {}", lines[0]);
+        assert!(!text.contains("glibc's defaults"), "{text}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_the_poller_refuses_as_invalid_ends_its_browsers_streams() {
     let addr = start_refusing_poller().await;

@@ -24,9 +24,10 @@ enum Command {
 }
 
 // The same few lines in each binary, on purpose: main parses flags, starts
-// logging and hands over to the crate's `run`.
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+// logging and hands over to the crate's `run`. The edge first sets up its
+// allocator, which may start the process again: before any thread exists.
+fn main() -> anyhow::Result<()> {
+    let tuning = edge::memory::tune_allocator();
     let config = match Cli::parse() {
         Cli { command: Some(Command::Token(args)), .. } => {
             println!("{}", args.mint()?);
@@ -35,6 +36,12 @@ async fn main() -> anyhow::Result<()> {
         Cli { config, command: None } => config,
     };
     livepush::telemetry::init(config.log_format);
+    tuning.log();
+    serve(config)
+}
+
+#[tokio::main]
+async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = livepush::signal::shutdown();
     let listener = livepush::listen::bind(config.listen).await?;
     edge::run(config, listener, shutdown).await

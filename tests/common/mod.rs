@@ -21,6 +21,14 @@ pub use media::TestMedia;
 /// guard against hangs: tests assert on what arrives, never on how fast.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// A fresh directory for one test's files, `livepush-{name}-{pid}` under
+/// the system's temporary directory.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("livepush-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// One HTTP client for the helpers: building a reqwest client loads the
 /// system's trust store (tens of milliseconds), which a test opening 500
 /// browsers at once cannot afford per browser. Connections are not pooled,
