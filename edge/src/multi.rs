@@ -145,7 +145,8 @@ impl ResumeId {
 
 /// What one event's browser has been sent on this connection.
 #[derive(Debug, Clone, Default)]
-struct Sent {
+#[doc(hidden)] // Public for the micro-benchmarks (edge/benches) only.
+pub struct Sent {
     /// `seq` of the last data written (0: none yet).
     data_seq: u64,
     /// From the resume id: the browser already has this `seq` (skipped when
@@ -165,16 +166,17 @@ impl Sent {
 }
 
 /// What this connection sent of every event.
-struct Members {
+#[doc(hidden)] // Public for the micro-benchmarks (edge/benches) only.
+pub struct Members {
     /// [`ResumeId::list`] of the stream's events.
-    list: u64,
-    sent: Vec<Sent>,
+    pub list: u64,
+    pub sent: Vec<Sent>,
 }
 
 impl Members {
     /// Appends to `out` what brings the browser from what it has of event
     /// `i` to `snap`; returns the number of SSE events appended.
-    fn catch_up(&mut self, i: usize, snap: &Snapshot, out: &mut BytesMut) -> u64 {
+    pub fn catch_up(&mut self, i: usize, snap: &Snapshot, out: &mut BytesMut) -> u64 {
         let sent = &mut self.sent[i];
         if sent.ended {
             return 0;

@@ -27,33 +27,35 @@ pub const END: Bytes = Bytes::from_static(b"event: end\ndata: {\"state\":\"ended
 
 /// What [`Sent::catch_up`] has for the browser.
 #[derive(Debug)]
-struct CatchUp {
+#[doc(hidden)] // Public for the micro-benchmarks (edge/benches) only.
+pub struct CatchUp {
     /// The frames to write, as one chunk.
-    bytes: Option<Bytes>,
+    pub bytes: Option<Bytes>,
     /// How many SSE events `bytes` holds.
-    frames: u64,
+    pub frames: u64,
     /// The stream is over after them.
-    done: bool,
+    pub done: bool,
 }
 
 /// What this browser has been sent so far.
-struct Sent {
+#[doc(hidden)] // Public for the micro-benchmarks (edge/benches) only.
+pub struct Sent {
     /// `seq` of the last data written; only newer data is written, so no
     /// `seq` reaches a browser twice, even across upstream resubscriptions.
-    data_seq: u64,
-    stale: bool,
-    viewers: Option<u32>,
+    pub data_seq: u64,
+    pub stale: bool,
+    pub viewers: Option<u32>,
     /// The browser's `Last-Event-ID`: the first data this connection would
     /// send is skipped when it is exactly that `seq` (the browser has it).
     /// Checked against the first data whenever it comes, because after an
     /// edge restart the browser often reconnects before the feed has a value.
-    resume: Option<u64>,
+    pub resume: Option<u64>,
 }
 
 impl Sent {
     /// The frames that bring this browser from what it has to `snap`, and
     /// whether the stream is over after them.
-    fn catch_up(&mut self, snap: &Snapshot) -> CatchUp {
+    pub fn catch_up(&mut self, snap: &Snapshot) -> CatchUp {
         let new_data = snap.data_seq > self.data_seq;
         let has_it = self.data_seq == 0 && self.resume == Some(snap.data_seq);
         let data = snap.data_frame.clone().filter(|_| new_data && !has_it);

@@ -72,7 +72,8 @@ pub(crate) trait Table: Send + Sync + 'static {
 /// poller, or the next owner after a failover) continues above the last one.
 /// Browsers only ever get data that differs from what they have, so a new
 /// upstream's first value, which repeats the current one, sends nothing.
-struct Publisher {
+#[doc(hidden)] // Public for the micro-benchmarks (edge/benches) only.
+pub struct Publisher {
     tx: watch::Sender<Snapshot>,
     /// `{"event_id":"…","data":`: the start of the multi-event envelope.
     envelope: String,
@@ -84,7 +85,7 @@ struct Publisher {
 }
 
 impl Publisher {
-    fn new(tx: watch::Sender<Snapshot>, id: &EventId) -> Self {
+    pub fn new(tx: watch::Sender<Snapshot>, id: &EventId) -> Self {
         let envelope = format!(r#"{{"event_id":"{}","data":"#, id.as_str());
         Self { tx, envelope, source_seq: 0, data: String::new(), poller_stale: false, upstream_lost: false }
     }
@@ -95,7 +96,7 @@ impl Publisher {
         self.source_seq = 0;
     }
 
-    fn update(&mut self, update: &LiveUpdate) {
+    pub fn update(&mut self, update: &LiveUpdate) {
         let state = State::try_from(update.state).unwrap_or(State::Unspecified);
         if update.seq > self.source_seq {
             self.source_seq = update.seq;
