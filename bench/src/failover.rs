@@ -54,12 +54,13 @@
 use crate::{
     httpc, procstat,
     push::{LoadArgs, ShapeArgs, event_id},
-    report::{Report, Value},
+    report::{self, Report},
     sse_load::unix_micros,
     stack::{self, BinArgs, Proc, metric, scrape},
     wire::{Item, ResponseParser, WireError, find_stamp},
 };
 use anyhow::{Context, bail, ensure};
+use serde::Serialize;
 use std::{
     cell::RefCell,
     collections::BTreeMap,
@@ -181,7 +182,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let stopped = run.stop().await;
     let outcome = outcome?;
     stopped?;
-    Ok(report(&args, &outcome))
+    report(&args, &outcome)
 }
 
 /// The processes and browsers of a run.
@@ -1021,7 +1022,7 @@ struct Back {
     stale: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize)]
 struct Integrity {
     data_events: u64,
     dropped: u64,
@@ -1030,6 +1031,7 @@ struct Integrity {
     skipped: u64,
     browsers_skipping: u64,
     browsers_with_violations: u64,
+    #[serde(skip)]
     violations: Vec<String>,
     no_id: u64,
     bad_id: u64,
@@ -1195,7 +1197,144 @@ fn pct_ms(sorted: &[u64], q: f64) -> Option<f64> {
 // ---------------------------------------------------------------------------
 // Report
 
-fn report(args: &Args, o: &Outcome) -> Report {
+/// The figures. Per-poller lists are in poller order (`None`: not running);
+/// per-edge lists in edge order.
+#[derive(Serialize)]
+struct Figures<'a> {
+    connections: u64,
+    events: u32,
+    browsers: u32,
+    edges: u32,
+    pollers: u32,
+    interval_s: f64,
+    /// media-sim runs with --stamp: every answer new.
+    change_every_s: f64,
+    /// Each window of counted polls; the time given to resume after the kill.
+    window_s: f64,
+    observe_s: f64,
+    connect_rate: u32,
+    per_source: u32,
+    cores: usize,
+    media_cmd: &'a str,
+    poller_cmd: &'a str,
+    edge_cmd: &'a str,
+    /// Before the kill: every browser had its first event after.
+    ready_s: f64,
+    before: PollFigures,
+    /// The kill: SIGKILL to the poller polling the most events.
+    kill: Kill,
+    /// Browsers of the killed poller's events: time to a value served after
+    /// the kill; the others (control: their next regular poll).
+    affected: GroupFigures,
+    unaffected: GroupFigures,
+    /// Browsers of events none of whose browsers resumed.
+    unclassified: usize,
+    /// After the kill: the window starts at the end of the observation.
+    after: PollFigures,
+    /// The killed poller's return on the same address.
+    #[serde(rename = "return")]
+    ret: Option<Return>,
+    /// Every browser, whole run.
+    integrity: &'a Integrity,
+    /// Browser tasks not stopped within 5 s.
+    stuck: usize,
+}
+
+#[derive(Serialize)]
+struct PollFigures {
+    events_per_poller: Vec<Option<u64>>,
+    streams_per_poller: Vec<Option<u64>>,
+    requests_per_s: f64,
+    polls_per_event_per_interval: f64,
+}
+
+#[derive(Serialize)]
+struct Kill {
+    victim: String,
+    /// Its events_watched before.
+    victim_events: u64,
+    /// Events whose browsers saw a new feed's id, and those whose browsers
+    /// disagreed on that.
+    moved_events: u64,
+    split_events: usize,
+    /// Streams moved per edge (the edges' failover counter) and pollers up
+    /// per edge after the kill.
+    edge_failovers: Vec<u64>,
+    pollers_up: Vec<u64>,
+    kill_cmd_ms: f64,
+    /// Other programs on the host, % of one core: in the window before, from
+    /// the kill on.
+    others_cpu_pct_before: f64,
+    others_cpu_pct: f64,
+}
+
+#[derive(Serialize)]
+struct GroupFigures {
+    browsers: u64,
+    resumed: u64,
+    resume_min_ms: Option<f64>,
+    resume_p50_ms: Option<f64>,
+    resume_p90_ms: Option<f64>,
+    resume_p99_ms: Option<f64>,
+    resume_max_ms: Option<f64>,
+    /// Previous data event to the resuming one.
+    gap_p50_ms: Option<f64>,
+    gap_max_ms: Option<f64>,
+    /// In the observation.
+    stale: u64,
+    live: u64,
+}
+
+impl GroupFigures {
+    fn of(g: &Group) -> Self {
+        let resume = |q| pct_ms(&g.resume_us, q);
+        Self {
+            browsers: g.browsers,
+            resumed: g.resume_us.len() as u64,
+            resume_min_ms: resume(0.0),
+            resume_p50_ms: resume(0.5),
+            resume_p90_ms: resume(0.9),
+            resume_p99_ms: resume(0.99),
+            resume_max_ms: resume(1.0),
+            gap_p50_ms: pct_ms(&g.gap_us, 0.5),
+            gap_max_ms: pct_ms(&g.gap_us, 1.0),
+            stale: g.stale,
+            live: g.live,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Return {
+    accepting_s: f64,
+    /// Per edge, until it counted the poller up again.
+    edges_up_s: Vec<Option<f64>>,
+    /// Until its Subscribe streams were back to the count before the kill.
+    streams_back_s: Option<f64>,
+    /// Affected browsers switched back and not; others switched (expected 0).
+    switched: u64,
+    not_switched: usize,
+    others_switched: usize,
+    /// Restart to a browser's first value from it.
+    switch_p50_ms: Option<f64>,
+    switch_max_ms: Option<f64>,
+    /// The interim owner's last value to its first.
+    switch_gap_p50_ms: Option<f64>,
+    switch_gap_max_ms: Option<f64>,
+    /// Per browser, the largest gap after the restart: switched, others.
+    gap_affected_p99_ms: Option<f64>,
+    gap_affected_max_ms: Option<f64>,
+    gap_others_p99_ms: Option<f64>,
+    gap_others_max_ms: Option<f64>,
+    stale: u64,
+    /// Streams moved per edge (whole run) and pollers up per edge.
+    failovers: Vec<u64>,
+    pollers_up: Vec<u64>,
+    /// After the linger.
+    polls: PollFigures,
+}
+
+fn report(args: &Args, o: &Outcome) -> anyhow::Result<Report> {
     let (f, moved) = failover(&o.logs, args.shape.events, o.k_us, o.observed_us);
     let g = integrity(&o.logs, o.k_us);
     let victim_before = o.before.gauges[o.victim].unwrap_or_default();
@@ -1203,268 +1342,96 @@ fn report(args: &Args, o: &Outcome) -> Report {
         "livepush-bench failover: {} events x {} browsers over {} edges, {} pollers, one killed",
         args.shape.events, args.shape.browsers, args.shape.edges, args.pollers
     );
-    let mut r = Report::new("failover", title);
-    let ms = |x: Option<f64>| Value::from(x.map(|v| Value::Float(v, 1)));
-    let s2 = |d: Duration| Value::Float(d.as_secs_f64(), 2);
-    let per_poller = |p: &Polls, f: fn(&Gauges) -> u64| -> String {
-        let cells: Vec<String> = p
-            .gauges
-            .iter()
-            .enumerate()
-            .map(|(i, g)| match g {
-                Some(g) if i == o.victim => format!("{}*", f(g)),
-                Some(g) => f(g).to_string(),
-                None => "-".to_owned(),
-            })
-            .collect();
-        cells.join(" / ")
+    let polls = |p: &Polls| PollFigures {
+        events_per_poller: p.gauges.iter().map(|g| g.map(|g| g.events)).collect(),
+        streams_per_poller: p.gauges.iter().map(|g| g.map(|g| g.streams)).collect(),
+        requests_per_s: p.requests as f64 / p.seconds,
+        polls_per_event_per_interval: p.requests as f64
+            / f64::from(args.shape.events)
+            / (p.seconds / args.interval.as_secs_f64()),
     };
-    let polls_per_interval = |p: &Polls| {
-        Value::Float(
-            p.requests as f64 / f64::from(args.shape.events) / (p.seconds / args.interval.as_secs_f64()),
-            3,
-        )
-    };
-    let per_edge = |e: &[EdgeGauges], f: fn(&EdgeGauges) -> u64| -> String {
-        e.iter().map(|g| f(g).to_string()).collect::<Vec<_>>().join(" / ")
-    };
-
-    r.section("params", "parameters")
-        .row(
-            "connections",
-            "SSE connections",
-            u64::from(args.shape.events) * u64::from(args.shape.browsers),
-            "",
-        )
-        .row("events", "events", args.shape.events, "")
-        .row("browsers", "browsers per event", args.shape.browsers, "")
-        .row("edges", "edges (each given every poller)", args.shape.edges, "")
-        .row("pollers", "pollers", args.pollers, "")
-        .row("interval_s", "poll interval", Value::Float(args.interval.as_secs_f64(), 2), "s")
-        .row(
-            "change_every_s",
-            "media-sim data changes every (--stamp: every answer new)",
-            Value::Float(args.change_every.as_secs_f64(), 2),
-            "s",
-        )
-        .row("window_s", "each window of counted polls", s2(args.window), "s")
-        .row("observe_s", "time given to resume after the kill", s2(args.observe), "s")
-        .row("connect_rate", "connect rate", args.load.connect_rate, "conn/s")
-        .row("per_source", "connections per source address", args.load.per_source, "")
-        .row("cores", "host cores (shared by all processes)", cores(), "")
-        .row("media_cmd", "media-sim", o.commands.media.as_str(), "")
-        .row("poller_cmd", "poller (ports vary)", o.commands.poller.as_str(), "")
-        .row("edge_cmd", "edge (port varies)", o.commands.edge.as_str(), "");
-
-    r.section("before", "before the kill (* = the poller killed next)")
-        .row("ready_s", "every browser had its first event after", s2(o.ready_after), "s")
-        .row("events_per_poller", "events polled per poller", per_poller(&o.before, |g| g.events), "")
-        .row("streams_per_poller", "Subscribe streams per poller", per_poller(&o.before, |g| g.streams), "")
-        .row(
-            "requests_per_s",
-            "upstream requests/s",
-            Value::Float(o.before.requests as f64 / o.before.seconds, 1),
-            "req/s",
-        )
-        .row("polls_per_interval", "polls per event per interval", polls_per_interval(&o.before), "")
-        .row(
-            "others_cpu_pct",
-            "other programs on the host (competing CPU)",
-            Value::Float(o.cpu_before.others_pct(o.before.seconds), 1),
-            "% of one core",
-        );
-
-    let failovers: Vec<EdgeGauges> = o
-        .edges_after
-        .iter()
-        .zip(&o.edges_before)
-        .map(|(a, b)| EdgeGauges {
-            failovers: a.failovers.saturating_sub(b.failovers),
-            pollers_up: a.pollers_up,
-        })
-        .collect();
+    let per_edge = |e: &[EdgeGauges], f: fn(&EdgeGauges) -> u64| e.iter().map(f).collect::<Vec<_>>();
     let observe_s = o.observed_us.saturating_sub(o.k_us) as f64 / 1e6;
-    r.section("kill", "the kill (SIGKILL to the poller polling the most events)")
-        .row("victim", "poller killed", o.victim_label(), "")
-        .row("victim_events", "its events (events_watched before)", victim_before.events, "")
-        .row("moved_events", "events that moved (browsers saw a new feed's id)", f.moved_events, "")
-        .row("split_events", "events whose browsers disagreed on that", f.split_events.len(), "")
-        .row(
-            "edge_failovers",
-            "streams moved, per edge (edges' failover counter)",
-            per_edge(&failovers, |g| g.failovers),
-            "",
-        )
-        .row(
-            "pollers_up",
-            "pollers up per edge after the kill",
-            per_edge(&o.edges_after, |g| g.pollers_up),
-            "",
-        )
-        .row("kill_cmd_ms", "`kill -KILL` took", Value::Float(o.kill_cmd.as_secs_f64() * 1000.0, 1), "ms")
-        .row(
-            "others_cpu_pct",
-            "other programs on the host from the kill on",
-            Value::Float(o.cpu_kill.others_pct(observe_s), 1),
-            "% of one core",
-        );
-
-    for (key, title, group) in [
-        (
-            "affected",
-            "browsers of the killed poller's events: time to a value served after the kill",
-            &f.affected,
-        ),
-        ("unaffected", "browsers of the other events (control: their next regular poll)", &f.unaffected),
-    ] {
-        let resumed = group.resume_us.len() as u64;
-        r.section(key, title)
-            .row("browsers", "browsers", group.browsers, "")
-            .row("resumed", "resumed", resumed, "")
-            .row("not_resumed", "not resumed within the observation", group.browsers - resumed, "")
-            .row(
-                "resume_min_ms",
-                "time to resume min (first browser)",
-                ms(pct_ms(&group.resume_us, 0.0)),
-                "ms",
-            )
-            .row("resume_p50_ms", "time to resume p50", ms(pct_ms(&group.resume_us, 0.5)), "ms")
-            .row("resume_p90_ms", "time to resume p90", ms(pct_ms(&group.resume_us, 0.9)), "ms")
-            .row("resume_p99_ms", "time to resume p99", ms(pct_ms(&group.resume_us, 0.99)), "ms")
-            .row("resume_max_ms", "time to resume max", ms(pct_ms(&group.resume_us, 1.0)), "ms")
-            .row(
-                "gap_p50_ms",
-                "gap seen (previous data event -> it) p50",
-                ms(pct_ms(&group.gap_us, 0.5)),
-                "ms",
-            )
-            .row("gap_max_ms", "gap seen max", ms(pct_ms(&group.gap_us, 1.0)), "ms")
-            .row("stale", "'stale' events in the observation", group.stale, "")
-            .row("live", "'live' events in the observation", group.live, "");
-    }
-    r.section("unclassified", "browsers of events none of whose browsers resumed").row(
-        "browsers",
-        "browsers",
-        f.unclassified.len(),
-        "",
-    );
-
-    r.section("after", "after the kill (window starts at the end of the observation)")
-        .row("events_per_poller", "events polled per poller", per_poller(&o.after, |g| g.events), "")
-        .row(
-            "requests_per_s",
-            "upstream requests/s",
-            Value::Float(o.after.requests as f64 / o.after.seconds, 1),
-            "req/s",
-        )
-        .row("polls_per_interval", "polls per event per interval", polls_per_interval(&o.after), "");
-
-    if let Some(ret) = &o.ret {
+    let mut notes = Vec::new();
+    let ret = o.ret.as_ref().map(|ret| {
         let b = back(&o.logs, &moved, ret.r_us, o.end_us);
-        let edges_up: Vec<String> = ret
-            .edges_up_after
-            .iter()
-            .map(|d| d.map_or_else(|| "never".to_owned(), |d| format!("{:.2}", d.as_secs_f64())))
-            .collect();
-        let edges_up = edges_up.join(" / ");
-        r.section("return", "return of the killed poller (same address)")
-            .row("accepting_s", "restarted poller answering after", s2(ret.accepting_after), "s")
-            .row("edges_up_s", "each edge counted it up again after", edges_up, "s")
-            .row(
-                "streams_back_s",
-                "its Subscribe streams back to the count before the kill after",
-                Value::from(ret.streams_back_after.map(s2)),
-                "s",
-            )
-            .row("switched", "affected browsers switched back", b.switched, "")
-            .row("not_switched", "affected browsers not switched back", b.affected_not_switched.len(), "")
-            .row("others_switched", "other browsers switched (expected 0)", b.others_switched.len(), "")
-            .row(
-                "switch_p50_ms",
-                "restart -> browser's first value from it p50",
-                ms(pct_ms(&b.switch_us, 0.5)),
-                "ms",
-            )
-            .row(
-                "switch_max_ms",
-                "restart -> browser's first value from it max",
-                ms(pct_ms(&b.switch_us, 1.0)),
-                "ms",
-            )
-            .row(
-                "switch_gap_p50_ms",
-                "gap at the switch (interim owner's last -> its first) p50",
-                ms(pct_ms(&b.switch_gap_us, 0.5)),
-                "ms",
-            )
-            .row("switch_gap_max_ms", "gap at the switch max", ms(pct_ms(&b.switch_gap_us, 1.0)), "ms")
-            .row(
-                "gap_affected_p99_ms",
-                "per browser largest gap after the restart, switched p99",
-                ms(pct_ms(&b.max_gap_affected_us, 0.99)),
-                "ms",
-            )
-            .row(
-                "gap_affected_max_ms",
-                "per browser largest gap after the restart, switched max",
-                ms(pct_ms(&b.max_gap_affected_us, 1.0)),
-                "ms",
-            )
-            .row(
-                "gap_others_p99_ms",
-                "per browser largest gap after the restart, others p99",
-                ms(pct_ms(&b.max_gap_others_us, 0.99)),
-                "ms",
-            )
-            .row(
-                "gap_others_max_ms",
-                "per browser largest gap after the restart, others max",
-                ms(pct_ms(&b.max_gap_others_us, 1.0)),
-                "ms",
-            )
-            .row("stale", "'stale' events after the restart", b.stale, "")
-            .row("failovers", "streams moved per edge, whole run", per_edge(&ret.edges, |g| g.failovers), "")
-            .row("pollers_up", "pollers up per edge", per_edge(&ret.edges, |g| g.pollers_up), "")
-            .row(
-                "events_per_poller",
-                "events polled per poller (after linger)",
-                per_poller(&ret.polls, |g| g.events),
-                "",
-            )
-            .row(
-                "requests_per_s",
-                "upstream requests/s",
-                Value::Float(ret.polls.requests as f64 / ret.polls.seconds, 1),
-                "req/s",
-            )
-            .row("polls_per_interval", "polls per event per interval", polls_per_interval(&ret.polls), "");
         for (what, list) in
             [("not switched back", &b.affected_not_switched), ("switched unexpectedly", &b.others_switched)]
         {
             if !list.is_empty() {
-                r.note(format!("browsers {what}: {}", describe(list)));
+                notes.push(format!("browsers {what}: {}", describe(list)));
             }
         }
+        Return {
+            accepting_s: ret.accepting_after.as_secs_f64(),
+            edges_up_s: ret.edges_up_after.iter().map(|d| d.map(|d| d.as_secs_f64())).collect(),
+            streams_back_s: ret.streams_back_after.map(|d| d.as_secs_f64()),
+            switched: b.switched,
+            not_switched: b.affected_not_switched.len(),
+            others_switched: b.others_switched.len(),
+            switch_p50_ms: pct_ms(&b.switch_us, 0.5),
+            switch_max_ms: pct_ms(&b.switch_us, 1.0),
+            switch_gap_p50_ms: pct_ms(&b.switch_gap_us, 0.5),
+            switch_gap_max_ms: pct_ms(&b.switch_gap_us, 1.0),
+            gap_affected_p99_ms: pct_ms(&b.max_gap_affected_us, 0.99),
+            gap_affected_max_ms: pct_ms(&b.max_gap_affected_us, 1.0),
+            gap_others_p99_ms: pct_ms(&b.max_gap_others_us, 0.99),
+            gap_others_max_ms: pct_ms(&b.max_gap_others_us, 1.0),
+            stale: b.stale,
+            failovers: per_edge(&ret.edges, |g| g.failovers),
+            pollers_up: per_edge(&ret.edges, |g| g.pollers_up),
+            polls: polls(&ret.polls),
+        }
+    });
+    let figures = Figures {
+        connections: u64::from(args.shape.events) * u64::from(args.shape.browsers),
+        events: args.shape.events,
+        browsers: args.shape.browsers,
+        edges: args.shape.edges,
+        pollers: args.pollers,
+        interval_s: args.interval.as_secs_f64(),
+        change_every_s: args.change_every.as_secs_f64(),
+        window_s: args.window.as_secs_f64(),
+        observe_s: args.observe.as_secs_f64(),
+        connect_rate: args.load.connect_rate,
+        per_source: args.load.per_source,
+        cores: report::cores(),
+        media_cmd: &o.commands.media,
+        poller_cmd: &o.commands.poller,
+        edge_cmd: &o.commands.edge,
+        ready_s: o.ready_after.as_secs_f64(),
+        before: polls(&o.before),
+        kill: Kill {
+            victim: o.victim_label(),
+            victim_events: victim_before.events,
+            moved_events: f.moved_events,
+            split_events: f.split_events.len(),
+            edge_failovers: o
+                .edges_after
+                .iter()
+                .zip(&o.edges_before)
+                .map(|(a, b)| a.failovers.saturating_sub(b.failovers))
+                .collect(),
+            pollers_up: per_edge(&o.edges_after, |g| g.pollers_up),
+            kill_cmd_ms: o.kill_cmd.as_secs_f64() * 1000.0,
+            others_cpu_pct_before: o.cpu_before.others_pct(o.before.seconds),
+            others_cpu_pct: o.cpu_kill.others_pct(observe_s),
+        },
+        affected: GroupFigures::of(&f.affected),
+        unaffected: GroupFigures::of(&f.unaffected),
+        unclassified: f.unclassified.len(),
+        after: polls(&o.after),
+        ret,
+        integrity: &g,
+        stuck: o.stuck,
+    };
+    let mut r = Report::new("failover", title, &figures)?;
+    for note in notes {
+        r.note(note);
     }
-
-    r.section("integrity", "stream integrity (every browser, whole run)")
-        .row("data_events", "data events read", g.data_events, "")
-        .row("duplicates", "duplicate ids (same id again)", g.duplicates, "")
-        .row("out_of_order", "out-of-order ids (lower than one seen)", g.out_of_order, "")
-        .row("browsers_with_violations", "browsers with either", g.browsers_with_violations, "")
-        .row("skipped", "values passed over (id step > 1 within a feed)", g.skipped, "")
-        .row("browsers_skipping", "browsers that passed over a value", g.browsers_skipping, "")
-        .row("no_id", "data events without an id / unparsable id", format!("{} / {}", g.no_id, g.bad_id), "")
-        .row("unstamped", "data events without served_at_ms", g.unstamped, "")
-        .row("stale", "'stale' / 'end' events", format!("{} / {}", g.stale, g.end), "")
-        .row("errors", "connection errors", g.errors, "")
-        .row("reconnects", "reconnects", g.reconnects, "")
-        .row("dropped", "data events not kept (per-browser cap)", g.dropped, "")
-        .row("stuck", "browser tasks not stopped within 5 s", o.stuck, "");
-
     r.note(
         "time to resume = arrival of a browser's first data event whose served_at_ms is at or after the \
-         kill instant, minus that instant (taken when `kill -KILL` returned); one clock, ms stamps"
+         kill instant, minus that instant (taken when the kill signal was sent); one clock, ms stamps"
             .into(),
     );
     r.note(format!(
@@ -1474,9 +1441,6 @@ fn report(args: &Args, o: &Outcome) -> Report {
     ));
     for v in &g.violations {
         r.note(format!("id violation: {v}"));
-    }
-    for (k, n) in &g.error_kinds {
-        r.note(format!("error x{n}: {k}"));
     }
     if !f.split_events.is_empty() {
         let ids: Vec<String> = f.split_events.iter().take(10).map(|&e| event_id(e)).collect();
@@ -1501,7 +1465,7 @@ fn report(args: &Args, o: &Outcome) -> Report {
             r.note(format!("{key} browsers not resumed: {}", describe(&missing)));
         }
     }
-    r
+    Ok(r)
 }
 
 impl Outcome {
@@ -1518,10 +1482,6 @@ fn describe(list: &[(u32, usize)]) -> String {
         shown.push(format!("and {} more", list.len() - 10));
     }
     shown.join(", ")
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 #[cfg(test)]

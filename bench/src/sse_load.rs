@@ -168,7 +168,7 @@ pub struct Gaps {
 }
 
 /// A reading of the monotonic counters and the gauges.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Counters {
     pub attempts: u64,
     pub established: u64,
