@@ -52,6 +52,7 @@
 //! 2 KiB per browser for a default run), analysed after the run.
 
 use crate::{
+    child::{self, Signal},
     httpc, procstat,
     push::{LoadArgs, ShapeArgs, event_id},
     report::{self, Report},
@@ -303,11 +304,11 @@ impl Run<'_> {
         let cpu0 = self.cpu_reading()?;
         eprintln!("failover: SIGKILL to poller {} (pid {})", killed.addr, killed.pid());
         let t = Instant::now();
-        sigkill(killed.pid())?;
+        child::signal(killed.pid(), Signal::KILL).with_context(|| format!("SIGKILL to {}", killed.pid()))?;
         let k_us = unix_micros();
         let kill_cmd = t.elapsed();
         let k_at = std::time::UNIX_EPOCH + Duration::from_micros(k_us);
-        eprintln!("failover: kill -KILL returned at {}", humantime::format_rfc3339_micros(k_at));
+        eprintln!("failover: SIGKILL sent at {}", humantime::format_rfc3339_micros(k_at));
         // Reap it (it is gone; a non-zero status is expected).
         let _ = killed.child.stop().await;
         tokio::time::sleep(args.observe).await;
@@ -521,17 +522,6 @@ async fn start_edge(bins: &BinArgs, pollers: &[SocketAddr]) -> anyhow::Result<Pr
     })
     .await?;
     Ok(Proc { child, addr, cmd })
-}
-
-/// SIGKILL, through `kill` (std offers no signals for a child we do not own
-/// as `std::process::Child` here).
-fn sigkill(pid: u32) -> anyhow::Result<()> {
-    let status = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .context("running kill -KILL")?;
-    ensure!(status.success(), "kill -KILL {pid}: {status}");
-    Ok(())
 }
 
 async fn scrape_poller(addr: SocketAddr) -> anyhow::Result<Gauges> {

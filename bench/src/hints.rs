@@ -414,8 +414,7 @@ impl Hinter<'_> {
         let started = Instant::now();
         let auth = format!("Bearer {}", self.token);
         let path = format!("/events/{EVENT}/changed");
-        match httpc::post_json_with(self.poller, &path, &[("Authorization", &auth)], body, POST_TIMEOUT).await
-        {
+        match httpc::post_json(self.poller, &path, &[("Authorization", &auth)], body, POST_TIMEOUT).await {
             Ok((202, _)) => Ok(micros(started.elapsed())),
             Ok((status, answer)) => Err(format!("{status} {}", answer.trim())),
             Err(e) => Err(format!("{e:#}")),

@@ -23,7 +23,7 @@
 //! the same session.
 
 use crate::{
-    child::Child,
+    child::{self, Child},
     httpc, procstat,
     push::{self, Outcome, Params, PushArgs, Server, Shape, Sizes, System, Upstream, at_least_1s},
     report::Report,
@@ -423,7 +423,7 @@ impl Nginx {
             // master, so it is killed by pid.
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             if cmdline.starts_with(b"nginx: ") {
-                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                let _ = child::signal(pid, child::Signal::KILL);
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -552,7 +552,7 @@ http {{
 async fn publish(addr: SocketAddr, sim: &Sim) -> anyhow::Result<()> {
     let id = EventId::parse(EVENT).map_err(|e| anyhow::anyhow!("{EVENT}: {e}"))?;
     let doc = sim.current(&id).context("media-sim's document")?;
-    let (status, body) = httpc::post_json(addr, "/pub", &doc.body, PUBLISH_TIMEOUT).await?;
+    let (status, body) = httpc::post_json(addr, "/pub", &[], &doc.body, PUBLISH_TIMEOUT).await?;
     ensure!((200..300).contains(&status), "POST /pub answered {status}: {}", body.trim());
     Ok(())
 }

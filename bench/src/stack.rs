@@ -222,17 +222,13 @@ pub async fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
 /// The sum of every sample of metric `name` (all label sets) in Prometheus
 /// text, rounded; `None` if it has none.
 pub fn metric(text: &str, name: &str) -> Option<u64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let series_name = series.split('{').next().unwrap_or("").trim();
-        if series_name == name
-            && let Ok(v) = value.trim().parse::<f64>()
-        {
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found.map(|v: f64| v.round() as u64)
+    use prometheus_parse::{Scrape, Value};
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).ok()?;
+    let values = scrape.samples.iter().filter(|s| s.metric == name).filter_map(|s| match s.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+        _ => None,
+    });
+    values.reduce(|a, b| a + b).map(|v| v.round() as u64)
 }
 
 /// A port free on loopback right now (bound then released; the child binds
@@ -268,7 +264,7 @@ mod tests {
 
     #[test]
     fn metric_sums_label_sets() {
-        let text = "# HELP x y\nlivepush_poller_events_watched 334\n\
+        let text = "# TYPE livepush_poller_events_watched gauge\nlivepush_poller_events_watched 334\n\
             livepush_poller_upstream_requests_total{outcome=\"ok\"} 10\n\
             livepush_poller_upstream_requests_total{outcome=\"timeout\"} 2\n";
         assert_eq!(metric(text, "livepush_poller_events_watched"), Some(334));

@@ -187,13 +187,6 @@ impl ResponseParser {
         }
         Ok(())
     }
-
-    /// Whether the server closing now ends a response cleanly (between
-    /// responses, or a body that runs until close).
-    pub fn at_clean_close(&self) -> bool {
-        matches!(self.phase, Phase::Body(Body::UntilClose))
-            || matches!(self.phase, Phase::Head if self.head.is_empty())
-    }
 }
 
 /// One framing byte of a chunked body; `None` once the body is complete.
@@ -514,16 +507,6 @@ mod tests {
         }
         let huge = [b"HTTP/1.1 200 OK\r\nx: ".to_vec(), vec![b'a'; MAX_HEAD]].concat();
         assert_eq!(responses(&huge, 1000), Err(WireError("response head too large")));
-    }
-
-    #[test]
-    fn clean_close_only_between_responses() {
-        let mut p = ResponseParser::new();
-        assert!(p.at_clean_close());
-        p.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe", &mut |_| Ok(())).unwrap();
-        assert!(!p.at_clean_close());
-        p.feed(b"llo", &mut |_| Ok(())).unwrap();
-        assert!(p.at_clean_close());
     }
 
     fn events(body: &[u8], step: usize) -> Vec<SseItem> {
