@@ -211,7 +211,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let linger = humantime::format_duration(args.linger).to_string();
     let poller =
         stack::poller_at(&args.bins, poller_addr, media.addr, args.interval, &["--linger", &linger]).await?;
-    let outcome = match stack::edge(&args.bins, poller.addr).await {
+    let outcome = match stack::edge(&args.bins, &[poller.addr]).await {
         Ok(edge) => {
             let outcome = measure(&args, &media, &poller, &edge).await;
             edge.stop().await?;

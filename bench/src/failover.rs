@@ -45,36 +45,29 @@
 //! within a feed (a value never delivered), and counts errors and reconnects
 //! (none expected: browsers stay connected through a failover).
 //!
-//! The browsers are a small client of their own (one task per connection,
-//! [`crate::wire::ResponseParser`] for the HTTP framing, an SSE parser that
-//! also reads `id`), because the figures are per browser: each keeps the
-//! arrival time, id and stamp of every data event (24 bytes each, about
-//! 2 KiB per browser for a default run), analysed after the run.
+//! The browsers are the load generator's ([`crate::sse_load`]), traced:
+//! each keeps the arrival time, id and stamp of every data event (about
+//! 2 KiB per browser for a default run) and reconnects with
+//! `Last-Event-ID` after the edge's `retry: 3000`, as EventSource does; the
+//! traces are analysed after the run.
 
 use crate::{
     child::{self, Signal},
-    httpc, procstat,
-    push::{LoadArgs, ShapeArgs, event_id},
+    procstat,
+    push::{LoadArgs, ShapeArgs, at_least_1s, event_id},
     report::{self, Report},
-    sse_load::unix_micros,
+    sse_load::{self, Counters, Load, Plan, Trace, unix_micros},
     stack::{self, BinArgs, Proc, metric, scrape},
-    wire::{Item, ResponseParser, WireError, find_stamp},
+    wire::{Id, Kind},
 };
 use anyhow::{Context, bail, ensure};
 use serde::Serialize;
 use std::{
-    cell::RefCell,
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    pin::pin,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
+    net::{Ipv4Addr, SocketAddr},
     time::Duration,
 };
-use tokio::{net::TcpSocket, task::JoinHandle, time::Instant};
-use tokio_util::sync::CancellationToken;
+use tokio::time::Instant;
 
 /// The pollers' `--linger`, passed explicitly: the wait before the last
 /// window depends on it.
@@ -83,25 +76,10 @@ const LINGER: Duration = Duration::from_secs(10);
 /// ids count changes (about one per poll), across feeds they jump by the
 /// microseconds between the feeds' starts.
 const FEED_JUMP: u64 = 1_000_000;
-/// Data events kept per browser (about an hour at one per second).
-const MAX_RECORDS: usize = 4_096;
-/// Named events kept per browser.
-const MAX_NAMED: usize = 256;
-/// Distinct error messages kept per browser.
-const MAX_ERRORS: usize = 4;
 /// Reconnect delay: what the edge's `retry: 3000` tells a browser.
 const RECONNECT_DELAY: Duration = Duration::from_secs(3);
 /// Violations described in the notes.
 const SHOWN_VIOLATIONS: usize = 5;
-/// Largest SSE line accepted.
-const MAX_LINE: usize = 64 * 1024;
-/// Read buffer shared by the connections of one worker thread.
-const READ_BUF: usize = 64 * 1024;
-
-thread_local! {
-    static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUF]);
-}
-
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -149,14 +127,6 @@ pub struct Args {
     bins: BinArgs,
 }
 
-fn at_least_1s(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
-    if d < Duration::from_secs(1) {
-        return Err("must be at least 1s".into());
-    }
-    Ok(d)
-}
-
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     let connections = u64::from(args.shape.events) * u64::from(args.shape.browsers);
     ensure!(
@@ -175,7 +145,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
     let mut edges = Vec::new();
     for _ in 0..args.shape.edges {
-        edges.push(start_edge(bins, &addrs).await?);
+        edges.push(stack::edge(bins, &addrs).await?);
     }
     let mut run = Run { args: &args, media, addrs, pollers, edges, browsers: None };
     let outcome = run.measure().await;
@@ -194,7 +164,7 @@ struct Run<'a> {
     /// `None` while killed.
     pollers: Vec<Option<Proc>>,
     edges: Vec<Proc>,
-    browsers: Option<Browsers>,
+    browsers: Option<Load>,
 }
 
 /// Readings of one poller's `/metrics`.
@@ -242,6 +212,9 @@ struct Outcome {
     after: Polls,
     ret: Option<ReturnOutcome>,
     logs: Vec<Log>,
+    /// The browsers' counters and errors by message, whole run.
+    totals: Counters,
+    error_kinds: BTreeMap<String, u64>,
     stuck: usize,
     /// Unix µs: kill instant and end of the observation after it.
     k_us: u64,
@@ -276,16 +249,23 @@ impl Run<'_> {
         };
 
         // 1. Steady state.
-        let specs = self.plan();
-        let n = specs.len() as u64;
+        let (plan, who) = self.plan();
+        let n = who.len() as u64;
         let started = Instant::now();
-        let browsers = self.browsers.insert(Browsers::start(specs, &args.load));
-        let limit = ramp(&args.load, n) + Duration::from_secs(30);
+        let limit = args.load.ramp(n) + Duration::from_secs(30);
+        let runs = args.settle + 3 * args.window + args.observe + args.return_limit + LINGER;
+        let config = sse_load::Config {
+            trace: true,
+            reconnect_delay: RECONNECT_DELAY,
+            ..args.load.config(started + limit + runs + Duration::from_secs(120))
+        };
+        let browsers = self.browsers.insert(Load::start(plan, config));
         let Some(ready_after) = browsers.wait_ready(n, limit).await else {
+            let c = browsers.stats().counters();
             bail!(
                 "only {} of {n} browsers had their first event after {limit:?} ({} errors)",
-                browsers.ready(),
-                browsers.errors()
+                c.ready,
+                c.errors
             );
         };
         eprintln!("failover: {n} browsers receiving after {:.1} s", started.elapsed().as_secs_f64());
@@ -326,7 +306,10 @@ impl Run<'_> {
 
         let end_us = unix_micros();
         let browsers = self.browsers.take().context("browsers gone")?;
-        let (logs, stuck) = browsers.stop(Duration::from_secs(5)).await;
+        let stats = browsers.stats().clone();
+        let (traces, stuck) = browsers.stop_traced(Duration::from_secs(5)).await;
+        let logs =
+            traces.into_iter().zip(who).filter_map(|(t, (event, edge))| Some(Log::of(event, edge, t?)));
         Ok(Outcome {
             commands,
             ready_after,
@@ -340,7 +323,9 @@ impl Run<'_> {
             cpu_kill,
             after,
             ret,
-            logs,
+            logs: logs.collect(),
+            totals: stats.counters(),
+            error_kinds: stats.error_kinds().into_iter().collect(),
             stuck,
             k_us,
             observed_us,
@@ -348,29 +333,19 @@ impl Run<'_> {
         })
     }
 
-    /// One browser per (event, copy), spread over the edges and over source
-    /// addresses.
-    fn plan(&self) -> Vec<Spec> {
+    /// One browser per (event, copy), spread over the edges: the plan, and
+    /// each browser's (event, edge).
+    fn plan(&self) -> (Plan, Vec<(u32, usize)>) {
         let args = self.args;
-        let total = args.shape.events * args.shape.browsers;
-        let per_source = args.load.per_source.max(1);
-        let paths: Vec<Arc<str>> =
-            (0..args.shape.events).map(|e| Arc::from(format!("/live/{}/stream", event_id(e)))).collect();
-        (0..total)
-            .map(|i| {
-                let event = i % args.shape.events;
-                let edge = (i / args.shape.events) as usize % self.edges.len();
-                // 127.0.0.2, 127.0.0.3, ...
-                let source = Ipv4Addr::from(0x7f00_0000 | ((2 + i / per_source) & 0x00ff_ffff));
-                Spec {
-                    event,
-                    edge,
-                    addr: self.edges[edge].addr,
-                    path: paths[event as usize].clone(),
-                    source: IpAddr::V4(source),
-                }
-            })
-            .collect()
+        let mut plan = Plan::default();
+        let mut who = Vec::new();
+        for i in 0..args.shape.events * args.shape.browsers {
+            let event = i % args.shape.events;
+            let edge = (i / args.shape.events) as usize % self.edges.len();
+            plan.push(self.edges[edge].addr, &format!("/live/{}/stream", event_id(event)), event);
+            who.push((event, edge));
+        }
+        (plan, who)
     }
 
     /// The killed poller again on its address; waits until its streams are
@@ -488,10 +463,6 @@ impl Cpu {
     }
 }
 
-fn ramp(load: &LoadArgs, n: u64) -> Duration {
-    Duration::from_secs_f64(n as f64 / f64::from(load.connect_rate.max(1)))
-}
-
 /// A poller on `addr` polling media-sim every `interval`, lingering
 /// [`LINGER`] after its last subscriber.
 async fn start_poller(
@@ -504,26 +475,6 @@ async fn start_poller(
     stack::poller_at(bins, addr, media, interval, &["--linger", &linger]).await
 }
 
-/// An edge using every poller in `pollers`, ready (`/readyz` 200).
-async fn start_edge(bins: &BinArgs, pollers: &[SocketAddr]) -> anyhow::Result<Proc> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
-    let list: Vec<String> = pollers.iter().map(|p| format!("http://{p}")).collect();
-    let args = vec![
-        "--listen".to_owned(),
-        addr.to_string(),
-        "--poller".to_owned(),
-        list.join(","),
-        "--shutdown-timeout".to_owned(),
-        "2s".to_owned(),
-    ];
-    let (mut child, cmd) = stack::spawn(bins, "edge", args, bins.edge_cpus.as_deref())?;
-    stack::wait_for(&mut child, "edge", || async move {
-        matches!(httpc::get(addr, "/readyz", Duration::from_secs(1)).await, Ok((200, _)))
-    })
-    .await?;
-    Ok(Proc { child, addr, cmd })
-}
-
 async fn scrape_poller(addr: SocketAddr) -> anyhow::Result<Gauges> {
     use livepush::metrics::{POLLER_EVENTS_WATCHED, POLLER_SUBSCRIBERS};
     let text = scrape(addr).await?;
@@ -533,15 +484,6 @@ async fn scrape_poller(addr: SocketAddr) -> anyhow::Result<Gauges> {
 
 // ---------------------------------------------------------------------------
 // Browsers
-
-/// One browser: which event, on which edge, from which source address.
-struct Spec {
-    event: u32,
-    edge: usize,
-    addr: SocketAddr,
-    path: Arc<str>,
-    source: IpAddr,
-}
 
 /// One data event as a browser received it.
 #[derive(Debug, Clone, Copy)]
@@ -554,23 +496,15 @@ struct Rec {
     stamp_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Named {
-    Stale,
-    Live,
-    End,
-    Other,
-}
-
-/// Everything one browser saw, handed back when its task ends.
+/// What one browser saw (its [`Trace`]), with its ids checked.
 #[derive(Debug, Default)]
 struct Log {
     event: u32,
     edge: usize,
     data: Vec<Rec>,
-    /// Data events beyond [`MAX_RECORDS`].
+    /// Data events beyond the trace's cap.
     dropped: u64,
-    named: Vec<(u64, Named)>,
+    named: Vec<(u64, Kind)>,
     last_id: Option<u64>,
     duplicates: u64,
     out_of_order: u64,
@@ -582,377 +516,46 @@ struct Log {
     no_id: u64,
     bad_id: u64,
     unstamped: u64,
-    attempts: u64,
-    errors: u64,
-    error_kinds: Vec<(String, u64)>,
 }
 
 impl Log {
-    fn error(&mut self, what: String) {
-        self.errors += 1;
-        if let Some(k) = self.error_kinds.iter_mut().find(|(k, _)| *k == what) {
-            k.1 += 1;
-        } else if self.error_kinds.len() < MAX_ERRORS {
-            self.error_kinds.push((what, 1));
-        }
-    }
-
-    fn event(&mut self, ev: Dispatched, at_us: u64, live: &Live) {
-        match ev.kind {
-            EvKind::Message => {
-                let id = match ev.id {
-                    IdField::None => {
-                        self.no_id += 1;
-                        0
-                    }
-                    IdField::Bad => {
-                        self.bad_id += 1;
-                        0
-                    }
-                    IdField::Id(id) => {
-                        if let Some(last) = self.last_id.filter(|&last| id <= last) {
-                            if id == last {
-                                self.duplicates += 1;
-                            } else {
-                                self.out_of_order += 1;
-                            }
-                            self.first_violation.get_or_insert((last, id, at_us));
-                        } else {
-                            let step = self.last_id.map_or(1, |last| id - last);
-                            if (2..=FEED_JUMP).contains(&step) {
-                                self.skipped += step - 1;
-                            }
-                            self.last_id = Some(id);
-                        }
-                        id
-                    }
-                };
-                if ev.stamp.is_none() {
-                    self.unstamped += 1;
+    fn of(event: u32, edge: usize, trace: Trace) -> Self {
+        let mut log = Self { event, edge, dropped: trace.dropped, named: trace.named, ..Self::default() };
+        for r in trace.data {
+            let id = match r.id {
+                Id::Missing => {
+                    log.no_id += 1;
+                    0
                 }
-                if self.data.is_empty() && self.dropped == 0 {
-                    live.ready.fetch_add(1, Relaxed);
+                Id::Bad => {
+                    log.bad_id += 1;
+                    0
                 }
-                if self.data.len() < MAX_RECORDS {
-                    self.data.push(Rec { at_us, id, stamp_ms: ev.stamp.unwrap_or(0) });
-                } else {
-                    self.dropped += 1;
-                }
-            }
-            EvKind::Presence => {}
-            EvKind::Named(kind) => {
-                if self.named.len() < MAX_NAMED {
-                    self.named.push((at_us, kind));
-                }
-            }
+                Id::Value(id) => log.check(id, r.at_us),
+            };
+            log.unstamped += u64::from(r.stamp.is_none());
+            log.data.push(Rec { at_us: r.at_us, id, stamp_ms: r.stamp.unwrap_or(0) });
         }
-    }
-}
-
-#[derive(Default)]
-struct Live {
-    /// Browsers that have received a data event.
-    ready: AtomicU64,
-    errors: AtomicU64,
-}
-
-struct Shared {
-    live: Live,
-    stop: CancellationToken,
-    /// When the next connection may start (paced across all of them).
-    next: Mutex<Instant>,
-    gap: Duration,
-}
-
-impl Shared {
-    /// Waits for this connection's slot; `false` if stopped first.
-    async fn paced(&self) -> bool {
-        let at = {
-            let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
-            let at = (*next).max(Instant::now());
-            *next = at + self.gap;
-            at
-        };
-        tokio::select! {
-            _ = self.stop.cancelled() => false,
-            _ = tokio::time::sleep_until(at) => true,
-        }
-    }
-}
-
-struct Browsers {
-    shared: Arc<Shared>,
-    tasks: Vec<JoinHandle<Log>>,
-}
-
-impl Browsers {
-    fn start(specs: Vec<Spec>, load: &LoadArgs) -> Self {
-        let shared = Arc::new(Shared {
-            live: Live::default(),
-            stop: CancellationToken::new(),
-            next: Mutex::new(Instant::now()),
-            gap: Duration::from_secs(1) / load.connect_rate.max(1),
-        });
-        let tasks = specs.into_iter().map(|s| tokio::spawn(browser(s, shared.clone()))).collect();
-        Self { shared, tasks }
+        log
     }
 
-    fn ready(&self) -> u64 {
-        self.shared.live.ready.load(Relaxed)
-    }
-
-    fn errors(&self) -> u64 {
-        self.shared.live.errors.load(Relaxed)
-    }
-
-    async fn wait_ready(&self, n: u64, limit: Duration) -> Option<Duration> {
-        let start = Instant::now();
-        while self.ready() < n {
-            if start.elapsed() >= limit {
-                return None;
+    /// Ids must strictly increase, by one within a feed.
+    fn check(&mut self, id: u64, at_us: u64) -> u64 {
+        if let Some(last) = self.last_id.filter(|&last| id <= last) {
+            if id == last {
+                self.duplicates += 1;
+            } else {
+                self.out_of_order += 1;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Some(start.elapsed())
-    }
-
-    /// Closes every connection; the logs of the tasks that ended within
-    /// `grace`, and how many did not (aborted, their logs lost).
-    async fn stop(self, grace: Duration) -> (Vec<Log>, usize) {
-        self.shared.stop.cancel();
-        let deadline = Instant::now() + grace;
-        let mut logs = Vec::with_capacity(self.tasks.len());
-        let mut stuck = 0;
-        for mut task in self.tasks {
-            match tokio::time::timeout_at(deadline, &mut task).await {
-                Ok(Ok(log)) => logs.push(log),
-                Ok(Err(_)) => stuck += 1,
-                Err(_) => {
-                    task.abort();
-                    stuck += 1;
-                }
+            self.first_violation.get_or_insert((last, id, at_us));
+        } else {
+            let step = self.last_id.map_or(1, |last| id - last);
+            if (2..=FEED_JUMP).contains(&step) {
+                self.skipped += step - 1;
             }
+            self.last_id = Some(id);
         }
-        (logs, stuck)
-    }
-}
-
-/// One browser: connect, read until stopped; on a close or failure wait the
-/// edge's retry delay and reconnect with `Last-Event-ID`, as EventSource
-/// does.
-async fn browser(spec: Spec, shared: Arc<Shared>) -> Log {
-    let mut log = Log { event: spec.event, edge: spec.edge, ..Log::default() };
-    while shared.paced().await {
-        log.attempts += 1;
-        match session(&spec, &mut log, &shared).await {
-            Ok(()) => break,
-            Err(e) => {
-                shared.live.errors.fetch_add(1, Relaxed);
-                log.error(e);
-            }
-        }
-        tokio::select! {
-            _ = shared.stop.cancelled() => break,
-            _ = tokio::time::sleep(RECONNECT_DELAY) => {}
-        }
-    }
-    log
-}
-
-/// One connection; `Ok` when stopped, `Err` with a message otherwise.
-async fn session(spec: &Spec, log: &mut Log, shared: &Shared) -> Result<(), String> {
-    const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-    // The edge sends a keep-alive comment every 15 s.
-    const IDLE_TIMEOUT: Duration = Duration::from_secs(40);
-    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
-    socket.bind(SocketAddr::new(spec.source, 0)).map_err(|e| format!("bind: {e}"))?;
-    let connecting = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(spec.addr));
-    let tcp = tokio::select! {
-        _ = shared.stop.cancelled() => return Ok(()),
-        r = connecting => r.map_err(|_| "timeout: connect".to_owned())?.map_err(|e| format!("connect: {e}"))?,
-    };
-    let _ = tcp.set_nodelay(true);
-    let mut request =
-        format!("GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n", spec.path, spec.addr);
-    if let Some(id) = log.last_id {
-        request.push_str(&format!("Last-Event-ID: {id}\r\n"));
-    }
-    request.push_str("\r\n");
-    let mut sent = 0;
-    while sent < request.len() {
-        tokio::select! {
-            _ = shared.stop.cancelled() => return Ok(()),
-            r = tcp.writable() => r.map_err(|e| format!("write: {e}"))?,
-        }
-        match tcp.try_write(&request.as_bytes()[sent..]) {
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(format!("write: {e}")),
-        }
-    }
-
-    let mut http = ResponseParser::new();
-    let mut sse = Sse::default();
-    let mut status = None;
-    let mut silence = pin!(tokio::time::sleep(CONNECT_TIMEOUT));
-    loop {
-        tokio::select! {
-            _ = shared.stop.cancelled() => return Ok(()),
-            _ = silence.as_mut() => {
-                return Err(if status.is_some() { "timeout: no bytes" } else { "timeout: no response head" }.to_owned());
-            }
-            r = tcp.readable() => r.map_err(|e| format!("read: {e}"))?,
-        }
-        let read = BUF.with_borrow_mut(|buf| match tcp.try_read(buf) {
-            Ok(0) => Err("closed by the server".to_owned()),
-            Ok(n) => {
-                let at_us = unix_micros();
-                let mut ended = false;
-                let fed = http.feed(&buf[..n], &mut |item| match item {
-                    Item::Head(head) => {
-                        status = Some(head.status);
-                        if head.status != 200 {
-                            return Err(WireError("status"));
-                        }
-                        if !head.content_type.is_some_and(|t| t.starts_with("text/event-stream")) {
-                            return Err(WireError("200 without content-type text/event-stream"));
-                        }
-                        Ok(())
-                    }
-                    Item::Body(body) => sse.feed(body, &mut |ev| log.event(ev, at_us, &shared.live)),
-                    Item::End => {
-                        ended = true;
-                        Err(WireError("end"))
-                    }
-                });
-                match fed {
-                    Ok(()) => Ok(true),
-                    Err(_) if ended => Err("the response ended".to_owned()),
-                    Err(_) if status.is_some_and(|s| s != 200) => {
-                        Err(format!("status {}", status.unwrap_or(0)))
-                    }
-                    Err(e) => Err(format!("parse: {e}")),
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(format!("read: {e}")),
-        })?;
-        if read {
-            silence.as_mut().reset(Instant::now() + IDLE_TIMEOUT);
-        }
-    }
-}
-
-/// The `id` field of an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum IdField {
-    None,
-    Bad,
-    Id(u64),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EvKind {
-    Message,
-    Presence,
-    Named(Named),
-}
-
-/// A dispatched SSE event (one with data).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Dispatched {
-    kind: EvKind,
-    /// This event's own `id` field (the edge sends one with every data event).
-    id: IdField,
-    stamp: Option<u64>,
-}
-
-/// A `text/event-stream` parser that keeps what this scenario checks: the
-/// event type, its `id` and the `served_at_ms` stamp in its data.
-#[derive(Debug)]
-struct Sse {
-    line: Vec<u8>,
-    after_cr: bool,
-    kind: EvKind,
-    id: IdField,
-    data: bool,
-    stamp: Option<u64>,
-}
-
-impl Default for Sse {
-    fn default() -> Self {
-        Self {
-            line: Vec::new(),
-            after_cr: false,
-            kind: EvKind::Message,
-            id: IdField::None,
-            data: false,
-            stamp: None,
-        }
-    }
-}
-
-impl Sse {
-    /// Lines end with CRLF, LF or CR; an empty line dispatches the event if
-    /// it has data.
-    fn feed(&mut self, input: &[u8], on: &mut impl FnMut(Dispatched)) -> Result<(), WireError> {
-        for &b in input {
-            if std::mem::take(&mut self.after_cr) && b == b'\n' {
-                continue;
-            }
-            match b {
-                b'\n' | b'\r' => {
-                    self.after_cr = b == b'\r';
-                    let line = std::mem::take(&mut self.line);
-                    self.line(&line, on);
-                    self.line = line;
-                    self.line.clear();
-                }
-                _ if self.line.len() >= MAX_LINE => return Err(WireError("SSE line too long")),
-                _ => self.line.push(b),
-            }
-        }
-        Ok(())
-    }
-
-    fn line(&mut self, line: &[u8], on: &mut impl FnMut(Dispatched)) {
-        if line.is_empty() {
-            if self.data {
-                on(Dispatched { kind: self.kind, id: self.id, stamp: self.stamp });
-            }
-            *self = Self { line: Vec::new(), after_cr: self.after_cr, ..Self::default() };
-            return;
-        }
-        if line[0] == b':' {
-            return;
-        }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
-            Some(i) => (&line[..i], line[i + 1..].strip_prefix(b" ").unwrap_or(&line[i + 1..])),
-            None => (line, &b""[..]),
-        };
-        match field {
-            b"data" => {
-                self.data = true;
-                self.stamp = self.stamp.or_else(|| find_stamp(value));
-            }
-            b"id" => {
-                self.id = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .map_or(IdField::Bad, IdField::Id);
-            }
-            b"event" => {
-                self.kind = match value {
-                    b"" | b"message" => EvKind::Message,
-                    b"presence" => EvKind::Presence,
-                    b"stale" => EvKind::Named(Named::Stale),
-                    b"live" => EvKind::Named(Named::Live),
-                    b"end" => EvKind::Named(Named::End),
-                    _ => EvKind::Named(Named::Other),
-                }
-            }
-            _ => {}
-        }
+        id
     }
 }
 
@@ -1089,8 +692,8 @@ fn failover(logs: &[Log], events: u32, k_us: u64, observed_us: u64) -> (Failover
         for &(at, kind) in &log.named {
             if (k_us..=observed_us).contains(&at) {
                 match kind {
-                    Named::Stale => group.stale += 1,
-                    Named::Live => group.live += 1,
+                    Kind::Stale => group.stale += 1,
+                    Kind::Live => group.live += 1,
                     _ => {}
                 }
             }
@@ -1133,7 +736,7 @@ fn back(logs: &[Log], moved: &[Option<bool>], r_us: u64, end_us: u64) -> Back {
         } else {
             b.max_gap_others_us.push(max_gap)
         }
-        b.stale += log.named.iter().filter(|&&(at, k)| at >= r_us && k == Named::Stale).count() as u64;
+        b.stale += log.named.iter().filter(|&&(at, k)| at >= r_us && k == Kind::Stale).count() as u64;
     }
     for v in [&mut b.switch_us, &mut b.switch_gap_us, &mut b.max_gap_affected_us, &mut b.max_gap_others_us] {
         v.sort_unstable();
@@ -1164,13 +767,8 @@ fn integrity(logs: &[Log], k_us: u64) -> Integrity {
         g.no_id += log.no_id;
         g.bad_id += log.bad_id;
         g.unstamped += log.unstamped;
-        g.errors += log.errors;
-        g.reconnects += log.attempts.saturating_sub(1);
-        for (k, n) in &log.error_kinds {
-            *g.error_kinds.entry(k.clone()).or_default() += n;
-        }
-        g.stale += log.named.iter().filter(|(_, k)| *k == Named::Stale).count() as u64;
-        g.end += log.named.iter().filter(|(_, k)| *k == Named::End).count() as u64;
+        g.stale += log.named.iter().filter(|(_, k)| *k == Kind::Stale).count() as u64;
+        g.end += log.named.iter().filter(|(_, k)| *k == Kind::End).count() as u64;
     }
     g
 }
@@ -1326,7 +924,12 @@ struct Return {
 
 fn report(args: &Args, o: &Outcome) -> anyhow::Result<Report> {
     let (f, moved) = failover(&o.logs, args.shape.events, o.k_us, o.observed_us);
-    let g = integrity(&o.logs, o.k_us);
+    let g = Integrity {
+        errors: o.totals.errors,
+        reconnects: o.totals.reconnects,
+        error_kinds: o.error_kinds.clone(),
+        ..integrity(&o.logs, o.k_us)
+    };
     let victim_before = o.before.gauges[o.victim].unwrap_or_default();
     let title = format!(
         "livepush-bench failover: {} events x {} browsers over {} edges, {} pollers, one killed",
@@ -1478,53 +1081,20 @@ fn describe(list: &[(u32, usize)]) -> String {
 mod tests {
     use super::*;
 
-    fn parse(wire: &[u8], step: usize) -> Vec<Dispatched> {
-        let mut sse = Sse::default();
-        let mut out = Vec::new();
-        for piece in wire.chunks(step) {
-            sse.feed(piece, &mut |d| out.push(d)).unwrap();
-        }
-        out
-    }
-
-    #[test]
-    fn sse_parser_reads_ids_kinds_and_stamps_at_every_split() {
-        let wire = b"retry: 3000\n\nid: 17\ndata: {\"a\":1,\"served_at_ms\":42}\n\n:\r\n\
-            event: stale\r\ndata: {}\r\n\r\nevent: presence\rdata: {\"viewers\":3}\r\r\
-            id: x\ndata: {}\n\ndata: {}\n\n";
-        let want = vec![
-            Dispatched { kind: EvKind::Message, id: IdField::Id(17), stamp: Some(42) },
-            Dispatched { kind: EvKind::Named(Named::Stale), id: IdField::None, stamp: None },
-            Dispatched { kind: EvKind::Presence, id: IdField::None, stamp: None },
-            Dispatched { kind: EvKind::Message, id: IdField::Bad, stamp: None },
-            Dispatched { kind: EvKind::Message, id: IdField::None, stamp: None },
-        ];
-        for step in 1..=wire.len() {
-            assert_eq!(parse(wire, step), want, "split every {step} bytes");
-        }
-    }
-
     #[test]
     fn ids_must_strictly_increase() {
-        let live = Live::default();
         let mut log = Log::default();
         for (i, id) in [5u64, 6, 6, 4, 7].into_iter().enumerate() {
-            let ev = Dispatched { kind: EvKind::Message, id: IdField::Id(id), stamp: Some(1) };
-            log.event(ev, i as u64, &live);
+            log.check(id, i as u64);
         }
         assert_eq!((log.duplicates, log.out_of_order, log.skipped, log.last_id), (1, 1, 0, Some(7)));
         // A step of three within a feed passes over two values; a new
         // feed's jump passes over none.
         for (i, id) in [10u64, 10 + FEED_JUMP + 5].into_iter().enumerate() {
-            log.event(
-                Dispatched { kind: EvKind::Message, id: IdField::Id(id), stamp: Some(1) },
-                9 + i as u64,
-                &live,
-            );
+            log.check(id, 9 + i as u64);
         }
         assert_eq!(log.skipped, 2);
         assert_eq!(log.first_violation, Some((6, 6, 2)));
-        assert_eq!((log.data.len(), live.ready.load(Relaxed)), (7, 1));
     }
 
     fn log(event: u32, recs: &[(u64, u64, u64)]) -> Log {

@@ -28,7 +28,7 @@ use crate::{
     procstat::{self, Sample},
     push::LoadArgs,
     report::{self, Report},
-    sse_load::{self, Counters, Load, Plan},
+    sse_load::{self, Counters, Load, Plan, micros},
     stack::{self, BinArgs},
 };
 use anyhow::{Context, bail, ensure};
@@ -314,7 +314,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         &["--publish-token-file", token_path.as_str()],
     )
     .await?;
-    let mut edge = stack::edge(&args.bins, poller.addr).await?;
+    let mut edge = stack::edge(&args.bins, &[poller.addr]).await?;
     let pids = Pids { poller: poller.pid(), edge: edge.pid(), me: std::process::id() };
 
     let changes_per_variant = u64::from(args.changes);
@@ -638,10 +638,6 @@ fn sorted(xs: impl Iterator<Item = u64>) -> Vec<u64> {
     let mut v: Vec<u64> = xs.collect();
     v.sort_unstable();
     v
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -25,7 +25,9 @@ use crate::{
     arrivals::{self, Arrival, Arrivals},
     child::Child,
     procstat::{self, Sample},
+    push::event_id,
     report::{Report, cores, mib},
+    sse_load::micros,
     stack::{free_port, shell_words},
     subscribers::Fleet,
 };
@@ -140,10 +142,6 @@ fn at_least_slot(s: &str) -> Result<Duration, String> {
         return Err(format!("must be at least {}", humantime::format_duration(SLOT)));
     }
     Ok(d)
-}
-
-fn event_id(index: u32) -> String {
-    format!("ev-{index:06}")
 }
 
 fn event_index(id: &str) -> Option<u32> {
@@ -349,10 +347,6 @@ fn ensure_healthy(fleet: &Fleet, poller: &mut Child) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 struct Procs {

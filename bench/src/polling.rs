@@ -188,7 +188,7 @@ async fn through_livepush(
     media_pid: u32,
 ) -> anyhow::Result<(Side, String, String)> {
     let poller = stack::poller(&args.bins, proxy.addr, args.interval).await?;
-    let edge = match stack::edge(&args.bins, poller.addr).await {
+    let edge = match stack::edge(&args.bins, &[poller.addr]).await {
         Ok(edge) => edge,
         Err(e) => {
             poller.stop().await?;

@@ -63,6 +63,7 @@ impl LoadArgs {
             reconnect_delay: Duration::from_millis(100),
             deadline,
             reset: false,
+            trace: false,
         }
     }
 
@@ -263,7 +264,7 @@ impl System for Upstream {
     }
 
     async fn start_server(&mut self) -> anyhow::Result<Proc> {
-        stack::edge(&self.bins, self.poller.addr).await
+        stack::edge(&self.bins, &[self.poller.addr]).await
     }
 
     fn stream_path(&self, event: u32) -> String {

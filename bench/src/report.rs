@@ -217,7 +217,7 @@ mod tests {
         let mut out = Vec::new();
         r.print(&mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("\n           1000  15000\n"), "{text}");
+        assert!(text.contains("\n          1000  15000\n"), "{text}");
         assert!(text.contains("\n  p99_ms  3.25    n/a\n"), "{text}");
         assert!(text.contains("\n  errors     0     12\n"), "{text}");
         assert!(text.contains("  upstream.rps  1999.457\n"), "{text}");

@@ -164,14 +164,15 @@ pub async fn poller_at(
     Ok(Proc { child, addr, cmd })
 }
 
-/// An edge on a free port using `poller`, ready (`/readyz` 200).
-pub async fn edge(bins: &BinArgs, poller: SocketAddr) -> anyhow::Result<Proc> {
+/// An edge on a free port using every poller in `pollers`, ready (`/readyz` 200).
+pub async fn edge(bins: &BinArgs, pollers: &[SocketAddr]) -> anyhow::Result<Proc> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+    let pollers: Vec<String> = pollers.iter().map(|p| format!("http://{p}")).collect();
     let args = vec![
         "--listen".to_owned(),
         addr.to_string(),
         "--poller".to_owned(),
-        format!("http://{poller}"),
+        pollers.join(","),
         "--shutdown-timeout".to_owned(),
         SHUTDOWN_TIMEOUT.to_owned(),
     ];

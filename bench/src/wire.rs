@@ -303,12 +303,21 @@ pub enum Kind {
     Other,
 }
 
+/// An event's own `id` field (the edge sends one with every data event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Id {
+    Missing,
+    /// Not a decimal number.
+    Bad,
+    Value(u64),
+}
+
 /// What [`SseParser::feed`] reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SseItem {
-    /// A dispatched event (one with data) and the `served_at_ms` stamp found
-    /// in its data, if any.
-    Event { kind: Kind, stamp: Option<u64> },
+    /// A dispatched event (one with data), its id and the `served_at_ms`
+    /// stamp found in its data, if any.
+    Event { kind: Kind, id: Id, stamp: Option<u64> },
     /// A `:` comment line (the edge's keep-alive).
     Comment,
 }
@@ -323,6 +332,7 @@ pub struct SseParser {
     /// The last byte fed was a CR: a leading LF is its CRLF's second half.
     after_cr: bool,
     kind: Kind,
+    id: Id,
     data_lines: u32,
     stamp: Option<u64>,
 }
@@ -335,7 +345,14 @@ impl Default for SseParser {
 
 impl SseParser {
     pub fn new() -> Self {
-        Self { partial: Vec::new(), after_cr: false, kind: Kind::Message, data_lines: 0, stamp: None }
+        Self {
+            partial: Vec::new(),
+            after_cr: false,
+            kind: Kind::Message,
+            id: Id::Missing,
+            data_lines: 0,
+            stamp: None,
+        }
     }
 
     pub fn feed(&mut self, mut input: &[u8], on: &mut impl FnMut(SseItem)) -> Result<(), WireError> {
@@ -382,9 +399,10 @@ impl SseParser {
     fn line(&mut self, line: &[u8], on: &mut impl FnMut(SseItem)) {
         if line.is_empty() {
             if self.data_lines > 0 {
-                on(SseItem::Event { kind: self.kind, stamp: self.stamp });
+                on(SseItem::Event { kind: self.kind, id: self.id, stamp: self.stamp });
             }
             self.kind = Kind::Message;
+            self.id = Id::Missing;
             self.data_lines = 0;
             self.stamp = None;
             return;
@@ -416,7 +434,11 @@ impl SseParser {
                     _ => Kind::Other,
                 }
             }
-            // id, retry and unknown fields do not matter here.
+            b"id" => {
+                self.id =
+                    std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).map_or(Id::Bad, Id::Value);
+            }
+            // retry and unknown fields do not matter here.
             _ => {}
         }
     }
@@ -522,13 +544,13 @@ mod tests {
     fn sse_events_at_any_split_and_line_ending() {
         let body = b"retry: 3000\n\n:\n\nid: 7\ndata: {\"a\":1,\"served_at_ms\":1764064800123}\n\n\
             event: stale\r\ndata: {\"state\":\"stale\"}\r\n\r\n\
-            event: presence\rdata: {\"viewers\":3}\r\rdata:x\n\n";
+            event: presence\rid: x\rdata: {\"viewers\":3}\r\rdata:x\n\n";
         let want = [
             SseItem::Comment,
-            SseItem::Event { kind: Kind::Message, stamp: Some(1_764_064_800_123) },
-            SseItem::Event { kind: Kind::Stale, stamp: None },
-            SseItem::Event { kind: Kind::Presence, stamp: None },
-            SseItem::Event { kind: Kind::Message, stamp: None },
+            SseItem::Event { kind: Kind::Message, id: Id::Value(7), stamp: Some(1_764_064_800_123) },
+            SseItem::Event { kind: Kind::Stale, id: Id::Missing, stamp: None },
+            SseItem::Event { kind: Kind::Presence, id: Id::Bad, stamp: None },
+            SseItem::Event { kind: Kind::Message, id: Id::Missing, stamp: None },
         ];
         for step in 1..=body.len() {
             assert_eq!(events(body, step), want, "step {step}");
