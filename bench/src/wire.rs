@@ -10,7 +10,8 @@
 //! nothing). They check framing strictly (a bad chunk size or an oversized
 //! head is an error, counted by the load generator) but understand only what
 //! the benchmark needs from the payload: the event type and a
-//! `"served_at_ms":<digits>` stamp in the data.
+//! `"served_at_ms":<digits>` stamp in the data. Response heads, once
+//! complete, are parsed by httparse.
 
 use std::fmt;
 
@@ -137,8 +138,7 @@ impl ResponseParser {
                         return Ok(());
                     };
                     let consumed = end - before;
-                    let head = parse_head(&self.head[..end])?;
-                    let body = body_kind(&self.head[..end], head.status)?;
+                    let (head, body) = parse_head(&self.head[..end])?;
                     self.head = Vec::new();
                     input = &input[consumed..];
                     on(Item::Head(head))?;
@@ -225,70 +225,45 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn header_lines(head: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    head.split(|&b| b == b'\n').skip(1).filter_map(|line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let colon = line.iter().position(|&b| b == b':')?;
-        Some((&line[..colon], line[colon + 1..].trim_ascii()))
-    })
-}
-
-fn parse_head(head: &[u8]) -> Result<Head, WireError> {
-    let status_line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let mut parts = status_line.split(|&b| b == b' ');
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with(b"HTTP/1.") {
-        return Err(WireError("not an HTTP/1.x status line"));
+/// The head's figures and how its body is delimited (RFC 9112 §6.3; `None`:
+/// no body).
+fn parse_head(bytes: &[u8]) -> Result<(Head, Option<Body>), WireError> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    if !matches!(response.parse(bytes), Ok(httparse::Status::Complete(_))) {
+        return Err(WireError("bad response head"));
     }
-    let code = parts.next().unwrap_or_default();
-    if code.len() != 3 || !code.iter().all(u8::is_ascii_digit) {
-        return Err(WireError("bad status code"));
-    }
-    let status = code.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
-    let mut out = Head { status, content_type: None, etag: None, close: false };
-    for (name, value) in header_lines(head) {
-        let text = || String::from_utf8_lossy(value).into_owned();
-        if name.eq_ignore_ascii_case(b"content-type") {
-            out.content_type = Some(text());
-        } else if name.eq_ignore_ascii_case(b"etag") {
-            out.etag = Some(text());
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            out.close = value.eq_ignore_ascii_case(b"close");
-        } else if !name.iter().all(|&b| b.is_ascii_graphic()) || name.is_empty() {
-            return Err(WireError("bad header name"));
-        }
-    }
-    Ok(out)
-}
-
-/// How the body of a response with this head is delimited (RFC 9112 §6.3);
-/// `None`: no body.
-fn body_kind(head: &[u8], status: u16) -> Result<Option<Body>, WireError> {
-    if (100..200).contains(&status) || status == 204 || status == 304 {
-        return Ok(None);
-    }
-    let mut length = None;
-    for (name, value) in header_lines(head) {
-        if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii();
-            if !last.eq_ignore_ascii_case(b"chunked") {
-                return Err(WireError("unsupported transfer-encoding"));
+    let status = response.code.ok_or(WireError("bad response head"))?;
+    let mut head = Head { status, content_type: None, etag: None, close: false };
+    let (mut length, mut chunked) = (None, false);
+    for h in response.headers.iter() {
+        let text = || String::from_utf8_lossy(h.value).into_owned();
+        match h.name.to_ascii_lowercase().as_str() {
+            "content-type" => head.content_type = Some(text()),
+            "etag" => head.etag = Some(text()),
+            "connection" => head.close = h.value.eq_ignore_ascii_case(b"close"),
+            "transfer-encoding" => {
+                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii();
+                chunked = last.eq_ignore_ascii_case(b"chunked");
+                if !chunked {
+                    return Err(WireError("unsupported transfer-encoding"));
+                }
             }
-            return Ok(Some(Body::Chunked(Chunk::Size { size: 0, digits: 0, ext: false })));
-        }
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let n = std::str::from_utf8(value)
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or(WireError("bad content-length"))?;
-            length = Some(n);
+            "content-length" => {
+                let n = std::str::from_utf8(h.value).ok().and_then(|v| v.parse::<u64>().ok());
+                length = Some(n.ok_or(WireError("bad content-length"))?);
+            }
+            _ => {}
         }
     }
-    Ok(match length {
-        Some(0) => None,
-        Some(n) => Some(Body::Sized(n)),
-        None => Some(Body::UntilClose),
-    })
+    let body = match (length, chunked) {
+        _ if (100..200).contains(&status) || status == 204 || status == 304 => None,
+        (_, true) => Some(Body::Chunked(Chunk::Size { size: 0, digits: 0, ext: false })),
+        (Some(0), false) => None,
+        (Some(n), false) => Some(Body::Sized(n)),
+        (None, false) => Some(Body::UntilClose),
+    };
+    Ok((head, body))
 }
 
 /// The type of an SSE event, as far as the benchmark tells them apart.
