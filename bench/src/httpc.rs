@@ -9,7 +9,10 @@ use std::{net::SocketAddr, sync::OnceLock, time::Duration};
 fn client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
-        reqwest::Client::builder().pool_max_idle_per_host(0).no_proxy().build().expect("a plain HTTP client")
+        // Plain HTTP on loopback only: no proxy, and no trust roots to load
+        // (they would weigh on the harness's RSS, a reported figure).
+        let builder = reqwest::Client::builder().pool_max_idle_per_host(0).no_proxy();
+        builder.tls_certs_only([]).build().expect("a plain HTTP client")
     })
 }
 

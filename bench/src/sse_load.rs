@@ -524,7 +524,8 @@ impl Pacer {
 /// Its trace, if traced, when it ends.
 async fn connection(i: usize, conn: Conn, source: IpAddr, shared: Arc<Shared>) -> Option<(usize, Trace)> {
     let mut first = true;
-    let mut trace = shared.config.trace.then(Trace::default);
+    // Boxed: an untraced connection pays one pointer.
+    let mut trace = shared.config.trace.then(Box::<Trace>::default);
     loop {
         if !shared.pacer.wait(&shared.stop).await {
             break;
@@ -532,7 +533,7 @@ async fn connection(i: usize, conn: Conn, source: IpAddr, shared: Arc<Shared>) -
         if !std::mem::take(&mut first) {
             shared.stats.reconnects.fetch_add(1, Relaxed);
         }
-        match stream(&conn, source, &shared, trace.as_mut()).await {
+        match stream(&conn, source, &shared, trace.as_deref_mut()).await {
             Ok(()) => break,
             Err(failure) => shared.stats.fail(&failure),
         }
@@ -541,7 +542,7 @@ async fn connection(i: usize, conn: Conn, source: IpAddr, shared: Arc<Shared>) -
             _ = tokio::time::sleep(shared.config.reconnect_delay) => {}
         }
     }
-    trace.map(|t| (i, t))
+    trace.map(|t| (i, *t))
 }
 
 /// Decrements a gauge when dropped.
