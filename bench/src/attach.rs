@@ -22,7 +22,7 @@ use tokio::time::Instant;
 /// Wait after every connection has its first event, before sampling RSS.
 const SETTLE: Duration = Duration::from_secs(3);
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     /// Edge address (loopback); repeat it for several edges, which the
     /// connections alternate between.
@@ -39,6 +39,7 @@ pub struct Args {
 
     /// Measurement window after all connected.
     #[arg(long, default_value = "30s", value_parser = at_least_1s)]
+    #[serde(rename = "duration_s", serialize_with = "crate::report::secs")]
     duration: Duration,
 
     /// A process to sample (the edge's pid): RSS and CPU.

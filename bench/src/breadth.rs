@@ -12,7 +12,7 @@ use crate::{
     report::Report,
 };
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     #[command(flatten)]
     shape: ShapeArgs,

@@ -45,7 +45,7 @@ const STABLE: &str = "stable";
 /// browser left (5 s, times up to 1.5).
 const EDGE_GRACE_MAX: Duration = Duration::from_millis(7_500);
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     /// Browsers that connect and reset, each on an event of its own.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -57,6 +57,7 @@ pub struct Args {
 
     /// How long a batch stays after its last browser has its first value.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[serde(rename = "hold_s", serialize_with = "crate::report::secs")]
     hold: Duration,
 
     /// Browsers of the stable event, connected throughout.
@@ -66,19 +67,23 @@ pub struct Args {
     /// Time between two `/readyz` probes (each also reads the edge's and
     /// the poller's `/metrics` and the edge's open files, for the peaks).
     #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    #[serde(rename = "probe_every_s", serialize_with = "crate::report::secs")]
     probe_every: Duration,
 
     /// The poller's --interval (media-sim's --change-every too).
     #[arg(long, default_value = "2s", value_parser = at_least_1s)]
+    #[serde(rename = "interval_s", serialize_with = "crate::report::secs")]
     interval: Duration,
 
     /// The poller's --linger.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[serde(rename = "linger_s", serialize_with = "crate::report::secs")]
     linger: Duration,
 
     /// Wait before the before-sample, and after the drain before the
     /// after-sample.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[serde(rename = "settle_s", serialize_with = "crate::report::secs")]
     settle: Duration,
 
     #[command(flatten)]
@@ -429,18 +434,8 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// is VmHWM) and after the drain.
 #[derive(Serialize)]
 struct Figures<'a> {
-    browsers: u32,
-    batch: u32,
+    args: &'a Args,
     batches: u64,
-    /// A batch stays this long after its last first value.
-    hold_s: f64,
-    stable_browsers: u32,
-    /// Poll interval and media-sim's change period.
-    interval_s: f64,
-    linger_s: f64,
-    probe_every_ms: f64,
-    settle_s: f64,
-    connect_rate: u32,
     cores: usize,
     media_cmd: &'a str,
     poller_cmd: &'a str,
@@ -542,16 +537,8 @@ fn report(args: &Args, o: &Outcome) -> anyhow::Result<Report> {
         ("readyz_always_200", other + p.failed == 0),
     ];
     let figures = Figures {
-        browsers: args.browsers,
-        batch: args.batch,
+        args,
         batches: c.batches,
-        hold_s: secs(args.hold),
-        stable_browsers: args.stable_browsers,
-        interval_s: secs(args.interval),
-        linger_s: secs(args.linger),
-        probe_every_ms: args.probe_every.as_secs_f64() * 1e3,
-        settle_s: secs(args.settle),
-        connect_rate: args.load.connect_rate,
         cores: report::cores(),
         media_cmd,
         poller_cmd,

@@ -80,7 +80,7 @@ const FEED_JUMP: u64 = 1_000_000;
 const RECONNECT_DELAY: Duration = Duration::from_secs(3);
 /// Violations described in the notes.
 const SHOWN_VIOLATIONS: usize = 5;
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     #[command(flatten)]
     shape: ShapeArgs,
@@ -91,29 +91,35 @@ pub struct Args {
 
     /// The pollers' --interval.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[serde(rename = "interval_s", serialize_with = "crate::report::secs")]
     interval: Duration,
 
     /// media-sim's --change-every (it runs with --stamp: every answer is a
     /// new value anyway).
     #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    #[serde(rename = "change_every_s", serialize_with = "crate::report::secs")]
     change_every: Duration,
 
     /// Wait between "every browser has its first event" and the first window.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[serde(rename = "settle_s", serialize_with = "crate::report::secs")]
     settle: Duration,
 
     /// Length of each window in which upstream polls are counted (before the
     /// kill, after it, after the return).
     #[arg(long, default_value = "10s", value_parser = at_least_1s)]
+    #[serde(rename = "window_s", serialize_with = "crate::report::secs")]
     window: Duration,
 
     /// How long browsers have after the kill to receive a value served after
     /// it; later ones count as not resumed.
     #[arg(long, default_value = "15s", value_parser = at_least_1s)]
+    #[serde(rename = "observe_s", serialize_with = "crate::report::secs")]
     observe: Duration,
 
     /// Longest wait for the restarted poller to get its streams back.
     #[arg(long, default_value = "30s", value_parser = at_least_1s)]
+    #[serde(rename = "return_limit_s", serialize_with = "crate::report::secs")]
     return_limit: Duration,
 
     /// Do not restart the killed poller.
@@ -789,19 +795,8 @@ fn pct_ms(sorted: &[u64], q: f64) -> Option<f64> {
 /// per-edge lists in edge order.
 #[derive(Serialize)]
 struct Figures<'a> {
+    args: &'a Args,
     connections: u64,
-    events: u32,
-    browsers: u32,
-    edges: u32,
-    pollers: u32,
-    interval_s: f64,
-    /// media-sim runs with --stamp: every answer new.
-    change_every_s: f64,
-    /// Each window of counted polls; the time given to resume after the kill.
-    window_s: f64,
-    observe_s: f64,
-    connect_rate: u32,
-    per_source: u32,
     cores: usize,
     media_cmd: &'a str,
     poller_cmd: &'a str,
@@ -977,17 +972,8 @@ fn report(args: &Args, o: &Outcome) -> anyhow::Result<Report> {
         }
     });
     let figures = Figures {
+        args,
         connections: u64::from(args.shape.events) * u64::from(args.shape.browsers),
-        events: args.shape.events,
-        browsers: args.shape.browsers,
-        edges: args.shape.edges,
-        pollers: args.pollers,
-        interval_s: args.interval.as_secs_f64(),
-        change_every_s: args.change_every.as_secs_f64(),
-        window_s: args.window.as_secs_f64(),
-        observe_s: args.observe.as_secs_f64(),
-        connect_rate: args.load.connect_rate,
-        per_source: args.load.per_source,
         cores: report::cores(),
         media_cmd: &o.commands.media,
         poller_cmd: &o.commands.poller,

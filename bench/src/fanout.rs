@@ -14,7 +14,7 @@ use crate::{
 };
 use std::path::PathBuf;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     #[command(flatten)]
     sizes: Sizes,

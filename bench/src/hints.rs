@@ -60,7 +60,7 @@ const POST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the harness looks whether every browser has a change.
 const CHECK_EVERY: Duration = Duration::from_millis(2);
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     /// SSE browsers, all on one event, on one edge.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=18_000))]
@@ -72,6 +72,7 @@ pub struct Args {
 
     /// The poller's --interval.
     #[arg(long, default_value = "5s", value_parser = crate::push::at_least_1s)]
+    #[serde(rename = "interval_s", serialize_with = "crate::report::secs")]
     interval: Duration,
 
     /// Variants, in order: `none` (regular polls only), `hint` (empty POST:
@@ -84,6 +85,7 @@ pub struct Args {
     /// poller holds a hint's poll until `--min-hint-gap` (250 ms) after the
     /// previous hint's poll, so shorter waits measure that coalescing.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    #[serde(rename = "min_change_gap_s", serialize_with = "crate::report::secs")]
     min_change_gap: Duration,
 
     /// Seed of the random waits before changes [default: from the clock].
@@ -98,7 +100,8 @@ pub struct Args {
 }
 
 /// What the media service does after changing the document.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Variant {
     None,
     Hint,
@@ -373,12 +376,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         })
         .collect();
     let params = Params {
-        browsers: args.browsers,
-        changes: args.changes,
-        interval_s: args.interval.as_secs_f64(),
+        args: &args,
         seed,
-        min_change_gap_ms: args.min_change_gap.as_secs_f64() * 1000.0,
-        connect_rate: args.load.connect_rate,
         cores: report::cores(),
         media: format!("http://{media_addr}/live/{EVENT}"),
         poller_cmd,
@@ -498,14 +497,10 @@ impl Session<'_> {
 
 /// The parameters shared by the variants.
 #[derive(Serialize)]
-struct Params {
-    browsers: u32,
-    changes: u32,
-    interval_s: f64,
-    /// The seed of the random waits, each at least `min_change_gap_ms`.
+struct Params<'a> {
+    args: &'a Args,
+    /// The seed of the random waits (`--seed` or the clock).
     seed: u64,
-    min_change_gap_ms: f64,
-    connect_rate: u32,
     cores: usize,
     /// The media service, in the harness.
     media: String,
@@ -557,8 +552,8 @@ struct Figures {
 }
 
 #[derive(Serialize)]
-struct HintsFigures {
-    params: Params,
+struct HintsFigures<'a> {
+    params: Params<'a>,
     runs: Vec<Figures>,
 }
 
@@ -606,7 +601,7 @@ fn figures(args: &Args, o: &Outcome, repeats: u64) -> Figures {
     }
 }
 
-fn report(params: Params, outcomes: &[Outcome], repeats: &[u64], args: &Args) -> anyhow::Result<Report> {
+fn report(params: Params<'_>, outcomes: &[Outcome], repeats: &[u64], args: &Args) -> anyhow::Result<Report> {
     let title = format!(
         "livepush-bench hints: change to browser, {} browsers on one event, interval {}, {} changes per variant",
         args.browsers,

@@ -57,7 +57,7 @@ const WORKER_RLIMIT_NOFILE: u32 = 20_000;
 /// Bound on one publish.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     #[command(flatten)]
     sizes: Sizes,
@@ -70,6 +70,7 @@ pub struct Args {
 
     /// Publish one update to the channel this often.
     #[arg(long, default_value = "1s", value_parser = at_least_1s)]
+    #[serde(rename = "publish_every_s", serialize_with = "crate::report::secs")]
     publish_every: Duration,
 
     /// Messages nchan keeps per channel (`nchan_message_buffer_length`): a
@@ -163,16 +164,16 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
 #[derive(Serialize)]
 struct NchanFigures<'a> {
-    params: NchanParams,
+    params: NchanParams<'a>,
     runs: &'a [Outcome],
     /// nchan / livepush at the same size (< 1: nchan lower).
     versus: Vec<Versus>,
 }
 
 #[derive(Serialize)]
-struct NchanParams {
+struct NchanParams<'a> {
     #[serde(flatten)]
-    push: Params,
+    push: Params<'a>,
     publish_every_s: f64,
     nginx_version: String,
     nginx_config: String,
@@ -236,7 +237,7 @@ struct Nchan {
 }
 
 impl Nchan {
-    fn params(&self, args: &Args, push: Params) -> NchanParams {
+    fn params<'a>(&self, args: &Args, push: Params<'a>) -> NchanParams<'a> {
         NchanParams {
             push,
             publish_every_s: args.publish_every.as_secs_f64(),

@@ -56,7 +56,7 @@ const PHASE_BUCKETS: usize = 10;
 /// The poller's graceful-shutdown bound, kept short: only the run matters.
 const POLLER_SHUTDOWN_TIMEOUT: &str = "2s";
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     /// Events watched, one gRPC stream each (ids ev-000000, ev-000001, ...).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=200_000))]
@@ -64,15 +64,18 @@ pub struct Args {
 
     /// The poller's --interval.
     #[arg(long, default_value = "5s", value_parser = at_least_1ms)]
+    #[serde(rename = "interval_s", serialize_with = "crate::report::secs")]
     interval: Duration,
 
     /// Length of the measurement window, after warm-up.
     #[arg(long, default_value = "30s", value_parser = at_least_slot)]
+    #[serde(rename = "duration_s", serialize_with = "crate::report::secs")]
     duration: Duration,
 
     /// How often media-sim's data changes (every poll after a change gets a
     /// 200, otherwise a 304).
     #[arg(long, default_value = "5s", value_parser = at_least_1ms)]
+    #[serde(rename = "change_every_s", serialize_with = "crate::report::secs")]
     change_every: Duration,
 
     /// Subscribe calls awaiting their answer at once, per connection. Above
@@ -93,7 +96,7 @@ pub struct Args {
 }
 
 /// How the poller asks the media service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Mode {
     /// One `GET /live/{id}` per event per interval.
     Single,
@@ -374,13 +377,9 @@ struct Run {
 
 /// The parameters shared by the columns.
 #[derive(Serialize)]
-struct Params {
-    events: u32,
-    interval_s: f64,
-    duration_s: f64,
-    change_every_s: f64,
+struct Params<'a> {
+    args: &'a Args,
     streams_per_channel: usize,
-    pending_subscribes: u32,
     cores: usize,
     /// The first column's command (ports vary); batched columns add `batch_flags`.
     poller_cmd: String,
@@ -503,8 +502,8 @@ impl Figures {
 }
 
 #[derive(Serialize)]
-struct PollerFigures {
-    params: Params,
+struct PollerFigures<'a> {
+    params: Params<'a>,
     runs: Vec<Figures>,
 }
 
@@ -519,12 +518,8 @@ fn report(a: &Args, runs: &[Run]) -> anyhow::Result<Report> {
     );
     let batched = runs.iter().find(|r| matches!(r.mode, Mode::Batch(_)));
     let params = Params {
-        events: a.events,
-        interval_s: a.interval.as_secs_f64(),
-        duration_s: a.duration.as_secs_f64(),
-        change_every_s: a.change_every.as_secs_f64(),
+        args: a,
         streams_per_channel: STREAMS_PER_CHANNEL,
-        pending_subscribes: a.pending_subscribes,
         cores: cores(),
         poller_cmd: runs[0].poller_cmd.clone(),
         batch_flags: batched.and_then(|r| {

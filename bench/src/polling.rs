@@ -47,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 /// One request's bound (connect, send, whole answer).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     /// Viewers, in both setups.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=5_000))]
@@ -59,14 +59,17 @@ pub struct Args {
 
     /// How often each polling viewer asks, and the poller's --interval.
     #[arg(long, default_value = "5s", value_parser = at_least_1s)]
+    #[serde(rename = "interval_s", serialize_with = "crate::report::secs")]
     interval: Duration,
 
     /// media-sim's --change-every.
     #[arg(long, default_value = "5s", value_parser = at_least_1s)]
+    #[serde(rename = "change_every_s", serialize_with = "crate::report::secs")]
     change_every: Duration,
 
     /// Measurement window of each setup.
     #[arg(long, default_value = "60s", value_parser = at_least_1s)]
+    #[serde(rename = "duration_s", serialize_with = "crate::report::secs")]
     duration: Duration,
 
     #[command(flatten)]
@@ -427,12 +430,7 @@ impl Column {
 
 #[derive(Serialize)]
 struct Figures<'a> {
-    viewers: u32,
-    events: u32,
-    /// The viewers' or the poller's.
-    interval_s: f64,
-    change_every_s: f64,
-    duration_s: f64,
+    args: &'a Args,
     media_cmd: &'a str,
     /// Its media URL is the relay.
     poller_cmd: &'a str,
@@ -456,11 +454,7 @@ fn report(args: &Args, polling: &Side, livepush: &Side, cmds: [&str; 3]) -> anyh
         (rate(livepush) > 0.0).then(|| rate(polling) / rate(livepush))
     };
     let figures = Figures {
-        viewers: args.viewers,
-        events: args.events,
-        interval_s: secs,
-        change_every_s: args.change_every.as_secs_f64(),
-        duration_s: args.duration.as_secs_f64(),
+        args,
         media_cmd: cmds[0],
         poller_cmd: cmds[1],
         edge_cmd: cmds[2],

@@ -41,7 +41,7 @@ pub const TARGET_RSS_PER_CONN_KIB: f64 = 6.0;
 pub const TARGET_P99_MS: f64 = 50.0;
 
 /// How the browsers are generated; shared with the `polling` scenario.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub struct LoadArgs {
     /// New SSE connections per second (first connections and reconnects).
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
@@ -75,7 +75,7 @@ impl LoadArgs {
 
 /// Events x browsers over edges: the shape of the multi-event scenarios
 /// (`breadth`, `failover`).
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub struct ShapeArgs {
     /// Events watched (ids ev-000000, ev-000001, ...).
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -91,7 +91,7 @@ pub struct ShapeArgs {
 }
 
 /// The sizes of the one-channel scenarios (`fanout`, `nchan`).
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub struct Sizes {
     /// SSE connections; a comma-separated list (1000,5000,15000) runs each
     /// size in turn with a fresh server.
@@ -104,23 +104,27 @@ pub struct Sizes {
     pub connections: Vec<u32>,
 }
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub struct PushArgs {
     /// Length of the measurement window.
     #[arg(long, default_value = "30s", value_parser = at_least_1s)]
+    #[serde(rename = "duration_s", serialize_with = "crate::report::secs")]
     pub duration: Duration,
 
     /// Wait between "every browser has its first event" and the connected
     /// RSS sample / the window.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[serde(rename = "settle_s", serialize_with = "crate::report::secs")]
     pub settle: Duration,
 
     /// The poller's --interval.
     #[arg(long, default_value = "1s", value_parser = at_least_1s)]
+    #[serde(rename = "interval_s", serialize_with = "crate::report::secs")]
     pub interval: Duration,
 
     /// media-sim's --change-every (it runs with --stamp: every answer is new).
     #[arg(long, default_value = "1s", value_parser = at_least_1s)]
+    #[serde(rename = "change_every_s", serialize_with = "crate::report::secs")]
     pub change_every: Duration,
 
     #[command(flatten)]
@@ -314,32 +318,23 @@ impl Server for Proc {
 
 /// The parameters shared by every column of a run.
 #[derive(Serialize)]
-pub struct Params {
-    pub duration_s: f64,
-    pub settle_s: f64,
-    pub connect_rate: u32,
-    pub per_source: u32,
+pub struct Params<'a> {
+    /// The flags (`interval_s`, `change_every_s`: the livepush side's).
+    pub args: &'a PushArgs,
     /// Host cores, shared by all processes.
     pub cores: usize,
     /// The livepush side (`None` in an nchan-only run).
-    pub interval_s: Option<f64>,
-    pub change_every_s: Option<f64>,
     pub media_cmd: Option<String>,
     pub poller_cmd: Option<String>,
     /// Each kind of server's command line (ports vary).
     pub server_cmds: BTreeMap<&'static str, String>,
 }
 
-impl Params {
-    pub fn new(args: &PushArgs, up: Option<&Upstream>, outcomes: &[Outcome]) -> Self {
+impl<'a> Params<'a> {
+    pub fn new(args: &'a PushArgs, up: Option<&Upstream>, outcomes: &[Outcome]) -> Self {
         Self {
-            duration_s: args.duration.as_secs_f64(),
-            settle_s: args.settle.as_secs_f64(),
-            connect_rate: args.load.connect_rate,
-            per_source: args.load.per_source,
+            args,
             cores: report::cores(),
-            interval_s: up.map(|_| args.interval.as_secs_f64()),
-            change_every_s: up.map(|_| args.change_every.as_secs_f64()),
             media_cmd: up.map(|u| u.media.cmd.clone()),
             poller_cmd: up.map(|u| u.poller.cmd.clone()),
             server_cmds: outcomes.iter().map(|o| (o.server, o.server_cmd.clone())).collect(),
@@ -351,7 +346,7 @@ impl Params {
 /// one column per outcome.
 #[derive(Serialize)]
 pub struct Figures<'a> {
-    pub params: Params,
+    pub params: Params<'a>,
     pub runs: &'a [Outcome],
 }
 

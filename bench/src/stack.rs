@@ -25,7 +25,7 @@ const STARTUP_LIMIT: Duration = Duration::from_secs(20);
 const SHUTDOWN_TIMEOUT: &str = "2s";
 
 /// Where the release binaries are.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub struct BinArgs {
     /// Directory of the `media-sim`, `poller` and `edge` binaries
     /// [default: <workspace>/target/release].
