@@ -173,17 +173,7 @@ pub struct Stats {
     pub connect: Histogram,
     /// µs from starting to connect to the first data event.
     pub first_event: Histogram,
-    attempts: AtomicU64,
-    established: AtomicU64,
-    open: AtomicU64,
-    ready: AtomicU64,
-    reconnects: AtomicU64,
-    messages: AtomicU64,
-    unstamped: AtomicU64,
-    named: [AtomicU64; 5],
-    comments: AtomicU64,
-    bytes: AtomicU64,
-    errors: AtomicU64,
+    c: Atomics,
     error_kinds: Mutex<BTreeMap<String, u64>>,
     updates: Mutex<HashMap<(u32, u64), Update>>,
     updates_dropped: AtomicU64,
@@ -212,73 +202,57 @@ pub struct Gaps {
     pub longest_ms: u64,
 }
 
-/// A reading of the monotonic counters and the gauges.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct Counters {
-    pub attempts: u64,
-    pub established: u64,
-    /// Connections whose response head was 200 and that are still open.
-    pub open: u64,
-    /// Open connections that have received their first data event.
-    pub ready: u64,
-    pub reconnects: u64,
-    /// Unnamed (data) events, first ones included.
-    pub messages: u64,
-    pub unstamped: u64,
-    pub stale: u64,
-    pub live: u64,
-    pub presence: u64,
-    pub end: u64,
-    pub other_named: u64,
-    pub comments: u64,
-    pub bytes: u64,
-    pub errors: u64,
+/// Declares [`Counters`], a reading of the generator's counters, and the
+/// atomics [`Stats`] keeps them in.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// A reading of the monotonic counters and the gauges (`open`, `ready`).
+        #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+        pub struct Counters { $($(#[$doc])* pub $name: u64,)* }
+
+        #[derive(Default)]
+        struct Atomics { $($name: AtomicU64,)* }
+
+        impl Atomics {
+            fn read(&self) -> Counters {
+                Counters { $($name: self.$name.load(Relaxed),)* }
+            }
+        }
+
+        impl Counters {
+            /// What happened between `earlier` and `self` (gauges are `self`'s).
+            pub fn since(&self, earlier: &Self) -> Self {
+                let d = Self { $($name: self.$name.saturating_sub(earlier.$name),)* };
+                Self { open: self.open, ready: self.ready, ..d }
+            }
+        }
+    };
 }
 
-impl Counters {
-    /// What happened between `earlier` and `self` (gauges are `self`'s).
-    pub fn since(&self, earlier: &Self) -> Self {
-        let d = |a: u64, b: u64| a.saturating_sub(b);
-        Self {
-            attempts: d(self.attempts, earlier.attempts),
-            established: d(self.established, earlier.established),
-            open: self.open,
-            ready: self.ready,
-            reconnects: d(self.reconnects, earlier.reconnects),
-            messages: d(self.messages, earlier.messages),
-            unstamped: d(self.unstamped, earlier.unstamped),
-            stale: d(self.stale, earlier.stale),
-            live: d(self.live, earlier.live),
-            presence: d(self.presence, earlier.presence),
-            end: d(self.end, earlier.end),
-            other_named: d(self.other_named, earlier.other_named),
-            comments: d(self.comments, earlier.comments),
-            bytes: d(self.bytes, earlier.bytes),
-            errors: d(self.errors, earlier.errors),
-        }
-    }
+counters! {
+    attempts,
+    established,
+    /// Connections whose response head was 200 and that are still open.
+    open,
+    /// Open connections that have received their first data event.
+    ready,
+    reconnects,
+    /// Unnamed (data) events, first ones included.
+    messages,
+    unstamped,
+    stale,
+    live,
+    presence,
+    end,
+    other_named,
+    comments,
+    bytes,
+    errors,
 }
 
 impl Stats {
     pub fn counters(&self) -> Counters {
-        let named = |k: usize| self.named[k].load(Relaxed);
-        Counters {
-            attempts: self.attempts.load(Relaxed),
-            established: self.established.load(Relaxed),
-            open: self.open.load(Relaxed),
-            ready: self.ready.load(Relaxed),
-            reconnects: self.reconnects.load(Relaxed),
-            messages: self.messages.load(Relaxed),
-            unstamped: self.unstamped.load(Relaxed),
-            stale: named(0),
-            live: named(1),
-            presence: named(2),
-            end: named(3),
-            other_named: named(4),
-            comments: self.comments.load(Relaxed),
-            bytes: self.bytes.load(Relaxed),
-            errors: self.errors.load(Relaxed),
-        }
+        self.c.read()
     }
 
     /// Error messages and how often each occurred, most frequent first.
@@ -332,7 +306,7 @@ impl Stats {
     }
 
     fn fail(&self, failure: &Failure) {
-        self.errors.fetch_add(1, Relaxed);
+        self.c.errors.fetch_add(1, Relaxed);
         let mut kinds = lock(&self.error_kinds);
         let text = failure.to_string();
         if let Some(n) = kinds.get_mut(&text) {
@@ -531,7 +505,7 @@ async fn connection(i: usize, conn: Conn, source: IpAddr, shared: Arc<Shared>) -
             break;
         }
         if !std::mem::take(&mut first) {
-            shared.stats.reconnects.fetch_add(1, Relaxed);
+            shared.stats.c.reconnects.fetch_add(1, Relaxed);
         }
         match stream(&conn, source, &shared, trace.as_deref_mut()).await {
             Ok(()) => break,
@@ -575,7 +549,7 @@ async fn stream(
     let stats = &shared.stats;
     let config = &shared.config;
     let started = Instant::now();
-    stats.attempts.fetch_add(1, Relaxed);
+    stats.c.attempts.fetch_add(1, Relaxed);
     let socket = TcpSocket::new_v4().map_err(Failure::Socket)?;
     socket.bind(SocketAddr::new(source, 0)).map_err(Failure::Socket)?;
     if config.reset {
@@ -625,7 +599,7 @@ async fn stream(
         let read = BUF.with_borrow_mut(|buf| match tcp.try_read(buf) {
             Ok(0) => Err(Failure::Closed),
             Ok(n) => {
-                stats.bytes.fetch_add(n as u64, Relaxed);
+                stats.c.bytes.fetch_add(n as u64, Relaxed);
                 reader.feed(&buf[..n], stats).map(|()| true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
@@ -636,12 +610,12 @@ async fn stream(
         }
         if reader.status == Some(200) {
             if open.0.is_none() {
-                stats.established.fetch_add(1, Relaxed);
+                stats.c.established.fetch_add(1, Relaxed);
             }
-            open.raise(&stats.open);
+            open.raise(&stats.c.open);
         }
         if reader.first_done {
-            ready.raise(&stats.ready);
+            ready.raise(&stats.c.ready);
         }
     }
 }
@@ -677,7 +651,7 @@ impl Reader<'_> {
             }
             Item::Body(body) => sse.feed(body, &mut |event| match event {
                 SseItem::Comment => {
-                    stats.comments.fetch_add(1, Relaxed);
+                    stats.c.comments.fetch_add(1, Relaxed);
                 }
                 SseItem::Event { kind, id, stamp } => {
                     if let Some(t) = trace.as_deref_mut() {
@@ -685,10 +659,10 @@ impl Reader<'_> {
                     }
                     let named = match kind {
                         Kind::Message => {
-                            stats.messages.fetch_add(1, Relaxed);
+                            stats.c.messages.fetch_add(1, Relaxed);
                             match stamp {
                                 None => {
-                                    stats.unstamped.fetch_add(1, Relaxed);
+                                    stats.c.unstamped.fetch_add(1, Relaxed);
                                 }
                                 Some(ms) if *first_done => {
                                     let latency = now_us.saturating_sub(ms.saturating_mul(1000));
@@ -701,13 +675,13 @@ impl Reader<'_> {
                             }
                             return;
                         }
-                        Kind::Stale => 0,
-                        Kind::Live => 1,
-                        Kind::Presence => 2,
-                        Kind::End => 3,
-                        Kind::Other => 4,
+                        Kind::Stale => &stats.c.stale,
+                        Kind::Live => &stats.c.live,
+                        Kind::Presence => &stats.c.presence,
+                        Kind::End => &stats.c.end,
+                        Kind::Other => &stats.c.other_named,
                     };
-                    stats.named[named].fetch_add(1, Relaxed);
+                    named.fetch_add(1, Relaxed);
                 }
             }),
             Item::End => {
