@@ -28,15 +28,13 @@ use crate::{
     push::event_id,
     report::{Report, cores, mib},
     sse_load::micros,
-    stack::{free_port, shell_words},
+    stack::{self, BinArgs, free_port},
     subscribers::Fleet,
 };
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, bail};
 use serde::Serialize;
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
-    process::Command,
     time::Duration,
 };
 use tokio::{net::TcpListener, task::JoinSet, time::Instant};
@@ -90,9 +88,8 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "off", value_parser = parse_mode)]
     batch_size: Vec<Mode>,
 
-    /// The poller binary [default: <workspace>/target/release/poller].
-    #[arg(long, value_name = "PATH")]
-    poller_bin: Option<PathBuf>,
+    #[command(flatten)]
+    bins: BinArgs,
 }
 
 /// How the poller asks the media service.
@@ -151,20 +148,7 @@ fn event_index(id: &str) -> Option<u32> {
     id.strip_prefix("ev-")?.parse().ok()
 }
 
-fn default_poller_bin() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/poller"))
-}
-
 pub async fn run(args: Args) -> anyhow::Result<Report> {
-    let poller_bin = args.poller_bin.clone().unwrap_or_else(default_poller_bin);
-    ensure!(
-        poller_bin.is_file(),
-        "no poller binary at {} (build it with `cargo build --release -p poller` or pass --poller-bin)",
-        poller_bin.display()
-    );
-    let poller_bin =
-        poller_bin.canonicalize().with_context(|| format!("resolving {}", poller_bin.display()))?;
-
     // Background tasks (media-sim) are aborted when this set is dropped.
     let mut background = JoinSet::new();
     let arrivals = Arrivals::new(event_index);
@@ -177,7 +161,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let mut runs = Vec::new();
     for &mode in &args.batch_size {
         eprintln!("poller: {}", mode.column());
-        runs.push(measure(&args, &poller_bin, mode, sim_addr, &arrivals).await?);
+        runs.push(measure(&args, mode, sim_addr, &arrivals).await?);
     }
     background.shutdown().await;
 
@@ -195,13 +179,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 }
 
 /// One polling mode's run: a fresh poller against the shared media-sim.
-async fn measure(
-    args: &Args,
-    poller_bin: &std::path::Path,
-    mode: Mode,
-    sim_addr: SocketAddr,
-    arrivals: &Arrivals,
-) -> anyhow::Result<Run> {
+async fn measure(args: &Args, mode: Mode, sim_addr: SocketAddr, arrivals: &Arrivals) -> anyhow::Result<Run> {
     let grpc_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
     let mut poller_args = vec![
         "--listen".to_owned(),
@@ -223,17 +201,7 @@ async fn measure(
             n.to_string(),
         ]);
     }
-    let mut cmd = Command::new(poller_bin);
-    cmd.args(&poller_args).env("RUST_LOG", "warn");
-    // Only the flags above count: no POLLER_* setting leaks in from our
-    // environment, so the reported command is the whole configuration.
-    for (key, _) in std::env::vars_os() {
-        if key.to_str().is_some_and(|k| k.starts_with("POLLER_")) {
-            cmd.env_remove(key);
-        }
-    }
-    let poller_cmd = format!("RUST_LOG=warn {} {}", poller_bin.display(), shell_words(&poller_args));
-    let mut poller = Child::spawn("poller", cmd)?;
+    let (mut poller, poller_cmd) = stack::spawn(&args.bins, "poller", poller_args, None)?;
     let pid = poller.pid();
 
     let channels = connect_channels(&format!("http://{grpc_addr}"), args.events, &mut poller).await?;
