@@ -11,17 +11,18 @@
 use crate::{
     procstat,
     push::{LoadArgs, at_least_1s, event_id},
-    report::{Report, Value},
-    sse_load::{self, Load, Plan},
+    report::Report,
+    sse_load::{self, Counters, Load, Plan},
 };
 use anyhow::ensure;
+use serde::Serialize;
 use std::{net::SocketAddr, time::Duration};
 use tokio::time::Instant;
 
 /// Wait after every connection has its first event, before sampling RSS.
 const SETTLE: Duration = Duration::from_secs(3);
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     /// Edge address (loopback); repeat it for several edges, which the
     /// connections alternate between.
@@ -38,6 +39,7 @@ pub struct Args {
 
     /// Measurement window after all connected.
     #[arg(long, default_value = "30s", value_parser = at_least_1s)]
+    #[serde(rename = "duration_s", serialize_with = "crate::report::secs")]
     duration: Duration,
 
     /// A process to sample (the edge's pid): RSS and CPU.
@@ -80,54 +82,58 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let totals = stats.counters();
 
     let targets: Vec<String> = args.target.iter().map(ToString::to_string).collect();
-    let mut r = Report::new(
-        "sse-load",
-        format!("livepush-bench sse-load: {} SSE connections to {}", args.connections, targets.join(", ")),
-    );
-    let ms = |q: f64| sse_load::ms(&latency, q).map(|x| Value::Float(x, 2));
-    r.section("load", "browsers")
-        .row("connections", "connections", args.connections, "")
-        .row(
-            "all_ready_s",
-            "every browser had its first event after",
-            ready_after.map(|d| Value::Float(d.as_secs_f64(), 2)),
-            "s",
-        )
-        .row(
-            "connect_p99_ms",
-            "TCP connect p99",
-            sse_load::ms(&connect, 0.99).map(|x| Value::Float(x, 2)),
-            "ms",
-        )
-        .row("messages_per_s", "data events/s (window)", Value::Float(c.messages as f64 / window, 1), "/s")
-        .row("latency_p50_ms", "latency p50", ms(0.5), "ms")
-        .row("latency_p99_ms", "latency p99", ms(0.99), "ms")
-        .row("latency_max_ms", "latency max", ms(1.0), "ms")
-        .row("errors", "errors (whole run)", totals.errors, "")
-        .row("reconnects", "reconnects (whole run)", totals.reconnects, "");
-    if let (Some(before), Some(connected), Some(end)) = (before, connected, end) {
-        let kib = |b: u64| Value::Float(b as f64 / 1024.0, 0);
-        r.section("process", "sampled process (--pid)")
-            .row("rss_before_kib", "RSS before connecting", kib(before.rss_bytes), "KiB")
-            .row("rss_connected_kib", "RSS connected", kib(connected.rss_bytes), "KiB")
-            .row(
-                "rss_per_conn_kib",
-                "RSS per connection",
-                Value::Float(
-                    connected.rss_bytes.saturating_sub(before.rss_bytes) as f64 / 1024.0 / n as f64,
-                    2,
-                ),
-                "KiB",
-            )
-            .row(
-                "cpu_pct",
-                "CPU in the window, % of one core",
-                Value::Float(100.0 * (end.cpu_seconds - connected.cpu_seconds) / window, 1),
-                "%",
-            );
-    }
+    let title =
+        format!("livepush-bench sse-load: {} SSE connections to {}", args.connections, targets.join(", "));
+    let ms = |q: f64| sse_load::ms(&latency, q);
+    let process = match (before, connected, end) {
+        (Some(before), Some(connected), Some(end)) => Some(Process {
+            rss_before_kib: before.rss_bytes / 1024,
+            rss_connected_kib: connected.rss_bytes / 1024,
+            rss_per_conn_kib: connected.rss_bytes.saturating_sub(before.rss_bytes) as f64 / 1024.0 / n as f64,
+            cpu_pct: 100.0 * (end.cpu_seconds - connected.cpu_seconds) / window,
+        }),
+        _ => None,
+    };
+    let figures = Figures {
+        connections: args.connections,
+        all_ready_s: ready_after.map(|d| d.as_secs_f64()),
+        connect_p99_ms: sse_load::ms(&connect, 0.99),
+        messages_per_s: c.messages as f64 / window,
+        latency_p50_ms: ms(0.5),
+        latency_p99_ms: ms(0.99),
+        latency_max_ms: ms(1.0),
+        totals,
+        process,
+    };
+    let mut r = Report::new("sse-load", title, &figures)?;
     for (kind, count) in stats.error_kinds() {
         r.note(format!("{count} x {kind}"));
     }
     Ok(r)
+}
+
+#[derive(Serialize)]
+struct Figures {
+    connections: u32,
+    /// Every browser had its first event after.
+    all_ready_s: Option<f64>,
+    connect_p99_ms: Option<f64>,
+    /// In the window.
+    messages_per_s: f64,
+    latency_p50_ms: Option<f64>,
+    latency_p99_ms: Option<f64>,
+    latency_max_ms: Option<f64>,
+    /// The whole run.
+    totals: Counters,
+    /// The process of `--pid`.
+    process: Option<Process>,
+}
+
+#[derive(Serialize)]
+struct Process {
+    rss_before_kib: u64,
+    rss_connected_kib: u64,
+    rss_per_conn_kib: f64,
+    /// In the window, % of one core.
+    cpu_pct: f64,
 }

@@ -8,11 +8,11 @@
 //! interval when two edges watch it.
 
 use crate::{
-    push::{self, PushArgs, Shape, ShapeArgs, Upstream},
+    push::{self, Figures, Outcome, Params, PushArgs, Shape, ShapeArgs, Upstream},
     report::Report,
 };
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     #[command(flatten)]
     shape: ShapeArgs,
@@ -30,14 +30,16 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         shape.connections()
     );
     let mut up = Upstream::start(&args.push).await?;
-    let params = up.params(&args.push);
     let outcome = push::measure(&args.push, shape, &mut up).await;
+    let column = format!("{}x{}", args.shape.events, args.shape.browsers);
+    let runs = [Outcome { column, ..outcome? }];
+    let params = Params::new(&args.push, Some(&up), &runs);
     up.stop().await?;
-    let outcome = outcome?;
     let title = format!(
         "livepush-bench breadth: {} events x {} browsers over {} edges",
         args.shape.events, args.shape.browsers, args.shape.edges
     );
-    let column = format!("{}x{}", args.shape.events, args.shape.browsers);
-    Ok(push::report("breadth", title, vec![column], &[outcome], &args.push, params))
+    let mut report = Report::new("breadth", title, &Figures { params, runs: &runs })?;
+    report.note(push::latency_note("media-sim's clock"));
+    Ok(report)
 }

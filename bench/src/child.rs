@@ -13,6 +13,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use rustix::process::Signal;
+
+/// Sends `sig` to process `pid`.
+pub fn signal(pid: u32, sig: Signal) -> std::io::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or(std::io::ErrorKind::InvalidInput)?;
+    Ok(rustix::process::kill_process(pid, sig)?)
+}
+
 /// How long a child may take to exit after SIGTERM before it is killed.
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -76,13 +87,8 @@ fn terminate(child: &mut std::process::Child, grace: Duration) -> std::io::Resul
     if let Some(status) = child.try_wait()? {
         return Ok(status);
     }
-    // std only offers SIGKILL; `kill` sends the graceful signal.
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if term.is_ok_and(|s| s.success()) {
+    // std only offers SIGKILL.
+    if signal(child.id(), Signal::TERM).is_ok() {
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Some(status) = child.try_wait()? {

@@ -25,11 +25,12 @@ use crate::{
     histogram::Snapshot,
     httpc, procstat,
     push::{EdgeUpstream, LoadArgs, at_least_1s, event_id},
-    report::{Report, Value},
+    report::{self, Report},
     sse_load::{self, Counters, Gaps, Load, Plan},
     stack::{self, BinArgs, Proc},
 };
 use anyhow::Context;
+use serde::Serialize;
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
@@ -44,7 +45,7 @@ const STABLE: &str = "stable";
 /// browser left (5 s, times up to 1.5).
 const EDGE_GRACE_MAX: Duration = Duration::from_millis(7_500);
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     /// Browsers that connect and reset, each on an event of its own.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -56,6 +57,7 @@ pub struct Args {
 
     /// How long a batch stays after its last browser has its first value.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[serde(rename = "hold_s", serialize_with = "crate::report::secs")]
     hold: Duration,
 
     /// Browsers of the stable event, connected throughout.
@@ -65,19 +67,23 @@ pub struct Args {
     /// Time between two `/readyz` probes (each also reads the edge's and
     /// the poller's `/metrics` and the edge's open files, for the peaks).
     #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    #[serde(rename = "probe_every_s", serialize_with = "crate::report::secs")]
     probe_every: Duration,
 
     /// The poller's --interval (media-sim's --change-every too).
     #[arg(long, default_value = "2s", value_parser = at_least_1s)]
+    #[serde(rename = "interval_s", serialize_with = "crate::report::secs")]
     interval: Duration,
 
     /// The poller's --linger.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[serde(rename = "linger_s", serialize_with = "crate::report::secs")]
     linger: Duration,
 
     /// Wait before the before-sample, and after the drain before the
     /// after-sample.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[serde(rename = "settle_s", serialize_with = "crate::report::secs")]
     settle: Duration,
 
     #[command(flatten)]
@@ -88,7 +94,7 @@ pub struct Args {
 }
 
 /// One reading of the edge (process and `/metrics`) and the poller.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize)]
 struct Reading {
     rss_bytes: u64,
     peak_rss_bytes: u64,
@@ -210,7 +216,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let linger = humantime::format_duration(args.linger).to_string();
     let poller =
         stack::poller_at(&args.bins, poller_addr, media.addr, args.interval, &["--linger", &linger]).await?;
-    let outcome = match stack::edge(&args.bins, poller.addr).await {
+    let outcome = match stack::edge(&args.bins, &[poller.addr]).await {
         Ok(edge) => {
             let outcome = measure(&args, &media, &poller, &edge).await;
             edge.stop().await?;
@@ -220,7 +226,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     };
     poller.stop().await?;
     media.stop().await?;
-    Ok(report(&args, &outcome?))
+    report(&args, &outcome?)
 }
 
 async fn measure(args: &Args, media: &Proc, poller: &Proc, edge: &Proc) -> anyhow::Result<Outcome> {
@@ -423,241 +429,167 @@ fn cpu(pids: &[u32]) -> anyhow::Result<Vec<f64>> {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-fn report(args: &Args, o: &Outcome) -> Report {
-    let mut r = Report::new(
-        "churn",
-        format!(
-            "livepush-bench churn: {} browsers in batches of {} on distinct events, {} stable browsers, one edge",
-            args.browsers, args.batch, args.stable_browsers
-        ),
-    );
-    let secs = |d: Duration| Value::Float(d.as_secs_f64(), 2);
-    let opt_secs = |d: Option<Duration>| d.map_or(Value::Missing, secs);
-    let mib = |b: u64| Value::Float(b as f64 / MIB, 1);
-    let [media_cmd, poller_cmd, edge_cmd] = &o.cmds;
-    r.section("params", "parameters")
-        .row("browsers", "churned browsers (one event each)", args.browsers, "")
-        .row("batch", "browsers per batch", args.batch, "")
-        .row("batches", "batches", o.churn.batches, "")
-        .row("hold_s", "a batch stays after its last first value", secs(args.hold), "s")
-        .row("stable_browsers", "stable event's browsers", args.stable_browsers, "")
-        .row("interval_s", "poll interval (and media-sim change period)", secs(args.interval), "s")
-        .row("linger_s", "poller --linger", secs(args.linger), "s")
-        .row(
-            "probe_every_ms",
-            "/readyz probe every",
-            Value::Float(args.probe_every.as_secs_f64() * 1e3, 0),
-            "ms",
-        )
-        .row("settle_s", "settle before the before- and after-samples", secs(args.settle), "s")
-        .row("connect_rate", "connect rate", args.load.connect_rate, "conn/s")
-        .row("cores", "host cores (shared by all processes)", cores(), "")
-        .row("media_cmd", "media-sim", media_cmd.as_str(), "")
-        .row("poller_cmd", "poller", poller_cmd.as_str(), "")
-        .row("edge_cmd", "edge", edge_cmd.as_str(), "");
+/// The figures; readings are of the edge (process and `/metrics`) and the
+/// poller: before the churn, peak (the highest probe-time reading; RSS peak
+/// is VmHWM) and after the drain.
+#[derive(Serialize)]
+struct Figures<'a> {
+    args: &'a Args,
+    batches: u64,
+    cores: usize,
+    media_cmd: &'a str,
+    poller_cmd: &'a str,
+    edge_cmd: &'a str,
+    churn: ChurnFigures,
+    /// The stable event's browsers, churn start to after-sample.
+    stable: StableFigures,
+    /// `/readyz` probes, churn start to after-sample.
+    readyz: ReadyzFigures<'a>,
+    before: Reading,
+    peak: Reading,
+    after: Reading,
+    /// Edge subscribe failures during the run.
+    subscribe_failures: u64,
+    /// media-sim requests/s after the linger; expected: the stable event alone.
+    after_requests_per_s: f64,
+    expected_after_per_s: f64,
+    /// After the churn: until the edge's streams, its upstream and the
+    /// poller were back to the stable event (given up after `drain_limit_s`).
+    streams_back_s: Option<f64>,
+    upstream_back_s: Option<f64>,
+    poller_back_s: Option<f64>,
+    drain_limit_s: f64,
+    /// livepush_edge_streams_open once every browser left.
+    streams_open_end: Option<u64>,
+    /// CPU, churn start to after-sample, % of one core.
+    cpu_pct: BTreeMap<&'static str, f64>,
+    targets: BTreeMap<&'static str, bool>,
+}
 
-    let c = &o.churn;
+#[derive(Serialize)]
+struct ChurnFigures {
+    time_s: f64,
+    attempts: u64,
+    /// Browsers holding a value when reset.
+    with_value: u64,
+    batches_incomplete: usize,
+    /// A batch: all served after, median and slowest.
+    batch_ready_p50_s: Option<f64>,
+    batch_ready_max_s: Option<f64>,
+    first_value_max_ms: Option<f64>,
+    errors: u64,
+    reconnects: u64,
+}
+
+#[derive(Serialize)]
+struct StableFigures {
+    ready_s: Option<f64>,
+    observed_s: f64,
+    /// Updates served (stamped in the period) and those that reached every
+    /// stable browser.
+    updates: usize,
+    reached_all: usize,
+    /// Changes missed: updates more than 1.5 intervals apart.
+    missed: u64,
+    longest_gap_s: f64,
+    latency_p50_ms: Option<f64>,
+    latency_p99_ms: Option<f64>,
+    latency_max_ms: Option<f64>,
+    /// `open`: at the after-sample.
+    counters: Counters,
+}
+
+#[derive(Serialize)]
+struct ReadyzFigures<'a> {
+    sent: u64,
+    ok: u64,
+    other: u64,
+    /// No answer within 1 s.
+    failed: u64,
+    slowest_ms: f64,
+    /// Probe-time readings that failed.
+    readings_failed: u64,
+    first_failure: Option<&'a str>,
+}
+
+fn report(args: &Args, o: &Outcome) -> anyhow::Result<Report> {
+    let title = format!(
+        "livepush-bench churn: {} browsers in batches of {} on distinct events, {} stable browsers, one edge",
+        args.browsers, args.batch, args.stable_browsers
+    );
+    let secs = |d: Duration| d.as_secs_f64();
+    let [media_cmd, poller_cmd, edge_cmd] = &o.cmds;
+    let (c, s, p) = (&o.churn, &o.stable, &o.probes);
+    let (b, a) = (&o.before, &o.after);
     let mut ready: Vec<Duration> = c.ready.iter().flatten().copied().collect();
     ready.sort_unstable();
-    r.section("churn", "churn (connect a batch, wait for every first value, hold, reset)")
-        .row("time_s", "churn took", secs(c.time), "s")
-        .row("attempts", "connection attempts", c.attempts, "")
-        .row("with_value", "browsers holding a value when reset", c.with_value, "")
-        .row(
-            "batches_incomplete",
-            "batches not all served within their limit",
-            c.ready.iter().filter(|r| r.is_none()).count(),
-            "",
-        )
-        .row(
-            "batch_ready_p50_s",
-            "batch: all served after, median",
-            opt_secs(ready.get(ready.len() / 2).copied()),
-            "s",
-        )
-        .row("batch_ready_max_s", "batch: all served after, slowest", opt_secs(ready.last().copied()), "s")
-        .row(
-            "first_value_max_ms",
-            "slowest browser's first value",
-            c.first_value_max_us.map_or(Value::Missing, |us| Value::Float(us as f64 / 1000.0, 1)),
-            "ms",
-        )
-        .row("errors", "errors", c.errors, "")
-        .row("reconnects", "reconnects", c.reconnects, "");
-
-    let s = &o.stable;
-    r.section("stable", "stable event's browsers (churn start to after-sample)")
-        .row("ready_s", "all had a first value after (at start)", opt_secs(s.ready_after), "s")
-        .row("observed_s", "observed for", secs(o.observed), "s")
-        .row("messages", "data events received", s.counters.messages, "")
-        .row("updates", "updates served (stamped in the period)", s.updates, "")
-        .row("reached_all", "updates that reached every stable browser", s.reached_all, "")
-        .row(
-            "missed",
-            "changes missed (updates > 1.5 intervals apart)",
-            if s.gaps.with_gap == 0 { "none".into() } else { Value::from(s.gaps.with_gap) },
-            "",
-        )
-        .row(
-            "longest_gap_s",
-            "longest time between updates",
-            Value::Float(s.gaps.longest_ms as f64 / 1e3, 2),
-            "s",
-        )
-        .row("latency_p50_ms", "latency p50", opt_ms(&s.latency, 0.5), "ms")
-        .row("latency_p99_ms", "latency p99", opt_ms(&s.latency, 0.99), "ms")
-        .row("latency_max_ms", "latency max", opt_ms(&s.latency, 1.0), "ms")
-        .row("stale", "'stale' events", s.counters.stale, "")
-        .row("live", "'live' events", s.counters.live, "")
-        .row("end", "'end' events", s.counters.end, "")
-        .row("errors", "errors", s.counters.errors, "")
-        .row("reconnects", "reconnects", s.counters.reconnects, "")
-        .row("open", "connections open at the after-sample", s.counters.open, "");
-
-    let p = &o.probes;
     let other: u64 = p.other.values().sum();
-    r.section("readyz", "/readyz probes (churn start to after-sample)")
-        .row("sent", "probes", p.sent, "")
-        .row("ok", "answered 200", p.ok, "")
-        .row("other", "answered another status", other, "")
-        .row("failed", "no answer within 1 s", p.failed, "")
-        .row("slowest_ms", "slowest answer", Value::Float(p.slowest.as_secs_f64() * 1e3, 1), "ms");
-
-    let (b, pk, a) = (&o.before, &p.peak, &o.after);
-    r.section("upstream", "upstream (edge and poller /metrics; peak: highest probe-time reading)")
-        .row("channels_before", "edge HTTP/2 channels to the poller, before", b.upstream.channels, "")
-        .row("channels_peak", "  peak", pk.upstream.channels, "")
-        .row("channels_after", "  after", a.upstream.channels, "")
-        .row("streams_before", "edge upstream Subscribe streams, before", b.upstream.streams, "")
-        .row("streams_peak", "  peak", pk.upstream.streams, "")
-        .row("streams_after", "  after", a.upstream.streams, "")
-        .row(
-            "subscribe_failures",
-            "edge subscribe failures during the run",
-            a.upstream.subscribe_failures.saturating_sub(b.upstream.subscribe_failures),
-            "",
-        )
-        .row("poller_events_before", "poller events watched, before", b.poller_events, "")
-        .row("poller_events_peak", "  peak", pk.poller_events, "")
-        .row("poller_events_after", "  after the linger", a.poller_events, "")
-        .row(
-            "after_requests_per_s",
-            "media-sim requests/s after the linger",
-            Value::Float(o.after_requests_per_s, 2),
-            "req/s",
-        )
-        .row(
-            "expected_after_per_s",
-            "  expected (the stable event alone)",
-            Value::Float(1.0 / args.interval.as_secs_f64(), 2),
-            "req/s",
-        )
-        .row(
-            "streams_back_s",
-            "after the churn: edge streams back to the stable ones",
-            opt_secs(o.streams_back),
-            "s",
-        )
-        .row("upstream_back_s", "  edge upstream back to the stable event", opt_secs(o.upstream_back), "s")
-        .row("poller_back_s", "  poller back to the stable event", opt_secs(o.poller_back), "s")
-        .row("drain_limit_s", "  (given up after)", secs(o.drain_limit), "s")
-        .row("readings_failed", "probe-time readings that failed", p.readings_failed, "");
-
-    r.section("edge", "edge process")
-        .row("rss_before_mib", "RSS before", mib(b.rss_bytes), "MiB")
-        .row("rss_peak_mib", "  peak (VmHWM)", mib(a.peak_rss_bytes), "MiB")
-        .row("rss_after_mib", "  after", mib(a.rss_bytes), "MiB")
-        .row("files_before", "open files before", b.open_files, "")
-        .row("files_peak", "  peak (probe-time readings)", pk.open_files, "")
-        .row("files_after", "  after", a.open_files, "")
-        .row("streams_open_before", "livepush_edge_streams_open, before", b.streams_open, "")
-        .row("streams_open_peak", "  peak (probe-time readings)", pk.streams_open, "")
-        .row("streams_open_after", "  after", a.streams_open, "")
-        .row("streams_open_end", "  once every browser left", o.streams_open_at_end, "");
-
     let span = o.observed.as_secs_f64().max(1e-3);
-    let pct = |x: f64| Value::Float(100.0 * x / span, 1);
-    r.section("cpu", "CPU, churn start to after-sample (% of one core)")
-        .row("edge_pct", "edge", pct(o.cpu[0]), "%")
-        .row("poller_pct", "poller", pct(o.cpu[1]), "%")
-        .row("media_pct", "media-sim", pct(o.cpu[2]), "%")
-        .row("load_pct", "load generator (this process)", pct(o.cpu[3]), "%")
-        .row("others_pct", "other programs on the host (competing)", pct(o.cpu[4]), "%");
-
-    let verdict =
-        |met: bool, figure: String| Value::Text(format!("{} ({figure})", if met { "met" } else { "MISSED" }));
-    let rss_limit = b.rss_bytes as f64 * 1.1 + 2.0 * MIB;
-    let files_limit = b.open_files as f64 * 1.1;
-    let not_ready = other + p.failed;
-    r.section("targets", "targets from the issue")
-        .row(
-            "churn_served",
-            "every churned browser got its value",
-            verdict(
-                c.with_value == u64::from(args.browsers) && c.errors == 0,
-                format!("{} of {}, {} errors", c.with_value, args.browsers, c.errors),
-            ),
-            "",
-        )
-        .row(
-            "rss_back",
-            "edge RSS after <= before x 1.1 + 2 MiB",
-            verdict(
-                a.rss_bytes as f64 <= rss_limit,
-                format!("{:.1} MiB, limit {:.1}", a.rss_bytes as f64 / MIB, rss_limit / MIB),
-            ),
-            "",
-        )
-        .row(
-            "files_back",
-            "edge open files after <= before x 1.1",
-            verdict(a.open_files as f64 <= files_limit, format!("{}, limit {files_limit:.0}", a.open_files)),
-            "",
-        )
-        .row(
-            "streams_back",
-            "streams_open back to 0 (beyond the stable browsers; then all)",
-            verdict(
-                a.streams_open == b.streams_open && o.streams_open_at_end == Some(0),
-                format!(
-                    "{} beyond; {}",
-                    a.streams_open as i64 - b.streams_open as i64,
-                    o.streams_open_at_end.map_or("n/a".into(), |n| n.to_string())
-                ),
-            ),
-            "",
-        )
-        .row(
-            "poller_stops",
-            "poller stops polling the churned events after its linger",
-            verdict(
-                a.poller_events == b.poller_events,
-                format!("{} event(s) watched, {:.2} req/s", a.poller_events, o.after_requests_per_s),
-            ),
-            "",
-        )
-        .row(
-            "stable_stale",
-            "stable browsers saw no 'stale'",
-            verdict(s.counters.stale == 0, format!("{}", s.counters.stale)),
-            "",
-        )
-        .row(
-            "stable_every_change",
-            "stable browsers got every change, no errors",
-            verdict(
-                s.gaps.with_gap == 0 && s.reached_all == s.updates && s.counters.errors == 0,
-                format!("{} of {} updates to all, {} errors", s.reached_all, s.updates, s.counters.errors),
-            ),
-            "",
-        )
-        .row(
-            "readyz",
-            "/readyz always 200",
-            verdict(not_ready == 0, format!("{not_ready} of {} not 200", p.sent)),
-            "",
-        );
-
+    let cpu = ["edge", "poller", "media-sim", "load", "others"];
+    let targets = [
+        ("churn_served", c.with_value == u64::from(args.browsers) && c.errors == 0),
+        ("rss_back", a.rss_bytes as f64 <= b.rss_bytes as f64 * 1.1 + 2.0 * MIB),
+        ("files_back", a.open_files as f64 <= b.open_files as f64 * 1.1),
+        ("streams_back", a.streams_open == b.streams_open && o.streams_open_at_end == Some(0)),
+        ("poller_stops", a.poller_events == b.poller_events),
+        ("stable_no_stale", s.counters.stale == 0),
+        ("stable_every_change", s.gaps.with_gap == 0 && s.reached_all == s.updates && s.counters.errors == 0),
+        ("readyz_always_200", other + p.failed == 0),
+    ];
+    let figures = Figures {
+        args,
+        batches: c.batches,
+        cores: report::cores(),
+        media_cmd,
+        poller_cmd,
+        edge_cmd,
+        churn: ChurnFigures {
+            time_s: secs(c.time),
+            attempts: c.attempts,
+            with_value: c.with_value,
+            batches_incomplete: c.ready.iter().filter(|r| r.is_none()).count(),
+            batch_ready_p50_s: ready.get(ready.len() / 2).map(|d| secs(*d)),
+            batch_ready_max_s: ready.last().map(|d| secs(*d)),
+            first_value_max_ms: c.first_value_max_us.map(|us| us as f64 / 1000.0),
+            errors: c.errors,
+            reconnects: c.reconnects,
+        },
+        stable: StableFigures {
+            ready_s: s.ready_after.map(secs),
+            observed_s: secs(o.observed),
+            updates: s.updates,
+            reached_all: s.reached_all,
+            missed: s.gaps.with_gap,
+            longest_gap_s: s.gaps.longest_ms as f64 / 1e3,
+            latency_p50_ms: sse_load::ms(&s.latency, 0.5),
+            latency_p99_ms: sse_load::ms(&s.latency, 0.99),
+            latency_max_ms: sse_load::ms(&s.latency, 1.0),
+            counters: s.counters,
+        },
+        readyz: ReadyzFigures {
+            sent: p.sent,
+            ok: p.ok,
+            other,
+            failed: p.failed,
+            slowest_ms: p.slowest.as_secs_f64() * 1e3,
+            readings_failed: p.readings_failed,
+            first_failure: p.first_failure.as_deref(),
+        },
+        before: o.before,
+        peak: p.peak,
+        after: o.after,
+        subscribe_failures: a.upstream.subscribe_failures.saturating_sub(b.upstream.subscribe_failures),
+        after_requests_per_s: o.after_requests_per_s,
+        expected_after_per_s: 1.0 / args.interval.as_secs_f64(),
+        streams_back_s: o.streams_back.map(secs),
+        upstream_back_s: o.upstream_back.map(secs),
+        poller_back_s: o.poller_back.map(secs),
+        drain_limit_s: secs(o.drain_limit),
+        streams_open_end: o.streams_open_at_end,
+        cpu_pct: cpu.iter().zip(o.cpu).map(|(&k, x)| (k, 100.0 * x / span)).collect(),
+        targets: targets.into_iter().collect(),
+    };
+    let mut r = Report::new("churn", title, &figures)?;
     for (kind, count) in &c.error_kinds {
         r.note(format!("churned browsers: {count} x {kind}"));
     }
@@ -667,24 +599,12 @@ fn report(args: &Args, o: &Outcome) -> Report {
     for (status, count) in &p.other {
         r.note(format!("/readyz answered {status} {count} time(s)"));
     }
-    if let Some(first) = &p.first_failure {
-        r.note(format!("first /readyz probe without an answer: {first}"));
-    }
     if o.stuck > 0 {
         r.note(format!("{} stable browser task(s) did not stop within 5 s", o.stuck));
     }
     r.note(format!(
-        "after = {} after the drain (streams, upstream and poller back to the stable event); \
-         peak figures are the highest of the probe-time readings, RSS peak is VmHWM",
+        "after = {} after the drain (streams, upstream and poller back to the stable event)",
         humantime::format_duration(args.settle)
     ));
-    r
-}
-
-fn opt_ms(s: &Snapshot, q: f64) -> Value {
-    sse_load::ms(s, q).map_or(Value::Missing, |ms| Value::Float(ms, 2))
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
+    Ok(r)
 }

@@ -45,34 +45,29 @@
 //! within a feed (a value never delivered), and counts errors and reconnects
 //! (none expected: browsers stay connected through a failover).
 //!
-//! The browsers are a small client of their own (one task per connection,
-//! [`crate::wire::ResponseParser`] for the HTTP framing, an SSE parser that
-//! also reads `id`), because the figures are per browser: each keeps the
-//! arrival time, id and stamp of every data event (24 bytes each, about
-//! 2 KiB per browser for a default run), analysed after the run.
+//! The browsers are the load generator's ([`crate::sse_load`]), traced:
+//! each keeps the arrival time, id and stamp of every data event (about
+//! 2 KiB per browser for a default run) and reconnects with
+//! `Last-Event-ID` after the edge's `retry: 3000`, as EventSource does; the
+//! traces are analysed after the run.
 
 use crate::{
-    httpc, procstat,
-    push::{LoadArgs, ShapeArgs, event_id},
-    report::{Report, Value},
-    sse_load::unix_micros,
+    child::{self, Signal},
+    procstat,
+    push::{LoadArgs, ShapeArgs, at_least_1s, event_id},
+    report::{self, Report},
+    sse_load::{self, Counters, Load, Plan, Trace, unix_micros},
     stack::{self, BinArgs, Proc, metric, scrape},
-    wire::{Item, ResponseParser, WireError, find_stamp},
+    wire::{Id, Kind},
 };
 use anyhow::{Context, bail, ensure};
+use serde::Serialize;
 use std::{
-    cell::RefCell,
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    pin::pin,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
+    net::{Ipv4Addr, SocketAddr},
     time::Duration,
 };
-use tokio::{net::TcpSocket, task::JoinHandle, time::Instant};
-use tokio_util::sync::CancellationToken;
+use tokio::time::Instant;
 
 /// The pollers' `--linger`, passed explicitly: the wait before the last
 /// window depends on it.
@@ -81,26 +76,11 @@ const LINGER: Duration = Duration::from_secs(10);
 /// ids count changes (about one per poll), across feeds they jump by the
 /// microseconds between the feeds' starts.
 const FEED_JUMP: u64 = 1_000_000;
-/// Data events kept per browser (about an hour at one per second).
-const MAX_RECORDS: usize = 4_096;
-/// Named events kept per browser.
-const MAX_NAMED: usize = 256;
-/// Distinct error messages kept per browser.
-const MAX_ERRORS: usize = 4;
 /// Reconnect delay: what the edge's `retry: 3000` tells a browser.
 const RECONNECT_DELAY: Duration = Duration::from_secs(3);
 /// Violations described in the notes.
 const SHOWN_VIOLATIONS: usize = 5;
-/// Largest SSE line accepted.
-const MAX_LINE: usize = 64 * 1024;
-/// Read buffer shared by the connections of one worker thread.
-const READ_BUF: usize = 64 * 1024;
-
-thread_local! {
-    static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUF]);
-}
-
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     #[command(flatten)]
     shape: ShapeArgs,
@@ -111,29 +91,35 @@ pub struct Args {
 
     /// The pollers' --interval.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[serde(rename = "interval_s", serialize_with = "crate::report::secs")]
     interval: Duration,
 
     /// media-sim's --change-every (it runs with --stamp: every answer is a
     /// new value anyway).
     #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    #[serde(rename = "change_every_s", serialize_with = "crate::report::secs")]
     change_every: Duration,
 
     /// Wait between "every browser has its first event" and the first window.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[serde(rename = "settle_s", serialize_with = "crate::report::secs")]
     settle: Duration,
 
     /// Length of each window in which upstream polls are counted (before the
     /// kill, after it, after the return).
     #[arg(long, default_value = "10s", value_parser = at_least_1s)]
+    #[serde(rename = "window_s", serialize_with = "crate::report::secs")]
     window: Duration,
 
     /// How long browsers have after the kill to receive a value served after
     /// it; later ones count as not resumed.
     #[arg(long, default_value = "15s", value_parser = at_least_1s)]
+    #[serde(rename = "observe_s", serialize_with = "crate::report::secs")]
     observe: Duration,
 
     /// Longest wait for the restarted poller to get its streams back.
     #[arg(long, default_value = "30s", value_parser = at_least_1s)]
+    #[serde(rename = "return_limit_s", serialize_with = "crate::report::secs")]
     return_limit: Duration,
 
     /// Do not restart the killed poller.
@@ -145,14 +131,6 @@ pub struct Args {
 
     #[command(flatten)]
     bins: BinArgs,
-}
-
-fn at_least_1s(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
-    if d < Duration::from_secs(1) {
-        return Err("must be at least 1s".into());
-    }
-    Ok(d)
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
@@ -173,7 +151,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
     let mut edges = Vec::new();
     for _ in 0..args.shape.edges {
-        edges.push(start_edge(bins, &addrs).await?);
+        edges.push(stack::edge(bins, &addrs).await?);
     }
     let mut run = Run { args: &args, media, addrs, pollers, edges, browsers: None };
     let outcome = run.measure().await;
@@ -181,7 +159,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let stopped = run.stop().await;
     let outcome = outcome?;
     stopped?;
-    Ok(report(&args, &outcome))
+    report(&args, &outcome)
 }
 
 /// The processes and browsers of a run.
@@ -192,7 +170,7 @@ struct Run<'a> {
     /// `None` while killed.
     pollers: Vec<Option<Proc>>,
     edges: Vec<Proc>,
-    browsers: Option<Browsers>,
+    browsers: Option<Load>,
 }
 
 /// Readings of one poller's `/metrics`.
@@ -240,6 +218,9 @@ struct Outcome {
     after: Polls,
     ret: Option<ReturnOutcome>,
     logs: Vec<Log>,
+    /// The browsers' counters and errors by message, whole run.
+    totals: Counters,
+    error_kinds: BTreeMap<String, u64>,
     stuck: usize,
     /// Unix µs: kill instant and end of the observation after it.
     k_us: u64,
@@ -274,16 +255,23 @@ impl Run<'_> {
         };
 
         // 1. Steady state.
-        let specs = self.plan();
-        let n = specs.len() as u64;
+        let (plan, who) = self.plan();
+        let n = who.len() as u64;
         let started = Instant::now();
-        let browsers = self.browsers.insert(Browsers::start(specs, &args.load));
-        let limit = ramp(&args.load, n) + Duration::from_secs(30);
+        let limit = args.load.ramp(n) + Duration::from_secs(30);
+        let runs = args.settle + 3 * args.window + args.observe + args.return_limit + LINGER;
+        let config = sse_load::Config {
+            trace: true,
+            reconnect_delay: RECONNECT_DELAY,
+            ..args.load.config(started + limit + runs + Duration::from_secs(120))
+        };
+        let browsers = self.browsers.insert(Load::start(plan, config));
         let Some(ready_after) = browsers.wait_ready(n, limit).await else {
+            let c = browsers.stats().counters();
             bail!(
                 "only {} of {n} browsers had their first event after {limit:?} ({} errors)",
-                browsers.ready(),
-                browsers.errors()
+                c.ready,
+                c.errors
             );
         };
         eprintln!("failover: {n} browsers receiving after {:.1} s", started.elapsed().as_secs_f64());
@@ -302,11 +290,11 @@ impl Run<'_> {
         let cpu0 = self.cpu_reading()?;
         eprintln!("failover: SIGKILL to poller {} (pid {})", killed.addr, killed.pid());
         let t = Instant::now();
-        sigkill(killed.pid())?;
+        child::signal(killed.pid(), Signal::KILL).with_context(|| format!("SIGKILL to {}", killed.pid()))?;
         let k_us = unix_micros();
         let kill_cmd = t.elapsed();
         let k_at = std::time::UNIX_EPOCH + Duration::from_micros(k_us);
-        eprintln!("failover: kill -KILL returned at {}", humantime::format_rfc3339_micros(k_at));
+        eprintln!("failover: SIGKILL sent at {}", humantime::format_rfc3339_micros(k_at));
         // Reap it (it is gone; a non-zero status is expected).
         let _ = killed.child.stop().await;
         tokio::time::sleep(args.observe).await;
@@ -324,7 +312,10 @@ impl Run<'_> {
 
         let end_us = unix_micros();
         let browsers = self.browsers.take().context("browsers gone")?;
-        let (logs, stuck) = browsers.stop(Duration::from_secs(5)).await;
+        let stats = browsers.stats().clone();
+        let (traces, stuck) = browsers.stop_traced(Duration::from_secs(5)).await;
+        let logs =
+            traces.into_iter().zip(who).filter_map(|(t, (event, edge))| Some(Log::of(event, edge, t?)));
         Ok(Outcome {
             commands,
             ready_after,
@@ -338,7 +329,9 @@ impl Run<'_> {
             cpu_kill,
             after,
             ret,
-            logs,
+            logs: logs.collect(),
+            totals: stats.counters(),
+            error_kinds: stats.error_kinds().into_iter().collect(),
             stuck,
             k_us,
             observed_us,
@@ -346,29 +339,19 @@ impl Run<'_> {
         })
     }
 
-    /// One browser per (event, copy), spread over the edges and over source
-    /// addresses.
-    fn plan(&self) -> Vec<Spec> {
+    /// One browser per (event, copy), spread over the edges: the plan, and
+    /// each browser's (event, edge).
+    fn plan(&self) -> (Plan, Vec<(u32, usize)>) {
         let args = self.args;
-        let total = args.shape.events * args.shape.browsers;
-        let per_source = args.load.per_source.max(1);
-        let paths: Vec<Arc<str>> =
-            (0..args.shape.events).map(|e| Arc::from(format!("/live/{}/stream", event_id(e)))).collect();
-        (0..total)
-            .map(|i| {
-                let event = i % args.shape.events;
-                let edge = (i / args.shape.events) as usize % self.edges.len();
-                // 127.0.0.2, 127.0.0.3, ...
-                let source = Ipv4Addr::from(0x7f00_0000 | ((2 + i / per_source) & 0x00ff_ffff));
-                Spec {
-                    event,
-                    edge,
-                    addr: self.edges[edge].addr,
-                    path: paths[event as usize].clone(),
-                    source: IpAddr::V4(source),
-                }
-            })
-            .collect()
+        let mut plan = Plan::default();
+        let mut who = Vec::new();
+        for i in 0..args.shape.events * args.shape.browsers {
+            let event = i % args.shape.events;
+            let edge = (i / args.shape.events) as usize % self.edges.len();
+            plan.push(self.edges[edge].addr, &format!("/live/{}/stream", event_id(event)), event);
+            who.push((event, edge));
+        }
+        (plan, who)
     }
 
     /// The killed poller again on its address; waits until its streams are
@@ -486,10 +469,6 @@ impl Cpu {
     }
 }
 
-fn ramp(load: &LoadArgs, n: u64) -> Duration {
-    Duration::from_secs_f64(n as f64 / f64::from(load.connect_rate.max(1)))
-}
-
 /// A poller on `addr` polling media-sim every `interval`, lingering
 /// [`LINGER`] after its last subscriber.
 async fn start_poller(
@@ -502,37 +481,6 @@ async fn start_poller(
     stack::poller_at(bins, addr, media, interval, &["--linger", &linger]).await
 }
 
-/// An edge using every poller in `pollers`, ready (`/readyz` 200).
-async fn start_edge(bins: &BinArgs, pollers: &[SocketAddr]) -> anyhow::Result<Proc> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
-    let list: Vec<String> = pollers.iter().map(|p| format!("http://{p}")).collect();
-    let args = vec![
-        "--listen".to_owned(),
-        addr.to_string(),
-        "--poller".to_owned(),
-        list.join(","),
-        "--shutdown-timeout".to_owned(),
-        "2s".to_owned(),
-    ];
-    let (mut child, cmd) = stack::spawn(bins, "edge", args, bins.edge_cpus.as_deref())?;
-    stack::wait_for(&mut child, "edge", || async move {
-        matches!(httpc::get(addr, "/readyz", Duration::from_secs(1)).await, Ok((200, _)))
-    })
-    .await?;
-    Ok(Proc { child, addr, cmd })
-}
-
-/// SIGKILL, through `kill` (std offers no signals for a child we do not own
-/// as `std::process::Child` here).
-fn sigkill(pid: u32) -> anyhow::Result<()> {
-    let status = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .context("running kill -KILL")?;
-    ensure!(status.success(), "kill -KILL {pid}: {status}");
-    Ok(())
-}
-
 async fn scrape_poller(addr: SocketAddr) -> anyhow::Result<Gauges> {
     use livepush::metrics::{POLLER_EVENTS_WATCHED, POLLER_SUBSCRIBERS};
     let text = scrape(addr).await?;
@@ -542,15 +490,6 @@ async fn scrape_poller(addr: SocketAddr) -> anyhow::Result<Gauges> {
 
 // ---------------------------------------------------------------------------
 // Browsers
-
-/// One browser: which event, on which edge, from which source address.
-struct Spec {
-    event: u32,
-    edge: usize,
-    addr: SocketAddr,
-    path: Arc<str>,
-    source: IpAddr,
-}
 
 /// One data event as a browser received it.
 #[derive(Debug, Clone, Copy)]
@@ -563,23 +502,15 @@ struct Rec {
     stamp_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Named {
-    Stale,
-    Live,
-    End,
-    Other,
-}
-
-/// Everything one browser saw, handed back when its task ends.
+/// What one browser saw (its [`Trace`]), with its ids checked.
 #[derive(Debug, Default)]
 struct Log {
     event: u32,
     edge: usize,
     data: Vec<Rec>,
-    /// Data events beyond [`MAX_RECORDS`].
+    /// Data events beyond the trace's cap.
     dropped: u64,
-    named: Vec<(u64, Named)>,
+    named: Vec<(u64, Kind)>,
     last_id: Option<u64>,
     duplicates: u64,
     out_of_order: u64,
@@ -591,377 +522,46 @@ struct Log {
     no_id: u64,
     bad_id: u64,
     unstamped: u64,
-    attempts: u64,
-    errors: u64,
-    error_kinds: Vec<(String, u64)>,
 }
 
 impl Log {
-    fn error(&mut self, what: String) {
-        self.errors += 1;
-        if let Some(k) = self.error_kinds.iter_mut().find(|(k, _)| *k == what) {
-            k.1 += 1;
-        } else if self.error_kinds.len() < MAX_ERRORS {
-            self.error_kinds.push((what, 1));
-        }
-    }
-
-    fn event(&mut self, ev: Dispatched, at_us: u64, live: &Live) {
-        match ev.kind {
-            EvKind::Message => {
-                let id = match ev.id {
-                    IdField::None => {
-                        self.no_id += 1;
-                        0
-                    }
-                    IdField::Bad => {
-                        self.bad_id += 1;
-                        0
-                    }
-                    IdField::Id(id) => {
-                        if let Some(last) = self.last_id.filter(|&last| id <= last) {
-                            if id == last {
-                                self.duplicates += 1;
-                            } else {
-                                self.out_of_order += 1;
-                            }
-                            self.first_violation.get_or_insert((last, id, at_us));
-                        } else {
-                            let step = self.last_id.map_or(1, |last| id - last);
-                            if (2..=FEED_JUMP).contains(&step) {
-                                self.skipped += step - 1;
-                            }
-                            self.last_id = Some(id);
-                        }
-                        id
-                    }
-                };
-                if ev.stamp.is_none() {
-                    self.unstamped += 1;
+    fn of(event: u32, edge: usize, trace: Trace) -> Self {
+        let mut log = Self { event, edge, dropped: trace.dropped, named: trace.named, ..Self::default() };
+        for r in trace.data {
+            let id = match r.id {
+                Id::Missing => {
+                    log.no_id += 1;
+                    0
                 }
-                if self.data.is_empty() && self.dropped == 0 {
-                    live.ready.fetch_add(1, Relaxed);
+                Id::Bad => {
+                    log.bad_id += 1;
+                    0
                 }
-                if self.data.len() < MAX_RECORDS {
-                    self.data.push(Rec { at_us, id, stamp_ms: ev.stamp.unwrap_or(0) });
-                } else {
-                    self.dropped += 1;
-                }
-            }
-            EvKind::Presence => {}
-            EvKind::Named(kind) => {
-                if self.named.len() < MAX_NAMED {
-                    self.named.push((at_us, kind));
-                }
-            }
+                Id::Value(id) => log.check(id, r.at_us),
+            };
+            log.unstamped += u64::from(r.stamp.is_none());
+            log.data.push(Rec { at_us: r.at_us, id, stamp_ms: r.stamp.unwrap_or(0) });
         }
-    }
-}
-
-#[derive(Default)]
-struct Live {
-    /// Browsers that have received a data event.
-    ready: AtomicU64,
-    errors: AtomicU64,
-}
-
-struct Shared {
-    live: Live,
-    stop: CancellationToken,
-    /// When the next connection may start (paced across all of them).
-    next: Mutex<Instant>,
-    gap: Duration,
-}
-
-impl Shared {
-    /// Waits for this connection's slot; `false` if stopped first.
-    async fn paced(&self) -> bool {
-        let at = {
-            let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
-            let at = (*next).max(Instant::now());
-            *next = at + self.gap;
-            at
-        };
-        tokio::select! {
-            _ = self.stop.cancelled() => false,
-            _ = tokio::time::sleep_until(at) => true,
-        }
-    }
-}
-
-struct Browsers {
-    shared: Arc<Shared>,
-    tasks: Vec<JoinHandle<Log>>,
-}
-
-impl Browsers {
-    fn start(specs: Vec<Spec>, load: &LoadArgs) -> Self {
-        let shared = Arc::new(Shared {
-            live: Live::default(),
-            stop: CancellationToken::new(),
-            next: Mutex::new(Instant::now()),
-            gap: Duration::from_secs(1) / load.connect_rate.max(1),
-        });
-        let tasks = specs.into_iter().map(|s| tokio::spawn(browser(s, shared.clone()))).collect();
-        Self { shared, tasks }
+        log
     }
 
-    fn ready(&self) -> u64 {
-        self.shared.live.ready.load(Relaxed)
-    }
-
-    fn errors(&self) -> u64 {
-        self.shared.live.errors.load(Relaxed)
-    }
-
-    async fn wait_ready(&self, n: u64, limit: Duration) -> Option<Duration> {
-        let start = Instant::now();
-        while self.ready() < n {
-            if start.elapsed() >= limit {
-                return None;
+    /// Ids must strictly increase, by one within a feed.
+    fn check(&mut self, id: u64, at_us: u64) -> u64 {
+        if let Some(last) = self.last_id.filter(|&last| id <= last) {
+            if id == last {
+                self.duplicates += 1;
+            } else {
+                self.out_of_order += 1;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Some(start.elapsed())
-    }
-
-    /// Closes every connection; the logs of the tasks that ended within
-    /// `grace`, and how many did not (aborted, their logs lost).
-    async fn stop(self, grace: Duration) -> (Vec<Log>, usize) {
-        self.shared.stop.cancel();
-        let deadline = Instant::now() + grace;
-        let mut logs = Vec::with_capacity(self.tasks.len());
-        let mut stuck = 0;
-        for mut task in self.tasks {
-            match tokio::time::timeout_at(deadline, &mut task).await {
-                Ok(Ok(log)) => logs.push(log),
-                Ok(Err(_)) => stuck += 1,
-                Err(_) => {
-                    task.abort();
-                    stuck += 1;
-                }
+            self.first_violation.get_or_insert((last, id, at_us));
+        } else {
+            let step = self.last_id.map_or(1, |last| id - last);
+            if (2..=FEED_JUMP).contains(&step) {
+                self.skipped += step - 1;
             }
+            self.last_id = Some(id);
         }
-        (logs, stuck)
-    }
-}
-
-/// One browser: connect, read until stopped; on a close or failure wait the
-/// edge's retry delay and reconnect with `Last-Event-ID`, as EventSource
-/// does.
-async fn browser(spec: Spec, shared: Arc<Shared>) -> Log {
-    let mut log = Log { event: spec.event, edge: spec.edge, ..Log::default() };
-    while shared.paced().await {
-        log.attempts += 1;
-        match session(&spec, &mut log, &shared).await {
-            Ok(()) => break,
-            Err(e) => {
-                shared.live.errors.fetch_add(1, Relaxed);
-                log.error(e);
-            }
-        }
-        tokio::select! {
-            _ = shared.stop.cancelled() => break,
-            _ = tokio::time::sleep(RECONNECT_DELAY) => {}
-        }
-    }
-    log
-}
-
-/// One connection; `Ok` when stopped, `Err` with a message otherwise.
-async fn session(spec: &Spec, log: &mut Log, shared: &Shared) -> Result<(), String> {
-    const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-    // The edge sends a keep-alive comment every 15 s.
-    const IDLE_TIMEOUT: Duration = Duration::from_secs(40);
-    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
-    socket.bind(SocketAddr::new(spec.source, 0)).map_err(|e| format!("bind: {e}"))?;
-    let connecting = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(spec.addr));
-    let tcp = tokio::select! {
-        _ = shared.stop.cancelled() => return Ok(()),
-        r = connecting => r.map_err(|_| "timeout: connect".to_owned())?.map_err(|e| format!("connect: {e}"))?,
-    };
-    let _ = tcp.set_nodelay(true);
-    let mut request =
-        format!("GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n", spec.path, spec.addr);
-    if let Some(id) = log.last_id {
-        request.push_str(&format!("Last-Event-ID: {id}\r\n"));
-    }
-    request.push_str("\r\n");
-    let mut sent = 0;
-    while sent < request.len() {
-        tokio::select! {
-            _ = shared.stop.cancelled() => return Ok(()),
-            r = tcp.writable() => r.map_err(|e| format!("write: {e}"))?,
-        }
-        match tcp.try_write(&request.as_bytes()[sent..]) {
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(format!("write: {e}")),
-        }
-    }
-
-    let mut http = ResponseParser::new();
-    let mut sse = Sse::default();
-    let mut status = None;
-    let mut silence = pin!(tokio::time::sleep(CONNECT_TIMEOUT));
-    loop {
-        tokio::select! {
-            _ = shared.stop.cancelled() => return Ok(()),
-            _ = silence.as_mut() => {
-                return Err(if status.is_some() { "timeout: no bytes" } else { "timeout: no response head" }.to_owned());
-            }
-            r = tcp.readable() => r.map_err(|e| format!("read: {e}"))?,
-        }
-        let read = BUF.with_borrow_mut(|buf| match tcp.try_read(buf) {
-            Ok(0) => Err("closed by the server".to_owned()),
-            Ok(n) => {
-                let at_us = unix_micros();
-                let mut ended = false;
-                let fed = http.feed(&buf[..n], &mut |item| match item {
-                    Item::Head(head) => {
-                        status = Some(head.status);
-                        if head.status != 200 {
-                            return Err(WireError("status"));
-                        }
-                        if !head.content_type.is_some_and(|t| t.starts_with("text/event-stream")) {
-                            return Err(WireError("200 without content-type text/event-stream"));
-                        }
-                        Ok(())
-                    }
-                    Item::Body(body) => sse.feed(body, &mut |ev| log.event(ev, at_us, &shared.live)),
-                    Item::End => {
-                        ended = true;
-                        Err(WireError("end"))
-                    }
-                });
-                match fed {
-                    Ok(()) => Ok(true),
-                    Err(_) if ended => Err("the response ended".to_owned()),
-                    Err(_) if status.is_some_and(|s| s != 200) => {
-                        Err(format!("status {}", status.unwrap_or(0)))
-                    }
-                    Err(e) => Err(format!("parse: {e}")),
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(format!("read: {e}")),
-        })?;
-        if read {
-            silence.as_mut().reset(Instant::now() + IDLE_TIMEOUT);
-        }
-    }
-}
-
-/// The `id` field of an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum IdField {
-    None,
-    Bad,
-    Id(u64),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EvKind {
-    Message,
-    Presence,
-    Named(Named),
-}
-
-/// A dispatched SSE event (one with data).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Dispatched {
-    kind: EvKind,
-    /// This event's own `id` field (the edge sends one with every data event).
-    id: IdField,
-    stamp: Option<u64>,
-}
-
-/// A `text/event-stream` parser that keeps what this scenario checks: the
-/// event type, its `id` and the `served_at_ms` stamp in its data.
-#[derive(Debug)]
-struct Sse {
-    line: Vec<u8>,
-    after_cr: bool,
-    kind: EvKind,
-    id: IdField,
-    data: bool,
-    stamp: Option<u64>,
-}
-
-impl Default for Sse {
-    fn default() -> Self {
-        Self {
-            line: Vec::new(),
-            after_cr: false,
-            kind: EvKind::Message,
-            id: IdField::None,
-            data: false,
-            stamp: None,
-        }
-    }
-}
-
-impl Sse {
-    /// Lines end with CRLF, LF or CR; an empty line dispatches the event if
-    /// it has data.
-    fn feed(&mut self, input: &[u8], on: &mut impl FnMut(Dispatched)) -> Result<(), WireError> {
-        for &b in input {
-            if std::mem::take(&mut self.after_cr) && b == b'\n' {
-                continue;
-            }
-            match b {
-                b'\n' | b'\r' => {
-                    self.after_cr = b == b'\r';
-                    let line = std::mem::take(&mut self.line);
-                    self.line(&line, on);
-                    self.line = line;
-                    self.line.clear();
-                }
-                _ if self.line.len() >= MAX_LINE => return Err(WireError("SSE line too long")),
-                _ => self.line.push(b),
-            }
-        }
-        Ok(())
-    }
-
-    fn line(&mut self, line: &[u8], on: &mut impl FnMut(Dispatched)) {
-        if line.is_empty() {
-            if self.data {
-                on(Dispatched { kind: self.kind, id: self.id, stamp: self.stamp });
-            }
-            *self = Self { line: Vec::new(), after_cr: self.after_cr, ..Self::default() };
-            return;
-        }
-        if line[0] == b':' {
-            return;
-        }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
-            Some(i) => (&line[..i], line[i + 1..].strip_prefix(b" ").unwrap_or(&line[i + 1..])),
-            None => (line, &b""[..]),
-        };
-        match field {
-            b"data" => {
-                self.data = true;
-                self.stamp = self.stamp.or_else(|| find_stamp(value));
-            }
-            b"id" => {
-                self.id = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .map_or(IdField::Bad, IdField::Id);
-            }
-            b"event" => {
-                self.kind = match value {
-                    b"" | b"message" => EvKind::Message,
-                    b"presence" => EvKind::Presence,
-                    b"stale" => EvKind::Named(Named::Stale),
-                    b"live" => EvKind::Named(Named::Live),
-                    b"end" => EvKind::Named(Named::End),
-                    _ => EvKind::Named(Named::Other),
-                }
-            }
-            _ => {}
-        }
+        id
     }
 }
 
@@ -1021,7 +621,7 @@ struct Back {
     stale: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize)]
 struct Integrity {
     data_events: u64,
     dropped: u64,
@@ -1030,6 +630,7 @@ struct Integrity {
     skipped: u64,
     browsers_skipping: u64,
     browsers_with_violations: u64,
+    #[serde(skip)]
     violations: Vec<String>,
     no_id: u64,
     bad_id: u64,
@@ -1097,8 +698,8 @@ fn failover(logs: &[Log], events: u32, k_us: u64, observed_us: u64) -> (Failover
         for &(at, kind) in &log.named {
             if (k_us..=observed_us).contains(&at) {
                 match kind {
-                    Named::Stale => group.stale += 1,
-                    Named::Live => group.live += 1,
+                    Kind::Stale => group.stale += 1,
+                    Kind::Live => group.live += 1,
                     _ => {}
                 }
             }
@@ -1141,7 +742,7 @@ fn back(logs: &[Log], moved: &[Option<bool>], r_us: u64, end_us: u64) -> Back {
         } else {
             b.max_gap_others_us.push(max_gap)
         }
-        b.stale += log.named.iter().filter(|&&(at, k)| at >= r_us && k == Named::Stale).count() as u64;
+        b.stale += log.named.iter().filter(|&&(at, k)| at >= r_us && k == Kind::Stale).count() as u64;
     }
     for v in [&mut b.switch_us, &mut b.switch_gap_us, &mut b.max_gap_affected_us, &mut b.max_gap_others_us] {
         v.sort_unstable();
@@ -1172,13 +773,8 @@ fn integrity(logs: &[Log], k_us: u64) -> Integrity {
         g.no_id += log.no_id;
         g.bad_id += log.bad_id;
         g.unstamped += log.unstamped;
-        g.errors += log.errors;
-        g.reconnects += log.attempts.saturating_sub(1);
-        for (k, n) in &log.error_kinds {
-            *g.error_kinds.entry(k.clone()).or_default() += n;
-        }
-        g.stale += log.named.iter().filter(|(_, k)| *k == Named::Stale).count() as u64;
-        g.end += log.named.iter().filter(|(_, k)| *k == Named::End).count() as u64;
+        g.stale += log.named.iter().filter(|(_, k)| *k == Kind::Stale).count() as u64;
+        g.end += log.named.iter().filter(|(_, k)| *k == Kind::End).count() as u64;
     }
     g
 }
@@ -1195,276 +791,226 @@ fn pct_ms(sorted: &[u64], q: f64) -> Option<f64> {
 // ---------------------------------------------------------------------------
 // Report
 
-fn report(args: &Args, o: &Outcome) -> Report {
+/// The figures. Per-poller lists are in poller order (`None`: not running);
+/// per-edge lists in edge order.
+#[derive(Serialize)]
+struct Figures<'a> {
+    args: &'a Args,
+    connections: u64,
+    cores: usize,
+    media_cmd: &'a str,
+    poller_cmd: &'a str,
+    edge_cmd: &'a str,
+    /// Before the kill: every browser had its first event after.
+    ready_s: f64,
+    before: PollFigures,
+    /// The kill: SIGKILL to the poller polling the most events.
+    kill: Kill,
+    /// Browsers of the killed poller's events: time to a value served after
+    /// the kill; the others (control: their next regular poll).
+    affected: GroupFigures,
+    unaffected: GroupFigures,
+    /// Browsers of events none of whose browsers resumed.
+    unclassified: usize,
+    /// After the kill: the window starts at the end of the observation.
+    after: PollFigures,
+    /// The killed poller's return on the same address.
+    #[serde(rename = "return")]
+    ret: Option<Return>,
+    /// Every browser, whole run.
+    integrity: &'a Integrity,
+    /// Browser tasks not stopped within 5 s.
+    stuck: usize,
+}
+
+#[derive(Serialize)]
+struct PollFigures {
+    events_per_poller: Vec<Option<u64>>,
+    streams_per_poller: Vec<Option<u64>>,
+    requests_per_s: f64,
+    polls_per_event_per_interval: f64,
+}
+
+#[derive(Serialize)]
+struct Kill {
+    victim: String,
+    /// Its events_watched before.
+    victim_events: u64,
+    /// Events whose browsers saw a new feed's id, and those whose browsers
+    /// disagreed on that.
+    moved_events: u64,
+    split_events: usize,
+    /// Streams moved per edge (the edges' failover counter) and pollers up
+    /// per edge after the kill.
+    edge_failovers: Vec<u64>,
+    pollers_up: Vec<u64>,
+    kill_cmd_ms: f64,
+    /// Other programs on the host, % of one core: in the window before, from
+    /// the kill on.
+    others_cpu_pct_before: f64,
+    others_cpu_pct: f64,
+}
+
+#[derive(Serialize)]
+struct GroupFigures {
+    browsers: u64,
+    resumed: u64,
+    resume_min_ms: Option<f64>,
+    resume_p50_ms: Option<f64>,
+    resume_p90_ms: Option<f64>,
+    resume_p99_ms: Option<f64>,
+    resume_max_ms: Option<f64>,
+    /// Previous data event to the resuming one.
+    gap_p50_ms: Option<f64>,
+    gap_max_ms: Option<f64>,
+    /// In the observation.
+    stale: u64,
+    live: u64,
+}
+
+impl GroupFigures {
+    fn of(g: &Group) -> Self {
+        let resume = |q| pct_ms(&g.resume_us, q);
+        Self {
+            browsers: g.browsers,
+            resumed: g.resume_us.len() as u64,
+            resume_min_ms: resume(0.0),
+            resume_p50_ms: resume(0.5),
+            resume_p90_ms: resume(0.9),
+            resume_p99_ms: resume(0.99),
+            resume_max_ms: resume(1.0),
+            gap_p50_ms: pct_ms(&g.gap_us, 0.5),
+            gap_max_ms: pct_ms(&g.gap_us, 1.0),
+            stale: g.stale,
+            live: g.live,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Return {
+    accepting_s: f64,
+    /// Per edge, until it counted the poller up again.
+    edges_up_s: Vec<Option<f64>>,
+    /// Until its Subscribe streams were back to the count before the kill.
+    streams_back_s: Option<f64>,
+    /// Affected browsers switched back and not; others switched (expected 0).
+    switched: u64,
+    not_switched: usize,
+    others_switched: usize,
+    /// Restart to a browser's first value from it.
+    switch_p50_ms: Option<f64>,
+    switch_max_ms: Option<f64>,
+    /// The interim owner's last value to its first.
+    switch_gap_p50_ms: Option<f64>,
+    switch_gap_max_ms: Option<f64>,
+    /// Per browser, the largest gap after the restart: switched, others.
+    gap_affected_p99_ms: Option<f64>,
+    gap_affected_max_ms: Option<f64>,
+    gap_others_p99_ms: Option<f64>,
+    gap_others_max_ms: Option<f64>,
+    stale: u64,
+    /// Streams moved per edge (whole run) and pollers up per edge.
+    failovers: Vec<u64>,
+    pollers_up: Vec<u64>,
+    /// After the linger.
+    polls: PollFigures,
+}
+
+fn report(args: &Args, o: &Outcome) -> anyhow::Result<Report> {
     let (f, moved) = failover(&o.logs, args.shape.events, o.k_us, o.observed_us);
-    let g = integrity(&o.logs, o.k_us);
+    let g = Integrity {
+        errors: o.totals.errors,
+        reconnects: o.totals.reconnects,
+        error_kinds: o.error_kinds.clone(),
+        ..integrity(&o.logs, o.k_us)
+    };
     let victim_before = o.before.gauges[o.victim].unwrap_or_default();
     let title = format!(
         "livepush-bench failover: {} events x {} browsers over {} edges, {} pollers, one killed",
         args.shape.events, args.shape.browsers, args.shape.edges, args.pollers
     );
-    let mut r = Report::new("failover", title);
-    let ms = |x: Option<f64>| Value::from(x.map(|v| Value::Float(v, 1)));
-    let s2 = |d: Duration| Value::Float(d.as_secs_f64(), 2);
-    let per_poller = |p: &Polls, f: fn(&Gauges) -> u64| -> String {
-        let cells: Vec<String> = p
-            .gauges
-            .iter()
-            .enumerate()
-            .map(|(i, g)| match g {
-                Some(g) if i == o.victim => format!("{}*", f(g)),
-                Some(g) => f(g).to_string(),
-                None => "-".to_owned(),
-            })
-            .collect();
-        cells.join(" / ")
+    let polls = |p: &Polls| PollFigures {
+        events_per_poller: p.gauges.iter().map(|g| g.map(|g| g.events)).collect(),
+        streams_per_poller: p.gauges.iter().map(|g| g.map(|g| g.streams)).collect(),
+        requests_per_s: p.requests as f64 / p.seconds,
+        polls_per_event_per_interval: p.requests as f64
+            / f64::from(args.shape.events)
+            / (p.seconds / args.interval.as_secs_f64()),
     };
-    let polls_per_interval = |p: &Polls| {
-        Value::Float(
-            p.requests as f64 / f64::from(args.shape.events) / (p.seconds / args.interval.as_secs_f64()),
-            3,
-        )
-    };
-    let per_edge = |e: &[EdgeGauges], f: fn(&EdgeGauges) -> u64| -> String {
-        e.iter().map(|g| f(g).to_string()).collect::<Vec<_>>().join(" / ")
-    };
-
-    r.section("params", "parameters")
-        .row(
-            "connections",
-            "SSE connections",
-            u64::from(args.shape.events) * u64::from(args.shape.browsers),
-            "",
-        )
-        .row("events", "events", args.shape.events, "")
-        .row("browsers", "browsers per event", args.shape.browsers, "")
-        .row("edges", "edges (each given every poller)", args.shape.edges, "")
-        .row("pollers", "pollers", args.pollers, "")
-        .row("interval_s", "poll interval", Value::Float(args.interval.as_secs_f64(), 2), "s")
-        .row(
-            "change_every_s",
-            "media-sim data changes every (--stamp: every answer new)",
-            Value::Float(args.change_every.as_secs_f64(), 2),
-            "s",
-        )
-        .row("window_s", "each window of counted polls", s2(args.window), "s")
-        .row("observe_s", "time given to resume after the kill", s2(args.observe), "s")
-        .row("connect_rate", "connect rate", args.load.connect_rate, "conn/s")
-        .row("per_source", "connections per source address", args.load.per_source, "")
-        .row("cores", "host cores (shared by all processes)", cores(), "")
-        .row("media_cmd", "media-sim", o.commands.media.as_str(), "")
-        .row("poller_cmd", "poller (ports vary)", o.commands.poller.as_str(), "")
-        .row("edge_cmd", "edge (port varies)", o.commands.edge.as_str(), "");
-
-    r.section("before", "before the kill (* = the poller killed next)")
-        .row("ready_s", "every browser had its first event after", s2(o.ready_after), "s")
-        .row("events_per_poller", "events polled per poller", per_poller(&o.before, |g| g.events), "")
-        .row("streams_per_poller", "Subscribe streams per poller", per_poller(&o.before, |g| g.streams), "")
-        .row(
-            "requests_per_s",
-            "upstream requests/s",
-            Value::Float(o.before.requests as f64 / o.before.seconds, 1),
-            "req/s",
-        )
-        .row("polls_per_interval", "polls per event per interval", polls_per_interval(&o.before), "")
-        .row(
-            "others_cpu_pct",
-            "other programs on the host (competing CPU)",
-            Value::Float(o.cpu_before.others_pct(o.before.seconds), 1),
-            "% of one core",
-        );
-
-    let failovers: Vec<EdgeGauges> = o
-        .edges_after
-        .iter()
-        .zip(&o.edges_before)
-        .map(|(a, b)| EdgeGauges {
-            failovers: a.failovers.saturating_sub(b.failovers),
-            pollers_up: a.pollers_up,
-        })
-        .collect();
+    let per_edge = |e: &[EdgeGauges], f: fn(&EdgeGauges) -> u64| e.iter().map(f).collect::<Vec<_>>();
     let observe_s = o.observed_us.saturating_sub(o.k_us) as f64 / 1e6;
-    r.section("kill", "the kill (SIGKILL to the poller polling the most events)")
-        .row("victim", "poller killed", o.victim_label(), "")
-        .row("victim_events", "its events (events_watched before)", victim_before.events, "")
-        .row("moved_events", "events that moved (browsers saw a new feed's id)", f.moved_events, "")
-        .row("split_events", "events whose browsers disagreed on that", f.split_events.len(), "")
-        .row(
-            "edge_failovers",
-            "streams moved, per edge (edges' failover counter)",
-            per_edge(&failovers, |g| g.failovers),
-            "",
-        )
-        .row(
-            "pollers_up",
-            "pollers up per edge after the kill",
-            per_edge(&o.edges_after, |g| g.pollers_up),
-            "",
-        )
-        .row("kill_cmd_ms", "`kill -KILL` took", Value::Float(o.kill_cmd.as_secs_f64() * 1000.0, 1), "ms")
-        .row(
-            "others_cpu_pct",
-            "other programs on the host from the kill on",
-            Value::Float(o.cpu_kill.others_pct(observe_s), 1),
-            "% of one core",
-        );
-
-    for (key, title, group) in [
-        (
-            "affected",
-            "browsers of the killed poller's events: time to a value served after the kill",
-            &f.affected,
-        ),
-        ("unaffected", "browsers of the other events (control: their next regular poll)", &f.unaffected),
-    ] {
-        let resumed = group.resume_us.len() as u64;
-        r.section(key, title)
-            .row("browsers", "browsers", group.browsers, "")
-            .row("resumed", "resumed", resumed, "")
-            .row("not_resumed", "not resumed within the observation", group.browsers - resumed, "")
-            .row(
-                "resume_min_ms",
-                "time to resume min (first browser)",
-                ms(pct_ms(&group.resume_us, 0.0)),
-                "ms",
-            )
-            .row("resume_p50_ms", "time to resume p50", ms(pct_ms(&group.resume_us, 0.5)), "ms")
-            .row("resume_p90_ms", "time to resume p90", ms(pct_ms(&group.resume_us, 0.9)), "ms")
-            .row("resume_p99_ms", "time to resume p99", ms(pct_ms(&group.resume_us, 0.99)), "ms")
-            .row("resume_max_ms", "time to resume max", ms(pct_ms(&group.resume_us, 1.0)), "ms")
-            .row(
-                "gap_p50_ms",
-                "gap seen (previous data event -> it) p50",
-                ms(pct_ms(&group.gap_us, 0.5)),
-                "ms",
-            )
-            .row("gap_max_ms", "gap seen max", ms(pct_ms(&group.gap_us, 1.0)), "ms")
-            .row("stale", "'stale' events in the observation", group.stale, "")
-            .row("live", "'live' events in the observation", group.live, "");
-    }
-    r.section("unclassified", "browsers of events none of whose browsers resumed").row(
-        "browsers",
-        "browsers",
-        f.unclassified.len(),
-        "",
-    );
-
-    r.section("after", "after the kill (window starts at the end of the observation)")
-        .row("events_per_poller", "events polled per poller", per_poller(&o.after, |g| g.events), "")
-        .row(
-            "requests_per_s",
-            "upstream requests/s",
-            Value::Float(o.after.requests as f64 / o.after.seconds, 1),
-            "req/s",
-        )
-        .row("polls_per_interval", "polls per event per interval", polls_per_interval(&o.after), "");
-
-    if let Some(ret) = &o.ret {
+    let mut notes = Vec::new();
+    let ret = o.ret.as_ref().map(|ret| {
         let b = back(&o.logs, &moved, ret.r_us, o.end_us);
-        let edges_up: Vec<String> = ret
-            .edges_up_after
-            .iter()
-            .map(|d| d.map_or_else(|| "never".to_owned(), |d| format!("{:.2}", d.as_secs_f64())))
-            .collect();
-        let edges_up = edges_up.join(" / ");
-        r.section("return", "return of the killed poller (same address)")
-            .row("accepting_s", "restarted poller answering after", s2(ret.accepting_after), "s")
-            .row("edges_up_s", "each edge counted it up again after", edges_up, "s")
-            .row(
-                "streams_back_s",
-                "its Subscribe streams back to the count before the kill after",
-                Value::from(ret.streams_back_after.map(s2)),
-                "s",
-            )
-            .row("switched", "affected browsers switched back", b.switched, "")
-            .row("not_switched", "affected browsers not switched back", b.affected_not_switched.len(), "")
-            .row("others_switched", "other browsers switched (expected 0)", b.others_switched.len(), "")
-            .row(
-                "switch_p50_ms",
-                "restart -> browser's first value from it p50",
-                ms(pct_ms(&b.switch_us, 0.5)),
-                "ms",
-            )
-            .row(
-                "switch_max_ms",
-                "restart -> browser's first value from it max",
-                ms(pct_ms(&b.switch_us, 1.0)),
-                "ms",
-            )
-            .row(
-                "switch_gap_p50_ms",
-                "gap at the switch (interim owner's last -> its first) p50",
-                ms(pct_ms(&b.switch_gap_us, 0.5)),
-                "ms",
-            )
-            .row("switch_gap_max_ms", "gap at the switch max", ms(pct_ms(&b.switch_gap_us, 1.0)), "ms")
-            .row(
-                "gap_affected_p99_ms",
-                "per browser largest gap after the restart, switched p99",
-                ms(pct_ms(&b.max_gap_affected_us, 0.99)),
-                "ms",
-            )
-            .row(
-                "gap_affected_max_ms",
-                "per browser largest gap after the restart, switched max",
-                ms(pct_ms(&b.max_gap_affected_us, 1.0)),
-                "ms",
-            )
-            .row(
-                "gap_others_p99_ms",
-                "per browser largest gap after the restart, others p99",
-                ms(pct_ms(&b.max_gap_others_us, 0.99)),
-                "ms",
-            )
-            .row(
-                "gap_others_max_ms",
-                "per browser largest gap after the restart, others max",
-                ms(pct_ms(&b.max_gap_others_us, 1.0)),
-                "ms",
-            )
-            .row("stale", "'stale' events after the restart", b.stale, "")
-            .row("failovers", "streams moved per edge, whole run", per_edge(&ret.edges, |g| g.failovers), "")
-            .row("pollers_up", "pollers up per edge", per_edge(&ret.edges, |g| g.pollers_up), "")
-            .row(
-                "events_per_poller",
-                "events polled per poller (after linger)",
-                per_poller(&ret.polls, |g| g.events),
-                "",
-            )
-            .row(
-                "requests_per_s",
-                "upstream requests/s",
-                Value::Float(ret.polls.requests as f64 / ret.polls.seconds, 1),
-                "req/s",
-            )
-            .row("polls_per_interval", "polls per event per interval", polls_per_interval(&ret.polls), "");
         for (what, list) in
             [("not switched back", &b.affected_not_switched), ("switched unexpectedly", &b.others_switched)]
         {
             if !list.is_empty() {
-                r.note(format!("browsers {what}: {}", describe(list)));
+                notes.push(format!("browsers {what}: {}", describe(list)));
             }
         }
+        Return {
+            accepting_s: ret.accepting_after.as_secs_f64(),
+            edges_up_s: ret.edges_up_after.iter().map(|d| d.map(|d| d.as_secs_f64())).collect(),
+            streams_back_s: ret.streams_back_after.map(|d| d.as_secs_f64()),
+            switched: b.switched,
+            not_switched: b.affected_not_switched.len(),
+            others_switched: b.others_switched.len(),
+            switch_p50_ms: pct_ms(&b.switch_us, 0.5),
+            switch_max_ms: pct_ms(&b.switch_us, 1.0),
+            switch_gap_p50_ms: pct_ms(&b.switch_gap_us, 0.5),
+            switch_gap_max_ms: pct_ms(&b.switch_gap_us, 1.0),
+            gap_affected_p99_ms: pct_ms(&b.max_gap_affected_us, 0.99),
+            gap_affected_max_ms: pct_ms(&b.max_gap_affected_us, 1.0),
+            gap_others_p99_ms: pct_ms(&b.max_gap_others_us, 0.99),
+            gap_others_max_ms: pct_ms(&b.max_gap_others_us, 1.0),
+            stale: b.stale,
+            failovers: per_edge(&ret.edges, |g| g.failovers),
+            pollers_up: per_edge(&ret.edges, |g| g.pollers_up),
+            polls: polls(&ret.polls),
+        }
+    });
+    let figures = Figures {
+        args,
+        connections: u64::from(args.shape.events) * u64::from(args.shape.browsers),
+        cores: report::cores(),
+        media_cmd: &o.commands.media,
+        poller_cmd: &o.commands.poller,
+        edge_cmd: &o.commands.edge,
+        ready_s: o.ready_after.as_secs_f64(),
+        before: polls(&o.before),
+        kill: Kill {
+            victim: o.victim_label(),
+            victim_events: victim_before.events,
+            moved_events: f.moved_events,
+            split_events: f.split_events.len(),
+            edge_failovers: o
+                .edges_after
+                .iter()
+                .zip(&o.edges_before)
+                .map(|(a, b)| a.failovers.saturating_sub(b.failovers))
+                .collect(),
+            pollers_up: per_edge(&o.edges_after, |g| g.pollers_up),
+            kill_cmd_ms: o.kill_cmd.as_secs_f64() * 1000.0,
+            others_cpu_pct_before: o.cpu_before.others_pct(o.before.seconds),
+            others_cpu_pct: o.cpu_kill.others_pct(observe_s),
+        },
+        affected: GroupFigures::of(&f.affected),
+        unaffected: GroupFigures::of(&f.unaffected),
+        unclassified: f.unclassified.len(),
+        after: polls(&o.after),
+        ret,
+        integrity: &g,
+        stuck: o.stuck,
+    };
+    let mut r = Report::new("failover", title, &figures)?;
+    for note in notes {
+        r.note(note);
     }
-
-    r.section("integrity", "stream integrity (every browser, whole run)")
-        .row("data_events", "data events read", g.data_events, "")
-        .row("duplicates", "duplicate ids (same id again)", g.duplicates, "")
-        .row("out_of_order", "out-of-order ids (lower than one seen)", g.out_of_order, "")
-        .row("browsers_with_violations", "browsers with either", g.browsers_with_violations, "")
-        .row("skipped", "values passed over (id step > 1 within a feed)", g.skipped, "")
-        .row("browsers_skipping", "browsers that passed over a value", g.browsers_skipping, "")
-        .row("no_id", "data events without an id / unparsable id", format!("{} / {}", g.no_id, g.bad_id), "")
-        .row("unstamped", "data events without served_at_ms", g.unstamped, "")
-        .row("stale", "'stale' / 'end' events", format!("{} / {}", g.stale, g.end), "")
-        .row("errors", "connection errors", g.errors, "")
-        .row("reconnects", "reconnects", g.reconnects, "")
-        .row("dropped", "data events not kept (per-browser cap)", g.dropped, "")
-        .row("stuck", "browser tasks not stopped within 5 s", o.stuck, "");
-
     r.note(
         "time to resume = arrival of a browser's first data event whose served_at_ms is at or after the \
-         kill instant, minus that instant (taken when `kill -KILL` returned); one clock, ms stamps"
+         kill instant, minus that instant (taken when the kill signal was sent); one clock, ms stamps"
             .into(),
     );
     r.note(format!(
@@ -1474,9 +1020,6 @@ fn report(args: &Args, o: &Outcome) -> Report {
     ));
     for v in &g.violations {
         r.note(format!("id violation: {v}"));
-    }
-    for (k, n) in &g.error_kinds {
-        r.note(format!("error x{n}: {k}"));
     }
     if !f.split_events.is_empty() {
         let ids: Vec<String> = f.split_events.iter().take(10).map(|&e| event_id(e)).collect();
@@ -1501,7 +1044,7 @@ fn report(args: &Args, o: &Outcome) -> Report {
             r.note(format!("{key} browsers not resumed: {}", describe(&missing)));
         }
     }
-    r
+    Ok(r)
 }
 
 impl Outcome {
@@ -1520,61 +1063,24 @@ fn describe(list: &[(u32, usize)]) -> String {
     shown.join(", ")
 }
 
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(wire: &[u8], step: usize) -> Vec<Dispatched> {
-        let mut sse = Sse::default();
-        let mut out = Vec::new();
-        for piece in wire.chunks(step) {
-            sse.feed(piece, &mut |d| out.push(d)).unwrap();
-        }
-        out
-    }
-
-    #[test]
-    fn sse_parser_reads_ids_kinds_and_stamps_at_every_split() {
-        let wire = b"retry: 3000\n\nid: 17\ndata: {\"a\":1,\"served_at_ms\":42}\n\n:\r\n\
-            event: stale\r\ndata: {}\r\n\r\nevent: presence\rdata: {\"viewers\":3}\r\r\
-            id: x\ndata: {}\n\ndata: {}\n\n";
-        let want = vec![
-            Dispatched { kind: EvKind::Message, id: IdField::Id(17), stamp: Some(42) },
-            Dispatched { kind: EvKind::Named(Named::Stale), id: IdField::None, stamp: None },
-            Dispatched { kind: EvKind::Presence, id: IdField::None, stamp: None },
-            Dispatched { kind: EvKind::Message, id: IdField::Bad, stamp: None },
-            Dispatched { kind: EvKind::Message, id: IdField::None, stamp: None },
-        ];
-        for step in 1..=wire.len() {
-            assert_eq!(parse(wire, step), want, "split every {step} bytes");
-        }
-    }
-
     #[test]
     fn ids_must_strictly_increase() {
-        let live = Live::default();
         let mut log = Log::default();
         for (i, id) in [5u64, 6, 6, 4, 7].into_iter().enumerate() {
-            let ev = Dispatched { kind: EvKind::Message, id: IdField::Id(id), stamp: Some(1) };
-            log.event(ev, i as u64, &live);
+            log.check(id, i as u64);
         }
         assert_eq!((log.duplicates, log.out_of_order, log.skipped, log.last_id), (1, 1, 0, Some(7)));
         // A step of three within a feed passes over two values; a new
         // feed's jump passes over none.
         for (i, id) in [10u64, 10 + FEED_JUMP + 5].into_iter().enumerate() {
-            log.event(
-                Dispatched { kind: EvKind::Message, id: IdField::Id(id), stamp: Some(1) },
-                9 + i as u64,
-                &live,
-            );
+            log.check(id, 9 + i as u64);
         }
         assert_eq!(log.skipped, 2);
         assert_eq!(log.first_violation, Some((6, 6, 2)));
-        assert_eq!((log.data.len(), live.ready.load(Relaxed)), (7, 1));
     }
 
     fn log(event: u32, recs: &[(u64, u64, u64)]) -> Log {

@@ -9,12 +9,12 @@
 
 use crate::{
     plot,
-    push::{self, Outcome, PushArgs, Shape, Sizes, Upstream},
+    push::{self, Figures, Outcome, Params, PushArgs, Shape, Sizes, Upstream},
     report::Report,
 };
 use std::path::PathBuf;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     #[command(flatten)]
     sizes: Sizes,
@@ -29,26 +29,26 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     let mut up = Upstream::start(&args.push).await?;
-    let params = up.params(&args.push);
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut failed = Vec::new();
     for &n in &args.sizes.connections {
         eprintln!("fanout: {n} connections");
         let shape = Shape { edges: 1, events: 1, per_event: n };
         match push::measure(&args.push, shape, &mut up).await {
-            Ok(o) => outcomes.push(o),
+            Ok(o) => outcomes.push(Outcome { column: n.to_string(), ..o }),
             // The other sizes' figures still stand; the failure is reported.
             Err(e) => failed.push(format!("{n} connections: the run failed: {e:#}")),
         }
     }
+    let params = Params::new(&args.push, Some(&up), &outcomes);
     up.stop().await?;
 
-    let sizes: Vec<String> = outcomes.iter().map(|o| o.shape.connections().to_string()).collect();
     let title = format!(
         "livepush-bench fanout: one event, one edge, {} SSE connections",
         args.sizes.connections.iter().map(u32::to_string).collect::<Vec<_>>().join(" / ")
     );
-    let mut report = push::report("fanout", title, sizes, &outcomes, &args.push, params);
+    let mut report = Report::new("fanout", title, &Figures { params, runs: &outcomes })?;
+    report.note(push::latency_note("media-sim's clock"));
     for f in failed {
         report.note(f);
     }
@@ -56,10 +56,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let points: Vec<plot::Point> = outcomes
             .iter()
             .map(|o| plot::Point {
-                connections: o.shape.connections(),
-                p50_ms: o.latency_ms(0.5),
-                p99_ms: o.latency_ms(0.99),
-                rss_per_conn_kib: o.rss_per_conn_kib(),
+                connections: o.connections,
+                p50_ms: o.delivery.latency_p50_ms,
+                p99_ms: o.delivery.latency_p99_ms,
+                rss_per_conn_kib: o.memory.rss_per_conn_kib,
             })
             .collect();
         plot::fanout(path, &points, push::TARGET_P99_MS, push::TARGET_RSS_PER_CONN_KIB)?;

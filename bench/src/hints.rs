@@ -27,8 +27,8 @@ use crate::{
     httpc,
     procstat::{self, Sample},
     push::LoadArgs,
-    report::{Report, Value},
-    sse_load::{self, Counters, Load, Plan},
+    report::{self, Report},
+    sse_load::{self, Counters, Load, Plan, micros},
     stack::{self, BinArgs},
 };
 use anyhow::{Context, bail, ensure};
@@ -39,6 +39,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use serde::Serialize;
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
@@ -59,7 +60,7 @@ const POST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the harness looks whether every browser has a change.
 const CHECK_EVERY: Duration = Duration::from_millis(2);
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     /// SSE browsers, all on one event, on one edge.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=18_000))]
@@ -71,6 +72,7 @@ pub struct Args {
 
     /// The poller's --interval.
     #[arg(long, default_value = "5s", value_parser = crate::push::at_least_1s)]
+    #[serde(rename = "interval_s", serialize_with = "crate::report::secs")]
     interval: Duration,
 
     /// Variants, in order: `none` (regular polls only), `hint` (empty POST:
@@ -83,6 +85,7 @@ pub struct Args {
     /// poller holds a hint's poll until `--min-hint-gap` (250 ms) after the
     /// previous hint's poll, so shorter waits measure that coalescing.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    #[serde(rename = "min_change_gap_s", serialize_with = "crate::report::secs")]
     min_change_gap: Duration,
 
     /// Seed of the random waits before changes [default: from the clock].
@@ -97,7 +100,8 @@ pub struct Args {
 }
 
 /// What the media service does after changing the document.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Variant {
     None,
     Hint,
@@ -313,7 +317,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         &["--publish-token-file", token_path.as_str()],
     )
     .await?;
-    let mut edge = stack::edge(&args.bins, poller.addr).await?;
+    let mut edge = stack::edge(&args.bins, &[poller.addr]).await?;
     let pids = Pids { poller: poller.pid(), edge: edge.pid(), me: std::process::id() };
 
     let changes_per_variant = u64::from(args.changes);
@@ -371,8 +375,16 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 .sum()
         })
         .collect();
-    let params = Params { seed, ready_after, poller_cmd, edge_cmd, media_addr };
-    let mut report = report(&args, &params, &outcomes, &repeats);
+    let params = Params {
+        args: &args,
+        seed,
+        cores: report::cores(),
+        media: format!("http://{media_addr}/live/{EVENT}"),
+        poller_cmd,
+        edge_cmd,
+        browsers_ready_s: ready_after.as_secs_f64(),
+    };
+    let mut report = report(params, &outcomes, &repeats, &args)?;
     for (kind, n) in error_kinds {
         report.note(format!("browser error (whole run): {kind} x{n}"));
     }
@@ -401,8 +413,7 @@ impl Hinter<'_> {
         let started = Instant::now();
         let auth = format!("Bearer {}", self.token);
         let path = format!("/events/{EVENT}/changed");
-        match httpc::post_json_with(self.poller, &path, &[("Authorization", &auth)], body, POST_TIMEOUT).await
-        {
+        match httpc::post_json(self.poller, &path, &[("Authorization", &auth)], body, POST_TIMEOUT).await {
             Ok((202, _)) => Ok(micros(started.elapsed())),
             Ok((status, answer)) => Err(format!("{status} {}", answer.trim())),
             Err(e) => Err(format!("{e:#}")),
@@ -484,167 +495,144 @@ impl Session<'_> {
     }
 }
 
-struct Params {
+/// The parameters shared by the variants.
+#[derive(Serialize)]
+struct Params<'a> {
+    args: &'a Args,
+    /// The seed of the random waits (`--seed` or the clock).
     seed: u64,
-    ready_after: Duration,
+    cores: usize,
+    /// The media service, in the harness.
+    media: String,
     poller_cmd: String,
     edge_cmd: String,
-    media_addr: SocketAddr,
+    /// Every browser had its first event after.
+    browsers_ready_s: f64,
+}
+
+/// One variant's figures: a column.
+#[derive(Serialize)]
+struct Figures {
+    column: &'static str,
+    /// Change to the last browser, one figure per change (nearest rank: p99
+    /// is the max below 100 changes).
+    changes: usize,
+    reached_all: usize,
+    last_p50_ms: Option<f64>,
+    last_p99_ms: Option<f64>,
+    last_max_ms: Option<f64>,
+    last_mean_ms: Option<f64>,
+    first_p50_ms: Option<f64>,
+    /// Changes less than 250 ms after the previous one was delivered, and
+    /// the max over the others.
+    within_hint_gap: usize,
+    apart_max_ms: Option<f64>,
+    /// Change to each browser, every delivery; repeats are deliveries
+    /// beyond one per browser and change.
+    deliveries: u64,
+    each_p50_ms: Option<f64>,
+    each_p99_ms: Option<f64>,
+    each_max_ms: Option<f64>,
+    repeats: u64,
+    /// Polls of the event during the variant, POSTs answered 202 and failed.
+    polls: u64,
+    polls_per_change: f64,
+    posts_ok: usize,
+    post_failures: usize,
+    post_p50_ms: Option<f64>,
+    post_max_ms: Option<f64>,
+    /// The browsers during the variant (`open` at its end).
+    counters: Counters,
+    wall_s: f64,
+    /// CPU during the variant, % of one core.
+    poller_pct: f64,
+    edge_pct: f64,
+    harness_pct: f64,
+    others_pct: f64,
+}
+
+#[derive(Serialize)]
+struct HintsFigures<'a> {
+    params: Params<'a>,
+    runs: Vec<Figures>,
 }
 
 /// Nearest-rank quantile of `xs` (sorted), in ms.
-fn quantile_ms(sorted_us: &[u64], q: f64) -> Value {
-    if sorted_us.is_empty() {
-        return Value::Missing;
-    }
-    let rank = ((q * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len());
-    Value::Float(sorted_us[rank - 1] as f64 / 1000.0, 1)
+fn quantile_ms(sorted_us: &[u64], q: f64) -> Option<f64> {
+    let rank = ((q * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len().max(1));
+    sorted_us.get(rank - 1).map(|&us| us as f64 / 1000.0)
 }
 
-fn report(args: &Args, p: &Params, outcomes: &[Outcome], repeats: &[u64]) -> Report {
-    let mut r = Report::new(
-        "hints",
-        format!(
-            "livepush-bench hints: change to browser, {} browsers on one event, interval {}, {} changes per variant",
-            args.browsers,
-            humantime::format_duration(args.interval),
-            args.changes
-        ),
+fn figures(args: &Args, o: &Outcome, repeats: u64) -> Figures {
+    let last = sorted(o.changes.iter().map(|c| c.last_us));
+    let first = sorted(o.changes.iter().map(|c| c.first_us));
+    let posts = sorted(o.changes.iter().filter_map(|c| c.post_us));
+    let apart = sorted(o.changes.iter().filter(|c| c.wait >= HINT_GAP).map(|c| c.last_us));
+    let pct = |x: f64| 100.0 * x / o.wall.max(f64::MIN_POSITIVE);
+    Figures {
+        column: o.variant.name(),
+        changes: o.changes.len(),
+        reached_all: o.changes.iter().filter(|c| c.reached >= args.browsers).count(),
+        last_p50_ms: quantile_ms(&last, 0.5),
+        last_p99_ms: quantile_ms(&last, 0.99),
+        last_max_ms: quantile_ms(&last, 1.0),
+        last_mean_ms: (!last.is_empty())
+            .then(|| last.iter().sum::<u64>() as f64 / last.len() as f64 / 1000.0),
+        first_p50_ms: quantile_ms(&first, 0.5),
+        within_hint_gap: o.changes.iter().filter(|c| c.wait < HINT_GAP).count(),
+        apart_max_ms: quantile_ms(&apart, 1.0),
+        deliveries: o.each.count,
+        each_p50_ms: sse_load::ms(&o.each, 0.5),
+        each_p99_ms: sse_load::ms(&o.each, 0.99),
+        each_max_ms: (o.each.count > 0).then(|| o.each.max as f64 / 1000.0),
+        repeats,
+        polls: o.polls,
+        polls_per_change: o.polls as f64 / o.changes.len().max(1) as f64,
+        posts_ok: posts.len(),
+        post_failures: o.post_failures.len(),
+        post_p50_ms: quantile_ms(&posts, 0.5),
+        post_max_ms: quantile_ms(&posts, 1.0),
+        counters: o.counters,
+        wall_s: o.wall,
+        poller_pct: pct(o.cpu.poller),
+        edge_pct: pct(o.cpu.edge),
+        harness_pct: pct(o.cpu.harness),
+        others_pct: pct(o.cpu.others),
+    }
+}
+
+fn report(params: Params<'_>, outcomes: &[Outcome], repeats: &[u64], args: &Args) -> anyhow::Result<Report> {
+    let title = format!(
+        "livepush-bench hints: change to browser, {} browsers on one event, interval {}, {} changes per variant",
+        args.browsers,
+        humantime::format_duration(args.interval),
+        args.changes
     );
-    r.columns(outcomes.iter().map(|o| o.variant.name().to_owned()).collect());
-    r.section("params", "parameters")
-        .row("browsers", "SSE browsers (one event, one edge)", args.browsers, "")
-        .row("changes", "changes per variant", args.changes, "")
-        .row("interval_s", "poll interval", Value::Float(args.interval.as_secs_f64(), 1), "s")
-        .row("seed", "seed of the random waits", p.seed, "")
-        .row(
-            "min_change_gap_ms",
-            "waits before a change at least",
-            Value::Float(args.min_change_gap.as_secs_f64() * 1000.0, 0),
-            "ms",
-        )
-        .row("connect_rate", "connect rate", args.load.connect_rate, "conn/s")
-        .row("cores", "host cores (shared by all processes)", cores(), "")
-        .row("media", "media service (in the harness)", format!("http://{}/live/{EVENT}", p.media_addr), "")
-        .row("poller_cmd", "poller", p.poller_cmd.as_str(), "")
-        .row("edge_cmd", "edge", p.edge_cmd.as_str(), "")
-        .row(
-            "browsers_ready_s",
-            "every browser had its first event after",
-            Value::Float(p.ready_after.as_secs_f64(), 2),
-            "s",
-        );
-
-    let last: Vec<Vec<u64>> = outcomes.iter().map(|o| sorted(o.changes.iter().map(|c| c.last_us))).collect();
-    let first: Vec<Vec<u64>> =
-        outcomes.iter().map(|o| sorted(o.changes.iter().map(|c| c.first_us))).collect();
-    let q = |lists: &[Vec<u64>], at: f64| lists.iter().map(|l| quantile_ms(l, at)).collect::<Vec<_>>();
-    let complete = |o: &Outcome| o.changes.iter().filter(|c| c.reached >= args.browsers).count();
-    r.section("last_browser", "change → last browser (one figure per change)")
-        .row_each("changes", "changes made", outcomes.iter().map(|o| o.changes.len()), "")
-        .row_each("reached_all", "changes that reached every browser", outcomes.iter().map(complete), "")
-        .row_each("p50_ms", "p50", q(&last, 0.5), "ms")
-        .row_each("p99_ms", "p99 (nearest rank: the max below 100 changes)", q(&last, 0.99), "ms")
-        .row_each("max_ms", "max", q(&last, 1.0), "ms")
-        .row_each(
-            "mean_ms",
-            "mean",
-            last.iter().map(|l| {
-                if l.is_empty() {
-                    Value::Missing
-                } else {
-                    Value::Float(l.iter().sum::<u64>() as f64 / l.len() as f64 / 1000.0, 1)
-                }
-            }),
-            "ms",
-        )
-        .row_each("first_p50_ms", "change → first browser, p50", q(&first, 0.5), "ms")
-        .row_each(
-            "within_hint_gap",
-            "changes less than 250 ms after the previous one was delivered",
-            outcomes.iter().map(|o| o.changes.iter().filter(|c| c.wait < HINT_GAP).count()),
-            "",
-        )
-        .row_each(
-            "apart_max_ms",
-            "max over the other changes",
-            outcomes.iter().map(|o| {
-                let apart = sorted(o.changes.iter().filter(|c| c.wait >= HINT_GAP).map(|c| c.last_us));
-                quantile_ms(&apart, 1.0)
-            }),
-            "ms",
-        );
-
-    let each = |f: &dyn Fn(&Snapshot) -> Option<f64>| {
-        outcomes.iter().map(|o| f(&o.each).map_or(Value::Missing, |v| Value::Float(v, 1))).collect::<Vec<_>>()
-    };
-    r.section("each_browser", "change → each browser (every delivery)")
-        .row_each("deliveries", "deliveries", outcomes.iter().map(|o| o.each.count), "")
-        .row_each("p50_ms", "p50", each(&|s| sse_load::ms(s, 0.5)), "ms")
-        .row_each("p99_ms", "p99", each(&|s| sse_load::ms(s, 0.99)), "ms")
-        .row_each("max_ms", "max", each(&|s| (s.count > 0).then(|| s.max as f64 / 1000.0)), "ms")
-        .row_each("repeats", "deliveries beyond one per browser and change", repeats.iter().copied(), "");
-
-    let posts: Vec<Vec<u64>> =
-        outcomes.iter().map(|o| sorted(o.changes.iter().filter_map(|c| c.post_us))).collect();
-    r.section("upstream", "media service and hints")
-        .row_each("polls", "polls of the event during the variant", outcomes.iter().map(|o| o.polls), "")
-        .row_each(
-            "polls_per_change",
-            "polls per change",
-            outcomes.iter().map(|o| Value::Float(o.polls as f64 / o.changes.len().max(1) as f64, 2)),
-            "",
-        )
-        .row_each("posts_ok", "POSTs answered 202", posts.iter().map(Vec::len), "")
-        .row_each("post_failures", "POSTs failed", outcomes.iter().map(|o| o.post_failures.len()), "")
-        .row_each("post_p50_ms", "POST round trip, p50", q(&posts, 0.5), "ms")
-        .row_each("post_max_ms", "POST round trip, max", q(&posts, 1.0), "ms");
-
-    r.section("browsers", "browsers during the variant")
-        .row_each("errors", "errors", outcomes.iter().map(|o| o.counters.errors), "")
-        .row_each("reconnects", "reconnects", outcomes.iter().map(|o| o.counters.reconnects), "")
-        .row_each("stale", "`stale` events", outcomes.iter().map(|o| o.counters.stale), "")
-        .row_each("open", "open at the end", outcomes.iter().map(|o| o.counters.open), "");
-
-    let pct = |f: fn(&Cpu) -> f64| {
-        outcomes.iter().map(move |o| Value::Float(100.0 * f(&o.cpu) / o.wall.max(f64::MIN_POSITIVE), 1))
-    };
-    r.section("cpu", "CPU during the variant, % of one core")
-        .row_each("wall_s", "variant length", outcomes.iter().map(|o| Value::Float(o.wall, 1)), "s")
-        .row_each("poller_pct", "poller", pct(|c| c.poller), "%")
-        .row_each("edge_pct", "edge", pct(|c| c.edge), "%")
-        .row_each("harness_pct", "harness (media service + browsers)", pct(|c| c.harness), "%")
-        .row_each("others_pct", "other programs on the host (competing)", pct(|c| c.others), "%");
-
-    for (o, last) in outcomes.iter().zip(&last).filter(|(o, _)| o.variant != Variant::None) {
-        if let Value::Float(p99, _) = quantile_ms(last, 0.99) {
+    let runs: Vec<Figures> = outcomes.iter().zip(repeats).map(|(o, &r)| figures(args, o, r)).collect();
+    let mut notes = Vec::new();
+    for (o, f) in outcomes.iter().zip(&runs).filter(|(o, _)| o.variant != Variant::None) {
+        if let Some(p99) = f.last_p99_ms {
             let verdict = if p99 < TARGET_HINT_P99_MS { "met" } else { "missed" };
-            r.note(format!(
+            notes.push(format!(
                 "target p99 change → last browser under {TARGET_HINT_P99_MS} ms: {}: {p99:.1} ms, {verdict}",
                 o.variant.name()
             ));
         }
-    }
-    for o in outcomes {
         for failure in o.post_failures.iter().take(5) {
-            r.note(format!("{}: POST failed: {failure}", o.variant.name()));
+            notes.push(format!("{}: POST failed: {failure}", o.variant.name()));
         }
     }
-    r
+    let mut r = Report::new("hints", title, &HintsFigures { params, runs })?;
+    for note in notes {
+        r.note(note);
+    }
+    Ok(r)
 }
 
 fn sorted(xs: impl Iterator<Item = u64>) -> Vec<u64> {
     let mut v: Vec<u64> = xs.collect();
     v.sort_unstable();
     v
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 #[cfg(test)]
@@ -654,9 +642,9 @@ mod tests {
     #[test]
     fn nearest_rank_quantiles() {
         let xs = sorted([5_000, 1_000, 3_000, 2_000, 4_000].into_iter());
-        assert!(matches!(quantile_ms(&xs, 0.5), Value::Float(x, _) if x == 3.0));
-        assert!(matches!(quantile_ms(&xs, 0.99), Value::Float(x, _) if x == 5.0));
-        assert!(matches!(quantile_ms(&[], 0.5), Value::Missing));
+        assert_eq!(quantile_ms(&xs, 0.5), Some(3.0));
+        assert_eq!(quantile_ms(&xs, 0.99), Some(5.0));
+        assert_eq!(quantile_ms(&[], 0.5), None);
     }
 
     #[test]

@@ -23,15 +23,16 @@
 //! the same session.
 
 use crate::{
-    child::Child,
+    child::{self, Child},
     httpc, procstat,
-    push::{self, Outcome, Param, PushArgs, Server, Shape, Sizes, System, Upstream, at_least_1s},
-    report::{Report, Value},
+    push::{self, Outcome, Params, PushArgs, Server, Shape, Sizes, System, Upstream, at_least_1s},
+    report::Report,
     stack::{self, Proc},
 };
 use anyhow::{Context, bail, ensure};
 use livepush::EventId;
 use media_sim::Sim;
+use serde::Serialize;
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
@@ -56,7 +57,7 @@ const WORKER_RLIMIT_NOFILE: u32 = 20_000;
 /// Bound on one publish.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     #[command(flatten)]
     sizes: Sizes,
@@ -69,6 +70,7 @@ pub struct Args {
 
     /// Publish one update to the channel this often.
     #[arg(long, default_value = "1s", value_parser = at_least_1s)]
+    #[serde(rename = "publish_every_s", serialize_with = "crate::report::secs")]
     publish_every: Duration,
 
     /// Messages nchan keeps per channel (`nchan_message_buffer_length`): a
@@ -106,40 +108,32 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     };
     let mut up = if args.with_livepush { Some(Upstream::start(&args.push).await?) } else { None };
     let mut outcomes: Vec<Outcome> = Vec::new();
-    let mut columns = Vec::new();
     let mut failed = Vec::new();
     for &n in &args.sizes.connections {
         let shape = Shape { edges: 1, events: 1, per_event: n };
         if let Some(up) = up.as_mut() {
             eprintln!("nchan scenario: livepush, {n} connections");
             match push::measure(&args.push, shape, up).await {
-                Ok(o) => {
-                    columns.push(format!("livepush {n}"));
-                    outcomes.push(o);
-                }
+                Ok(o) => outcomes.push(Outcome { column: format!("livepush {n}"), ..o }),
                 Err(e) => failed.push(format!("livepush, {n} connections: the run failed: {e:#}")),
             }
         }
         eprintln!("nchan scenario: nchan, {n} connections");
         match push::measure(&args.push, shape, &mut nchan).await {
             Ok(o) => {
-                columns.push(if args.with_livepush { format!("nchan {n}") } else { n.to_string() });
-                outcomes.push(o);
+                let column = if args.with_livepush { format!("nchan {n}") } else { n.to_string() };
+                outcomes.push(Outcome { column, ..o });
             }
             Err(e) => failed.push(format!("nchan, {n} connections: the run failed: {e:#}")),
         }
     }
     let published = nchan.publisher.stop().await;
-    if outcomes.is_empty() {
-        if let Some(up) = up {
-            up.stop().await?;
-        }
-        bail!("no run succeeded: {}", failed.join("; "));
-    }
-    let mut params = nchan.params(&args);
+    let push = Params::new(&args.push, up.as_ref(), &outcomes);
     if let Some(up) = up {
-        params.extend(up.params(&args.push));
         up.stop().await?;
+    }
+    if outcomes.is_empty() {
+        bail!("no run succeeded: {}", failed.join("; "));
     }
 
     let sizes = args.sizes.connections.iter().map(u32::to_string).collect::<Vec<_>>().join(" / ");
@@ -150,10 +144,17 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     } else {
         format!("livepush-bench nchan: one channel, one nginx with nchan, {sizes} EventSource connections")
     };
-    let mut report = push::report("nchan", title, columns, &outcomes, &args.push, params);
-    if args.with_livepush {
-        compare(&mut report, &outcomes);
-    }
+    let figures = NchanFigures {
+        params: nchan.params(&args, push),
+        versus: if args.with_livepush { versus(&outcomes) } else { Vec::new() },
+        runs: &outcomes,
+    };
+    let mut report = Report::new("nchan", title, &figures)?;
+    report.note(push::latency_note(if args.with_livepush {
+        "stamped by media-sim serving it (livepush) or by the harness just before it POSTs the update (nchan)"
+    } else {
+        "stamped by the harness just before it POSTs the update to nchan"
+    }));
     report.note(published);
     for f in failed {
         report.note(f);
@@ -161,36 +162,52 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// nchan's figures over livepush's at the same size, in the nchan columns.
-fn compare(report: &mut Report, outcomes: &[Outcome]) {
-    let ratio = |pick: &dyn Fn(&Outcome) -> Option<f64>| -> Vec<Value> {
-        let mut livepush: Option<&Outcome> = None;
-        outcomes
-            .iter()
-            .map(|o| {
-                if o.system == "livepush" {
-                    livepush = Some(o);
-                    return Value::Text(String::new());
-                }
-                let same = livepush.filter(|l| l.shape.connections() == o.shape.connections());
-                match (same.and_then(pick), pick(o)) {
-                    (Some(l), Some(n)) if l > 0.0 => Value::Float(n / l, 2),
-                    _ => Value::Missing,
-                }
+#[derive(Serialize)]
+struct NchanFigures<'a> {
+    params: NchanParams<'a>,
+    runs: &'a [Outcome],
+    /// nchan / livepush at the same size (< 1: nchan lower).
+    versus: Vec<Versus>,
+}
+
+#[derive(Serialize)]
+struct NchanParams<'a> {
+    #[serde(flatten)]
+    push: Params<'a>,
+    publish_every_s: f64,
+    nginx_version: String,
+    nginx_config: String,
+    nchan_update: String,
+}
+
+#[derive(Serialize)]
+struct Versus {
+    column: String,
+    rss_per_conn: Option<f64>,
+    latency_p50: Option<f64>,
+    latency_p99: Option<f64>,
+    cpu_per_delivery: Option<f64>,
+}
+
+/// Each nchan column against the livepush column of its size.
+fn versus(outcomes: &[Outcome]) -> Vec<Versus> {
+    let nchan = outcomes.iter().filter(|o| o.system == "nchan");
+    nchan
+        .filter_map(|n| {
+            let l = outcomes.iter().find(|l| l.system == "livepush" && l.connections == n.connections)?;
+            let ratio = |pick: &dyn Fn(&Outcome) -> Option<f64>| match (pick(l), pick(n)) {
+                (Some(l), Some(n)) if l > 0.0 => Some(n / l),
+                _ => None,
+            };
+            Some(Versus {
+                column: n.column.clone(),
+                rss_per_conn: ratio(&|o| Some(o.memory.rss_per_conn_kib)),
+                latency_p50: ratio(&|o| o.delivery.latency_p50_ms),
+                latency_p99: ratio(&|o| o.delivery.latency_p99_ms),
+                cpu_per_delivery: ratio(&|o| Some(o.cpu.server_us_per_delivery)),
             })
-            .collect()
-    };
-    report
-        .section("versus", "nchan / livepush at the same size (under nchan; < 1: nchan lower)")
-        .row_each("rss_per_conn", "RSS per connection", ratio(&|o| Some(o.rss_per_conn_kib())), "x")
-        .row_each("latency_p50", "latency p50", ratio(&|o| o.latency_ms(0.5)), "x")
-        .row_each("latency_p99", "latency p99", ratio(&|o| o.latency_ms(0.99)), "x")
-        .row_each(
-            "cpu_per_delivery",
-            "server CPU per data event delivered",
-            ratio(&|o| Some(o.server_us_per_delivery())),
-            "x",
-        );
+        })
+        .collect()
 }
 
 /// Fails with the apt command when nginx or the module is missing.
@@ -220,33 +237,22 @@ struct Nchan {
 }
 
 impl Nchan {
-    fn params(&self, args: &Args) -> Vec<Param> {
-        let config = format!(
-            "daemon off, master + worker_processes 1, worker_connections {WORKER_CONNECTIONS}, \
-             worker_rlimit_nofile {WORKER_RLIMIT_NOFILE}, access_log off, listen backlog=1024; \
-             GET /sub: nchan_subscriber eventsource, nchan_subscriber_first_message {}; \
-             POST /pub: nchan_publisher; one channel, nchan_message_buffer_length {}",
-            self.first_message, self.buffer_length
-        );
-        vec![
-            (
-                "publish_every_s",
-                "nchan: one update published every".into(),
-                Value::Float(args.publish_every.as_secs_f64(), 1),
-                "s",
+    fn params<'a>(&self, args: &Args, push: Params<'a>) -> NchanParams<'a> {
+        NchanParams {
+            push,
+            publish_every_s: args.publish_every.as_secs_f64(),
+            nginx_version: versions(&self.nginx),
+            nginx_config: format!(
+                "daemon off, master + worker_processes 1, worker_connections {WORKER_CONNECTIONS}, \
+                 worker_rlimit_nofile {WORKER_RLIMIT_NOFILE}, access_log off, listen backlog=1024; \
+                 GET /sub: nchan_subscriber eventsource, nchan_subscriber_first_message {}; \
+                 POST /pub: nchan_publisher; one channel, nchan_message_buffer_length {}",
+                self.first_message, self.buffer_length
             ),
-            ("nginx_version", "nginx".into(), versions(&self.nginx).into(), ""),
-            ("nginx_config", "nginx config".into(), config.into(), ""),
-            (
-                "nchan_update",
-                "nchan update".into(),
-                format!(
-                    "POST /pub, media-sim's document for {EVENT} (served_at_ms stamped just before the POST)"
-                )
-                .into(),
-                "",
+            nchan_update: format!(
+                "POST /pub, media-sim's document for {EVENT} (served_at_ms stamped just before the POST)"
             ),
-        ]
+        }
     }
 }
 
@@ -418,7 +424,7 @@ impl Nginx {
             // master, so it is killed by pid.
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             if cmdline.starts_with(b"nginx: ") {
-                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                let _ = child::signal(pid, child::Signal::KILL);
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -547,7 +553,7 @@ http {{
 async fn publish(addr: SocketAddr, sim: &Sim) -> anyhow::Result<()> {
     let id = EventId::parse(EVENT).map_err(|e| anyhow::anyhow!("{EVENT}: {e}"))?;
     let doc = sim.current(&id).context("media-sim's document")?;
-    let (status, body) = httpc::post_json(addr, "/pub", &doc.body, PUBLISH_TIMEOUT).await?;
+    let (status, body) = httpc::post_json(addr, "/pub", &[], &doc.body, PUBLISH_TIMEOUT).await?;
     ensure!((200..300).contains(&status), "POST /pub answered {status}: {}", body.trim());
     Ok(())
 }

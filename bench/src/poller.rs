@@ -25,15 +25,16 @@ use crate::{
     arrivals::{self, Arrival, Arrivals},
     child::Child,
     procstat::{self, Sample},
-    report::{Report, Value},
-    stack::{free_port, shell_words},
+    push::event_id,
+    report::{Report, cores, mib},
+    sse_load::micros,
+    stack::{self, BinArgs, free_port},
     subscribers::Fleet,
 };
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, bail};
+use serde::Serialize;
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
-    process::Command,
     time::Duration,
 };
 use tokio::{net::TcpListener, task::JoinSet, time::Instant};
@@ -53,7 +54,7 @@ const PHASE_BUCKETS: usize = 10;
 /// The poller's graceful-shutdown bound, kept short: only the run matters.
 const POLLER_SHUTDOWN_TIMEOUT: &str = "2s";
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     /// Events watched, one gRPC stream each (ids ev-000000, ev-000001, ...).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=200_000))]
@@ -61,15 +62,18 @@ pub struct Args {
 
     /// The poller's --interval.
     #[arg(long, default_value = "5s", value_parser = at_least_1ms)]
+    #[serde(rename = "interval_s", serialize_with = "crate::report::secs")]
     interval: Duration,
 
     /// Length of the measurement window, after warm-up.
     #[arg(long, default_value = "30s", value_parser = at_least_slot)]
+    #[serde(rename = "duration_s", serialize_with = "crate::report::secs")]
     duration: Duration,
 
     /// How often media-sim's data changes (every poll after a change gets a
     /// 200, otherwise a 304).
     #[arg(long, default_value = "5s", value_parser = at_least_1ms)]
+    #[serde(rename = "change_every_s", serialize_with = "crate::report::secs")]
     change_every: Duration,
 
     /// Subscribe calls awaiting their answer at once, per connection. Above
@@ -84,13 +88,12 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "off", value_parser = parse_mode)]
     batch_size: Vec<Mode>,
 
-    /// The poller binary [default: <workspace>/target/release/poller].
-    #[arg(long, value_name = "PATH")]
-    poller_bin: Option<PathBuf>,
+    #[command(flatten)]
+    bins: BinArgs,
 }
 
 /// How the poller asks the media service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Mode {
     /// One `GET /live/{id}` per event per interval.
     Single,
@@ -141,28 +144,11 @@ fn at_least_slot(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn event_id(index: u32) -> String {
-    format!("ev-{index:06}")
-}
-
 fn event_index(id: &str) -> Option<u32> {
     id.strip_prefix("ev-")?.parse().ok()
 }
 
-fn default_poller_bin() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/poller"))
-}
-
 pub async fn run(args: Args) -> anyhow::Result<Report> {
-    let poller_bin = args.poller_bin.clone().unwrap_or_else(default_poller_bin);
-    ensure!(
-        poller_bin.is_file(),
-        "no poller binary at {} (build it with `cargo build --release -p poller` or pass --poller-bin)",
-        poller_bin.display()
-    );
-    let poller_bin =
-        poller_bin.canonicalize().with_context(|| format!("resolving {}", poller_bin.display()))?;
-
     // Background tasks (media-sim) are aborted when this set is dropped.
     let mut background = JoinSet::new();
     let arrivals = Arrivals::new(event_index);
@@ -175,11 +161,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let mut runs = Vec::new();
     for &mode in &args.batch_size {
         eprintln!("poller: {}", mode.column());
-        runs.push(measure(&args, &poller_bin, mode, sim_addr, &arrivals).await?);
+        runs.push(measure(&args, mode, sim_addr, &arrivals).await?);
     }
     background.shutdown().await;
 
-    let mut report = report(&args, &runs);
+    let mut report = report(&args, &runs)?;
     let (_, dropped) = arrivals.snapshot();
     if dropped > 0 {
         report.note(format!("{dropped} arrivals beyond {} were not recorded", arrivals::MAX_ARRIVALS));
@@ -193,13 +179,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 }
 
 /// One polling mode's run: a fresh poller against the shared media-sim.
-async fn measure(
-    args: &Args,
-    poller_bin: &std::path::Path,
-    mode: Mode,
-    sim_addr: SocketAddr,
-    arrivals: &Arrivals,
-) -> anyhow::Result<Run> {
+async fn measure(args: &Args, mode: Mode, sim_addr: SocketAddr, arrivals: &Arrivals) -> anyhow::Result<Run> {
     let grpc_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
     let mut poller_args = vec![
         "--listen".to_owned(),
@@ -221,17 +201,7 @@ async fn measure(
             n.to_string(),
         ]);
     }
-    let mut cmd = Command::new(poller_bin);
-    cmd.args(&poller_args).env("RUST_LOG", "warn");
-    // Only the flags above count: no POLLER_* setting leaks in from our
-    // environment, so the reported command is the whole configuration.
-    for (key, _) in std::env::vars_os() {
-        if key.to_str().is_some_and(|k| k.starts_with("POLLER_")) {
-            cmd.env_remove(key);
-        }
-    }
-    let poller_cmd = format!("RUST_LOG=warn {} {}", poller_bin.display(), shell_words(&poller_args));
-    let mut poller = Child::spawn("poller", cmd)?;
+    let (mut poller, poller_cmd) = stack::spawn(&args.bins, "poller", poller_args, None)?;
     let pid = poller.pid();
 
     let channels = connect_channels(&format!("http://{grpc_addr}"), args.events, &mut poller).await?;
@@ -350,14 +320,6 @@ fn ensure_healthy(fleet: &Fleet, poller: &mut Child) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-fn mib(bytes: u64) -> Value {
-    Value::Float(bytes as f64 / (1024.0 * 1024.0), 1)
-}
-
 struct Procs {
     idle: Sample,
     warm: Sample,
@@ -381,25 +343,64 @@ struct Run {
     notes: Vec<String>,
 }
 
-/// The figures of one run, computed once for the columns of the report.
+/// The parameters shared by the columns.
+#[derive(Serialize)]
+struct Params<'a> {
+    args: &'a Args,
+    streams_per_channel: usize,
+    cores: usize,
+    /// The first column's command (ports vary); batched columns add `batch_flags`.
+    poller_cmd: String,
+    batch_flags: Option<String>,
+}
+
+/// One polling mode's figures: a column.
+#[derive(Serialize)]
 struct Figures {
+    column: String,
+    /// Every stream had its first value after; then one interval to settle.
+    first_values_s: f64,
+    /// As media-sim saw it during the window: requests are `GET /live` and
+    /// `GET /batch`, polls are ids over all requests.
     requests: u64,
     batch_requests: u64,
-    rps: f64,
-    expected_rps: f64,
+    requests_per_s: f64,
+    expected_per_s: f64,
+    ratio: f64,
     id_polls: u64,
-    status: [u64; 3],
+    ids_per_request: f64,
+    status_200: u64,
+    status_304: u64,
+    status_other: u64,
     polls_per_event_per_interval: f64,
     event_polls_min: u32,
     event_polls_max: u32,
     events_unpolled: usize,
-    phase_shares: Option<Vec<f64>>,
-    slots: Vec<u64>,
+    /// Smallest and largest tenth-of-interval share of requests (ideal 10).
+    phase_share_min_pct: Option<f64>,
+    phase_share_max_pct: Option<f64>,
+    /// Requests per 100 ms slot.
     slot_mean: f64,
-    cpu: f64,
-    wall: f64,
-    me_cpu: f64,
-    others_cpu: f64,
+    slot_min: u64,
+    slot_max: u64,
+    slot_max_over_mean: f64,
+    updates: u64,
+    updates_per_s: f64,
+    poller_cpu_s: f64,
+    poller_cpu_pct: f64,
+    poller_cpu_us_per_poll: f64,
+    poller_cpu_us_per_request: f64,
+    poller_rss_idle_mib: f64,
+    poller_rss_warm_mib: f64,
+    poller_rss_end_mib: f64,
+    poller_rss_peak_mib: f64,
+    /// (warm - idle) / events.
+    poller_rss_per_event_kib: f64,
+    /// This process: media-sim and the subscribers.
+    harness_cpu_pct: f64,
+    harness_rss_end_mib: f64,
+    /// Other programs on the host, competing.
+    others_pct: f64,
 }
 
 impl Figures {
@@ -407,216 +408,94 @@ impl Figures {
         let secs = args.duration.as_secs_f64();
         let span = micros(args.duration);
         let requests = arrivals::requests(&run.window);
-        let batch_requests = if matches!(run.mode, Mode::Batch(_)) { requests.len() as u64 } else { 0 };
         let per_event = arrivals::per_event_counts(&run.window, args.events);
         let status = |code: u16| run.window.iter().filter(|w| w.status == code).count() as u64;
         let (ok, not_modified) = (status(200), status(304));
         let slots = arrivals::slot_counts(&requests, span, micros(SLOT));
         let slot_mean = slots.iter().sum::<u64>() as f64 / slots.len().max(1) as f64;
+        let slot_max = slots.iter().copied().max().unwrap_or(0);
         let p = &run.procs;
         let cpu = p.end.cpu_seconds - p.warm.cpu_seconds;
         let me_cpu = p.me_end.cpu_seconds - p.me_start.cpu_seconds;
-        let intervals = secs / args.interval.as_secs_f64();
+        let wall = p.elapsed.as_secs_f64();
+        let n = requests.len() as u64;
+        let id_polls = run.window.len() as u64;
+        let rps = n as f64 / secs;
+        let expected = run.mode.requests_per_interval(args.events) / args.interval.as_secs_f64();
+        let shares = arrivals::phase_shares(&requests, span, micros(args.interval), PHASE_BUCKETS);
+        let share = |f: fn(f64, f64) -> f64| shares.as_ref().map(|s| 100.0 * fold(s, f));
         Self {
-            requests: requests.len() as u64,
-            batch_requests,
-            rps: requests.len() as f64 / secs,
-            expected_rps: run.mode.requests_per_interval(args.events) / args.interval.as_secs_f64(),
-            id_polls: run.window.len() as u64,
-            status: [ok, not_modified, run.window.len() as u64 - ok - not_modified],
-            polls_per_event_per_interval: run.window.len() as f64 / f64::from(args.events) / intervals,
+            column: run.mode.column(),
+            first_values_s: run.first_values_after.as_secs_f64(),
+            requests: n,
+            batch_requests: if matches!(run.mode, Mode::Batch(_)) { n } else { 0 },
+            requests_per_s: rps,
+            expected_per_s: expected,
+            ratio: rps / expected,
+            id_polls,
+            ids_per_request: id_polls as f64 / n.max(1) as f64,
+            status_200: ok,
+            status_304: not_modified,
+            status_other: id_polls - ok - not_modified,
+            polls_per_event_per_interval: id_polls as f64
+                / f64::from(args.events)
+                / (secs / args.interval.as_secs_f64()),
             event_polls_min: min_or_zero(&per_event),
             event_polls_max: per_event.iter().copied().max().unwrap_or(0),
             events_unpolled: per_event.iter().filter(|&&c| c == 0).count(),
-            phase_shares: arrivals::phase_shares(&requests, span, micros(args.interval), PHASE_BUCKETS),
+            phase_share_min_pct: share(f64::min),
+            phase_share_max_pct: share(f64::max),
             slot_mean,
-            slots,
-            cpu,
-            wall: p.elapsed.as_secs_f64(),
-            me_cpu,
-            others_cpu: (p.host_busy - cpu - me_cpu).max(0.0),
+            slot_min: min_or_zero(&slots),
+            slot_max,
+            slot_max_over_mean: slot_max as f64 / slot_mean.max(f64::MIN_POSITIVE),
+            updates: run.updates,
+            updates_per_s: run.updates as f64 / wall,
+            poller_cpu_s: cpu,
+            poller_cpu_pct: 100.0 * cpu / wall,
+            poller_cpu_us_per_poll: 1e6 * cpu / id_polls.max(1) as f64,
+            poller_cpu_us_per_request: 1e6 * cpu / n.max(1) as f64,
+            poller_rss_idle_mib: mib(p.idle.rss_bytes),
+            poller_rss_warm_mib: mib(p.warm.rss_bytes),
+            poller_rss_end_mib: mib(p.end.rss_bytes),
+            poller_rss_peak_mib: mib(p.end.peak_rss_bytes),
+            poller_rss_per_event_kib: p.warm.rss_bytes.saturating_sub(p.idle.rss_bytes) as f64
+                / 1024.0
+                / f64::from(args.events),
+            harness_cpu_pct: 100.0 * me_cpu / wall,
+            harness_rss_end_mib: mib(p.me_end.rss_bytes),
+            others_pct: 100.0 * (p.host_busy - cpu - me_cpu).max(0.0) / wall,
         }
     }
 }
 
-fn report(a: &Args, runs: &[Run]) -> Report {
-    let figs: Vec<Figures> = runs.iter().map(|r| Figures::of(a, r)).collect();
-    let each = |f: &dyn Fn(&Figures) -> Value| figs.iter().map(f).collect::<Vec<Value>>();
-    let each_run = |f: &dyn Fn(&Run) -> Value| runs.iter().map(f).collect::<Vec<Value>>();
-    let pct = |x: f64| Value::Float(100.0 * x, 2);
-    let secs = a.duration.as_secs_f64();
+#[derive(Serialize)]
+struct PollerFigures<'a> {
+    params: Params<'a>,
+    runs: Vec<Figures>,
+}
 
-    let mut r = Report::new(
-        "poller",
-        format!(
-            "livepush-bench poller: {} events, interval {}, measured {}, {}",
-            a.events,
-            humantime::format_duration(a.interval),
-            humantime::format_duration(a.duration),
-            runs.iter().map(|r| r.mode.column()).collect::<Vec<_>>().join(" vs ")
-        ),
+fn report(a: &Args, runs: &[Run]) -> anyhow::Result<Report> {
+    let columns: Vec<String> = runs.iter().map(|r| r.mode.column()).collect();
+    let title = format!(
+        "livepush-bench poller: {} events, interval {}, measured {}, {}",
+        a.events,
+        humantime::format_duration(a.interval),
+        humantime::format_duration(a.duration),
+        columns.join(" vs ")
     );
-    r.columns(runs.iter().map(|r| r.mode.column()).collect());
-    r.section("params", "parameters")
-        .row("events", "events watched (1 gRPC stream each)", a.events, "")
-        .row("interval_s", "poll interval", Value::Float(a.interval.as_secs_f64(), 3), "s")
-        .row("duration_s", "measurement window", Value::Float(secs, 3), "s")
-        .row(
-            "change_every_s",
-            "media-sim data changes every",
-            Value::Float(a.change_every.as_secs_f64(), 3),
-            "s",
-        )
-        .row("streams_per_channel", "gRPC streams per connection", STREAMS_PER_CHANNEL, "")
-        .row("pending_subscribes", "subscribe calls in flight per connection", a.pending_subscribes, "")
-        .row("cores", "host cores (shared by poller and harness)", cores(), "")
-        .row("poller_cmd", "poller command (first column; ports vary)", runs[0].poller_cmd.as_str(), "");
-    if let Some(run) = runs.iter().find(|r| matches!(r.mode, Mode::Batch(_))) {
-        let flags = run.poller_cmd.find(" --media-batch-url").map_or("", |i| run.poller_cmd[i + 1..].trim());
-        r.row("batch_flags", "batched columns add", flags, "");
-    }
-
-    r.section("warmup", "warm-up")
-        .row_each(
-            "first_values_s",
-            "every stream has its first value after",
-            each_run(&|run| Value::Float(run.first_values_after.as_secs_f64(), 2)),
-            "s",
-        )
-        .row("settle_s", "then waited (phases settle)", Value::Float(a.interval.as_secs_f64(), 3), "s");
-
-    r.section("upstream", "upstream, as media-sim saw it during the window")
-        .row_each("requests", "requests (GET /live + GET /batch)", each(&|f| f.requests.into()), "")
-        .row_each("batch_requests", "of which GET /batch", each(&|f| f.batch_requests.into()), "")
-        .row_each("requests_per_s", "requests/s", each(&|f| Value::Float(f.rps, 1)), "req/s")
-        .row_each(
-            "expected_per_s",
-            "expected (requests per interval / interval)",
-            each(&|f| Value::Float(f.expected_rps, 1)),
-            "req/s",
-        )
-        .row_each("ratio", "measured / expected", each(&|f| Value::Float(f.rps / f.expected_rps, 3)), "")
-        .row_each("id_polls", "events polled (ids over all requests)", each(&|f| f.id_polls.into()), "")
-        .row_each(
-            "ids_per_request",
-            "ids per request, mean",
-            each(&|f| Value::Float(f.id_polls as f64 / f.requests.max(1) as f64, 1)),
-            "",
-        )
-        .row_each("status_200", "polled ids answered 200 (data changed)", each(&|f| f.status[0].into()), "")
-        .row_each("status_304", "polled ids answered 304 (not modified)", each(&|f| f.status[1].into()), "")
-        .row_each("status_other", "polled ids with other answers", each(&|f| f.status[2].into()), "")
-        .row_each(
-            "polls_per_event_per_interval",
-            "polls per event per interval",
-            each(&|f| Value::Float(f.polls_per_event_per_interval, 3)),
-            "",
-        )
-        .row_each(
-            "event_polls_min",
-            "polls of the least-polled event",
-            each(&|f| f.event_polls_min.into()),
-            "",
-        )
-        .row_each(
-            "event_polls_max",
-            "polls of the most-polled event",
-            each(&|f| f.event_polls_max.into()),
-            "",
-        )
-        .row_each("events_unpolled", "events not polled at all", each(&|f| f.events_unpolled.into()), "");
-
-    r.section("spread", "spread of requests over time")
-        .row_each(
-            "phase_share_min_pct",
-            "smallest tenth-of-interval share of requests (ideal 10)",
-            each(&|f| f.phase_shares.as_ref().map_or(Value::Missing, |s| pct(fold(s, f64::min)))),
-            "%",
-        )
-        .row_each(
-            "phase_share_max_pct",
-            "largest tenth-of-interval share of requests (ideal 10)",
-            each(&|f| f.phase_shares.as_ref().map_or(Value::Missing, |s| pct(fold(s, f64::max)))),
-            "%",
-        )
-        .row_each("slot_mean", "requests per 100 ms slot, mean", each(&|f| Value::Float(f.slot_mean, 1)), "")
-        .row_each("slot_min", "requests per 100 ms slot, min", each(&|f| min_or_zero(&f.slots).into()), "")
-        .row_each(
-            "slot_max",
-            "requests per 100 ms slot, max",
-            each(&|f| f.slots.iter().copied().max().unwrap_or(0).into()),
-            "",
-        )
-        .row_each(
-            "slot_max_over_mean",
-            "busiest slot / mean",
-            each(&|f| {
-                let max = f.slots.iter().copied().max().unwrap_or(0) as f64;
-                Value::Float(max / f.slot_mean.max(f64::MIN_POSITIVE), 2)
-            }),
-            "",
-        );
-
-    r.section("subscribers", "subscribers")
-        .row_each("updates", "updates received in the window", each_run(&|run| run.updates.into()), "")
-        .row_each(
-            "updates_per_s",
-            "updates/s",
-            figs.iter().zip(runs).map(|(f, run)| Value::Float(run.updates as f64 / f.wall, 1)),
-            "upd/s",
-        );
-
-    let mib_of = |get: fn(&Procs) -> u64| each_run(&|run| mib(get(&run.procs)));
-    r.section("poller", "poller process")
-        .row_each("cpu_s", "CPU time in the window", each(&|f| Value::Float(f.cpu, 2)), "s")
-        .row_each(
-            "cpu_pct_core",
-            "CPU, % of one core",
-            each(&|f| Value::Float(100.0 * f.cpu / f.wall, 1)),
-            "%",
-        )
-        .row_each(
-            "cpu_us_per_poll",
-            "CPU per polled event",
-            each(&|f| Value::Float(1e6 * f.cpu / f.id_polls.max(1) as f64, 1)),
-            "µs",
-        )
-        .row_each(
-            "cpu_us_per_request",
-            "CPU per upstream request",
-            each(&|f| Value::Float(1e6 * f.cpu / f.requests.max(1) as f64, 1)),
-            "µs",
-        )
-        .row_each("rss_idle_mib", "RSS idle (before subscribing)", mib_of(|p| p.idle.rss_bytes), "MiB")
-        .row_each("rss_warm_mib", "RSS after warm-up", mib_of(|p| p.warm.rss_bytes), "MiB")
-        .row_each("rss_end_mib", "RSS at the end", mib_of(|p| p.end.rss_bytes), "MiB")
-        .row_each("rss_peak_mib", "peak RSS (VmHWM)", mib_of(|p| p.end.peak_rss_bytes), "MiB")
-        .row_each(
-            "rss_per_event_kib",
-            "RSS per watched event (warm - idle)",
-            each_run(&|run| {
-                let p = &run.procs;
-                let delta = p.warm.rss_bytes.saturating_sub(p.idle.rss_bytes) as f64;
-                Value::Float(delta / 1024.0 / f64::from(a.events), 2)
-            }),
-            "KiB",
-        );
-
-    r.section("harness", "harness process (media-sim + subscribers)")
-        .row_each(
-            "cpu_pct_core",
-            "CPU, % of one core",
-            each(&|f| Value::Float(100.0 * f.me_cpu / f.wall, 1)),
-            "%",
-        )
-        .row_each("rss_end_mib", "RSS at the end", mib_of(|p| p.me_end.rss_bytes), "MiB");
-    r.section("host", "host").row_each(
-        "others_pct_core",
-        "other programs on the host (competing), % of one core",
-        each(&|f| Value::Float(100.0 * f.others_cpu / f.wall, 1)),
-        "%",
-    );
-    r
+    let batched = runs.iter().find(|r| matches!(r.mode, Mode::Batch(_)));
+    let params = Params {
+        args: a,
+        streams_per_channel: STREAMS_PER_CHANNEL,
+        cores: cores(),
+        poller_cmd: runs[0].poller_cmd.clone(),
+        batch_flags: batched.and_then(|r| {
+            r.poller_cmd.find(" --media-batch-url").map(|i| r.poller_cmd[i + 1..].trim().to_owned())
+        }),
+    };
+    let runs = runs.iter().map(|r| Figures::of(a, r)).collect();
+    Report::new("poller", title, &PollerFigures { params, runs })
 }
 
 fn min_or_zero<T: Copy + Ord + Default>(xs: &[T]) -> T {
@@ -625,10 +504,6 @@ fn min_or_zero<T: Copy + Ord + Default>(xs: &[T]) -> T {
 
 fn fold(xs: &[f64], f: fn(f64, f64) -> f64) -> f64 {
     xs.iter().copied().reduce(f).unwrap_or(0.0)
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 #[cfg(test)]

@@ -21,12 +21,13 @@ use crate::{
     procstat,
     proxy::Proxy,
     push::{LoadArgs, at_least_1s, event_id},
-    report::{Report, Value},
+    report::Report,
     sse_load::{Load, Plan},
     stack::{self, BinArgs},
     wire::{Item, ResponseParser},
 };
 use anyhow::Context;
+use serde::Serialize;
 use std::{
     net::SocketAddr,
     sync::{
@@ -46,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 /// One request's bound (connect, send, whole answer).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     /// Viewers, in both setups.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=5_000))]
@@ -58,14 +59,17 @@ pub struct Args {
 
     /// How often each polling viewer asks, and the poller's --interval.
     #[arg(long, default_value = "5s", value_parser = at_least_1s)]
+    #[serde(rename = "interval_s", serialize_with = "crate::report::secs")]
     interval: Duration,
 
     /// media-sim's --change-every.
     #[arg(long, default_value = "5s", value_parser = at_least_1s)]
+    #[serde(rename = "change_every_s", serialize_with = "crate::report::secs")]
     change_every: Duration,
 
     /// Measurement window of each setup.
     #[arg(long, default_value = "60s", value_parser = at_least_1s)]
+    #[serde(rename = "duration_s", serialize_with = "crate::report::secs")]
     duration: Duration,
 
     #[command(flatten)]
@@ -118,7 +122,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     media.stop().await?;
     let polling = polling?;
     let (livepush, poller_cmd, edge_cmd) = livepush?;
-    Ok(report(&args, &polling, &livepush, [&media_cmd, &poller_cmd, &edge_cmd]))
+    report(&args, &polling, &livepush, [&media_cmd, &poller_cmd, &edge_cmd])
 }
 
 /// Setup 1: viewers poll media-sim (through the counting relay).
@@ -187,7 +191,7 @@ async fn through_livepush(
     media_pid: u32,
 ) -> anyhow::Result<(Side, String, String)> {
     let poller = stack::poller(&args.bins, proxy.addr, args.interval).await?;
-    let edge = match stack::edge(&args.bins, poller.addr).await {
+    let edge = match stack::edge(&args.bins, &[poller.addr]).await {
         Ok(edge) => edge,
         Err(e) => {
             poller.stop().await?;
@@ -367,136 +371,101 @@ impl Viewer {
     }
 }
 
-fn report(args: &Args, polling: &Side, livepush: &Side, cmds: [&str; 3]) -> Report {
-    let mut r = Report::new(
-        "polling",
-        format!(
-            "livepush-bench polling: {} viewers of {} event(s), every {}, polling vs livepush",
-            args.viewers,
-            args.events,
-            humantime::format_duration(args.interval)
-        ),
+/// One setup's figures at the media service during the window: a column.
+#[derive(Serialize)]
+struct Column {
+    column: &'static str,
+    /// media-sim's own `GET /live` count; expected: viewers (polling) or
+    /// events (livepush) / interval.
+    requests: u64,
+    requests_per_s: f64,
+    expected_per_s: f64,
+    /// HTTP bytes through the relay in front of media-sim.
+    bytes_in_per_s: f64,
+    bytes_out_per_s: f64,
+    bytes_per_request: f64,
+    /// Polling: response bytes/s the viewers read (cross-check) and their answers.
+    client_bytes_per_s: Option<f64>,
+    status_200: Option<u64>,
+    status_304: Option<u64>,
+    status_other: Option<u64>,
+    media_cpu_pct: f64,
+    /// What livepush runs instead.
+    poller_cpu_pct: Option<f64>,
+    edge_cpu_pct: Option<f64>,
+    /// Other programs on the host, competing.
+    others_cpu_pct: f64,
+    /// New values received: 200s, or SSE data events.
+    values: u64,
+    errors: u64,
+    reconnects: u64,
+}
+
+impl Column {
+    fn of(column: &'static str, s: &Side, expected_per_s: f64) -> Self {
+        let secs = s.window.as_secs_f64().max(1e-9);
+        let per_s = |x: u64| x as f64 / secs;
+        Self {
+            column,
+            requests: s.requests,
+            requests_per_s: per_s(s.requests),
+            expected_per_s,
+            bytes_in_per_s: per_s(s.to_media),
+            bytes_out_per_s: per_s(s.from_media),
+            bytes_per_request: (s.to_media + s.from_media) as f64 / s.requests.max(1) as f64,
+            client_bytes_per_s: s.client_bytes.map(per_s),
+            status_200: s.answers.map(|a| a.0),
+            status_304: s.answers.map(|a| a.1),
+            status_other: s.answers.map(|a| a.2),
+            media_cpu_pct: 100.0 * s.media_cpu / secs,
+            poller_cpu_pct: s.poller_cpu.map(|c| 100.0 * c / secs),
+            edge_cpu_pct: s.edge_cpu.map(|c| 100.0 * c / secs),
+            others_cpu_pct: 100.0 * s.others_cpu.max(0.0) / secs,
+            values: s.values,
+            errors: s.errors,
+            reconnects: s.reconnects,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Figures<'a> {
+    args: &'a Args,
+    media_cmd: &'a str,
+    /// Its media URL is the relay.
+    poller_cmd: &'a str,
+    edge_cmd: &'a str,
+    runs: [Column; 2],
+    /// polling / livepush, upstream requests/s and bytes/s (both directions).
+    requests_ratio: Option<f64>,
+    bytes_ratio: Option<f64>,
+}
+
+fn report(args: &Args, polling: &Side, livepush: &Side, cmds: [&str; 3]) -> anyhow::Result<Report> {
+    let title = format!(
+        "livepush-bench polling: {} viewers of {} event(s), every {}, polling vs livepush",
+        args.viewers,
+        args.events,
+        humantime::format_duration(args.interval)
     );
-    r.columns(vec!["polling".into(), "livepush".into()]);
-    let sides = [polling, livepush];
-    let each = |g: &dyn Fn(&Side) -> Value| sides.iter().map(|s| g(s)).collect::<Vec<_>>();
-    let per_s = |x: u64, s: &Side| Value::Float(x as f64 / s.window.as_secs_f64().max(1e-9), 2);
-    let opt_pct = |cpu: Option<f64>, s: &Side| {
-        cpu.map_or(Value::Missing, |c| Value::Float(100.0 * c / s.window.as_secs_f64().max(1e-9), 2))
-    };
     let secs = args.interval.as_secs_f64();
-
-    r.section("params", "parameters")
-        .row("viewers", "viewers", args.viewers, "")
-        .row("events", "events", args.events, "")
-        .row("interval_s", "poll interval (viewers, or the poller)", Value::Float(secs, 1), "s")
-        .row(
-            "change_every_s",
-            "media-sim data changes every",
-            Value::Float(args.change_every.as_secs_f64(), 1),
-            "s",
-        )
-        .row(
-            "duration_s",
-            "measurement window of each setup",
-            Value::Float(args.duration.as_secs_f64(), 1),
-            "s",
-        )
-        .row("media_cmd", "media-sim", cmds[0], "")
-        .row("poller_cmd", "poller (media URL is the relay)", cmds[1], "")
-        .row("edge_cmd", "edge", cmds[2], "");
-
-    r.section("upstream", "at the media service, during the window")
-        .row_each("requests", "GET /live requests (media-sim /stats)", each(&|s| s.requests.into()), "")
-        .row_each("requests_per_s", "requests/s", each(&|s| per_s(s.requests, s)), "req/s")
-        .row_each(
-            "expected_per_s",
-            "expected (viewers or events / interval)",
-            [Value::Float(f64::from(args.viewers) / secs, 2), Value::Float(f64::from(args.events) / secs, 2)],
-            "req/s",
-        )
-        .row_each(
-            "bytes_in_per_s",
-            "request bytes/s into media-sim (relay)",
-            each(&|s| per_s(s.to_media, s)),
-            "B/s",
-        )
-        .row_each(
-            "bytes_out_per_s",
-            "response bytes/s out of media-sim (relay)",
-            each(&|s| per_s(s.from_media, s)),
-            "B/s",
-        )
-        .row_each(
-            "bytes_per_request",
-            "bytes per request, both directions",
-            each(&|s| Value::Float((s.to_media + s.from_media) as f64 / s.requests.max(1) as f64, 1)),
-            "B",
-        )
-        .row_each(
-            "client_bytes_per_s",
-            "response bytes/s read by the viewers (cross-check)",
-            each(&|s| s.client_bytes.map_or(Value::Missing, |b| per_s(b, s))),
-            "B/s",
-        )
-        .row_each(
-            "status_200",
-            "answers 200",
-            each(&|s| s.answers.map_or(Value::Missing, |a| a.0.into())),
-            "",
-        )
-        .row_each(
-            "status_304",
-            "answers 304",
-            each(&|s| s.answers.map_or(Value::Missing, |a| a.1.into())),
-            "",
-        )
-        .row_each(
-            "status_other",
-            "other answers",
-            each(&|s| s.answers.map_or(Value::Missing, |a| a.2.into())),
-            "",
-        )
-        .row_each(
-            "media_cpu_pct",
-            "media-sim CPU, % of one core",
-            each(&|s| opt_pct(Some(s.media_cpu), s)),
-            "%",
-        );
-
-    r.section("livepush_cost", "what livepush runs instead")
-        .row_each("poller_cpu_pct", "poller CPU, % of one core", each(&|s| opt_pct(s.poller_cpu, s)), "%")
-        .row_each("edge_cpu_pct", "edge CPU, % of one core", each(&|s| opt_pct(s.edge_cpu, s)), "%")
-        .row_each(
-            "others_cpu_pct",
-            "other programs on the host (competing), % of one core",
-            each(&|s| opt_pct(Some(s.others_cpu.max(0.0)), s)),
-            "%",
-        );
-
-    r.section("viewers", "viewers")
-        .row_each("values", "new values received (200s, or SSE data events)", each(&|s| s.values.into()), "")
-        .row_each("errors", "errors", each(&|s| s.errors.into()), "")
-        .row_each("reconnects", "reconnects", each(&|s| s.reconnects.into()), "");
-
-    let ratio = |a: f64, b: f64| if b > 0.0 { Value::Float(a / b, 1) } else { Value::Missing };
-    let rate = |s: &Side, x: u64| x as f64 / s.window.as_secs_f64().max(1e-9);
-    r.section("ratio", "polling / livepush")
-        .row(
-            "requests_ratio",
-            "upstream requests/s",
-            ratio(rate(polling, polling.requests), rate(livepush, livepush.requests)),
-            "x",
-        )
-        .row(
-            "bytes_ratio",
-            "upstream bytes/s, both directions",
-            ratio(
-                rate(polling, polling.to_media + polling.from_media),
-                rate(livepush, livepush.to_media + livepush.from_media),
-            ),
-            "x",
-        );
+    let ratio = |x: &dyn Fn(&Side) -> u64| {
+        let rate = |s: &Side| x(s) as f64 / s.window.as_secs_f64().max(1e-9);
+        (rate(livepush) > 0.0).then(|| rate(polling) / rate(livepush))
+    };
+    let figures = Figures {
+        args,
+        media_cmd: cmds[0],
+        poller_cmd: cmds[1],
+        edge_cmd: cmds[2],
+        runs: [
+            Column::of("polling", polling, f64::from(args.viewers) / secs),
+            Column::of("livepush", livepush, f64::from(args.events) / secs),
+        ],
+        requests_ratio: ratio(&|s| s.requests),
+        bytes_ratio: ratio(&|s| s.to_media + s.from_media),
+    };
+    let mut r = Report::new("polling", title, &figures)?;
     r.note(
         "requests: media-sim's own count; bytes: HTTP bytes through a counting TCP relay in front of media-sim, \
          used by the polling viewers and by the poller alike (TCP/IP overhead not included)"
@@ -506,5 +475,5 @@ fn report(args: &Args, polling: &Side, livepush: &Side, cmds: [&str; 3]) -> Repo
         "polling viewers revalidate with If-None-Match, as a browser cache does with no-cache + ETag"
             .to_owned(),
     );
-    r
+    Ok(r)
 }

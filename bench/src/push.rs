@@ -27,12 +27,13 @@
 use crate::{
     histogram::Snapshot,
     procstat::{self, MemoryDetail, Sample},
-    report::{Label, Report, Value},
-    sse_load::{self, Counters, Gaps, Load, Plan, Update},
+    report,
+    sse_load::{self, Counters, Load, Plan},
     stack::{self, BinArgs, Proc},
 };
 use anyhow::Context;
-use std::{net::SocketAddr, time::Duration};
+use serde::Serialize;
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use tokio::time::Instant;
 
 /// Targets from the issue, shown next to the figures.
@@ -40,7 +41,7 @@ pub const TARGET_RSS_PER_CONN_KIB: f64 = 6.0;
 pub const TARGET_P99_MS: f64 = 50.0;
 
 /// How the browsers are generated; shared with the `polling` scenario.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub struct LoadArgs {
     /// New SSE connections per second (first connections and reconnects).
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
@@ -62,6 +63,7 @@ impl LoadArgs {
             reconnect_delay: Duration::from_millis(100),
             deadline,
             reset: false,
+            trace: false,
         }
     }
 
@@ -73,7 +75,7 @@ impl LoadArgs {
 
 /// Events x browsers over edges: the shape of the multi-event scenarios
 /// (`breadth`, `failover`).
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub struct ShapeArgs {
     /// Events watched (ids ev-000000, ev-000001, ...).
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -89,7 +91,7 @@ pub struct ShapeArgs {
 }
 
 /// The sizes of the one-channel scenarios (`fanout`, `nchan`).
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub struct Sizes {
     /// SSE connections; a comma-separated list (1000,5000,15000) runs each
     /// size in turn with a fresh server.
@@ -102,23 +104,27 @@ pub struct Sizes {
     pub connections: Vec<u32>,
 }
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub struct PushArgs {
     /// Length of the measurement window.
     #[arg(long, default_value = "30s", value_parser = at_least_1s)]
+    #[serde(rename = "duration_s", serialize_with = "crate::report::secs")]
     pub duration: Duration,
 
     /// Wait between "every browser has its first event" and the connected
     /// RSS sample / the window.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[serde(rename = "settle_s", serialize_with = "crate::report::secs")]
     pub settle: Duration,
 
     /// The poller's --interval.
     #[arg(long, default_value = "1s", value_parser = at_least_1s)]
+    #[serde(rename = "interval_s", serialize_with = "crate::report::secs")]
     pub interval: Duration,
 
     /// media-sim's --change-every (it runs with --stamp: every answer is new).
     #[arg(long, default_value = "1s", value_parser = at_least_1s)]
+    #[serde(rename = "change_every_s", serialize_with = "crate::report::secs")]
     pub change_every: Duration,
 
     #[command(flatten)]
@@ -192,7 +198,7 @@ pub trait Server {
 }
 
 /// An edge's upstream, from its `/metrics`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct EdgeUpstream {
     /// `livepush_edge_upstream_channels`, all pollers: HTTP/2 connections
     /// carrying `Subscribe` streams.
@@ -248,21 +254,6 @@ impl Upstream {
         self.poller.stop().await?;
         self.media.stop().await
     }
-
-    /// The parameters of the livepush runs, for [`report`].
-    pub fn params(&self, args: &PushArgs) -> Vec<Param> {
-        vec![
-            ("interval_s", "poll interval".into(), Value::Float(args.interval.as_secs_f64(), 1), "s"),
-            (
-                "change_every_s",
-                "media-sim data changes every".into(),
-                Value::Float(args.change_every.as_secs_f64(), 1),
-                "s",
-            ),
-            ("media_cmd", "media-sim".into(), self.media.cmd.as_str().into(), ""),
-            ("poller_cmd", "poller".into(), self.poller.cmd.as_str().into(), ""),
-        ]
-    }
 }
 
 impl System for Upstream {
@@ -277,7 +268,7 @@ impl System for Upstream {
     }
 
     async fn start_server(&mut self) -> anyhow::Result<Proc> {
-        stack::edge(&self.bins, self.poller.addr).await
+        stack::edge(&self.bins, &[self.poller.addr]).await
     }
 
     fn stream_path(&self, event: u32) -> String {
@@ -325,99 +316,201 @@ impl Server for Proc {
     }
 }
 
-/// A parameter row of [`report`]: key, label, value, unit.
-pub type Param = (&'static str, Label, Value, &'static str);
-
-struct EdgeMemory {
-    /// Processes summed (1 for an edge).
-    procs: usize,
-    conns: u64,
-    idle: Sample,
-    connected: Sample,
-    end: Sample,
-    idle_detail: MemoryDetail,
-    connected_detail: MemoryDetail,
+/// The parameters shared by every column of a run.
+#[derive(Serialize)]
+pub struct Params<'a> {
+    /// The flags (`interval_s`, `change_every_s`: the livepush side's).
+    pub args: &'a PushArgs,
+    /// Host cores, shared by all processes.
+    pub cores: usize,
+    /// The livepush side (`None` in an nchan-only run).
+    pub media_cmd: Option<String>,
+    pub poller_cmd: Option<String>,
+    /// Each kind of server's command line (ports vary).
+    pub server_cmds: BTreeMap<&'static str, String>,
 }
 
-/// Everything measured in one run.
+impl<'a> Params<'a> {
+    pub fn new(args: &'a PushArgs, up: Option<&Upstream>, outcomes: &[Outcome]) -> Self {
+        Self {
+            args,
+            cores: report::cores(),
+            media_cmd: up.map(|u| u.media.cmd.clone()),
+            poller_cmd: up.map(|u| u.poller.cmd.clone()),
+            server_cmds: outcomes.iter().map(|o| (o.server, o.server_cmd.clone())).collect(),
+        }
+    }
+}
+
+/// The report of the one-channel and many-event runs: shared parameters,
+/// one column per outcome.
+#[derive(Serialize)]
+pub struct Figures<'a> {
+    pub params: Params<'a>,
+    pub runs: &'a [Outcome],
+}
+
+/// The latency note every report of [`measure`]'s outcomes carries.
+pub fn latency_note(clock: &str) -> String {
+    format!(
+        "latency = browser read time - served_at_ms ({clock}, ms precision: up to 1 ms too high); \
+         each connection's first event (the replayed latest value) is not counted"
+    )
+}
+
+/// Everything measured in one run: one column of the report.
+#[derive(Serialize)]
 pub struct Outcome {
-    pub shape: Shape,
-    /// [`System::name`] and [`System::server_name`].
+    /// Names the column (set by the scenario).
+    pub column: String,
+    /// [`System::name`].
     pub system: &'static str,
-    server: &'static str,
-    edge_cmd: String,
-    ready_after: Option<Duration>,
-    ready_at_wait_end: u64,
-    connect: Snapshot,
-    first_event: Snapshot,
-    /// Server CPU seconds and wall time from starting to connect until every
-    /// browser had its first event (or the wait gave up).
-    cpu_ramp: f64,
-    ramp: Duration,
-    window: Duration,
-    counters: Counters,
-    latency: Snapshot,
-    updates: Vec<Update>,
-    updates_dropped: u64,
-    /// Changes missed in the window (`None`: the system does not poll).
-    gaps: Option<Gaps>,
-    /// The edges' upstream, summed: all connected (settled), and at the end
-    /// of the window (`None`: not an edge).
-    upstream_connected: Option<EdgeUpstream>,
-    upstream_end: Option<EdgeUpstream>,
-    /// Upstream requests in the window (`None`: the system does not poll).
-    requests: Option<u64>,
-    edges: Vec<EdgeMemory>,
-    cpu_edges: f64,
-    cpu_edges_system: f64,
-    /// CPU seconds of each of the system's other processes, by name.
-    cpu_feeders: Vec<(&'static str, f64)>,
-    cpu_load: f64,
-    cpu_load_system: f64,
-    /// Host CPU used by other programs during the window.
-    cpu_others: f64,
-    load_rss_idle: u64,
-    load_rss_connected: u64,
-    totals: Counters,
-    error_kinds: Vec<(String, u64)>,
-    stuck: usize,
-    listen_overflows: u64,
-    listen_drops: u64,
-    syncookies: u64,
+    pub connections: u64,
+    pub servers: usize,
+    pub events: u32,
+    pub per_event: u32,
+    pub connecting: Connecting,
+    /// During the window: the update produced (media-sim serving it, or the
+    /// harness just before publishing to nchan) to a browser reading it.
+    pub delivery: Delivery,
+    /// Updates served in the window and all their deliveries.
+    pub per_update: PerUpdate,
+    /// The load generator's counters over the window (`open`, `ready`: at
+    /// its end) and over the whole run, ramp included.
+    pub window: Counters,
+    pub totals: Counters,
+    /// Errors of the whole run by message.
+    pub error_kinds: BTreeMap<String, u64>,
+    /// Load generator tasks not stopped within 5 s.
+    pub stuck: usize,
+    /// media-sim's `GET /live` count in the window (`None`: not polled).
+    pub upstream: Option<Polls>,
+    /// The edges' upstream to the poller, summed over their `/metrics`.
+    pub edge_upstream: Option<EdgeUpstreams>,
+    /// Mean per server (nginx: master and workers summed).
+    pub memory: Memory,
+    /// CPU in the window; `_pct` in % of one core.
+    pub cpu: Cpu,
+    pub targets: Targets,
+    #[serde(skip)]
+    pub server: &'static str,
+    #[serde(skip)]
+    pub server_cmd: String,
 }
 
-impl Outcome {
-    pub fn latency_ms(&self, q: f64) -> Option<f64> {
-        sse_load::ms(&self.latency, q)
-    }
+#[derive(Serialize)]
+pub struct Connecting {
+    /// Every browser had its first event after (`None`: not within the limit).
+    pub all_ready_s: Option<f64>,
+    pub ready: u64,
+    pub connect_p50_ms: Option<f64>,
+    pub connect_p99_ms: Option<f64>,
+    pub connect_max_ms: Option<f64>,
+    /// TcpExt ListenOverflows, ListenDrops, SyncookiesSent during the ramp
+    /// (the whole network namespace).
+    pub listen_overflows: u64,
+    pub listen_drops: u64,
+    pub syncookies: u64,
+    /// The servers' CPU while connecting.
+    pub server_cpu_pct: f64,
+    pub server_us_per_conn: f64,
+    pub first_event_p50_ms: Option<f64>,
+    pub first_event_p99_ms: Option<f64>,
+}
 
-    /// Mean over the edges of (connected − idle RSS) / connections, in KiB.
-    pub fn rss_per_conn_kib(&self) -> f64 {
-        self.per_conn(|e| e.connected.rss_bytes.saturating_sub(e.idle.rss_bytes) as f64 / 1024.0)
-    }
+#[derive(Serialize)]
+pub struct Delivery {
+    pub messages_per_s: f64,
+    pub kib_per_s: f64,
+    pub latency_n: u64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p90_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub latency_max_ms: Option<f64>,
+    pub latency_mean_ms: Option<f64>,
+}
 
-    fn per_conn(&self, delta_kib: impl Fn(&EdgeMemory) -> f64) -> f64 {
-        let per: Vec<f64> = self.edges.iter().map(|e| delta_kib(e) / e.conns.max(1) as f64).collect();
-        per.iter().sum::<f64>() / per.len().max(1) as f64
-    }
+#[derive(Serialize)]
+pub struct PerUpdate {
+    pub updates: usize,
+    pub reached_min: Option<u32>,
+    pub reached_mean: Option<f64>,
+    /// Updates that reached every browser of their event.
+    pub reached_all_pct: Option<f64>,
+    /// The slowest browser of an update, and first to last browser.
+    pub last_p50_ms: Option<f64>,
+    pub last_p99_ms: Option<f64>,
+    pub spread_p50_ms: Option<f64>,
+    pub spread_max_ms: Option<f64>,
+    /// Events whose updates lay more than 1.5 intervals apart (`None`: not polled).
+    pub events_missing_a_change: Option<u64>,
+    pub longest_gap_s: Option<f64>,
+    /// Deliveries not grouped per update (cap).
+    pub dropped: u64,
+}
 
-    pub fn errors(&self) -> u64 {
-        self.totals.errors
-    }
+#[derive(Serialize)]
+pub struct Polls {
+    pub requests: u64,
+    pub requests_per_s: f64,
+    /// events / interval
+    pub expected_per_s: f64,
+    pub polls_per_event_per_interval: f64,
+}
 
-    /// Upstream polls per event per interval during the window.
-    fn polls_per_interval(&self, interval: Duration) -> Option<f64> {
-        Some(
-            self.requests? as f64
-                / f64::from(self.shape.events)
-                / (self.window.as_secs_f64() / interval.as_secs_f64()),
-        )
-    }
+#[derive(Serialize)]
+pub struct EdgeUpstreams {
+    /// All browsers connected, settled.
+    pub connected: EdgeUpstream,
+    pub end: EdgeUpstream,
+}
 
-    /// Server CPU per data event delivered, in µs.
-    pub fn server_us_per_delivery(&self) -> f64 {
-        1e6 * self.cpu_edges / self.counters.messages.max(1) as f64
-    }
+#[derive(Serialize)]
+pub struct Memory {
+    pub conns_per_server: f64,
+    pub processes: f64,
+    pub rss_idle_mib: f64,
+    pub rss_connected_mib: f64,
+    pub rss_end_mib: f64,
+    pub rss_peak_mib: f64,
+    /// (connected - idle) / connections, then its RssAnon, RssFile and
+    /// RssShmem parts.
+    pub rss_per_conn_kib: f64,
+    pub anon_per_conn_kib: f64,
+    pub file_per_conn_kib: f64,
+    pub shmem_per_conn_kib: f64,
+    pub end_per_conn_kib: f64,
+    /// smaps_rollup Private_Dirty, connected.
+    pub private_dirty_mib: f64,
+    pub threads: f64,
+    pub load_rss_per_conn_kib: f64,
+    pub load_rss_mib: f64,
+}
+
+#[derive(Serialize)]
+pub struct Cpu {
+    pub server_s: f64,
+    pub server_pct: f64,
+    pub server_system_pct: f64,
+    pub server_us_per_delivery: f64,
+    pub server_ms_per_update: f64,
+    /// The system's other processes (poller, media-sim).
+    pub feeders_s: BTreeMap<&'static str, f64>,
+    pub feeders_pct: BTreeMap<&'static str, f64>,
+    pub load_s: f64,
+    pub load_pct: f64,
+    pub load_system_pct: f64,
+    /// Other programs on the host, competing.
+    pub others_pct: f64,
+}
+
+/// The issue's targets.
+#[derive(Serialize)]
+pub struct Targets {
+    pub no_errors: bool,
+    pub rss_per_conn_le_6_kib: bool,
+    pub p99_lt_50_ms: Option<bool>,
+    pub one_poll_per_event_per_interval: Option<bool>,
 }
 
 /// Runs one shape against `sys` (see the module doc for the phases).
@@ -427,7 +520,7 @@ pub async fn measure<S: System>(args: &PushArgs, shape: Shape, sys: &mut S) -> a
     for _ in 0..shape.edges {
         edges.push(sys.start_server().await?);
     }
-    let edge_cmd = edges.first().map(|e| e.cmd().to_owned()).unwrap_or_default();
+    let server_cmd = edges.first().map(|e| e.cmd().to_owned()).unwrap_or_default();
 
     // Warm-up: one stream per edge until its first event.
     let mut plan = Plan::default();
@@ -508,10 +601,10 @@ pub async fn measure<S: System>(args: &PushArgs, shape: Shape, sys: &mut S) -> a
     tokio::time::sleep(args.duration).await;
     let cpu1 = cpu(&pids)?;
     let host1 = procstat::host_busy_seconds()?;
-    let window = start.elapsed();
+    let secs = start.elapsed().as_secs_f64();
     let t1_ms = sse_load::unix_micros() / 1000;
     let latency = stats.latency.snapshot();
-    let counters = stats.counters().since(&c0);
+    let window = stats.counters().since(&c0);
     let r1 = sys.upstream_requests().await?;
     let end: Vec<Sample> =
         edges.iter().map(|e| memory(e).map(|(_, sample, _)| sample)).collect::<Result<_, _>>()?;
@@ -534,7 +627,6 @@ pub async fn measure<S: System>(args: &PushArgs, shape: Shape, sys: &mut S) -> a
     let listen1 = procstat::tcp_ext(LISTEN_COUNTERS)?;
     let stuck = load.stop(Duration::from_secs(5)).await;
     let totals = stats.counters();
-    let error_kinds = stats.error_kinds();
     for e in edges {
         e.stop().await?;
     }
@@ -545,51 +637,130 @@ pub async fn measure<S: System>(args: &PushArgs, shape: Shape, sys: &mut S) -> a
         .zip(&cpu0)
         .map(|(b, a)| (b.cpu_seconds - a.cpu_seconds, b.system_seconds - a.system_seconds))
         .collect();
-    let f = feeders.len();
-    let edges =
-        idle.into_iter()
-            .zip(connected)
-            .zip(end)
-            .zip(conns)
-            .map(|((((procs, idle, idle_detail), (_, connected, connected_detail)), end), conns)| {
-                EdgeMemory { procs, conns, idle, connected, end, idle_detail, connected_detail }
-            })
-            .collect();
+    let (server_s, server_system_s) = spent[..k].iter().fold((0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1));
+    let (load_s, load_system_s) = spent[spent.len() - 1];
+    let pct = |s: f64| 100.0 * s / secs;
+    let latency_ms = |q| sse_load::ms(&latency, q);
+    let mean = |g: &dyn Fn(usize) -> f64| (0..conns.len()).map(g).sum::<f64>() / conns.len().max(1) as f64;
+    let per_conn = |kib: &dyn Fn(usize) -> f64| mean(&|i| kib(i) / conns[i].max(1) as f64);
+    let rss_per_conn_kib =
+        per_conn(&|i| connected[i].1.rss_bytes.saturating_sub(idle[i].1.rss_bytes) as f64 / 1024.0);
+    let requests = r1.zip(r0).map(|(r1, r0)| r1.saturating_sub(r0));
+    let interval = args.interval.as_secs_f64();
+    let polls_per = requests.map(|r| r as f64 / f64::from(shape.events) / (secs / interval));
+    let mut last: Vec<f64> = updates.iter().map(|u| u.last_us as f64 / 1000.0).collect();
+    let mut spread: Vec<f64> = updates.iter().map(|u| (u.last_us - u.first_us) as f64 / 1000.0).collect();
+    let nonempty = !updates.is_empty();
+    let ms = |h: &Snapshot, q| sse_load::ms(h, q);
     Ok(Outcome {
-        shape,
+        column: String::new(),
         system: sys.name(),
-        server: noun,
-        edge_cmd,
-        ready_after,
-        ready_at_wait_end,
-        connect,
-        first_event,
-        cpu_ramp,
-        ramp,
+        connections: n,
+        servers: shape.edges,
+        events: shape.events,
+        per_event: shape.per_event,
+        connecting: Connecting {
+            all_ready_s: ready_after.map(|d| d.as_secs_f64()),
+            ready: ready_at_wait_end,
+            connect_p50_ms: ms(&connect, 0.5),
+            connect_p99_ms: ms(&connect, 0.99),
+            connect_max_ms: ms(&connect, 1.0),
+            listen_overflows: listen1[0].saturating_sub(listen0[0]),
+            listen_drops: listen1[1].saturating_sub(listen0[1]),
+            syncookies: listen1[2].saturating_sub(listen0[2]),
+            server_cpu_pct: 100.0 * cpu_ramp / ramp.as_secs_f64().max(1e-3),
+            server_us_per_conn: 1e6 * cpu_ramp / n.max(1) as f64,
+            first_event_p50_ms: ms(&first_event, 0.5),
+            first_event_p99_ms: ms(&first_event, 0.99),
+        },
+        delivery: Delivery {
+            messages_per_s: window.messages as f64 / secs,
+            kib_per_s: window.bytes as f64 / 1024.0 / secs,
+            latency_n: latency.count,
+            latency_p50_ms: latency_ms(0.5),
+            latency_p90_ms: latency_ms(0.9),
+            latency_p99_ms: latency_ms(0.99),
+            latency_max_ms: latency_ms(1.0),
+            latency_mean_ms: latency.mean().map(|us| us / 1000.0),
+        },
+        per_update: PerUpdate {
+            updates: updates.len(),
+            reached_min: updates.iter().map(|u| u.reached).min(),
+            reached_mean: nonempty
+                .then(|| updates.iter().map(|u| f64::from(u.reached)).sum::<f64>() / updates.len() as f64),
+            reached_all_pct: nonempty.then(|| {
+                let all = updates.iter().filter(|u| u.reached >= shape.per_event).count();
+                100.0 * all as f64 / updates.len() as f64
+            }),
+            last_p50_ms: quantile_of(&mut last, 0.5),
+            last_p99_ms: quantile_of(&mut last, 0.99),
+            spread_p50_ms: quantile_of(&mut spread, 0.5),
+            spread_max_ms: quantile_of(&mut spread, 1.0),
+            events_missing_a_change: gaps.map(|g| g.with_gap),
+            longest_gap_s: gaps.map(|g| g.longest_ms as f64 / 1000.0),
+            dropped: updates_dropped,
+        },
         window,
-        counters,
-        latency,
-        updates,
-        updates_dropped,
-        gaps,
-        upstream_connected,
-        upstream_end,
-        requests: r1.zip(r0).map(|(r1, r0)| r1.saturating_sub(r0)),
-        edges,
-        cpu_edges: spent[..k].iter().map(|s| s.0).sum(),
-        cpu_edges_system: spent[..k].iter().map(|s| s.1).sum(),
-        cpu_feeders: feeders.iter().zip(&spent[k..k + f]).map(|(&(name, _), s)| (name, s.0)).collect(),
-        cpu_load: spent[k + f].0,
-        cpu_load_system: spent[k + f].1,
-        cpu_others: (host1 - host0) - spent.iter().map(|s| s.0).sum::<f64>(),
-        load_rss_idle,
-        load_rss_connected,
         totals,
-        error_kinds,
+        error_kinds: stats.error_kinds().into_iter().collect(),
         stuck,
-        listen_overflows: listen1[0].saturating_sub(listen0[0]),
-        listen_drops: listen1[1].saturating_sub(listen0[1]),
-        syncookies: listen1[2].saturating_sub(listen0[2]),
+        upstream: requests.zip(polls_per).map(|(requests, polls)| Polls {
+            requests,
+            requests_per_s: requests as f64 / secs,
+            expected_per_s: f64::from(shape.events) / interval,
+            polls_per_event_per_interval: polls,
+        }),
+        edge_upstream: upstream_connected
+            .zip(upstream_end)
+            .map(|(connected, end)| EdgeUpstreams { connected, end }),
+        memory: Memory {
+            conns_per_server: mean(&|i| conns[i] as f64),
+            processes: mean(&|i| idle[i].0 as f64),
+            rss_idle_mib: mean(&|i| report::mib(idle[i].1.rss_bytes)),
+            rss_connected_mib: mean(&|i| report::mib(connected[i].1.rss_bytes)),
+            rss_end_mib: mean(&|i| report::mib(end[i].rss_bytes)),
+            rss_peak_mib: mean(&|i| report::mib(end[i].peak_rss_bytes)),
+            rss_per_conn_kib,
+            anon_per_conn_kib: per_conn(&|i| {
+                connected[i].2.rss_anon_kib as f64 - idle[i].2.rss_anon_kib as f64
+            }),
+            file_per_conn_kib: per_conn(&|i| {
+                connected[i].2.rss_file_kib as f64 - idle[i].2.rss_file_kib as f64
+            }),
+            shmem_per_conn_kib: per_conn(&|i| {
+                connected[i].2.rss_shmem_kib as f64 - idle[i].2.rss_shmem_kib as f64
+            }),
+            end_per_conn_kib: per_conn(&|i| {
+                end[i].rss_bytes.saturating_sub(idle[i].1.rss_bytes) as f64 / 1024.0
+            }),
+            private_dirty_mib: mean(&|i| connected[i].2.private_dirty_kib as f64 / 1024.0),
+            threads: mean(&|i| connected[i].2.threads as f64),
+            load_rss_per_conn_kib: load_rss_connected.saturating_sub(load_rss_idle) as f64
+                / 1024.0
+                / n.max(1) as f64,
+            load_rss_mib: report::mib(load_rss_connected),
+        },
+        cpu: Cpu {
+            server_s,
+            server_pct: pct(server_s),
+            server_system_pct: pct(server_system_s),
+            server_us_per_delivery: 1e6 * server_s / window.messages.max(1) as f64,
+            server_ms_per_update: 1e3 * server_s / updates.len().max(1) as f64,
+            feeders_s: feeders.iter().zip(&spent[k..]).map(|(&(name, _), s)| (name, s.0)).collect(),
+            feeders_pct: feeders.iter().zip(&spent[k..]).map(|(&(name, _), s)| (name, pct(s.0))).collect(),
+            load_s,
+            load_pct: pct(load_s),
+            load_system_pct: pct(load_system_s),
+            others_pct: pct(((host1 - host0) - spent.iter().map(|s| s.0).sum::<f64>()).max(0.0)),
+        },
+        targets: Targets {
+            no_errors: totals.errors == 0,
+            rss_per_conn_le_6_kib: rss_per_conn_kib <= TARGET_RSS_PER_CONN_KIB,
+            p99_lt_50_ms: latency_ms(0.99).map(|ms| ms < TARGET_P99_MS),
+            one_poll_per_event_per_interval: polls_per.map(|p| (p - 1.0).abs() <= 0.1),
+        },
+        server: noun,
+        server_cmd,
     })
 }
 
@@ -631,593 +802,10 @@ fn memory(server: &impl Server) -> anyhow::Result<(usize, Sample, MemoryDetail)>
     Ok((pids.len(), sample, detail))
 }
 
-fn f(x: f64, decimals: usize) -> Value {
-    if x.is_finite() { Value::Float(x, decimals) } else { Value::Missing }
-}
-
-fn opt(x: Option<f64>, decimals: usize) -> Value {
-    x.map_or(Value::Missing, |x| f(x, decimals))
-}
-
-fn mib(bytes: u64) -> Value {
-    Value::Float(bytes as f64 / (1024.0 * 1024.0), 1)
-}
-
-fn quantile_of(values: &mut [f64], q: f64) -> Option<f64> {
+pub fn quantile_of(values: &mut [f64], q: f64) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     let i = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len().max(1)) - 1;
     values.get(i).copied()
-}
-
-/// The table of one or more outcomes (one column each).
-pub fn report(
-    scenario: &'static str,
-    title: String,
-    columns: Vec<String>,
-    outcomes: &[Outcome],
-    args: &PushArgs,
-    params: Vec<Param>,
-) -> Report {
-    let mut r = Report::new(scenario, title);
-    r.columns(columns);
-    let each = |g: &dyn Fn(&Outcome) -> Value| outcomes.iter().map(g).collect::<Vec<_>>();
-    let secs = |o: &Outcome| o.window.as_secs_f64();
-    // Labels name the server measured: "edge" in livepush-only reports (as
-    // they always did), "nginx" in nchan-only ones, "server" in a mix.
-    let srv = match outcomes.first().map(|o| o.server) {
-        Some(first) if outcomes.iter().all(|o| o.server == first) => first,
-        _ => "server",
-    };
-    let livepush_only = outcomes.iter().all(|o| o.system == "livepush");
-    let polls = outcomes.iter().any(|o| o.requests.is_some());
-    let feeders: Vec<&'static str> = {
-        let mut names: Vec<&'static str> = Vec::new();
-        for (name, _) in outcomes.iter().flat_map(|o| &o.cpu_feeders) {
-            if !names.contains(name) {
-                names.push(name);
-            }
-        }
-        names
-    };
-    let feeder_cpu =
-        |o: &Outcome, name: &str| o.cpu_feeders.iter().find(|(n, _)| *n == name).map(|&(_, s)| s);
-
-    r.section("params", "parameters")
-        .row_each("connections", "SSE connections", each(&|o| o.shape.connections().into()), "")
-        .row_each(
-            "edges",
-            match srv {
-                "edge" => "edges",
-                "nginx" => "nginx instances",
-                _ => "servers (edges or nginx instances)",
-            },
-            each(&|o| o.shape.edges.into()),
-            "",
-        );
-    if !livepush_only {
-        r.row_each("system", "system", each(&|o| o.system.into()), "");
-    }
-    r.row_each("events", "events", each(&|o| o.shape.events.into()), "").row_each(
-        "per_event",
-        "browsers per event",
-        each(&|o| o.shape.per_event.into()),
-        "",
-    );
-    let (before, after): (Vec<Param>, Vec<Param>) =
-        params.into_iter().partition(|p| matches!(p.0, "interval_s" | "change_every_s"));
-    for (key, label, value, unit) in before {
-        r.row(key, label, value, unit);
-    }
-    r.row("duration_s", "measurement window", Value::Float(args.duration.as_secs_f64(), 1), "s")
-        .row("settle_s", "settle before the window", Value::Float(args.settle.as_secs_f64(), 1), "s")
-        .row("connect_rate", "connect rate", args.load.connect_rate, "conn/s")
-        .row("per_source", "connections per source address", args.load.per_source, "")
-        .row("cores", "host cores (shared by all processes)", cores(), "");
-    for (key, label, value, unit) in after {
-        r.row(key, label, value, unit);
-    }
-    let mut shown: Vec<&'static str> = Vec::new();
-    for o in outcomes.iter().filter(|o| !o.edge_cmd.is_empty()) {
-        if !shown.contains(&o.server) {
-            shown.push(o.server);
-            let key = match o.server {
-                "edge" => "edge_cmd",
-                "nginx" => "nginx_cmd",
-                _ => "server_cmd",
-            };
-            r.row(key, format!("{} (port varies)", o.server), o.edge_cmd.as_str(), "");
-        }
-    }
-
-    r.section("connecting", "connecting (whole ramp)")
-        .row_each(
-            "all_ready_s",
-            "every browser had its first event after",
-            each(&|o| opt(o.ready_after.map(|d| d.as_secs_f64()), 2)),
-            "s",
-        )
-        .row_each("ready", "browsers with a first event then", each(&|o| o.ready_at_wait_end.into()), "")
-        .row_each("connect_p50_ms", "TCP connect p50", each(&|o| opt(sse_load::ms(&o.connect, 0.5), 2)), "ms")
-        .row_each(
-            "connect_p99_ms",
-            "TCP connect p99",
-            each(&|o| opt(sse_load::ms(&o.connect, 0.99), 2)),
-            "ms",
-        )
-        .row_each("connect_max_ms", "TCP connect max", each(&|o| opt(sse_load::ms(&o.connect, 1.0), 2)), "ms")
-        .row_each(
-            "listen_overflows",
-            "kernel accept-queue overflows (TcpExt ListenOverflows)",
-            each(&|o| o.listen_overflows.into()),
-            "",
-        )
-        .row_each(
-            "listen_drops",
-            "kernel listen drops (TcpExt ListenDrops)",
-            each(&|o| o.listen_drops.into()),
-            "",
-        )
-        .row_each("syncookies", "SYN cookies sent (SYN queue full)", each(&|o| o.syncookies.into()), "")
-        .row_each(
-            "ramp_cpu_pct",
-            format!("{srv} CPU while connecting, % of one core"),
-            each(&|o| f(100.0 * o.cpu_ramp / o.ramp.as_secs_f64().max(1e-3), 1)),
-            "%",
-        )
-        .row_each(
-            "ramp_us_per_conn",
-            format!("{srv} CPU while connecting, per connection"),
-            each(&|o| f(1e6 * o.cpu_ramp / o.shape.connections().max(1) as f64, 1)),
-            "µs",
-        )
-        .row_each(
-            "first_event_p50_ms",
-            "connect start to first event p50",
-            each(&|o| opt(sse_load::ms(&o.first_event, 0.5), 2)),
-            "ms",
-        )
-        .row_each(
-            "first_event_p99_ms",
-            "connect start to first event p99",
-            each(&|o| opt(sse_load::ms(&o.first_event, 0.99), 2)),
-            "ms",
-        );
-
-    let delivery = if livepush_only {
-        "delivery during the window (media-sim served -> browser read)"
-    } else {
-        "delivery during the window (update produced -> browser read)"
-    };
-    r.section("delivery", delivery)
-        .row_each("messages", "data events received", each(&|o| o.counters.messages.into()), "")
-        .row_each(
-            "messages_per_s",
-            "data events/s",
-            each(&|o| f(o.counters.messages as f64 / secs(o), 1)),
-            "/s",
-        )
-        .row_each(
-            "kib_per_s",
-            "bytes received/s",
-            each(&|o| f(o.counters.bytes as f64 / 1024.0 / secs(o), 1)),
-            "KiB/s",
-        )
-        .row_each("latency_n", "latencies recorded", each(&|o| o.latency.count.into()), "")
-        .row_each("latency_p50_ms", "latency p50", each(&|o| opt(o.latency_ms(0.5), 2)), "ms")
-        .row_each("latency_p90_ms", "latency p90", each(&|o| opt(o.latency_ms(0.9), 2)), "ms")
-        .row_each("latency_p99_ms", "latency p99", each(&|o| opt(o.latency_ms(0.99), 2)), "ms")
-        .row_each("latency_max_ms", "latency max", each(&|o| opt(o.latency_ms(1.0), 2)), "ms")
-        .row_each(
-            "latency_mean_ms",
-            "latency mean",
-            each(&|o| opt(o.latency.mean().map(|us| us / 1000.0), 2)),
-            "ms",
-        );
-
-    r.section("per_update", "per update served in the window (all its deliveries)")
-        .row_each("updates", "updates served", each(&|o| o.updates.len().into()), "")
-        .row_each(
-            "reached_min",
-            "browsers reached, least-reached update",
-            each(&|o| o.updates.iter().map(|u| u.reached).min().map_or(Value::Missing, Value::from)),
-            "",
-        )
-        .row_each(
-            "reached_mean",
-            "browsers reached, mean",
-            each(&|o| {
-                let n = o.updates.len().max(1) as f64;
-                opt(
-                    (!o.updates.is_empty())
-                        .then(|| o.updates.iter().map(|u| f64::from(u.reached)).sum::<f64>() / n),
-                    2,
-                )
-            }),
-            "",
-        )
-        .row_each(
-            "reached_all_pct",
-            "updates that reached every browser of the event",
-            each(&|o| {
-                let all = o.updates.iter().filter(|u| u.reached >= o.shape.per_event).count();
-                opt((!o.updates.is_empty()).then(|| 100.0 * all as f64 / o.updates.len() as f64), 1)
-            }),
-            "%",
-        )
-        .row_each(
-            "last_p50_ms",
-            "slowest browser of an update, p50",
-            each(&|o| {
-                opt(
-                    quantile_of(
-                        &mut o.updates.iter().map(|u| u.last_us as f64 / 1000.0).collect::<Vec<_>>(),
-                        0.5,
-                    ),
-                    2,
-                )
-            }),
-            "ms",
-        )
-        .row_each(
-            "last_p99_ms",
-            "slowest browser of an update, p99",
-            each(&|o| {
-                opt(
-                    quantile_of(
-                        &mut o.updates.iter().map(|u| u.last_us as f64 / 1000.0).collect::<Vec<_>>(),
-                        0.99,
-                    ),
-                    2,
-                )
-            }),
-            "ms",
-        )
-        .row_each(
-            "spread_p50_ms",
-            "first to last browser of an update, p50",
-            each(&|o| {
-                let mut s: Vec<f64> =
-                    o.updates.iter().map(|u| (u.last_us - u.first_us) as f64 / 1000.0).collect();
-                opt(quantile_of(&mut s, 0.5), 2)
-            }),
-            "ms",
-        )
-        .row_each(
-            "spread_max_ms",
-            "first to last browser of an update, max",
-            each(&|o| {
-                let mut s: Vec<f64> =
-                    o.updates.iter().map(|u| (u.last_us - u.first_us) as f64 / 1000.0).collect();
-                opt(quantile_of(&mut s, 1.0), 2)
-            }),
-            "ms",
-        );
-
-    if polls {
-        r.row_each(
-            "events_missing_a_change",
-            "events that missed a change (updates > 1.5 intervals apart)",
-            each(&|o| o.gaps.map(|g| g.with_gap).into()),
-            "",
-        )
-        .row_each(
-            "longest_gap_s",
-            "longest time between an event's updates",
-            each(&|o| opt(o.gaps.map(|g| g.longest_ms as f64 / 1000.0), 2)),
-            "s",
-        );
-    }
-
-    r.section("errors", "errors and reconnects (whole run, ramp included)")
-        .row_each("attempts", "connection attempts", each(&|o| o.totals.attempts.into()), "")
-        .row_each("errors", "errors", each(&|o| o.totals.errors.into()), "")
-        .row_each("reconnects", "reconnects", each(&|o| o.totals.reconnects.into()), "")
-        .row_each(
-            "open_end",
-            "connections open at the end of the window",
-            each(&|o| o.counters.open.into()),
-            "",
-        )
-        .row_each("stale", "'stale' events", each(&|o| o.totals.stale.into()), "")
-        .row_each("live", "'live' events", each(&|o| o.totals.live.into()), "")
-        .row_each("presence", "'presence' events", each(&|o| o.totals.presence.into()), "")
-        .row_each("end", "'end' events", each(&|o| o.totals.end.into()), "")
-        .row_each("comments", "keep-alive comments", each(&|o| o.totals.comments.into()), "")
-        .row_each("unstamped", "data events without served_at_ms", each(&|o| o.totals.unstamped.into()), "")
-        .row_each("stuck", "tasks not stopped within 5 s", each(&|o| o.stuck.into()), "");
-
-    if polls {
-        r.section("upstream", "upstream (media-sim GET /live count, window)")
-            .row_each("requests", "requests", each(&|o| o.requests.into()), "")
-            .row_each(
-                "requests_per_s",
-                "requests/s",
-                each(&|o| opt(o.requests.map(|n| n as f64 / secs(o)), 2)),
-                "req/s",
-            )
-            .row_each(
-                "expected_per_s",
-                "expected (events / interval)",
-                each(&|o| {
-                    opt(o.requests.map(|_| f64::from(o.shape.events) / args.interval.as_secs_f64()), 2)
-                }),
-                "req/s",
-            )
-            .row_each(
-                "polls_per_event_per_interval",
-                "polls per event per interval",
-                each(&|o| opt(o.polls_per_interval(args.interval), 3)),
-                "",
-            );
-    }
-
-    if outcomes.iter().any(|o| o.upstream_connected.is_some()) {
-        let up = |g: fn(&EdgeUpstream) -> u64, at: fn(&Outcome) -> Option<EdgeUpstream>| {
-            each(&|o| at(o).map(|u| g(&u)).into())
-        };
-        r.section("edge_upstream", "edge upstream to the poller (edges' /metrics, all edges)")
-            .row_each(
-                "channels",
-                "HTTP/2 channels (livepush_edge_upstream_channels), connected",
-                up(|u| u.channels, |o| o.upstream_connected),
-                "",
-            )
-            .row_each(
-                "streams",
-                "Subscribe streams (livepush_edge_upstream_streams), connected",
-                up(|u| u.streams, |o| o.upstream_connected),
-                "",
-            )
-            .row_each(
-                "channels_end",
-                "HTTP/2 channels at the end of the window",
-                up(|u| u.channels, |o| o.upstream_end),
-                "",
-            )
-            .row_each(
-                "subscribe_failures",
-                "subscribe failures (whole run, to the end of the window)",
-                up(|u| u.subscribe_failures, |o| o.upstream_end),
-                "",
-            );
-    }
-
-    let mean_edges = |o: &Outcome, g: &dyn Fn(&EdgeMemory) -> f64| {
-        o.edges.iter().map(g).sum::<f64>() / o.edges.len().max(1) as f64
-    };
-    let memory_title = match srv {
-        "edge" => "edge memory (mean per edge)",
-        "nginx" => "nginx memory (master and worker processes summed)",
-        _ => "server memory (mean per edge; nginx: master and worker processes summed)",
-    };
-    r.section("memory", memory_title).row_each(
-        "conns_per_edge",
-        format!("connections per {srv}"),
-        each(&|o| f(mean_edges(o, &|e| e.conns as f64), 0)),
-        "",
-    );
-    if srv != "edge" {
-        r.row_each(
-            "processes",
-            "processes measured (summed)",
-            each(&|o| f(mean_edges(o, &|e| e.procs as f64), 0)),
-            "",
-        );
-    }
-    r.row_each(
-        "rss_idle_mib",
-        "RSS idle (after warm-up)",
-        each(&|o| f(mean_edges(o, &|e| e.idle.rss_bytes as f64) / 1048576.0, 1)),
-        "MiB",
-    )
-    .row_each(
-        "rss_connected_mib",
-        "RSS all connected, settled",
-        each(&|o| f(mean_edges(o, &|e| e.connected.rss_bytes as f64) / 1048576.0, 1)),
-        "MiB",
-    )
-    .row_each(
-        "rss_end_mib",
-        "RSS at the end of the window",
-        each(&|o| f(mean_edges(o, &|e| e.end.rss_bytes as f64) / 1048576.0, 1)),
-        "MiB",
-    )
-    .row_each(
-        "rss_peak_mib",
-        "peak RSS (VmHWM)",
-        each(&|o| f(mean_edges(o, &|e| e.end.peak_rss_bytes as f64) / 1048576.0, 1)),
-        "MiB",
-    )
-    .row_each("rss_per_conn_kib", "RSS per connection", each(&|o| f(o.rss_per_conn_kib(), 2)), "KiB")
-    .row_each(
-        "anon_per_conn_kib",
-        "  of which anonymous (RssAnon)",
-        each(&|o| {
-            f(o.per_conn(|e| e.connected_detail.rss_anon_kib as f64 - e.idle_detail.rss_anon_kib as f64), 2)
-        }),
-        "KiB",
-    )
-    .row_each(
-        "file_per_conn_kib",
-        "  of which file-backed (RssFile)",
-        each(&|o| {
-            f(o.per_conn(|e| e.connected_detail.rss_file_kib as f64 - e.idle_detail.rss_file_kib as f64), 3)
-        }),
-        "KiB",
-    );
-    if srv != "edge" {
-        r.row_each(
-            "shmem_per_conn_kib",
-            "  of which shared memory (RssShmem)",
-            each(&|o| {
-                f(
-                    o.per_conn(|e| {
-                        e.connected_detail.rss_shmem_kib as f64 - e.idle_detail.rss_shmem_kib as f64
-                    }),
-                    3,
-                )
-            }),
-            "KiB",
-        );
-    }
-    r.row_each(
-        "end_per_conn_kib",
-        "RSS per connection at the end of the window",
-        each(&|o| f(o.per_conn(|e| e.end.rss_bytes.saturating_sub(e.idle.rss_bytes) as f64 / 1024.0), 2)),
-        "KiB",
-    )
-    .row_each(
-        "private_dirty_mib",
-        "smaps_rollup Private_Dirty, connected",
-        each(&|o| f(mean_edges(o, &|e| e.connected_detail.private_dirty_kib as f64) / 1024.0, 1)),
-        "MiB",
-    )
-    .row_each(
-        "threads",
-        "threads, connected",
-        each(&|o| f(mean_edges(o, &|e| e.connected_detail.threads as f64), 0)),
-        "",
-    )
-    .row_each(
-        "load_rss_per_conn_kib",
-        "load generator RSS per connection",
-        each(&|o| {
-            f(
-                o.load_rss_connected.saturating_sub(o.load_rss_idle) as f64
-                    / 1024.0
-                    / o.shape.connections().max(1) as f64,
-                2,
-            )
-        }),
-        "KiB",
-    )
-    .row_each(
-        "load_rss_mib",
-        "load generator RSS, connected",
-        each(&|o| mib(o.load_rss_connected)),
-        "MiB",
-    );
-
-    let pct = |cpu: f64, o: &Outcome| f(100.0 * cpu / secs(o), 1);
-    let cpu_s = |x: f64| f(x, 2);
-    let feeder_key = |name: &str, pct: bool| match (name, pct) {
-        ("poller", false) => "poller_s",
-        ("poller", true) => "poller_pct",
-        ("media-sim", false) => "media_s",
-        ("media-sim", true) => "media_pct",
-        (_, false) => "other_s",
-        (_, true) => "other_pct",
-    };
-    r.section("cpu_seconds", "CPU seconds during the window").row_each(
-        "edges_s",
-        format!("{srv}(s)"),
-        each(&|o| cpu_s(o.cpu_edges)),
-        "s",
-    );
-    for &name in &feeders {
-        r.row_each(feeder_key(name, false), name, each(&|o| opt(feeder_cpu(o, name), 2)), "s");
-    }
-    r.row_each("load_s", "load generator", each(&|o| cpu_s(o.cpu_load)), "s");
-    r.section("cpu", "CPU during the window (% of one core)")
-        .row_each("edges_pct", format!("{srv}(s), all together"), each(&|o| pct(o.cpu_edges, o)), "%")
-        .row_each("edges_system_pct", "  of which in the kernel", each(&|o| pct(o.cpu_edges_system, o)), "%")
-        .row_each(
-            "edge_us_per_delivery",
-            format!("{srv} CPU per data event delivered"),
-            each(&|o| f(1e6 * o.cpu_edges / o.counters.messages.max(1) as f64, 1)),
-            "µs",
-        )
-        .row_each(
-            "edge_ms_per_update",
-            format!("{srv} CPU per update served (all its deliveries)"),
-            each(&|o| f(1e3 * o.cpu_edges / o.updates.len().max(1) as f64, 2)),
-            "ms",
-        );
-    for &name in &feeders {
-        r.row_each(
-            feeder_key(name, true),
-            name,
-            each(&|o| feeder_cpu(o, name).map_or(Value::Missing, |s| pct(s, o))),
-            "%",
-        );
-    }
-    r.row_each("load_pct", "load generator (this process)", each(&|o| pct(o.cpu_load, o)), "%")
-        .row_each("load_system_pct", "  of which in the kernel", each(&|o| pct(o.cpu_load_system, o)), "%")
-        .row_each(
-            "others_pct",
-            "other programs on the host (competing)",
-            each(&|o| pct(o.cpu_others.max(0.0), o)),
-            "%",
-        );
-
-    r.section("targets", "targets from the issue")
-        .row_each(
-            "zero_errors",
-            "no errors",
-            each(&|o| verdict(o.errors() == 0, format!("{} errors", o.errors()))),
-            "",
-        )
-        .row_each(
-            "rss_target",
-            "RSS per connection <= 6 KiB",
-            each(&|o| {
-                let kib = o.rss_per_conn_kib();
-                verdict(kib <= TARGET_RSS_PER_CONN_KIB, format!("{kib:.1} KiB"))
-            }),
-            "",
-        )
-        .row_each(
-            "p99_target",
-            "latency p99 < 50 ms",
-            each(&|o| match o.latency_ms(0.99) {
-                Some(ms) => verdict(ms < TARGET_P99_MS, format!("{ms:.1} ms")),
-                None => Value::Missing,
-            }),
-            "",
-        );
-    if polls {
-        r.row_each(
-            "one_poll_target",
-            "one poll per event per interval",
-            each(&|o| match o.polls_per_interval(args.interval) {
-                Some(p) => verdict((p - 1.0).abs() <= 0.1, format!("{p:.3}")),
-                None => Value::Missing,
-            }),
-            "",
-        );
-    }
-
-    for o in outcomes {
-        let n = o.shape.connections();
-        let n = if livepush_only { n.to_string() } else { format!("{} {n}", o.system) };
-        for (kind, count) in &o.error_kinds {
-            r.note(format!("{n} connections: {count} x {kind}"));
-        }
-        if o.updates_dropped > 0 {
-            r.note(format!("{n} connections: {} deliveries not grouped per update (cap)", o.updates_dropped));
-        }
-    }
-    let clock = if livepush_only {
-        "media-sim's clock"
-    } else if outcomes.iter().all(|o| o.system == "nchan") {
-        "stamped by the harness just before it POSTs the update to nchan"
-    } else {
-        "stamped by media-sim serving it (livepush) or by the harness just before it POSTs the update (nchan)"
-    };
-    r.note(format!(
-        "latency = browser read time - served_at_ms ({clock}, ms precision: up to 1 ms too high); \
-         each connection's first event (the replayed latest value) is not counted"
-    ));
-    r
-}
-
-/// "met (x)" or "MISSED (x)".
-fn verdict(met: bool, figure: String) -> Value {
-    Value::Text(if met { format!("met ({figure})") } else { format!("MISSED ({figure})") })
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@
 
 use crate::{
     histogram::{Histogram, Snapshot},
-    wire::{Item, Kind, ResponseParser, SseItem, SseParser, WireError},
+    wire::{Id, Item, Kind, ResponseParser, SseItem, SseParser, WireError},
 };
 use std::{
     cell::RefCell,
@@ -58,6 +58,9 @@ const READ_BUF: usize = 64 * 1024;
 const MAX_UPDATES: usize = 500_000;
 /// Most distinct error messages counted separately.
 const MAX_ERROR_KINDS: usize = 32;
+/// Data events and named events kept per traced connection (about an hour
+/// at one per second).
+const MAX_TRACE: usize = 4_096;
 
 thread_local! {
     static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUF]);
@@ -85,6 +88,48 @@ pub struct Config {
     /// Close connections with a reset (`SO_LINGER` 0: RST, no FIN), as a
     /// browser whose tab or network vanished; otherwise with a FIN.
     pub reset: bool,
+    /// Keep each connection's [`Trace`] and reconnect with `Last-Event-ID`,
+    /// as EventSource does (about 2 KiB per connection for an hour).
+    pub trace: bool,
+}
+
+/// One data event as a traced connection read it.
+#[derive(Debug, Clone, Copy)]
+pub struct Rec {
+    /// Unix µs of the read.
+    pub at_us: u64,
+    pub id: Id,
+    /// media-sim's `served_at_ms`, if any.
+    pub stamp: Option<u64>,
+}
+
+/// What one traced connection saw, over all its reconnects.
+#[derive(Debug, Default)]
+pub struct Trace {
+    /// The first [`MAX_TRACE`] data events; `dropped` counts the others.
+    pub data: Vec<Rec>,
+    pub dropped: u64,
+    /// Named events (Unix µs, kind), presence excluded.
+    pub named: Vec<(u64, Kind)>,
+    /// The highest id read: sent as `Last-Event-ID` on reconnect.
+    last_id: Option<u64>,
+}
+
+impl Trace {
+    fn event(&mut self, kind: Kind, id: Id, stamp: Option<u64>, at_us: u64) {
+        match kind {
+            Kind::Message if self.data.len() < MAX_TRACE => {
+                if let Id::Value(id) = id {
+                    self.last_id = self.last_id.max(Some(id));
+                }
+                self.data.push(Rec { at_us, id, stamp });
+            }
+            Kind::Message => self.dropped += 1,
+            Kind::Presence => {}
+            _ if self.named.len() < MAX_TRACE => self.named.push((at_us, kind)),
+            _ => {}
+        }
+    }
 }
 
 /// Who connects where: one entry per connection.
@@ -128,17 +173,7 @@ pub struct Stats {
     pub connect: Histogram,
     /// µs from starting to connect to the first data event.
     pub first_event: Histogram,
-    attempts: AtomicU64,
-    established: AtomicU64,
-    open: AtomicU64,
-    ready: AtomicU64,
-    reconnects: AtomicU64,
-    messages: AtomicU64,
-    unstamped: AtomicU64,
-    named: [AtomicU64; 5],
-    comments: AtomicU64,
-    bytes: AtomicU64,
-    errors: AtomicU64,
+    c: Atomics,
     error_kinds: Mutex<BTreeMap<String, u64>>,
     updates: Mutex<HashMap<(u32, u64), Update>>,
     updates_dropped: AtomicU64,
@@ -167,73 +202,57 @@ pub struct Gaps {
     pub longest_ms: u64,
 }
 
-/// A reading of the monotonic counters and the gauges.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Counters {
-    pub attempts: u64,
-    pub established: u64,
-    /// Connections whose response head was 200 and that are still open.
-    pub open: u64,
-    /// Open connections that have received their first data event.
-    pub ready: u64,
-    pub reconnects: u64,
-    /// Unnamed (data) events, first ones included.
-    pub messages: u64,
-    pub unstamped: u64,
-    pub stale: u64,
-    pub live: u64,
-    pub presence: u64,
-    pub end: u64,
-    pub other_named: u64,
-    pub comments: u64,
-    pub bytes: u64,
-    pub errors: u64,
+/// Declares [`Counters`], a reading of the generator's counters, and the
+/// atomics [`Stats`] keeps them in.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// A reading of the monotonic counters and the gauges (`open`, `ready`).
+        #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+        pub struct Counters { $($(#[$doc])* pub $name: u64,)* }
+
+        #[derive(Default)]
+        struct Atomics { $($name: AtomicU64,)* }
+
+        impl Atomics {
+            fn read(&self) -> Counters {
+                Counters { $($name: self.$name.load(Relaxed),)* }
+            }
+        }
+
+        impl Counters {
+            /// What happened between `earlier` and `self` (gauges are `self`'s).
+            pub fn since(&self, earlier: &Self) -> Self {
+                let d = Self { $($name: self.$name.saturating_sub(earlier.$name),)* };
+                Self { open: self.open, ready: self.ready, ..d }
+            }
+        }
+    };
 }
 
-impl Counters {
-    /// What happened between `earlier` and `self` (gauges are `self`'s).
-    pub fn since(&self, earlier: &Self) -> Self {
-        let d = |a: u64, b: u64| a.saturating_sub(b);
-        Self {
-            attempts: d(self.attempts, earlier.attempts),
-            established: d(self.established, earlier.established),
-            open: self.open,
-            ready: self.ready,
-            reconnects: d(self.reconnects, earlier.reconnects),
-            messages: d(self.messages, earlier.messages),
-            unstamped: d(self.unstamped, earlier.unstamped),
-            stale: d(self.stale, earlier.stale),
-            live: d(self.live, earlier.live),
-            presence: d(self.presence, earlier.presence),
-            end: d(self.end, earlier.end),
-            other_named: d(self.other_named, earlier.other_named),
-            comments: d(self.comments, earlier.comments),
-            bytes: d(self.bytes, earlier.bytes),
-            errors: d(self.errors, earlier.errors),
-        }
-    }
+counters! {
+    attempts,
+    established,
+    /// Connections whose response head was 200 and that are still open.
+    open,
+    /// Open connections that have received their first data event.
+    ready,
+    reconnects,
+    /// Unnamed (data) events, first ones included.
+    messages,
+    unstamped,
+    stale,
+    live,
+    presence,
+    end,
+    other_named,
+    comments,
+    bytes,
+    errors,
 }
 
 impl Stats {
     pub fn counters(&self) -> Counters {
-        let named = |k: usize| self.named[k].load(Relaxed);
-        Counters {
-            attempts: self.attempts.load(Relaxed),
-            established: self.established.load(Relaxed),
-            open: self.open.load(Relaxed),
-            ready: self.ready.load(Relaxed),
-            reconnects: self.reconnects.load(Relaxed),
-            messages: self.messages.load(Relaxed),
-            unstamped: self.unstamped.load(Relaxed),
-            stale: named(0),
-            live: named(1),
-            presence: named(2),
-            end: named(3),
-            other_named: named(4),
-            comments: self.comments.load(Relaxed),
-            bytes: self.bytes.load(Relaxed),
-            errors: self.errors.load(Relaxed),
-        }
+        self.c.read()
     }
 
     /// Error messages and how often each occurred, most frequent first.
@@ -287,7 +306,7 @@ impl Stats {
     }
 
     fn fail(&self, failure: &Failure) {
-        self.errors.fetch_add(1, Relaxed);
+        self.c.errors.fetch_add(1, Relaxed);
         let mut kinds = lock(&self.error_kinds);
         let text = failure.to_string();
         if let Some(n) = kinds.get_mut(&text) {
@@ -356,8 +375,11 @@ impl fmt::Display for Failure {
 pub struct Load {
     stats: Arc<Stats>,
     stop: CancellationToken,
-    tasks: JoinSet<()>,
+    /// The connections' tasks (with their place in the plan and their trace
+    /// when traced) and a watchdog.
+    tasks: JoinSet<Option<(usize, Trace)>>,
     sources: Vec<Ipv4Addr>,
+    connections: usize,
 }
 
 struct Shared {
@@ -373,6 +395,7 @@ impl Load {
     pub fn start(plan: Plan, config: Config) -> Self {
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
+        let connections = plan.conns.len();
         let per_source = config.per_source.max(1) as usize;
         let count = u32::try_from(plan.conns.len().div_ceil(per_source)).unwrap_or(u32::MAX);
         let first = NEXT_SOURCE.fetch_add(count, Relaxed);
@@ -393,12 +416,13 @@ impl Load {
                 _ = watchdog.cancelled() => {}
                 _ = tokio::time::sleep_until(deadline) => watchdog.cancel(),
             }
+            None
         });
         for (i, conn) in plan.conns.into_iter().enumerate() {
             let source = IpAddr::V4(sources[i / per_source]);
-            tasks.spawn(connection(conn, source, shared.clone()));
+            tasks.spawn(connection(i, conn, source, shared.clone()));
         }
-        Self { stats, stop, tasks, sources }
+        Self { stats, stop, tasks, sources, connections }
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
@@ -427,13 +451,24 @@ impl Load {
 
     /// Closes every connection; returns how many tasks had not finished
     /// within `grace` (they are aborted).
-    pub async fn stop(mut self, grace: Duration) -> usize {
+    pub async fn stop(self, grace: Duration) -> usize {
+        self.stop_traced(grace).await.1
+    }
+
+    /// [`Load::stop`], and each connection's [`Trace`] in plan order
+    /// (`None`: not traced, or not stopped within `grace`).
+    pub async fn stop_traced(mut self, grace: Duration) -> (Vec<Option<Trace>>, usize) {
         self.stop.cancel();
         let deadline = Instant::now() + grace;
-        while tokio::time::timeout_at(deadline, self.tasks.join_next()).await.is_ok_and(|r| r.is_some()) {}
+        let mut traces: Vec<Option<Trace>> = (0..self.connections).map(|_| None).collect();
+        while let Ok(Some(done)) = tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+            if let Ok(Some((i, trace))) = done {
+                traces[i] = Some(trace);
+            }
+        }
         let left = self.tasks.len();
         self.tasks.shutdown().await;
-        left
+        (traces, left)
     }
 }
 
@@ -460,24 +495,28 @@ impl Pacer {
 }
 
 /// One browser: connect, read until stopped; reconnect when the stream ends.
-async fn connection(conn: Conn, source: IpAddr, shared: Arc<Shared>) {
+/// Its trace, if traced, when it ends.
+async fn connection(i: usize, conn: Conn, source: IpAddr, shared: Arc<Shared>) -> Option<(usize, Trace)> {
     let mut first = true;
+    // Boxed: an untraced connection pays one pointer.
+    let mut trace = shared.config.trace.then(Box::<Trace>::default);
     loop {
         if !shared.pacer.wait(&shared.stop).await {
-            return;
+            break;
         }
         if !std::mem::take(&mut first) {
-            shared.stats.reconnects.fetch_add(1, Relaxed);
+            shared.stats.c.reconnects.fetch_add(1, Relaxed);
         }
-        match stream(&conn, source, &shared).await {
-            Ok(()) => return,
+        match stream(&conn, source, &shared, trace.as_deref_mut()).await {
+            Ok(()) => break,
             Err(failure) => shared.stats.fail(&failure),
         }
         tokio::select! {
-            _ = shared.stop.cancelled() => return,
+            _ = shared.stop.cancelled() => break,
             _ = tokio::time::sleep(shared.config.reconnect_delay) => {}
         }
     }
+    trace.map(|t| (i, *t))
 }
 
 /// Decrements a gauge when dropped.
@@ -501,11 +540,16 @@ impl Drop for Gauge<'_> {
 }
 
 /// One connection's life; `Ok` when stopped, `Err` when it ended otherwise.
-async fn stream(conn: &Conn, source: IpAddr, shared: &Shared) -> Result<(), Failure> {
+async fn stream(
+    conn: &Conn,
+    source: IpAddr,
+    shared: &Shared,
+    trace: Option<&mut Trace>,
+) -> Result<(), Failure> {
     let stats = &shared.stats;
     let config = &shared.config;
     let started = Instant::now();
-    stats.attempts.fetch_add(1, Relaxed);
+    stats.c.attempts.fetch_add(1, Relaxed);
     let socket = TcpSocket::new_v4().map_err(Failure::Socket)?;
     socket.bind(SocketAddr::new(source, 0)).map_err(Failure::Socket)?;
     if config.reset {
@@ -518,7 +562,12 @@ async fn stream(conn: &Conn, source: IpAddr, shared: &Shared) -> Result<(), Fail
     };
     stats.connect.record(micros(started.elapsed()));
     let _ = tcp.set_nodelay(true);
-    let writing = tokio::time::timeout(config.connect_timeout, tcp.write_all(&conn.request));
+    let resumed = trace.as_ref().and_then(|t| t.last_id).map(|id| {
+        let head = &conn.request[..conn.request.len() - 2];
+        [head, format!("Last-Event-ID: {id}\r\n\r\n").as_bytes()].concat()
+    });
+    let request = resumed.as_deref().unwrap_or(&conn.request);
+    let writing = tokio::time::timeout(config.connect_timeout, tcp.write_all(request));
     tokio::select! {
         _ = shared.stop.cancelled() => return Ok(()),
         r = writing => r.map_err(|_| Failure::Timeout("sending the request"))?.map_err(Failure::Io)?,
@@ -533,6 +582,7 @@ async fn stream(conn: &Conn, source: IpAddr, shared: &Shared) -> Result<(), Fail
         first_done: false,
         started,
         key: conn.key,
+        trace,
     };
     // No head within the connect timeout, then no bytes within the idle
     // timeout, ends the connection.
@@ -549,7 +599,7 @@ async fn stream(conn: &Conn, source: IpAddr, shared: &Shared) -> Result<(), Fail
         let read = BUF.with_borrow_mut(|buf| match tcp.try_read(buf) {
             Ok(0) => Err(Failure::Closed),
             Ok(n) => {
-                stats.bytes.fetch_add(n as u64, Relaxed);
+                stats.c.bytes.fetch_add(n as u64, Relaxed);
                 reader.feed(&buf[..n], stats).map(|()| true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
@@ -560,30 +610,31 @@ async fn stream(conn: &Conn, source: IpAddr, shared: &Shared) -> Result<(), Fail
         }
         if reader.status == Some(200) {
             if open.0.is_none() {
-                stats.established.fetch_add(1, Relaxed);
+                stats.c.established.fetch_add(1, Relaxed);
             }
-            open.raise(&stats.open);
+            open.raise(&stats.c.open);
         }
         if reader.first_done {
-            ready.raise(&stats.ready);
+            ready.raise(&stats.c.ready);
         }
     }
 }
 
 /// Parser state of one connection.
-struct Reader {
+struct Reader<'t> {
     http: ResponseParser,
     sse: SseParser,
     status: Option<u16>,
     first_done: bool,
     started: Instant,
     key: u32,
+    trace: Option<&'t mut Trace>,
 }
 
-impl Reader {
+impl Reader<'_> {
     fn feed(&mut self, bytes: &[u8], stats: &Stats) -> Result<(), Failure> {
         let now_us = unix_micros();
-        let Self { http, sse, status, first_done, started, key } = self;
+        let Self { http, sse, status, first_done, started, key, trace } = self;
         let mut not_sse = false;
         let mut ended = false;
         let fed = http.feed(bytes, &mut |item| match item {
@@ -600,33 +651,37 @@ impl Reader {
             }
             Item::Body(body) => sse.feed(body, &mut |event| match event {
                 SseItem::Comment => {
-                    stats.comments.fetch_add(1, Relaxed);
+                    stats.c.comments.fetch_add(1, Relaxed);
                 }
-                SseItem::Event { kind: Kind::Message, stamp } => {
-                    stats.messages.fetch_add(1, Relaxed);
-                    match stamp {
-                        None => {
-                            stats.unstamped.fetch_add(1, Relaxed);
-                        }
-                        Some(ms) if *first_done => {
-                            let latency = now_us.saturating_sub(ms.saturating_mul(1000));
-                            stats.delivered(*key, ms, latency);
-                        }
-                        Some(_) => {}
+                SseItem::Event { kind, id, stamp } => {
+                    if let Some(t) = trace.as_deref_mut() {
+                        t.event(kind, id, stamp, now_us);
                     }
-                    if !std::mem::replace(first_done, true) {
-                        stats.first_event.record(micros(started.elapsed()));
-                    }
-                }
-                SseItem::Event { kind, .. } => {
-                    let i = match kind {
-                        Kind::Stale => 0,
-                        Kind::Live => 1,
-                        Kind::Presence => 2,
-                        Kind::End => 3,
-                        Kind::Message | Kind::Other => 4,
+                    let named = match kind {
+                        Kind::Message => {
+                            stats.c.messages.fetch_add(1, Relaxed);
+                            match stamp {
+                                None => {
+                                    stats.c.unstamped.fetch_add(1, Relaxed);
+                                }
+                                Some(ms) if *first_done => {
+                                    let latency = now_us.saturating_sub(ms.saturating_mul(1000));
+                                    stats.delivered(*key, ms, latency);
+                                }
+                                Some(_) => {}
+                            }
+                            if !std::mem::replace(first_done, true) {
+                                stats.first_event.record(micros(started.elapsed()));
+                            }
+                            return;
+                        }
+                        Kind::Stale => &stats.c.stale,
+                        Kind::Live => &stats.c.live,
+                        Kind::Presence => &stats.c.presence,
+                        Kind::End => &stats.c.end,
+                        Kind::Other => &stats.c.other_named,
                     };
-                    stats.named[i].fetch_add(1, Relaxed);
+                    named.fetch_add(1, Relaxed);
                 }
             }),
             Item::End => {
@@ -644,7 +699,7 @@ impl Reader {
     }
 }
 
-fn micros(d: Duration) -> u64 {
+pub fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
@@ -695,6 +750,7 @@ mod tests {
             reconnect_delay: Duration::from_millis(10),
             deadline: Instant::now() + Duration::from_secs(10),
             reset: false,
+            trace: false,
         }
     }
 
@@ -734,6 +790,28 @@ mod tests {
         assert_eq!(load.stop(Duration::from_secs(2)).await, 0);
         let err = s.read(&mut req).await.expect_err("a reset, not an end of stream");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn traced_connections_keep_their_events_and_resume_with_the_last_id() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut plan = Plan::default();
+        plan.push(addr, "/live/e/stream", 0);
+        let load = Load::start(plan, Config { trace: true, ..config(1000) });
+        let mut req = [0u8; 1024];
+        let (mut s, _) = listener.accept().await.unwrap();
+        let n = s.read(&mut req).await.unwrap();
+        assert!(!String::from_utf8_lossy(&req[..n]).contains("Last-Event-ID"));
+        s.write_all(&stream_with_stamps(&[1, 2])).await.unwrap();
+        drop(s);
+        let (mut s, _) = listener.accept().await.unwrap();
+        let n = s.read(&mut req).await.unwrap();
+        assert!(String::from_utf8_lossy(&req[..n]).ends_with("\r\nLast-Event-ID: 1\r\n\r\n"));
+        let (traces, stuck) = load.stop_traced(Duration::from_secs(2)).await;
+        let trace = traces[0].as_ref().expect("a trace");
+        assert_eq!((trace.data.len(), trace.named.len(), stuck), (2, 0, 0));
+        assert_eq!((trace.data[1].id, trace.data[1].stamp), (Id::Value(1), Some(2)));
     }
 
     fn stream_with_stamps(stamps: &[u64]) -> Vec<u8> {

@@ -25,7 +25,7 @@ const STARTUP_LIMIT: Duration = Duration::from_secs(20);
 const SHUTDOWN_TIMEOUT: &str = "2s";
 
 /// Where the release binaries are.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub struct BinArgs {
     /// Directory of the `media-sim`, `poller` and `edge` binaries
     /// [default: <workspace>/target/release].
@@ -164,14 +164,15 @@ pub async fn poller_at(
     Ok(Proc { child, addr, cmd })
 }
 
-/// An edge on a free port using `poller`, ready (`/readyz` 200).
-pub async fn edge(bins: &BinArgs, poller: SocketAddr) -> anyhow::Result<Proc> {
+/// An edge on a free port using every poller in `pollers`, ready (`/readyz` 200).
+pub async fn edge(bins: &BinArgs, pollers: &[SocketAddr]) -> anyhow::Result<Proc> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+    let pollers: Vec<String> = pollers.iter().map(|p| format!("http://{p}")).collect();
     let args = vec![
         "--listen".to_owned(),
         addr.to_string(),
         "--poller".to_owned(),
-        format!("http://{poller}"),
+        pollers.join(","),
         "--shutdown-timeout".to_owned(),
         SHUTDOWN_TIMEOUT.to_owned(),
     ];
@@ -222,17 +223,13 @@ pub async fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
 /// The sum of every sample of metric `name` (all label sets) in Prometheus
 /// text, rounded; `None` if it has none.
 pub fn metric(text: &str, name: &str) -> Option<u64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let series_name = series.split('{').next().unwrap_or("").trim();
-        if series_name == name
-            && let Ok(v) = value.trim().parse::<f64>()
-        {
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found.map(|v: f64| v.round() as u64)
+    use prometheus_parse::{Scrape, Value};
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).ok()?;
+    let values = scrape.samples.iter().filter(|s| s.metric == name).filter_map(|s| match s.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+        _ => None,
+    });
+    values.reduce(|a, b| a + b).map(|v| v.round() as u64)
 }
 
 /// A port free on loopback right now (bound then released; the child binds
@@ -268,7 +265,7 @@ mod tests {
 
     #[test]
     fn metric_sums_label_sets() {
-        let text = "# HELP x y\nlivepush_poller_events_watched 334\n\
+        let text = "# TYPE livepush_poller_events_watched gauge\nlivepush_poller_events_watched 334\n\
             livepush_poller_upstream_requests_total{outcome=\"ok\"} 10\n\
             livepush_poller_upstream_requests_total{outcome=\"timeout\"} 2\n";
         assert_eq!(metric(text, "livepush_poller_events_watched"), Some(334));

@@ -10,7 +10,8 @@
 //! nothing). They check framing strictly (a bad chunk size or an oversized
 //! head is an error, counted by the load generator) but understand only what
 //! the benchmark needs from the payload: the event type and a
-//! `"served_at_ms":<digits>` stamp in the data.
+//! `"served_at_ms":<digits>` stamp in the data. Response heads, once
+//! complete, are parsed by httparse.
 
 use std::fmt;
 
@@ -137,8 +138,7 @@ impl ResponseParser {
                         return Ok(());
                     };
                     let consumed = end - before;
-                    let head = parse_head(&self.head[..end])?;
-                    let body = body_kind(&self.head[..end], head.status)?;
+                    let (head, body) = parse_head(&self.head[..end])?;
                     self.head = Vec::new();
                     input = &input[consumed..];
                     on(Item::Head(head))?;
@@ -187,13 +187,6 @@ impl ResponseParser {
         }
         Ok(())
     }
-
-    /// Whether the server closing now ends a response cleanly (between
-    /// responses, or a body that runs until close).
-    pub fn at_clean_close(&self) -> bool {
-        matches!(self.phase, Phase::Body(Body::UntilClose))
-            || matches!(self.phase, Phase::Head if self.head.is_empty())
-    }
 }
 
 /// One framing byte of a chunked body; `None` once the body is complete.
@@ -232,70 +225,45 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn header_lines(head: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    head.split(|&b| b == b'\n').skip(1).filter_map(|line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let colon = line.iter().position(|&b| b == b':')?;
-        Some((&line[..colon], line[colon + 1..].trim_ascii()))
-    })
-}
-
-fn parse_head(head: &[u8]) -> Result<Head, WireError> {
-    let status_line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let mut parts = status_line.split(|&b| b == b' ');
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with(b"HTTP/1.") {
-        return Err(WireError("not an HTTP/1.x status line"));
+/// The head's figures and how its body is delimited (RFC 9112 §6.3; `None`:
+/// no body).
+fn parse_head(bytes: &[u8]) -> Result<(Head, Option<Body>), WireError> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    if !matches!(response.parse(bytes), Ok(httparse::Status::Complete(_))) {
+        return Err(WireError("bad response head"));
     }
-    let code = parts.next().unwrap_or_default();
-    if code.len() != 3 || !code.iter().all(u8::is_ascii_digit) {
-        return Err(WireError("bad status code"));
-    }
-    let status = code.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
-    let mut out = Head { status, content_type: None, etag: None, close: false };
-    for (name, value) in header_lines(head) {
-        let text = || String::from_utf8_lossy(value).into_owned();
-        if name.eq_ignore_ascii_case(b"content-type") {
-            out.content_type = Some(text());
-        } else if name.eq_ignore_ascii_case(b"etag") {
-            out.etag = Some(text());
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            out.close = value.eq_ignore_ascii_case(b"close");
-        } else if !name.iter().all(|&b| b.is_ascii_graphic()) || name.is_empty() {
-            return Err(WireError("bad header name"));
-        }
-    }
-    Ok(out)
-}
-
-/// How the body of a response with this head is delimited (RFC 9112 §6.3);
-/// `None`: no body.
-fn body_kind(head: &[u8], status: u16) -> Result<Option<Body>, WireError> {
-    if (100..200).contains(&status) || status == 204 || status == 304 {
-        return Ok(None);
-    }
-    let mut length = None;
-    for (name, value) in header_lines(head) {
-        if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii();
-            if !last.eq_ignore_ascii_case(b"chunked") {
-                return Err(WireError("unsupported transfer-encoding"));
+    let status = response.code.ok_or(WireError("bad response head"))?;
+    let mut head = Head { status, content_type: None, etag: None, close: false };
+    let (mut length, mut chunked) = (None, false);
+    for h in response.headers.iter() {
+        let text = || String::from_utf8_lossy(h.value).into_owned();
+        match h.name.to_ascii_lowercase().as_str() {
+            "content-type" => head.content_type = Some(text()),
+            "etag" => head.etag = Some(text()),
+            "connection" => head.close = h.value.eq_ignore_ascii_case(b"close"),
+            "transfer-encoding" => {
+                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii();
+                chunked = last.eq_ignore_ascii_case(b"chunked");
+                if !chunked {
+                    return Err(WireError("unsupported transfer-encoding"));
+                }
             }
-            return Ok(Some(Body::Chunked(Chunk::Size { size: 0, digits: 0, ext: false })));
-        }
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let n = std::str::from_utf8(value)
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or(WireError("bad content-length"))?;
-            length = Some(n);
+            "content-length" => {
+                let n = std::str::from_utf8(h.value).ok().and_then(|v| v.parse::<u64>().ok());
+                length = Some(n.ok_or(WireError("bad content-length"))?);
+            }
+            _ => {}
         }
     }
-    Ok(match length {
-        Some(0) => None,
-        Some(n) => Some(Body::Sized(n)),
-        None => Some(Body::UntilClose),
-    })
+    let body = match (length, chunked) {
+        _ if (100..200).contains(&status) || status == 204 || status == 304 => None,
+        (_, true) => Some(Body::Chunked(Chunk::Size { size: 0, digits: 0, ext: false })),
+        (Some(0), false) => None,
+        (Some(n), false) => Some(Body::Sized(n)),
+        (None, false) => Some(Body::UntilClose),
+    };
+    Ok((head, body))
 }
 
 /// The type of an SSE event, as far as the benchmark tells them apart.
@@ -310,12 +278,21 @@ pub enum Kind {
     Other,
 }
 
+/// An event's own `id` field (the edge sends one with every data event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Id {
+    Missing,
+    /// Not a decimal number.
+    Bad,
+    Value(u64),
+}
+
 /// What [`SseParser::feed`] reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SseItem {
-    /// A dispatched event (one with data) and the `served_at_ms` stamp found
-    /// in its data, if any.
-    Event { kind: Kind, stamp: Option<u64> },
+    /// A dispatched event (one with data), its id and the `served_at_ms`
+    /// stamp found in its data, if any.
+    Event { kind: Kind, id: Id, stamp: Option<u64> },
     /// A `:` comment line (the edge's keep-alive).
     Comment,
 }
@@ -330,6 +307,7 @@ pub struct SseParser {
     /// The last byte fed was a CR: a leading LF is its CRLF's second half.
     after_cr: bool,
     kind: Kind,
+    id: Id,
     data_lines: u32,
     stamp: Option<u64>,
 }
@@ -342,7 +320,14 @@ impl Default for SseParser {
 
 impl SseParser {
     pub fn new() -> Self {
-        Self { partial: Vec::new(), after_cr: false, kind: Kind::Message, data_lines: 0, stamp: None }
+        Self {
+            partial: Vec::new(),
+            after_cr: false,
+            kind: Kind::Message,
+            id: Id::Missing,
+            data_lines: 0,
+            stamp: None,
+        }
     }
 
     pub fn feed(&mut self, mut input: &[u8], on: &mut impl FnMut(SseItem)) -> Result<(), WireError> {
@@ -389,9 +374,10 @@ impl SseParser {
     fn line(&mut self, line: &[u8], on: &mut impl FnMut(SseItem)) {
         if line.is_empty() {
             if self.data_lines > 0 {
-                on(SseItem::Event { kind: self.kind, stamp: self.stamp });
+                on(SseItem::Event { kind: self.kind, id: self.id, stamp: self.stamp });
             }
             self.kind = Kind::Message;
+            self.id = Id::Missing;
             self.data_lines = 0;
             self.stamp = None;
             return;
@@ -423,7 +409,11 @@ impl SseParser {
                     _ => Kind::Other,
                 }
             }
-            // id, retry and unknown fields do not matter here.
+            b"id" => {
+                self.id =
+                    std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).map_or(Id::Bad, Id::Value);
+            }
+            // retry and unknown fields do not matter here.
             _ => {}
         }
     }
@@ -516,16 +506,6 @@ mod tests {
         assert_eq!(responses(&huge, 1000), Err(WireError("response head too large")));
     }
 
-    #[test]
-    fn clean_close_only_between_responses() {
-        let mut p = ResponseParser::new();
-        assert!(p.at_clean_close());
-        p.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe", &mut |_| Ok(())).unwrap();
-        assert!(!p.at_clean_close());
-        p.feed(b"llo", &mut |_| Ok(())).unwrap();
-        assert!(p.at_clean_close());
-    }
-
     fn events(body: &[u8], step: usize) -> Vec<SseItem> {
         let mut p = SseParser::new();
         let mut out = Vec::new();
@@ -539,13 +519,13 @@ mod tests {
     fn sse_events_at_any_split_and_line_ending() {
         let body = b"retry: 3000\n\n:\n\nid: 7\ndata: {\"a\":1,\"served_at_ms\":1764064800123}\n\n\
             event: stale\r\ndata: {\"state\":\"stale\"}\r\n\r\n\
-            event: presence\rdata: {\"viewers\":3}\r\rdata:x\n\n";
+            event: presence\rid: x\rdata: {\"viewers\":3}\r\rdata:x\n\n";
         let want = [
             SseItem::Comment,
-            SseItem::Event { kind: Kind::Message, stamp: Some(1_764_064_800_123) },
-            SseItem::Event { kind: Kind::Stale, stamp: None },
-            SseItem::Event { kind: Kind::Presence, stamp: None },
-            SseItem::Event { kind: Kind::Message, stamp: None },
+            SseItem::Event { kind: Kind::Message, id: Id::Value(7), stamp: Some(1_764_064_800_123) },
+            SseItem::Event { kind: Kind::Stale, id: Id::Missing, stamp: None },
+            SseItem::Event { kind: Kind::Presence, id: Id::Bad, stamp: None },
+            SseItem::Event { kind: Kind::Message, id: Id::Missing, stamp: None },
         ];
         for step in 1..=body.len() {
             assert_eq!(events(body, step), want, "step {step}");
