@@ -19,6 +19,9 @@ use livepush::{
 };
 use std::{net::SocketAddr, time::Duration};
 
+// The certificate/key flag pairs (gRPC port, media client) are alike in
+// shape on purpose: each is a flag of its own with its own help, env and
+// `requires`, which a shared macro would only hide.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "poller",

@@ -283,6 +283,12 @@ mod tests {
         (store, f, stop)
     }
 
+    /// Cancels the forwarder and waits (at most a second) for its task.
+    async fn stopped(stop: CancellationToken, task: tokio::task::JoinHandle<()>) {
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(1), task).await.unwrap().unwrap();
+    }
+
     async fn next(
         rx: &mut mpsc::UnboundedReceiver<(String, serde_json::Value)>,
     ) -> (String, serde_json::Value) {
@@ -316,8 +322,7 @@ mod tests {
         assert!(posts.try_recv().is_err(), "an event without viewers is posted once");
         assert_eq!(f.failures(), 0);
 
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(1), task).await.unwrap().unwrap();
+        stopped(stop, task).await;
     }
 
     #[tokio::test]
@@ -337,8 +342,7 @@ mod tests {
         }
         assert_eq!(f.failures(), 1, "one failure per post, not per attempt");
         assert!(posts.try_recv().is_err(), "at most {MAX_RETRIES} retries");
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(1), task).await.unwrap().unwrap();
+        stopped(stop, task).await;
     }
 
     #[tokio::test]
@@ -351,8 +355,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(f.failures(), 1);
         assert!(posts.try_recv().is_err(), "a 400 is not retried");
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(1), task).await.unwrap().unwrap();
+        stopped(stop, task).await;
     }
 
     #[tokio::test]
@@ -369,7 +372,6 @@ mod tests {
         }
         // Batches are still handled at once meanwhile.
         store.report(batch(vec![])).unwrap();
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(1), task).await.unwrap().unwrap();
+        stopped(stop, task).await;
     }
 }
