@@ -261,8 +261,11 @@ impl LiveFeed for Refusing {
 async fn the_edge_runs_with_its_allocator_tunables_unless_the_operator_set_them() {
     let ours = edge::memory::TUNABLES;
     let cases = [
-        ("", format!("one arena, no thread cache tunables=\"{ours}\"")),
-        ("glibc.malloc.trim_threshold=65536", format!("one arena, no thread cache tunables=\"{ours}\"")),
+        ("", format!("one arena, no thread cache tunables={ours}")),
+        (
+            "glibc.malloc.trim_threshold=65536",
+            format!("one arena, no thread cache tunables=glibc.malloc.trim_threshold=65536:{ours}"),
+        ),
         (
             "glibc.malloc.tcache_count=7",
             "as the operator set it tunables=glibc.malloc.tcache_count=7".to_owned(),

@@ -12,7 +12,6 @@
 //! walks the heap): 12.6 MiB of anonymous memory after 1,000 streams came
 //! and went fell to 3.9 MiB. At most once per [`CHECK_EVERY`], and never
 //! while streams only grow, so a steady edge never pays for it.
-
 //!
 //! Trimming returns only whole free pages, and after a churn glibc's
 //! defaults leave few: each runtime worker allocates from an arena of its
@@ -88,8 +87,8 @@ const ENV: &str = "GLIBC_TUNABLES";
 /// What [`tune_allocator`] found, to be logged once logging is set up.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Tuning {
-    /// The process runs with [`TUNABLES`].
-    Tuned,
+    /// The process runs with [`TUNABLES`] (in this `GLIBC_TUNABLES`).
+    Tuned(String),
     /// `GLIBC_TUNABLES` (this value) already sets the arena count or the
     /// thread cache: the operator's choice stands.
     Operator(String),
@@ -101,8 +100,8 @@ impl Tuning {
     /// One line at start-up saying which allocator settings are in force.
     pub fn log(&self) {
         match self {
-            Tuning::Tuned => {
-                tracing::info!(tunables = TUNABLES, "malloc: one arena, no thread cache")
+            Tuning::Tuned(value) => {
+                tracing::info!(tunables = %value, "malloc: one arena, no thread cache")
             }
             Tuning::Operator(value) => {
                 tracing::info!(tunables = %value, "malloc: GLIBC_TUNABLES as the operator set it")
@@ -133,7 +132,8 @@ fn plan(current: Option<&OsStr>) -> Plan {
         .any(|t| t.starts_with("glibc.malloc.arena_max=") || t.starts_with("glibc.malloc.tcache_count="))
     {
         let ours = TUNABLES.split(':').all(|t| current.split(':').any(|c| c == t));
-        return Plan::Keep(if ours { Tuning::Tuned } else { Tuning::Operator(current.to_owned()) });
+        let value = current.to_owned();
+        return Plan::Keep(if ours { Tuning::Tuned(value) } else { Tuning::Operator(value) });
     }
     match current.trim_matches(':') {
         "" => Plan::Restart(TUNABLES.to_owned()),
@@ -188,9 +188,9 @@ mod tests {
 
     #[test]
     fn runs_tuned_once_started_again() {
-        assert_eq!(plan_for(TUNABLES), Plan::Keep(Tuning::Tuned));
+        assert_eq!(plan_for(TUNABLES), Plan::Keep(Tuning::Tuned(TUNABLES.to_owned())));
         let again = format!("glibc.malloc.trim_threshold=65536:{TUNABLES}");
-        assert_eq!(plan_for(&again), Plan::Keep(Tuning::Tuned));
+        assert_eq!(plan_for(&again), Plan::Keep(Tuning::Tuned(again.clone())));
     }
 
     #[test]
