@@ -1,25 +1,8 @@
-//! Scenario `churn`: browsers come and go in batches on one edge while the
-//! browsers of one stable event keep watching.
-//!
-//! Default: 10,000 browsers, each on an event of its own, connect in batches
-//! of 500; a batch stays until every browser has its first value, `--hold`
-//! longer, then resets (RST, as a tab or network that vanishes), and the
-//! next batch connects. Meanwhile `--stable-browsers` browsers watch one
-//! unrelated event and `/readyz` is probed every `--probe-every`.
-//!
-//! Phases:
-//!
-//! 1. Start media-sim (`--stamp`), the poller (`--linger`) and one edge;
-//!    connect the stable browsers, wait until each has its first value, then
-//!    `--settle`: **before** (edge RSS, open files, `/metrics` of edge and
-//!    poller).
-//! 2. **Churn**, with the probes running (they run until the after-sample).
-//! 3. **Drain**: wait until the edge holds only the stable browsers' streams
-//!    and upstream stream, and the poller watches only the stable event
-//!    (the edge keeps an upstream stream 5-7.5 s after its last browser
-//!    leaves, the poller polls `--linger` longer), then `--settle`, during
-//!    which media-sim's requests/s tells whether polling stopped: **after**.
-//! 4. The stable browsers leave: `livepush_edge_streams_open` must reach 0.
+//! Scenario `churn`: browsers come and go in batches on one edge, each on an
+//! event of its own, resetting (RST, as a vanished tab) once served, while
+//! the browsers of one stable event keep watching and `/readyz` is probed.
+//! Whether the edge and the poller return to their level before is what it
+//! measures; BENCHMARKS.md describes the phases.
 
 use crate::{
     histogram::Snapshot,

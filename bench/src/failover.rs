@@ -1,55 +1,15 @@
-//! Scenario `failover`: a poller killed with SIGKILL under load, and how long
-//! the browsers of its events go without fresh data (default 1,000 events ×
-//! 10 browsers over two edges and three pollers).
+//! Scenario `failover`: a poller killed with SIGKILL under load (default
+//! 1,000 events × 10 browsers over two edges and three pollers), and how long
+//! the browsers of its events go without fresh data. BENCHMARKS.md describes
+//! the phases.
 //!
-//! The cluster is real release binaries: media-sim (`--stamp`, so every
-//! answer is a new value and carries `served_at_ms`), `--pollers` pollers on
-//! their own loopback ports, `--edges` edges each given every poller. Browser
-//! *i* watches event *i* mod `--events` on edge (*i* div `--events`) mod
-//! `--edges`, so every edge subscribes to every event.
-//!
-//! Phases:
-//!
-//! 1. **Steady state.** Every browser has its first event, then `--settle`;
-//!    then a `--window` in which media-sim's request count gives the polls per
-//!    event per interval, and each poller's `/metrics` gives the events it
-//!    polls (`livepush_poller_events_watched`).
-//! 2. **Kill.** The poller polling the most events gets SIGKILL (`kill
-//!    -KILL`); the kill instant *K* is taken when that command returns (the
-//!    signal has been sent). For every browser the harness finds the first
-//!    data event whose `served_at_ms` is at or after *K*: a value only a
-//!    surviving poller can have fetched. Its arrival minus *K* is the
-//!    browser's **time to resume**. It is measured from stamps, not from the
-//!    next poll of the schedule, so it includes whatever the system needs
-//!    (noticing the death, resubscribing, the new owner's first poll,
-//!    fan-out) and nothing of the harness.
-//! 3. **Which browsers were affected** is observed, not computed: a feed's
-//!    `seq` (the SSE `id`) starts at the feed's start time in microseconds
-//!    and then counts changes, so the first id a browser gets from a new
-//!    owner jumps by millions, while an event that stayed with its poller
-//!    moves by a few. An event moved if its browsers' first value after *K*
-//!    came with such a jump; the count is checked against the killed
-//!    poller's `events_watched` gauge and the edges' failover counters.
-//!    Browsers of events that did not move are the control group: their time
-//!    to resume is the wait for the next regular poll (up to one interval).
-//! 4. **After the kill**, after `--observe`: another `--window` of upstream
-//!    polls, and the survivors' gauges.
-//! 5. **Return** (unless `--no-return`): the killed poller is started again
-//!    on the same address; edges move its events back after a random delay
-//!    within 5 s each. A browser has switched back at its first id jump after
-//!    the restart. Then the survivors' `--linger` passes and a last window of
-//!    polls is taken.
-//!
-//! Throughout, every browser checks that SSE ids strictly increase
-//! (duplicates and out-of-order ids counted) and that none is passed over
-//! within a feed (a value never delivered), and counts errors and reconnects
-//! (none expected: browsers stay connected through a failover).
-//!
-//! The browsers are the load generator's ([`crate::sse_load`]), traced:
-//! each keeps the arrival time, id and stamp of every data event (about
-//! 2 KiB per browser for a default run) and reconnects with
-//! `Last-Event-ID` after the edge's `retry: 3000`, as EventSource does; the
-//! traces are analysed after the run.
+//! Time to resume is measured from media-sim's stamps, not from the poll
+//! schedule: a browser's first data event with `served_at_ms` at or after the
+//! kill is a value only a surviving poller can have fetched, so the figure
+//! includes everything the system needs and nothing of the harness. Which
+//! browsers were affected is observed, not computed: a feed's ids start at
+//! its start time in µs, so a new owner's first id jumps by millions
+//! ([`FEED_JUMP`]).
 
 use crate::{
     child::{self, Signal},
@@ -779,15 +739,6 @@ fn integrity(logs: &[Log], k_us: u64) -> Integrity {
     g
 }
 
-/// The value at quantile `q` of sorted µs (nearest rank), in ms.
-fn pct_ms(sorted: &[u64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(sorted[rank - 1] as f64 / 1000.0)
-}
-
 // ---------------------------------------------------------------------------
 // Report
 
@@ -870,7 +821,7 @@ struct GroupFigures {
 
 impl GroupFigures {
     fn of(g: &Group) -> Self {
-        let resume = |q| pct_ms(&g.resume_us, q);
+        let resume = |q| report::quantile_ms(&g.resume_us, q);
         Self {
             browsers: g.browsers,
             resumed: g.resume_us.len() as u64,
@@ -879,8 +830,8 @@ impl GroupFigures {
             resume_p90_ms: resume(0.9),
             resume_p99_ms: resume(0.99),
             resume_max_ms: resume(1.0),
-            gap_p50_ms: pct_ms(&g.gap_us, 0.5),
-            gap_max_ms: pct_ms(&g.gap_us, 1.0),
+            gap_p50_ms: report::quantile_ms(&g.gap_us, 0.5),
+            gap_max_ms: report::quantile_ms(&g.gap_us, 1.0),
             stale: g.stale,
             live: g.live,
         }
@@ -957,14 +908,14 @@ fn report(args: &Args, o: &Outcome) -> anyhow::Result<Report> {
             switched: b.switched,
             not_switched: b.affected_not_switched.len(),
             others_switched: b.others_switched.len(),
-            switch_p50_ms: pct_ms(&b.switch_us, 0.5),
-            switch_max_ms: pct_ms(&b.switch_us, 1.0),
-            switch_gap_p50_ms: pct_ms(&b.switch_gap_us, 0.5),
-            switch_gap_max_ms: pct_ms(&b.switch_gap_us, 1.0),
-            gap_affected_p99_ms: pct_ms(&b.max_gap_affected_us, 0.99),
-            gap_affected_max_ms: pct_ms(&b.max_gap_affected_us, 1.0),
-            gap_others_p99_ms: pct_ms(&b.max_gap_others_us, 0.99),
-            gap_others_max_ms: pct_ms(&b.max_gap_others_us, 1.0),
+            switch_p50_ms: report::quantile_ms(&b.switch_us, 0.5),
+            switch_max_ms: report::quantile_ms(&b.switch_us, 1.0),
+            switch_gap_p50_ms: report::quantile_ms(&b.switch_gap_us, 0.5),
+            switch_gap_max_ms: report::quantile_ms(&b.switch_gap_us, 1.0),
+            gap_affected_p99_ms: report::quantile_ms(&b.max_gap_affected_us, 0.99),
+            gap_affected_max_ms: report::quantile_ms(&b.max_gap_affected_us, 1.0),
+            gap_others_p99_ms: report::quantile_ms(&b.max_gap_others_us, 0.99),
+            gap_others_max_ms: report::quantile_ms(&b.max_gap_others_us, 1.0),
             stale: b.stale,
             failovers: per_edge(&ret.edges, |g| g.failovers),
             pollers_up: per_edge(&ret.edges, |g| g.pollers_up),
@@ -1115,8 +1066,8 @@ mod tests {
         assert_eq!((f.unaffected.browsers, f.unaffected.resume_us.clone()), (1, vec![700_000]));
         // The value served before the kill and read after it ends the gap.
         assert_eq!(f.unaffected.gap_us, vec![699_000]);
-        assert_eq!(pct_ms(&f.affected.resume_us, 0.5), Some(50.0));
-        assert_eq!(pct_ms(&f.affected.resume_us, 1.0), Some(60.0));
+        assert_eq!(report::quantile_ms(&f.affected.resume_us, 0.5), Some(50.0));
+        assert_eq!(report::quantile_ms(&f.affected.resume_us, 1.0), Some(60.0));
 
         // Restart at 30 s: event 0's browser switches at 33 s, the other
         // not; event 1's stays. The run ends at 40 s.

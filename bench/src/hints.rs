@@ -1,25 +1,9 @@
 //! Scenario `hints`: how long a change at the media service takes to reach
-//! browsers, with the poller's regular polls alone, with a change hint, and
-//! with a direct publish (issue 16).
-//!
-//! The media service is served here (an axum router answering
-//! `GET /live/{id}` with the current document, ETags and 304s included), so
-//! the harness knows the instant each change happens. Every document
-//! carries that instant as `served_at_ms`, the stamp the SSE load generator
-//! ([`crate::sse_load`]) measures from: its latencies are then "change →
-//! browser", and its per-update records give the last browser of each
-//! change. One real poller (`--publish-token-file`) and one real edge run as
-//! processes; the browsers all watch one event.
-//!
-//! Each variant makes `--changes` changes, one at a time: wait a random time
-//! in `[0, interval)` (so changes land at random points of the poll cycle),
-//! change the document, then
-//! - `none`: nothing more; the next regular poll finds it,
-//! - `hint`: `POST /events/{id}/changed` with an empty body (poll now),
-//! - `publish`: `POST /events/{id}/changed` with the new document,
-//!
-//! and wait until every browser has the new value (or the limit passes).
-//! All variants run in one session against the same processes and browsers.
+//! browsers with regular polls alone, a change hint, or a direct publish
+//! (issue 16). The media service is served here, so the harness knows the
+//! instant of each change and stamps it as `served_at_ms`: the load
+//! generator's latencies are then "change → browser". One real poller and
+//! one real edge run as processes; all variants run in one session.
 
 use crate::{
     arrivals::{self, Arrivals},
@@ -41,8 +25,8 @@ use axum::{
 };
 use serde::Serialize;
 use std::{
+    io::Write,
     net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -191,52 +175,6 @@ async fn live(State(media): State<Media>, Path(id): Path<String>, headers: Heade
     (StatusCode::OK, [(header::CONTENT_TYPE, json), (header::ETAG, etag_value)], doc.body).into_response()
 }
 
-/// A token file for the poller's `--publish-token-file`, removed on drop.
-struct TokenFile {
-    path: PathBuf,
-    token: String,
-}
-
-impl TokenFile {
-    fn create() -> anyhow::Result<Self> {
-        let nonce = sse_load::unix_micros();
-        let token = format!("bench-{nonce:x}-{:x}", std::process::id());
-        let path =
-            std::env::temp_dir().join(format!("livepush-bench-hints-{}-{nonce}.token", std::process::id()));
-        std::fs::write(&path, format!("{token}\n")).with_context(|| format!("writing {}", path.display()))?;
-        Ok(Self { path, token })
-    }
-}
-
-impl Drop for TokenFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// SplitMix64: reproducible random waits from `--seed`, without a crate.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, d)`.
-    fn below(&mut self, d: Duration) -> Duration {
-        d.mul_f64((self.next() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-
-    /// Uniform in `[low, high)` (`low` if the range is empty).
-    fn between(&mut self, low: Duration, high: Duration) -> Duration {
-        low + self.below(high.saturating_sub(low))
-    }
-}
-
 /// One change and how it reached the browsers.
 #[derive(Debug, Clone, Copy)]
 struct Change {
@@ -295,7 +233,7 @@ impl Pids {
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     ensure!(!args.variants.is_empty(), "no variant to run");
     let seed = args.seed.unwrap_or_else(sse_load::unix_micros);
-    let mut rng = Rng(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
 
     // The media service, in-process, polls counted by the arrivals log.
     let mut background = JoinSet::new();
@@ -306,9 +244,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let app = arrivals.wrap(media.app());
     background.spawn(async move { axum::serve(listener, app).await });
 
-    let token = TokenFile::create()?;
+    // The poller's --publish-token-file, removed when dropped.
+    let token = format!("bench-{seed:x}-{:x}", std::process::id());
+    let mut token_file = tempfile::NamedTempFile::new().context("creating the token file")?;
+    writeln!(token_file, "{token}").context("writing the token file")?;
     let poller_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
-    let token_path = token.path.to_string_lossy().into_owned();
+    let token_path = token_file.path().to_string_lossy().into_owned();
     let mut poller = stack::poller_at(
         &args.bins,
         poller_addr,
@@ -343,7 +284,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let mut outcomes = Vec::new();
-    let hint = Hinter { poller: poller.addr, token: &token.token };
+    let hint = Hinter { poller: poller.addr, token: &token };
     let session = Session { args: &args, media: &media, arrivals: &arrivals, load: &load, hint, pids, limit };
     for &variant in &args.variants {
         eprintln!("hints: variant {}", variant.name());
@@ -434,7 +375,7 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    async fn measure(&self, variant: Variant, rng: &mut Rng) -> anyhow::Result<Outcome> {
+    async fn measure(&self, variant: Variant, rng: &mut fastrand::Rng) -> anyhow::Result<Outcome> {
         let Self { args, media, arrivals, load, hint, pids, limit } = self;
         let limit = *limit;
         let stats = load.stats();
@@ -446,7 +387,8 @@ impl Session<'_> {
         let mut changes = Vec::new();
         let mut post_failures = Vec::new();
         for _ in 0..args.changes {
-            let wait = rng.between(args.min_change_gap, args.interval);
+            let span = args.interval.saturating_sub(args.min_change_gap);
+            let wait = args.min_change_gap + span.mul_f64(rng.f64());
             tokio::time::sleep(wait).await;
             let doc = media.change();
             let post_us = match variant {
@@ -557,30 +499,24 @@ struct HintsFigures<'a> {
     runs: Vec<Figures>,
 }
 
-/// Nearest-rank quantile of `xs` (sorted), in ms.
-fn quantile_ms(sorted_us: &[u64], q: f64) -> Option<f64> {
-    let rank = ((q * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len().max(1));
-    sorted_us.get(rank - 1).map(|&us| us as f64 / 1000.0)
-}
-
 fn figures(args: &Args, o: &Outcome, repeats: u64) -> Figures {
-    let last = sorted(o.changes.iter().map(|c| c.last_us));
-    let first = sorted(o.changes.iter().map(|c| c.first_us));
-    let posts = sorted(o.changes.iter().filter_map(|c| c.post_us));
-    let apart = sorted(o.changes.iter().filter(|c| c.wait >= HINT_GAP).map(|c| c.last_us));
+    let last = report::sorted(o.changes.iter().map(|c| c.last_us));
+    let first = report::sorted(o.changes.iter().map(|c| c.first_us));
+    let posts = report::sorted(o.changes.iter().filter_map(|c| c.post_us));
+    let apart = report::sorted(o.changes.iter().filter(|c| c.wait >= HINT_GAP).map(|c| c.last_us));
     let pct = |x: f64| 100.0 * x / o.wall.max(f64::MIN_POSITIVE);
     Figures {
         column: o.variant.name(),
         changes: o.changes.len(),
         reached_all: o.changes.iter().filter(|c| c.reached >= args.browsers).count(),
-        last_p50_ms: quantile_ms(&last, 0.5),
-        last_p99_ms: quantile_ms(&last, 0.99),
-        last_max_ms: quantile_ms(&last, 1.0),
+        last_p50_ms: report::quantile_ms(&last, 0.5),
+        last_p99_ms: report::quantile_ms(&last, 0.99),
+        last_max_ms: report::quantile_ms(&last, 1.0),
         last_mean_ms: (!last.is_empty())
             .then(|| last.iter().sum::<u64>() as f64 / last.len() as f64 / 1000.0),
-        first_p50_ms: quantile_ms(&first, 0.5),
+        first_p50_ms: report::quantile_ms(&first, 0.5),
         within_hint_gap: o.changes.iter().filter(|c| c.wait < HINT_GAP).count(),
-        apart_max_ms: quantile_ms(&apart, 1.0),
+        apart_max_ms: report::quantile_ms(&apart, 1.0),
         deliveries: o.each.count,
         each_p50_ms: sse_load::ms(&o.each, 0.5),
         each_p99_ms: sse_load::ms(&o.each, 0.99),
@@ -590,8 +526,8 @@ fn figures(args: &Args, o: &Outcome, repeats: u64) -> Figures {
         polls_per_change: o.polls as f64 / o.changes.len().max(1) as f64,
         posts_ok: posts.len(),
         post_failures: o.post_failures.len(),
-        post_p50_ms: quantile_ms(&posts, 0.5),
-        post_max_ms: quantile_ms(&posts, 1.0),
+        post_p50_ms: report::quantile_ms(&posts, 0.5),
+        post_max_ms: report::quantile_ms(&posts, 1.0),
         counters: o.counters,
         wall_s: o.wall,
         poller_pct: pct(o.cpu.poller),
@@ -629,34 +565,9 @@ fn report(params: Params<'_>, outcomes: &[Outcome], repeats: &[u64], args: &Args
     Ok(r)
 }
 
-fn sorted(xs: impl Iterator<Item = u64>) -> Vec<u64> {
-    let mut v: Vec<u64> = xs.collect();
-    v.sort_unstable();
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nearest_rank_quantiles() {
-        let xs = sorted([5_000, 1_000, 3_000, 2_000, 4_000].into_iter());
-        assert_eq!(quantile_ms(&xs, 0.5), Some(3.0));
-        assert_eq!(quantile_ms(&xs, 0.99), Some(5.0));
-        assert_eq!(quantile_ms(&[], 0.5), None);
-    }
-
-    #[test]
-    fn random_waits_stay_below_the_bound() {
-        let mut rng = Rng(7);
-        let waits: Vec<Duration> = (0..1000).map(|_| rng.below(Duration::from_secs(5))).collect();
-        assert!(waits.iter().all(|w| *w < Duration::from_secs(5)));
-        assert!(
-            waits.iter().any(|w| *w < Duration::from_secs(1))
-                && waits.iter().any(|w| *w > Duration::from_secs(4))
-        );
-    }
 
     #[test]
     fn changes_get_distinct_stamps_and_etags() {

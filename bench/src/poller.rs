@@ -1,25 +1,10 @@
 //! Scenario `poller`: one real poller process watching many events against an
-//! in-process media-sim, each event held by one gRPC subscriber.
-//!
-//! The question it answers is what the media service and the poller's host
-//! pay for N watched events at interval I: the media service should see
-//! N / I requests/s, spread evenly over time (not in bursts at the interval's
-//! start), and the poller's CPU and memory should stay modest. The poller runs
-//! as its own process so `/proc` gives its CPU and RSS alone; media-sim and the
-//! subscribers run here, where arrivals are timed as the media service sees
-//! them.
-//!
-//! Phases: start media-sim and the poller, open the streams, wait until every
-//! stream has its first value (the poller's first poll of each event happens
-//! at once), wait one more interval so the poll phases settle, then measure
-//! for `--duration`.
-//!
-//! `--batch-size` compares polling modes in one session: `off` (one
-//! `GET /live/{id}` per event, the default) and/or batch sizes, each a fresh
-//! poller given `--media-batch-url .../batch?ids={event_ids} --batch-size N`
-//! against the same media-sim. Each mode is a column of the report; a batch
-//! request counts as one request to the media service, and each of its ids
-//! as one poll of that event.
+//! in-process media-sim, each event held by one gRPC subscriber: what the
+//! media service and the poller's host pay for N events at interval I. The
+//! poller is its own process so `/proc` gives its CPU and RSS alone; arrivals
+//! are timed here, as the media service sees them. `--batch-size` compares
+//! polling modes in one session, a fresh poller each (a batch request counts
+//! as one request, each of its ids as one poll).
 
 use crate::{
     arrivals::{self, Arrival, Arrivals},

@@ -1,21 +1,9 @@
-//! Scenario `polling` ("against polling"): what the media service pays for N
-//! viewers when every browser polls it, versus the same N viewers served by
-//! livepush. Both are measured at the media service, not computed.
-//!
-//! 1. **Polling.** N viewers, each with its own keep-alive HTTP/1.1
-//!    connection, `GET /live/{event_id}` every `--interval`, their phases
-//!    spread evenly over the interval. Like a browser's HTTP cache they
-//!    revalidate with `If-None-Match` (media-sim sends an ETag and
-//!    `Cache-Control: no-cache`), so unchanged data costs a 304, not a body.
-//! 2. **livepush.** The same N viewers as SSE streams through one edge, one
-//!    poller at the same interval.
-//!
-//! Requests are media-sim's own count (`GET /stats`); bytes are counted by a
-//! relay in front of media-sim ([`crate::proxy`]) that both the polling
-//! viewers and the poller go through, so both setups are measured at the same
-//! place in the same way. The polling viewers also count the response bytes
-//! they read, as a cross-check of the relay. media-sim runs without
-//! `--stamp` here: with it every answer would differ and carry no ETag.
+//! Scenario `polling`: what the media service pays for N viewers polling it
+//! directly (keep-alive, `If-None-Match` like a browser's cache) versus the
+//! same viewers as SSE streams through livepush. Both are measured at the
+//! media service: requests by media-sim's count, bytes by a relay both
+//! setups go through ([`crate::proxy`]). media-sim runs without `--stamp`:
+//! with it every answer would differ and carry no ETag.
 
 use crate::{
     procstat,

@@ -1,28 +1,10 @@
 //! One measured run of the push path, media-sim → poller → edge(s) → SSE
-//! browsers, shared by the `fanout` and `breadth` scenarios: they differ only
-//! in the shape (edges × events × browsers per event). The `nchan` scenario
-//! runs the same phases against Nginx with the nchan module instead of the
-//! edges ([`System`] is what serves the browsers; [`crate::nchan`]).
-//!
-//! The phases are chosen so each figure means one thing:
-//!
-//! 1. **Start** the edges (fresh processes: memory of an earlier size does
-//!    not carry over) and wait until `/readyz` answers 200.
-//! 2. **Warm up**: one SSE stream per edge until its first event, then closed,
-//!    so the gRPC channel, the feed machinery and the allocator have been
-//!    exercised. One second later: **idle RSS** (of a server made of several
-//!    processes, nginx's master and worker, the sum over them).
-//! 3. **Connect** all browsers at `--connect-rate`, wait until every one has
-//!    its first event, then `--settle`: **connected RSS**. RSS per connection
-//!    is (connected − idle) / connections on that edge.
-//! 4. **Window** of `--duration`: latency histograms restarted, CPU of every
-//!    process, media-sim's request count and the generator's counters taken at
-//!    both ends. Updates served in the window are then given two seconds to
-//!    reach everyone before deliveries per update are read.
-//! 5. Stop the browsers, then the edges.
-//!
-//! Errors are never hidden: every failure, close and reconnect of the whole
-//! run (ramp included) is counted and listed by message.
+//! browsers, shared by `fanout`, `breadth` and `nchan` ([`System`] is what
+//! serves the browsers). BENCHMARKS.md describes the phases; they are chosen
+//! so each figure means one thing (fresh servers per size so memory does not
+//! carry over, a warm-up before the idle RSS, a settle before the connected
+//! RSS). Errors are never hidden: every failure and reconnect of the whole
+//! run is counted and listed by message.
 
 use crate::{
     histogram::Snapshot,
