@@ -245,7 +245,7 @@ async fn measure(args: &Args, media: &Proc, poller: &Proc, edge: &Proc) -> anyho
     let probing =
         tokio::spawn(probe(edge.addr, edge.pid(), poller.addr, args.probe_every, stop_probes.clone()));
     let pids = [edge.pid(), poller.pid(), media.pid(), std::process::id()];
-    let (cpu0, host0) = (cpu(&pids)?, procstat::host_busy_seconds()?);
+    let cpu0 = procstat::Cpu::read(&pids)?;
     let start = Instant::now();
     let start_ms = sse_load::unix_micros() / 1000;
     let stable_stats = stable.stats().clone();
@@ -313,7 +313,7 @@ async fn measure(args: &Args, media: &Proc, poller: &Proc, edge: &Proc) -> anyho
     let requests = stack::media_requests(media.addr).await?.saturating_sub(requests0);
     let after_requests_per_s = requests as f64 / settle.elapsed().as_secs_f64();
     let after = read().await?;
-    let (cpu1, host1) = (cpu(&pids)?, procstat::host_busy_seconds()?);
+    let spent = procstat::Cpu::read(&pids)?.since(&cpu0);
     let observed = start.elapsed();
     let end_ms = sse_load::unix_micros() / 1000;
     stop_probes.cancel();
@@ -349,8 +349,6 @@ async fn measure(args: &Args, media: &Proc, poller: &Proc, edge: &Proc) -> anyho
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let spent: Vec<f64> = cpu1.iter().zip(&cpu0).map(|(b, a)| b - a).collect();
-    let others = (host1 - host0) - spent.iter().sum::<f64>();
     Ok(Outcome {
         cmds: [media.cmd.clone(), poller.cmd.clone(), edge.cmd.clone()],
         before,
@@ -365,7 +363,7 @@ async fn measure(args: &Args, media: &Proc, poller: &Proc, edge: &Proc) -> anyho
         stable: stable_figures,
         streams_open_at_end,
         stuck,
-        cpu: [spent[0], spent[1], spent[2], spent[3], others.max(0.0)],
+        cpu: [spent.of(0), spent.of(1), spent.of(2), spent.of(3), spent.others()],
         observed,
     })
 }
@@ -403,11 +401,6 @@ async fn probe(
             Err(_) => p.readings_failed += 1,
         }
     }
-}
-
-/// CPU seconds so far of each process.
-fn cpu(pids: &[u32]) -> anyhow::Result<Vec<f64>> {
-    pids.iter().map(|&p| procstat::sample(p).map(|s| s.cpu_seconds)).collect()
 }
 
 const MIB: f64 = 1024.0 * 1024.0;

@@ -156,25 +156,17 @@ struct Polls {
     gauges: Vec<Option<Gauges>>,
 }
 
-/// CPU seconds: of the processes of the run (and this one), and of the
-/// whole host.
-#[derive(Debug, Clone, Copy, Default)]
-struct Cpu {
-    ours: f64,
-    host: f64,
-}
-
 struct Outcome {
     commands: Commands,
     ready_after: Duration,
     before: Polls,
-    cpu_before: Cpu,
+    cpu_before: procstat::Cpu,
     victim: usize,
     victim_addr: SocketAddr,
     kill_cmd: Duration,
     edges_before: Vec<EdgeGauges>,
     edges_after: Vec<EdgeGauges>,
-    cpu_kill: Cpu,
+    cpu_kill: procstat::Cpu,
     after: Polls,
     ret: Option<ReturnOutcome>,
     logs: Vec<Log>,
@@ -379,15 +371,11 @@ impl Run<'_> {
     }
 
     /// CPU of the running processes and this one, and the host's busy time.
-    fn cpu_reading(&self) -> anyhow::Result<Cpu> {
+    fn cpu_reading(&self) -> anyhow::Result<procstat::Cpu> {
         let mut pids = vec![self.media.pid(), std::process::id()];
         pids.extend(self.pollers.iter().flatten().map(Proc::pid));
         pids.extend(self.edges.iter().map(Proc::pid));
-        let mut ours = 0.0;
-        for pid in pids {
-            ours += procstat::sample(pid)?.cpu_seconds;
-        }
-        Ok(Cpu { ours, host: procstat::host_busy_seconds()? })
+        procstat::Cpu::read(&pids)
     }
 
     fn ensure_running(&mut self) -> anyhow::Result<()> {
@@ -414,18 +402,6 @@ impl Run<'_> {
         }
         first_error = first_error.or(self.media.stop().await.err());
         first_error.map_or(Ok(()), Err)
-    }
-}
-
-impl Cpu {
-    /// The phase from `start` to `self`.
-    fn since(&self, start: &Self) -> Self {
-        Self { ours: self.ours - start.ours, host: self.host - start.host }
-    }
-
-    /// CPU of other programs, % of one core, over `seconds`.
-    fn others_pct(&self, seconds: f64) -> f64 {
-        100.0 * (self.host - self.ours).max(0.0) / seconds.max(1e-9)
     }
 }
 
@@ -944,8 +920,8 @@ fn report(args: &Args, o: &Outcome) -> anyhow::Result<Report> {
                 .collect(),
             pollers_up: per_edge(&o.edges_after, |g| g.pollers_up),
             kill_cmd_ms: o.kill_cmd.as_secs_f64() * 1000.0,
-            others_cpu_pct_before: o.cpu_before.others_pct(o.before.seconds),
-            others_cpu_pct: o.cpu_kill.others_pct(observe_s),
+            others_cpu_pct_before: 100.0 * o.cpu_before.others() / o.before.seconds.max(1e-9),
+            others_cpu_pct: 100.0 * o.cpu_kill.others() / observe_s.max(1e-9),
         },
         affected: GroupFigures::of(&f.affected),
         unaffected: GroupFigures::of(&f.unaffected),

@@ -8,8 +8,7 @@
 use crate::{
     arrivals::{self, Arrivals},
     histogram::Snapshot,
-    httpc,
-    procstat::{self, Sample},
+    httpc, procstat,
     push::LoadArgs,
     report::{self, Report},
     sse_load::{self, Counters, Load, Plan, micros},
@@ -201,33 +200,8 @@ struct Outcome {
     wall: f64,
     counters: Counters,
     post_failures: Vec<String>,
-    cpu: Cpu,
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Cpu {
-    poller: f64,
-    edge: f64,
-    harness: f64,
-    others: f64,
-}
-
-/// The processes whose CPU is read around each variant.
-struct Pids {
-    poller: u32,
-    edge: u32,
-    me: u32,
-}
-
-impl Pids {
-    fn sample(&self) -> anyhow::Result<(Sample, Sample, Sample, f64)> {
-        Ok((
-            procstat::sample(self.poller)?,
-            procstat::sample(self.edge)?,
-            procstat::sample(self.me)?,
-            procstat::host_busy_seconds()?,
-        ))
-    }
+    /// Poller, edge, this process.
+    cpu: procstat::Cpu,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
@@ -259,7 +233,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     )
     .await?;
     let mut edge = stack::edge(&args.bins, &[poller.addr]).await?;
-    let pids = Pids { poller: poller.pid(), edge: edge.pid(), me: std::process::id() };
+    let pids = [poller.pid(), edge.pid(), std::process::id()];
 
     let changes_per_variant = u64::from(args.changes);
     let limit = deliver_limit(args.interval);
@@ -369,7 +343,7 @@ struct Session<'a> {
     arrivals: &'a Arrivals,
     load: &'a Load,
     hint: Hinter<'a>,
-    pids: Pids,
+    pids: [u32; 3],
     /// How long one change may take to reach every browser.
     limit: Duration,
 }
@@ -381,7 +355,7 @@ impl Session<'_> {
         let stats = load.stats();
         let counters_start = stats.counters();
         stats.latency.reset();
-        let (poller0, edge0, me0, host0) = pids.sample()?;
+        let cpu0 = procstat::Cpu::read(pids)?;
         let started = Instant::now();
         let arrivals_from = arrivals.offset_us(started.into_std());
         let mut changes = Vec::new();
@@ -410,15 +384,10 @@ impl Session<'_> {
             };
             changes.push(change);
         }
-        let (poller1, edge1, me1, host1) = pids.sample()?;
+        let cpu = procstat::Cpu::read(pids)?.since(&cpu0);
         let wall = started.elapsed();
         let (log, _) = arrivals.snapshot();
         let polls = arrivals::window(&log, arrivals_from, micros(wall)).len() as u64;
-        let (poller_cpu, edge_cpu, me_cpu) = (
-            poller1.cpu_seconds - poller0.cpu_seconds,
-            edge1.cpu_seconds - edge0.cpu_seconds,
-            me1.cpu_seconds - me0.cpu_seconds,
-        );
         Ok(Outcome {
             variant,
             changes,
@@ -427,12 +396,7 @@ impl Session<'_> {
             wall: wall.as_secs_f64(),
             counters: stats.counters().since(&counters_start),
             post_failures,
-            cpu: Cpu {
-                poller: poller_cpu,
-                edge: edge_cpu,
-                harness: me_cpu,
-                others: ((host1 - host0) - poller_cpu - edge_cpu - me_cpu).max(0.0),
-            },
+            cpu,
         })
     }
 }
@@ -530,10 +494,10 @@ fn figures(args: &Args, o: &Outcome, repeats: u64) -> Figures {
         post_max_ms: report::quantile_ms(&posts, 1.0),
         counters: o.counters,
         wall_s: o.wall,
-        poller_pct: pct(o.cpu.poller),
-        edge_pct: pct(o.cpu.edge),
-        harness_pct: pct(o.cpu.harness),
-        others_pct: pct(o.cpu.others),
+        poller_pct: pct(o.cpu.of(0)),
+        edge_pct: pct(o.cpu.of(1)),
+        harness_pct: pct(o.cpu.of(2)),
+        others_pct: pct(o.cpu.others()),
     }
 }
 
