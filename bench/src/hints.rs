@@ -7,7 +7,6 @@
 
 use crate::{
     arrivals::{self, Arrivals},
-    histogram::Snapshot,
     httpc, procstat,
     push::LoadArgs,
     report::{self, Report},
@@ -189,21 +188,6 @@ struct Change {
     wait: Duration,
 }
 
-/// What one variant measured.
-struct Outcome {
-    variant: Variant,
-    changes: Vec<Change>,
-    /// Every delivery's latency (change → each browser).
-    each: Snapshot,
-    /// Polls of the event the media service saw during the variant.
-    polls: u64,
-    wall: f64,
-    counters: Counters,
-    post_failures: Vec<String>,
-    /// Poller, edge, this process.
-    cpu: procstat::Cpu,
-}
-
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     ensure!(!args.variants.is_empty(), "no variant to run");
     let seed = args.seed.unwrap_or_else(sse_load::unix_micros);
@@ -257,15 +241,15 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     // variant: let the poll cycle settle.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let mut outcomes = Vec::new();
+    let mut runs = Vec::new();
     let hint = Hinter { poller: poller.addr, token: &token };
     let session = Session { args: &args, media: &media, arrivals: &arrivals, load: &load, hint, pids, limit };
     for &variant in &args.variants {
         eprintln!("hints: variant {}", variant.name());
-        let outcome = session.measure(variant, &mut rng).await;
+        let run = session.measure(variant, &mut rng).await;
         poller.child.ensure_running()?;
         edge.child.ensure_running()?;
-        outcomes.push(outcome?);
+        runs.push(run?);
     }
     // Late repeats (a regular poll re-publishing a value, say) get time to show.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -280,16 +264,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     background.shutdown().await;
 
     // Deliveries beyond one per browser, per variant (by the change's stamp).
-    let repeats: Vec<u64> = outcomes
-        .iter()
-        .map(|o| {
-            o.changes
-                .iter()
-                .filter_map(|c| all_updates.iter().find(|u| u.served_at_ms == c.stamp_ms))
-                .map(|u| u64::from(u.reached.saturating_sub(args.browsers)))
-                .sum()
-        })
-        .collect();
+    for f in &mut runs {
+        f.repeats = (f.stamps.iter())
+            .filter_map(|&stamp| all_updates.iter().find(|u| u.served_at_ms == stamp))
+            .map(|u| u64::from(u.reached.saturating_sub(args.browsers)))
+            .sum();
+    }
     let params = Params {
         args: &args,
         seed,
@@ -299,7 +279,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         edge_cmd,
         browsers_ready_s: ready_after.as_secs_f64(),
     };
-    let mut report = report(params, &outcomes, &repeats, &args)?;
+    let mut report = report(params, runs, &args)?;
     for (kind, n) in error_kinds {
         report.note(format!("browser error (whole run): {kind} x{n}"));
     }
@@ -349,7 +329,7 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    async fn measure(&self, variant: Variant, rng: &mut fastrand::Rng) -> anyhow::Result<Outcome> {
+    async fn measure(&self, variant: Variant, rng: &mut fastrand::Rng) -> anyhow::Result<Figures> {
         let Self { args, media, arrivals, load, hint, pids, limit } = self;
         let limit = *limit;
         let stats = load.stats();
@@ -388,15 +368,44 @@ impl Session<'_> {
         let wall = started.elapsed();
         let (log, _) = arrivals.snapshot();
         let polls = arrivals::window(&log, arrivals_from, micros(wall)).len() as u64;
-        Ok(Outcome {
-            variant,
-            changes,
-            each: stats.latency.snapshot(),
+        let (each, wall) = (stats.latency.snapshot(), wall.as_secs_f64());
+        let last = report::sorted(changes.iter().map(|c| c.last_us));
+        let first = report::sorted(changes.iter().map(|c| c.first_us));
+        let posts = report::sorted(changes.iter().filter_map(|c| c.post_us));
+        let apart = report::sorted(changes.iter().filter(|c| c.wait >= HINT_GAP).map(|c| c.last_us));
+        let pct = |x: f64| 100.0 * x / wall.max(f64::MIN_POSITIVE);
+        Ok(Figures {
+            column: variant.name(),
+            changes: changes.len(),
+            reached_all: changes.iter().filter(|c| c.reached >= args.browsers).count(),
+            last_p50_ms: report::quantile_ms(&last, 0.5),
+            last_p99_ms: report::quantile_ms(&last, 0.99),
+            last_max_ms: report::quantile_ms(&last, 1.0),
+            last_mean_ms: (!last.is_empty())
+                .then(|| last.iter().sum::<u64>() as f64 / last.len() as f64 / 1000.0),
+            first_p50_ms: report::quantile_ms(&first, 0.5),
+            within_hint_gap: changes.iter().filter(|c| c.wait < HINT_GAP).count(),
+            apart_max_ms: report::quantile_ms(&apart, 1.0),
+            deliveries: each.count,
+            each_p50_ms: sse_load::ms(&each, 0.5),
+            each_p99_ms: sse_load::ms(&each, 0.99),
+            each_max_ms: (each.count > 0).then(|| each.max as f64 / 1000.0),
+            repeats: 0,
             polls,
-            wall: wall.as_secs_f64(),
+            polls_per_change: polls as f64 / changes.len().max(1) as f64,
+            posts_ok: posts.len(),
+            post_failures: post_failures.len(),
+            post_p50_ms: report::quantile_ms(&posts, 0.5),
+            post_max_ms: report::quantile_ms(&posts, 1.0),
             counters: stats.counters().since(&counters_start),
-            post_failures,
-            cpu,
+            wall_s: wall,
+            poller_pct: pct(cpu.of(0)),
+            edge_pct: pct(cpu.of(1)),
+            harness_pct: pct(cpu.of(2)),
+            others_pct: pct(cpu.others()),
+            variant,
+            stamps: changes.iter().map(|c| c.stamp_ms).collect(),
+            failures: post_failures,
         })
     }
 }
@@ -455,6 +464,13 @@ struct Figures {
     edge_pct: f64,
     harness_pct: f64,
     others_pct: f64,
+    #[serde(skip)]
+    variant: Variant,
+    /// Each change's stamp, to count repeats once the run is over.
+    #[serde(skip)]
+    stamps: Vec<u64>,
+    #[serde(skip)]
+    failures: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -463,63 +479,24 @@ struct HintsFigures<'a> {
     runs: Vec<Figures>,
 }
 
-fn figures(args: &Args, o: &Outcome, repeats: u64) -> Figures {
-    let last = report::sorted(o.changes.iter().map(|c| c.last_us));
-    let first = report::sorted(o.changes.iter().map(|c| c.first_us));
-    let posts = report::sorted(o.changes.iter().filter_map(|c| c.post_us));
-    let apart = report::sorted(o.changes.iter().filter(|c| c.wait >= HINT_GAP).map(|c| c.last_us));
-    let pct = |x: f64| 100.0 * x / o.wall.max(f64::MIN_POSITIVE);
-    Figures {
-        column: o.variant.name(),
-        changes: o.changes.len(),
-        reached_all: o.changes.iter().filter(|c| c.reached >= args.browsers).count(),
-        last_p50_ms: report::quantile_ms(&last, 0.5),
-        last_p99_ms: report::quantile_ms(&last, 0.99),
-        last_max_ms: report::quantile_ms(&last, 1.0),
-        last_mean_ms: (!last.is_empty())
-            .then(|| last.iter().sum::<u64>() as f64 / last.len() as f64 / 1000.0),
-        first_p50_ms: report::quantile_ms(&first, 0.5),
-        within_hint_gap: o.changes.iter().filter(|c| c.wait < HINT_GAP).count(),
-        apart_max_ms: report::quantile_ms(&apart, 1.0),
-        deliveries: o.each.count,
-        each_p50_ms: sse_load::ms(&o.each, 0.5),
-        each_p99_ms: sse_load::ms(&o.each, 0.99),
-        each_max_ms: (o.each.count > 0).then(|| o.each.max as f64 / 1000.0),
-        repeats,
-        polls: o.polls,
-        polls_per_change: o.polls as f64 / o.changes.len().max(1) as f64,
-        posts_ok: posts.len(),
-        post_failures: o.post_failures.len(),
-        post_p50_ms: report::quantile_ms(&posts, 0.5),
-        post_max_ms: report::quantile_ms(&posts, 1.0),
-        counters: o.counters,
-        wall_s: o.wall,
-        poller_pct: pct(o.cpu.of(0)),
-        edge_pct: pct(o.cpu.of(1)),
-        harness_pct: pct(o.cpu.of(2)),
-        others_pct: pct(o.cpu.others()),
-    }
-}
-
-fn report(params: Params<'_>, outcomes: &[Outcome], repeats: &[u64], args: &Args) -> anyhow::Result<Report> {
+fn report(params: Params<'_>, runs: Vec<Figures>, args: &Args) -> anyhow::Result<Report> {
     let title = format!(
         "livepush-bench hints: change to browser, {} browsers on one event, interval {}, {} changes per variant",
         args.browsers,
         humantime::format_duration(args.interval),
         args.changes
     );
-    let runs: Vec<Figures> = outcomes.iter().zip(repeats).map(|(o, &r)| figures(args, o, r)).collect();
     let mut notes = Vec::new();
-    for (o, f) in outcomes.iter().zip(&runs).filter(|(o, _)| o.variant != Variant::None) {
+    for f in runs.iter().filter(|f| f.variant != Variant::None) {
         if let Some(p99) = f.last_p99_ms {
             let verdict = if p99 < TARGET_HINT_P99_MS { "met" } else { "missed" };
             notes.push(format!(
                 "target p99 change → last browser under {TARGET_HINT_P99_MS} ms: {}: {p99:.1} ms, {verdict}",
-                o.variant.name()
+                f.column
             ));
         }
-        for failure in o.post_failures.iter().take(5) {
-            notes.push(format!("{}: POST failed: {failure}", o.variant.name()));
+        for failure in f.failures.iter().take(5) {
+            notes.push(format!("{}: POST failed: {failure}", f.column));
         }
     }
     let mut r = Report::new("hints", title, &HintsFigures { params, runs })?;
