@@ -16,7 +16,7 @@ use crate::{
     procstat,
     push::{LoadArgs, ShapeArgs, at_least_1s, event_id},
     report::{self, Report},
-    sse_load::{self, Counters, Load, Plan, Trace, unix_micros},
+    sse_load::{self, Load, Plan, Trace, unix_micros},
     stack::{self, BinArgs, Proc, metric, scrape},
     wire::{Id, Kind},
 };
@@ -114,12 +114,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         edges.push(stack::edge(bins, &addrs).await?);
     }
     let mut run = Run { args: &args, media, addrs, pollers, edges, browsers: None };
-    let outcome = run.measure().await;
+    let report = run.measure().await;
     // Stop everything whatever happened; an error of the run wins.
     let stopped = run.stop().await;
-    let outcome = outcome?;
+    let report = report?;
     stopped?;
-    report(&args, &outcome)
+    Ok(report)
 }
 
 /// The processes and browsers of a run.
@@ -156,30 +156,6 @@ struct Polls {
     gauges: Vec<Option<Gauges>>,
 }
 
-struct Outcome {
-    commands: Commands,
-    ready_after: Duration,
-    before: Polls,
-    cpu_before: procstat::Cpu,
-    victim: usize,
-    victim_addr: SocketAddr,
-    kill_cmd: Duration,
-    edges_before: Vec<EdgeGauges>,
-    edges_after: Vec<EdgeGauges>,
-    cpu_kill: procstat::Cpu,
-    after: Polls,
-    ret: Option<ReturnOutcome>,
-    logs: Vec<Log>,
-    /// The browsers' counters and errors by message, whole run.
-    totals: Counters,
-    error_kinds: BTreeMap<String, u64>,
-    stuck: usize,
-    /// Unix µs: kill instant and end of the observation after it.
-    k_us: u64,
-    observed_us: u64,
-    end_us: u64,
-}
-
 struct ReturnOutcome {
     r_us: u64,
     accepting_after: Duration,
@@ -191,20 +167,10 @@ struct ReturnOutcome {
     polls: Polls,
 }
 
-struct Commands {
-    media: String,
-    poller: String,
-    edge: String,
-}
-
 impl Run<'_> {
-    async fn measure(&mut self) -> anyhow::Result<Outcome> {
+    async fn measure(&mut self) -> anyhow::Result<Report> {
         let args = self.args;
-        let commands = Commands {
-            media: self.media.cmd.clone(),
-            poller: self.pollers[0].as_ref().map(|p| p.cmd.clone()).unwrap_or_default(),
-            edge: self.edges[0].cmd.clone(),
-        };
+        let poller_cmd = self.pollers[0].as_ref().map(|p| p.cmd.clone()).unwrap_or_default();
 
         // 1. Steady state.
         let (plan, who) = self.plan();
@@ -266,29 +232,139 @@ impl Run<'_> {
         let browsers = self.browsers.take().context("browsers gone")?;
         let stats = browsers.stats().clone();
         let (traces, stuck) = browsers.stop_traced(Duration::from_secs(5)).await;
-        let logs =
-            traces.into_iter().zip(who).filter_map(|(t, (event, edge))| Some(Log::of(event, edge, t?)));
-        Ok(Outcome {
-            commands,
-            ready_after,
-            before,
-            cpu_before,
-            victim,
-            victim_addr: self.addrs[victim],
-            kill_cmd,
-            edges_before,
-            edges_after,
-            cpu_kill,
-            after,
+        let logs: Vec<Log> = traces
+            .into_iter()
+            .zip(who)
+            .filter_map(|(t, (event, edge))| Some(Log::of(event, edge, t?)))
+            .collect();
+        let totals = stats.counters();
+        let error_kinds: BTreeMap<String, u64> = stats.error_kinds().into_iter().collect();
+        let (f, moved) = failover(&logs, args.shape.events, k_us, observed_us);
+        let g = Integrity {
+            errors: totals.errors,
+            reconnects: totals.reconnects,
+            error_kinds,
+            ..integrity(&logs, k_us)
+        };
+        let victim_before = before.gauges[victim].unwrap_or_default();
+        let title = format!(
+            "livepush-bench failover: {} events x {} browsers over {} edges, {} pollers, one killed",
+            args.shape.events, args.shape.browsers, args.shape.edges, args.pollers
+        );
+        let polls = |p: &Polls| PollFigures {
+            events_per_poller: p.gauges.iter().map(|g| g.map(|g| g.events)).collect(),
+            streams_per_poller: p.gauges.iter().map(|g| g.map(|g| g.streams)).collect(),
+            requests_per_s: p.requests as f64 / p.seconds,
+            polls_per_event_per_interval: p.requests as f64
+                / f64::from(args.shape.events)
+                / (p.seconds / args.interval.as_secs_f64()),
+        };
+        let per_edge = |e: &[EdgeGauges], f: fn(&EdgeGauges) -> u64| e.iter().map(f).collect::<Vec<_>>();
+        let observe_s = observed_us.saturating_sub(k_us) as f64 / 1e6;
+        let mut notes = Vec::new();
+        let ret = ret.as_ref().map(|ret| {
+            let b = back(&logs, &moved, ret.r_us, end_us);
+            for (what, list) in [
+                ("not switched back", &b.affected_not_switched),
+                ("switched unexpectedly", &b.others_switched),
+            ] {
+                if !list.is_empty() {
+                    notes.push(format!("browsers {what}: {}", describe(list)));
+                }
+            }
+            Return {
+                accepting_s: ret.accepting_after.as_secs_f64(),
+                edges_up_s: ret.edges_up_after.iter().map(|d| d.map(|d| d.as_secs_f64())).collect(),
+                streams_back_s: ret.streams_back_after.map(|d| d.as_secs_f64()),
+                switched: b.switched,
+                not_switched: b.affected_not_switched.len(),
+                others_switched: b.others_switched.len(),
+                switch_p50_ms: report::quantile_ms(&b.switch_us, 0.5),
+                switch_max_ms: report::quantile_ms(&b.switch_us, 1.0),
+                switch_gap_p50_ms: report::quantile_ms(&b.switch_gap_us, 0.5),
+                switch_gap_max_ms: report::quantile_ms(&b.switch_gap_us, 1.0),
+                gap_affected_p99_ms: report::quantile_ms(&b.max_gap_affected_us, 0.99),
+                gap_affected_max_ms: report::quantile_ms(&b.max_gap_affected_us, 1.0),
+                gap_others_p99_ms: report::quantile_ms(&b.max_gap_others_us, 0.99),
+                gap_others_max_ms: report::quantile_ms(&b.max_gap_others_us, 1.0),
+                stale: b.stale,
+                failovers: per_edge(&ret.edges, |g| g.failovers),
+                pollers_up: per_edge(&ret.edges, |g| g.pollers_up),
+                polls: polls(&ret.polls),
+            }
+        });
+        let figures = Figures {
+            args,
+            connections: u64::from(args.shape.events) * u64::from(args.shape.browsers),
+            cores: report::cores(),
+            media_cmd: &self.media.cmd,
+            poller_cmd: &poller_cmd,
+            edge_cmd: &self.edges[0].cmd,
+            ready_s: ready_after.as_secs_f64(),
+            before: polls(&before),
+            kill: Kill {
+                victim: format!("poller {} of {} ({})", victim + 1, before.gauges.len(), self.addrs[victim]),
+                victim_events: victim_before.events,
+                moved_events: f.moved_events,
+                split_events: f.split_events.len(),
+                edge_failovers: edges_after
+                    .iter()
+                    .zip(&edges_before)
+                    .map(|(a, b)| a.failovers.saturating_sub(b.failovers))
+                    .collect(),
+                pollers_up: per_edge(&edges_after, |g| g.pollers_up),
+                kill_cmd_ms: kill_cmd.as_secs_f64() * 1000.0,
+                others_cpu_pct_before: 100.0 * cpu_before.others() / before.seconds.max(1e-9),
+                others_cpu_pct: 100.0 * cpu_kill.others() / observe_s.max(1e-9),
+            },
+            affected: GroupFigures::of(&f.affected),
+            unaffected: GroupFigures::of(&f.unaffected),
+            unclassified: f.unclassified.len(),
+            after: polls(&after),
             ret,
-            logs: logs.collect(),
-            totals: stats.counters(),
-            error_kinds: stats.error_kinds().into_iter().collect(),
+            integrity: &g,
             stuck,
-            k_us,
-            observed_us,
-            end_us,
-        })
+        };
+        let mut r = Report::new("failover", title, &figures)?;
+        for note in notes {
+            r.note(note);
+        }
+        r.note(
+            "time to resume = arrival of a browser's first data event whose served_at_ms is at or after the \
+             kill instant, minus that instant (taken when the kill signal was sent); one clock, ms stamps"
+                .into(),
+        );
+        r.note(format!(
+            "affected = events whose first value after the kill carried an id from a new feed (a jump of more than \
+             {FEED_JUMP}); the killed poller's events_watched gauge said {}",
+            victim_before.events
+        ));
+        for v in &g.violations {
+            r.note(format!("id violation: {v}"));
+        }
+        if !f.split_events.is_empty() {
+            let ids: Vec<String> = f.split_events.iter().take(10).map(|&e| event_id(e)).collect();
+            r.note(format!("events whose browsers disagreed: {}", ids.join(", ")));
+        }
+        if !f.unclassified.is_empty() {
+            r.note(format!("browsers without any value after the kill: {}", describe(&f.unclassified)));
+        }
+        for (key, group) in [("affected", &f.affected), ("unaffected", &f.unaffected)] {
+            if group.browsers > group.resume_us.len() as u64 {
+                let missing: Vec<(u32, usize)> = logs
+                    .iter()
+                    .filter(|l| moved.get(l.event as usize).copied().flatten() == Some(key == "affected"))
+                    .filter(|l| {
+                        !l.data
+                            .iter()
+                            .any(|r| r.stamp_ms > 0 && r.stamp_ms * 1000 >= k_us && r.at_us <= observed_us)
+                    })
+                    .map(|l| (l.event, l.edge))
+                    .collect();
+                r.note(format!("{key} browsers not resumed: {}", describe(&missing)));
+            }
+        }
+        Ok(r)
     }
 
     /// One browser per (event, copy), spread over the edges: the plan, and
@@ -842,142 +918,6 @@ struct Return {
     pollers_up: Vec<u64>,
     /// After the linger.
     polls: PollFigures,
-}
-
-fn report(args: &Args, o: &Outcome) -> anyhow::Result<Report> {
-    let (f, moved) = failover(&o.logs, args.shape.events, o.k_us, o.observed_us);
-    let g = Integrity {
-        errors: o.totals.errors,
-        reconnects: o.totals.reconnects,
-        error_kinds: o.error_kinds.clone(),
-        ..integrity(&o.logs, o.k_us)
-    };
-    let victim_before = o.before.gauges[o.victim].unwrap_or_default();
-    let title = format!(
-        "livepush-bench failover: {} events x {} browsers over {} edges, {} pollers, one killed",
-        args.shape.events, args.shape.browsers, args.shape.edges, args.pollers
-    );
-    let polls = |p: &Polls| PollFigures {
-        events_per_poller: p.gauges.iter().map(|g| g.map(|g| g.events)).collect(),
-        streams_per_poller: p.gauges.iter().map(|g| g.map(|g| g.streams)).collect(),
-        requests_per_s: p.requests as f64 / p.seconds,
-        polls_per_event_per_interval: p.requests as f64
-            / f64::from(args.shape.events)
-            / (p.seconds / args.interval.as_secs_f64()),
-    };
-    let per_edge = |e: &[EdgeGauges], f: fn(&EdgeGauges) -> u64| e.iter().map(f).collect::<Vec<_>>();
-    let observe_s = o.observed_us.saturating_sub(o.k_us) as f64 / 1e6;
-    let mut notes = Vec::new();
-    let ret = o.ret.as_ref().map(|ret| {
-        let b = back(&o.logs, &moved, ret.r_us, o.end_us);
-        for (what, list) in
-            [("not switched back", &b.affected_not_switched), ("switched unexpectedly", &b.others_switched)]
-        {
-            if !list.is_empty() {
-                notes.push(format!("browsers {what}: {}", describe(list)));
-            }
-        }
-        Return {
-            accepting_s: ret.accepting_after.as_secs_f64(),
-            edges_up_s: ret.edges_up_after.iter().map(|d| d.map(|d| d.as_secs_f64())).collect(),
-            streams_back_s: ret.streams_back_after.map(|d| d.as_secs_f64()),
-            switched: b.switched,
-            not_switched: b.affected_not_switched.len(),
-            others_switched: b.others_switched.len(),
-            switch_p50_ms: report::quantile_ms(&b.switch_us, 0.5),
-            switch_max_ms: report::quantile_ms(&b.switch_us, 1.0),
-            switch_gap_p50_ms: report::quantile_ms(&b.switch_gap_us, 0.5),
-            switch_gap_max_ms: report::quantile_ms(&b.switch_gap_us, 1.0),
-            gap_affected_p99_ms: report::quantile_ms(&b.max_gap_affected_us, 0.99),
-            gap_affected_max_ms: report::quantile_ms(&b.max_gap_affected_us, 1.0),
-            gap_others_p99_ms: report::quantile_ms(&b.max_gap_others_us, 0.99),
-            gap_others_max_ms: report::quantile_ms(&b.max_gap_others_us, 1.0),
-            stale: b.stale,
-            failovers: per_edge(&ret.edges, |g| g.failovers),
-            pollers_up: per_edge(&ret.edges, |g| g.pollers_up),
-            polls: polls(&ret.polls),
-        }
-    });
-    let figures = Figures {
-        args,
-        connections: u64::from(args.shape.events) * u64::from(args.shape.browsers),
-        cores: report::cores(),
-        media_cmd: &o.commands.media,
-        poller_cmd: &o.commands.poller,
-        edge_cmd: &o.commands.edge,
-        ready_s: o.ready_after.as_secs_f64(),
-        before: polls(&o.before),
-        kill: Kill {
-            victim: o.victim_label(),
-            victim_events: victim_before.events,
-            moved_events: f.moved_events,
-            split_events: f.split_events.len(),
-            edge_failovers: o
-                .edges_after
-                .iter()
-                .zip(&o.edges_before)
-                .map(|(a, b)| a.failovers.saturating_sub(b.failovers))
-                .collect(),
-            pollers_up: per_edge(&o.edges_after, |g| g.pollers_up),
-            kill_cmd_ms: o.kill_cmd.as_secs_f64() * 1000.0,
-            others_cpu_pct_before: 100.0 * o.cpu_before.others() / o.before.seconds.max(1e-9),
-            others_cpu_pct: 100.0 * o.cpu_kill.others() / observe_s.max(1e-9),
-        },
-        affected: GroupFigures::of(&f.affected),
-        unaffected: GroupFigures::of(&f.unaffected),
-        unclassified: f.unclassified.len(),
-        after: polls(&o.after),
-        ret,
-        integrity: &g,
-        stuck: o.stuck,
-    };
-    let mut r = Report::new("failover", title, &figures)?;
-    for note in notes {
-        r.note(note);
-    }
-    r.note(
-        "time to resume = arrival of a browser's first data event whose served_at_ms is at or after the \
-         kill instant, minus that instant (taken when the kill signal was sent); one clock, ms stamps"
-            .into(),
-    );
-    r.note(format!(
-        "affected = events whose first value after the kill carried an id from a new feed (a jump of more than \
-         {FEED_JUMP}); the killed poller's events_watched gauge said {}",
-        victim_before.events
-    ));
-    for v in &g.violations {
-        r.note(format!("id violation: {v}"));
-    }
-    if !f.split_events.is_empty() {
-        let ids: Vec<String> = f.split_events.iter().take(10).map(|&e| event_id(e)).collect();
-        r.note(format!("events whose browsers disagreed: {}", ids.join(", ")));
-    }
-    if !f.unclassified.is_empty() {
-        r.note(format!("browsers without any value after the kill: {}", describe(&f.unclassified)));
-    }
-    for (key, group) in [("affected", &f.affected), ("unaffected", &f.unaffected)] {
-        if group.browsers > group.resume_us.len() as u64 {
-            let missing: Vec<(u32, usize)> = o
-                .logs
-                .iter()
-                .filter(|l| moved.get(l.event as usize).copied().flatten() == Some(key == "affected"))
-                .filter(|l| {
-                    !l.data
-                        .iter()
-                        .any(|r| r.stamp_ms > 0 && r.stamp_ms * 1000 >= o.k_us && r.at_us <= o.observed_us)
-                })
-                .map(|l| (l.event, l.edge))
-                .collect();
-            r.note(format!("{key} browsers not resumed: {}", describe(&missing)));
-        }
-    }
-    Ok(r)
-}
-
-impl Outcome {
-    fn victim_label(&self) -> String {
-        format!("poller {} of {} ({})", self.victim + 1, self.before.gauges.len(), self.victim_addr)
-    }
 }
 
 /// "ev-000001 on edge 0, ..." for at most ten browsers, and how many more.
