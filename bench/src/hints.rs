@@ -173,6 +173,29 @@ async fn live(State(media): State<Media>, Path(id): Path<String>, headers: Heade
     (StatusCode::OK, [(header::CONTENT_TYPE, json), (header::ETAG, etag_value)], doc.body).into_response()
 }
 
+/// SplitMix64: reproducible random waits from `--seed`, without a crate.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, d)`.
+    fn below(&mut self, d: Duration) -> Duration {
+        d.mul_f64((self.next() >> 11) as f64 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in `[low, high)` (`low` if the range is empty).
+    fn between(&mut self, low: Duration, high: Duration) -> Duration {
+        low + self.below(high.saturating_sub(low))
+    }
+}
+
 /// One change and how it reached the browsers.
 #[derive(Debug, Clone, Copy)]
 struct Change {
@@ -191,7 +214,7 @@ struct Change {
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     ensure!(!args.variants.is_empty(), "no variant to run");
     let seed = args.seed.unwrap_or_else(sse_load::unix_micros);
-    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut rng = Rng(seed);
 
     // The media service, in-process, polls counted by the arrivals log.
     let mut background = JoinSet::new();
@@ -203,7 +226,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     background.spawn(async move { axum::serve(listener, app).await });
 
     // The poller's --publish-token-file, removed when dropped.
-    let token = format!("bench-{seed:x}-{:x}", std::process::id());
+    let token = format!("bench-{:x}-{:x}", sse_load::unix_micros(), std::process::id());
     let mut token_file = tempfile::NamedTempFile::new().context("creating the token file")?;
     writeln!(token_file, "{token}").context("writing the token file")?;
     let poller_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
@@ -329,7 +352,7 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    async fn measure(&self, variant: Variant, rng: &mut fastrand::Rng) -> anyhow::Result<Figures> {
+    async fn measure(&self, variant: Variant, rng: &mut Rng) -> anyhow::Result<Figures> {
         let Self { args, media, arrivals, load, hint, pids, limit } = self;
         let limit = *limit;
         let stats = load.stats();
@@ -341,8 +364,7 @@ impl Session<'_> {
         let mut changes = Vec::new();
         let mut post_failures = Vec::new();
         for _ in 0..args.changes {
-            let span = args.interval.saturating_sub(args.min_change_gap);
-            let wait = args.min_change_gap + span.mul_f64(rng.f64());
+            let wait = rng.between(args.min_change_gap, args.interval);
             tokio::time::sleep(wait).await;
             let doc = media.change();
             let post_us = match variant {
@@ -509,6 +531,17 @@ fn report(params: Params<'_>, runs: Vec<Figures>, args: &Args) -> anyhow::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_waits_stay_below_the_bound() {
+        let mut rng = Rng(7);
+        let waits: Vec<Duration> = (0..1000).map(|_| rng.below(Duration::from_secs(5))).collect();
+        assert!(waits.iter().all(|w| *w < Duration::from_secs(5)));
+        assert!(
+            waits.iter().any(|w| *w < Duration::from_secs(1))
+                && waits.iter().any(|w| *w > Duration::from_secs(4))
+        );
+    }
 
     #[test]
     fn changes_get_distinct_stamps_and_etags() {
