@@ -1,32 +1,14 @@
-//! Scenario `churn`: browsers come and go in batches on one edge while the
-//! browsers of one stable event keep watching.
-//!
-//! Default: 10,000 browsers, each on an event of its own, connect in batches
-//! of 500; a batch stays until every browser has its first value, `--hold`
-//! longer, then resets (RST, as a tab or network that vanishes), and the
-//! next batch connects. Meanwhile `--stable-browsers` browsers watch one
-//! unrelated event and `/readyz` is probed every `--probe-every`.
-//!
-//! Phases:
-//!
-//! 1. Start media-sim (`--stamp`), the poller (`--linger`) and one edge;
-//!    connect the stable browsers, wait until each has its first value, then
-//!    `--settle`: **before** (edge RSS, open files, `/metrics` of edge and
-//!    poller).
-//! 2. **Churn**, with the probes running (they run until the after-sample).
-//! 3. **Drain**: wait until the edge holds only the stable browsers' streams
-//!    and upstream stream, and the poller watches only the stable event
-//!    (the edge keeps an upstream stream 5-7.5 s after its last browser
-//!    leaves, the poller polls `--linger` longer), then `--settle`, during
-//!    which media-sim's requests/s tells whether polling stopped: **after**.
-//! 4. The stable browsers leave: `livepush_edge_streams_open` must reach 0.
+//! Scenario `churn`: browsers come and go in batches on one edge, each on an
+//! event of its own, resetting (RST, as a vanished tab) once served, while
+//! the browsers of one stable event keep watching and `/readyz` is probed.
+//! Whether the edge and the poller return to their level before is what it
+//! measures; BENCHMARKS.md describes the phases.
 
 use crate::{
-    histogram::Snapshot,
     httpc, procstat,
     push::{EdgeUpstream, LoadArgs, at_least_1s, event_id},
     report::{self, Report},
-    sse_load::{self, Counters, Gaps, Load, Plan},
+    sse_load::{self, Counters, Load, Plan},
     stack::{self, BinArgs, Proc},
 };
 use anyhow::Context;
@@ -170,42 +152,6 @@ struct Churn {
     error_kinds: BTreeMap<String, u64>,
 }
 
-/// The stable event's browsers, from the start of the churn to the
-/// after-sample.
-struct Stable {
-    ready_after: Option<Duration>,
-    counters: Counters,
-    latency: Snapshot,
-    updates: usize,
-    reached_all: usize,
-    gaps: Gaps,
-    error_kinds: Vec<(String, u64)>,
-}
-
-/// Everything measured.
-struct Outcome {
-    cmds: [String; 3],
-    before: Reading,
-    churn: Churn,
-    /// From the end of the churn until the edge held only the stable
-    /// streams, its upstream only the stable event, and the poller only
-    /// polled that event (`None`: not within `drain_limit`).
-    streams_back: Option<Duration>,
-    upstream_back: Option<Duration>,
-    poller_back: Option<Duration>,
-    drain_limit: Duration,
-    after_requests_per_s: f64,
-    after: Reading,
-    probes: Probes,
-    stable: Stable,
-    streams_open_at_end: Option<u64>,
-    stuck: usize,
-    /// CPU seconds from the churn to the after-sample: edge, poller,
-    /// media-sim, this process, other programs on the host.
-    cpu: [f64; 5],
-    observed: Duration,
-}
-
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     anyhow::ensure!(
         u64::from(args.batch) + u64::from(args.stable_browsers) <= 18_000,
@@ -216,20 +162,20 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let linger = humantime::format_duration(args.linger).to_string();
     let poller =
         stack::poller_at(&args.bins, poller_addr, media.addr, args.interval, &["--linger", &linger]).await?;
-    let outcome = match stack::edge(&args.bins, &[poller.addr]).await {
+    let report = match stack::edge(&args.bins, &[poller.addr]).await {
         Ok(edge) => {
-            let outcome = measure(&args, &media, &poller, &edge).await;
+            let report = measure(&args, &media, &poller, &edge).await;
             edge.stop().await?;
-            outcome
+            report
         }
         Err(e) => Err(e),
     };
     poller.stop().await?;
     media.stop().await?;
-    report(&args, &outcome?)
+    report
 }
 
-async fn measure(args: &Args, media: &Proc, poller: &Proc, edge: &Proc) -> anyhow::Result<Outcome> {
+async fn measure(args: &Args, media: &Proc, poller: &Proc, edge: &Proc) -> anyhow::Result<Report> {
     let path = |id: &str| format!("/live/{id}/stream");
     let read = || Reading::take(edge.addr, edge.pid(), poller.addr);
     let far = Instant::now() + Duration::from_secs(3_600);
@@ -262,7 +208,7 @@ async fn measure(args: &Args, media: &Proc, poller: &Proc, edge: &Proc) -> anyho
     let probing =
         tokio::spawn(probe(edge.addr, edge.pid(), poller.addr, args.probe_every, stop_probes.clone()));
     let pids = [edge.pid(), poller.pid(), media.pid(), std::process::id()];
-    let (cpu0, host0) = (cpu(&pids)?, procstat::host_busy_seconds()?);
+    let cpu0 = procstat::Cpu::read(&pids)?;
     let start = Instant::now();
     let start_ms = sse_load::unix_micros() / 1000;
     let stable_stats = stable.stats().clone();
@@ -330,7 +276,7 @@ async fn measure(args: &Args, media: &Proc, poller: &Proc, edge: &Proc) -> anyho
     let requests = stack::media_requests(media.addr).await?.saturating_sub(requests0);
     let after_requests_per_s = requests as f64 / settle.elapsed().as_secs_f64();
     let after = read().await?;
-    let (cpu1, host1) = (cpu(&pids)?, procstat::host_busy_seconds()?);
+    let spent = procstat::Cpu::read(&pids)?.since(&cpu0);
     let observed = start.elapsed();
     let end_ms = sse_load::unix_micros() / 1000;
     stop_probes.cancel();
@@ -343,15 +289,20 @@ async fn measure(args: &Args, media: &Proc, poller: &Proc, edge: &Proc) -> anyho
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (updates, _) = stable_stats.updates_served(start_ms, end_ms);
     let max_gap_ms = u64::try_from(args.interval.as_millis() * 3 / 2).unwrap_or(u64::MAX);
-    let stable_figures = Stable {
-        ready_after,
-        counters,
-        latency,
+    let gaps = stable_stats.gaps([0], start_ms, end_ms, max_gap_ms);
+    let stable_figures = StableFigures {
+        ready_s: ready_after.map(|d| d.as_secs_f64()),
+        observed_s: observed.as_secs_f64(),
         updates: updates.len(),
         reached_all: updates.iter().filter(|u| u.reached >= args.stable_browsers).count(),
-        gaps: stable_stats.gaps([0], start_ms, end_ms, max_gap_ms),
-        error_kinds: stable_stats.error_kinds(),
+        missed: gaps.with_gap,
+        longest_gap_s: gaps.longest_ms as f64 / 1e3,
+        latency_p50_ms: sse_load::ms(&latency, 0.5),
+        latency_p99_ms: sse_load::ms(&latency, 0.99),
+        latency_max_ms: sse_load::ms(&latency, 1.0),
+        counters,
     };
+    let stable_errors = stable_stats.error_kinds();
     let stuck = stable.stop(Duration::from_secs(5)).await;
 
     // Everyone has left: no stream may stay open.
@@ -366,25 +317,88 @@ async fn measure(args: &Args, media: &Proc, poller: &Proc, edge: &Proc) -> anyho
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let spent: Vec<f64> = cpu1.iter().zip(&cpu0).map(|(b, a)| b - a).collect();
-    let others = (host1 - host0) - spent.iter().sum::<f64>();
-    Ok(Outcome {
-        cmds: [media.cmd.clone(), poller.cmd.clone(), edge.cmd.clone()],
-        before,
-        churn,
-        streams_back,
-        upstream_back,
-        poller_back,
-        drain_limit,
-        after_requests_per_s,
-        after,
-        probes,
+    let title = format!(
+        "livepush-bench churn: {} browsers in batches of {} on distinct events, {} stable browsers, one edge",
+        args.browsers, args.batch, args.stable_browsers
+    );
+    let secs = |d: Duration| d.as_secs_f64();
+    let (c, st, p) = (&churn, &stable_figures, &probes);
+    let (b, a) = (&before, &after);
+    let ready = report::sorted(c.ready.iter().flatten().copied());
+    let other: u64 = p.other.values().sum();
+    let span = observed.as_secs_f64().max(1e-3);
+    let cpu = ["edge", "poller", "media-sim", "load", "others"];
+    let cpu_s = [spent.of(0), spent.of(1), spent.of(2), spent.of(3), spent.others()];
+    let targets = [
+        ("churn_served", c.with_value == u64::from(args.browsers) && c.errors == 0),
+        ("rss_back", a.rss_bytes as f64 <= b.rss_bytes as f64 * 1.1 + 2.0 * MIB),
+        ("files_back", a.open_files as f64 <= b.open_files as f64 * 1.1),
+        ("streams_back", a.streams_open == b.streams_open && streams_open_at_end == Some(0)),
+        ("poller_stops", a.poller_events == b.poller_events),
+        ("stable_no_stale", st.counters.stale == 0),
+        ("stable_every_change", st.missed == 0 && st.reached_all == st.updates && st.counters.errors == 0),
+        ("readyz_always_200", other + p.failed == 0),
+    ];
+    let figures = Figures {
+        args,
+        batches: c.batches,
+        cores: report::cores(),
+        media_cmd: &media.cmd,
+        poller_cmd: &poller.cmd,
+        edge_cmd: &edge.cmd,
+        churn: ChurnFigures {
+            time_s: secs(c.time),
+            attempts: c.attempts,
+            with_value: c.with_value,
+            batches_incomplete: c.ready.iter().filter(|r| r.is_none()).count(),
+            batch_ready_p50_s: ready.get(ready.len() / 2).map(|d| secs(*d)),
+            batch_ready_max_s: ready.last().map(|d| secs(*d)),
+            first_value_max_ms: c.first_value_max_us.map(|us| us as f64 / 1000.0),
+            errors: c.errors,
+            reconnects: c.reconnects,
+        },
         stable: stable_figures,
-        streams_open_at_end,
-        stuck,
-        cpu: [spent[0], spent[1], spent[2], spent[3], others.max(0.0)],
-        observed,
-    })
+        readyz: ReadyzFigures {
+            sent: p.sent,
+            ok: p.ok,
+            other,
+            failed: p.failed,
+            slowest_ms: p.slowest.as_secs_f64() * 1e3,
+            readings_failed: p.readings_failed,
+            first_failure: p.first_failure.as_deref(),
+        },
+        before,
+        peak: p.peak,
+        after,
+        subscribe_failures: a.upstream.subscribe_failures.saturating_sub(b.upstream.subscribe_failures),
+        after_requests_per_s,
+        expected_after_per_s: 1.0 / args.interval.as_secs_f64(),
+        streams_back_s: streams_back.map(secs),
+        upstream_back_s: upstream_back.map(secs),
+        poller_back_s: poller_back.map(secs),
+        drain_limit_s: secs(drain_limit),
+        streams_open_end: streams_open_at_end,
+        cpu_pct: cpu.iter().zip(cpu_s).map(|(&k, x)| (k, 100.0 * x / span)).collect(),
+        targets: targets.into_iter().collect(),
+    };
+    let mut r = Report::new("churn", title, &figures)?;
+    for (kind, count) in &c.error_kinds {
+        r.note(format!("churned browsers: {count} x {kind}"));
+    }
+    for (kind, count) in &stable_errors {
+        r.note(format!("stable browsers: {count} x {kind}"));
+    }
+    for (status, count) in &p.other {
+        r.note(format!("/readyz answered {status} {count} time(s)"));
+    }
+    if stuck > 0 {
+        r.note(format!("{stuck} stable browser task(s) did not stop within 5 s"));
+    }
+    r.note(format!(
+        "after = {} after the drain (streams, upstream and poller back to the stable event)",
+        humantime::format_duration(args.settle)
+    ));
+    Ok(r)
 }
 
 /// Probes `/readyz` every `every` until stopped, reading the edge and the
@@ -420,11 +434,6 @@ async fn probe(
             Err(_) => p.readings_failed += 1,
         }
     }
-}
-
-/// CPU seconds so far of each process.
-fn cpu(pids: &[u32]) -> anyhow::Result<Vec<f64>> {
-    pids.iter().map(|&p| procstat::sample(p).map(|s| s.cpu_seconds)).collect()
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -510,101 +519,4 @@ struct ReadyzFigures<'a> {
     /// Probe-time readings that failed.
     readings_failed: u64,
     first_failure: Option<&'a str>,
-}
-
-fn report(args: &Args, o: &Outcome) -> anyhow::Result<Report> {
-    let title = format!(
-        "livepush-bench churn: {} browsers in batches of {} on distinct events, {} stable browsers, one edge",
-        args.browsers, args.batch, args.stable_browsers
-    );
-    let secs = |d: Duration| d.as_secs_f64();
-    let [media_cmd, poller_cmd, edge_cmd] = &o.cmds;
-    let (c, s, p) = (&o.churn, &o.stable, &o.probes);
-    let (b, a) = (&o.before, &o.after);
-    let mut ready: Vec<Duration> = c.ready.iter().flatten().copied().collect();
-    ready.sort_unstable();
-    let other: u64 = p.other.values().sum();
-    let span = o.observed.as_secs_f64().max(1e-3);
-    let cpu = ["edge", "poller", "media-sim", "load", "others"];
-    let targets = [
-        ("churn_served", c.with_value == u64::from(args.browsers) && c.errors == 0),
-        ("rss_back", a.rss_bytes as f64 <= b.rss_bytes as f64 * 1.1 + 2.0 * MIB),
-        ("files_back", a.open_files as f64 <= b.open_files as f64 * 1.1),
-        ("streams_back", a.streams_open == b.streams_open && o.streams_open_at_end == Some(0)),
-        ("poller_stops", a.poller_events == b.poller_events),
-        ("stable_no_stale", s.counters.stale == 0),
-        ("stable_every_change", s.gaps.with_gap == 0 && s.reached_all == s.updates && s.counters.errors == 0),
-        ("readyz_always_200", other + p.failed == 0),
-    ];
-    let figures = Figures {
-        args,
-        batches: c.batches,
-        cores: report::cores(),
-        media_cmd,
-        poller_cmd,
-        edge_cmd,
-        churn: ChurnFigures {
-            time_s: secs(c.time),
-            attempts: c.attempts,
-            with_value: c.with_value,
-            batches_incomplete: c.ready.iter().filter(|r| r.is_none()).count(),
-            batch_ready_p50_s: ready.get(ready.len() / 2).map(|d| secs(*d)),
-            batch_ready_max_s: ready.last().map(|d| secs(*d)),
-            first_value_max_ms: c.first_value_max_us.map(|us| us as f64 / 1000.0),
-            errors: c.errors,
-            reconnects: c.reconnects,
-        },
-        stable: StableFigures {
-            ready_s: s.ready_after.map(secs),
-            observed_s: secs(o.observed),
-            updates: s.updates,
-            reached_all: s.reached_all,
-            missed: s.gaps.with_gap,
-            longest_gap_s: s.gaps.longest_ms as f64 / 1e3,
-            latency_p50_ms: sse_load::ms(&s.latency, 0.5),
-            latency_p99_ms: sse_load::ms(&s.latency, 0.99),
-            latency_max_ms: sse_load::ms(&s.latency, 1.0),
-            counters: s.counters,
-        },
-        readyz: ReadyzFigures {
-            sent: p.sent,
-            ok: p.ok,
-            other,
-            failed: p.failed,
-            slowest_ms: p.slowest.as_secs_f64() * 1e3,
-            readings_failed: p.readings_failed,
-            first_failure: p.first_failure.as_deref(),
-        },
-        before: o.before,
-        peak: p.peak,
-        after: o.after,
-        subscribe_failures: a.upstream.subscribe_failures.saturating_sub(b.upstream.subscribe_failures),
-        after_requests_per_s: o.after_requests_per_s,
-        expected_after_per_s: 1.0 / args.interval.as_secs_f64(),
-        streams_back_s: o.streams_back.map(secs),
-        upstream_back_s: o.upstream_back.map(secs),
-        poller_back_s: o.poller_back.map(secs),
-        drain_limit_s: secs(o.drain_limit),
-        streams_open_end: o.streams_open_at_end,
-        cpu_pct: cpu.iter().zip(o.cpu).map(|(&k, x)| (k, 100.0 * x / span)).collect(),
-        targets: targets.into_iter().collect(),
-    };
-    let mut r = Report::new("churn", title, &figures)?;
-    for (kind, count) in &c.error_kinds {
-        r.note(format!("churned browsers: {count} x {kind}"));
-    }
-    for (kind, count) in &s.error_kinds {
-        r.note(format!("stable browsers: {count} x {kind}"));
-    }
-    for (status, count) in &p.other {
-        r.note(format!("/readyz answered {status} {count} time(s)"));
-    }
-    if o.stuck > 0 {
-        r.note(format!("{} stable browser task(s) did not stop within 5 s", o.stuck));
-    }
-    r.note(format!(
-        "after = {} after the drain (streams, upstream and poller back to the stable event)",
-        humantime::format_duration(args.settle)
-    ));
-    Ok(r)
 }

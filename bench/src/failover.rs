@@ -1,62 +1,22 @@
-//! Scenario `failover`: a poller killed with SIGKILL under load, and how long
-//! the browsers of its events go without fresh data (default 1,000 events ×
-//! 10 browsers over two edges and three pollers).
+//! Scenario `failover`: a poller killed with SIGKILL under load (default
+//! 1,000 events × 10 browsers over two edges and three pollers), and how long
+//! the browsers of its events go without fresh data. BENCHMARKS.md describes
+//! the phases.
 //!
-//! The cluster is real release binaries: media-sim (`--stamp`, so every
-//! answer is a new value and carries `served_at_ms`), `--pollers` pollers on
-//! their own loopback ports, `--edges` edges each given every poller. Browser
-//! *i* watches event *i* mod `--events` on edge (*i* div `--events`) mod
-//! `--edges`, so every edge subscribes to every event.
-//!
-//! Phases:
-//!
-//! 1. **Steady state.** Every browser has its first event, then `--settle`;
-//!    then a `--window` in which media-sim's request count gives the polls per
-//!    event per interval, and each poller's `/metrics` gives the events it
-//!    polls (`livepush_poller_events_watched`).
-//! 2. **Kill.** The poller polling the most events gets SIGKILL (`kill
-//!    -KILL`); the kill instant *K* is taken when that command returns (the
-//!    signal has been sent). For every browser the harness finds the first
-//!    data event whose `served_at_ms` is at or after *K*: a value only a
-//!    surviving poller can have fetched. Its arrival minus *K* is the
-//!    browser's **time to resume**. It is measured from stamps, not from the
-//!    next poll of the schedule, so it includes whatever the system needs
-//!    (noticing the death, resubscribing, the new owner's first poll,
-//!    fan-out) and nothing of the harness.
-//! 3. **Which browsers were affected** is observed, not computed: a feed's
-//!    `seq` (the SSE `id`) starts at the feed's start time in microseconds
-//!    and then counts changes, so the first id a browser gets from a new
-//!    owner jumps by millions, while an event that stayed with its poller
-//!    moves by a few. An event moved if its browsers' first value after *K*
-//!    came with such a jump; the count is checked against the killed
-//!    poller's `events_watched` gauge and the edges' failover counters.
-//!    Browsers of events that did not move are the control group: their time
-//!    to resume is the wait for the next regular poll (up to one interval).
-//! 4. **After the kill**, after `--observe`: another `--window` of upstream
-//!    polls, and the survivors' gauges.
-//! 5. **Return** (unless `--no-return`): the killed poller is started again
-//!    on the same address; edges move its events back after a random delay
-//!    within 5 s each. A browser has switched back at its first id jump after
-//!    the restart. Then the survivors' `--linger` passes and a last window of
-//!    polls is taken.
-//!
-//! Throughout, every browser checks that SSE ids strictly increase
-//! (duplicates and out-of-order ids counted) and that none is passed over
-//! within a feed (a value never delivered), and counts errors and reconnects
-//! (none expected: browsers stay connected through a failover).
-//!
-//! The browsers are the load generator's ([`crate::sse_load`]), traced:
-//! each keeps the arrival time, id and stamp of every data event (about
-//! 2 KiB per browser for a default run) and reconnects with
-//! `Last-Event-ID` after the edge's `retry: 3000`, as EventSource does; the
-//! traces are analysed after the run.
+//! Time to resume is measured from media-sim's stamps, not from the poll
+//! schedule: a browser's first data event with `served_at_ms` at or after the
+//! kill is a value only a surviving poller can have fetched, so the figure
+//! includes everything the system needs and nothing of the harness. Which
+//! browsers were affected is observed, not computed: a feed's ids start at
+//! its start time in µs, so a new owner's first id jumps by millions
+//! ([`FEED_JUMP`]).
 
 use crate::{
     child::{self, Signal},
     procstat,
     push::{LoadArgs, ShapeArgs, at_least_1s, event_id},
     report::{self, Report},
-    sse_load::{self, Counters, Load, Plan, Trace, unix_micros},
+    sse_load::{self, Load, Plan, Trace, unix_micros},
     stack::{self, BinArgs, Proc, metric, scrape},
     wire::{Id, Kind},
 };
@@ -154,12 +114,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         edges.push(stack::edge(bins, &addrs).await?);
     }
     let mut run = Run { args: &args, media, addrs, pollers, edges, browsers: None };
-    let outcome = run.measure().await;
+    let report = run.measure().await;
     // Stop everything whatever happened; an error of the run wins.
     let stopped = run.stop().await;
-    let outcome = outcome?;
+    let report = report?;
     stopped?;
-    report(&args, &outcome)
+    Ok(report)
 }
 
 /// The processes and browsers of a run.
@@ -196,38 +156,6 @@ struct Polls {
     gauges: Vec<Option<Gauges>>,
 }
 
-/// CPU seconds: of the processes of the run (and this one), and of the
-/// whole host.
-#[derive(Debug, Clone, Copy, Default)]
-struct Cpu {
-    ours: f64,
-    host: f64,
-}
-
-struct Outcome {
-    commands: Commands,
-    ready_after: Duration,
-    before: Polls,
-    cpu_before: Cpu,
-    victim: usize,
-    victim_addr: SocketAddr,
-    kill_cmd: Duration,
-    edges_before: Vec<EdgeGauges>,
-    edges_after: Vec<EdgeGauges>,
-    cpu_kill: Cpu,
-    after: Polls,
-    ret: Option<ReturnOutcome>,
-    logs: Vec<Log>,
-    /// The browsers' counters and errors by message, whole run.
-    totals: Counters,
-    error_kinds: BTreeMap<String, u64>,
-    stuck: usize,
-    /// Unix µs: kill instant and end of the observation after it.
-    k_us: u64,
-    observed_us: u64,
-    end_us: u64,
-}
-
 struct ReturnOutcome {
     r_us: u64,
     accepting_after: Duration,
@@ -239,20 +167,10 @@ struct ReturnOutcome {
     polls: Polls,
 }
 
-struct Commands {
-    media: String,
-    poller: String,
-    edge: String,
-}
-
 impl Run<'_> {
-    async fn measure(&mut self) -> anyhow::Result<Outcome> {
+    async fn measure(&mut self) -> anyhow::Result<Report> {
         let args = self.args;
-        let commands = Commands {
-            media: self.media.cmd.clone(),
-            poller: self.pollers[0].as_ref().map(|p| p.cmd.clone()).unwrap_or_default(),
-            edge: self.edges[0].cmd.clone(),
-        };
+        let poller_cmd = self.pollers[0].as_ref().map(|p| p.cmd.clone()).unwrap_or_default();
 
         // 1. Steady state.
         let (plan, who) = self.plan();
@@ -314,29 +232,139 @@ impl Run<'_> {
         let browsers = self.browsers.take().context("browsers gone")?;
         let stats = browsers.stats().clone();
         let (traces, stuck) = browsers.stop_traced(Duration::from_secs(5)).await;
-        let logs =
-            traces.into_iter().zip(who).filter_map(|(t, (event, edge))| Some(Log::of(event, edge, t?)));
-        Ok(Outcome {
-            commands,
-            ready_after,
-            before,
-            cpu_before,
-            victim,
-            victim_addr: self.addrs[victim],
-            kill_cmd,
-            edges_before,
-            edges_after,
-            cpu_kill,
-            after,
+        let logs: Vec<Log> = traces
+            .into_iter()
+            .zip(who)
+            .filter_map(|(t, (event, edge))| Some(Log::of(event, edge, t?)))
+            .collect();
+        let totals = stats.counters();
+        let error_kinds: BTreeMap<String, u64> = stats.error_kinds().into_iter().collect();
+        let (f, moved) = failover(&logs, args.shape.events, k_us, observed_us);
+        let g = Integrity {
+            errors: totals.errors,
+            reconnects: totals.reconnects,
+            error_kinds,
+            ..integrity(&logs, k_us)
+        };
+        let victim_before = before.gauges[victim].unwrap_or_default();
+        let title = format!(
+            "livepush-bench failover: {} events x {} browsers over {} edges, {} pollers, one killed",
+            args.shape.events, args.shape.browsers, args.shape.edges, args.pollers
+        );
+        let polls = |p: &Polls| PollFigures {
+            events_per_poller: p.gauges.iter().map(|g| g.map(|g| g.events)).collect(),
+            streams_per_poller: p.gauges.iter().map(|g| g.map(|g| g.streams)).collect(),
+            requests_per_s: p.requests as f64 / p.seconds,
+            polls_per_event_per_interval: p.requests as f64
+                / f64::from(args.shape.events)
+                / (p.seconds / args.interval.as_secs_f64()),
+        };
+        let per_edge = |e: &[EdgeGauges], f: fn(&EdgeGauges) -> u64| e.iter().map(f).collect::<Vec<_>>();
+        let observe_s = observed_us.saturating_sub(k_us) as f64 / 1e6;
+        let mut notes = Vec::new();
+        let ret = ret.as_ref().map(|ret| {
+            let b = back(&logs, &moved, ret.r_us, end_us);
+            for (what, list) in [
+                ("not switched back", &b.affected_not_switched),
+                ("switched unexpectedly", &b.others_switched),
+            ] {
+                if !list.is_empty() {
+                    notes.push(format!("browsers {what}: {}", describe(list)));
+                }
+            }
+            Return {
+                accepting_s: ret.accepting_after.as_secs_f64(),
+                edges_up_s: ret.edges_up_after.iter().map(|d| d.map(|d| d.as_secs_f64())).collect(),
+                streams_back_s: ret.streams_back_after.map(|d| d.as_secs_f64()),
+                switched: b.switched,
+                not_switched: b.affected_not_switched.len(),
+                others_switched: b.others_switched.len(),
+                switch_p50_ms: report::quantile_ms(&b.switch_us, 0.5),
+                switch_max_ms: report::quantile_ms(&b.switch_us, 1.0),
+                switch_gap_p50_ms: report::quantile_ms(&b.switch_gap_us, 0.5),
+                switch_gap_max_ms: report::quantile_ms(&b.switch_gap_us, 1.0),
+                gap_affected_p99_ms: report::quantile_ms(&b.max_gap_affected_us, 0.99),
+                gap_affected_max_ms: report::quantile_ms(&b.max_gap_affected_us, 1.0),
+                gap_others_p99_ms: report::quantile_ms(&b.max_gap_others_us, 0.99),
+                gap_others_max_ms: report::quantile_ms(&b.max_gap_others_us, 1.0),
+                stale: b.stale,
+                failovers: per_edge(&ret.edges, |g| g.failovers),
+                pollers_up: per_edge(&ret.edges, |g| g.pollers_up),
+                polls: polls(&ret.polls),
+            }
+        });
+        let figures = Figures {
+            args,
+            connections: u64::from(args.shape.events) * u64::from(args.shape.browsers),
+            cores: report::cores(),
+            media_cmd: &self.media.cmd,
+            poller_cmd: &poller_cmd,
+            edge_cmd: &self.edges[0].cmd,
+            ready_s: ready_after.as_secs_f64(),
+            before: polls(&before),
+            kill: Kill {
+                victim: format!("poller {} of {} ({})", victim + 1, before.gauges.len(), self.addrs[victim]),
+                victim_events: victim_before.events,
+                moved_events: f.moved_events,
+                split_events: f.split_events.len(),
+                edge_failovers: edges_after
+                    .iter()
+                    .zip(&edges_before)
+                    .map(|(a, b)| a.failovers.saturating_sub(b.failovers))
+                    .collect(),
+                pollers_up: per_edge(&edges_after, |g| g.pollers_up),
+                kill_cmd_ms: kill_cmd.as_secs_f64() * 1000.0,
+                others_cpu_pct_before: 100.0 * cpu_before.others() / before.seconds.max(1e-9),
+                others_cpu_pct: 100.0 * cpu_kill.others() / observe_s.max(1e-9),
+            },
+            affected: GroupFigures::of(&f.affected),
+            unaffected: GroupFigures::of(&f.unaffected),
+            unclassified: f.unclassified.len(),
+            after: polls(&after),
             ret,
-            logs: logs.collect(),
-            totals: stats.counters(),
-            error_kinds: stats.error_kinds().into_iter().collect(),
+            integrity: &g,
             stuck,
-            k_us,
-            observed_us,
-            end_us,
-        })
+        };
+        let mut r = Report::new("failover", title, &figures)?;
+        for note in notes {
+            r.note(note);
+        }
+        r.note(
+            "time to resume = arrival of a browser's first data event whose served_at_ms is at or after the \
+             kill instant, minus that instant (taken when the kill signal was sent); one clock, ms stamps"
+                .into(),
+        );
+        r.note(format!(
+            "affected = events whose first value after the kill carried an id from a new feed (a jump of more than \
+             {FEED_JUMP}); the killed poller's events_watched gauge said {}",
+            victim_before.events
+        ));
+        for v in &g.violations {
+            r.note(format!("id violation: {v}"));
+        }
+        if !f.split_events.is_empty() {
+            let ids: Vec<String> = f.split_events.iter().take(10).map(|&e| event_id(e)).collect();
+            r.note(format!("events whose browsers disagreed: {}", ids.join(", ")));
+        }
+        if !f.unclassified.is_empty() {
+            r.note(format!("browsers without any value after the kill: {}", describe(&f.unclassified)));
+        }
+        for (key, group) in [("affected", &f.affected), ("unaffected", &f.unaffected)] {
+            if group.browsers > group.resume_us.len() as u64 {
+                let missing: Vec<(u32, usize)> = logs
+                    .iter()
+                    .filter(|l| moved.get(l.event as usize).copied().flatten() == Some(key == "affected"))
+                    .filter(|l| {
+                        !l.data
+                            .iter()
+                            .any(|r| r.stamp_ms > 0 && r.stamp_ms * 1000 >= k_us && r.at_us <= observed_us)
+                    })
+                    .map(|l| (l.event, l.edge))
+                    .collect();
+                r.note(format!("{key} browsers not resumed: {}", describe(&missing)));
+            }
+        }
+        Ok(r)
     }
 
     /// One browser per (event, copy), spread over the edges: the plan, and
@@ -419,15 +447,11 @@ impl Run<'_> {
     }
 
     /// CPU of the running processes and this one, and the host's busy time.
-    fn cpu_reading(&self) -> anyhow::Result<Cpu> {
+    fn cpu_reading(&self) -> anyhow::Result<procstat::Cpu> {
         let mut pids = vec![self.media.pid(), std::process::id()];
         pids.extend(self.pollers.iter().flatten().map(Proc::pid));
         pids.extend(self.edges.iter().map(Proc::pid));
-        let mut ours = 0.0;
-        for pid in pids {
-            ours += procstat::sample(pid)?.cpu_seconds;
-        }
-        Ok(Cpu { ours, host: procstat::host_busy_seconds()? })
+        procstat::Cpu::read(&pids)
     }
 
     fn ensure_running(&mut self) -> anyhow::Result<()> {
@@ -454,18 +478,6 @@ impl Run<'_> {
         }
         first_error = first_error.or(self.media.stop().await.err());
         first_error.map_or(Ok(()), Err)
-    }
-}
-
-impl Cpu {
-    /// The phase from `start` to `self`.
-    fn since(&self, start: &Self) -> Self {
-        Self { ours: self.ours - start.ours, host: self.host - start.host }
-    }
-
-    /// CPU of other programs, % of one core, over `seconds`.
-    fn others_pct(&self, seconds: f64) -> f64 {
-        100.0 * (self.host - self.ours).max(0.0) / seconds.max(1e-9)
     }
 }
 
@@ -779,15 +791,6 @@ fn integrity(logs: &[Log], k_us: u64) -> Integrity {
     g
 }
 
-/// The value at quantile `q` of sorted µs (nearest rank), in ms.
-fn pct_ms(sorted: &[u64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(sorted[rank - 1] as f64 / 1000.0)
-}
-
 // ---------------------------------------------------------------------------
 // Report
 
@@ -870,7 +873,7 @@ struct GroupFigures {
 
 impl GroupFigures {
     fn of(g: &Group) -> Self {
-        let resume = |q| pct_ms(&g.resume_us, q);
+        let resume = |q| report::quantile_ms(&g.resume_us, q);
         Self {
             browsers: g.browsers,
             resumed: g.resume_us.len() as u64,
@@ -879,8 +882,8 @@ impl GroupFigures {
             resume_p90_ms: resume(0.9),
             resume_p99_ms: resume(0.99),
             resume_max_ms: resume(1.0),
-            gap_p50_ms: pct_ms(&g.gap_us, 0.5),
-            gap_max_ms: pct_ms(&g.gap_us, 1.0),
+            gap_p50_ms: report::quantile_ms(&g.gap_us, 0.5),
+            gap_max_ms: report::quantile_ms(&g.gap_us, 1.0),
             stale: g.stale,
             live: g.live,
         }
@@ -915,142 +918,6 @@ struct Return {
     pollers_up: Vec<u64>,
     /// After the linger.
     polls: PollFigures,
-}
-
-fn report(args: &Args, o: &Outcome) -> anyhow::Result<Report> {
-    let (f, moved) = failover(&o.logs, args.shape.events, o.k_us, o.observed_us);
-    let g = Integrity {
-        errors: o.totals.errors,
-        reconnects: o.totals.reconnects,
-        error_kinds: o.error_kinds.clone(),
-        ..integrity(&o.logs, o.k_us)
-    };
-    let victim_before = o.before.gauges[o.victim].unwrap_or_default();
-    let title = format!(
-        "livepush-bench failover: {} events x {} browsers over {} edges, {} pollers, one killed",
-        args.shape.events, args.shape.browsers, args.shape.edges, args.pollers
-    );
-    let polls = |p: &Polls| PollFigures {
-        events_per_poller: p.gauges.iter().map(|g| g.map(|g| g.events)).collect(),
-        streams_per_poller: p.gauges.iter().map(|g| g.map(|g| g.streams)).collect(),
-        requests_per_s: p.requests as f64 / p.seconds,
-        polls_per_event_per_interval: p.requests as f64
-            / f64::from(args.shape.events)
-            / (p.seconds / args.interval.as_secs_f64()),
-    };
-    let per_edge = |e: &[EdgeGauges], f: fn(&EdgeGauges) -> u64| e.iter().map(f).collect::<Vec<_>>();
-    let observe_s = o.observed_us.saturating_sub(o.k_us) as f64 / 1e6;
-    let mut notes = Vec::new();
-    let ret = o.ret.as_ref().map(|ret| {
-        let b = back(&o.logs, &moved, ret.r_us, o.end_us);
-        for (what, list) in
-            [("not switched back", &b.affected_not_switched), ("switched unexpectedly", &b.others_switched)]
-        {
-            if !list.is_empty() {
-                notes.push(format!("browsers {what}: {}", describe(list)));
-            }
-        }
-        Return {
-            accepting_s: ret.accepting_after.as_secs_f64(),
-            edges_up_s: ret.edges_up_after.iter().map(|d| d.map(|d| d.as_secs_f64())).collect(),
-            streams_back_s: ret.streams_back_after.map(|d| d.as_secs_f64()),
-            switched: b.switched,
-            not_switched: b.affected_not_switched.len(),
-            others_switched: b.others_switched.len(),
-            switch_p50_ms: pct_ms(&b.switch_us, 0.5),
-            switch_max_ms: pct_ms(&b.switch_us, 1.0),
-            switch_gap_p50_ms: pct_ms(&b.switch_gap_us, 0.5),
-            switch_gap_max_ms: pct_ms(&b.switch_gap_us, 1.0),
-            gap_affected_p99_ms: pct_ms(&b.max_gap_affected_us, 0.99),
-            gap_affected_max_ms: pct_ms(&b.max_gap_affected_us, 1.0),
-            gap_others_p99_ms: pct_ms(&b.max_gap_others_us, 0.99),
-            gap_others_max_ms: pct_ms(&b.max_gap_others_us, 1.0),
-            stale: b.stale,
-            failovers: per_edge(&ret.edges, |g| g.failovers),
-            pollers_up: per_edge(&ret.edges, |g| g.pollers_up),
-            polls: polls(&ret.polls),
-        }
-    });
-    let figures = Figures {
-        args,
-        connections: u64::from(args.shape.events) * u64::from(args.shape.browsers),
-        cores: report::cores(),
-        media_cmd: &o.commands.media,
-        poller_cmd: &o.commands.poller,
-        edge_cmd: &o.commands.edge,
-        ready_s: o.ready_after.as_secs_f64(),
-        before: polls(&o.before),
-        kill: Kill {
-            victim: o.victim_label(),
-            victim_events: victim_before.events,
-            moved_events: f.moved_events,
-            split_events: f.split_events.len(),
-            edge_failovers: o
-                .edges_after
-                .iter()
-                .zip(&o.edges_before)
-                .map(|(a, b)| a.failovers.saturating_sub(b.failovers))
-                .collect(),
-            pollers_up: per_edge(&o.edges_after, |g| g.pollers_up),
-            kill_cmd_ms: o.kill_cmd.as_secs_f64() * 1000.0,
-            others_cpu_pct_before: o.cpu_before.others_pct(o.before.seconds),
-            others_cpu_pct: o.cpu_kill.others_pct(observe_s),
-        },
-        affected: GroupFigures::of(&f.affected),
-        unaffected: GroupFigures::of(&f.unaffected),
-        unclassified: f.unclassified.len(),
-        after: polls(&o.after),
-        ret,
-        integrity: &g,
-        stuck: o.stuck,
-    };
-    let mut r = Report::new("failover", title, &figures)?;
-    for note in notes {
-        r.note(note);
-    }
-    r.note(
-        "time to resume = arrival of a browser's first data event whose served_at_ms is at or after the \
-         kill instant, minus that instant (taken when the kill signal was sent); one clock, ms stamps"
-            .into(),
-    );
-    r.note(format!(
-        "affected = events whose first value after the kill carried an id from a new feed (a jump of more than \
-         {FEED_JUMP}); the killed poller's events_watched gauge said {}",
-        victim_before.events
-    ));
-    for v in &g.violations {
-        r.note(format!("id violation: {v}"));
-    }
-    if !f.split_events.is_empty() {
-        let ids: Vec<String> = f.split_events.iter().take(10).map(|&e| event_id(e)).collect();
-        r.note(format!("events whose browsers disagreed: {}", ids.join(", ")));
-    }
-    if !f.unclassified.is_empty() {
-        r.note(format!("browsers without any value after the kill: {}", describe(&f.unclassified)));
-    }
-    for (key, group) in [("affected", &f.affected), ("unaffected", &f.unaffected)] {
-        if group.browsers > group.resume_us.len() as u64 {
-            let missing: Vec<(u32, usize)> = o
-                .logs
-                .iter()
-                .filter(|l| moved.get(l.event as usize).copied().flatten() == Some(key == "affected"))
-                .filter(|l| {
-                    !l.data
-                        .iter()
-                        .any(|r| r.stamp_ms > 0 && r.stamp_ms * 1000 >= o.k_us && r.at_us <= o.observed_us)
-                })
-                .map(|l| (l.event, l.edge))
-                .collect();
-            r.note(format!("{key} browsers not resumed: {}", describe(&missing)));
-        }
-    }
-    Ok(r)
-}
-
-impl Outcome {
-    fn victim_label(&self) -> String {
-        format!("poller {} of {} ({})", self.victim + 1, self.before.gauges.len(), self.victim_addr)
-    }
 }
 
 /// "ev-000001 on edge 0, ..." for at most ten browsers, and how many more.
@@ -1115,8 +982,8 @@ mod tests {
         assert_eq!((f.unaffected.browsers, f.unaffected.resume_us.clone()), (1, vec![700_000]));
         // The value served before the kill and read after it ends the gap.
         assert_eq!(f.unaffected.gap_us, vec![699_000]);
-        assert_eq!(pct_ms(&f.affected.resume_us, 0.5), Some(50.0));
-        assert_eq!(pct_ms(&f.affected.resume_us, 1.0), Some(60.0));
+        assert_eq!(report::quantile_ms(&f.affected.resume_us, 0.5), Some(50.0));
+        assert_eq!(report::quantile_ms(&f.affected.resume_us, 1.0), Some(60.0));
 
         // Restart at 30 s: event 0's browser switches at 33 s, the other
         // not; event 1's stays. The run ends at 40 s.

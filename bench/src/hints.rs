@@ -1,31 +1,13 @@
 //! Scenario `hints`: how long a change at the media service takes to reach
-//! browsers, with the poller's regular polls alone, with a change hint, and
-//! with a direct publish (issue 16).
-//!
-//! The media service is served here (an axum router answering
-//! `GET /live/{id}` with the current document, ETags and 304s included), so
-//! the harness knows the instant each change happens. Every document
-//! carries that instant as `served_at_ms`, the stamp the SSE load generator
-//! ([`crate::sse_load`]) measures from: its latencies are then "change →
-//! browser", and its per-update records give the last browser of each
-//! change. One real poller (`--publish-token-file`) and one real edge run as
-//! processes; the browsers all watch one event.
-//!
-//! Each variant makes `--changes` changes, one at a time: wait a random time
-//! in `[0, interval)` (so changes land at random points of the poll cycle),
-//! change the document, then
-//! - `none`: nothing more; the next regular poll finds it,
-//! - `hint`: `POST /events/{id}/changed` with an empty body (poll now),
-//! - `publish`: `POST /events/{id}/changed` with the new document,
-//!
-//! and wait until every browser has the new value (or the limit passes).
-//! All variants run in one session against the same processes and browsers.
+//! browsers with regular polls alone, a change hint, or a direct publish
+//! (issue 16). The media service is served here, so the harness knows the
+//! instant of each change and stamps it as `served_at_ms`: the load
+//! generator's latencies are then "change → browser". One real poller and
+//! one real edge run as processes; all variants run in one session.
 
 use crate::{
     arrivals::{self, Arrivals},
-    histogram::Snapshot,
-    httpc,
-    procstat::{self, Sample},
+    httpc, procstat,
     push::LoadArgs,
     report::{self, Report},
     sse_load::{self, Counters, Load, Plan, micros},
@@ -41,8 +23,8 @@ use axum::{
 };
 use serde::Serialize;
 use std::{
+    io::Write,
     net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -191,29 +173,6 @@ async fn live(State(media): State<Media>, Path(id): Path<String>, headers: Heade
     (StatusCode::OK, [(header::CONTENT_TYPE, json), (header::ETAG, etag_value)], doc.body).into_response()
 }
 
-/// A token file for the poller's `--publish-token-file`, removed on drop.
-struct TokenFile {
-    path: PathBuf,
-    token: String,
-}
-
-impl TokenFile {
-    fn create() -> anyhow::Result<Self> {
-        let nonce = sse_load::unix_micros();
-        let token = format!("bench-{nonce:x}-{:x}", std::process::id());
-        let path =
-            std::env::temp_dir().join(format!("livepush-bench-hints-{}-{nonce}.token", std::process::id()));
-        std::fs::write(&path, format!("{token}\n")).with_context(|| format!("writing {}", path.display()))?;
-        Ok(Self { path, token })
-    }
-}
-
-impl Drop for TokenFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 /// SplitMix64: reproducible random waits from `--seed`, without a crate.
 struct Rng(u64);
 
@@ -252,46 +211,6 @@ struct Change {
     wait: Duration,
 }
 
-/// What one variant measured.
-struct Outcome {
-    variant: Variant,
-    changes: Vec<Change>,
-    /// Every delivery's latency (change → each browser).
-    each: Snapshot,
-    /// Polls of the event the media service saw during the variant.
-    polls: u64,
-    wall: f64,
-    counters: Counters,
-    post_failures: Vec<String>,
-    cpu: Cpu,
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Cpu {
-    poller: f64,
-    edge: f64,
-    harness: f64,
-    others: f64,
-}
-
-/// The processes whose CPU is read around each variant.
-struct Pids {
-    poller: u32,
-    edge: u32,
-    me: u32,
-}
-
-impl Pids {
-    fn sample(&self) -> anyhow::Result<(Sample, Sample, Sample, f64)> {
-        Ok((
-            procstat::sample(self.poller)?,
-            procstat::sample(self.edge)?,
-            procstat::sample(self.me)?,
-            procstat::host_busy_seconds()?,
-        ))
-    }
-}
-
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     ensure!(!args.variants.is_empty(), "no variant to run");
     let seed = args.seed.unwrap_or_else(sse_load::unix_micros);
@@ -306,9 +225,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let app = arrivals.wrap(media.app());
     background.spawn(async move { axum::serve(listener, app).await });
 
-    let token = TokenFile::create()?;
+    // The poller's --publish-token-file, removed when dropped.
+    let token = format!("bench-{:x}-{:x}", sse_load::unix_micros(), std::process::id());
+    let mut token_file = tempfile::NamedTempFile::new().context("creating the token file")?;
+    writeln!(token_file, "{token}").context("writing the token file")?;
     let poller_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
-    let token_path = token.path.to_string_lossy().into_owned();
+    let token_path = token_file.path().to_string_lossy().into_owned();
     let mut poller = stack::poller_at(
         &args.bins,
         poller_addr,
@@ -318,7 +240,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     )
     .await?;
     let mut edge = stack::edge(&args.bins, &[poller.addr]).await?;
-    let pids = Pids { poller: poller.pid(), edge: edge.pid(), me: std::process::id() };
+    let pids = [poller.pid(), edge.pid(), std::process::id()];
 
     let changes_per_variant = u64::from(args.changes);
     let limit = deliver_limit(args.interval);
@@ -342,15 +264,15 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     // variant: let the poll cycle settle.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let mut outcomes = Vec::new();
-    let hint = Hinter { poller: poller.addr, token: &token.token };
+    let mut runs = Vec::new();
+    let hint = Hinter { poller: poller.addr, token: &token };
     let session = Session { args: &args, media: &media, arrivals: &arrivals, load: &load, hint, pids, limit };
     for &variant in &args.variants {
         eprintln!("hints: variant {}", variant.name());
-        let outcome = session.measure(variant, &mut rng).await;
+        let run = session.measure(variant, &mut rng).await;
         poller.child.ensure_running()?;
         edge.child.ensure_running()?;
-        outcomes.push(outcome?);
+        runs.push(run?);
     }
     // Late repeats (a regular poll re-publishing a value, say) get time to show.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -365,16 +287,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     background.shutdown().await;
 
     // Deliveries beyond one per browser, per variant (by the change's stamp).
-    let repeats: Vec<u64> = outcomes
-        .iter()
-        .map(|o| {
-            o.changes
-                .iter()
-                .filter_map(|c| all_updates.iter().find(|u| u.served_at_ms == c.stamp_ms))
-                .map(|u| u64::from(u.reached.saturating_sub(args.browsers)))
-                .sum()
-        })
-        .collect();
+    for f in &mut runs {
+        f.repeats = (f.stamps.iter())
+            .filter_map(|&stamp| all_updates.iter().find(|u| u.served_at_ms == stamp))
+            .map(|u| u64::from(u.reached.saturating_sub(args.browsers)))
+            .sum();
+    }
     let params = Params {
         args: &args,
         seed,
@@ -384,7 +302,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         edge_cmd,
         browsers_ready_s: ready_after.as_secs_f64(),
     };
-    let mut report = report(params, &outcomes, &repeats, &args)?;
+    let mut report = report(params, runs, &args)?;
     for (kind, n) in error_kinds {
         report.note(format!("browser error (whole run): {kind} x{n}"));
     }
@@ -428,19 +346,19 @@ struct Session<'a> {
     arrivals: &'a Arrivals,
     load: &'a Load,
     hint: Hinter<'a>,
-    pids: Pids,
+    pids: [u32; 3],
     /// How long one change may take to reach every browser.
     limit: Duration,
 }
 
 impl Session<'_> {
-    async fn measure(&self, variant: Variant, rng: &mut Rng) -> anyhow::Result<Outcome> {
+    async fn measure(&self, variant: Variant, rng: &mut Rng) -> anyhow::Result<Figures> {
         let Self { args, media, arrivals, load, hint, pids, limit } = self;
         let limit = *limit;
         let stats = load.stats();
         let counters_start = stats.counters();
         stats.latency.reset();
-        let (poller0, edge0, me0, host0) = pids.sample()?;
+        let cpu0 = procstat::Cpu::read(pids)?;
         let started = Instant::now();
         let arrivals_from = arrivals.offset_us(started.into_std());
         let mut changes = Vec::new();
@@ -468,29 +386,48 @@ impl Session<'_> {
             };
             changes.push(change);
         }
-        let (poller1, edge1, me1, host1) = pids.sample()?;
+        let cpu = procstat::Cpu::read(pids)?.since(&cpu0);
         let wall = started.elapsed();
         let (log, _) = arrivals.snapshot();
         let polls = arrivals::window(&log, arrivals_from, micros(wall)).len() as u64;
-        let (poller_cpu, edge_cpu, me_cpu) = (
-            poller1.cpu_seconds - poller0.cpu_seconds,
-            edge1.cpu_seconds - edge0.cpu_seconds,
-            me1.cpu_seconds - me0.cpu_seconds,
-        );
-        Ok(Outcome {
-            variant,
-            changes,
-            each: stats.latency.snapshot(),
+        let (each, wall) = (stats.latency.snapshot(), wall.as_secs_f64());
+        let last = report::sorted(changes.iter().map(|c| c.last_us));
+        let first = report::sorted(changes.iter().map(|c| c.first_us));
+        let posts = report::sorted(changes.iter().filter_map(|c| c.post_us));
+        let apart = report::sorted(changes.iter().filter(|c| c.wait >= HINT_GAP).map(|c| c.last_us));
+        let pct = |x: f64| 100.0 * x / wall.max(f64::MIN_POSITIVE);
+        Ok(Figures {
+            column: variant.name(),
+            changes: changes.len(),
+            reached_all: changes.iter().filter(|c| c.reached >= args.browsers).count(),
+            last_p50_ms: report::quantile_ms(&last, 0.5),
+            last_p99_ms: report::quantile_ms(&last, 0.99),
+            last_max_ms: report::quantile_ms(&last, 1.0),
+            last_mean_ms: (!last.is_empty())
+                .then(|| last.iter().sum::<u64>() as f64 / last.len() as f64 / 1000.0),
+            first_p50_ms: report::quantile_ms(&first, 0.5),
+            within_hint_gap: changes.iter().filter(|c| c.wait < HINT_GAP).count(),
+            apart_max_ms: report::quantile_ms(&apart, 1.0),
+            deliveries: each.count,
+            each_p50_ms: sse_load::ms(&each, 0.5),
+            each_p99_ms: sse_load::ms(&each, 0.99),
+            each_max_ms: (each.count > 0).then(|| each.max as f64 / 1000.0),
+            repeats: 0,
             polls,
-            wall: wall.as_secs_f64(),
+            polls_per_change: polls as f64 / changes.len().max(1) as f64,
+            posts_ok: posts.len(),
+            post_failures: post_failures.len(),
+            post_p50_ms: report::quantile_ms(&posts, 0.5),
+            post_max_ms: report::quantile_ms(&posts, 1.0),
             counters: stats.counters().since(&counters_start),
-            post_failures,
-            cpu: Cpu {
-                poller: poller_cpu,
-                edge: edge_cpu,
-                harness: me_cpu,
-                others: ((host1 - host0) - poller_cpu - edge_cpu - me_cpu).max(0.0),
-            },
+            wall_s: wall,
+            poller_pct: pct(cpu.of(0)),
+            edge_pct: pct(cpu.of(1)),
+            harness_pct: pct(cpu.of(2)),
+            others_pct: pct(cpu.others()),
+            variant,
+            stamps: changes.iter().map(|c| c.stamp_ms).collect(),
+            failures: post_failures,
         })
     }
 }
@@ -549,6 +486,13 @@ struct Figures {
     edge_pct: f64,
     harness_pct: f64,
     others_pct: f64,
+    #[serde(skip)]
+    variant: Variant,
+    /// Each change's stamp, to count repeats once the run is over.
+    #[serde(skip)]
+    stamps: Vec<u64>,
+    #[serde(skip)]
+    failures: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -557,69 +501,24 @@ struct HintsFigures<'a> {
     runs: Vec<Figures>,
 }
 
-/// Nearest-rank quantile of `xs` (sorted), in ms.
-fn quantile_ms(sorted_us: &[u64], q: f64) -> Option<f64> {
-    let rank = ((q * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len().max(1));
-    sorted_us.get(rank - 1).map(|&us| us as f64 / 1000.0)
-}
-
-fn figures(args: &Args, o: &Outcome, repeats: u64) -> Figures {
-    let last = sorted(o.changes.iter().map(|c| c.last_us));
-    let first = sorted(o.changes.iter().map(|c| c.first_us));
-    let posts = sorted(o.changes.iter().filter_map(|c| c.post_us));
-    let apart = sorted(o.changes.iter().filter(|c| c.wait >= HINT_GAP).map(|c| c.last_us));
-    let pct = |x: f64| 100.0 * x / o.wall.max(f64::MIN_POSITIVE);
-    Figures {
-        column: o.variant.name(),
-        changes: o.changes.len(),
-        reached_all: o.changes.iter().filter(|c| c.reached >= args.browsers).count(),
-        last_p50_ms: quantile_ms(&last, 0.5),
-        last_p99_ms: quantile_ms(&last, 0.99),
-        last_max_ms: quantile_ms(&last, 1.0),
-        last_mean_ms: (!last.is_empty())
-            .then(|| last.iter().sum::<u64>() as f64 / last.len() as f64 / 1000.0),
-        first_p50_ms: quantile_ms(&first, 0.5),
-        within_hint_gap: o.changes.iter().filter(|c| c.wait < HINT_GAP).count(),
-        apart_max_ms: quantile_ms(&apart, 1.0),
-        deliveries: o.each.count,
-        each_p50_ms: sse_load::ms(&o.each, 0.5),
-        each_p99_ms: sse_load::ms(&o.each, 0.99),
-        each_max_ms: (o.each.count > 0).then(|| o.each.max as f64 / 1000.0),
-        repeats,
-        polls: o.polls,
-        polls_per_change: o.polls as f64 / o.changes.len().max(1) as f64,
-        posts_ok: posts.len(),
-        post_failures: o.post_failures.len(),
-        post_p50_ms: quantile_ms(&posts, 0.5),
-        post_max_ms: quantile_ms(&posts, 1.0),
-        counters: o.counters,
-        wall_s: o.wall,
-        poller_pct: pct(o.cpu.poller),
-        edge_pct: pct(o.cpu.edge),
-        harness_pct: pct(o.cpu.harness),
-        others_pct: pct(o.cpu.others),
-    }
-}
-
-fn report(params: Params<'_>, outcomes: &[Outcome], repeats: &[u64], args: &Args) -> anyhow::Result<Report> {
+fn report(params: Params<'_>, runs: Vec<Figures>, args: &Args) -> anyhow::Result<Report> {
     let title = format!(
         "livepush-bench hints: change to browser, {} browsers on one event, interval {}, {} changes per variant",
         args.browsers,
         humantime::format_duration(args.interval),
         args.changes
     );
-    let runs: Vec<Figures> = outcomes.iter().zip(repeats).map(|(o, &r)| figures(args, o, r)).collect();
     let mut notes = Vec::new();
-    for (o, f) in outcomes.iter().zip(&runs).filter(|(o, _)| o.variant != Variant::None) {
+    for f in runs.iter().filter(|f| f.variant != Variant::None) {
         if let Some(p99) = f.last_p99_ms {
             let verdict = if p99 < TARGET_HINT_P99_MS { "met" } else { "missed" };
             notes.push(format!(
                 "target p99 change → last browser under {TARGET_HINT_P99_MS} ms: {}: {p99:.1} ms, {verdict}",
-                o.variant.name()
+                f.column
             ));
         }
-        for failure in o.post_failures.iter().take(5) {
-            notes.push(format!("{}: POST failed: {failure}", o.variant.name()));
+        for failure in f.failures.iter().take(5) {
+            notes.push(format!("{}: POST failed: {failure}", f.column));
         }
     }
     let mut r = Report::new("hints", title, &HintsFigures { params, runs })?;
@@ -629,23 +528,9 @@ fn report(params: Params<'_>, outcomes: &[Outcome], repeats: &[u64], args: &Args
     Ok(r)
 }
 
-fn sorted(xs: impl Iterator<Item = u64>) -> Vec<u64> {
-    let mut v: Vec<u64> = xs.collect();
-    v.sort_unstable();
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nearest_rank_quantiles() {
-        let xs = sorted([5_000, 1_000, 3_000, 2_000, 4_000].into_iter());
-        assert_eq!(quantile_ms(&xs, 0.5), Some(3.0));
-        assert_eq!(quantile_ms(&xs, 0.99), Some(5.0));
-        assert_eq!(quantile_ms(&[], 0.5), None);
-    }
 
     #[test]
     fn random_waits_stay_below_the_bound() {

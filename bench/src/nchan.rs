@@ -1,26 +1,7 @@
-//! Scenario `nchan`: the `fanout` measurement against a push server people
-//! already run, Nginx with the nchan module, so the edge's figures have a
-//! yardstick measured the same way on the same machine.
-//!
-//! For each size the harness starts a fresh nginx (Debian's `nginx` and
-//! `libnginx-mod-nchan`; it installs nothing) on a free loopback port, from
-//! a config it writes into a temporary directory: `daemon off`, a master and
-//! **one worker process** (the edge is one process too, but its tokio runtime
-//! uses both cores; nginx's worker is single-threaded), one channel with an
-//! EventSource subscriber location and a publisher location. The same load
-//! generator as `fanout` ([`crate::sse_load`]) holds the N EventSource
-//! connections on that channel, and the harness publishes one update per
-//! `--publish-every` by `POST`ing media-sim's own JSON document for
-//! `ev-000000` (built by the media-sim library, `served_at_ms` included,
-//! stamped just before the POST), so the browsers receive the same bytes of
-//! data as from the edge and latency is measured from the same field.
-//!
-//! The phases and figures are [`crate::push`]'s, unchanged: warm-up, idle RSS,
-//! connect, settle, connected RSS, window. nginx's RSS and CPU are the sums
-//! over its master and worker processes. With `--with-livepush` each size is
-//! also run through livepush (media-sim, poller, a fresh edge: exactly
-//! `fanout`) just before nchan, so both sit side by side in one table from
-//! the same session.
+//! Scenario `nchan`: `fanout`'s measurement ([`crate::push::measure`])
+//! against Nginx with the nchan module, one channel, updates published by the
+//! harness with a `served_at_ms` stamp; `--with-livepush` runs livepush at
+//! each size in the same session.
 
 use crate::{
     child::{self, Child},
@@ -39,7 +20,7 @@ use std::{
     process::Command,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -325,7 +306,7 @@ pub struct Nginx {
     proc: Option<Proc>,
     addr: SocketAddr,
     cmd: String,
-    dir: PathBuf,
+    _dir: tempfile::TempDir,
     /// The publisher's target, cleared before nginx stops.
     target: Option<Arc<Mutex<Option<SocketAddr>>>>,
 }
@@ -337,16 +318,15 @@ impl Nginx {
         settings: &Settings<'_>,
         cpus: Option<&str>,
     ) -> anyhow::Result<Self> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "livepush-bench-nchan-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Its configuration, logs and temp files; removed when the server is dropped.
+        let tmp = tempfile::Builder::new()
+            .prefix("livepush-bench-nchan-")
+            .tempdir()
+            .context("creating nginx's directory")?;
+        let dir = tmp.path();
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
         let conf = dir.join("nginx.conf");
-        let text = config(&dir, module, addr, settings, running_as_root());
+        let text = config(dir, module, addr, settings, running_as_root());
         std::fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))?;
         let error_log = dir.join("error.log");
         let args = [
@@ -367,13 +347,7 @@ impl Nginx {
         };
         cmd.args(&args);
         let shown = format!("{prefix}{} {}", nginx.display(), stack::shell_words(&args));
-        let mut child = match Child::spawn("nginx", cmd) {
-            Ok(child) => child,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-        };
+        let mut child = Child::spawn("nginx", cmd)?;
         let ready = stack::wait_for(&mut child, "nginx", || async move {
             matches!(httpc::get(addr, "/healthz", Duration::from_secs(1)).await, Ok((200, _)))
         })
@@ -382,7 +356,7 @@ impl Nginx {
             proc: Some(Proc { child, addr, cmd: shown.clone() }),
             addr,
             cmd: shown,
-            dir,
+            _dir: tmp,
             target: None,
         };
         if let Err(e) = ready {
@@ -427,7 +401,6 @@ impl Nginx {
                 let _ = child::signal(pid, child::Signal::KILL);
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

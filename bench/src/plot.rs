@@ -143,8 +143,8 @@ mod tests {
 
     #[test]
     fn writes_an_svg_with_the_figures() {
-        let dir = std::env::temp_dir().join(format!("livepush-plot-{}", std::process::id()));
-        let path = dir.join("sub/fanout.svg");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/fanout.svg");
         let points = [
             Point { connections: 1000, p50_ms: Some(2.0), p99_ms: Some(5.5), rss_per_conn_kib: 9.1 },
             Point { connections: 15000, p50_ms: Some(20.0), p99_ms: None, rss_per_conn_kib: 8.7 },
@@ -155,6 +155,5 @@ mod tests {
         for text in ["5.5", "9.1", "8.7", "target p99 &lt; 50 ms", "SSE connections on the edge"] {
             assert!(svg.contains(text), "{text} missing");
         }
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -1,30 +1,15 @@
 //! Scenario `poller`: one real poller process watching many events against an
-//! in-process media-sim, each event held by one gRPC subscriber.
-//!
-//! The question it answers is what the media service and the poller's host
-//! pay for N watched events at interval I: the media service should see
-//! N / I requests/s, spread evenly over time (not in bursts at the interval's
-//! start), and the poller's CPU and memory should stay modest. The poller runs
-//! as its own process so `/proc` gives its CPU and RSS alone; media-sim and the
-//! subscribers run here, where arrivals are timed as the media service sees
-//! them.
-//!
-//! Phases: start media-sim and the poller, open the streams, wait until every
-//! stream has its first value (the poller's first poll of each event happens
-//! at once), wait one more interval so the poll phases settle, then measure
-//! for `--duration`.
-//!
-//! `--batch-size` compares polling modes in one session: `off` (one
-//! `GET /live/{id}` per event, the default) and/or batch sizes, each a fresh
-//! poller given `--media-batch-url .../batch?ids={event_ids} --batch-size N`
-//! against the same media-sim. Each mode is a column of the report; a batch
-//! request counts as one request to the media service, and each of its ids
-//! as one poll of that event.
+//! in-process media-sim, each event held by one gRPC subscriber: what the
+//! media service and the poller's host pay for N events at interval I. The
+//! poller is its own process so `/proc` gives its CPU and RSS alone; arrivals
+//! are timed here, as the media service sees them. `--batch-size` compares
+//! polling modes in one session, a fresh poller each (a batch request counts
+//! as one request, each of its ids as one poll).
 
 use crate::{
-    arrivals::{self, Arrival, Arrivals},
+    arrivals::{self, Arrivals},
     child::Child,
-    procstat::{self, Sample},
+    procstat,
     push::event_id,
     report::{Report, cores, mib},
     sse_load::micros,
@@ -165,21 +150,28 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
     background.shutdown().await;
 
-    let mut report = report(&args, &runs)?;
+    let columns: Vec<(String, Vec<String>)> =
+        runs.iter().map(|r| (r.column.clone(), r.notes.clone())).collect();
+    let mut report = report(&args, runs)?;
     let (_, dropped) = arrivals.snapshot();
     if dropped > 0 {
         report.note(format!("{dropped} arrivals beyond {} were not recorded", arrivals::MAX_ARRIVALS));
     }
-    for run in &runs {
-        for note in &run.notes {
-            report.note(format!("{}: {note}", run.mode.column()));
+    for (column, notes) in columns {
+        for note in notes {
+            report.note(format!("{column}: {note}"));
         }
     }
     Ok(report)
 }
 
 /// One polling mode's run: a fresh poller against the shared media-sim.
-async fn measure(args: &Args, mode: Mode, sim_addr: SocketAddr, arrivals: &Arrivals) -> anyhow::Result<Run> {
+async fn measure(
+    args: &Args,
+    mode: Mode,
+    sim_addr: SocketAddr,
+    arrivals: &Arrivals,
+) -> anyhow::Result<Figures> {
     let grpc_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
     let mut poller_args = vec![
         "--listen".to_owned(),
@@ -235,14 +227,12 @@ async fn measure(args: &Args, mode: Mode, sim_addr: SocketAddr, arrivals: &Arriv
     ensure_healthy(&fleet, &mut poller)?;
 
     let warm = procstat::sample(pid)?;
-    let me_start = procstat::sample(std::process::id())?;
-    let host_start = procstat::host_busy_seconds()?;
+    let cpu0 = procstat::Cpu::read(&[pid, std::process::id()])?;
     let window_start = Instant::now();
     let updates_start = fleet.updates();
     tokio::time::sleep_until(window_start + args.duration).await;
-    let end = procstat::sample(pid)?;
-    let me_end = procstat::sample(std::process::id())?;
-    let host_end = procstat::host_busy_seconds()?;
+    let cpu_used = procstat::Cpu::read(&[pid, std::process::id()])?.since(&cpu0);
+    let (end, me_end) = (procstat::sample(pid)?, procstat::sample(std::process::id())?);
     let elapsed = window_start.elapsed();
     let updates = fleet.updates() - updates_start;
     let (ended, failed) = fleet.finished();
@@ -268,13 +258,66 @@ async fn measure(args: &Args, mode: Mode, sim_addr: SocketAddr, arrivals: &Arriv
     if !exit.success() {
         notes.push(format!("the poller exited with {exit} after SIGTERM"));
     }
-    Ok(Run {
+    let secs = args.duration.as_secs_f64();
+    let span = micros(args.duration);
+    let requests = arrivals::requests(&window);
+    let per_event = arrivals::per_event_counts(&window, args.events);
+    let status = |code: u16| window.iter().filter(|w| w.status == code).count() as u64;
+    let (ok, not_modified) = (status(200), status(304));
+    let slots = arrivals::slot_counts(&requests, span, micros(SLOT));
+    let slot_mean = slots.iter().sum::<u64>() as f64 / slots.len().max(1) as f64;
+    let slot_max = slots.iter().copied().max().unwrap_or(0);
+    let (cpu, me_cpu) = (cpu_used.of(0), cpu_used.of(1));
+    let wall = elapsed.as_secs_f64();
+    let n = requests.len() as u64;
+    let id_polls = window.len() as u64;
+    let rps = n as f64 / secs;
+    let expected = mode.requests_per_interval(args.events) / args.interval.as_secs_f64();
+    let shares = arrivals::phase_shares(&requests, span, micros(args.interval), PHASE_BUCKETS);
+    let share = |f: fn(f64, f64) -> f64| shares.as_ref().map(|s| 100.0 * fold(s, f));
+    Ok(Figures {
+        column: mode.column(),
+        first_values_s: first_values_after.as_secs_f64(),
+        requests: n,
+        batch_requests: if matches!(mode, Mode::Batch(_)) { n } else { 0 },
+        requests_per_s: rps,
+        expected_per_s: expected,
+        ratio: rps / expected,
+        id_polls,
+        ids_per_request: id_polls as f64 / n.max(1) as f64,
+        status_200: ok,
+        status_304: not_modified,
+        status_other: id_polls - ok - not_modified,
+        polls_per_event_per_interval: id_polls as f64
+            / f64::from(args.events)
+            / (secs / args.interval.as_secs_f64()),
+        event_polls_min: min_or_zero(&per_event),
+        event_polls_max: per_event.iter().copied().max().unwrap_or(0),
+        events_unpolled: per_event.iter().filter(|&&c| c == 0).count(),
+        phase_share_min_pct: share(f64::min),
+        phase_share_max_pct: share(f64::max),
+        slot_mean,
+        slot_min: min_or_zero(&slots),
+        slot_max,
+        slot_max_over_mean: slot_max as f64 / slot_mean.max(f64::MIN_POSITIVE),
+        updates,
+        updates_per_s: updates as f64 / wall,
+        poller_cpu_s: cpu,
+        poller_cpu_pct: 100.0 * cpu / wall,
+        poller_cpu_us_per_poll: 1e6 * cpu / id_polls.max(1) as f64,
+        poller_cpu_us_per_request: 1e6 * cpu / n.max(1) as f64,
+        poller_rss_idle_mib: mib(idle.rss_bytes),
+        poller_rss_warm_mib: mib(warm.rss_bytes),
+        poller_rss_end_mib: mib(end.rss_bytes),
+        poller_rss_peak_mib: mib(end.peak_rss_bytes),
+        poller_rss_per_event_kib: warm.rss_bytes.saturating_sub(idle.rss_bytes) as f64
+            / 1024.0
+            / f64::from(args.events),
+        harness_cpu_pct: 100.0 * me_cpu / wall,
+        harness_rss_end_mib: mib(me_end.rss_bytes),
+        others_pct: 100.0 * cpu_used.others() / wall,
         mode,
         poller_cmd,
-        window,
-        first_values_after,
-        updates,
-        procs: Procs { idle, warm, end, elapsed, me_start, me_end, host_busy: host_end - host_start },
         notes,
     })
 }
@@ -318,29 +361,6 @@ fn ensure_healthy(fleet: &Fleet, poller: &mut Child) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-struct Procs {
-    idle: Sample,
-    warm: Sample,
-    end: Sample,
-    elapsed: Duration,
-    me_start: Sample,
-    me_end: Sample,
-    /// Host CPU seconds busy (all programs) during the window.
-    host_busy: f64,
-}
-
-/// What one polling mode's run measured.
-struct Run {
-    mode: Mode,
-    poller_cmd: String,
-    /// Arrivals (polled ids) in the window, window-relative and sorted.
-    window: Vec<Arrival>,
-    first_values_after: Duration,
-    updates: u64,
-    procs: Procs,
-    notes: Vec<String>,
 }
 
 /// The parameters shared by the columns.
@@ -401,72 +421,12 @@ struct Figures {
     harness_rss_end_mib: f64,
     /// Other programs on the host, competing.
     others_pct: f64,
-}
-
-impl Figures {
-    fn of(args: &Args, run: &Run) -> Self {
-        let secs = args.duration.as_secs_f64();
-        let span = micros(args.duration);
-        let requests = arrivals::requests(&run.window);
-        let per_event = arrivals::per_event_counts(&run.window, args.events);
-        let status = |code: u16| run.window.iter().filter(|w| w.status == code).count() as u64;
-        let (ok, not_modified) = (status(200), status(304));
-        let slots = arrivals::slot_counts(&requests, span, micros(SLOT));
-        let slot_mean = slots.iter().sum::<u64>() as f64 / slots.len().max(1) as f64;
-        let slot_max = slots.iter().copied().max().unwrap_or(0);
-        let p = &run.procs;
-        let cpu = p.end.cpu_seconds - p.warm.cpu_seconds;
-        let me_cpu = p.me_end.cpu_seconds - p.me_start.cpu_seconds;
-        let wall = p.elapsed.as_secs_f64();
-        let n = requests.len() as u64;
-        let id_polls = run.window.len() as u64;
-        let rps = n as f64 / secs;
-        let expected = run.mode.requests_per_interval(args.events) / args.interval.as_secs_f64();
-        let shares = arrivals::phase_shares(&requests, span, micros(args.interval), PHASE_BUCKETS);
-        let share = |f: fn(f64, f64) -> f64| shares.as_ref().map(|s| 100.0 * fold(s, f));
-        Self {
-            column: run.mode.column(),
-            first_values_s: run.first_values_after.as_secs_f64(),
-            requests: n,
-            batch_requests: if matches!(run.mode, Mode::Batch(_)) { n } else { 0 },
-            requests_per_s: rps,
-            expected_per_s: expected,
-            ratio: rps / expected,
-            id_polls,
-            ids_per_request: id_polls as f64 / n.max(1) as f64,
-            status_200: ok,
-            status_304: not_modified,
-            status_other: id_polls - ok - not_modified,
-            polls_per_event_per_interval: id_polls as f64
-                / f64::from(args.events)
-                / (secs / args.interval.as_secs_f64()),
-            event_polls_min: min_or_zero(&per_event),
-            event_polls_max: per_event.iter().copied().max().unwrap_or(0),
-            events_unpolled: per_event.iter().filter(|&&c| c == 0).count(),
-            phase_share_min_pct: share(f64::min),
-            phase_share_max_pct: share(f64::max),
-            slot_mean,
-            slot_min: min_or_zero(&slots),
-            slot_max,
-            slot_max_over_mean: slot_max as f64 / slot_mean.max(f64::MIN_POSITIVE),
-            updates: run.updates,
-            updates_per_s: run.updates as f64 / wall,
-            poller_cpu_s: cpu,
-            poller_cpu_pct: 100.0 * cpu / wall,
-            poller_cpu_us_per_poll: 1e6 * cpu / id_polls.max(1) as f64,
-            poller_cpu_us_per_request: 1e6 * cpu / n.max(1) as f64,
-            poller_rss_idle_mib: mib(p.idle.rss_bytes),
-            poller_rss_warm_mib: mib(p.warm.rss_bytes),
-            poller_rss_end_mib: mib(p.end.rss_bytes),
-            poller_rss_peak_mib: mib(p.end.peak_rss_bytes),
-            poller_rss_per_event_kib: p.warm.rss_bytes.saturating_sub(p.idle.rss_bytes) as f64
-                / 1024.0
-                / f64::from(args.events),
-            harness_cpu_pct: 100.0 * me_cpu / wall,
-            harness_rss_end_mib: mib(p.me_end.rss_bytes),
-            others_pct: 100.0 * (p.host_busy - cpu - me_cpu).max(0.0) / wall,
-        }
-    }
+    #[serde(skip)]
+    mode: Mode,
+    #[serde(skip)]
+    poller_cmd: String,
+    #[serde(skip)]
+    notes: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -475,7 +435,7 @@ struct PollerFigures<'a> {
     runs: Vec<Figures>,
 }
 
-fn report(a: &Args, runs: &[Run]) -> anyhow::Result<Report> {
+fn report(a: &Args, runs: Vec<Figures>) -> anyhow::Result<Report> {
     let columns: Vec<String> = runs.iter().map(|r| r.mode.column()).collect();
     let title = format!(
         "livepush-bench poller: {} events, interval {}, measured {}, {}",
@@ -494,7 +454,6 @@ fn report(a: &Args, runs: &[Run]) -> anyhow::Result<Report> {
             r.poller_cmd.find(" --media-batch-url").map(|i| r.poller_cmd[i + 1..].trim().to_owned())
         }),
     };
-    let runs = runs.iter().map(|r| Figures::of(a, r)).collect();
     Report::new("poller", title, &PollerFigures { params, runs })
 }
 

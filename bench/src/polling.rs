@@ -1,21 +1,9 @@
-//! Scenario `polling` ("against polling"): what the media service pays for N
-//! viewers when every browser polls it, versus the same N viewers served by
-//! livepush. Both are measured at the media service, not computed.
-//!
-//! 1. **Polling.** N viewers, each with its own keep-alive HTTP/1.1
-//!    connection, `GET /live/{event_id}` every `--interval`, their phases
-//!    spread evenly over the interval. Like a browser's HTTP cache they
-//!    revalidate with `If-None-Match` (media-sim sends an ETag and
-//!    `Cache-Control: no-cache`), so unchanged data costs a 304, not a body.
-//! 2. **livepush.** The same N viewers as SSE streams through one edge, one
-//!    poller at the same interval.
-//!
-//! Requests are media-sim's own count (`GET /stats`); bytes are counted by a
-//! relay in front of media-sim ([`crate::proxy`]) that both the polling
-//! viewers and the poller go through, so both setups are measured at the same
-//! place in the same way. The polling viewers also count the response bytes
-//! they read, as a cross-check of the relay. media-sim runs without
-//! `--stamp` here: with it every answer would differ and carry no ETag.
+//! Scenario `polling`: what the media service pays for N viewers polling it
+//! directly (keep-alive, `If-None-Match` like a browser's cache) versus the
+//! same viewers as SSE streams through livepush. Both are measured at the
+//! media service: requests by media-sim's count, bytes by a relay both
+//! setups go through ([`crate::proxy`]). media-sim runs without `--stamp`:
+//! with it every answer would differ and carry no ETag.
 
 use crate::{
     procstat,
@@ -145,18 +133,11 @@ async fn poll_directly(
     // Every viewer has started and polled once; keep-alive connections are up.
     tokio::time::sleep(args.interval + Duration::from_secs(1)).await;
     let (r0, b0, s0) = (stack::media_requests(media).await?, proxy.bytes(), stats.read());
-    let me = std::process::id();
-    let cpu = || -> anyhow::Result<[f64; 3]> {
-        Ok([
-            procstat::sample(media_pid)?.cpu_seconds,
-            procstat::sample(me)?.cpu_seconds,
-            procstat::host_busy_seconds()?,
-        ])
-    };
-    let cpu0 = cpu()?;
+    let pids = [media_pid, std::process::id()];
+    let cpu0 = procstat::Cpu::read(&pids)?;
     let start = Instant::now();
     tokio::time::sleep(args.duration).await;
-    let cpu1 = cpu()?;
+    let cpu = procstat::Cpu::read(&pids)?.since(&cpu0);
     let window = start.elapsed();
     let (r1, b1, s1) = (stack::media_requests(media).await?, proxy.bytes(), stats.read());
     stop.cancel();
@@ -169,8 +150,8 @@ async fn poll_directly(
         requests: r1.saturating_sub(r0),
         to_media: b1.0.saturating_sub(b0.0),
         from_media: b1.1.saturating_sub(b0.1),
-        media_cpu: cpu1[0] - cpu0[0],
-        others_cpu: (cpu1[2] - cpu0[2]) - (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1]),
+        media_cpu: cpu.of(0),
+        others_cpu: cpu.others(),
         poller_cpu: None,
         edge_cpu: None,
         answers: Some((d(OK), d(NOT_MODIFIED), d(OTHER))),
@@ -215,17 +196,15 @@ async fn through_livepush(
         tokio::time::sleep(args.interval).await;
         let stats = load.stats();
         let pids = [media_pid, poller.pid(), edge.pid(), std::process::id()];
-        let cpu = || -> anyhow::Result<Vec<f64>> {
-            let mut v: Vec<f64> =
-                pids.iter().map(|&p| Ok(procstat::sample(p)?.cpu_seconds)).collect::<anyhow::Result<_>>()?;
-            v.push(procstat::host_busy_seconds()?);
-            Ok(v)
-        };
-        let (r0, b0, c0, cpu0) =
-            (stack::media_requests(media).await?, proxy.bytes(), stats.counters(), cpu()?);
+        let (r0, b0, c0, cpu0) = (
+            stack::media_requests(media).await?,
+            proxy.bytes(),
+            stats.counters(),
+            procstat::Cpu::read(&pids)?,
+        );
         let start = Instant::now();
         tokio::time::sleep(args.duration).await;
-        let cpu1 = cpu()?;
+        let cpu = procstat::Cpu::read(&pids)?.since(&cpu0);
         let window = start.elapsed();
         let (r1, b1, c1) = (stack::media_requests(media).await?, proxy.bytes(), stats.counters());
         let c = c1.since(&c0);
@@ -234,10 +213,10 @@ async fn through_livepush(
             requests: r1.saturating_sub(r0),
             to_media: b1.0.saturating_sub(b0.0),
             from_media: b1.1.saturating_sub(b0.1),
-            media_cpu: cpu1[0] - cpu0[0],
-            poller_cpu: Some(cpu1[1] - cpu0[1]),
-            edge_cpu: Some(cpu1[2] - cpu0[2]),
-            others_cpu: (cpu1[4] - cpu0[4]) - (0..4).map(|i| cpu1[i] - cpu0[i]).sum::<f64>(),
+            media_cpu: cpu.of(0),
+            poller_cpu: Some(cpu.of(1)),
+            edge_cpu: Some(cpu.of(2)),
+            others_cpu: cpu.others(),
             answers: None,
             client_bytes: None,
             values: c.messages,

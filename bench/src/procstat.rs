@@ -108,6 +108,38 @@ pub fn host_busy_seconds() -> anyhow::Result<f64> {
     Ok(busy as f64 / procfs::ticks_per_second() as f64)
 }
 
+/// CPU seconds of some processes, each with its kernel part, and the
+/// host's busy seconds, read together: the difference of two readings is
+/// what a phase cost, and what the host spent beyond these processes is
+/// other programs competing (the machine is shared).
+#[derive(Debug, Clone, Default)]
+pub struct Cpu {
+    pub procs: Vec<(f64, f64)>,
+    pub host: f64,
+}
+
+impl Cpu {
+    pub fn read(pids: &[u32]) -> anyhow::Result<Self> {
+        let procs = pids.iter().map(|&p| sample(p).map(|s| (s.cpu_seconds, s.system_seconds)));
+        Ok(Self { procs: procs.collect::<anyhow::Result<_>>()?, host: host_busy_seconds()? })
+    }
+
+    pub fn since(&self, start: &Self) -> Self {
+        let procs = self.procs.iter().zip(&start.procs).map(|(b, a)| (b.0 - a.0, b.1 - a.1)).collect();
+        Self { procs, host: self.host - start.host }
+    }
+
+    /// CPU seconds of process `i`.
+    pub fn of(&self, i: usize) -> f64 {
+        self.procs.get(i).map_or(0.0, |p| p.0)
+    }
+
+    /// The host's busy time beyond these processes.
+    pub fn others(&self) -> f64 {
+        (self.host - self.procs.iter().map(|p| p.0).sum::<f64>()).max(0.0)
+    }
+}
+
 /// The `TcpExt` counters of `/proc/net/netstat` named by `keys` (procfs
 /// does not read that file).
 pub fn tcp_ext(keys: &[&str]) -> anyhow::Result<Vec<u64>> {

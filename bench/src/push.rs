@@ -1,28 +1,10 @@
 //! One measured run of the push path, media-sim → poller → edge(s) → SSE
-//! browsers, shared by the `fanout` and `breadth` scenarios: they differ only
-//! in the shape (edges × events × browsers per event). The `nchan` scenario
-//! runs the same phases against Nginx with the nchan module instead of the
-//! edges ([`System`] is what serves the browsers; [`crate::nchan`]).
-//!
-//! The phases are chosen so each figure means one thing:
-//!
-//! 1. **Start** the edges (fresh processes: memory of an earlier size does
-//!    not carry over) and wait until `/readyz` answers 200.
-//! 2. **Warm up**: one SSE stream per edge until its first event, then closed,
-//!    so the gRPC channel, the feed machinery and the allocator have been
-//!    exercised. One second later: **idle RSS** (of a server made of several
-//!    processes, nginx's master and worker, the sum over them).
-//! 3. **Connect** all browsers at `--connect-rate`, wait until every one has
-//!    its first event, then `--settle`: **connected RSS**. RSS per connection
-//!    is (connected − idle) / connections on that edge.
-//! 4. **Window** of `--duration`: latency histograms restarted, CPU of every
-//!    process, media-sim's request count and the generator's counters taken at
-//!    both ends. Updates served in the window are then given two seconds to
-//!    reach everyone before deliveries per update are read.
-//! 5. Stop the browsers, then the edges.
-//!
-//! Errors are never hidden: every failure, close and reconnect of the whole
-//! run (ramp included) is counted and listed by message.
+//! browsers, shared by `fanout`, `breadth` and `nchan` ([`System`] is what
+//! serves the browsers). BENCHMARKS.md describes the phases; they are chosen
+//! so each figure means one thing (fresh servers per size so memory does not
+//! carry over, a warm-up before the idle RSS, a settle before the connected
+//! RSS). Errors are never hidden: every failure and reconnect of the whole
+//! run is counted and listed by message.
 
 use crate::{
     histogram::Snapshot,
@@ -583,8 +565,6 @@ pub async fn measure<S: System>(args: &PushArgs, shape: Shape, sys: &mut S) -> a
     stats.latency.reset();
     let c0 = stats.counters();
     let r0 = sys.upstream_requests().await?;
-    let cpu =
-        |pids: &[u32]| -> anyhow::Result<Vec<Sample>> { pids.iter().map(|&p| procstat::sample(p)).collect() };
     // The servers' processes, then the system's others, then this process.
     let mut pids: Vec<u32> = Vec::new();
     for e in &edges {
@@ -594,13 +574,11 @@ pub async fn measure<S: System>(args: &PushArgs, shape: Shape, sys: &mut S) -> a
     let feeders = sys.feeders();
     pids.extend(feeders.iter().map(|&(_, pid)| pid));
     pids.push(me);
-    let cpu0 = cpu(&pids)?;
-    let host0 = procstat::host_busy_seconds()?;
+    let cpu0 = procstat::Cpu::read(&pids)?;
     let t0_ms = sse_load::unix_micros() / 1000;
     let start = Instant::now();
     tokio::time::sleep(args.duration).await;
-    let cpu1 = cpu(&pids)?;
-    let host1 = procstat::host_busy_seconds()?;
+    let cpu = procstat::Cpu::read(&pids)?.since(&cpu0);
     let secs = start.elapsed().as_secs_f64();
     let t1_ms = sse_load::unix_micros() / 1000;
     let latency = stats.latency.snapshot();
@@ -632,11 +610,7 @@ pub async fn measure<S: System>(args: &PushArgs, shape: Shape, sys: &mut S) -> a
     }
 
     // (CPU, of which system) per process.
-    let spent: Vec<(f64, f64)> = cpu1
-        .iter()
-        .zip(&cpu0)
-        .map(|(b, a)| (b.cpu_seconds - a.cpu_seconds, b.system_seconds - a.system_seconds))
-        .collect();
+    let spent = &cpu.procs;
     let (server_s, server_system_s) = spent[..k].iter().fold((0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1));
     let (load_s, load_system_s) = spent[spent.len() - 1];
     let pct = |s: f64| 100.0 * s / secs;
@@ -751,7 +725,7 @@ pub async fn measure<S: System>(args: &PushArgs, shape: Shape, sys: &mut S) -> a
             load_s,
             load_pct: pct(load_s),
             load_system_pct: pct(load_system_s),
-            others_pct: pct(((host1 - host0) - spent.iter().map(|s| s.0).sum::<f64>()).max(0.0)),
+            others_pct: pct(cpu.others()),
         },
         targets: Targets {
             no_errors: totals.errors == 0,

@@ -180,6 +180,19 @@ pub fn secs<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok
     s.serialize_f64(d.as_secs_f64())
 }
 
+/// Nearest-rank quantile `q` of `sorted` µs, in ms (`None` if empty).
+pub fn quantile_ms(sorted: &[u64], q: f64) -> Option<f64> {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
+    sorted.get(rank - 1).map(|&us| us as f64 / 1000.0)
+}
+
+/// `xs` sorted.
+pub fn sorted<T: Ord>(xs: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut v: Vec<T> = xs.into_iter().collect();
+    v.sort_unstable();
+    v
+}
+
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
@@ -205,6 +218,14 @@ mod tests {
     #[derive(Serialize)]
     struct Upstream {
         rps: f64,
+    }
+
+    #[test]
+    fn nearest_rank_quantiles() {
+        let xs = sorted([5_000, 1_000, 3_000, 2_000, 4_000]);
+        assert_eq!(quantile_ms(&xs, 0.5), Some(3.0));
+        assert_eq!(quantile_ms(&xs, 0.99), Some(5.0));
+        assert_eq!(quantile_ms(&[], 0.5), None);
     }
 
     #[test]

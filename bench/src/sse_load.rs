@@ -1,32 +1,17 @@
-//! A load generator of browsers holding SSE streams: N concurrent HTTP/1.1
-//! connections, each `GET <path>` with `Accept: text/event-stream`, read for
-//! as long as the run lasts, reconnected when they close.
+//! The load generator of browsers holding SSE streams, shared by every
+//! scenario: N HTTP/1.1 connections, each `GET <path>` with `Accept:
+//! text/event-stream`, read for the whole run, reconnected when they close.
 //!
-//! Why hand-rolled on raw sockets: the figures that matter (edge RSS per
-//! connection, delivery latency at 15,000 connections) are only meaningful if
-//! the client is much cheaper than the server and adds no queueing of its own.
-//! Each connection is one tokio task with a small parser state
-//! ([`crate::wire`]); reads go into one 64 KiB buffer per worker thread (the
-//! task waits for readability, then reads synchronously), so an idle
-//! connection costs its task, its socket and a few hundred bytes.
-//!
-//! - **Source addresses.** Connections bind to 127.0.0.2, 127.0.0.3, ...
-//!   (`per_source` connections each, port 0) so ephemeral ports never run out
-//!   and a later run, which takes fresh addresses, never meets the TIME_WAIT
-//!   sockets of an earlier one.
-//! - **Pacing.** New connections, first ones and reconnects alike, are started
-//!   at most `connect_rate` per second, so the server's accept queue is not
-//!   overrun and a failing server is not hammered.
-//! - **Latency.** media-sim's `--stamp` puts `served_at_ms` (Unix ms when it
-//!   generated the answer) in every document; for every unnamed event the
-//!   generator records `now - served_at_ms`. A connection's first event is the
-//!   latest value replayed on connect, not a delivery, so it counts for
-//!   time-to-first-event only. Both clocks are this machine's; the stamp's
-//!   millisecond truncation makes each latency up to 1 ms too high.
-//! - **Per update.** Deliveries are also grouped by (event, stamp), which says
-//!   whether every browser got every update and how long the slowest took.
-//! - **Bounded.** Every task stops at the deadline or on [`Load::stop`];
-//!   per-update records and distinct error messages are capped.
+//! Hand-rolled on raw sockets because the figures that matter (edge RSS per
+//! connection, latency at 15,000 connections) are only meaningful if the
+//! client is much cheaper than the server and adds no queueing: a connection
+//! is one task with a small parser state ([`crate::wire`]) reading into one
+//! 64 KiB buffer per worker thread, so an idle one costs its task, its socket
+//! and a few hundred bytes. Connections bind to 127.0.0.2, 127.0.0.3, ... so
+//! ephemeral ports never run out and a later run never meets an earlier
+//! one's TIME_WAIT sockets; new connections are paced so the accept queue is
+//! not overrun. Latency is `now - served_at_ms` of every unnamed event but a
+//! connection's first (the replayed latest value), up to 1 ms too high.
 
 use crate::{
     histogram::{Histogram, Snapshot},
