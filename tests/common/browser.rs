@@ -83,7 +83,10 @@ impl Browser {
             }
             if tokio::time::Instant::now() > deadline {
                 let log = self.eval("return JSON.stringify(window.log || null)").await;
-                panic!("browser: timed out waiting for {what}; page log: {log}");
+                // What the page showed, so a timeout says which part was missing.
+                let text =
+                    self.eval("return document.body ? document.body.innerText.slice(0, 3000) : null").await;
+                panic!("browser: timed out waiting for {what}; page log: {log}; page text: {text}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
