@@ -244,6 +244,34 @@ fn follow(i: usize, watch: Watch) -> Changes {
     }))
 }
 
+/// Hands `first` and whatever other change is ready now to `each`, at most
+/// `round` in all (one round over the events, so no event waits long
+/// behind a busy one); whether every event's changes are over. A change is
+/// taken from `changes` only when it is handed on: one taken past the
+/// round and dropped would be lost to its browser for good if its event
+/// then stayed quiet (a 24-event page once kept one card at "waiting…").
+fn ready_round(
+    first: Option<(usize, Snapshot)>,
+    changes: &mut SelectAll<Changes>,
+    round: usize,
+    mut each: impl FnMut(usize, &Snapshot),
+) -> bool {
+    let round = round.max(1);
+    let mut next = first;
+    for taken in 1..=round {
+        let Some((i, snap)) = next else { return true };
+        each(i, &snap);
+        if taken == round {
+            break;
+        }
+        match changes.next().now_or_never() {
+            Some(more) => next = more,
+            None => break,
+        }
+    }
+    false
+}
+
 struct Conn {
     members: Members,
     changes: SelectAll<Changes>,
@@ -312,20 +340,11 @@ pub fn body(
                 change = c.changes.next() => {
                     let mut out = BytesMut::new();
                     let mut frames = 0;
-                    let mut next = change;
-                    // Whatever else is ready goes out in the same chunk (at
-                    // most one round over the events, so none waits long).
-                    for _ in 0..c.members.sent.len() {
-                        let Some((i, snap)) = next else {
-                            c.done = true;
-                            break;
-                        };
-                        frames += c.members.catch_up(i, &snap, &mut out);
-                        match c.changes.next().now_or_never() {
-                            Some(more) => next = more,
-                            None => break,
-                        }
-                    }
+                    let round = c.members.sent.len();
+                    let members = &mut c.members;
+                    c.done = ready_round(change, &mut c.changes, round, |i, snap| {
+                        frames += members.catch_up(i, snap, &mut out);
+                    });
                     if !out.is_empty() {
                         c.pulse.wrote();
                         metrics.updates_delivered.increment(frames);
@@ -378,6 +397,24 @@ mod tests {
             let forged = String::from_utf8(forged).unwrap();
             assert_eq!(ResumeId::decode(&forged, tag, 3), None, "{forged}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_changes_beyond_one_round_loses_none() {
+        let id = EventId::parse("e").unwrap();
+        // 30 events with a change ready each, rounds of 24: 24, then 6.
+        let mut changes: SelectAll<Changes> =
+            (0..30usize).map(|i| Box::pin(stream::iter([(i, Snapshot::new(&id))])) as Changes).collect();
+        let mut seen = Vec::new();
+        let first = changes.next().await;
+        assert!(!ready_round(first, &mut changes, 24, |i, _| seen.push(i)));
+        assert_eq!(seen.len(), 24, "one round");
+        // These streams end after their one change: the round that takes
+        // the last says every event is over.
+        let first = changes.next().await;
+        assert!(ready_round(first, &mut changes, 24, |i, _| seen.push(i)));
+        seen.sort_unstable();
+        assert_eq!(seen, (0..30).collect::<Vec<_>>(), "every change handed on once");
     }
 
     #[test]
