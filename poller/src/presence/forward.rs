@@ -283,6 +283,24 @@ mod tests {
         (store, f, stop)
     }
 
+    /// A forwarder (one-second rounds) running against a receiver that
+    /// answers every post with `status`, with one event of two anonymous
+    /// viewers to post.
+    async fn one_event_answered_with(
+        status: u16,
+    ) -> (
+        mpsc::UnboundedReceiver<(String, serde_json::Value)>,
+        PresenceForwarder,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (url, posts) = receiver(status).await;
+        let (store, f, stop) = forwarder(&url, 1000);
+        store.report(batch(vec![EventViewers { event_id: "x".into(), vids: vec![], anonymous: 2 }])).unwrap();
+        let task = tokio::spawn(f.clone().run());
+        (posts, f, stop, task)
+    }
+
     /// Cancels the forwarder and waits (at most a second) for its task.
     async fn stopped(stop: CancellationToken, task: tokio::task::JoinHandle<()>) {
         stop.cancel();
@@ -327,11 +345,8 @@ mod tests {
 
     #[tokio::test]
     async fn failures_are_retried_then_counted() {
-        let (url, mut posts) = receiver(503).await;
         // Retries wait 100 ms then 200 ms: all within the one-second round.
-        let (store, f, stop) = forwarder(&url, 1000);
-        store.report(batch(vec![EventViewers { event_id: "x".into(), vids: vec![], anonymous: 2 }])).unwrap();
-        let task = tokio::spawn(f.clone().run());
+        let (mut posts, f, stop, task) = one_event_answered_with(503).await;
         for _ in 0..=MAX_RETRIES {
             next(&mut posts).await;
         }
@@ -347,10 +362,7 @@ mod tests {
 
     #[tokio::test]
     async fn client_errors_are_not_retried() {
-        let (url, mut posts) = receiver(400).await;
-        let (store, f, stop) = forwarder(&url, 1000);
-        store.report(batch(vec![EventViewers { event_id: "x".into(), vids: vec![], anonymous: 2 }])).unwrap();
-        let task = tokio::spawn(f.clone().run());
+        let (mut posts, f, stop, task) = one_event_answered_with(400).await;
         next(&mut posts).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(f.failures(), 1);
