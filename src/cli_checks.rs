@@ -1,13 +1,30 @@
 //! Checks the poller's and the edge's own tests run against their real
 //! binaries (feature `test-support`, for dev-dependencies only): bad flags
 //! stop start-up naming the flag, and SIGTERM and SIGINT both end the
-//! process cleanly with its last log line.
+//! process cleanly with its last log line. Also the scratch files that
+//! tests of file-reading flags write.
 
 use std::{
     io::{BufRead, BufReader},
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
+
+/// A directory of one test's own under the system's temp dir, made if
+/// missing: `test` and the process id keep tests and parallel runs apart.
+pub fn scratch_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes `contents` to `name` in `dir` and returns its path.
+pub fn scratch_file(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
 
 /// `bin` with an empty environment (flags only) logging at `info`.
 pub fn command(bin: &str) -> Command {

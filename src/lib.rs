@@ -5,7 +5,7 @@
 
 pub mod allow_listed;
 pub mod bearer;
-#[cfg(feature = "test-support")]
+#[cfg(any(test, feature = "test-support"))]
 pub mod cli_checks;
 pub mod codec;
 pub mod event_id;

@@ -193,8 +193,10 @@ fn process_collector() -> &'static metrics_process::Collector {
     })
 }
 
-// One `describe_*` per metric: alike by nature (a duplicates report lists
-// them), kept as plain calls so each metric's help text is found by name.
+// One `describe_*` call per metric, kept as plain calls so each metric's
+// help text is found by its name. The calls are alike by nature: runs of
+// them pair up within this function (the poller's hint counters with the
+// edge's stream counters, for one), on purpose.
 fn describe() {
     describe_gauge!(POLLER_SUBSCRIBERS, Unit::Count, "LiveFeed/Subscribe streams open");
     describe_gauge!(

@@ -97,6 +97,7 @@ fn system_or_bundled(system: Vec<CertificateDer<'static>>) -> (RootCertStore, Ro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli_checks::{scratch_dir, scratch_file};
 
     #[test]
     fn an_empty_system_store_falls_back_to_the_bundled_roots() {
@@ -109,12 +110,10 @@ mod tests {
 
     #[test]
     fn bad_ca_files_are_refused_naming_their_path() {
-        let dir = std::env::temp_dir().join(format!("livepush-ca-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let empty = dir.join("empty.pem");
-        std::fs::write(&empty, "").unwrap();
-        let junk = dir.join("junk.pem");
-        std::fs::write(&junk, "-----BEGIN CERTIFICATE-----\n@@@\n-----END CERTIFICATE-----\n").unwrap();
+        let dir = scratch_dir("livepush-ca-unit");
+        let empty = scratch_file(&dir, "empty.pem", "");
+        let junk =
+            scratch_file(&dir, "junk.pem", "-----BEGIN CERTIFICATE-----\n@@@\n-----END CERTIFICATE-----\n");
         for path in [empty.to_str().unwrap(), junk.to_str().unwrap(), "/nonexistent/ca.pem"] {
             let err = CaBundle::load(path).unwrap_err();
             assert!(err.contains(path), "{err}");

@@ -7,6 +7,9 @@ use std::sync::Arc;
 /// Longest accepted viewer id, in bytes.
 pub const MAX_LEN: usize = 64;
 
+// Declared like `EventId` (event_id.rs) on purpose: the checks are shared
+// (`allow_listed`), but each kind keeps its own type and error, whose
+// messages name the kind.
 /// A validated viewer id: 1 to 64 characters from `[A-Za-z0-9._~-]`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ViewerId(Arc<str>);

@@ -80,13 +80,11 @@ pub async fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli_checks::{scratch_dir, scratch_file};
 
     #[test]
     fn bounded_reads_name_the_path() {
-        let dir = std::env::temp_dir().join(format!("livepush-watched-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("f");
-        std::fs::write(&file, "0123456789").unwrap();
+        let file = scratch_file(&scratch_dir("livepush-watched"), "f", "0123456789");
         let path = file.to_str().unwrap();
         assert_eq!(read_bounded(path, 10).unwrap(), "0123456789");
         let err = read_bounded(path, 9).unwrap_err();
@@ -100,10 +98,7 @@ mod tests {
 
     #[tokio::test]
     async fn changes_are_handed_on_once_each() {
-        let dir = std::env::temp_dir().join(format!("livepush-watched-follow-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("f");
-        std::fs::write(&file, "one").unwrap();
+        let file = scratch_file(&scratch_dir("livepush-watched-follow"), "f", "one");
         let path = file.to_str().unwrap().to_owned();
         let stop = CancellationToken::new();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

@@ -415,6 +415,8 @@ fn key_of(ids: &[EventId]) -> u64 {
 }
 
 /// Membership of one event generation; dropping it leaves the rounds.
+// Shaped like registry.rs's `SubscriberGuard` on purpose: each gives back
+// a place in its own owner when dropped.
 pub struct Membership {
     batcher: Batcher,
     id: EventId,
@@ -478,6 +480,8 @@ mod tests {
         stop.cancel();
     }
 
+    // Starts and stops a batcher like the tests around it on purpose: each
+    // test has its own.
     #[tokio::test]
     async fn a_new_generation_takes_over_its_place() {
         let (b, stop) = batcher(10, Duration::from_secs(60));

@@ -178,14 +178,10 @@ pub struct ClientsFile {
 impl ClientsFile {
     /// Reads and checks the file (the flag's value parser).
     pub fn load(path: &str) -> Result<Self, String> {
-        let text = read_bounded(path)?;
+        let text = watched_file::read_bounded(path, MAX_FILE)?;
         let table = ClientTable::parse(&text).map_err(|e| format!("{path}: {e}"))?;
         Ok(Self { path: path.to_owned(), table: Arc::new(table), text: watched_file::fingerprint(&text) })
     }
-}
-
-fn read_bounded(path: &str) -> Result<String, String> {
-    watched_file::read_bounded(path, MAX_FILE)
 }
 
 /// The clients the file lists now; clones share them.
@@ -241,6 +237,7 @@ async fn reload(path: String, loaded: u64, tx: watch::Sender<Arc<ClientTable>>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use livepush::cli_checks::{scratch_dir, scratch_file};
     use std::time::Duration;
 
     const T1: &str = "tok-edge-0123456789abcdef";
@@ -292,10 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_file_is_read_again_and_a_bad_version_keeps_the_last_good_one() {
-        let dir = std::env::temp_dir().join(format!("livepush-clients-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("clients");
-        std::fs::write(&path, format!("{T1} edge a\n")).unwrap();
+        let path = scratch_file(&scratch_dir("livepush-clients-unit"), "clients", format!("{T1} edge a\n"));
         let file = ClientsFile::load(path.to_str().unwrap()).unwrap();
         let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
         let clients = Clients::watch(&file, &tasks, stop.clone());

@@ -132,6 +132,9 @@ pub struct Config {
     #[arg(long, env = "POLLER_MEDIA_CA", value_name = "PATH", value_parser = CaBundle::load)]
     pub media_ca: Option<CaBundle>,
 
+    // This pair is declared like --tls-cert/--tls-key above, and each key
+    // like its certificate, on purpose: distinct files, each flag with its
+    // own name, variable and check.
     /// Client certificate chain (PEM) for media services that require mutual
     /// TLS; needs `--media-client-key`.
     #[arg(
@@ -250,6 +253,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use livepush::cli_checks::{scratch_dir, scratch_file};
 
     fn parse(args: &[&str]) -> Result<Config, String> {
         Config::try_parse_from(std::iter::once("poller").chain(args.iter().copied()))
@@ -298,10 +302,8 @@ mod tests {
 
     #[test]
     fn grpc_access_flags() {
-        let dir = std::env::temp_dir().join(format!("livepush-config-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let clients = dir.join("clients");
-        std::fs::write(&clients, "# ok\nedge-token-0123456789 edge edge-pool\n").unwrap();
+        let dir = scratch_dir("livepush-config-unit");
+        let clients = scratch_file(&dir, "clients", "# ok\nedge-token-0123456789 edge edge-pool\n");
         let c = parse(&["--clients-file", clients.to_str().unwrap(), "--max-presence-vids", "0"]).unwrap();
         assert_eq!(c.clients_file.unwrap().path, clients.to_str().unwrap());
         assert_eq!(c.max_presence_vids, 0);
@@ -309,9 +311,11 @@ mod tests {
             !format!("{:?}", parse(&["--clients-file", clients.to_str().unwrap()]).unwrap())
                 .contains("edge-token")
         );
-        let bad = dir.join("bad-clients");
-        std::fs::write(&bad, "edge-token-0123456789 edge edge-pool\nedge-token-0123456789 edge other\n")
-            .unwrap();
+        let bad = scratch_file(
+            &dir,
+            "bad-clients",
+            "edge-token-0123456789 edge edge-pool\nedge-token-0123456789 edge other\n",
+        );
         let err = parse(&["--clients-file", bad.to_str().unwrap()]).unwrap_err();
         assert!(err.contains("--clients-file") && err.contains("line 2"), "{err}");
         assert!(!err.contains("edge-token"), "{err}");

@@ -45,7 +45,7 @@ use livepush::proto::{
 use media_client::MediaClient;
 use peers::Peers;
 use presence::PresenceStore;
-use presence::forward::PresenceForwarder;
+use presence::forward::{ForwardTo, PresenceForwarder};
 use presence::service::PresenceService;
 use publish::{Forwarding, Publisher};
 use registry::{Registry, Settings};
@@ -161,14 +161,14 @@ pub async fn run(
     let presence_tasks = TaskTracker::new();
     presence_tasks.spawn(presence.clone().sweep());
     if let Some(url) = config.heartbeat_url.clone() {
-        let forwarder = PresenceForwarder::new(
+        let to = ForwardTo {
             http,
-            heartbeat_headers,
+            headers: heartbeat_headers,
             url,
-            config.heartbeat_interval,
-            config.media_timeout,
-            presence.clone(),
-        );
+            interval: config.heartbeat_interval,
+            timeout: config.media_timeout,
+        };
+        let forwarder = PresenceForwarder::new(to, presence.clone());
         presence_tasks.spawn(forwarder.run());
     }
 

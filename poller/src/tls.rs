@@ -11,8 +11,7 @@
 //! Files are read when the flags are parsed, so a bad path or PEM stops
 //! start-up with an error naming the flag, not the first poll.
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-use std::sync::Arc;
+use rustls::pki_types::CertificateDer;
 use tracing::info;
 
 /// Extra trust anchors from `--media-ca` (see [`livepush::tls::CaBundle`]).
@@ -31,23 +30,36 @@ impl ClientCert {
     }
 }
 
-/// The private key for `--media-client-cert` (`--media-client-key`). Its
-/// `Debug` never shows the key.
-#[derive(Clone)]
-pub struct ClientKey(Arc<PrivateKeyDer<'static>>);
+/// Declares the type of a private key flag (this one and `--tls-key`, see
+/// `crate::tls_listener`): a PEM key read when the flag is parsed, with a
+/// `Debug` that names the type and never shows the key.
+macro_rules! private_key {
+    ($(#[$attr:meta])* $name:ident) => {
+        $(#[$attr])*
+        #[derive(Clone)]
+        pub struct $name(std::sync::Arc<rustls::pki_types::PrivateKeyDer<'static>>);
 
-impl ClientKey {
-    pub fn load(path: &str) -> Result<Self, String> {
-        let key =
-            PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{path}: no usable private key: {e}"))?;
-        Ok(Self(Arc::new(key)))
-    }
+        impl $name {
+            pub fn load(path: &str) -> Result<Self, String> {
+                use rustls::pki_types::{PrivateKeyDer, pem::PemObject};
+                let key = PrivateKeyDer::from_pem_file(path)
+                    .map_err(|e| format!("{path}: no usable private key: {e}"))?;
+                Ok(Self(std::sync::Arc::new(key)))
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(concat!(stringify!($name), "(<redacted>)"))
+            }
+        }
+    };
 }
+pub(crate) use private_key;
 
-impl std::fmt::Debug for ClientKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClientKey(<redacted>)")
-    }
+private_key! {
+    /// The private key for `--media-client-cert` (`--media-client-key`).
+    ClientKey
 }
 
 /// A client certificate and key that do not go together, or that rustls
@@ -81,13 +93,13 @@ pub fn client_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use livepush::cli_checks::{scratch_dir, scratch_file};
+    use rustls::pki_types::PrivateKeyDer;
+    use std::sync::Arc;
 
     #[test]
     fn bad_key_files_are_refused_and_keys_never_shown() {
-        let dir = std::env::temp_dir().join(format!("livepush-tls-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let empty = dir.join("empty.pem");
-        std::fs::write(&empty, "").unwrap();
+        let empty = scratch_file(&scratch_dir("livepush-tls-unit"), "empty.pem", "");
         assert!(ClientKey::load(empty.to_str().unwrap()).is_err());
         assert_eq!(
             format!("{:?}", ClientKey(Arc::new(PrivateKeyDer::Pkcs8(vec![1, 2, 3].into())))),

@@ -16,7 +16,7 @@
 //! `/metrics` over HTTPS). Health and reflection are served over the same
 //! TLS: `grpcurl -cacert ca.pem host:50051 list`.
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use rustls::pki_types::CertificateDer;
 use std::{
     io,
     pin::Pin,
@@ -57,23 +57,9 @@ impl ServerCert {
     }
 }
 
-/// `--tls-key`: the private key of `--tls-cert` (PEM). `Debug` never shows
-/// it.
-#[derive(Clone)]
-pub struct ServerKey(Arc<PrivateKeyDer<'static>>);
-
-impl ServerKey {
-    pub fn load(path: &str) -> Result<Self, String> {
-        let key =
-            PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{path}: no usable private key: {e}"))?;
-        Ok(Self(Arc::new(key)))
-    }
-}
-
-impl std::fmt::Debug for ServerKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ServerKey(<redacted>)")
-    }
+crate::tls::private_key! {
+    /// `--tls-key`: the private key of `--tls-cert` (PEM).
+    ServerKey
 }
 
 /// A certificate and key that rustls refuses (they do not match, or the key
@@ -213,13 +199,12 @@ impl AsyncWrite for TlsConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use livepush::cli_checks::{scratch_dir, scratch_file};
+    use rustls::pki_types::PrivateKeyDer;
 
     #[test]
     fn bad_files_name_their_path_and_keys_stay_hidden() {
-        let dir = std::env::temp_dir().join(format!("livepush-tls-listener-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let empty = dir.join("empty.pem");
-        std::fs::write(&empty, "").unwrap();
+        let empty = scratch_file(&scratch_dir("livepush-tls-listener-unit"), "empty.pem", "");
         let empty = empty.to_str().unwrap();
         assert!(ServerCert::load(empty).unwrap_err().contains(empty));
         assert!(ServerKey::load(empty).unwrap_err().contains(empty));

@@ -2,7 +2,7 @@
 //! and SIGINT both end the process cleanly, and `--log-format json` writes one
 //! JSON object per line.
 
-use livepush::cli_checks;
+use livepush::cli_checks::{self, scratch_dir, scratch_file};
 use std::process::Command;
 
 fn poller() -> Command {
@@ -26,13 +26,10 @@ fn bad_flags_stop_start_up_and_name_the_flag() {
 
 #[test]
 fn bad_tls_and_header_files_stop_start_up_naming_the_flag() {
-    let dir = std::env::temp_dir().join(format!("livepush-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let junk = dir.join("junk.pem");
-    std::fs::write(&junk, "not a certificate").unwrap();
+    let dir = scratch_dir("livepush-cli");
+    let junk = scratch_file(&dir, "junk.pem", "not a certificate");
     let junk = junk.to_str().unwrap();
-    let headers = dir.join("headers");
-    std::fs::write(&headers, "# ok\nX-Ok: 1\nAuthorization: Bearer s3cr3t\u{7}\n").unwrap();
+    let headers = scratch_file(&dir, "headers", "# ok\nX-Ok: 1\nAuthorization: Bearer s3cr3t\u{7}\n");
     let headers = headers.to_str().unwrap();
     for (args, flag, also) in [
         (&["--media-ca", junk][..], "--media-ca", junk),

@@ -44,17 +44,28 @@ pub struct PresenceForwarder {
     inner: Arc<Inner>,
 }
 
+/// Where and how presence is posted.
+pub struct ForwardTo {
+    /// The poller's shared client.
+    pub http: reqwest::Client,
+    pub headers: RequestHeaders,
+    pub url: MediaUrl,
+    /// How often each watched event is posted.
+    pub interval: Duration,
+    /// The bound on each post, its answer included.
+    pub timeout: Duration,
+}
+
 struct Inner {
-    http: reqwest::Client,
-    headers: RequestHeaders,
-    url: MediaUrl,
-    interval: Duration,
-    timeout: Duration,
+    to: ForwardTo,
     store: PresenceStore,
     failures: AtomicU64,
     posts: Arc<Semaphore>,
 }
 
+// Alike `FetchError` (media_client.rs) in its first variants on purpose:
+// the same failures of another request, with their own messages and
+// retry rules.
 #[derive(Debug, thiserror::Error)]
 enum PostError {
     #[error("no answer within {0:?}")]
@@ -79,20 +90,12 @@ impl PostError {
 }
 
 impl PresenceForwarder {
-    /// Forwards `store`'s presence to `url` through `http` (the poller's
-    /// shared client) with `headers`, every `interval`, each post bounded by
-    /// `timeout`; stops with the store's shutdown token.
-    pub fn new(
-        http: reqwest::Client,
-        headers: RequestHeaders,
-        url: MediaUrl,
-        interval: Duration,
-        timeout: Duration,
-        store: PresenceStore,
-    ) -> Self {
+    /// Forwards `store`'s presence as `to` says; stops with the store's
+    /// shutdown token.
+    pub fn new(to: ForwardTo, store: PresenceStore) -> Self {
         let posts = Arc::new(Semaphore::new(MAX_CONCURRENT_POSTS));
         let failures = AtomicU64::new(0);
-        let inner = Inner { http, headers, url, interval, timeout, store, failures, posts };
+        let inner = Inner { to, store, failures, posts };
         Self { inner: Arc::new(inner) }
     }
 
@@ -107,12 +110,12 @@ impl PresenceForwarder {
         let inner = &self.inner;
         let shutdown = inner.store.shutdown_token().clone();
         let deliveries = TaskTracker::new();
-        let mut tick = tokio::time::interval_at(Instant::now() + inner.interval, inner.interval);
+        let mut tick = tokio::time::interval_at(Instant::now() + inner.to.interval, inner.to.interval);
         // A round longer than the interval delays the next one rather than
         // starting rounds back to back.
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reported = 0;
-        info!(url = %inner.url, interval = ?inner.interval, "forwarding presence");
+        info!(url = %inner.to.url, interval = ?inner.to.interval, "forwarding presence");
         'rounds: loop {
             tokio::select! {
                 biased;
@@ -121,10 +124,10 @@ impl PresenceForwarder {
             }
             let failures = self.failures();
             if failures > reported {
-                warn!(failed = failures - reported, total = failures, url = %inner.url, "presence posts failed");
+                warn!(failed = failures - reported, total = failures, url = %inner.to.url, "presence posts failed");
                 reported = failures;
             }
-            let deadline = Instant::now() + inner.interval;
+            let deadline = Instant::now() + inner.to.interval;
             for id in inner.store.forward_round() {
                 let permit = tokio::select! {
                     biased;
@@ -157,8 +160,8 @@ impl PresenceForwarder {
             "vids": presence.vids,
         });
         let body = Bytes::from(body.to_string());
-        let url = self.inner.url.for_event(id);
-        let mut backoff = RETRY_BACKOFF.min(self.inner.interval / 10);
+        let url = self.inner.to.url.for_event(id);
+        let mut backoff = RETRY_BACKOFF.min(self.inner.to.interval / 10);
         for attempt in 0..=MAX_RETRIES {
             let Err(error) = self.post(url.clone(), body.clone()).await else {
                 livepush::metrics::poller().presence_posts_ok.increment(1);
@@ -177,14 +180,15 @@ impl PresenceForwarder {
     }
 
     async fn post(&self, url: Url, body: Bytes) -> Result<(), PostError> {
-        let timeout = self.inner.timeout;
+        let timeout = self.inner.to.timeout;
         let request = async {
             let mut resp = self
                 .inner
+                .to
                 .http
                 .post(url.clone())
                 .header(header::CONTENT_TYPE, "application/json")
-                .headers((*self.inner.headers.current()).clone())
+                .headers((*self.inner.to.headers.current()).clone())
                 .body(body)
                 .send()
                 .await
@@ -272,14 +276,14 @@ mod tests {
         let store = PresenceStore::new(stop.clone());
         let url = MediaUrl::parse(url).unwrap();
         let tls = crate::tls::client_config(None, None).unwrap();
-        let f = PresenceForwarder::new(
-            crate::media_client::http_client(tls, Duration::from_secs(1)),
-            RequestHeaders::none(),
+        let to = ForwardTo {
+            http: crate::media_client::http_client(tls, Duration::from_secs(1)),
+            headers: RequestHeaders::none(),
             url,
-            Duration::from_millis(interval_ms),
-            Duration::from_secs(1),
-            store.clone(),
-        );
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_secs(1),
+        };
+        let f = PresenceForwarder::new(to, store.clone());
         (store, f, stop)
     }
 

@@ -88,12 +88,16 @@ impl Presence for PresenceService {
         Ok(Response::new(presence))
     }
 
+    // Begins like `get_presence` above on purpose: the signature tonic
+    // gives, then the same id check.
     async fn watch_presence(
         &self,
         request: Request<PresenceRequest>,
     ) -> Result<Response<PresenceStream>, Status> {
         let id = event_id(&request)?;
         let slot = self.watches.open(ClientKey::of(&request)).map_err(|status| *status)?;
+        // Errors mapped like `subscribe`'s in service.rs on purpose: another
+        // error type, the same status codes.
         let watch = self.store.watch(id).map_err(|e| match e {
             WatchError::ShuttingDown => Status::unavailable(e.to_string()),
             WatchError::TooManyWatched(_) => Status::resource_exhausted(e.to_string()),
