@@ -1,10 +1,6 @@
-//! The measured process (the real poller binary), owned so that it never
-//! outlives the harness: whatever way a scenario ends (figures printed, an
-//! error, Ctrl-C dropping the future), the guard stops the child with SIGTERM,
-//! waits a bounded grace period, then SIGKILLs it.
-//!
-//! A separate process is the point: its CPU time and RSS in `/proc` are its
-//! own, not mixed with the load generator's.
+//! A child process that never outlives the harness: however a scenario ends
+//! (figures printed, an error, Ctrl-C dropping the future) the guard sends
+//! SIGTERM, waits a bounded grace period, then SIGKILLs it.
 
 use anyhow::{Context, bail};
 use std::{
@@ -15,17 +11,14 @@ use std::{
 
 pub use rustix::process::Signal;
 
-/// Sends `sig` to process `pid`.
-pub fn signal(pid: u32, sig: Signal) -> std::io::Result<()> {
-    let pid = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-        .ok_or(std::io::ErrorKind::InvalidInput)?;
-    Ok(rustix::process::kill_process(pid, sig)?)
-}
-
 /// How long a child may take to exit after SIGTERM before it is killed.
 const GRACE: Duration = Duration::from_secs(5);
+
+/// Sends `sig` to process `pid`.
+pub fn signal(pid: u32, sig: Signal) -> std::io::Result<()> {
+    let pid = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw);
+    Ok(rustix::process::kill_process(pid.ok_or(std::io::ErrorKind::InvalidInput)?, sig)?)
+}
 
 pub struct Child {
     name: String,
@@ -33,14 +26,13 @@ pub struct Child {
 }
 
 impl Child {
-    /// Starts `cmd`. Its stdout goes to our stderr so its log lines never mix
-    /// with the report on our stdout; its stdin is closed.
+    /// Starts `cmd` with stdin closed and its stdout on our stderr, so its
+    /// log never mixes with the report on our stdout.
     pub fn spawn(name: &str, mut cmd: Command) -> anyhow::Result<Self> {
         let stderr = std::io::stderr().as_fd().try_clone_to_owned().context("duplicating stderr")?;
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::from(stderr))
-            .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
         Ok(Self { name: name.to_owned(), inner: Some(child) })
@@ -53,49 +45,45 @@ impl Child {
     /// Fails if the child has already exited (it should run until stopped).
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
         let Some(child) = self.inner.as_mut() else { bail!("{} was already stopped", self.name) };
-        match child.try_wait().with_context(|| format!("checking on {}", self.name))? {
+        match child.try_wait()? {
             None => Ok(()),
             Some(status) => bail!("{} exited early: {status}", self.name),
         }
     }
 
-    /// Stops the child (see the module doc) without blocking the runtime.
+    /// Stops the child (see the module doc) off the runtime's threads.
     pub async fn stop(mut self) -> anyhow::Result<ExitStatus> {
-        let name = self.name.clone();
-        let Some(mut child) = self.inner.take() else { bail!("{name} was already stopped") };
-        tokio::task::spawn_blocking(move || terminate(&mut child, GRACE))
-            .await
-            .context("joining the stopping thread")?
+        let Some(mut child) = self.inner.take() else { bail!("{} was already stopped", self.name) };
+        let name = std::mem::take(&mut self.name);
+        tokio::task::spawn_blocking(move || terminate(&mut child))
+            .await?
             .with_context(|| format!("stopping {name}"))
     }
 }
 
 impl Drop for Child {
     fn drop(&mut self) {
-        if let Some(mut child) = self.inner.take() {
-            // Blocks for at most GRACE: only reached on error paths.
-            if let Err(e) = terminate(&mut child, GRACE) {
-                eprintln!("could not stop {}: {e}", self.name);
-            }
+        // Blocks for at most GRACE: only reached on error paths.
+        if let Some(Err(e)) = self.inner.as_mut().map(terminate) {
+            eprintln!("could not stop {}: {e}", self.name);
         }
     }
 }
 
-/// SIGTERM, up to `grace` for the child to exit, then SIGKILL. The child is
-/// not reaped before this returns, so its pid cannot have been reused.
-fn terminate(child: &mut std::process::Child, grace: Duration) -> std::io::Result<ExitStatus> {
-    if let Some(status) = child.try_wait()? {
-        return Ok(status);
-    }
-    // std only offers SIGKILL.
-    if signal(child.id(), Signal::TERM).is_ok() {
-        let deadline = Instant::now() + grace;
+/// SIGTERM, up to [`GRACE`] to exit, then SIGKILL. The child is reaped only
+/// here, so its pid cannot have been reused when it is signalled.
+fn terminate(child: &mut std::process::Child) -> std::io::Result<ExitStatus> {
+    if child.try_wait()?.is_none() && signal(child.id(), Signal::TERM).is_ok() {
+        let deadline = Instant::now() + GRACE;
         while Instant::now() < deadline {
             if let Some(status) = child.try_wait()? {
                 return Ok(status);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+    if let Some(status) = child.try_wait()? {
+        return Ok(status);
     }
     child.kill()?;
     child.wait()

@@ -1,24 +1,21 @@
 //! The harness's small HTTP exchanges (readiness, `/stats`, `/metrics`,
-//! nchan publishes, hints): one reqwest client, no connection reuse, so
-//! every exchange meets the process listening now (a poller restarted on
-//! the same address, say). The browsers are [`crate::sse_load`], not this.
+//! publishes, hints). No connection reuse, so every exchange meets the
+//! process listening now (a poller restarted on the same address, say).
+//! The browsers are [`crate::sse_load`], not this.
 
 use anyhow::Context;
-use std::{net::SocketAddr, sync::OnceLock, time::Duration};
+use std::{net::SocketAddr, sync::LazyLock, time::Duration};
 
-fn client() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        // Plain HTTP on loopback only: no proxy, and no trust roots to load
-        // (they would weigh on the harness's RSS, a reported figure).
-        let builder = reqwest::Client::builder().pool_max_idle_per_host(0).no_proxy();
-        builder.tls_certs_only([]).build().expect("a plain HTTP client")
-    })
-}
+// Plain HTTP on loopback: no proxy, and no trust roots to load (they would
+// weigh on the harness's RSS, a reported figure).
+static CLIENT: LazyLock<reqwest::Client> = LazyLock::new(|| {
+    let builder = reqwest::Client::builder().pool_max_idle_per_host(0).no_proxy();
+    builder.tls_certs_only([]).build().expect("a plain HTTP client")
+});
 
 /// `GET http://addr/path`: the status and the body, within `timeout`.
 pub async fn get(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
-    exchange(client().get(format!("http://{addr}{path}")), timeout)
+    exchange(CLIENT.get(format!("http://{addr}{path}")), timeout)
         .await
         .with_context(|| format!("GET http://{addr}{path}"))
 }
@@ -31,11 +28,10 @@ pub async fn post_json(
     body: &str,
     timeout: Duration,
 ) -> anyhow::Result<(u16, String)> {
-    let mut request =
-        client().post(format!("http://{addr}{path}")).header("content-type", "application/json");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
+    let request = headers.iter().fold(
+        CLIENT.post(format!("http://{addr}{path}")).header("content-type", "application/json"),
+        |r, (name, value)| r.header(*name, *value),
+    );
     exchange(request.body(body.to_owned()), timeout)
         .await
         .with_context(|| format!("POST http://{addr}{path}"))
@@ -43,6 +39,5 @@ pub async fn post_json(
 
 async fn exchange(request: reqwest::RequestBuilder, timeout: Duration) -> anyhow::Result<(u16, String)> {
     let answer = request.timeout(timeout).send().await?;
-    let status = answer.status().as_u16();
-    Ok((status, answer.text().await?))
+    Ok((answer.status().as_u16(), answer.text().await?))
 }

@@ -1,15 +1,13 @@
-//! Figures of measured processes and of the host, from `/proc` (via the
-//! `procfs` crate): CPU time (`utime + stime`), RSS and its parts, open
-//! files, children, host busy time and the kernel's TCP listen counters.
-//!
-//! The host's busy time lets a scenario report how much CPU other programs
-//! took during its window: the machine is shared, and a busy neighbour
-//! explains a bad latency figure.
+//! Figures of measured processes and of the host from `/proc` (via
+//! `procfs`). The host's busy time shows how much CPU other programs took
+//! during a window: the machine is shared, and a busy neighbour explains a
+//! bad latency figure.
 
 use anyhow::Context;
 use procfs::{CurrentSI, KernelStats, process::Process};
 
-/// CPU and memory of one process (or several, summed).
+/// CPU (`utime + stime`, and `stime` alone) and memory of one process, or
+/// several summed.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sample {
     pub cpu_seconds: f64,
@@ -19,11 +17,11 @@ pub struct Sample {
 }
 
 impl Sample {
-    pub fn add(&mut self, other: &Self) {
-        self.cpu_seconds += other.cpu_seconds;
-        self.system_seconds += other.system_seconds;
-        self.rss_bytes += other.rss_bytes;
-        self.peak_rss_bytes += other.peak_rss_bytes;
+    pub fn add(&mut self, o: &Self) {
+        self.cpu_seconds += o.cpu_seconds;
+        self.system_seconds += o.system_seconds;
+        self.rss_bytes += o.rss_bytes;
+        self.peak_rss_bytes += o.peak_rss_bytes;
     }
 }
 
@@ -31,15 +29,17 @@ fn process(pid: u32) -> anyhow::Result<Process> {
     Process::new(i32::try_from(pid)?).with_context(|| format!("opening /proc/{pid}"))
 }
 
-/// `utime + stime` (and `stime` alone), `VmRSS` and `VmHWM` of `pid`.
+fn ticks(t: u64) -> f64 {
+    t as f64 / procfs::ticks_per_second() as f64
+}
+
+/// `utime + stime`, `stime`, `VmRSS` and `VmHWM` of `pid`.
 pub fn sample(pid: u32) -> anyhow::Result<Sample> {
     let p = process(pid)?;
-    let stat = p.stat().with_context(|| format!("reading /proc/{pid}/stat"))?;
-    let status = p.status().with_context(|| format!("reading /proc/{pid}/status"))?;
-    let tick = procfs::ticks_per_second() as f64;
+    let (stat, status) = (p.stat()?, p.status()?);
     Ok(Sample {
-        cpu_seconds: (stat.utime + stat.stime) as f64 / tick,
-        system_seconds: stat.stime as f64 / tick,
+        cpu_seconds: ticks(stat.utime + stat.stime),
+        system_seconds: ticks(stat.stime),
         rss_bytes: status.vmrss.context("no VmRSS")? * 1024,
         peak_rss_bytes: status.vmhwm.context("no VmHWM")? * 1024,
     })
@@ -56,62 +56,54 @@ pub struct MemoryDetail {
 }
 
 impl MemoryDetail {
-    pub fn add(&mut self, other: &Self) {
-        self.rss_anon_kib += other.rss_anon_kib;
-        self.rss_file_kib += other.rss_file_kib;
-        self.rss_shmem_kib += other.rss_shmem_kib;
-        self.private_dirty_kib += other.private_dirty_kib;
-        self.threads += other.threads;
+    pub fn add(&mut self, o: &Self) {
+        self.rss_anon_kib += o.rss_anon_kib;
+        self.rss_file_kib += o.rss_file_kib;
+        self.rss_shmem_kib += o.rss_shmem_kib;
+        self.private_dirty_kib += o.private_dirty_kib;
+        self.threads += o.threads;
     }
 }
 
-/// `RssAnon`, `RssFile`, `RssShmem` and `Threads` of `/proc/PID/status`,
-/// `Private_Dirty` of `/proc/PID/smaps_rollup`.
+/// `RssAnon`, `RssFile`, `RssShmem`, `Threads` of `status` and
+/// `Private_Dirty` of `smaps_rollup`.
 pub fn memory_detail(pid: u32) -> anyhow::Result<MemoryDetail> {
     let p = process(pid)?;
-    let status = p.status().with_context(|| format!("reading /proc/{pid}/status"))?;
-    let rollup = p.smaps_rollup().with_context(|| format!("reading /proc/{pid}/smaps_rollup"))?;
-    let dirty =
-        rollup.memory_map_rollup.0.iter().filter_map(|m| m.extension.map.get("Private_Dirty")).sum::<u64>();
+    let (status, rollup) = (p.status()?, p.smaps_rollup()?);
+    let dirty = rollup.memory_map_rollup.0.iter().filter_map(|m| m.extension.map.get("Private_Dirty"));
     Ok(MemoryDetail {
         rss_anon_kib: status.rssanon.context("no RssAnon")?,
         rss_file_kib: status.rssfile.context("no RssFile")?,
         rss_shmem_kib: status.rssshmem.context("no RssShmem")?,
-        private_dirty_kib: dirty / 1024,
+        private_dirty_kib: dirty.sum::<u64>() / 1024,
         threads: status.threads,
     })
 }
 
 /// Open file descriptors of `pid`.
 pub fn open_files(pid: u32) -> anyhow::Result<u64> {
-    Ok(process(pid)?.fd_count().with_context(|| format!("listing /proc/{pid}/fd"))? as u64)
+    Ok(process(pid)?.fd_count()? as u64)
 }
 
 /// The processes whose parent is `pid` (nginx's workers), sorted.
 pub fn children(pid: u32) -> anyhow::Result<Vec<u32>> {
-    let mut found: Vec<u32> = procfs::process::all_processes()
-        .context("listing /proc")?
-        .filter_map(|p| p.ok()?.stat().ok())
-        .filter(|s| u32::try_from(s.ppid).ok() == Some(pid))
-        .filter_map(|s| u32::try_from(s.pid).ok())
-        .collect();
+    let stats = procfs::process::all_processes()?.filter_map(|p| p.ok()?.stat().ok());
+    let mut found: Vec<u32> = stats.filter(|s| s.ppid as u32 == pid).map(|s| s.pid as u32).collect();
     found.sort_unstable();
     Ok(found)
 }
 
-/// CPU seconds the whole host has been busy (all cores: not idle, not
+/// CPU seconds the whole host has been busy (all cores, not idle or
 /// iowait) since boot.
 pub fn host_busy_seconds() -> anyhow::Result<f64> {
-    let t = KernelStats::current().context("reading /proc/stat")?.total;
-    let busy =
-        t.user + t.nice + t.system + t.irq.unwrap_or(0) + t.softirq.unwrap_or(0) + t.steal.unwrap_or(0);
-    Ok(busy as f64 / procfs::ticks_per_second() as f64)
+    let t = KernelStats::current()?.total;
+    let irq = t.irq.unwrap_or(0) + t.softirq.unwrap_or(0) + t.steal.unwrap_or(0);
+    Ok(ticks(t.user + t.nice + t.system + irq))
 }
 
-/// CPU seconds of some processes, each with its kernel part, and the
-/// host's busy seconds, read together: the difference of two readings is
-/// what a phase cost, and what the host spent beyond these processes is
-/// other programs competing (the machine is shared).
+/// CPU seconds (total, kernel) of some processes and the host's busy
+/// seconds, read together: the difference of two readings is what a phase
+/// cost, and the host's time beyond these processes is other programs.
 #[derive(Debug, Clone, Default)]
 pub struct Cpu {
     pub procs: Vec<(f64, f64)>,
@@ -143,16 +135,15 @@ impl Cpu {
 /// The `TcpExt` counters of `/proc/net/netstat` named by `keys` (procfs
 /// does not read that file).
 pub fn tcp_ext(keys: &[&str]) -> anyhow::Result<Vec<u64>> {
-    let text = std::fs::read_to_string("/proc/net/netstat").context("reading /proc/net/netstat")?;
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let text = std::fs::read_to_string("/proc/net/netstat")?;
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:")).map(str::split_whitespace);
     let (Some(names), Some(values)) = (lines.next(), lines.next()) else { anyhow::bail!("no TcpExt lines") };
-    let pairs: Vec<(&str, &str)> = names.split_whitespace().zip(values.split_whitespace()).collect();
-    keys.iter()
-        .map(|key| {
-            let (_, v) = pairs.iter().find(|(n, _)| n == key).with_context(|| format!("no TcpExt {key}"))?;
-            v.parse().with_context(|| format!("TcpExt {key} is not a number: {v:?}"))
-        })
-        .collect()
+    let pairs: Vec<(&str, &str)> = names.zip(values).collect();
+    let value = |key: &&str| -> anyhow::Result<u64> {
+        let (_, v) = pairs.iter().find(|(n, _)| n == key).with_context(|| format!("no TcpExt {key}"))?;
+        Ok(v.parse()?)
+    };
+    keys.iter().map(value).collect()
 }
 
 #[cfg(test)]
@@ -166,8 +157,7 @@ mod tests {
         assert!(s.rss_bytes > 0 && s.peak_rss_bytes >= s.rss_bytes);
         let m = memory_detail(me).unwrap();
         assert!(m.rss_anon_kib > 0 && m.threads >= 1 && m.private_dirty_kib > 0);
-        assert!(open_files(me).unwrap() >= 1);
-        assert!(open_files(u32::MAX).is_err());
+        assert!(open_files(me).unwrap() >= 1 && open_files(u32::MAX).is_err());
         assert!(host_busy_seconds().unwrap() > 0.0);
         assert_eq!(tcp_ext(&["ListenOverflows", "ListenDrops"]).unwrap().len(), 2);
         assert!(tcp_ext(&["Nope"]).is_err());

@@ -1,12 +1,9 @@
 //! The output of a scenario: its figures are a `#[derive(Serialize)]` value,
-//! written as JSON with `--json PATH` and printed as a table by one generic
-//! printer, so scenarios never lay out rows themselves.
-//!
-//! The printer flattens the JSON: nested objects become dotted keys, one
-//! `key  value` row each (units are in the key: `_ms`, `_kib`, `_pct`, ...).
-//! An array of objects (one per size of a run, or per setup compared) is
-//! printed side by side, one column per element, headed by its `column`
-//! field. Floats are rounded to 3 decimals in both.
+//! written as JSON with `--json PATH` and printed by one generic printer:
+//! nested objects become dotted `key  value` rows (units are in the keys),
+//! and an array of objects (one per size, or per setup compared) is printed
+//! side by side, one column per element, headed by its `column` field.
+//! Floats are rounded to 3 decimals in both.
 
 use anyhow::Context;
 use serde::Serialize;
@@ -17,25 +14,22 @@ pub struct Report {
     doc: Map<String, Json>,
 }
 
+type Rows = Vec<(String, String)>;
+
 impl Report {
     /// `figures` must serialize to an object; its fields follow `scenario`
     /// and `title` in the JSON.
     pub fn new(scenario: &str, title: String, figures: &impl Serialize) -> anyhow::Result<Self> {
-        let mut doc = Map::new();
-        doc.insert("scenario".into(), scenario.into());
-        doc.insert("title".into(), title.into());
-        match serde_json::to_value(figures).context("encoding the figures")? {
-            Json::Object(fields) => doc.extend(fields),
-            other => anyhow::bail!("figures are not an object: {other}"),
-        }
+        let mut figures = serde_json::to_value(figures).context("encoding the figures")?;
+        round(&mut figures);
+        let Json::Object(fields) = figures else { anyhow::bail!("figures are not an object: {figures}") };
+        let mut doc = Map::from_iter([("scenario".into(), scenario.into()), ("title".into(), title.into())]);
+        doc.extend(fields);
         doc.insert("notes".into(), Json::Array(Vec::new()));
-        let mut doc = Json::Object(doc);
-        round(&mut doc);
-        let Json::Object(doc) = doc else { unreachable!("built as an object") };
         Ok(Self { doc })
     }
 
-    /// A line printed under the table (and kept in the JSON), for things a
+    /// A line printed under the table (and kept in the JSON), for what a
     /// reader must know to trust the figures.
     pub fn note(&mut self, note: String) -> &mut Self {
         if let Some(Json::Array(notes)) = self.doc.get_mut("notes") {
@@ -46,19 +40,22 @@ impl Report {
 
     pub fn print(&self, out: &mut impl Write) -> std::io::Result<()> {
         writeln!(out, "\n{}\n", self.doc["title"].as_str().unwrap_or_default())?;
-        let mut plain = Vec::new();
+        let mut plain = Rows::new();
         for (key, value) in
-            self.doc.iter().filter(|(k, _)| !matches!(k.as_str(), "scenario" | "title" | "notes"))
+            self.doc.iter().filter(|(k, _)| !["scenario", "title", "notes"].contains(&k.as_str()))
         {
             match value {
                 Json::Array(items) if !items.is_empty() && items.iter().all(Json::is_object) => {
-                    print_rows(out, &std::mem::take(&mut plain))?;
-                    print_columns(out, key, items)?;
+                    table(out, "", &[std::mem::take(&mut plain)], &[])?;
+                    let columns: Vec<Rows> = items.iter().map(|item| flatten("", item)).collect();
+                    let heads =
+                        columns.iter().enumerate().map(|(i, c)| cell(c, "column").unwrap_or(i.to_string()));
+                    table(out, key, &columns, &heads.collect::<Vec<_>>())?;
                 }
-                _ => flatten(key, value, &mut plain),
+                _ => plain.extend(flatten(key, value)),
             }
         }
-        print_rows(out, &plain)?;
+        table(out, "", &[plain], &[])?;
         for note in self.doc["notes"].as_array().into_iter().flatten() {
             writeln!(out, "note: {}", note.as_str().unwrap_or_default())?;
         }
@@ -66,29 +63,21 @@ impl Report {
     }
 
     pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
-        let mut text = serde_json::to_string_pretty(&self.doc).context("encoding the figures")?;
-        text.push('\n');
+        let text = serde_json::to_string_pretty(&self.doc)? + "\n";
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
     }
 }
 
 /// `value` as `(dotted key, shown value)` rows.
-fn flatten(key: &str, value: &Json, rows: &mut Vec<(String, String)>) {
+fn flatten(key: &str, value: &Json) -> Rows {
+    let join = |k: &str| if key.is_empty() { k.to_owned() } else { format!("{key}.{k}") };
     match value {
-        Json::Object(fields) => {
-            for (k, v) in fields {
-                flatten(&if key.is_empty() { k.clone() } else { format!("{key}.{k}") }, v, rows);
-            }
-        }
+        Json::Object(fields) => fields.iter().flat_map(|(k, v)| flatten(&join(k), v)).collect(),
         Json::Array(items) if items.iter().any(|i| i.is_object() || i.is_array()) => {
-            for (i, v) in items.iter().enumerate() {
-                flatten(&format!("{key}[{i}]"), v, rows);
-            }
+            items.iter().enumerate().flat_map(|(i, v)| flatten(&format!("{key}[{i}]"), v)).collect()
         }
-        Json::Array(items) => {
-            rows.push((key.to_owned(), items.iter().map(shown).collect::<Vec<_>>().join(", ")))
-        }
-        _ => rows.push((key.to_owned(), shown(value))),
+        Json::Array(items) => vec![(key.to_owned(), items.iter().map(shown).collect::<Vec<_>>().join(", "))],
+        _ => vec![(key.to_owned(), shown(value))],
     }
 }
 
@@ -100,57 +89,45 @@ fn shown(value: &Json) -> String {
     }
 }
 
-fn print_rows(out: &mut impl Write, rows: &[(String, String)]) -> std::io::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
-    for (k, v) in rows {
-        writeln!(out, "  {k:width$}  {v}")?;
-    }
-    writeln!(out)
+fn cell(column: &Rows, key: &str) -> Option<String> {
+    column.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
 }
 
-/// Objects side by side: one row per key of any of them.
-fn print_columns(out: &mut impl Write, title: &str, items: &[Json]) -> std::io::Result<()> {
-    let flat: Vec<Vec<(String, String)>> = items
-        .iter()
-        .map(|item| {
-            let mut rows = Vec::new();
-            flatten("", item, &mut rows);
-            rows
-        })
-        .collect();
+/// Columns of rows side by side under `heads` (a single column of rows
+/// without heads is a plain `key  value` list), one line per key.
+fn table(out: &mut impl Write, title: &str, columns: &[Rows], heads: &[String]) -> std::io::Result<()> {
     let mut keys: Vec<&str> = Vec::new();
-    for (k, _) in flat.iter().flatten() {
-        if k != "column" && !keys.contains(&k.as_str()) {
+    for (k, _) in columns.iter().flatten().filter(|(k, _)| k != "column") {
+        if !keys.contains(&k.as_str()) {
             keys.push(k);
         }
     }
-    let cell = |col: &[(String, String)], key: &str| {
-        col.iter().find(|(k, _)| k == key).map_or_else(String::new, |(_, v)| v.clone())
-    };
-    let heads: Vec<String> = flat
-        .iter()
-        .enumerate()
-        .map(|(i, c)| Some(cell(c, "column")).filter(|h| !h.is_empty()).unwrap_or_else(|| i.to_string()))
-        .collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> =
+        keys.iter().map(|k| columns.iter().map(|c| cell(c, k).unwrap_or_default()).collect()).collect();
     let width = keys.iter().map(|k| k.chars().count()).max().unwrap_or(0);
-    let widths: Vec<usize> = flat
-        .iter()
-        .zip(&heads)
-        .map(|(c, h)| {
-            keys.iter().map(|k| cell(c, k).chars().count()).max().unwrap_or(0).max(h.chars().count())
+    let widths: Vec<usize> = (0..columns.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain(heads.get(i).map(|h| h.chars().count()))
+                .max()
+                .unwrap_or(0)
         })
         .collect();
-    let line = |label: &str, cells: Vec<String>| {
-        let cells: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:>w$}")).collect();
-        format!("  {label:width$}  {}", cells.join("  ")).trim_end().to_owned()
+    let right = !heads.is_empty();
+    let line = |label: &str, cells: &[String]| {
+        let cells =
+            cells.iter().zip(&widths).map(|(c, &w)| if right { format!("{c:>w$}") } else { c.clone() });
+        format!("  {label:width$}  {}", cells.collect::<Vec<_>>().join("  ")).trim_end().to_owned()
     };
-    writeln!(out, "{title}")?;
-    writeln!(out, "{}", line("", heads.clone()))?;
-    for key in keys {
-        writeln!(out, "{}", line(key, flat.iter().map(|c| cell(c, key)).collect()))?;
+    if right {
+        writeln!(out, "{title}\n{}", line("", heads))?;
+    }
+    for (key, row) in keys.iter().zip(&rows) {
+        writeln!(out, "{}", line(key, row))?;
     }
     writeln!(out)
 }
@@ -159,10 +136,8 @@ fn print_columns(out: &mut impl Write, title: &str, items: &[Json]) -> std::io::
 fn round(value: &mut Json) {
     match value {
         Json::Number(n) if !(n.is_u64() || n.is_i64()) => {
-            *value = n
-                .as_f64()
-                .and_then(|x| serde_json::Number::from_f64((x * 1e3).round() / 1e3))
-                .map_or(Json::Null, Json::Number);
+            let x = n.as_f64().and_then(|x| serde_json::Number::from_f64((x * 1e3).round() / 1e3));
+            *value = x.map_or(Json::Null, Json::Number);
         }
         Json::Array(items) => items.iter_mut().for_each(round),
         Json::Object(fields) => fields.values_mut().for_each(round),
@@ -200,58 +175,36 @@ pub fn cores() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Serialize)]
-    struct Run {
-        column: &'static str,
-        p99_ms: Option<f64>,
-        errors: u64,
-    }
-
-    #[derive(Serialize)]
-    struct Figures {
-        events: u32,
-        upstream: Upstream,
-        runs: Vec<Run>,
-    }
-
-    #[derive(Serialize)]
-    struct Upstream {
-        rps: f64,
-    }
+    use serde_json::json;
 
     #[test]
     fn nearest_rank_quantiles() {
         let xs = sorted([5_000, 1_000, 3_000, 2_000, 4_000]);
-        assert_eq!(quantile_ms(&xs, 0.5), Some(3.0));
-        assert_eq!(quantile_ms(&xs, 0.99), Some(5.0));
-        assert_eq!(quantile_ms(&[], 0.5), None);
+        assert_eq!(
+            (quantile_ms(&xs, 0.5), quantile_ms(&xs, 0.99), quantile_ms(&[], 0.5)),
+            (Some(3.0), Some(5.0), None)
+        );
     }
 
     #[test]
     fn prints_sections_and_columns_and_rounds() {
-        let figures = Figures {
-            events: 10,
-            upstream: Upstream { rps: 1999.4567 },
-            runs: vec![
-                Run { column: "1000", p99_ms: Some(3.25), errors: 0 },
-                Run { column: "15000", p99_ms: None, errors: 12 },
-            ],
-        };
+        let figures = json!({"events": 10, "upstream": {"rps": 1999.4567}, "runs": [
+            {"column": "1000", "p99_ms": 3.25, "errors": 0},
+            {"column": "15000", "p99_ms": null, "errors": 12}]});
         let mut r = Report::new("demo", "demo run".into(), &figures).unwrap();
         r.note("a note".into());
         let mut out = Vec::new();
         r.print(&mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("\n          1000  15000\n"), "{text}");
+        assert!(text.contains("\nruns\n          1000  15000\n"), "{text}");
         assert!(text.contains("\n  p99_ms  3.25    n/a\n"), "{text}");
         assert!(text.contains("\n  errors     0     12\n"), "{text}");
         assert!(text.contains("  upstream.rps  1999.457\n"), "{text}");
         assert!(text.contains("note: a note"), "{text}");
-        let j = &r.doc;
-        assert_eq!(j["upstream"]["rps"].as_f64(), Some(1999.457));
-        assert_eq!(j["runs"][1]["p99_ms"], Json::Null);
-        assert_eq!(j["scenario"], "demo");
-        assert_eq!(j["notes"][0], "a note");
+        assert_eq!(
+            (r.doc["upstream"]["rps"].as_f64(), &r.doc["runs"][1]["p99_ms"]),
+            (Some(1999.457), &Json::Null)
+        );
+        assert_eq!((&r.doc["scenario"], &r.doc["notes"][0]), (&json!("demo"), &json!("a note")));
     }
 }
