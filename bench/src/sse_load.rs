@@ -13,7 +13,7 @@ use crate::{
 use std::{
     cell::RefCell,
     collections::{BTreeMap, HashMap},
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, SocketAddr},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
@@ -266,18 +266,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The running generator; dropping it aborts every connection.
 pub struct Load {
-    stats: Arc<Stats>,
-    stop: CancellationToken,
+    shared: Arc<Shared>,
     /// The connections (with their place in the plan and trace) and a watchdog.
     tasks: JoinSet<Option<(usize, Trace)>>,
-    sources: Vec<Ipv4Addr>,
-    connections: usize,
 }
 
+/// What the connection tasks share, so that each holds only its index.
 struct Shared {
     stats: Arc<Stats>,
     config: Config,
     stop: CancellationToken,
+    conns: Vec<Conn>,
+    sources: Vec<Ipv4Addr>,
     /// When the next connection may start (paced across all).
     next_start: Mutex<Instant>,
 }
@@ -285,12 +285,11 @@ struct Shared {
 impl Load {
     /// Starts every connection of `plan`, paced; inside a tokio runtime.
     pub fn start(plan: Plan, config: Config) -> Self {
-        let (stats, stop) = (Arc::<Stats>::default(), CancellationToken::new());
-        let per_source = config.per_source.max(1) as usize;
-        let count = u32::try_from(plan.conns.len().div_ceil(per_source)).unwrap_or(u32::MAX);
+        let (conns, stop) = (plan.conns, CancellationToken::new());
+        let count =
+            u32::try_from(conns.len().div_ceil(config.per_source.max(1) as usize)).unwrap_or(u32::MAX);
         let first = NEXT_SOURCE.fetch_add(count, Relaxed);
-        let sources: Vec<_> =
-            (first..first + count).map(|i| Ipv4Addr::from(0x7f00_0000 | (i & 0xff_ffff))).collect();
+        let sources = (first..first + count).map(|i| Ipv4Addr::from(0x7f00_0000 | (i & 0xff_ffff))).collect();
         let (mut tasks, deadline, watchdog) = (JoinSet::new(), config.deadline, stop.clone());
         tasks.spawn(async move {
             tokio::select! {
@@ -300,29 +299,28 @@ impl Load {
             None
         });
         let next_start = Mutex::new(Instant::now());
-        let shared = Arc::new(Shared { stats: stats.clone(), config, stop: stop.clone(), next_start });
-        let connections = plan.conns.len();
-        for (i, conn) in plan.conns.into_iter().enumerate() {
-            tasks.spawn(connection(i, conn, IpAddr::V4(sources[i / per_source]), shared.clone()));
+        let shared = Arc::new(Shared { stats: Arc::default(), config, stop, conns, sources, next_start });
+        for i in 0..shared.conns.len() {
+            tasks.spawn(connection(i, shared.clone()));
         }
-        Self { stats, stop, tasks, sources, connections }
+        Self { shared, tasks }
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
-        &self.stats
+        &self.shared.stats
     }
 
     /// The source addresses this run binds to.
     pub fn sources(&self) -> &[Ipv4Addr] {
-        &self.sources
+        &self.shared.sources
     }
 
     /// Waits until `n` connections have their first event; how long it took,
     /// or `None` after `limit`.
     pub async fn wait_ready(&self, n: u64, limit: Duration) -> Option<Duration> {
         let start = Instant::now();
-        while self.stats.counters().ready < n {
-            if start.elapsed() >= limit || self.stop.is_cancelled() {
+        while self.shared.stats.counters().ready < n {
+            if start.elapsed() >= limit || self.shared.stop.is_cancelled() {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -338,9 +336,9 @@ impl Load {
     /// [`Load::stop`], and each connection's [`Trace`] in plan order (`None`:
     /// not traced, or not stopped within `grace`).
     pub async fn stop_traced(mut self, grace: Duration) -> (Vec<Option<Trace>>, usize) {
-        self.stop.cancel();
+        self.shared.stop.cancel();
         let deadline = Instant::now() + grace;
-        let mut traces: Vec<Option<Trace>> = (0..self.connections).map(|_| None).collect();
+        let mut traces: Vec<Option<Trace>> = (0..self.shared.conns.len()).map(|_| None).collect();
         while let Ok(Some(done)) = tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
             if let Ok(Some((i, trace))) = done {
                 traces[i] = Some(trace);
@@ -353,39 +351,39 @@ impl Load {
 }
 
 /// One browser: connect, read until stopped, reconnect when the stream ends.
-async fn connection(i: usize, conn: Conn, source: IpAddr, shared: Arc<Shared>) -> Option<(usize, Trace)> {
+async fn connection(i: usize, shared: Arc<Shared>) -> Option<(usize, Trace)> {
     // Boxed: an untraced connection pays one pointer.
     let mut trace = shared.config.trace.then(Box::<Trace>::default);
     for attempt in 0u64.. {
-        let next = async {
-            if attempt > 0 {
-                tokio::time::sleep(shared.config.reconnect_delay).await;
-            }
-            let start = {
-                let mut next = lock(&shared.next_start);
-                let at = (*next).max(Instant::now());
-                *next = at + Duration::from_secs(1) / shared.config.connect_rate.max(1);
-                at
-            };
-            tokio::time::sleep_until(start).await;
-            shared.stats.c.reconnects.fetch_add(attempt.min(1), Relaxed);
-            stream(&conn, source, &shared, trace.as_deref_mut()).await
-        };
         tokio::select! {
             _ = shared.stop.cancelled() => break,
-            failure = next => shared.stats.fail(failure),
+            failure = async {
+                if attempt > 0 {
+                    tokio::time::sleep(shared.config.reconnect_delay).await;
+                }
+                let start = {
+                    let mut next = lock(&shared.next_start);
+                    let at = (*next).max(Instant::now());
+                    *next = at + Duration::from_secs(1) / shared.config.connect_rate.max(1);
+                    at
+                };
+                tokio::time::sleep_until(start).await;
+                shared.stats.c.reconnects.fetch_add(attempt.min(1), Relaxed);
+                stream(&shared, i, trace.as_deref_mut()).await
+            } => shared.stats.fail(failure),
         }
     }
     trace.map(|t| (i, *t))
 }
 
-/// One connection's life, until it fails: why.
-async fn stream(conn: &Conn, source: IpAddr, shared: &Shared, trace: Option<&mut Trace>) -> String {
-    let (stats, config) = (&*shared.stats, &shared.config);
+/// Connection `i`'s life, until it fails: why.
+async fn stream(shared: &Shared, i: usize, trace: Option<&mut Trace>) -> String {
+    let (stats, config, conn) = (&*shared.stats, &shared.config, &shared.conns[i]);
+    let source = shared.sources[i / config.per_source.max(1) as usize];
     let started = Instant::now();
     stats.c.attempts.fetch_add(1, Relaxed);
     let socket = match TcpSocket::new_v4().and_then(|s| {
-        s.bind(SocketAddr::new(source, 0))?;
+        s.bind(SocketAddr::new(source.into(), 0))?;
         if config.reset {
             s.set_zero_linger()?
         }
@@ -401,15 +399,14 @@ async fn stream(conn: &Conn, source: IpAddr, shared: &Shared, trace: Option<&mut
     };
     stats.connect.record(micros(started.elapsed()));
     let _ = tcp.set_nodelay(true);
-    let resumed = trace.as_ref().and_then(|t| t.last_id).map(|id| {
-        [&conn.request[..conn.request.len() - 2], format!("Last-Event-ID: {id}\r\n\r\n").as_bytes()].concat()
-    });
-    match tokio::time::timeout(
-        config.connect_timeout,
-        tcp.write_all(resumed.as_deref().unwrap_or(&conn.request)),
-    )
-    .await
-    {
+    let written = async {
+        let resumed = trace.as_ref().and_then(|t| t.last_id).map(|id| {
+            [&conn.request[..conn.request.len() - 2], format!("Last-Event-ID: {id}\r\n\r\n").as_bytes()]
+                .concat()
+        });
+        tcp.write_all(resumed.as_deref().unwrap_or(&conn.request)).await
+    };
+    match tokio::time::timeout(config.connect_timeout, written).await {
         Err(_) => return "timeout: sending the request".into(),
         Ok(Err(e)) => return format!("read/write: {e}"),
         Ok(Ok(())) => {}
@@ -418,7 +415,8 @@ async fn stream(conn: &Conn, source: IpAddr, shared: &Shared, trace: Option<&mut
     let mut reader = Reader { stats, http, sse, open, ready, started, key: conn.key, trace };
     let mut silence = config.connect_timeout;
     loop {
-        match tokio::time::timeout(silence, tcp.readable()).await {
+        // Only this task reads `tcp`: its one read waker slot is enough.
+        match tokio::time::timeout(silence, std::future::poll_fn(|cx| tcp.poll_read_ready(cx))).await {
             Err(_) if reader.open.0.is_some() => return "timeout: no bytes within the idle timeout".into(),
             Err(_) => return "timeout: no response head".into(),
             Ok(Err(e)) => return format!("read/write: {e}"),
