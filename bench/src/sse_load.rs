@@ -8,7 +8,7 @@
 
 use crate::{
     histogram::{Histogram, Snapshot},
-    wire::{Id, Item, Kind, ResponseParser, SseItem, SseParser, WireError},
+    wire::{Id, Item, Kind, ResponseParser, SseParser, WireError},
 };
 use std::{
     cell::RefCell,
@@ -76,6 +76,23 @@ pub struct Trace {
     pub named: Vec<(u64, Kind)>,
     /// The highest id read, sent as `Last-Event-ID` on reconnect.
     last_id: Option<u64>,
+}
+
+impl Trace {
+    fn event(&mut self, kind: Kind, id: Id, stamp: Option<u64>, at_us: u64) {
+        match kind {
+            Kind::Message if self.data.len() < MAX_TRACE => {
+                if let Id::Value(id) = id {
+                    self.last_id = self.last_id.max(Some(id));
+                }
+                self.data.push(Rec { at_us, id, stamp });
+            }
+            Kind::Message => self.dropped += 1,
+            Kind::Presence => {}
+            _ if self.named.len() < MAX_TRACE => self.named.push((at_us, kind)),
+            _ => {}
+        }
+    }
 }
 
 /// Who connects where: one entry per connection.
@@ -411,13 +428,13 @@ async fn stream(shared: &Shared, i: usize, trace: Option<&mut Trace>) -> String 
         Ok(Err(e)) => return format!("read/write: {e}"),
         Ok(Ok(())) => {}
     }
-    let (http, sse, open, ready) = (ResponseParser::new(), SseParser::default(), Gauge(None), Gauge(None));
-    let mut reader = Reader { stats, http, sse, open, ready, started, key: conn.key, trace };
+    let (http, sse) = (ResponseParser::new(), SseParser::default());
+    let mut reader = Reader { stats, http, sse, open: false, ready: false, started, key: conn.key, trace };
     let mut silence = config.connect_timeout;
     loop {
         // Only this task reads `tcp`: its one read waker slot is enough.
         match tokio::time::timeout(silence, std::future::poll_fn(|cx| tcp.poll_read_ready(cx))).await {
-            Err(_) if reader.open.0.is_some() => return "timeout: no bytes within the idle timeout".into(),
+            Err(_) if reader.open => return "timeout: no bytes within the idle timeout".into(),
             Err(_) => return "timeout: no response head".into(),
             Ok(Err(e)) => return format!("read/write: {e}"),
             Ok(Ok(())) => {}
@@ -438,46 +455,33 @@ async fn stream(shared: &Shared, i: usize, trace: Option<&mut Trace>) -> String 
     }
 }
 
-/// A gauge raised once, lowered when dropped (the connection ends).
-struct Gauge<'a>(Option<&'a AtomicU64>);
-
-impl<'a> Gauge<'a> {
-    fn raise(&mut self, gauge: &'a AtomicU64) {
-        if self.0.is_none() {
-            gauge.fetch_add(1, Relaxed);
-            self.0 = Some(gauge);
-        }
-    }
-}
-
-impl Drop for Gauge<'_> {
-    fn drop(&mut self) {
-        if let Some(g) = self.0 {
-            g.fetch_sub(1, Relaxed);
-        }
-    }
-}
-
-/// Parser state of one connection.
+/// Parser state of one connection; `open` and `ready` are its share of the
+/// gauges, returned when it ends.
 struct Reader<'a> {
     stats: &'a Stats,
     http: ResponseParser,
     sse: SseParser,
-    open: Gauge<'a>,
-    /// Set at the first data event.
-    ready: Gauge<'a>,
+    open: bool,
+    /// Has its first data event.
+    ready: bool,
     started: Instant,
     key: u32,
     trace: Option<&'a mut Trace>,
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        self.stats.c.open.fetch_sub(u64::from(self.open), Relaxed);
+        self.stats.c.ready.fetch_sub(u64::from(self.ready), Relaxed);
+    }
 }
 
 impl Reader<'_> {
     fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
         let now_us = unix_micros();
         let Self { stats, http, sse, open, ready, started, key, trace } = self;
-        let stats = *stats;
+        let (stats, mut failure) = (*stats, None);
         let c = &stats.c;
-        let mut failure = None;
         let mut fail = |why: String| {
             failure = Some(why);
             Err(WireError("stop"))
@@ -488,44 +492,30 @@ impl Reader<'_> {
                 fail("200 without content-type text/event-stream".into())
             }
             Item::Head(_) => {
+                *open = true;
                 c.established.fetch_add(1, Relaxed);
-                open.raise(&c.open);
+                c.open.fetch_add(1, Relaxed);
                 Ok(())
             }
             Item::End => fail("closed by the server".into()),
             Item::Body(body) => sse.feed(body, &mut |item| {
-                let SseItem::Event { kind, id, stamp } = item else {
+                let Some((kind, id, stamp)) = item else {
                     c.comments.fetch_add(1, Relaxed);
                     return;
                 };
                 if let Some(t) = trace.as_deref_mut() {
-                    match kind {
-                        Kind::Message if t.data.len() < MAX_TRACE => {
-                            if let Id::Value(id) = id {
-                                t.last_id = t.last_id.max(Some(id));
-                            }
-                            t.data.push(Rec { at_us: now_us, id, stamp });
-                        }
-                        Kind::Message => t.dropped += 1,
-                        Kind::Presence => {}
-                        _ if t.named.len() < MAX_TRACE => t.named.push((now_us, kind)),
-                        _ => {}
-                    }
+                    t.event(kind, id, stamp, now_us);
                 }
                 let counter = match kind {
                     Kind::Message => {
-                        match stamp {
-                            None => {
-                                c.unstamped.fetch_add(1, Relaxed);
-                            }
-                            Some(ms) if ready.0.is_some() => {
-                                stats.delivered(*key, ms, now_us.saturating_sub(ms.saturating_mul(1000)))
-                            }
-                            Some(_) => {}
+                        if let Some(ms) = stamp.filter(|_| *ready) {
+                            stats.delivered(*key, ms, now_us.saturating_sub(ms.saturating_mul(1000)));
+                        } else if stamp.is_none() {
+                            c.unstamped.fetch_add(1, Relaxed);
                         }
-                        if ready.0.is_none() {
+                        if !std::mem::replace(ready, true) {
                             stats.first_event.record(micros(started.elapsed()));
-                            ready.raise(&c.ready);
+                            c.ready.fetch_add(1, Relaxed);
                         }
                         &c.messages
                     }

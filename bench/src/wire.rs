@@ -84,50 +84,46 @@ impl ResponseParser {
         on: &mut impl FnMut(Item<'_>) -> Result<(), WireError>,
     ) -> Result<(), WireError> {
         while !input.is_empty() {
-            match self.phase {
-                Phase::Head => {
-                    let Some((head, body)) = self.framed(&mut input, parse_head)? else { continue };
-                    on(Item::Head(head))?;
-                    self.phase = body;
-                    if let Phase::Head = body {
-                        on(Item::End)?;
+            let done = match self.phase {
+                Phase::Head => match self.framed(&mut input, parse_head)? {
+                    Some((head, body)) => {
+                        on(Item::Head(head))?;
+                        self.phase = body;
+                        matches!(body, Phase::Sized(0))
                     }
-                }
+                    None => false,
+                },
                 Phase::Sized(left) | Phase::Chunk(left) => {
                     let n = input.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let left = left - n as u64;
+                    let (body, left) = (&input[..n], left - n as u64);
+                    input = &input[n..];
                     self.phase = match self.phase {
                         Phase::Chunk(_) if left == 0 => Phase::Size { skip: 2 },
                         Phase::Chunk(_) => Phase::Chunk(left),
-                        _ if left == 0 => Phase::Head,
                         _ => Phase::Sized(left),
                     };
-                    on(Item::Body(&input[..n]))?;
-                    input = &input[n..];
-                    if let Phase::Head = self.phase {
-                        on(Item::End)?;
-                    }
+                    on(Item::Body(body))?;
+                    left == 0 && matches!(self.phase, Phase::Sized(_))
                 }
-                Phase::UntilClose => {
-                    on(Item::Body(input))?;
-                    input = &[];
-                }
+                Phase::UntilClose => on(Item::Body(std::mem::take(&mut input))).map(|()| false)?,
                 Phase::Size { skip } => {
                     if let Some(size) = self.framed(&mut input, |b| chunk_size(b, skip))? {
                         self.phase = if size == 0 { Phase::Trailer } else { Phase::Chunk(size) };
                     }
+                    false
                 }
                 Phase::Trailer => {
-                    let trailer = |b: &[u8]| match httparse::parse_headers(b, &mut [EMPTY_HEADER; 16]) {
-                        Ok(Status::Complete((n, _))) => Ok(Some((n, ()))),
-                        Ok(Status::Partial) => Ok(None),
-                        Err(_) => Err(WireError("bad trailer")),
+                    let trailer = |b: &[u8]| {
+                        let mut fields = [EMPTY_HEADER; 16];
+                        Ok(done(httparse::parse_headers(b, &mut fields), "bad trailer")?
+                            .map(|(n, _)| (n, ())))
                     };
-                    if self.framed(&mut input, trailer)?.is_some() {
-                        self.phase = Phase::Head;
-                        on(Item::End)?;
-                    }
+                    self.framed(&mut input, trailer)?.is_some()
                 }
+            };
+            if done {
+                self.phase = Phase::Head;
+                on(Item::End)?;
             }
         }
         Ok(())
@@ -149,18 +145,25 @@ impl ResponseParser {
         }
         let take = input.len().min(MAX_HEAD + 1 - before);
         self.pending.extend_from_slice(&input[..take]);
-        match parse(&self.pending)? {
-            Some((n, t)) => {
-                *input = &input[n - before..];
-                self.pending = Vec::new();
-                Ok(Some(t))
-            }
-            None if self.pending.len() > MAX_HEAD => Err(WireError("response head too large")),
-            None => {
-                *input = &[];
-                Ok(None)
-            }
+        let parsed = parse(&self.pending)?;
+        if parsed.is_none() && self.pending.len() > MAX_HEAD {
+            return Err(WireError("response head too large"));
         }
+        let rest: &[u8] = input;
+        *input = parsed.as_ref().map_or(&[], |(n, _)| &rest[n - before..]);
+        Ok(parsed.map(|(_, t)| {
+            self.pending = Vec::new();
+            t
+        }))
+    }
+}
+
+/// httparse's result: `None` if incomplete.
+fn done<T, E>(r: Result<Status<T>, E>, what: &'static str) -> Result<Option<T>, WireError> {
+    match r {
+        Ok(Status::Complete(t)) => Ok(Some(t)),
+        Ok(Status::Partial) => Ok(None),
+        Err(_) => Err(WireError(what)),
     }
 }
 
@@ -170,38 +173,28 @@ fn chunk_size(b: &[u8], skip: usize) -> Parsed<u64> {
     if !b"\r\n".starts_with(crlf) {
         return Err(WireError("chunk data not followed by CRLF"));
     }
-    // httparse takes an empty line for size 0.
-    match line.first() {
-        None => return Ok(None),
-        Some(d) if !d.is_ascii_hexdigit() => return Err(WireError("bad chunk size line")),
-        Some(_) => {}
+    // httparse would take an empty line for size 0.
+    if line.first().is_some_and(|d| !d.is_ascii_hexdigit()) {
+        return Err(WireError("bad chunk size line"));
     }
-    match httparse::parse_chunk_size(line) {
-        Ok(Status::Complete((n, size))) => Ok(Some((skip + n, size))),
-        Ok(Status::Partial) => Ok(None),
-        Err(_) => Err(WireError("bad chunk size line")),
-    }
+    Ok(done(httparse::parse_chunk_size(line), "bad chunk size line")?.map(|(n, size)| (skip + n, size)))
 }
 
-/// The head and how its body is delimited (RFC 9112 §6.3; `Phase::Head`: none).
+/// The head and how its body is delimited (RFC 9112 §6.3; `Sized(0)`: none).
 fn parse_head(bytes: &[u8]) -> Parsed<(Head, Phase)> {
     let mut headers = [EMPTY_HEADER; 64];
     let mut response = httparse::Response::new(&mut headers);
-    let n = match response.parse(bytes) {
-        Ok(Status::Complete(n)) => n,
-        Ok(Status::Partial) => return Ok(None),
-        Err(_) => return Err(WireError("bad response head")),
-    };
+    let Some(n) = done(response.parse(bytes), "bad response head")? else { return Ok(None) };
     let status = response.code.unwrap_or_default();
     let mut head = Head { status, content_type: None, etag: None, close: false };
     let mut body = Phase::UntilClose;
     for h in response.headers.iter() {
-        let text = || String::from_utf8_lossy(h.value).into_owned();
+        let text = || Some(String::from_utf8_lossy(h.value).into_owned());
         match h.name.to_ascii_lowercase().as_str() {
-            "content-type" => head.content_type = Some(text()),
-            "etag" => head.etag = Some(text()),
+            "content-type" => head.content_type = text(),
+            "etag" => head.etag = text(),
             "connection" => head.close = h.value.eq_ignore_ascii_case(b"close"),
-            "transfer-encoding" if h.value.trim_ascii().to_ascii_lowercase().ends_with(b"chunked") => {
+            "transfer-encoding" if h.value.to_ascii_lowercase().trim_ascii_end().ends_with(b"chunked") => {
                 body = Phase::Size { skip: 0 }
             }
             "transfer-encoding" => return Err(WireError("unsupported transfer-encoding")),
@@ -212,8 +205,8 @@ fn parse_head(bytes: &[u8]) -> Parsed<(Head, Phase)> {
             _ => {}
         }
     }
-    if (100..200).contains(&status) || matches!((status, body), (204 | 304, _) | (_, Phase::Sized(0))) {
-        body = Phase::Head;
+    if (100..200).contains(&status) || status == 204 || status == 304 {
+        body = Phase::Sized(0);
     }
     Ok(Some((n, (head, body))))
 }
@@ -241,17 +234,12 @@ pub enum Id {
     Value(u64),
 }
 
-/// What [`SseParser::feed`] reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SseItem {
-    /// An event with data, and the `served_at_ms` stamp in its data if any.
-    Event { kind: Kind, id: Id, stamp: Option<u64> },
-    /// A `:` comment line (the edge's keep-alive).
-    Comment,
-}
+/// An SSE event with data (its `served_at_ms` stamp, if any), or a comment
+/// (`None`: the edge's keep-alive).
+pub type SseItem = Option<(Kind, Id, Option<u64>)>;
 
-/// Parses a `text/event-stream` body whose lines end with LF or CRLF (what
-/// the edge and nchan send); an empty line dispatches an event with data.
+/// Parses a `text/event-stream` body whose lines end with LF or CRLF (as the
+/// edge and nchan send); an empty line dispatches an event with data.
 #[derive(Debug, Default)]
 pub struct SseParser {
     /// A line split across reads (empty otherwise).
@@ -288,18 +276,17 @@ impl SseParser {
     fn line(&mut self, line: &[u8], on: &mut impl FnMut(SseItem)) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let (field, value) = match line.iter().position(|&b| b == b':') {
-            None if line.is_empty() => {
-                let Self { kind, id, data, stamp, .. } = std::mem::take(self);
-                if data {
-                    on(SseItem::Event { kind, id, stamp });
-                }
-                return;
-            }
-            Some(0) => return on(SseItem::Comment),
             Some(i) => (&line[..i], line[i + 1..].strip_prefix(b" ").unwrap_or(&line[i + 1..])),
             None => (line, &b""[..]),
         };
         match field {
+            b"" if line.is_empty() => {
+                let Self { kind, id, data, stamp, .. } = std::mem::take(self);
+                if data {
+                    on(Some((kind, id, stamp)));
+                }
+            }
+            b"" => on(None),
             b"data" => {
                 self.data = true;
                 self.stamp = self.stamp.or_else(|| find_stamp(value));
@@ -328,8 +315,10 @@ fn find_stamp(json: &[u8]) -> Option<u64> {
     const KEY: &[u8] = b"\"served_at_ms\":";
     let at = json.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
     let digits = json[at..].trim_ascii_start();
-    let len = digits.iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&digits[..len]).ok()?.parse().ok()
+    std::str::from_utf8(&digits[..digits.iter().take_while(|b| b.is_ascii_digit()).count()])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -341,17 +330,14 @@ mod tests {
         let (mut p, mut out, mut body) = (ResponseParser::new(), Vec::new(), Vec::new());
         for piece in wire.chunks(step) {
             p.feed(piece, &mut |item| {
-                match item {
-                    Item::Head(h) => out.push(format!("head {} {:?} {}", h.status, h.etag, h.close)),
-                    Item::Body(b) => body.extend_from_slice(b),
-                    Item::End => {
-                        out.push(format!("end {}", String::from_utf8_lossy(&std::mem::take(&mut body))))
-                    }
-                }
+                out.push(match item {
+                    Item::Head(h) => format!("{} {:?} {}", h.status, h.etag, h.close),
+                    Item::Body(b) => return Ok(body.extend_from_slice(b)),
+                    Item::End => String::from_utf8(std::mem::take(&mut body)).unwrap(),
+                });
                 Ok(())
             })?;
         }
-        out.extend((!body.is_empty()).then(|| format!("open {}", String::from_utf8_lossy(&body))));
         Ok(out)
     }
 
@@ -364,43 +350,33 @@ mod tests {
             b"HTTP/1.1 304 Not Modified\r\nETag: \"e1\"\r\n\r\n",
             CHUNKED,
             b"3;ext=1\r\nabc\r\nA\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nrest",
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",
         ]
         .concat();
-        let want = [
-            "head 200 Some(\"\\\"e1\\\"\") false",
-            "end hello",
-            "head 304 Some(\"\\\"e1\\\"\") false",
-            "end ",
-            "head 200 None false",
-            "end abc0123456789",
-            "head 200 None true",
-            "open rest",
-        ];
+        let want = ["200 Some(\"\\\"e1\\\"\") false", "hello", "304 Some(\"\\\"e1\\\"\") false", ""]
+            .into_iter()
+            .chain(["200 None false", "abc0123456789", "200 None true"]);
         for step in 1..=wire.len() {
-            assert_eq!(responses(&wire, step).unwrap(), want, "step {step}");
+            assert_eq!(responses(&wire, step).unwrap(), want.clone().collect::<Vec<_>>(), "step {step}");
         }
     }
 
     #[test]
     fn framing_errors() {
-        let bad: [&[u8]; 6] = [
+        let chunks: [&[u8]; 6] = [
             b"zz\r\n",
             b"\r\n",
-            b"3\r\nabcX",
             b"FFFFFFFFFFFFFFFFF\r\n",
-            b"3\r\nabc\r\n0\r\nbad trailer\r\n\r\n",
+            b"3\r\nabcX",
             b"1\r\na\n",
+            b"0\r\nbad trailer\r\n\r\n",
         ];
-        for wire in bad {
-            assert!(responses(&[CHUNKED, wire].concat(), 1).is_err(), "{}", String::from_utf8_lossy(wire));
-        }
-        for wire in [
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
-            "SSH-2.0-OpenSSH\r\n\r\n",
-        ] {
-            assert!(responses(wire.as_bytes(), 1).is_err(), "{wire}");
+        for wire in chunks.map(|c| [CHUNKED, c].concat()).into_iter().chain([
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n".to_vec(),
+            b"SSH-2.0-OpenSSH\r\n\r\n".to_vec(),
+        ]) {
+            assert!(responses(&wire, 1).is_err(), "{}", String::from_utf8_lossy(&wire));
         }
         let huge = [&b"HTTP/1.1 200 OK\r\nx: "[..], &[b'a'; MAX_HEAD]].concat();
         assert_eq!(responses(&huge, 1000), Err(WireError("response head too large")));
@@ -409,22 +385,19 @@ mod tests {
     #[test]
     fn sse_events_with_lines_split_across_reads() {
         let body = b"retry: 3000\n\n:\n\nid: 7\ndata: {\"a\":1,\"served_at_ms\":1764064800123}\n\n\
-            event: stale\r\ndata: {\"state\":\"stale\"}\r\n\r\nevent: presence\nid: x\ndata: 3\n\nevent: end\n\n";
+            event: stale\r\ndata: {}\r\n\r\nevent: presence\nid: x\ndata: 3\n\nevent: end\n\n";
         let want = [
-            SseItem::Comment,
-            SseItem::Event { kind: Kind::Message, id: Id::Value(7), stamp: Some(1_764_064_800_123) },
-            SseItem::Event { kind: Kind::Stale, id: Id::Missing, stamp: None },
-            SseItem::Event { kind: Kind::Presence, id: Id::Bad, stamp: None },
+            None,
+            Some((Kind::Message, Id::Value(7), Some(1_764_064_800_123))),
+            Some((Kind::Stale, Id::Missing, None)),
+            Some((Kind::Presence, Id::Bad, None)),
         ];
         for step in 1..=body.len() {
             let (mut p, mut got) = (SseParser::default(), Vec::new());
-            for piece in body.chunks(step) {
-                p.feed(piece, &mut |i| got.push(i)).unwrap();
-            }
-            assert_eq!(got, want, "step {step}");
-            assert!(p.partial.is_empty() && p.partial.capacity() == 0, "nothing kept between events");
+            body.chunks(step).for_each(|piece| p.feed(piece, &mut |i| got.push(i)).unwrap());
+            assert_eq!((got.as_slice(), p.partial.capacity()), (&want[..], 0), "step {step}");
         }
-        let mut p = SseParser::default();
-        assert!(p.feed(&[b'a'; MAX_LINE + 1], &mut |_| {}).is_err());
+        assert!(SseParser::default().feed(&[b'a'; MAX_LINE + 1], &mut |_| {}).is_err());
+        assert_eq!(find_stamp(br#"{"served_at_ms": 99999999999999999999}"#), None);
     }
 }
