@@ -1,6 +1,6 @@
 //! The load generator of browsers holding SSE streams, shared by every
 //! scenario (BENCHMARKS.md, "The SSE load generator"): raw sockets bound to
-//! 127.0.0.2, 127.0.0.3, ..., paced connects, and one task per connection
+//! 127.0.0.2, 127.0.0.3, ..., paced connects, one small task per connection
 //! reading into one buffer per worker thread with the parsers of
 //! [`crate::wire`], so it stays much cheaper than the edge it measures.
 //! Latency is `now - served_at_ms` of every data event but a connection's
@@ -13,6 +13,7 @@ use crate::{
 use std::{
     cell::RefCell,
     collections::{BTreeMap, HashMap},
+    convert::Infallible,
     net::{Ipv4Addr, SocketAddr},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
@@ -99,7 +100,7 @@ impl Trace {
 #[derive(Default)]
 pub struct Plan {
     conns: Vec<Conn>,
-    /// Requests shared by the connections that send the same one.
+    /// One copy of each distinct request.
     requests: HashMap<(SocketAddr, String), Arc<[u8]>>,
 }
 
@@ -159,10 +160,12 @@ pub struct Gaps {
 
 /// Declares [`Counters`] and the atomics [`Stats`] keeps them in.
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// A reading of the monotonic counters and the gauges `open`, `ready`.
+    ($($name:ident),*) => {
+        /// A reading of the counters: all monotonic but the gauges `open`
+        /// (answered 200, still open) and `ready` (open, first data event
+        /// read); `messages` are data events, first ones included.
         #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-        pub struct Counters { $($(#[$doc])* pub $name: u64,)* }
+        pub struct Counters { $(pub $name: u64,)* }
 
         #[derive(Default)]
         struct Atomics { $($name: AtomicU64,)* }
@@ -183,15 +186,12 @@ macro_rules! counters {
     };
 }
 
-counters! {
+counters!(
     attempts,
     established,
-    /// Connections answered 200 and still open.
     open,
-    /// Open connections that have their first data event.
     ready,
     reconnects,
-    /// Data events, first ones included.
     messages,
     unstamped,
     stale,
@@ -201,8 +201,8 @@ counters! {
     other_named,
     comments,
     bytes,
-    errors,
-}
+    errors
+);
 
 impl Stats {
     /// Error messages and how often each occurred, most frequent first.
@@ -258,21 +258,15 @@ impl Stats {
     fn delivered(&self, key: u32, served_at_ms: u64, latency_us: u64) {
         self.latency.record(latency_us);
         let mut updates = lock(&self.updates);
-        let len = updates.len();
-        match updates.get_mut(&(key, served_at_ms)) {
-            Some(u) => {
-                u.reached += 1;
-                u.first_us = u.first_us.min(latency_us);
-                u.last_us = u.last_us.max(latency_us);
-            }
-            None if len < MAX_UPDATES => {
-                let u = Update { served_at_ms, reached: 1, first_us: latency_us, last_us: latency_us };
-                updates.insert((key, served_at_ms), u);
-            }
-            None => {
-                self.updates_dropped.fetch_add(1, Relaxed);
-            }
+        if updates.len() >= MAX_UPDATES && !updates.contains_key(&(key, served_at_ms)) {
+            self.updates_dropped.fetch_add(1, Relaxed);
+            return;
         }
+        let new = Update { served_at_ms, reached: 0, first_us: latency_us, last_us: latency_us };
+        let u = updates.entry((key, served_at_ms)).or_insert(new);
+        u.reached += 1;
+        u.first_us = u.first_us.min(latency_us);
+        u.last_us = u.last_us.max(latency_us);
     }
 }
 
@@ -303,15 +297,13 @@ impl Load {
     /// Starts every connection of `plan`, paced; inside a tokio runtime.
     pub fn start(plan: Plan, config: Config) -> Self {
         let (conns, stop) = (plan.conns, CancellationToken::new());
-        let count =
-            u32::try_from(conns.len().div_ceil(config.per_source.max(1) as usize)).unwrap_or(u32::MAX);
+        let count = conns.len().div_ceil(config.per_source.max(1) as usize) as u32;
         let first = NEXT_SOURCE.fetch_add(count, Relaxed);
         let sources = (first..first + count).map(|i| Ipv4Addr::from(0x7f00_0000 | (i & 0xff_ffff))).collect();
         let (mut tasks, deadline, watchdog) = (JoinSet::new(), config.deadline, stop.clone());
         tasks.spawn(async move {
-            tokio::select! {
-                _ = watchdog.cancelled() => {}
-                _ = tokio::time::sleep_until(deadline) => watchdog.cancel(),
+            if watchdog.run_until_cancelled(tokio::time::sleep_until(deadline)).await.is_some() {
+                watchdog.cancel();
             }
             None
         });
@@ -374,7 +366,7 @@ async fn connection(i: usize, shared: Arc<Shared>) -> Option<(usize, Trace)> {
     for attempt in 0u64.. {
         tokio::select! {
             _ = shared.stop.cancelled() => break,
-            failure = async {
+            Err(failure) = async {
                 if attempt > 0 {
                     tokio::time::sleep(shared.config.reconnect_delay).await;
                 }
@@ -394,26 +386,20 @@ async fn connection(i: usize, shared: Arc<Shared>) -> Option<(usize, Trace)> {
 }
 
 /// Connection `i`'s life, until it fails: why.
-async fn stream(shared: &Shared, i: usize, trace: Option<&mut Trace>) -> String {
+async fn stream(shared: &Shared, i: usize, trace: Option<&mut Trace>) -> Result<Infallible, String> {
     let (stats, config, conn) = (&*shared.stats, &shared.config, &shared.conns[i]);
     let source = shared.sources[i / config.per_source.max(1) as usize];
+    let io = |what: &'static str| move |e: std::io::Error| format!("{what}: {e}");
+    let late = |what: &'static str| move |_| format!("timeout: {what}");
     let started = Instant::now();
     stats.c.attempts.fetch_add(1, Relaxed);
-    let socket = match TcpSocket::new_v4().and_then(|s| {
-        s.bind(SocketAddr::new(source.into(), 0))?;
-        if config.reset {
-            s.set_zero_linger()?
-        }
-        Ok(s)
-    }) {
-        Ok(s) => s,
-        Err(e) => return format!("socket/bind: {e}"),
-    };
-    let mut tcp = match tokio::time::timeout(config.connect_timeout, socket.connect(conn.addr)).await {
-        Err(_) => return "timeout: TCP connect".into(),
-        Ok(Err(e)) => return format!("connect: {e}"),
-        Ok(Ok(tcp)) => tcp,
-    };
+    let socket = TcpSocket::new_v4().map_err(io("socket/bind"))?;
+    socket.bind(SocketAddr::new(source.into(), 0)).map_err(io("socket/bind"))?;
+    if config.reset {
+        socket.set_zero_linger().map_err(io("socket/bind"))?;
+    }
+    let connecting = tokio::time::timeout(config.connect_timeout, socket.connect(conn.addr));
+    let mut tcp = connecting.await.map_err(late("TCP connect"))?.map_err(io("connect"))?;
     stats.connect.record(micros(started.elapsed()));
     let _ = tcp.set_nodelay(true);
     let written = async {
@@ -423,35 +409,27 @@ async fn stream(shared: &Shared, i: usize, trace: Option<&mut Trace>) -> String 
         });
         tcp.write_all(resumed.as_deref().unwrap_or(&conn.request)).await
     };
-    match tokio::time::timeout(config.connect_timeout, written).await {
-        Err(_) => return "timeout: sending the request".into(),
-        Ok(Err(e)) => return format!("read/write: {e}"),
-        Ok(Ok(())) => {}
-    }
+    tokio::time::timeout(config.connect_timeout, written)
+        .await
+        .map_err(late("sending the request"))?
+        .map_err(io("read/write"))?;
     let (http, sse) = (ResponseParser::new(), SseParser::default());
     let mut reader = Reader { stats, http, sse, open: false, ready: false, started, key: conn.key, trace };
     let mut silence = config.connect_timeout;
     loop {
         // Only this task reads `tcp`: its one read waker slot is enough.
-        match tokio::time::timeout(silence, std::future::poll_fn(|cx| tcp.poll_read_ready(cx))).await {
-            Err(_) if reader.open => return "timeout: no bytes within the idle timeout".into(),
-            Err(_) => return "timeout: no response head".into(),
-            Ok(Err(e)) => return format!("read/write: {e}"),
-            Ok(Ok(())) => {}
-        }
-        let read = BUF.with_borrow_mut(|buf| match tcp.try_read(buf) {
+        let readable = tokio::time::timeout(silence, std::future::poll_fn(|cx| tcp.poll_read_ready(cx)));
+        let what = if reader.open { "no bytes within the idle timeout" } else { "no response head" };
+        readable.await.map_err(late(what))?.map_err(io("read/write"))?;
+        silence = BUF.with_borrow_mut(|buf| match tcp.try_read(buf) {
             Ok(0) => Err("closed by the server".to_owned()),
             Ok(n) => {
                 stats.c.bytes.fetch_add(n as u64, Relaxed);
                 reader.feed(&buf[..n]).map(|()| config.idle_timeout)
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(silence),
-            Err(e) => Err(format!("read/write: {e}")),
-        });
-        match read {
-            Ok(next) => silence = next,
-            Err(failure) => return failure,
-        }
+            Err(e) => Err(io("read/write")(e)),
+        })?;
     }
 }
 
@@ -551,84 +529,84 @@ mod tests {
     use super::*;
     use tokio::{io::AsyncReadExt, net::TcpListener};
 
-    fn config(rate: u32) -> Config {
+    /// `n` connections to a server answering the `i`th with `script(i)` and
+    /// holding it open (or closing it, if `close`).
+    async fn run(n: usize, config: Config, script: fn(usize) -> Vec<u8>, close: bool) -> Load {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut plan, traced) = (Plan::default(), config.trace);
+        (0..n).for_each(|_| plan.push(listener.local_addr().unwrap(), "/live/e/stream", 7));
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            for i in 0.. {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap();
+                let req = &buf[..n];
+                let resumed = if traced && i > 0 { "Last-Event-ID: 1\r\n" } else { "" };
+                let want = format!("Accept: text/event-stream\r\n{resumed}\r\n");
+                assert!(
+                    req.starts_with(b"GET /live/e/stream HTTP/1.1\r\n") && req.ends_with(want.as_bytes())
+                );
+                s.write_all(&script(i)).await.unwrap();
+                held.extend((!close).then_some(s));
+            }
+        });
+        Load::start(plan, config)
+    }
+
+    fn config(trace: bool) -> Config {
         Config {
-            connect_rate: rate,
+            connect_rate: 1000,
             per_source: 2,
             connect_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(5),
             reconnect_delay: Duration::from_millis(10),
             deadline: Instant::now() + Duration::from_secs(10),
             reset: false,
-            trace: false,
+            trace,
         }
     }
 
-    /// A plan of `n` connections to a server answering the `i`th with
-    /// `script(i)` and holding it open (or closing it, if `close`).
-    async fn server(
-        n: usize,
-        script: fn(usize) -> Vec<u8>,
-        close: bool,
-    ) -> (Plan, tokio::task::JoinHandle<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut plan = Plan::default();
-        (0..n).for_each(|_| plan.push(listener.local_addr().unwrap(), "/live/e/stream", 7));
-        let task = tokio::spawn(async move {
-            let mut held = Vec::new();
-            for i in 0.. {
-                let Ok((mut s, _)) = listener.accept().await else { return };
-                let mut req = [0u8; 1024];
-                let n = s.read(&mut req).await.unwrap();
-                assert!(req[..n].starts_with(b"GET /live/e/stream HTTP/1.1\r\n"));
-                assert!(String::from_utf8_lossy(&req[..n]).contains("\r\nAccept: text/event-stream\r\n"));
-                s.write_all(&script(i)).await.unwrap();
-                held.extend((!close).then_some(s));
-            }
-        });
-        (plan, task)
-    }
-
-    /// The edge's answer: chunked in 7-byte pieces so events straddle chunks.
+    /// The edge's answer, chunked in 7-byte pieces so events straddle chunks.
     fn edge_stream(stamps: &[u64]) -> Vec<u8> {
-        let mut body = b"retry: 3000\n\n:\n\n".to_vec();
-        for s in stamps {
-            body.extend_from_slice(format!("id: 1\ndata: {{\"a\":1,\"served_at_ms\":{s}}}\n\n").as_bytes());
-        }
-        body.extend_from_slice(b"event: presence\ndata: {\"viewers\":3}\n\n");
+        let events = stamps.iter().map(|s| format!("id: 1\ndata: {{\"a\":1,\"served_at_ms\":{s}}}\n\n"));
+        let body: String = [
+            "retry: 3000\n\n:\n\n".into(),
+            events.collect::<String>(),
+            "event: presence\ndata: 3\n\n".into(),
+        ]
+        .concat();
         let mut wire =
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
                 .to_vec();
-        for piece in body.chunks(7) {
+        for piece in body.as_bytes().chunks(7) {
             wire.extend_from_slice(&[format!("{:X}\r\n", piece.len()).as_bytes(), piece, b"\r\n"].concat());
         }
         wire
     }
 
+    /// nchan's answer: no length, no chunking (the body runs until close), a
+    /// `: hi` comment, `id: <time>:<tag>`; the same stamps on every
+    /// connection: the same updates.
+    fn nchan_stream(_: usize) -> Vec<u8> {
+        static BASE_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let now_ms = *BASE_MS.get_or_init(|| unix_micros() / 1000);
+        let events = [5000, 20, 10]
+            .map(|ago| format!("id: 17:{ago}\ndata: {{\"served_at_ms\":{}}}\n\n", now_ms - ago));
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\r\n: hi\n\n";
+        [head, &events.concat()].concat().into_bytes()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_nchan_eventsource_streams() {
-        // nchan's answer: no length, no chunking (the body runs until close),
-        // a `: hi` comment, `id: <time>:<tag>` before the data. The same
-        // stamps on every connection: they are the same updates.
-        static BASE_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-        let script = |_| {
-            let now_ms = *BASE_MS.get_or_init(|| unix_micros() / 1000);
-            let mut wire = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\n\
-                Content-Type: text/event-stream; charset=utf-8\r\nConnection: keep-alive\r\n\r\n: hi\n\n"
-                .to_vec();
-            for (i, stamp) in [now_ms - 5000, now_ms - 20, now_ms - 10].iter().enumerate() {
-                let event = format!("id: 1795613267:{i}\ndata: {{\"a\":1,\"served_at_ms\":{stamp}}}\n\n");
-                wire.extend_from_slice(event.as_bytes());
-            }
-            wire
-        };
-        let (plan, server) = server(5, script, false).await;
-        let load = Load::start(plan, config(1000));
+        let load = run(5, config(false), nchan_stream, false).await;
         assert_eq!(load.sources().len(), 3, "2 per source address");
         assert!(load.wait_ready(5, Duration::from_secs(5)).await.is_some());
         let c = load.stats().counters();
-        assert_eq!((c.open, c.ready, c.established, c.errors), (5, 5, 5, 0));
-        assert_eq!((c.messages, c.comments, c.unstamped), (15, 5, 0));
+        assert_eq!(
+            (c.open, c.ready, c.established, c.errors, c.messages, c.comments, c.unstamped),
+            (5, 5, 5, 0, 15, 5, 0)
+        );
         // The first event (5 s old) is not a delivery.
         let lat = load.stats().latency.snapshot();
         assert!(lat.count == 10 && lat.max < 1_000_000, "{lat:?}");
@@ -636,76 +614,60 @@ mod tests {
         assert_eq!((updates.len(), dropped), (2, 0), "two updates");
         assert!(updates.iter().all(|u| u.reached == 5 && u.first_us <= u.last_us));
         assert_eq!(load.stop(Duration::from_secs(2)).await, 0);
-        server.abort();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn traced_connections_resume_with_the_last_id_and_reset_closes_with_rst() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut plan = Plan::default();
-        plan.push(listener.local_addr().unwrap(), "/live/e/stream", 0);
-        let load = Load::start(plan, Config { trace: true, reset: true, ..config(1000) });
-        let mut req = [0u8; 1024];
-        let (mut s, _) = listener.accept().await.unwrap();
-        let n = s.read(&mut req).await.unwrap();
-        assert!(!String::from_utf8_lossy(&req[..n]).contains("Last-Event-ID"));
-        s.write_all(&edge_stream(&[1, 2])).await.unwrap();
-        drop(s);
-        let (mut s, _) = listener.accept().await.unwrap();
-        let n = s.read(&mut req).await.unwrap();
-        assert!(String::from_utf8_lossy(&req[..n]).ends_with("\r\nLast-Event-ID: 1\r\n\r\n"));
-        s.write_all(&edge_stream(&[3])).await.unwrap();
-        assert!(load.wait_ready(1, Duration::from_secs(5)).await.is_some());
+    async fn traced_connections_resume_with_the_last_id() {
+        let load = run(1, config(true), |i| edge_stream(&[[1, 2], [3, 4]][i % 2]), true).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let stats = load.stats().clone();
         let (traces, stuck) = load.stop_traced(Duration::from_secs(2)).await;
         let trace = traces[0].as_ref().expect("a trace");
-        assert_eq!((trace.data.len(), trace.named.len(), stuck), (3, 0, 0));
-        assert_eq!((trace.data[1].id, trace.data[1].stamp), (Id::Value(1), Some(2)));
+        assert!(trace.data.len() >= 4 && trace.named.is_empty() && stuck == 0);
+        assert_eq!(
+            (trace.data[1].id, trace.data[1].stamp, trace.data[3].stamp),
+            (Id::Value(1), Some(2), Some(4))
+        );
         let c = stats.counters();
-        assert_eq!((c.reconnects, c.presence, c.comments, c.open), (1, 2, 2, 0));
-        let err = s.read(&mut req).await.expect_err("a reset, not an end of stream");
-        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+        assert!(c.presence >= 2 && c.open == 0 && c.ready == 0, "{c:?}");
+        assert_eq!(stats.error_kinds()[0].0, "closed by the server");
+    }
+
+    fn bad_answer(i: usize) -> Vec<u8> {
+        let sse = "200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n";
+        let answer =
+            ["503 Busy\r\ncontent-length: 0\r\n\r\n", "200 OK\r\ncontent-type: text/plain\r\n\r\n", sse];
+        format!("HTTP/1.1 {}", answer[i % 3]).into_bytes()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn closes_and_bad_answers_are_errors_and_reconnect() {
-        let script = |i| {
-            match i % 4 {
-            0 => b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_vec(),
-            1 => edge_stream(&[1]),
-            2 => b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n".to_vec(),
-            _ => b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"
-                .to_vec(),
-        }
-        };
-        let (plan, server) = server(1, script, true).await;
-        let load = Load::start(plan, config(100));
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let load = run(1, config(false), bad_answer, true).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let stats = load.stats().clone();
         load.stop(Duration::from_secs(2)).await;
-        let c = stats.counters();
-        assert!(c.reconnects >= 4 && c.errors >= 4, "{c:?}");
         let kinds: Vec<String> = stats.error_kinds().into_iter().map(|(k, _)| k).collect();
-        let want = ["status 503", "closed by the server", "200 without content-type text/event-stream"];
-        for want in want.into_iter().chain(["parse: bad chunk size line"]) {
+        for want in ["status 503", "200 without content-type text/event-stream", "parse: bad chunk size line"]
+        {
             assert!(kinds.iter().any(|k| k == want), "{want} missing from {kinds:?}");
         }
-        server.abort();
+        assert!(stats.counters().reconnects >= 3);
     }
 
     #[test]
     fn gaps_find_events_that_missed_a_change() {
+        // Event 1: every 1,000 ms; event 2 misses 3,000; 3 receives nothing; 4 is not expected.
         let stats = Stats::default();
-        // Event 1: every 1,000 ms; event 2 misses the change at 3,000;
-        // event 3 receives nothing; event 4 is not expected.
-        [1_000, 2_000, 3_000, 4_000].into_iter().for_each(|at| stats.delivered(1, at, 5));
-        [1_000, 2_000, 4_000].into_iter().for_each(|at| stats.delivered(2, at, 5));
-        stats.delivered(4, 2_500, 5);
-        let g = stats.gaps([1, 2], 500, 4_500, 1_500);
-        assert_eq!((g.events, g.with_gap, g.longest_ms), (2, 1, 2_000));
-        let g = stats.gaps([1, 2, 3], 500, 4_500, 1_500);
-        assert_eq!((g.events, g.with_gap, g.longest_ms), (3, 2, 4_000));
-        let g = stats.gaps([1], 2_500, 4_500, 1_500);
-        assert_eq!((g.with_gap, g.longest_ms), (0, 1_000), "updates outside the window do not count");
+        [(1, 1_000), (1, 2_000), (1, 3_000), (1, 4_000), (2, 1_000), (2, 2_000), (2, 4_000), (4, 2_500)]
+            .into_iter()
+            .for_each(|(key, at)| stats.delivered(key, at, 5));
+        let g = |keys: &[u32], from| {
+            let g = stats.gaps(keys.iter().copied(), from, 4_500, 1_500);
+            (g.events, g.with_gap, g.longest_ms)
+        };
+        assert_eq!(
+            [g(&[1, 2], 500), g(&[1, 2, 3], 500), g(&[1], 2_500)],
+            [(2, 1, 2_000), (3, 2, 4_000), (1, 0, 1_000)]
+        );
     }
 }

@@ -330,11 +330,11 @@ mod tests {
         let (mut p, mut out, mut body) = (ResponseParser::new(), Vec::new(), Vec::new());
         for piece in wire.chunks(step) {
             p.feed(piece, &mut |item| {
-                out.push(match item {
-                    Item::Head(h) => format!("{} {:?} {}", h.status, h.etag, h.close),
-                    Item::Body(b) => return Ok(body.extend_from_slice(b)),
-                    Item::End => String::from_utf8(std::mem::take(&mut body)).unwrap(),
-                });
+                match item {
+                    Item::Head(h) => out.push(format!("{} {:?} {}", h.status, h.etag, h.close)),
+                    Item::Body(b) => body.extend_from_slice(b),
+                    Item::End => out.push(String::from_utf8(std::mem::take(&mut body)).unwrap()),
+                }
                 Ok(())
             })?;
         }
