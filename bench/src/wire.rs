@@ -51,10 +51,8 @@ enum Phase {
     /// Bytes left of a `Content-Length` body.
     Sized(u64),
     UntilClose,
-    /// A chunk size line, after `skip` bytes (the CRLF ending the previous chunk).
-    Size {
-        skip: usize,
-    },
+    /// A chunk size line, after this many bytes (the CRLF ending a chunk).
+    Size(usize),
     /// Bytes left of a chunk's data.
     Chunk(u64),
     /// Trailer fields after the last chunk.
@@ -98,7 +96,7 @@ impl ResponseParser {
                     let (body, left) = (&input[..n], left - n as u64);
                     input = &input[n..];
                     self.phase = match self.phase {
-                        Phase::Chunk(_) if left == 0 => Phase::Size { skip: 2 },
+                        Phase::Chunk(_) if left == 0 => Phase::Size(2),
                         Phase::Chunk(_) => Phase::Chunk(left),
                         _ => Phase::Sized(left),
                     };
@@ -106,7 +104,7 @@ impl ResponseParser {
                     left == 0 && matches!(self.phase, Phase::Sized(_))
                 }
                 Phase::UntilClose => on(Item::Body(std::mem::take(&mut input))).map(|()| false)?,
-                Phase::Size { skip } => {
+                Phase::Size(skip) => {
                     if let Some(size) = self.framed(&mut input, |b| chunk_size(b, skip))? {
                         self.phase = if size == 0 { Phase::Trailer } else { Phase::Chunk(size) };
                     }
@@ -195,10 +193,10 @@ fn parse_head(bytes: &[u8]) -> Parsed<(Head, Phase)> {
             "etag" => head.etag = text(),
             "connection" => head.close = h.value.eq_ignore_ascii_case(b"close"),
             "transfer-encoding" if h.value.to_ascii_lowercase().trim_ascii_end().ends_with(b"chunked") => {
-                body = Phase::Size { skip: 0 }
+                body = Phase::Size(0)
             }
             "transfer-encoding" => return Err(WireError("unsupported transfer-encoding")),
-            "content-length" if !matches!(body, Phase::Size { .. }) => {
+            "content-length" if !matches!(body, Phase::Size(_)) => {
                 let len = std::str::from_utf8(h.value).ok().and_then(|v| v.parse().ok());
                 body = Phase::Sized(len.ok_or(WireError("bad content-length"))?);
             }
