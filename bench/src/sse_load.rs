@@ -402,6 +402,7 @@ async fn stream(shared: &Shared, i: usize, trace: Option<&mut Trace>) -> Result<
     let mut tcp = connecting.await.map_err(late("TCP connect"))?.map_err(io("connect"))?;
     stats.connect.record(micros(started.elapsed()));
     let _ = tcp.set_nodelay(true);
+    // A block of its own, so the task does not keep the resumed request.
     let written = async {
         let resumed = trace.as_ref().and_then(|t| t.last_id).map(|id| {
             [&conn.request[..conn.request.len() - 2], format!("Last-Event-ID: {id}\r\n\r\n").as_bytes()]
@@ -417,7 +418,8 @@ async fn stream(shared: &Shared, i: usize, trace: Option<&mut Trace>) -> Result<
     let mut reader = Reader { stats, http, sse, open: false, ready: false, started, key: conn.key, trace };
     let mut silence = config.connect_timeout;
     loop {
-        // Only this task reads `tcp`: its one read waker slot is enough.
+        // Polled readiness, not `readable()`: a smaller task, and the one read
+        // waker slot is enough for the only reader.
         let readable = tokio::time::timeout(silence, std::future::poll_fn(|cx| tcp.poll_read_ready(cx)));
         let what = if reader.open { "no bytes within the idle timeout" } else { "no response head" };
         readable.await.map_err(late(what))?.map_err(io("read/write"))?;
