@@ -82,7 +82,7 @@ impl ResponseParser {
         on: &mut impl FnMut(Item<'_>) -> Result<(), WireError>,
     ) -> Result<(), WireError> {
         while !input.is_empty() {
-            let done = match self.phase {
+            let complete = match self.phase {
                 Phase::Head => match self.framed(&mut input, parse_head)? {
                     Some((head, body)) => {
                         on(Item::Head(head))?;
@@ -119,7 +119,7 @@ impl ResponseParser {
                     self.framed(&mut input, trailer)?.is_some()
                 }
             };
-            if done {
+            if complete {
                 self.phase = Phase::Head;
                 on(Item::End)?;
             }
