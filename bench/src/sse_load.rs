@@ -1,80 +1,59 @@
 //! The load generator of browsers holding SSE streams, shared by every
-//! scenario: N HTTP/1.1 connections, each `GET <path>` with `Accept:
-//! text/event-stream`, read for the whole run, reconnected when they close.
-//!
-//! Hand-rolled on raw sockets because the figures that matter (edge RSS per
-//! connection, latency at 15,000 connections) are only meaningful if the
-//! client is much cheaper than the server and adds no queueing: a connection
-//! is one task with a small parser state ([`crate::wire`]) reading into one
-//! 64 KiB buffer per worker thread, so an idle one costs its task, its socket
-//! and a few hundred bytes. Connections bind to 127.0.0.2, 127.0.0.3, ... so
-//! ephemeral ports never run out and a later run never meets an earlier
-//! one's TIME_WAIT sockets; new connections are paced so the accept queue is
-//! not overrun. Latency is `now - served_at_ms` of every unnamed event but a
-//! connection's first (the replayed latest value), up to 1 ms too high.
+//! scenario (BENCHMARKS.md, "The SSE load generator"): raw sockets bound to
+//! 127.0.0.2, 127.0.0.3, ..., paced connects, one small task per connection
+//! reading into one buffer per worker thread with the parsers of
+//! [`crate::wire`], so it stays much cheaper than the edge it measures.
+//! Latency is `now - served_at_ms` of every data event but a connection's
+//! first (the replayed latest value), up to 1 ms too high.
 
 use crate::{
     histogram::{Histogram, Snapshot},
-    wire::{Id, Item, Kind, ResponseParser, SseItem, SseParser, WireError},
+    wire::{Id, Item, Kind, ResponseParser, SseParser, WireError},
 };
 use std::{
     cell::RefCell,
     collections::{BTreeMap, HashMap},
-    fmt,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    pin::pin,
+    convert::Infallible,
+    net::{Ipv4Addr, SocketAddr},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
-use tokio::{
-    io::AsyncWriteExt,
-    net::{TcpSocket, TcpStream},
-    task::JoinSet,
-    time::Instant,
-};
+use tokio::{io::AsyncWriteExt, net::TcpSocket, task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Read buffer shared by the connections of one worker thread.
-const READ_BUF: usize = 64 * 1024;
 /// Most (event, stamp) pairs tracked; beyond it deliveries are not grouped.
 const MAX_UPDATES: usize = 500_000;
-/// Most distinct error messages counted separately.
 const MAX_ERROR_KINDS: usize = 32;
-/// Data events and named events kept per traced connection (about an hour
-/// at one per second).
+/// Data and named events kept per traced connection (an hour at 1/s).
 const MAX_TRACE: usize = 4_096;
 
 thread_local! {
-    static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUF]);
+    static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; 64 * 1024]);
 }
 
-/// The next source address to hand out, as an offset in 127.0.0.0/8.
+/// The next source address, as an offset in 127.0.0.0/8: a run never meets
+/// an earlier one's TIME_WAIT sockets.
 static NEXT_SOURCE: AtomicU32 = AtomicU32::new(2);
 
-/// How the generator behaves.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// New connections (first ones and reconnects) per second.
     pub connect_rate: u32,
     /// Connections bound to one source address.
     pub per_source: u32,
-    /// Bound on the TCP connect, and then on the response head.
+    /// Bound on the TCP connect, the request, then the first bytes.
     pub connect_timeout: Duration,
-    /// A stream with no bytes for this long is dead (the edge sends a
-    /// keep-alive comment every 15 s).
+    /// A stream silent this long is dead (the edge's keep-alive is 15 s).
     pub idle_timeout: Duration,
-    /// Wait before reconnecting a connection that closed or failed.
     pub reconnect_delay: Duration,
     /// Every task stops by itself here.
     pub deadline: Instant,
-    /// Close connections with a reset (`SO_LINGER` 0: RST, no FIN), as a
-    /// browser whose tab or network vanished; otherwise with a FIN.
+    /// Close with an RST (`SO_LINGER` 0), as a vanished tab; else a FIN.
     pub reset: bool,
-    /// Keep each connection's [`Trace`] and reconnect with `Last-Event-ID`,
-    /// as EventSource does (about 2 KiB per connection for an hour).
+    /// Keep each connection's [`Trace`] and resume with `Last-Event-ID`.
     pub trace: bool,
 }
 
@@ -96,7 +75,7 @@ pub struct Trace {
     pub dropped: u64,
     /// Named events (Unix µs, kind), presence excluded.
     pub named: Vec<(u64, Kind)>,
-    /// The highest id read: sent as `Last-Event-ID` on reconnect.
+    /// The highest id read, sent as `Last-Event-ID` on reconnect.
     last_id: Option<u64>,
 }
 
@@ -121,38 +100,33 @@ impl Trace {
 #[derive(Default)]
 pub struct Plan {
     conns: Vec<Conn>,
+    /// One copy of each distinct request.
     requests: HashMap<(SocketAddr, String), Arc<[u8]>>,
 }
 
 struct Conn {
     addr: SocketAddr,
     request: Arc<[u8]>,
-    /// Groups deliveries per update (the event's index).
+    /// The event's index, grouping deliveries per update.
     key: u32,
 }
 
 impl Plan {
     /// One more connection to `addr`, `GET path`; `key` names its event.
     pub fn push(&mut self, addr: SocketAddr, path: &str, key: u32) {
-        let request = self
-            .requests
-            .entry((addr, path.to_owned()))
-            .or_insert_with(|| {
-                format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
-                    .into_bytes()
-                    .into()
-            })
-            .clone();
-        self.conns.push(Conn { addr, request, key });
+        let request = self.requests.entry((addr, path.to_owned())).or_insert_with(|| {
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
+                .into_bytes()
+                .into()
+        });
+        self.conns.push(Conn { addr, request: request.clone(), key });
     }
 }
 
-/// Counters of everything the connections saw; all monotonic except the
-/// two gauges (`open`, `ready`).
+/// What the connections saw.
 #[derive(Default)]
 pub struct Stats {
-    /// µs from media-sim serving a value to a browser reading it (each
-    /// connection's first event excluded).
+    /// µs from media-sim serving a value to a browser reading it.
     pub latency: Histogram,
     /// µs of the TCP connect.
     pub connect: Histogram,
@@ -176,31 +150,29 @@ pub struct Update {
     pub last_us: u64,
 }
 
-/// Gaps in the updates of events (see [`Stats::gaps`]).
+/// Events that missed a change (see [`Stats::gaps`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Gaps {
-    /// Events examined.
     pub events: u64,
-    /// Events with a gap longer than the limit: a change missed.
     pub with_gap: u64,
-    /// Longest gap of any event, in ms.
     pub longest_ms: u64,
 }
 
-/// Declares [`Counters`], a reading of the generator's counters, and the
-/// atomics [`Stats`] keeps them in.
+/// Declares [`Counters`] and the atomics [`Stats`] keeps them in.
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// A reading of the monotonic counters and the gauges (`open`, `ready`).
+    ($($name:ident),*) => {
+        /// A reading of the counters: all monotonic but the gauges `open`
+        /// (answered 200, still open) and `ready` (open, first data event
+        /// read); `messages` are data events, first ones included.
         #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-        pub struct Counters { $($(#[$doc])* pub $name: u64,)* }
+        pub struct Counters { $(pub $name: u64,)* }
 
         #[derive(Default)]
         struct Atomics { $($name: AtomicU64,)* }
 
-        impl Atomics {
-            fn read(&self) -> Counters {
-                Counters { $($name: self.$name.load(Relaxed),)* }
+        impl Stats {
+            pub fn counters(&self) -> Counters {
+                Counters { $($name: self.c.$name.load(Relaxed),)* }
             }
         }
 
@@ -214,15 +186,12 @@ macro_rules! counters {
     };
 }
 
-counters! {
+counters!(
     attempts,
     established,
-    /// Connections whose response head was 200 and that are still open.
     open,
-    /// Open connections that have received their first data event.
     ready,
     reconnects,
-    /// Unnamed (data) events, first ones included.
     messages,
     unstamped,
     stale,
@@ -232,14 +201,10 @@ counters! {
     other_named,
     comments,
     bytes,
-    errors,
-}
+    errors
+);
 
 impl Stats {
-    pub fn counters(&self) -> Counters {
-        self.c.read()
-    }
-
     /// Error messages and how often each occurred, most frequent first.
     pub fn error_kinds(&self) -> Vec<(String, u64)> {
         let mut kinds: Vec<_> = lock(&self.error_kinds).iter().map(|(k, &n)| (k.clone(), n)).collect();
@@ -247,23 +212,18 @@ impl Stats {
         kinds
     }
 
-    /// Updates served in `[from_ms, to_ms)` (Unix ms) and their deliveries,
-    /// plus how many deliveries could not be grouped (cap reached).
+    /// Updates served in `[from_ms, to_ms)` (Unix ms), and how many
+    /// deliveries could not be grouped (cap reached).
     pub fn updates_served(&self, from_ms: u64, to_ms: u64) -> (Vec<Update>, u64) {
-        let updates = lock(&self.updates)
-            .values()
-            .filter(|u| (from_ms..to_ms).contains(&u.served_at_ms))
-            .copied()
-            .collect();
-        (updates, self.updates_dropped.load(Relaxed))
+        let updates = lock(&self.updates);
+        let served = updates.values().filter(|u| (from_ms..to_ms).contains(&u.served_at_ms)).copied();
+        (served.collect(), self.updates_dropped.load(Relaxed))
     }
 
-    /// Whether the browsers missed changes of their events in `[from_ms,
-    /// to_ms)`, judged by the stamps of the updates they received: with
-    /// media-sim's `--stamp` every poll is a change, and an event is polled
-    /// once per interval (5 % jitter), so a change no browser received shows
-    /// as two of the event's updates (or an update and an end of the window)
-    /// more than `max_gap_ms` apart. `keys` are the events expected.
+    /// Which of the events `keys` missed a change in `[from_ms, to_ms)`: with
+    /// media-sim's `--stamp` each poll (one per interval, 5 % jitter) is a
+    /// change, so a change no browser received shows as two updates (or an
+    /// update and an end of the window) more than `max_gap_ms` apart.
     pub fn gaps(
         &self,
         keys: impl IntoIterator<Item = u32>,
@@ -272,10 +232,8 @@ impl Stats {
         max_gap_ms: u64,
     ) -> Gaps {
         let mut stamps: HashMap<u32, Vec<u64>> = HashMap::new();
-        for &(key, served_at_ms) in lock(&self.updates).keys() {
-            if (from_ms..to_ms).contains(&served_at_ms) {
-                stamps.entry(key).or_default().push(served_at_ms);
-            }
+        for &(key, at) in lock(&self.updates).keys().filter(|(_, at)| (from_ms..to_ms).contains(at)) {
+            stamps.entry(key).or_default().push(at);
         }
         let mut gaps = Gaps::default();
         for key in keys {
@@ -290,37 +248,25 @@ impl Stats {
         gaps
     }
 
-    fn fail(&self, failure: &Failure) {
+    fn fail(&self, failure: String) {
         self.c.errors.fetch_add(1, Relaxed);
         let mut kinds = lock(&self.error_kinds);
-        let text = failure.to_string();
-        if let Some(n) = kinds.get_mut(&text) {
-            *n += 1;
-        } else if kinds.len() < MAX_ERROR_KINDS {
-            kinds.insert(text, 1);
-        } else {
-            *kinds.entry("(other errors)".to_owned()).or_default() += 1;
-        }
+        let full = kinds.len() >= MAX_ERROR_KINDS && !kinds.contains_key(&failure);
+        *kinds.entry(if full { "(other errors)".to_owned() } else { failure }).or_default() += 1;
     }
 
     fn delivered(&self, key: u32, served_at_ms: u64, latency_us: u64) {
         self.latency.record(latency_us);
         let mut updates = lock(&self.updates);
-        let len = updates.len();
-        match updates.get_mut(&(key, served_at_ms)) {
-            Some(u) => {
-                u.reached += 1;
-                u.first_us = u.first_us.min(latency_us);
-                u.last_us = u.last_us.max(latency_us);
-            }
-            None if len < MAX_UPDATES => {
-                let u = Update { served_at_ms, reached: 1, first_us: latency_us, last_us: latency_us };
-                updates.insert((key, served_at_ms), u);
-            }
-            None => {
-                self.updates_dropped.fetch_add(1, Relaxed);
-            }
+        if updates.len() >= MAX_UPDATES && !updates.contains_key(&(key, served_at_ms)) {
+            self.updates_dropped.fetch_add(1, Relaxed);
+            return;
         }
+        let new = Update { served_at_ms, reached: 0, first_us: latency_us, last_us: latency_us };
+        let u = updates.entry((key, served_at_ms)).or_insert(new);
+        u.reached += 1;
+        u.first_us = u.first_us.min(latency_us);
+        u.last_us = u.last_us.max(latency_us);
     }
 }
 
@@ -329,123 +275,79 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Why a connection ended (other than being stopped).
-enum Failure {
-    Socket(std::io::Error),
-    Connect(std::io::Error),
-    Timeout(&'static str),
-    Status(u16),
-    NotEventStream,
-    Io(std::io::Error),
-    Closed,
-    Parse(WireError),
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Socket(e) => write!(f, "socket/bind: {e}"),
-            Self::Connect(e) => write!(f, "connect: {e}"),
-            Self::Timeout(what) => write!(f, "timeout: {what}"),
-            Self::Status(code) => write!(f, "status {code}"),
-            Self::NotEventStream => f.write_str("200 without content-type text/event-stream"),
-            Self::Io(e) => write!(f, "read/write: {e}"),
-            Self::Closed => f.write_str("closed by the server"),
-            Self::Parse(e) => write!(f, "parse: {e}"),
-        }
-    }
-}
-
 /// The running generator; dropping it aborts every connection.
 pub struct Load {
-    stats: Arc<Stats>,
-    stop: CancellationToken,
-    /// The connections' tasks (with their place in the plan and their trace
-    /// when traced) and a watchdog.
+    shared: Arc<Shared>,
+    /// The connections (with their place in the plan and trace) and a watchdog.
     tasks: JoinSet<Option<(usize, Trace)>>,
-    sources: Vec<Ipv4Addr>,
-    connections: usize,
 }
 
+/// What the connection tasks share, so that each holds only its index.
 struct Shared {
     stats: Arc<Stats>,
     config: Config,
     stop: CancellationToken,
-    pacer: Pacer,
+    conns: Vec<Conn>,
+    sources: Vec<Ipv4Addr>,
+    /// When the next connection may start (paced across all).
+    next_start: Mutex<Instant>,
 }
 
 impl Load {
-    /// Starts every connection of `plan` (paced; see the module doc). Must be
-    /// called inside a tokio runtime.
+    /// Starts every connection of `plan`, paced; inside a tokio runtime.
     pub fn start(plan: Plan, config: Config) -> Self {
-        let stats = Arc::new(Stats::default());
-        let stop = CancellationToken::new();
-        let connections = plan.conns.len();
-        let per_source = config.per_source.max(1) as usize;
-        let count = u32::try_from(plan.conns.len().div_ceil(per_source)).unwrap_or(u32::MAX);
+        let (conns, stop) = (plan.conns, CancellationToken::new());
+        let count = conns.len().div_ceil(config.per_source.max(1) as usize) as u32;
         let first = NEXT_SOURCE.fetch_add(count, Relaxed);
-        let sources: Vec<Ipv4Addr> =
-            (0..count).map(|i| Ipv4Addr::from(0x7f00_0000 | ((first + i) & 0x00ff_ffff))).collect();
-        let mut tasks = JoinSet::new();
-        let deadline = config.deadline;
-        let gap = Duration::from_secs(1) / config.connect_rate.max(1);
-        let shared = Arc::new(Shared {
-            stats: stats.clone(),
-            config,
-            stop: stop.clone(),
-            pacer: Pacer { next: Mutex::new(Instant::now()), gap },
-        });
-        let watchdog = stop.clone();
+        let sources = (first..first + count).map(|i| Ipv4Addr::from(0x7f00_0000 | (i & 0xff_ffff))).collect();
+        let (mut tasks, deadline, watchdog) = (JoinSet::new(), config.deadline, stop.clone());
         tasks.spawn(async move {
-            tokio::select! {
-                _ = watchdog.cancelled() => {}
-                _ = tokio::time::sleep_until(deadline) => watchdog.cancel(),
+            if watchdog.run_until_cancelled(tokio::time::sleep_until(deadline)).await.is_some() {
+                watchdog.cancel();
             }
             None
         });
-        for (i, conn) in plan.conns.into_iter().enumerate() {
-            let source = IpAddr::V4(sources[i / per_source]);
-            tasks.spawn(connection(i, conn, source, shared.clone()));
+        let next_start = Mutex::new(Instant::now());
+        let shared = Arc::new(Shared { stats: Arc::default(), config, stop, conns, sources, next_start });
+        for i in 0..shared.conns.len() {
+            tasks.spawn(connection(i, shared.clone()));
         }
-        Self { stats, stop, tasks, sources, connections }
+        Self { shared, tasks }
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
-        &self.stats
+        &self.shared.stats
     }
 
     /// The source addresses this run binds to.
     pub fn sources(&self) -> &[Ipv4Addr] {
-        &self.sources
+        &self.shared.sources
     }
 
-    /// Waits until `n` connections have their first event, or `limit` has
-    /// passed; returns how long it took, or `None` on the limit.
+    /// Waits until `n` connections have their first event; how long it took,
+    /// or `None` after `limit`.
     pub async fn wait_ready(&self, n: u64, limit: Duration) -> Option<Duration> {
         let start = Instant::now();
-        loop {
-            if self.stats.counters().ready >= n {
-                return Some(start.elapsed());
-            }
-            if start.elapsed() >= limit || self.stop.is_cancelled() {
+        while self.shared.stats.counters().ready < n {
+            if start.elapsed() >= limit || self.shared.stop.is_cancelled() {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Some(start.elapsed())
     }
 
-    /// Closes every connection; returns how many tasks had not finished
-    /// within `grace` (they are aborted).
+    /// Closes every connection; how many tasks had not ended within `grace`.
     pub async fn stop(self, grace: Duration) -> usize {
         self.stop_traced(grace).await.1
     }
 
-    /// [`Load::stop`], and each connection's [`Trace`] in plan order
-    /// (`None`: not traced, or not stopped within `grace`).
+    /// [`Load::stop`], and each connection's [`Trace`] in plan order (`None`:
+    /// not traced, or not stopped within `grace`).
     pub async fn stop_traced(mut self, grace: Duration) -> (Vec<Option<Trace>>, usize) {
-        self.stop.cancel();
+        self.shared.stop.cancel();
         let deadline = Instant::now() + grace;
-        let mut traces: Vec<Option<Trace>> = (0..self.connections).map(|_| None).collect();
+        let mut traces: Vec<Option<Trace>> = (0..self.shared.conns.len()).map(|_| None).collect();
         while let Ok(Some(done)) = tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
             if let Ok(Some((i, trace))) = done {
                 traces[i] = Some(trace);
@@ -457,230 +359,156 @@ impl Load {
     }
 }
 
-/// Spaces connection starts `gap` apart, across all connections.
-struct Pacer {
-    next: Mutex<Instant>,
-    gap: Duration,
-}
-
-impl Pacer {
-    /// Waits for this caller's slot; `false` if stopped first.
-    async fn wait(&self, stop: &CancellationToken) -> bool {
-        let at = {
-            let mut next = lock(&self.next);
-            let at = (*next).max(Instant::now());
-            *next = at + self.gap;
-            at
-        };
-        tokio::select! {
-            _ = stop.cancelled() => false,
-            _ = tokio::time::sleep_until(at) => true,
-        }
-    }
-}
-
-/// One browser: connect, read until stopped; reconnect when the stream ends.
-/// Its trace, if traced, when it ends.
-async fn connection(i: usize, conn: Conn, source: IpAddr, shared: Arc<Shared>) -> Option<(usize, Trace)> {
-    let mut first = true;
+/// One browser: connect, read until stopped, reconnect when the stream ends.
+async fn connection(i: usize, shared: Arc<Shared>) -> Option<(usize, Trace)> {
     // Boxed: an untraced connection pays one pointer.
     let mut trace = shared.config.trace.then(Box::<Trace>::default);
-    loop {
-        if !shared.pacer.wait(&shared.stop).await {
-            break;
-        }
-        if !std::mem::take(&mut first) {
-            shared.stats.c.reconnects.fetch_add(1, Relaxed);
-        }
-        match stream(&conn, source, &shared, trace.as_deref_mut()).await {
-            Ok(()) => break,
-            Err(failure) => shared.stats.fail(&failure),
-        }
+    for attempt in 0u64.. {
         tokio::select! {
             _ = shared.stop.cancelled() => break,
-            _ = tokio::time::sleep(shared.config.reconnect_delay) => {}
+            Err(failure) = async {
+                if attempt > 0 {
+                    tokio::time::sleep(shared.config.reconnect_delay).await;
+                }
+                let start = {
+                    let mut next = lock(&shared.next_start);
+                    let at = (*next).max(Instant::now());
+                    *next = at + Duration::from_secs(1) / shared.config.connect_rate.max(1);
+                    at
+                };
+                tokio::time::sleep_until(start).await;
+                shared.stats.c.reconnects.fetch_add(attempt.min(1), Relaxed);
+                stream(&shared, i, trace.as_deref_mut()).await
+            } => shared.stats.fail(failure),
         }
     }
     trace.map(|t| (i, *t))
 }
 
-/// Decrements a gauge when dropped.
-struct Gauge<'a>(Option<&'a AtomicU64>);
-
-impl<'a> Gauge<'a> {
-    fn raise(&mut self, counter: &'a AtomicU64) {
-        if self.0.is_none() {
-            counter.fetch_add(1, Relaxed);
-            self.0 = Some(counter);
-        }
-    }
-}
-
-impl Drop for Gauge<'_> {
-    fn drop(&mut self) {
-        if let Some(c) = self.0 {
-            c.fetch_sub(1, Relaxed);
-        }
-    }
-}
-
-/// One connection's life; `Ok` when stopped, `Err` when it ended otherwise.
-async fn stream(
-    conn: &Conn,
-    source: IpAddr,
-    shared: &Shared,
-    trace: Option<&mut Trace>,
-) -> Result<(), Failure> {
-    let stats = &shared.stats;
-    let config = &shared.config;
+/// Connection `i`'s life, until it fails: why.
+async fn stream(shared: &Shared, i: usize, trace: Option<&mut Trace>) -> Result<Infallible, String> {
+    let (stats, config, conn) = (&*shared.stats, &shared.config, &shared.conns[i]);
+    let source = shared.sources[i / config.per_source.max(1) as usize];
+    let io = |what: &'static str| move |e: std::io::Error| format!("{what}: {e}");
+    let late = |what: &'static str| move |_| format!("timeout: {what}");
     let started = Instant::now();
     stats.c.attempts.fetch_add(1, Relaxed);
-    let socket = TcpSocket::new_v4().map_err(Failure::Socket)?;
-    socket.bind(SocketAddr::new(source, 0)).map_err(Failure::Socket)?;
+    let socket = TcpSocket::new_v4().map_err(io("socket/bind"))?;
+    socket.bind(SocketAddr::new(source.into(), 0)).map_err(io("socket/bind"))?;
     if config.reset {
-        socket.set_zero_linger().map_err(Failure::Socket)?;
+        socket.set_zero_linger().map_err(io("socket/bind"))?;
     }
     let connecting = tokio::time::timeout(config.connect_timeout, socket.connect(conn.addr));
-    let mut tcp: TcpStream = tokio::select! {
-        _ = shared.stop.cancelled() => return Ok(()),
-        r = connecting => r.map_err(|_| Failure::Timeout("TCP connect"))?.map_err(Failure::Connect)?,
-    };
+    let mut tcp = connecting.await.map_err(late("TCP connect"))?.map_err(io("connect"))?;
     stats.connect.record(micros(started.elapsed()));
     let _ = tcp.set_nodelay(true);
-    let resumed = trace.as_ref().and_then(|t| t.last_id).map(|id| {
-        let head = &conn.request[..conn.request.len() - 2];
-        [head, format!("Last-Event-ID: {id}\r\n\r\n").as_bytes()].concat()
-    });
-    let request = resumed.as_deref().unwrap_or(&conn.request);
-    let writing = tokio::time::timeout(config.connect_timeout, tcp.write_all(request));
-    tokio::select! {
-        _ = shared.stop.cancelled() => return Ok(()),
-        r = writing => r.map_err(|_| Failure::Timeout("sending the request"))?.map_err(Failure::Io)?,
-    }
-
-    let mut open = Gauge(None);
-    let mut ready = Gauge(None);
-    let mut reader = Reader {
-        http: ResponseParser::new(),
-        sse: SseParser::new(),
-        status: None,
-        first_done: false,
-        started,
-        key: conn.key,
-        trace,
+    // A block of its own, so the task does not keep the resumed request.
+    let written = async {
+        let resumed = trace.as_ref().and_then(|t| t.last_id).map(|id| {
+            [&conn.request[..conn.request.len() - 2], format!("Last-Event-ID: {id}\r\n\r\n").as_bytes()]
+                .concat()
+        });
+        tcp.write_all(resumed.as_deref().unwrap_or(&conn.request)).await
     };
-    // No head within the connect timeout, then no bytes within the idle
-    // timeout, ends the connection.
-    let mut silence = pin!(tokio::time::sleep(config.connect_timeout));
+    tokio::time::timeout(config.connect_timeout, written)
+        .await
+        .map_err(late("sending the request"))?
+        .map_err(io("read/write"))?;
+    let (http, sse) = (ResponseParser::new(), SseParser::default());
+    let mut reader = Reader { stats, http, sse, open: false, ready: false, started, key: conn.key, trace };
+    let mut silence = config.connect_timeout;
     loop {
-        tokio::select! {
-            _ = shared.stop.cancelled() => return Ok(()),
-            _ = silence.as_mut() => {
-                let what = if reader.status.is_some() { "no bytes within the idle timeout" } else { "no response head" };
-                return Err(Failure::Timeout(what));
-            }
-            r = tcp.readable() => r.map_err(Failure::Io)?,
-        }
-        let read = BUF.with_borrow_mut(|buf| match tcp.try_read(buf) {
-            Ok(0) => Err(Failure::Closed),
+        // Polled readiness, not `readable()`: a smaller task, and the one read
+        // waker slot is enough for the only reader.
+        let readable = tokio::time::timeout(silence, std::future::poll_fn(|cx| tcp.poll_read_ready(cx)));
+        let what = if reader.open { "no bytes within the idle timeout" } else { "no response head" };
+        readable.await.map_err(late(what))?.map_err(io("read/write"))?;
+        silence = BUF.with_borrow_mut(|buf| match tcp.try_read(buf) {
+            Ok(0) => Err("closed by the server".to_owned()),
             Ok(n) => {
                 stats.c.bytes.fetch_add(n as u64, Relaxed);
-                reader.feed(&buf[..n], stats).map(|()| true)
+                reader.feed(&buf[..n]).map(|()| config.idle_timeout)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(Failure::Io(e)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(silence),
+            Err(e) => Err(io("read/write")(e)),
         })?;
-        if read {
-            silence.as_mut().reset(Instant::now() + config.idle_timeout);
-        }
-        if reader.status == Some(200) {
-            if open.0.is_none() {
-                stats.c.established.fetch_add(1, Relaxed);
-            }
-            open.raise(&stats.c.open);
-        }
-        if reader.first_done {
-            ready.raise(&stats.c.ready);
-        }
     }
 }
 
-/// Parser state of one connection.
-struct Reader<'t> {
+/// Parser state of one connection; `open` and `ready` are its share of the
+/// gauges, returned when it ends.
+struct Reader<'a> {
+    stats: &'a Stats,
     http: ResponseParser,
     sse: SseParser,
-    status: Option<u16>,
-    first_done: bool,
+    open: bool,
+    /// Has its first data event.
+    ready: bool,
     started: Instant,
     key: u32,
-    trace: Option<&'t mut Trace>,
+    trace: Option<&'a mut Trace>,
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        self.stats.c.open.fetch_sub(u64::from(self.open), Relaxed);
+        self.stats.c.ready.fetch_sub(u64::from(self.ready), Relaxed);
+    }
 }
 
 impl Reader<'_> {
-    fn feed(&mut self, bytes: &[u8], stats: &Stats) -> Result<(), Failure> {
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
         let now_us = unix_micros();
-        let Self { http, sse, status, first_done, started, key, trace } = self;
-        let mut not_sse = false;
-        let mut ended = false;
-        let fed = http.feed(bytes, &mut |item| match item {
-            Item::Head(head) => {
-                *status = Some(head.status);
-                if head.status != 200 {
-                    return Err(WireError("status"));
-                }
-                if !head.content_type.is_some_and(|t| t.starts_with("text/event-stream")) {
-                    not_sse = true;
-                    return Err(WireError("content-type"));
-                }
+        let Self { stats, http, sse, open, ready, started, key, trace } = self;
+        let (stats, mut failure) = (*stats, None);
+        let c = &stats.c;
+        let mut fail = |why: String| {
+            failure = Some(why);
+            Err(WireError("stop"))
+        };
+        http.feed(bytes, &mut |item| match item {
+            Item::Head(h) if h.status != 200 => fail(format!("status {}", h.status)),
+            Item::Head(h) if !h.content_type.as_ref().is_some_and(|t| t.starts_with("text/event-stream")) => {
+                fail("200 without content-type text/event-stream".into())
+            }
+            Item::Head(_) => {
+                *open = true;
+                c.established.fetch_add(1, Relaxed);
+                c.open.fetch_add(1, Relaxed);
                 Ok(())
             }
-            Item::Body(body) => sse.feed(body, &mut |event| match event {
-                SseItem::Comment => {
-                    stats.c.comments.fetch_add(1, Relaxed);
+            Item::End => fail("closed by the server".into()),
+            Item::Body(body) => sse.feed(body, &mut |item| {
+                let Some((kind, id, stamp)) = item else {
+                    c.comments.fetch_add(1, Relaxed);
+                    return;
+                };
+                if let Some(t) = trace.as_deref_mut() {
+                    t.event(kind, id, stamp, now_us);
                 }
-                SseItem::Event { kind, id, stamp } => {
-                    if let Some(t) = trace.as_deref_mut() {
-                        t.event(kind, id, stamp, now_us);
-                    }
-                    let named = match kind {
-                        Kind::Message => {
-                            stats.c.messages.fetch_add(1, Relaxed);
-                            match stamp {
-                                None => {
-                                    stats.c.unstamped.fetch_add(1, Relaxed);
-                                }
-                                Some(ms) if *first_done => {
-                                    let latency = now_us.saturating_sub(ms.saturating_mul(1000));
-                                    stats.delivered(*key, ms, latency);
-                                }
-                                Some(_) => {}
-                            }
-                            if !std::mem::replace(first_done, true) {
-                                stats.first_event.record(micros(started.elapsed()));
-                            }
-                            return;
+                let counter = match kind {
+                    Kind::Message => {
+                        if let Some(ms) = stamp.filter(|_| *ready) {
+                            stats.delivered(*key, ms, now_us.saturating_sub(ms.saturating_mul(1000)));
+                        } else if stamp.is_none() {
+                            c.unstamped.fetch_add(1, Relaxed);
                         }
-                        Kind::Stale => &stats.c.stale,
-                        Kind::Live => &stats.c.live,
-                        Kind::Presence => &stats.c.presence,
-                        Kind::End => &stats.c.end,
-                        Kind::Other => &stats.c.other_named,
-                    };
-                    named.fetch_add(1, Relaxed);
-                }
+                        if !std::mem::replace(ready, true) {
+                            stats.first_event.record(micros(started.elapsed()));
+                            c.ready.fetch_add(1, Relaxed);
+                        }
+                        &c.messages
+                    }
+                    Kind::Stale => &c.stale,
+                    Kind::Live => &c.live,
+                    Kind::Presence => &c.presence,
+                    Kind::End => &c.end,
+                    Kind::Other => &c.other_named,
+                };
+                counter.fetch_add(1, Relaxed);
             }),
-            Item::End => {
-                ended = true;
-                Err(WireError("end"))
-            }
-        });
-        match fed {
-            Ok(()) => Ok(()),
-            Err(_) if ended => Err(Failure::Closed),
-            Err(_) if not_sse => Err(Failure::NotEventStream),
-            Err(_) if status.is_some_and(|s| s != 200) => Err(Failure::Status(status.unwrap_or(0))),
-            Err(e) => Err(Failure::Parse(e)),
-        }
+        })
+        .map_err(|e| failure.unwrap_or_else(|| format!("parse: {e}")))
     }
 }
 
@@ -693,7 +521,7 @@ pub fn unix_micros() -> u64 {
     micros(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
 }
 
-/// Percentiles of a histogram of µs, in ms.
+/// A percentile of a histogram of µs, in ms.
 pub fn ms(s: &Snapshot, q: f64) -> Option<f64> {
     s.quantile(q).map(|us| us as f64 / 1000.0)
 }
@@ -703,212 +531,145 @@ mod tests {
     use super::*;
     use tokio::{io::AsyncReadExt, net::TcpListener};
 
-    /// A scripted SSE server: answers each connection with `script(i)` and
-    /// closes it (if `close`) or holds it open.
-    async fn server(script: fn(usize) -> Vec<u8>, close: bool) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    /// `n` connections to a server answering the `i`th with `script(i)` and
+    /// holding it open (or closing it, if `close`).
+    async fn run(n: usize, config: Config, script: fn(usize) -> Vec<u8>, close: bool) -> Load {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
+        let (mut plan, traced) = (Plan::default(), config.trace);
+        (0..n).for_each(|_| plan.push(listener.local_addr().unwrap(), "/live/e/stream", 7));
+        tokio::spawn(async move {
             let mut held = Vec::new();
             for i in 0.. {
-                let Ok((mut s, _)) = listener.accept().await else { return };
-                let mut req = [0u8; 1024];
-                let n = s.read(&mut req).await.unwrap();
-                assert!(req[..n].starts_with(b"GET /live/e/stream HTTP/1.1\r\n"));
-                let accept = b"\r\nAccept: text/event-stream\r\n";
-                assert!(req[..n].windows(accept.len()).any(|w| w == accept));
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap();
+                let req = &buf[..n];
+                let resumed = if traced && i > 0 { "Last-Event-ID: 1\r\n" } else { "" };
+                let want = format!("Accept: text/event-stream\r\n{resumed}\r\n");
+                assert!(
+                    req.starts_with(b"GET /live/e/stream HTTP/1.1\r\n") && req.ends_with(want.as_bytes())
+                );
                 s.write_all(&script(i)).await.unwrap();
-                if !close {
-                    held.push(s);
-                }
+                held.extend((!close).then_some(s));
             }
         });
-        (addr, task)
+        Load::start(plan, config)
     }
 
-    fn config(rate: u32) -> Config {
+    fn config(trace: bool) -> Config {
         Config {
-            connect_rate: rate,
+            connect_rate: 1000,
             per_source: 2,
             connect_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(5),
             reconnect_delay: Duration::from_millis(10),
             deadline: Instant::now() + Duration::from_secs(10),
             reset: false,
-            trace: false,
+            trace,
         }
     }
 
-    #[test]
-    fn gaps_find_events_that_missed_a_change() {
-        let stats = Stats::default();
-        // Event 1: every 1,000 ms; event 2 misses the change at 3,000;
-        // event 3 receives nothing; event 4 is not expected.
-        for at in [1_000, 2_000, 3_000, 4_000] {
-            stats.delivered(1, at, 5);
-        }
-        for at in [1_000, 2_000, 4_000] {
-            stats.delivered(2, at, 5);
-        }
-        stats.delivered(4, 2_500, 5);
-        let g = stats.gaps([1, 2], 500, 4_500, 1_500);
-        assert_eq!((g.events, g.with_gap, g.longest_ms), (2, 1, 2_000));
-        let g = stats.gaps([1, 2, 3], 500, 4_500, 1_500);
-        assert_eq!((g.events, g.with_gap, g.longest_ms), (3, 2, 4_000));
-        // Updates outside the window do not count.
-        let g = stats.gaps([1], 2_500, 4_500, 1_500);
-        assert_eq!((g.with_gap, g.longest_ms), (0, 1_000));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn reset_closes_with_rst() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut plan = Plan::default();
-        plan.push(addr, "/live/e/stream", 0);
-        let load = Load::start(plan, Config { reset: true, ..config(1000) });
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut req = [0u8; 1024];
-        assert!(s.read(&mut req).await.unwrap() > 0);
-        s.write_all(&stream_with_stamps(&[1])).await.unwrap();
-        assert!(load.wait_ready(1, Duration::from_secs(5)).await.is_some());
-        assert_eq!(load.stop(Duration::from_secs(2)).await, 0);
-        let err = s.read(&mut req).await.expect_err("a reset, not an end of stream");
-        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn traced_connections_keep_their_events_and_resume_with_the_last_id() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut plan = Plan::default();
-        plan.push(addr, "/live/e/stream", 0);
-        let load = Load::start(plan, Config { trace: true, ..config(1000) });
-        let mut req = [0u8; 1024];
-        let (mut s, _) = listener.accept().await.unwrap();
-        let n = s.read(&mut req).await.unwrap();
-        assert!(!String::from_utf8_lossy(&req[..n]).contains("Last-Event-ID"));
-        s.write_all(&stream_with_stamps(&[1, 2])).await.unwrap();
-        drop(s);
-        let (mut s, _) = listener.accept().await.unwrap();
-        let n = s.read(&mut req).await.unwrap();
-        assert!(String::from_utf8_lossy(&req[..n]).ends_with("\r\nLast-Event-ID: 1\r\n\r\n"));
-        let (traces, stuck) = load.stop_traced(Duration::from_secs(2)).await;
-        let trace = traces[0].as_ref().expect("a trace");
-        assert_eq!((trace.data.len(), trace.named.len(), stuck), (2, 0, 0));
-        assert_eq!((trace.data[1].id, trace.data[1].stamp), (Id::Value(1), Some(2)));
-    }
-
-    fn stream_with_stamps(stamps: &[u64]) -> Vec<u8> {
-        let mut body = b"retry: 3000\n\n:\n\n".to_vec();
-        for s in stamps {
-            body.extend_from_slice(format!("id: 1\ndata: {{\"a\":1,\"served_at_ms\":{s}}}\n\n").as_bytes());
-        }
-        body.extend_from_slice(b"event: presence\ndata: {\"viewers\":3}\n\n");
-        // Split into chunks of 7 bytes so events straddle chunks.
+    /// The edge's answer, chunked in 7-byte pieces so events straddle chunks.
+    fn edge_stream(stamps: &[u64]) -> Vec<u8> {
+        let events = stamps.iter().map(|s| format!("id: 1\ndata: {{\"a\":1,\"served_at_ms\":{s}}}\n\n"));
+        let body: String = [
+            "retry: 3000\n\n:\n\n".into(),
+            events.collect::<String>(),
+            "event: presence\ndata: 3\n\n".into(),
+        ]
+        .concat();
         let mut wire =
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
                 .to_vec();
-        for piece in body.chunks(7) {
-            wire.extend_from_slice(format!("{:X}\r\n", piece.len()).as_bytes());
-            wire.extend_from_slice(piece);
-            wire.extend_from_slice(b"\r\n");
+        for piece in body.as_bytes().chunks(7) {
+            wire.extend_from_slice(&[format!("{:X}\r\n", piece.len()).as_bytes(), piece, b"\r\n"].concat());
         }
         wire
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn counts_latency_per_update_and_binds_distinct_sources() {
-        // The same stamps for every connection: they are the same updates.
+    /// nchan's answer: no length, no chunking (the body runs until close), a
+    /// `: hi` comment, `id: <time>:<tag>`; the same stamps on every
+    /// connection: the same updates.
+    fn nchan_stream(_: usize) -> Vec<u8> {
         static BASE_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-        let (addr, server) = server(
-            |_| {
-                let now_ms = *BASE_MS.get_or_init(|| unix_micros() / 1000);
-                stream_with_stamps(&[now_ms - 5000, now_ms - 20, now_ms - 10])
-            },
-            false,
-        )
-        .await;
-        let mut plan = Plan::default();
-        for _ in 0..5 {
-            plan.push(addr, "/live/e/stream", 7);
-        }
-        let load = Load::start(plan, config(1000));
-        assert_eq!(load.sources().len(), 3, "2 per source address");
-        assert!(load.wait_ready(5, Duration::from_secs(5)).await.is_some());
-        let c = load.stats().counters();
-        assert_eq!((c.open, c.ready, c.established, c.errors), (5, 5, 5, 0));
-        assert_eq!((c.messages, c.presence, c.comments, c.unstamped), (15, 5, 5, 0));
-        // The first event (5 s old) is not a delivery.
-        let lat = load.stats().latency.snapshot();
-        assert_eq!(lat.count, 10);
-        assert!(lat.max < 1_000_000, "{}", lat.max);
-        let (updates, dropped) = load.stats().updates_served(0, u64::MAX);
-        assert_eq!((updates.len(), dropped), (2, 0), "two updates, each reached 5 browsers");
-        assert!(updates.iter().all(|u| u.reached == 5 && u.first_us <= u.last_us));
-        assert_eq!(load.stop(Duration::from_secs(2)).await, 0);
-        server.abort();
+        let now_ms = *BASE_MS.get_or_init(|| unix_micros() / 1000);
+        let events = [5000, 20, 10]
+            .map(|ago| format!("id: 17:{ago}\ndata: {{\"served_at_ms\":{}}}\n\n", now_ms - ago));
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\r\n: hi\n\n";
+        [head, &events.concat()].concat().into_bytes()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_nchan_eventsource_streams() {
-        // nchan's EventSource answer: no length, no chunking (the body runs
-        // until close), a `: hi` comment, `id: <time>:<tag>` before the data.
-        static BASE_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-        let (addr, server) = server(
-            |_| {
-                let now_ms = *BASE_MS.get_or_init(|| unix_micros() / 1000);
-                let mut wire = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\n\
-                    Content-Type: text/event-stream; charset=utf-8\r\nConnection: keep-alive\r\n\r\n: hi\n\n"
-                    .to_vec();
-                for (i, stamp) in [now_ms - 5000, now_ms - 20].iter().enumerate() {
-                    let event = format!("id: 1795613267:{i}\ndata: {{\"a\":1,\"served_at_ms\":{stamp}}}\n\n");
-                    wire.extend_from_slice(event.as_bytes());
-                }
-                wire
-            },
-            false,
-        )
-        .await;
-        let mut plan = Plan::default();
-        for _ in 0..3 {
-            plan.push(addr, "/live/e/stream", 0);
-        }
-        let load = Load::start(plan, config(1000));
-        assert!(load.wait_ready(3, Duration::from_secs(5)).await.is_some());
+        let load = run(5, config(false), nchan_stream, false).await;
+        assert_eq!(load.sources().len(), 3, "2 per source address");
+        assert!(load.wait_ready(5, Duration::from_secs(5)).await.is_some());
         let c = load.stats().counters();
-        assert_eq!((c.open, c.ready, c.errors, c.messages, c.comments, c.unstamped), (3, 3, 0, 6, 3, 0));
-        let (updates, _) = load.stats().updates_served(0, u64::MAX);
-        assert_eq!(updates.len(), 1, "the first event of each connection is not a delivery");
-        assert_eq!(updates[0].reached, 3);
+        assert_eq!(
+            (c.open, c.ready, c.established, c.errors, c.messages, c.comments, c.unstamped),
+            (5, 5, 5, 0, 15, 5, 0)
+        );
+        // The first event (5 s old) is not a delivery.
+        let lat = load.stats().latency.snapshot();
+        assert!(lat.count == 10 && lat.max < 1_000_000, "{lat:?}");
+        let (updates, dropped) = load.stats().updates_served(0, u64::MAX);
+        assert_eq!((updates.len(), dropped), (2, 0), "two updates");
+        assert!(updates.iter().all(|u| u.reached == 5 && u.first_us <= u.last_us));
         assert_eq!(load.stop(Duration::from_secs(2)).await, 0);
-        server.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn traced_connections_resume_with_the_last_id() {
+        let load = run(1, config(true), |i| edge_stream(&[[1, 2], [3, 4]][i % 2]), true).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stats = load.stats().clone();
+        let (traces, stuck) = load.stop_traced(Duration::from_secs(2)).await;
+        let trace = traces[0].as_ref().expect("a trace");
+        assert!(trace.data.len() >= 4 && trace.named.is_empty() && stuck == 0);
+        assert_eq!(
+            (trace.data[1].id, trace.data[1].stamp, trace.data[3].stamp),
+            (Id::Value(1), Some(2), Some(4))
+        );
+        let c = stats.counters();
+        assert!(c.presence >= 2 && c.open == 0 && c.ready == 0, "{c:?}");
+        assert_eq!(stats.error_kinds()[0].0, "closed by the server");
+    }
+
+    fn bad_answer(i: usize) -> Vec<u8> {
+        let sse = "200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n";
+        let answer =
+            ["503 Busy\r\ncontent-length: 0\r\n\r\n", "200 OK\r\ncontent-type: text/plain\r\n\r\n", sse];
+        format!("HTTP/1.1 {}", answer[i % 3]).into_bytes()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn closes_and_bad_answers_are_errors_and_reconnect() {
-        let (addr, server) = server(
-            |i| match i % 3 {
-                0 => b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_vec(),
-                1 => stream_with_stamps(&[1]),
-                _ => b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"
-                    .to_vec(),
-            },
-            true,
-        )
-        .await;
-        let mut plan = Plan::default();
-        plan.push(addr, "/live/e/stream", 0);
-        let load = Load::start(plan, config(100));
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        let load = run(1, config(false), bad_answer, true).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let stats = load.stats().clone();
         load.stop(Duration::from_secs(2)).await;
-        let c = stats.counters();
-        assert!(c.reconnects >= 3 && c.errors >= 3, "{c:?}");
         let kinds: Vec<String> = stats.error_kinds().into_iter().map(|(k, _)| k).collect();
-        for want in ["status 503", "closed by the server", "parse: bad chunk size line"] {
+        for want in ["status 503", "200 without content-type text/event-stream", "parse: bad chunk size line"]
+        {
             assert!(kinds.iter().any(|k| k == want), "{want} missing from {kinds:?}");
         }
-        server.abort();
+        assert!(stats.counters().reconnects >= 3);
+    }
+
+    #[test]
+    fn gaps_find_events_that_missed_a_change() {
+        // Event 1: every 1,000 ms; event 2 misses 3,000; 3 receives nothing; 4 is not expected.
+        let stats = Stats::default();
+        [(1, 1_000), (1, 2_000), (1, 3_000), (1, 4_000), (2, 1_000), (2, 2_000), (2, 4_000), (4, 2_500)]
+            .into_iter()
+            .for_each(|(key, at)| stats.delivered(key, at, 5));
+        let g = |keys: &[u32], from| {
+            let g = stats.gaps(keys.iter().copied(), from, 4_500, 1_500);
+            (g.events, g.with_gap, g.longest_ms)
+        };
+        assert_eq!(
+            [g(&[1, 2], 500), g(&[1, 2, 3], 500), g(&[1], 2_500)],
+            [(2, 1, 2_000), (3, 2, 4_000), (1, 0, 1_000)]
+        );
     }
 }
