@@ -103,18 +103,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
 /// "nginx/1.22.1, libnginx-mod-nchan 1:1.3.6+dfsg-2": what `nginx -v` and dpkg say.
 fn versions(nginx: &Path) -> String {
-    let out = |cmd: &mut Command| cmd.output().ok().filter(|o| o.status.success());
-    let version = |o: Option<std::process::Output>, stderr: bool| {
-        o.map(|o| String::from_utf8_lossy(if stderr { &o.stderr } else { &o.stdout }).trim().to_owned())
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| "unknown".into())
-    };
-    let nginx_v = version(out(Command::new(nginx).arg("-v")), true);
-    let module = version(
-        out(Command::new("dpkg-query").args(["-W", "-f", "${Version}", "libnginx-mod-nchan"])),
-        false,
-    );
-    format!("{}, libnginx-mod-nchan {module}", nginx_v.replace("nginx version: ", ""))
+    let nginx = Command::new(nginx).arg("-v").output().map(|o| o.stderr).unwrap_or_default();
+    let dpkg = Command::new("dpkg-query").args(["-W", "-f", "${Version}", "libnginx-mod-nchan"]).output();
+    let module = dpkg.map(|o| o.stdout).unwrap_or_default();
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).trim().replace("nginx version: ", "");
+    format!("{}, libnginx-mod-nchan {}", text(nginx), text(module))
 }
 
 /// Updates published, failed, and the first failure, over all nginx instances.
@@ -129,17 +122,16 @@ async fn start(args: &Args, published: &Published) -> anyhow::Result<Server> {
     let conf = config(&d, args, addr, rustix::process::geteuid().is_root());
     std::fs::write(dir.path().join("nginx.conf"), conf).context("writing nginx.conf")?;
     let flags = ["-p", &format!("{d}/"), "-c", &format!("{d}/nginx.conf"), "-e", &format!("{d}/error.log")];
-    let flags = flags.map(String::from);
     // Pinned like the edge, with --edge-cpus.
-    let (mut cmd, shown) = match &args.push.bins.edge_cpus {
-        Some(cpus) => (Command::new("taskset"), format!("taskset -c {cpus} ")),
-        None => (Command::new(&args.nginx), String::new()),
+    let mut argv: Vec<String> = match &args.push.bins.edge_cpus {
+        Some(cpus) => vec!["taskset".into(), "-c".into(), cpus.clone()],
+        None => vec![],
     };
-    if let Some(cpus) = &args.push.bins.edge_cpus {
-        cmd.args(["-c", cpus]).arg(&args.nginx);
-    }
-    cmd.args(&flags);
-    let shown = format!("{shown}{} {}", args.nginx.display(), stack::shell_words(&flags));
+    argv.push(args.nginx.display().to_string());
+    argv.extend(flags.map(String::from));
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    let shown = stack::shell_words(&argv);
     let mut child = Child::spawn("nginx", cmd)?;
     let healthy =
         || async move { matches!(httpc::get(addr, "/healthz", Duration::from_secs(1)).await, Ok((200, _))) };
@@ -218,4 +210,32 @@ async fn publish(addr: SocketAddr, sim: &Sim) -> anyhow::Result<()> {
     let (status, body) = httpc::post_json(addr, "/pub", &[], &doc.body, Duration::from_secs(2)).await?;
     ensure!((200..300).contains(&status), "POST /pub answered {status}: {}", body.trim());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn config_keeps_everything_in_its_directory() {
+        let args = Cli::parse_from(["nchan", "--first-message", "newest", "--buffer-length", "3"]).args;
+        let text = config("/tmp/x", &args, "127.0.0.1:18555".parse().unwrap(), true);
+        for want in [
+            "user root;\npid /tmp/x/nginx.pid;\nerror_log /tmp/x/error.log warn;",
+            "scgi_temp_path /tmp/x/scgi;",
+            "listen 127.0.0.1:18555 backlog=1024;",
+            "nchan_message_buffer_length 3;",
+            "nchan_subscriber_first_message newest;",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from\n{text}");
+        }
+        assert_eq!(text.matches('{').count(), text.matches('}').count());
+    }
 }

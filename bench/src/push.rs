@@ -386,9 +386,7 @@ async fn measure(
         eprintln!("only {ready} of {n} browsers had a first event after {ramp_limit:?}; measuring anyway");
     }
     tokio::time::sleep(args.settle).await;
-    for s in &mut servers {
-        s.proc.child.ensure_running()?;
-    }
+    servers.iter_mut().try_for_each(|s| s.proc.child.ensure_running())?;
     let (connected, load_connected) = (memory(&servers)?, procstat::sample(me)?.rss_bytes);
 
     // The window: CPU of the servers' processes, the system's others, this process.
@@ -407,21 +405,18 @@ async fn measure(
     let (t1_ms, secs) = (sse_load::unix_micros() / 1000, start.elapsed().as_secs_f64());
     let (latency, window) = (stats.latency.snapshot(), stats.counters().since(&c0));
     let (r1, end) = (requests(up.as_deref()).await?, memory(&servers)?);
-    let mut edge_upstream: Option<EdgeUpstream> = None;
+    let mut edge_upstream = None;
     if let Some(up) = up {
+        // Every edge's metrics in one text: each figure is their sum.
+        let mut text = String::new();
         for s in &servers {
-            let (u, t) =
-                (EdgeUpstream::parse(&stack::scrape(s.proc.addr).await?), edge_upstream.unwrap_or_default());
-            let subscribe_failures = t.subscribe_failures + u.subscribe_failures;
-            let (channels, streams) = (t.channels + u.channels, t.streams + u.streams);
-            edge_upstream = Some(EdgeUpstream { channels, streams, subscribe_failures });
+            text += &stack::scrape(s.proc.addr).await?;
         }
+        edge_upstream = Some(EdgeUpstream::parse(&text));
         up.poller.child.ensure_running()?;
         up.media.child.ensure_running()?;
     }
-    for s in &mut servers {
-        s.proc.child.ensure_running()?;
-    }
+    servers.iter_mut().try_for_each(|s| s.proc.child.ensure_running())?;
 
     // Let the updates served in the window reach everyone. A poll every
     // interval (5 % jitter; the settle lets each event's second poll, up to
