@@ -50,9 +50,11 @@ pub struct Args {
     #[arg(long, default_value = "oldest", value_parser = ["oldest", "newest"])]
     first_message: String,
 
+    /// The nginx binary.
     #[arg(long, default_value = "/usr/sbin/nginx", value_name = "PATH")]
     nginx: PathBuf,
 
+    /// nchan's dynamic module.
     #[arg(long, default_value = "/usr/lib/nginx/modules/ngx_nchan_module.so", value_name = "PATH")]
     nchan_module: PathBuf,
 
