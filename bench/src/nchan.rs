@@ -86,11 +86,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     if let Some(up) = up {
         up.stop().await?;
     }
-    let title = match args.with_livepush {
-        true => {
-            format!("one channel, {} SSE connections, livepush (one edge) and nchan (one nginx)", args.sizes)
-        }
-        false => format!("one channel, one nginx with nchan, {} EventSource connections", args.sizes),
+    let title = if args.with_livepush {
+        format!("one channel, {} SSE connections, livepush (one edge) and nchan (one nginx)", args.sizes)
+    } else {
+        format!("one channel, one nginx with nchan, {} EventSource connections", args.sizes)
     };
     let mut report = runs.report("nchan", &title, &args)?;
     let (ok, failed, first) = &*published.lock().unwrap_or_else(PoisonError::into_inner);

@@ -536,7 +536,7 @@ async fn requests(up: Option<&Upstream>) -> anyhow::Result<Option<u64>> {
 /// vary), and the runs that failed: the others' figures still stand.
 #[derive(Default)]
 pub struct Runs {
-    pub done: Vec<Outcome>,
+    done: Vec<Outcome>,
     commands: BTreeMap<&'static str, String>,
     failed: Vec<String>,
 }
