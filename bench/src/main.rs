@@ -8,16 +8,13 @@
 
 mod arrivals;
 mod attach;
-mod breadth;
 mod child;
 mod churn;
 mod failover;
-mod fanout;
 mod hints;
 mod histogram;
 mod httpc;
 mod nchan;
-mod plot;
 mod poller;
 mod polling;
 mod procstat;
@@ -51,10 +48,10 @@ enum Scenario {
     Poller(poller::Args),
     /// One event, one edge, N SSE browsers (a list of sizes, each on a fresh
     /// edge): edge RSS per connection, delivery latency, CPU, errors.
-    Fanout(fanout::Args),
+    Fanout(push::FanoutArgs),
     /// Many events with a few browsers each over several edges (default
     /// 1,000 x 10 over two): the same figures, plus polls per event.
-    Breadth(breadth::Args),
+    Breadth(push::BreadthArgs),
     /// Browsers connecting and resetting in batches on distinct events on
     /// one edge (default 10,000 in batches of 500) while the browsers of
     /// one stable event watch: whether the edge's RSS, open files and
@@ -89,8 +86,8 @@ async fn main() -> anyhow::Result<()> {
     let scenario = async {
         match cli.scenario {
             Scenario::Poller(args) => poller::run(args).await,
-            Scenario::Fanout(args) => fanout::run(args).await,
-            Scenario::Breadth(args) => breadth::run(args).await,
+            Scenario::Fanout(args) => push::fanout(args).await,
+            Scenario::Breadth(args) => push::breadth(args).await,
             Scenario::Churn(args) => churn::run(args).await,
             Scenario::Failover(args) => failover::run(args).await,
             Scenario::Polling(args) => polling::run(args).await,
