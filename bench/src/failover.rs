@@ -21,6 +21,7 @@ use livepush::metrics::{
 };
 use serde::Serialize;
 use std::{
+    collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
     time::Duration,
 };
@@ -269,7 +270,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let (traces, _) = browsers.stop_traced(Duration::from_secs(5)).await;
     let logs: Vec<(u32, Trace)> =
         traces.into_iter().enumerate().filter_map(|(i, t)| Some((i as u32 % events, t?))).collect();
-    let moved = kill(&logs, events, k_us, observed_us, &mut f);
+    let moved = kill(&logs, k_us, observed_us, &mut f);
     if let Some(ret) = &mut f.ret {
         back(&logs, &moved, r_us, end_us, ret);
     }
@@ -357,15 +358,9 @@ fn check_ids(t: &Trace, g: &mut Integrity) {
 }
 
 /// The browsers (`(event, trace)`) around the kill at `k_us`, observed until
-/// `observed_us`, into `f`; returns per event whether it moved (`None`: none
+/// `observed_us`, into `f`; returns whether each event moved (missing: none
 /// of its browsers resumed).
-fn kill(
-    logs: &[(u32, Trace)],
-    events: u32,
-    k_us: u64,
-    observed_us: u64,
-    f: &mut Figures,
-) -> Vec<Option<bool>> {
+fn kill(logs: &[(u32, Trace)], k_us: u64, observed_us: u64, f: &mut Figures) -> BTreeMap<u32, bool> {
     // Per browser, its first value served at or after the kill: µs to it,
     // µs since the data event before it, whether it came from a new feed.
     let seen: Vec<Option<(u64, Option<u64>, bool)>> = logs
@@ -378,14 +373,14 @@ fn kill(
                 .then(|| (r.at_us.saturating_sub(k_us), prev.map(|p| r.at_us - p.at_us), moved))
         })
         .collect();
-    let mut moved = vec![None; events as usize];
+    let mut moved = BTreeMap::new();
     for ((e, _), s) in logs.iter().zip(&seen) {
         if let Some((.., m)) = s {
-            moved[*e as usize] = Some(moved[*e as usize] == Some(true) || *m);
+            *moved.entry(*e).or_insert(false) |= m;
         }
     }
     let group = |affected| {
-        let mine = || logs.iter().zip(&seen).filter(|((e, _), _)| moved[*e as usize] == Some(affected));
+        let mine = || logs.iter().zip(&seen).filter(|((e, _), _)| moved.get(e) == Some(&affected));
         let resume = sorted(mine().filter_map(|(_, s)| s.map(|s| s.0)));
         let gap = sorted(mine().filter_map(|(_, s)| s.and_then(|s| s.1)));
         let q = |q| quantile_ms(&resume, q);
@@ -402,16 +397,16 @@ fn kill(
         }
     };
     (f.affected, f.unaffected) = (group(true), group(false));
-    f.unclassified = logs.iter().filter(|(e, _)| moved[*e as usize].is_none()).count();
-    f.kill.moved_events = moved.iter().filter(|m| **m == Some(true)).count();
+    f.unclassified = logs.iter().filter(|(e, _)| !moved.contains_key(e)).count();
+    f.kill.moved_events = moved.values().filter(|m| **m).count();
     moved
 }
 
 /// What the browsers saw after the restart at `r_us`, until `end_us`, into `ret`.
-fn back(logs: &[(u32, Trace)], moved: &[Option<bool>], r_us: u64, end_us: u64, ret: &mut Return) {
+fn back(logs: &[(u32, Trace)], moved: &BTreeMap<u32, bool>, r_us: u64, end_us: u64, ret: &mut Return) {
     let (mut switch, mut switch_gap, mut gaps) = (Vec::new(), Vec::new(), [Vec::new(), Vec::new()]);
     for (e, t) in logs {
-        let affected = moved[*e as usize] == Some(true);
+        let affected = moved.get(e) == Some(&true);
         match (t.data.windows(2).find(|w| w[1].at_us >= r_us && jump(&w[0], &w[1])), affected) {
             (Some(w), true) => {
                 switch.push(w[1].at_us - r_us);
@@ -469,10 +464,10 @@ mod tests {
             browser(2, &[(9_000, 3_000_001, 8_999)]),
         ];
         let mut f = Figures::default();
-        let moved = kill(&logs, 3, 10_000_000, 20_000_000, &mut f);
+        let moved = kill(&logs, 10_000_000, 20_000_000, &mut f);
         assert_eq!(
-            (&moved[..], f.unclassified, f.kill.moved_events),
-            (&[Some(true), Some(false), None][..], 1, 1)
+            (moved.clone().into_iter().collect::<Vec<_>>(), f.unclassified, f.kill.moved_events),
+            (vec![(0, true), (1, false)], 1, 1)
         );
         let (a, u) = (&f.affected, &f.unaffected);
         assert_eq!(
