@@ -9,7 +9,7 @@ use crate::{
     push::{EdgeUpstream, LoadArgs, at_least_1s, event_id},
     report::{self, Report, cores, sorted},
     sse_load::{self, Counters, Load, Plan, unix_micros},
-    stack::{self, BinArgs, Proc, metric, scrape},
+    stack::{self, BinArgs, metric, scrape},
 };
 use anyhow::Context;
 use livepush::metrics::{EDGE_STREAMS_OPEN, POLLER_EVENTS_WATCHED};
@@ -177,24 +177,14 @@ impl Reading {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
-    anyhow::ensure!(
-        args.batch + args.stable_browsers <= 18_000,
-        "a batch and the stable browsers must fit the edge's 18,000 connections"
-    );
+    // On an error the processes' guards stop them.
     let media = stack::media_sim(&args.bins, args.interval, true).await?;
     let poller_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
     let linger = humantime::format_duration(args.linger).to_string();
     let poller =
         stack::poller_at(&args.bins, poller_addr, media.addr, args.interval, &["--linger", &linger]).await?;
     let edge = stack::edge(&args.bins, &[poller.addr]).await?;
-    let report = measure(&args, &media, &poller, &edge).await;
-    edge.stop().await?;
-    poller.stop().await?;
-    media.stop().await?;
-    report
-}
-
-async fn measure(args: &Args, media: &Proc, poller: &Proc, edge: &Proc) -> anyhow::Result<Report> {
+    let args = &args;
     let mut f = Figures {
         args: Some(args),
         batches: args.browsers.div_ceil(args.batch),
@@ -346,5 +336,9 @@ async fn measure(args: &Args, media: &Proc, poller: &Proc, edge: &Proc) -> anyho
         "livepush-bench churn: {} browsers in batches of {} on distinct events, {} stable browsers, one edge",
         args.browsers, args.batch, args.stable_browsers
     );
-    Report::new("churn", title, &f)
+    let report = Report::new("churn", title, &f)?;
+    for p in [edge, poller, media] {
+        p.stop().await?;
+    }
+    Ok(report)
 }
