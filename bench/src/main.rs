@@ -6,7 +6,6 @@
 //! generator, the report) live in small modules so scenarios reuse them
 //! instead of growing this file.
 
-mod arrivals;
 mod attach;
 mod breadth;
 mod child;
@@ -21,12 +20,10 @@ mod plot;
 mod poller;
 mod polling;
 mod procstat;
-mod proxy;
 mod push;
 mod report;
 mod sse_load;
 mod stack;
-mod subscribers;
 mod wire;
 
 use anyhow::Context;
