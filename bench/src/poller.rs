@@ -98,20 +98,165 @@ async fn record(axum::extract::State(log): axum::extract::State<Log>, req: Reque
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
-    ensure!(args.interval >= Duration::from_millis(1) && args.change_every >= Duration::from_millis(1));
-    ensure!(args.duration >= SLOT, "--duration must be at least {SLOT:?}");
+    ensure!(!args.interval.is_zero() && args.duration >= SLOT, "--interval 0 or --duration under {SLOT:?}");
     let log: Log = Arc::new((std::time::Instant::now(), Mutex::default()));
     let app = media_sim::app(media_sim::Sim::new(args.change_every, false))
         .layer(axum::middleware::from_fn_with_state(log.clone(), record));
     let (sim, background) = serve(app).await?;
 
+    // Each polling mode (`batch`: ids per request) with a fresh poller
+    // against the shared media-sim.
     let (mut runs, mut cmds, mut notes) = (Vec::new(), Vec::new(), Vec::new());
     for &batch in &args.batch_size {
         let column = batch.map_or("one per event".to_owned(), |n| format!("batch {n}"));
         eprintln!("poller: {column}");
-        let (figures, cmd) = measure(&args, batch, &column, sim, &log, &mut notes).await?;
-        runs.push(figures);
-        cmds.push(cmd);
+        let mut extra = vec!["--max-events".to_owned(), args.events.max(100_000).to_string()];
+        if let Some(n) = batch {
+            let url = format!("http://{sim}/batch?ids={{event_ids}}");
+            extra.extend(["--media-batch-url".to_owned(), url, "--batch-size".to_owned(), n.to_string()]);
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
+        let mut poller = stack::poller_at(&args.bins, addr, sim, args.interval, &extra).await?;
+        let pid = poller.pid();
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true);
+        let (mut channels, pending) = (Vec::new(), args.pending_subscribes as usize);
+        while channels.len() * STREAMS_PER_CHANNEL < args.events as usize {
+            let channel =
+                endpoint.connect().await.with_context(|| format!("connecting to the poller at {addr}"))?;
+            channels.push((channel, Arc::new(Semaphore::new(pending))));
+        }
+        let idle = procstat::sample(pid)?;
+
+        // A task per event counts [updates, streams with a first value] and
+        // returns why its stream ended. Subscribe calls are paced per connection.
+        let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let subscribed = Instant::now();
+        let mut tasks = JoinSet::new();
+        for i in 0..args.events {
+            let ((channel, pacer), counts, id) =
+                (channels[i as usize / STREAMS_PER_CHANNEL].clone(), counts.clone(), event_id(i));
+            tasks.spawn(async move {
+                let read = async {
+                    let permit = pacer.acquire().await;
+                    let mut client = LiveFeedClient::new(channel);
+                    let mut stream =
+                        client.subscribe(SubscribeRequest { event_id: id.clone() }).await?.into_inner();
+                    drop(permit);
+                    let mut first = true;
+                    while stream.message().await?.is_some() {
+                        counts[0].fetch_add(1, Relaxed);
+                        counts[1].fetch_add(u64::from(std::mem::take(&mut first)), Relaxed);
+                    }
+                    Ok::<_, tonic::Status>(())
+                };
+                format!("stream {id}: {}", read.await.err().map_or("ended".to_owned(), |s| s.to_string()))
+            });
+        }
+        // Warm-up: every stream has its first value, then one interval for the
+        // poll phases to settle. A stream lost or the poller gone would leave
+        // figures that do not describe N watched events.
+        let mut healthy = |tasks: &mut JoinSet<String>| -> anyhow::Result<()> {
+            poller.child.ensure_running()?;
+            match tasks.try_join_next() {
+                Some(why) => bail!("{}", why.unwrap_or_else(|e| e.to_string())),
+                None => Ok(()),
+            }
+        };
+        while counts[1].load(Relaxed) < u64::from(args.events) {
+            healthy(&mut tasks)?;
+            if subscribed.elapsed() >= Duration::from_secs(60) + 2 * args.interval {
+                bail!("only {} of {} streams had a first update", counts[1].load(Relaxed), args.events);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let first_values_s = subscribed.elapsed().as_secs_f64();
+        tokio::time::sleep(args.interval).await;
+        healthy(&mut tasks)?;
+
+        let warm = procstat::sample(pid)?;
+        let me = std::process::id();
+        let cpu0 = procstat::Cpu::read(&[pid, me])?;
+        let (start, updates0) = (Instant::now(), counts[0].load(Relaxed));
+        tokio::time::sleep_until(start + args.duration).await;
+        let cpu = procstat::Cpu::read(&[pid, me])?.since(&cpu0);
+        let (end, me_end) = (procstat::sample(pid)?, procstat::sample(me)?);
+        let wall = start.elapsed().as_secs_f64();
+        let updates = counts[0].load(Relaxed) - updates0;
+        poller.child.ensure_running()?;
+        if let Some(first) = tasks.try_join_next() {
+            let (n, first) =
+                (1 + std::iter::from_fn(|| tasks.try_join_next()).count(), first.unwrap_or_default());
+            notes.push(format!("{column}: {n} streams ended during the window (first: {first})"));
+        }
+        tasks.shutdown().await;
+        drop(channels);
+        let poller_cmd = poller.cmd.clone();
+        poller.stop().await?;
+
+        // The window's arrivals; requests per whole 100 ms slot, and per tenth
+        // of the interval over its whole intervals (10 % each if even).
+        let (from, span, interval) = (
+            micros(start.into_std().saturating_duration_since(log.0)),
+            micros(args.duration),
+            micros(args.interval),
+        );
+        let polls: Vec<Arrival> = lock(&log)
+            .iter()
+            .filter(|a| a.at_us >= from && a.at_us - from < span)
+            .map(|a| Arrival { at_us: a.at_us - from, ..*a })
+            .collect();
+        let mut per_event = vec![0u32; args.events as usize];
+        let (mut slots, mut tenths) = (vec![0u64; (span / micros(SLOT)) as usize], [0u64; 10]);
+        for a in &polls {
+            if let Some(c) = per_event.get_mut(a.event as usize) {
+                *c += 1;
+            }
+            if let (true, Some(c)) = (a.request, slots.get_mut((a.at_us / micros(SLOT)) as usize)) {
+                *c += 1;
+            }
+            if a.request && a.at_us < span / interval * interval {
+                tenths[(a.at_us % interval * 10 / interval) as usize] += 1;
+            }
+        }
+        let n = polls.iter().filter(|a| a.request).count() as u64;
+        let ids = polls.len() as u64;
+        let in_tenths = tenths.iter().sum::<u64>() as f64;
+        let share = |c: Option<&u64>| (in_tenths > 0.0).then(|| 100.0 * *c.unwrap_or(&0) as f64 / in_tenths);
+        let status = |code: u16| polls.iter().filter(|a| a.status == code).count() as u64;
+        let secs = args.duration.as_secs_f64();
+        let slot_mean = slots.iter().sum::<u64>() as f64 / slots.len().max(1) as f64;
+        let slot_max = slots.iter().copied().max().unwrap_or(0);
+        let expected =
+            f64::from(batch.map_or(args.events, |b| args.events.div_ceil(b))) / args.interval.as_secs_f64();
+        let poller_cpu = cpu.of(0);
+        runs.push(json!({
+            "column": column,
+            "first_values_s": first_values_s,
+            // As media-sim saw them: requests are `GET /live` and `GET /batch`, polls are ids.
+            "requests": n, "requests_per_s": n as f64 / secs, "expected_per_s": expected, "ratio": n as f64 / secs / expected,
+            "ids_per_request": ids as f64 / n.max(1) as f64,
+            "status_200": status(200), "status_304": status(304), "status_other": ids - status(200) - status(304),
+            "polls_per_event_per_interval": ids as f64 / f64::from(args.events) / (secs / args.interval.as_secs_f64()),
+            "event_polls_min": per_event.iter().min(), "event_polls_max": per_event.iter().max(),
+            "events_unpolled": per_event.iter().filter(|&&c| c == 0).count(),
+            "phase_share_min_pct": share(tenths.iter().min()), "phase_share_max_pct": share(tenths.iter().max()),
+            "slot_mean": slot_mean, "slot_min": slots.iter().min().copied().unwrap_or(0), "slot_max": slot_max,
+            "slot_max_over_mean": slot_max as f64 / slot_mean.max(f64::MIN_POSITIVE),
+            "updates": updates, "updates_per_s": updates as f64 / wall,
+            "poller_cpu_s": poller_cpu, "poller_cpu_pct": 100.0 * poller_cpu / wall,
+            "poller_cpu_us_per_poll": 1e6 * poller_cpu / ids.max(1) as f64,
+            "poller_cpu_us_per_request": 1e6 * poller_cpu / n.max(1) as f64,
+            "poller_rss_idle_mib": mib(idle.rss_bytes), "poller_rss_warm_mib": mib(warm.rss_bytes),
+            "poller_rss_end_mib": mib(end.rss_bytes), "poller_rss_peak_mib": mib(end.peak_rss_bytes),
+            "poller_rss_per_event_kib": (warm.rss_bytes.saturating_sub(idle.rss_bytes) / 1024) as f64 / f64::from(args.events),
+            // This process (media-sim and the subscribers), and other programs on the host.
+            "harness_cpu_pct": 100.0 * cpu.of(1) / wall, "harness_rss_end_mib": mib(me_end.rss_bytes),
+            "others_pct": 100.0 * cpu.others() / wall,
+        }));
+        cmds.push(poller_cmd);
     }
     drop(background);
     let names: Vec<&str> = runs.iter().filter_map(|r| r["column"].as_str()).collect();
@@ -128,167 +273,6 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let params = json!({"args": args, "streams_per_channel": STREAMS_PER_CHANNEL, "cores": cores(),
         "poller_cmd": cmds[0], "batch_flags": batch_flags});
     report("poller", title, json!({"params": params, "runs": runs}), notes)
-}
-
-/// One polling mode's run (`batch`: ids per request): a fresh poller
-/// against the shared media-sim. Returns the figures and its command.
-async fn measure(
-    args: &Args,
-    batch: Option<u32>,
-    column: &str,
-    sim: SocketAddr,
-    log: &Log,
-    notes: &mut Vec<String>,
-) -> anyhow::Result<(Value, String)> {
-    let mut extra = vec!["--max-events".to_owned(), args.events.max(100_000).to_string()];
-    if let Some(n) = batch {
-        let url = format!("http://{sim}/batch?ids={{event_ids}}");
-        extra.extend(["--media-batch-url".to_owned(), url, "--batch-size".to_owned(), n.to_string()]);
-    }
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
-    let mut poller = stack::poller_at(&args.bins, addr, sim, args.interval, &extra).await?;
-    let pid = poller.pid();
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true);
-    let (mut channels, pending) = (Vec::new(), args.pending_subscribes as usize);
-    while channels.len() * STREAMS_PER_CHANNEL < args.events as usize {
-        let channel =
-            endpoint.connect().await.with_context(|| format!("connecting to the poller at {addr}"))?;
-        channels.push((channel, Arc::new(Semaphore::new(pending))));
-    }
-    let idle = procstat::sample(pid)?;
-
-    // One task per event reading its stream, counting [updates, streams with
-    // a first value]; it returns why its stream ended. At most
-    // `--pending-subscribes` calls per connection await their response head
-    // (the server has read the request by then).
-    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
-    let subscribed = Instant::now();
-    let mut tasks = JoinSet::new();
-    for i in 0..args.events {
-        let ((channel, pacer), counts, id) =
-            (channels[i as usize / STREAMS_PER_CHANNEL].clone(), counts.clone(), event_id(i));
-        tasks.spawn(async move {
-            let read = async {
-                let permit = pacer.acquire().await;
-                let mut client = LiveFeedClient::new(channel);
-                let mut stream =
-                    client.subscribe(SubscribeRequest { event_id: id.clone() }).await?.into_inner();
-                drop(permit);
-                let mut first = true;
-                while stream.message().await?.is_some() {
-                    counts[0].fetch_add(1, Relaxed);
-                    counts[1].fetch_add(u64::from(std::mem::take(&mut first)), Relaxed);
-                }
-                Ok::<_, tonic::Status>(())
-            };
-            format!("stream {id}: {}", read.await.err().map_or("ended".to_owned(), |s| s.to_string()))
-        });
-    }
-    // Warm-up: every stream has its first value, then one interval for the
-    // poll phases to settle. A stream lost or the poller gone would leave
-    // figures that do not describe N watched events.
-    let mut healthy = |tasks: &mut JoinSet<String>| -> anyhow::Result<()> {
-        poller.child.ensure_running()?;
-        match tasks.try_join_next() {
-            Some(why) => bail!("{}", why.unwrap_or_else(|e| e.to_string())),
-            None => Ok(()),
-        }
-    };
-    while counts[1].load(Relaxed) < u64::from(args.events) {
-        healthy(&mut tasks)?;
-        if subscribed.elapsed() >= Duration::from_secs(60) + 2 * args.interval {
-            bail!("only {} of {} streams had a first update", counts[1].load(Relaxed), args.events);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let first_values_s = subscribed.elapsed().as_secs_f64();
-    tokio::time::sleep(args.interval).await;
-    healthy(&mut tasks)?;
-
-    let warm = procstat::sample(pid)?;
-    let me = std::process::id();
-    let cpu0 = procstat::Cpu::read(&[pid, me])?;
-    let (start, updates0) = (Instant::now(), counts[0].load(Relaxed));
-    tokio::time::sleep_until(start + args.duration).await;
-    let cpu = procstat::Cpu::read(&[pid, me])?.since(&cpu0);
-    let (end, me_end) = (procstat::sample(pid)?, procstat::sample(me)?);
-    let wall = start.elapsed().as_secs_f64();
-    let updates = counts[0].load(Relaxed) - updates0;
-    poller.child.ensure_running()?;
-    if let Some(first) = tasks.try_join_next() {
-        let (n, first) =
-            (1 + std::iter::from_fn(|| tasks.try_join_next()).count(), first.unwrap_or_default());
-        notes.push(format!("{column}: {n} streams ended during the window (first: {first})"));
-    }
-    tasks.shutdown().await;
-    drop(channels);
-    let poller_cmd = poller.cmd.clone();
-    poller.stop().await?;
-
-    // The window's arrivals; requests per whole 100 ms slot, and per tenth
-    // of the interval over its whole intervals (10 % each if even).
-    let (from, span, interval) = (
-        micros(start.into_std().saturating_duration_since(log.0)),
-        micros(args.duration),
-        micros(args.interval),
-    );
-    let polls: Vec<Arrival> = lock(log)
-        .iter()
-        .filter(|a| a.at_us >= from && a.at_us - from < span)
-        .map(|a| Arrival { at_us: a.at_us - from, ..*a })
-        .collect();
-    let mut per_event = vec![0u32; args.events as usize];
-    let (mut slots, mut tenths) = (vec![0u64; (span / micros(SLOT)) as usize], [0u64; 10]);
-    for a in &polls {
-        if let Some(c) = per_event.get_mut(a.event as usize) {
-            *c += 1;
-        }
-        if let (true, Some(c)) = (a.request, slots.get_mut((a.at_us / micros(SLOT)) as usize)) {
-            *c += 1;
-        }
-        if a.request && a.at_us < span / interval * interval {
-            tenths[(a.at_us % interval * 10 / interval) as usize] += 1;
-        }
-    }
-    let n = polls.iter().filter(|a| a.request).count() as u64;
-    let ids = polls.len() as u64;
-    let in_tenths = tenths.iter().sum::<u64>() as f64;
-    let share = |c: Option<&u64>| (in_tenths > 0.0).then(|| 100.0 * *c.unwrap_or(&0) as f64 / in_tenths);
-    let status = |code: u16| polls.iter().filter(|a| a.status == code).count() as u64;
-    let secs = args.duration.as_secs_f64();
-    let slot_mean = slots.iter().sum::<u64>() as f64 / slots.len().max(1) as f64;
-    let slot_max = slots.iter().copied().max().unwrap_or(0);
-    let expected =
-        f64::from(batch.map_or(args.events, |b| args.events.div_ceil(b))) / args.interval.as_secs_f64();
-    let poller_cpu = cpu.of(0);
-    let figures = json!({
-        "column": column,
-        "first_values_s": first_values_s,
-        // As media-sim saw them: requests are `GET /live` and `GET /batch`, polls are ids.
-        "requests": n, "requests_per_s": n as f64 / secs, "expected_per_s": expected, "ratio": n as f64 / secs / expected,
-        "ids_per_request": ids as f64 / n.max(1) as f64,
-        "status_200": status(200), "status_304": status(304), "status_other": ids - status(200) - status(304),
-        "polls_per_event_per_interval": ids as f64 / f64::from(args.events) / (secs / args.interval.as_secs_f64()),
-        "event_polls_min": per_event.iter().min(), "event_polls_max": per_event.iter().max(),
-        "events_unpolled": per_event.iter().filter(|&&c| c == 0).count(),
-        "phase_share_min_pct": share(tenths.iter().min()), "phase_share_max_pct": share(tenths.iter().max()),
-        "slot_mean": slot_mean, "slot_min": slots.iter().min().copied().unwrap_or(0), "slot_max": slot_max,
-        "slot_max_over_mean": slot_max as f64 / slot_mean.max(f64::MIN_POSITIVE),
-        "updates": updates, "updates_per_s": updates as f64 / wall,
-        "poller_cpu_s": poller_cpu, "poller_cpu_pct": 100.0 * poller_cpu / wall,
-        "poller_cpu_us_per_poll": 1e6 * poller_cpu / ids.max(1) as f64,
-        "poller_cpu_us_per_request": 1e6 * poller_cpu / n.max(1) as f64,
-        "poller_rss_idle_mib": mib(idle.rss_bytes), "poller_rss_warm_mib": mib(warm.rss_bytes),
-        "poller_rss_end_mib": mib(end.rss_bytes), "poller_rss_peak_mib": mib(end.peak_rss_bytes),
-        "poller_rss_per_event_kib": (warm.rss_bytes.saturating_sub(idle.rss_bytes) / 1024) as f64 / f64::from(args.events),
-        // This process (media-sim and the subscribers), and other programs on the host.
-        "harness_cpu_pct": 100.0 * cpu.of(1) / wall, "harness_rss_end_mib": mib(me_end.rss_bytes),
-        "others_pct": 100.0 * cpu.others() / wall,
-    });
-    Ok((figures, poller_cmd))
 }
 
 /// Serves `app` on a free loopback port until the returned set is dropped.

@@ -1,9 +1,7 @@
 //! Scenario `polling`: what the media service pays for N viewers polling it
 //! directly (keep-alive, `If-None-Match` like a browser's cache) versus the
-//! same viewers as SSE streams through livepush, measured at the media
-//! service: requests by media-sim's count, bytes by a relay in front of it
-//! that both setups go through. media-sim runs without `--stamp`, which
-//! would make every answer differ and carry no ETag.
+//! same viewers through livepush: requests by media-sim's count, bytes by a
+//! relay in front of it that both setups use. No `--stamp`: answers keep ETags.
 
 use crate::push::{LoadArgs, at_least_1s, event_id};
 use crate::{poller::report, procstat, report::Report, sse_load, stack};
@@ -54,7 +52,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let relayed = Arc::new(<[AtomicU64; 2]>::default());
     let mut relays = JoinSet::new();
     relays.spawn(relay_to(relay_listener, media.addr, relayed.clone()));
-    let upstream = || async {
+    let upstream = async || {
         let requests = stack::media_requests(media.addr).await?;
         anyhow::Ok([requests, relayed[0].load(Relaxed), relayed[1].load(Relaxed)])
     };
@@ -70,7 +68,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
     // Every viewer has started and polled once; keep-alive connections are up.
     tokio::time::sleep(args.interval + Duration::from_secs(1)).await;
-    let counts = || async {
+    let counts = async || {
         let ([r, i, o], s) = (upstream().await?, seen.each_ref().map(|n| n.load(Relaxed)));
         anyhow::Ok([r, i, o, s[0], s[1], s[2], s[3], s[4], s[5], s[6]])
     };
@@ -93,7 +91,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     ready.with_context(|| format!("not every SSE viewer had a first event within {ramp_limit:?}"))?;
     // Let the poll phases settle, like the polling side's first interval.
     tokio::time::sleep(args.interval).await;
-    let counts = || async {
+    let counts = async || {
         let ([r, i, o], c) = (upstream().await?, load.stats().counters());
         anyhow::Ok([r, i, o, c.messages, c.errors, c.reconnects, 0, 0, 0, 0])
     };
@@ -118,24 +116,23 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         (ratio(&["requests_per_s"]), ratio(&["bytes_in_per_s", "bytes_out_per_s"]));
     let figures = json!({"args": args, "media_cmd": media_cmd, "poller_cmd": poller_cmd, "edge_cmd": edge_cmd,
         "runs": [polling, livepush], "requests_ratio": requests_ratio, "bytes_ratio": bytes_ratio});
-    let notes = vec![
+    let notes = [
         "requests: media-sim's own count; bytes: HTTP bytes through a counting TCP relay in front of media-sim, \
-         used by the polling viewers and by the poller alike (TCP/IP overhead not included)"
-            .to_owned(),
-        "polling viewers revalidate with If-None-Match, as a browser cache does with no-cache + ETag".to_owned(),
+         used by the polling viewers and by the poller alike (TCP/IP overhead not included)",
+        "polling viewers revalidate with If-None-Match, as a browser cache does with no-cache + ETag",
     ];
-    report("polling", title, figures, notes)
+    report("polling", title, figures, notes.map(str::to_owned).to_vec())
 }
 
 /// One setup's figures at the media service over a window: `pids` are
 /// media-sim, what livepush adds, then this process; `per_interval` is the
 /// requests expected per interval (viewers, or events).
-async fn window<F: Future<Output = anyhow::Result<Counts>>>(
+async fn window(
     args: &Args,
     column: &str,
     per_interval: f64,
     pids: &[u32],
-    counts: impl Fn() -> F,
+    counts: impl AsyncFn() -> anyhow::Result<Counts>,
 ) -> anyhow::Result<Value> {
     let (c0, cpu0) = (counts().await?, procstat::Cpu::read(pids)?);
     let start = Instant::now();
