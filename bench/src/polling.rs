@@ -141,7 +141,7 @@ async fn window(
     let secs = start.elapsed().as_secs_f64().max(1e-9);
     let c1 = counts().await?;
     let c: Counts = std::array::from_fn(|i| c1[i].saturating_sub(c0[i]));
-    let (polling, livepush) = (pids.len() == 2, pids.len() == 4);
+    let (polling, livepush) = (column == "polling", column == "livepush");
     let (per_s, pct) = (|x: u64| x as f64 / secs, |i: usize| 100.0 * cpu.of(i) / secs);
     Ok(json!({
         "column": column,
