@@ -6,7 +6,6 @@
 //! generator, the report) live in small modules so scenarios reuse them
 //! instead of growing this file.
 
-mod arrivals;
 mod attach;
 mod child;
 mod churn;
@@ -18,12 +17,10 @@ mod nchan;
 mod poller;
 mod polling;
 mod procstat;
-mod proxy;
 mod push;
 mod report;
 mod sse_load;
 mod stack;
-mod subscribers;
 mod wire;
 
 use anyhow::Context;
