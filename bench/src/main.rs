@@ -1,10 +1,6 @@
 //! `livepush-bench`: load scenarios that measure livepush on one machine and
 //! print the figures (nothing is asserted; the numbers go to BENCHMARKS.md).
-//!
-//! Each scenario is a subcommand in a module of its own; the shared pieces
-//! (child processes, /proc sampling, upstream arrival recording, the SSE load
-//! generator, the report) live in small modules so scenarios reuse them
-//! instead of growing this file.
+//! Each scenario is a subcommand; BENCHMARKS.md says which file holds it.
 
 mod attach;
 mod child;
@@ -40,40 +36,30 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
-    /// One real poller process watching many events against an in-process
-    /// media-sim: upstream requests/s, poller CPU and RSS, poll spread.
+    /// One poller, many events, one gRPC stream each: upstream requests/s,
+    /// poll spread, poller CPU and RSS; `--batch-size` compares modes.
     Poller(poller::Args),
-    /// One event, one edge, N SSE browsers (a list of sizes, each on a fresh
-    /// edge): edge RSS per connection, delivery latency, CPU, errors.
+    /// One event, one edge, N browsers (each size on a fresh edge): edge RSS
+    /// per connection, delivery latency, CPU, errors.
     Fanout(push::FanoutArgs),
-    /// Many events with a few browsers each over several edges (default
-    /// 1,000 x 10 over two): the same figures, plus polls per event.
+    /// Many events, a few browsers each, over several edges: the same
+    /// figures, plus polls per event.
     Breadth(push::BreadthArgs),
-    /// Browsers connecting and resetting in batches on distinct events on
-    /// one edge (default 10,000 in batches of 500) while the browsers of
-    /// one stable event watch: whether the edge's RSS, open files and
-    /// streams and the poller's polling return to their level before,
-    /// `stale` events and `/readyz` during the churn.
+    /// Browsers coming and going on distinct events beside one stable event:
+    /// whether the edge and the poller return to their level before.
     Churn(churn::Args),
-    /// A poller killed with SIGKILL under load (default 1,000 events x 10
-    /// browsers, two edges, three pollers): time until every browser of its
-    /// events receives fresh data again, ids, reconnects, polls per event.
+    /// A poller killed under load: time until each browser of its events
+    /// has fresh data again, ids, polls per event, the poller's return.
     Failover(failover::Args),
-    /// Change to browser with 1,000 browsers on one event: regular polls
-    /// alone, a change hint, a direct publish (random changes, one session):
-    /// time from the media service's change to the last browser and to
-    /// each browser.
+    /// Change to browser without a hint, with a hint, with a direct publish.
     Hints(hints::Args),
-    /// N viewers polling media-sim directly versus the same viewers through
-    /// livepush: upstream requests/s and bytes/s, measured at media-sim.
+    /// Viewers polling media-sim directly versus through livepush: upstream
+    /// requests/s and bytes/s.
     Polling(polling::Args),
-    /// The SSE load generator alone, against edges you started (for
-    /// diagnostics: an edge under a profiler, say).
+    /// The SSE load generator alone, against edges you started (diagnostics).
     SseLoad(attach::Args),
-    /// The `fanout` measurement against Nginx with the nchan module (one
-    /// channel, N EventSource browsers, one update per second): RSS per
-    /// connection, delivery latency, CPU; `--with-livepush` runs livepush
-    /// alongside at each size.
+    /// `fanout`'s measurement against nginx with nchan; `--with-livepush`
+    /// measures livepush beside it at each size.
     Nchan(nchan::Args),
 }
 
@@ -100,7 +86,6 @@ async fn main() -> anyhow::Result<()> {
     };
     report.print(&mut std::io::stdout().lock()).context("printing the report")?;
     if let Some(path) = &cli.json {
-        stack::ensure_parent(path)?;
         report.write_json(path)?;
         eprintln!("figures written to {}", path.display());
     }

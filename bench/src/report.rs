@@ -63,6 +63,7 @@ impl Report {
     }
 
     pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+        crate::stack::ensure_parent(path)?;
         let text = serde_json::to_string_pretty(&self.doc)? + "\n";
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
     }
