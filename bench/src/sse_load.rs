@@ -1,14 +1,14 @@
 //! The load generator of browsers holding SSE streams, shared by every
 //! scenario (BENCHMARKS.md, "The SSE load generator"): raw sockets bound to
 //! 127.0.0.2, 127.0.0.3, ..., paced connects, one small task per connection
-//! reading into one buffer per worker thread with the parsers of
-//! [`crate::wire`], so it stays much cheaper than the edge it measures.
+//! reading into one buffer per worker thread with [`crate::wire`]'s parser,
+//! so it stays much cheaper than the edge it measures.
 //! Latency is `now - served_at_ms` of every data event but a connection's
 //! first (the replayed latest value), up to 1 ms too high.
 
 use crate::{
     histogram::{Histogram, Snapshot},
-    wire::{Id, Item, Kind, ResponseParser, SseParser, WireError},
+    wire::{Id, Item, Kind, Parser},
 };
 use std::{
     cell::RefCell,
@@ -67,13 +67,11 @@ pub struct Rec {
     pub stamp: Option<u64>,
 }
 
-/// What one traced connection saw, over all its reconnects.
+/// What one traced connection saw, over all its reconnects: the first
+/// [`MAX_TRACE`] data events, and of named events (Unix µs), presence excluded.
 #[derive(Debug, Default)]
 pub struct Trace {
-    /// The first [`MAX_TRACE`] data events; `dropped` counts the others.
     pub data: Vec<Rec>,
-    pub dropped: u64,
-    /// Named events (Unix µs, kind), presence excluded.
     pub named: Vec<(u64, Kind)>,
     /// The highest id read, sent as `Last-Event-ID` on reconnect.
     last_id: Option<u64>,
@@ -81,15 +79,12 @@ pub struct Trace {
 
 impl Trace {
     fn event(&mut self, kind: Kind, id: Id, stamp: Option<u64>, at_us: u64) {
+        if let (Kind::Message, Id::Value(id)) = (kind, id) {
+            self.last_id = self.last_id.max(Some(id));
+        }
         match kind {
-            Kind::Message if self.data.len() < MAX_TRACE => {
-                if let Id::Value(id) = id {
-                    self.last_id = self.last_id.max(Some(id));
-                }
-                self.data.push(Rec { at_us, id, stamp });
-            }
-            Kind::Message => self.dropped += 1,
-            Kind::Presence => {}
+            Kind::Message if self.data.len() < MAX_TRACE => self.data.push(Rec { at_us, id, stamp }),
+            Kind::Message | Kind::Presence => {}
             _ if self.named.len() < MAX_TRACE => self.named.push((at_us, kind)),
             _ => {}
         }
@@ -414,8 +409,8 @@ async fn stream(shared: &Shared, i: usize, trace: Option<&mut Trace>) -> Result<
         .await
         .map_err(late("sending the request"))?
         .map_err(io("read/write"))?;
-    let (http, sse) = (ResponseParser::new(), SseParser::default());
-    let mut reader = Reader { stats, http, sse, open: false, ready: false, started, key: conn.key, trace };
+    let mut reader =
+        Reader { stats, parser: Parser::default(), open: false, ready: false, started, key: conn.key, trace };
     let mut silence = config.connect_timeout;
     loop {
         // Polled readiness, not `readable()`: a smaller task, and the one read
@@ -439,8 +434,7 @@ async fn stream(shared: &Shared, i: usize, trace: Option<&mut Trace>) -> Result<
 /// gauges, returned when it ends.
 struct Reader<'a> {
     stats: &'a Stats,
-    http: ResponseParser,
-    sse: SseParser,
+    parser: Parser,
     open: bool,
     /// Has its first data event.
     ready: bool,
@@ -459,56 +453,43 @@ impl Drop for Reader<'_> {
 impl Reader<'_> {
     fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
         let now_us = unix_micros();
-        let Self { stats, http, sse, open, ready, started, key, trace } = self;
-        let (stats, mut failure) = (*stats, None);
-        let c = &stats.c;
-        let mut fail = |why: String| {
-            failure = Some(why);
-            Err(WireError("stop"))
-        };
-        http.feed(bytes, &mut |item| match item {
-            Item::Head(h) if h.status != 200 => fail(format!("status {}", h.status)),
-            Item::Head(h) if !h.content_type.as_ref().is_some_and(|t| t.starts_with("text/event-stream")) => {
-                fail("200 without content-type text/event-stream".into())
-            }
-            Item::Head(_) => {
-                *open = true;
-                c.established.fetch_add(1, Relaxed);
-                c.open.fetch_add(1, Relaxed);
-                Ok(())
-            }
-            Item::End => fail("closed by the server".into()),
-            Item::Body(body) => sse.feed(body, &mut |item| {
-                let Some((kind, id, stamp)) = item else {
-                    c.comments.fetch_add(1, Relaxed);
-                    return;
-                };
-                if let Some(t) = trace.as_deref_mut() {
-                    t.event(kind, id, stamp, now_us);
+        let Self { stats, parser, open, ready, started, key, trace } = self;
+        let (stats, c) = (*stats, &stats.c);
+        parser.feed(bytes, &mut |item| {
+            let counter = match item {
+                Item::Open => {
+                    *open = true;
+                    c.established.fetch_add(1, Relaxed);
+                    &c.open
                 }
-                let counter = match kind {
-                    Kind::Message => {
-                        if let Some(ms) = stamp.filter(|_| *ready) {
-                            stats.delivered(*key, ms, now_us.saturating_sub(ms.saturating_mul(1000)));
-                        } else if stamp.is_none() {
-                            c.unstamped.fetch_add(1, Relaxed);
-                        }
-                        if !std::mem::replace(ready, true) {
-                            stats.first_event.record(micros(started.elapsed()));
-                            c.ready.fetch_add(1, Relaxed);
-                        }
-                        &c.messages
+                Item::Comment => &c.comments,
+                Item::Event(kind, id, stamp) => {
+                    if let Some(t) = trace.as_deref_mut() {
+                        t.event(kind, id, stamp, now_us);
                     }
-                    Kind::Stale => &c.stale,
-                    Kind::Live => &c.live,
-                    Kind::Presence => &c.presence,
-                    Kind::End => &c.end,
-                    Kind::Other => &c.other_named,
-                };
-                counter.fetch_add(1, Relaxed);
-            }),
+                    match kind {
+                        Kind::Message => {
+                            if let Some(ms) = stamp.filter(|_| *ready) {
+                                stats.delivered(*key, ms, now_us.saturating_sub(ms.saturating_mul(1000)));
+                            } else if stamp.is_none() {
+                                c.unstamped.fetch_add(1, Relaxed);
+                            }
+                            if !std::mem::replace(ready, true) {
+                                stats.first_event.record(micros(started.elapsed()));
+                                c.ready.fetch_add(1, Relaxed);
+                            }
+                            &c.messages
+                        }
+                        Kind::Stale => &c.stale,
+                        Kind::Live => &c.live,
+                        Kind::Presence => &c.presence,
+                        Kind::End => &c.end,
+                        Kind::Other => &c.other_named,
+                    }
+                }
+            };
+            counter.fetch_add(1, Relaxed);
         })
-        .map_err(|e| failure.unwrap_or_else(|| format!("parse: {e}")))
     }
 }
 
@@ -524,152 +505,4 @@ pub fn unix_micros() -> u64 {
 /// A percentile of a histogram of µs, in ms.
 pub fn ms(s: &Snapshot, q: f64) -> Option<f64> {
     s.quantile(q).map(|us| us as f64 / 1000.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::{io::AsyncReadExt, net::TcpListener};
-
-    /// `n` connections to a server answering the `i`th with `script(i)` and
-    /// holding it open (or closing it, if `close`).
-    async fn run(n: usize, config: Config, script: fn(usize) -> Vec<u8>, close: bool) -> Load {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (mut plan, traced) = (Plan::default(), config.trace);
-        (0..n).for_each(|_| plan.push(listener.local_addr().unwrap(), "/live/e/stream", 7));
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            for i in 0.. {
-                let (mut s, _) = listener.accept().await.unwrap();
-                let mut buf = [0u8; 1024];
-                let n = s.read(&mut buf).await.unwrap();
-                let req = &buf[..n];
-                let resumed = if traced && i > 0 { "Last-Event-ID: 1\r\n" } else { "" };
-                let want = format!("Accept: text/event-stream\r\n{resumed}\r\n");
-                assert!(
-                    req.starts_with(b"GET /live/e/stream HTTP/1.1\r\n") && req.ends_with(want.as_bytes())
-                );
-                s.write_all(&script(i)).await.unwrap();
-                held.extend((!close).then_some(s));
-            }
-        });
-        Load::start(plan, config)
-    }
-
-    fn config(trace: bool) -> Config {
-        Config {
-            connect_rate: 1000,
-            per_source: 2,
-            connect_timeout: Duration::from_secs(2),
-            idle_timeout: Duration::from_secs(5),
-            reconnect_delay: Duration::from_millis(10),
-            deadline: Instant::now() + Duration::from_secs(10),
-            reset: false,
-            trace,
-        }
-    }
-
-    /// The edge's answer, chunked in 7-byte pieces so events straddle chunks.
-    fn edge_stream(stamps: &[u64]) -> Vec<u8> {
-        let events = stamps.iter().map(|s| format!("id: 1\ndata: {{\"a\":1,\"served_at_ms\":{s}}}\n\n"));
-        let body: String = [
-            "retry: 3000\n\n:\n\n".into(),
-            events.collect::<String>(),
-            "event: presence\ndata: 3\n\n".into(),
-        ]
-        .concat();
-        let mut wire =
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-                .to_vec();
-        for piece in body.as_bytes().chunks(7) {
-            wire.extend_from_slice(&[format!("{:X}\r\n", piece.len()).as_bytes(), piece, b"\r\n"].concat());
-        }
-        wire
-    }
-
-    /// nchan's answer: no length, no chunking (the body runs until close), a
-    /// `: hi` comment, `id: <time>:<tag>`; the same stamps on every
-    /// connection: the same updates.
-    fn nchan_stream(_: usize) -> Vec<u8> {
-        static BASE_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-        let now_ms = *BASE_MS.get_or_init(|| unix_micros() / 1000);
-        let events = [5000, 20, 10]
-            .map(|ago| format!("id: 17:{ago}\ndata: {{\"served_at_ms\":{}}}\n\n", now_ms - ago));
-        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\r\n: hi\n\n";
-        [head, &events.concat()].concat().into_bytes()
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn reads_nchan_eventsource_streams() {
-        let load = run(5, config(false), nchan_stream, false).await;
-        assert_eq!(load.sources().len(), 3, "2 per source address");
-        assert!(load.wait_ready(5, Duration::from_secs(5)).await.is_some());
-        let c = load.stats().counters();
-        assert_eq!(
-            (c.open, c.ready, c.established, c.errors, c.messages, c.comments, c.unstamped),
-            (5, 5, 5, 0, 15, 5, 0)
-        );
-        // The first event (5 s old) is not a delivery.
-        let lat = load.stats().latency.snapshot();
-        assert!(lat.count == 10 && lat.max < 1_000_000, "{lat:?}");
-        let (updates, dropped) = load.stats().updates_served(0, u64::MAX);
-        assert_eq!((updates.len(), dropped), (2, 0), "two updates");
-        assert!(updates.iter().all(|u| u.reached == 5 && u.first_us <= u.last_us));
-        assert_eq!(load.stop(Duration::from_secs(2)).await, 0);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn traced_connections_resume_with_the_last_id() {
-        let load = run(1, config(true), |i| edge_stream(&[[1, 2], [3, 4]][i % 2]), true).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let stats = load.stats().clone();
-        let (traces, stuck) = load.stop_traced(Duration::from_secs(2)).await;
-        let trace = traces[0].as_ref().expect("a trace");
-        assert!(trace.data.len() >= 4 && trace.named.is_empty() && stuck == 0);
-        assert_eq!(
-            (trace.data[1].id, trace.data[1].stamp, trace.data[3].stamp),
-            (Id::Value(1), Some(2), Some(4))
-        );
-        let c = stats.counters();
-        assert!(c.presence >= 2 && c.open == 0 && c.ready == 0, "{c:?}");
-        assert_eq!(stats.error_kinds()[0].0, "closed by the server");
-    }
-
-    fn bad_answer(i: usize) -> Vec<u8> {
-        let sse = "200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n";
-        let answer =
-            ["503 Busy\r\ncontent-length: 0\r\n\r\n", "200 OK\r\ncontent-type: text/plain\r\n\r\n", sse];
-        format!("HTTP/1.1 {}", answer[i % 3]).into_bytes()
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn closes_and_bad_answers_are_errors_and_reconnect() {
-        let load = run(1, config(false), bad_answer, true).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let stats = load.stats().clone();
-        load.stop(Duration::from_secs(2)).await;
-        let kinds: Vec<String> = stats.error_kinds().into_iter().map(|(k, _)| k).collect();
-        for want in ["status 503", "200 without content-type text/event-stream", "parse: bad chunk size line"]
-        {
-            assert!(kinds.iter().any(|k| k == want), "{want} missing from {kinds:?}");
-        }
-        assert!(stats.counters().reconnects >= 3);
-    }
-
-    #[test]
-    fn gaps_find_events_that_missed_a_change() {
-        // Event 1: every 1,000 ms; event 2 misses 3,000; 3 receives nothing; 4 is not expected.
-        let stats = Stats::default();
-        [(1, 1_000), (1, 2_000), (1, 3_000), (1, 4_000), (2, 1_000), (2, 2_000), (2, 4_000), (4, 2_500)]
-            .into_iter()
-            .for_each(|(key, at)| stats.delivered(key, at, 5));
-        let g = |keys: &[u32], from| {
-            let g = stats.gaps(keys.iter().copied(), from, 4_500, 1_500);
-            (g.events, g.with_gap, g.longest_ms)
-        };
-        assert_eq!(
-            [g(&[1, 2], 500), g(&[1, 2, 3], 500), g(&[1], 2_500)],
-            [(2, 1, 2_000), (3, 2, 4_000), (1, 0, 1_000)]
-        );
-    }
 }
