@@ -45,7 +45,6 @@ impl Histogram {
     }
 }
 
-/// A frozen histogram.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     buckets: Vec<u64>,
@@ -92,26 +91,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_are_contiguous_tight_and_quantiles_within_them() {
-        let mut last = 0;
+    fn buckets_are_tight_and_quantiles_within_them() {
         for v in (0..100_000u64).chain([1 << 30, (1 << 30) + 12_345, u64::from(u32::MAX)]) {
             let i = index(v);
-            assert!(upper(i) >= v && upper(i) - v <= v / 32, "{v} in bucket {i} up to {}", upper(i));
-            assert!(i >= last, "buckets not monotonic at {v}");
-            last = i;
+            assert!(upper(i) >= v && upper(i) - v <= v / 32 && (v == 0 || index(v - 1) <= i), "{v}");
         }
         assert_eq!(index(u64::MAX), BUCKETS - 1);
         let h = Histogram::default();
         (1..=10_000u64).for_each(|v| h.record(v));
         let s = h.snapshot();
-        for (q, want) in [(0.5, 5_000.0), (0.99, 9_900.0)] {
-            let got = s.quantile(q).unwrap() as f64;
-            assert!(got >= want && got <= want * 1.032, "q{q}: {got} vs {want}");
-        }
-        assert_eq!((s.count, s.quantile(0.0), s.quantile(1.0)), (10_000, Some(1), Some(10_000)));
-        assert!((s.mean().unwrap() - 5_000.5).abs() < 1e-9);
+        let q = |q| s.quantile(q).unwrap();
+        assert!((5_000..=5_160).contains(&q(0.5)) && (9_900..=10_000).contains(&q(0.99)));
+        assert_eq!((s.count, q(0.0), q(1.0), s.mean()), (10_000, 1, 10_000, Some(5_000.5)));
         h.reset();
-        let s = h.snapshot();
-        assert_eq!((s.count, s.max, s.quantile(0.5), s.mean()), (0, 0, None, None));
+        assert_eq!(h.snapshot().quantile(0.5), None);
     }
 }

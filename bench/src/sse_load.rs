@@ -1,10 +1,8 @@
-//! The load generator of browsers holding SSE streams, shared by every
-//! scenario (BENCHMARKS.md, "The SSE load generator"): raw sockets bound to
-//! 127.0.0.2, 127.0.0.3, ..., paced connects, one small task per connection
-//! reading into one buffer per worker thread with [`crate::wire`]'s parser,
-//! so it stays much cheaper than the edge it measures.
-//! Latency is `now - served_at_ms` of every data event but a connection's
-//! first (the replayed latest value), up to 1 ms too high.
+//! The browsers of every scenario (BENCHMARKS.md, "The SSE load generator"):
+//! raw sockets bound to 127.0.0.2, 127.0.0.3, ..., paced connects, one small
+//! task per connection reading into one buffer per worker thread, so it stays
+//! much cheaper than the edge it measures. Latency is `now - served_at_ms` of
+//! every data event but a connection's first (the replayed latest value).
 
 use crate::{
     histogram::{Histogram, Snapshot},
@@ -145,10 +143,9 @@ pub struct Update {
     pub last_us: u64,
 }
 
-/// Events that missed a change (see [`Stats::gaps`]).
+/// Of the events asked about, how many missed a change and the longest gap.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Gaps {
-    pub events: u64,
     pub with_gap: u64,
     pub longest_ms: u64,
 }
@@ -181,23 +178,7 @@ macro_rules! counters {
     };
 }
 
-counters!(
-    attempts,
-    established,
-    open,
-    ready,
-    reconnects,
-    messages,
-    unstamped,
-    stale,
-    live,
-    presence,
-    end,
-    other_named,
-    comments,
-    bytes,
-    errors
-);
+counters! { open, ready, reconnects, messages, stale, live, presence, end, comments, bytes, errors }
 
 impl Stats {
     /// Error messages and how often each occurred, most frequent first.
@@ -236,7 +217,6 @@ impl Stats {
             points.extend([from_ms, to_ms]);
             points.sort_unstable();
             let longest = points.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-            gaps.events += 1;
             gaps.with_gap += u64::from(longest > max_gap_ms);
             gaps.longest_ms = gaps.longest_ms.max(longest);
         }
@@ -387,7 +367,6 @@ async fn stream(shared: &Shared, i: usize, trace: Option<&mut Trace>) -> Result<
     let io = |what: &'static str| move |e: std::io::Error| format!("{what}: {e}");
     let late = |what: &'static str| move |_| format!("timeout: {what}");
     let started = Instant::now();
-    stats.c.attempts.fetch_add(1, Relaxed);
     let socket = TcpSocket::new_v4().map_err(io("socket/bind"))?;
     socket.bind(SocketAddr::new(source.into(), 0)).map_err(io("socket/bind"))?;
     if config.reset {
@@ -459,7 +438,6 @@ impl Reader<'_> {
             let counter = match item {
                 Item::Open => {
                     *open = true;
-                    c.established.fetch_add(1, Relaxed);
                     &c.open
                 }
                 Item::Comment => &c.comments,
@@ -471,8 +449,6 @@ impl Reader<'_> {
                         Kind::Message => {
                             if let Some(ms) = stamp.filter(|_| *ready) {
                                 stats.delivered(*key, ms, now_us.saturating_sub(ms.saturating_mul(1000)));
-                            } else if stamp.is_none() {
-                                c.unstamped.fetch_add(1, Relaxed);
                             }
                             if !std::mem::replace(ready, true) {
                                 stats.first_event.record(micros(started.elapsed()));
@@ -484,7 +460,7 @@ impl Reader<'_> {
                         Kind::Live => &c.live,
                         Kind::Presence => &c.presence,
                         Kind::End => &c.end,
-                        Kind::Other => &c.other_named,
+                        Kind::Other => return,
                     }
                 }
             };
@@ -505,4 +481,96 @@ pub fn unix_micros() -> u64 {
 /// A percentile of a histogram of µs, in ms.
 pub fn ms(s: &Snapshot, q: f64) -> Option<f64> {
     s.quantile(q).map(|us| us as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::{io::AsyncReadExt, net::TcpListener};
+
+    /// One traced browser; the server answers its connections in turn: an
+    /// edge stream ending after two events, two bad answers, then an nchan
+    /// stream (until close, ids no numbers) held open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn counts_measures_and_resumes_across_reconnects() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut plan = Plan::default();
+        plan.push(listener.local_addr().unwrap(), "/live/e/stream", 7);
+        let now_ms = unix_micros() / 1000;
+        let data = |id, ago| format!("id: {id}\ndata: {{\"served_at_ms\":{}}}\n\n", now_ms - ago);
+        let sse = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n";
+        let body = [data("1", 5000), data("2", 20), ":\n\nevent: presence\ndata: 3\n\n".into()].concat();
+        let answers = [
+            format!("{sse}transfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n", body.len()),
+            "HTTP/1.1 503 Busy\r\ncontent-length: 0\r\n\r\n".into(),
+            format!("{sse}transfer-encoding: chunked\r\n\r\nzz\r\n"),
+            [sse, "\r\n", &data("17:a", 5000), &data("17:b", 10), &data("17:c", 5)].concat(),
+        ];
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (log2, mut held) = (log.clone(), Vec::new());
+        tokio::spawn(async move {
+            for answer in answers {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0; 1024];
+                let n = s.read(&mut buf).await.unwrap();
+                buf.truncate(n);
+                lock(&log2).push(String::from_utf8(buf).unwrap());
+                s.write_all(answer.as_bytes()).await.unwrap();
+                held.push(s);
+            }
+            std::future::pending::<()>().await
+        });
+        let config = Config {
+            connect_rate: 1000,
+            per_source: 1,
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(5),
+            reconnect_delay: Duration::from_millis(10),
+            deadline: Instant::now() + Duration::from_secs(10),
+            reset: false,
+            trace: true,
+        };
+        let load = Load::start(plan, config);
+        let stats = load.stats().clone();
+        while stats.counters().messages < 5 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (traces, stuck) = load.stop_traced(Duration::from_secs(2)).await;
+        let c = stats.counters();
+        assert_eq!(
+            (stuck, c.open, c.ready, c.reconnects, c.errors, c.comments, c.presence),
+            (0, 0, 0, 3, 3, 1, 1)
+        );
+        let kinds: Vec<_> = stats.error_kinds().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(kinds, ["closed by the server", "parse: bad chunk size line", "status 503"]);
+        // Every connection's first event is the replayed value, not a delivery.
+        let (lat, first) = (stats.latency.snapshot(), stats.first_event.snapshot());
+        assert!(lat.count == 3 && lat.max < 1_000_000 && first.count == 2, "{lat:?}");
+        let (updates, _) = stats.updates_served(0, u64::MAX);
+        assert!(updates.len() == 3 && updates.iter().all(|u| u.reached == 1));
+        let ids: Vec<_> = traces[0].as_ref().unwrap().data.iter().map(|r| r.id).collect();
+        assert_eq!(ids, [Id::Value(1), Id::Value(2), Id::Bad, Id::Bad, Id::Bad]);
+        let log = lock(&log);
+        assert!(log[0].ends_with("Accept: text/event-stream\r\n\r\n"));
+        assert!(
+            log[1..].iter().all(|r| r.ends_with("Accept: text/event-stream\r\nLast-Event-ID: 2\r\n\r\n"))
+        );
+    }
+
+    #[test]
+    fn gaps_find_events_that_missed_a_change() {
+        // Event 1: every 1,000 ms; event 2 misses 3,000; 3 receives nothing; 4 is not asked about.
+        let stats = Stats::default();
+        [(1, 1_000), (1, 2_000), (1, 3_000), (1, 4_000), (2, 1_000), (2, 2_000), (2, 4_000), (4, 2_500)]
+            .into_iter()
+            .for_each(|(key, at)| stats.delivered(key, at, 5));
+        let g = |keys: &[u32], from| {
+            let g = stats.gaps(keys.iter().copied(), from, 4_500, 1_500);
+            (g.with_gap, g.longest_ms)
+        };
+        assert_eq!(
+            [g(&[1, 2], 500), g(&[1, 2, 3], 500), g(&[1], 2_500)],
+            [(1, 2_000), (2, 4_000), (0, 1_000)]
+        );
+    }
 }
