@@ -55,18 +55,16 @@ pub struct Config {
     pub trace: bool,
 }
 
-/// One data event as a traced connection read it.
+/// One data event as a traced connection read it (Unix µs; media-sim's stamp).
 #[derive(Debug, Clone, Copy)]
 pub struct Rec {
-    /// Unix µs of the read.
     pub at_us: u64,
     pub id: Id,
-    /// media-sim's `served_at_ms`, if any.
     pub stamp: Option<u64>,
 }
 
-/// What one traced connection saw, over all its reconnects: the first
-/// [`MAX_TRACE`] data events, and of named events (Unix µs), presence excluded.
+/// What one traced connection saw over all its reconnects: the first
+/// [`MAX_TRACE`] data events, and named ones (Unix µs) but presence.
 #[derive(Debug, Default)]
 pub struct Trace {
     pub data: Vec<Rec>,
@@ -75,55 +73,33 @@ pub struct Trace {
     last_id: Option<u64>,
 }
 
-impl Trace {
-    fn event(&mut self, kind: Kind, id: Id, stamp: Option<u64>, at_us: u64) {
-        if let (Kind::Message, Id::Value(id)) = (kind, id) {
-            self.last_id = self.last_id.max(Some(id));
-        }
-        match kind {
-            Kind::Message if self.data.len() < MAX_TRACE => self.data.push(Rec { at_us, id, stamp }),
-            Kind::Message | Kind::Presence => {}
-            _ if self.named.len() < MAX_TRACE => self.named.push((at_us, kind)),
-            _ => {}
-        }
-    }
-}
-
-/// Who connects where: one entry per connection.
+/// Who connects where, one entry per connection; one copy of each request.
 #[derive(Default)]
 pub struct Plan {
-    conns: Vec<Conn>,
-    /// One copy of each distinct request.
+    conns: Vec<(SocketAddr, Arc<[u8]>, u32)>,
     requests: HashMap<(SocketAddr, String), Arc<[u8]>>,
 }
 
-struct Conn {
-    addr: SocketAddr,
-    request: Arc<[u8]>,
-    /// The event's index, grouping deliveries per update.
-    key: u32,
-}
-
 impl Plan {
-    /// One more connection to `addr`, `GET path`; `key` names its event.
+    /// One more connection to `addr`, `GET path`; `key` names its event
+    /// (grouping deliveries per update).
     pub fn push(&mut self, addr: SocketAddr, path: &str, key: u32) {
         let request = self.requests.entry((addr, path.to_owned())).or_insert_with(|| {
             format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
                 .into_bytes()
                 .into()
         });
-        self.conns.push(Conn { addr, request: request.clone(), key });
+        self.conns.push((addr, request.clone(), key));
     }
 }
 
-/// What the connections saw.
+/// What the connections saw; histograms in µs: media-sim serving a value to
+/// a browser reading it, the TCP connect, starting to connect to the first
+/// data event.
 #[derive(Default)]
 pub struct Stats {
-    /// µs from media-sim serving a value to a browser reading it.
     pub latency: Histogram,
-    /// µs of the TCP connect.
     pub connect: Histogram,
-    /// µs from starting to connect to the first data event.
     pub first_event: Histogram,
     c: Atomics,
     error_kinds: Mutex<BTreeMap<String, u64>>,
@@ -131,19 +107,18 @@ pub struct Stats {
     updates_dropped: AtomicU64,
 }
 
-/// Deliveries of one update (one event's value served at one instant).
+/// Deliveries of one update (one event's value served at one instant, Unix
+/// ms): browsers reached (first events excluded), µs latency of the first
+/// and of the last of them.
 #[derive(Debug, Clone, Copy)]
 pub struct Update {
-    /// Unix ms when media-sim served it.
     pub served_at_ms: u64,
-    /// Browsers that received it (first events excluded).
     pub reached: u32,
-    /// µs latency of the first and of the last browser to receive it.
     pub first_us: u64,
     pub last_us: u64,
 }
 
-/// Of the events asked about, how many missed a change and the longest gap.
+/// Of the events asked about, how many missed a change; the longest gap.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Gaps {
     pub with_gap: u64,
@@ -262,7 +237,7 @@ struct Shared {
     stats: Arc<Stats>,
     config: Config,
     stop: CancellationToken,
-    conns: Vec<Conn>,
+    plan: Plan,
     sources: Vec<Ipv4Addr>,
     /// When the next connection may start (paced across all).
     next_start: Mutex<Instant>,
@@ -271,20 +246,18 @@ struct Shared {
 impl Load {
     /// Starts every connection of `plan`, paced; inside a tokio runtime.
     pub fn start(plan: Plan, config: Config) -> Self {
-        let (conns, stop) = (plan.conns, CancellationToken::new());
-        let count = conns.len().div_ceil(config.per_source.max(1) as usize) as u32;
+        let count = plan.conns.len().div_ceil(config.per_source.max(1) as usize) as u32;
         let first = NEXT_SOURCE.fetch_add(count, Relaxed);
         let sources = (first..first + count).map(|i| Ipv4Addr::from(0x7f00_0000 | (i & 0xff_ffff))).collect();
+        let (stop, next_start) = (CancellationToken::new(), Mutex::new(Instant::now()));
         let (mut tasks, deadline, watchdog) = (JoinSet::new(), config.deadline, stop.clone());
         tasks.spawn(async move {
-            if watchdog.run_until_cancelled(tokio::time::sleep_until(deadline)).await.is_some() {
-                watchdog.cancel();
-            }
+            let _ = watchdog.run_until_cancelled(tokio::time::sleep_until(deadline)).await;
+            watchdog.cancel();
             None
         });
-        let next_start = Mutex::new(Instant::now());
-        let shared = Arc::new(Shared { stats: Arc::default(), config, stop, conns, sources, next_start });
-        for i in 0..shared.conns.len() {
+        let shared = Arc::new(Shared { stats: Arc::default(), config, stop, plan, sources, next_start });
+        for i in 0..shared.plan.conns.len() {
             tasks.spawn(connection(i, shared.clone()));
         }
         Self { shared, tasks }
@@ -322,7 +295,7 @@ impl Load {
     pub async fn stop_traced(mut self, grace: Duration) -> (Vec<Option<Trace>>, usize) {
         self.shared.stop.cancel();
         let deadline = Instant::now() + grace;
-        let mut traces: Vec<Option<Trace>> = (0..self.shared.conns.len()).map(|_| None).collect();
+        let mut traces: Vec<Option<Trace>> = (0..self.shared.plan.conns.len()).map(|_| None).collect();
         while let Ok(Some(done)) = tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
             if let Ok(Some((i, trace))) = done {
                 traces[i] = Some(trace);
@@ -362,7 +335,7 @@ async fn connection(i: usize, shared: Arc<Shared>) -> Option<(usize, Trace)> {
 
 /// Connection `i`'s life, until it fails: why.
 async fn stream(shared: &Shared, i: usize, trace: Option<&mut Trace>) -> Result<Infallible, String> {
-    let (stats, config, conn) = (&*shared.stats, &shared.config, &shared.conns[i]);
+    let (stats, config, (addr, request, key)) = (&*shared.stats, &shared.config, &shared.plan.conns[i]);
     let source = shared.sources[i / config.per_source.max(1) as usize];
     let io = |what: &'static str| move |e: std::io::Error| format!("{what}: {e}");
     let late = |what: &'static str| move |_| format!("timeout: {what}");
@@ -372,24 +345,23 @@ async fn stream(shared: &Shared, i: usize, trace: Option<&mut Trace>) -> Result<
     if config.reset {
         socket.set_zero_linger().map_err(io("socket/bind"))?;
     }
-    let connecting = tokio::time::timeout(config.connect_timeout, socket.connect(conn.addr));
+    let connecting = tokio::time::timeout(config.connect_timeout, socket.connect(*addr));
     let mut tcp = connecting.await.map_err(late("TCP connect"))?.map_err(io("connect"))?;
     stats.connect.record(micros(started.elapsed()));
     let _ = tcp.set_nodelay(true);
     // A block of its own, so the task does not keep the resumed request.
     let written = async {
         let resumed = trace.as_ref().and_then(|t| t.last_id).map(|id| {
-            [&conn.request[..conn.request.len() - 2], format!("Last-Event-ID: {id}\r\n\r\n").as_bytes()]
-                .concat()
+            [&request[..request.len() - 2], format!("Last-Event-ID: {id}\r\n\r\n").as_bytes()].concat()
         });
-        tcp.write_all(resumed.as_deref().unwrap_or(&conn.request)).await
+        tcp.write_all(resumed.as_deref().unwrap_or(request)).await
     };
     tokio::time::timeout(config.connect_timeout, written)
         .await
         .map_err(late("sending the request"))?
         .map_err(io("read/write"))?;
     let mut reader =
-        Reader { stats, parser: Parser::default(), open: false, ready: false, started, key: conn.key, trace };
+        Reader { stats, parser: Parser::default(), open: false, ready: false, started, key: *key, trace };
     let mut silence = config.connect_timeout;
     loop {
         // Polled readiness, not `readable()`: a smaller task, and the one read
@@ -409,13 +381,12 @@ async fn stream(shared: &Shared, i: usize, trace: Option<&mut Trace>) -> Result<
     }
 }
 
-/// Parser state of one connection; `open` and `ready` are its share of the
-/// gauges, returned when it ends.
+/// Parser state of one connection; `open` and `ready` (has its first data
+/// event) are its share of the gauges, returned when it ends.
 struct Reader<'a> {
     stats: &'a Stats,
     parser: Parser,
     open: bool,
-    /// Has its first data event.
     ready: bool,
     started: Instant,
     key: u32,
@@ -443,7 +414,17 @@ impl Reader<'_> {
                 Item::Comment => &c.comments,
                 Item::Event(kind, id, stamp) => {
                     if let Some(t) = trace.as_deref_mut() {
-                        t.event(kind, id, stamp, now_us);
+                        if let (Kind::Message, Id::Value(id)) = (kind, id) {
+                            t.last_id = t.last_id.max(Some(id));
+                        }
+                        match kind {
+                            Kind::Message if t.data.len() < MAX_TRACE => {
+                                t.data.push(Rec { at_us: now_us, id, stamp })
+                            }
+                            Kind::Message | Kind::Presence => {}
+                            _ if t.named.len() < MAX_TRACE => t.named.push((now_us, kind)),
+                            _ => {}
+                        }
                     }
                     match kind {
                         Kind::Message => {
