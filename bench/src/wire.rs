@@ -1,19 +1,19 @@
-//! The push parser of what a browser reads: one HTTP/1.1 response, a 200
-//! `text/event-stream` head then a chunked (edge) or until-close (nchan)
-//! body, and its SSE lines. Fed whatever one `read` returned, it keeps only a
-//! line split across reads (BENCHMARKS.md, "The SSE load generator").
-//! Framing is checked strictly (httparse for the head and chunk sizes); of
-//! the payload only the event type, id and `served_at_ms` stamp are read.
+//! The push parser of what a browser reads (BENCHMARKS.md, "The SSE load
+//! generator"): one HTTP/1.1 response, a 200 `text/event-stream` head
+//! (httparse) then a chunked (edge) or until-close (nchan) body, and its SSE
+//! lines. Fed whatever one `read` returned, it keeps only a head or line split
+//! across reads. Framing is checked strictly; of the payload only the event
+//! type, id and `served_at_ms` stamp are read.
 
 use httparse::{EMPTY_HEADER, Status};
 
-/// Largest response head, chunk size line or SSE line accepted.
+/// Largest response head or SSE line accepted.
 const MAX_LINE: usize = 64 * 1024;
 
-/// The type of an SSE event, as far as the benchmark tells them apart.
+/// The type of an SSE event, as far as the benchmark tells them apart
+/// (`Message`: unnamed, the media JSON).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kind {
-    /// Unnamed (`message`): the media JSON.
     #[default]
     Message,
     Stale,
@@ -23,24 +23,21 @@ pub enum Kind {
     Other,
 }
 
-/// An event's own `id` field (the edge sends one with every data event).
+/// An event's own `id` field (`Bad`: not a decimal number).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Id {
     #[default]
     Missing,
-    /// Not a decimal number.
     Bad,
     Value(u64),
 }
 
-/// What [`Parser::feed`] reports, in wire order.
+/// What [`Parser::feed`] reports: the 200 head, a comment line (the edge's
+/// keep-alive), an event with data (and its `served_at_ms` stamp).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Item {
-    /// The 200 `text/event-stream` head.
     Open,
-    /// A comment line (the edge's keep-alive).
     Comment,
-    /// An event with data, and its `served_at_ms` stamp if any.
     Event(Kind, Id, Option<u64>),
 }
 
@@ -48,10 +45,12 @@ pub enum Item {
 enum Phase {
     #[default]
     Head,
-    /// A chunk size line, after this many bytes (the CRLF ending a chunk).
-    Size(usize),
-    /// Bytes left of a chunk's data.
+    /// A chunk size line: its value (`None` before a digit), and whether the
+    /// digits are over (an extension, the CR).
+    Size(Option<u64>, bool),
+    /// Bytes left of a chunk's data; then the index in the CRLF after it.
     Chunk(u64),
+    Crlf(usize),
     UntilClose,
 }
 
@@ -59,106 +58,91 @@ enum Phase {
 #[derive(Debug, Default)]
 pub struct Parser {
     phase: Phase,
-    /// A head or chunk size line split across reads (empty otherwise).
-    pending: Vec<u8>,
+    /// A head split across reads (empty otherwise).
+    head: Vec<u8>,
     sse: Sse,
 }
-
-type Parsed<T> = Result<Option<(usize, T)>, String>;
 
 fn bad(what: &str) -> String {
     format!("parse: {what}")
 }
 
 impl Parser {
-    /// Feeds bytes as they arrive; an error (why) ends the connection, as
-    /// does a non-200 head and the last chunk.
+    /// Feeds bytes as they arrive; an error (why) ends the connection, as do
+    /// a non-200 head and the last chunk.
     pub fn feed(&mut self, mut input: &[u8], on: &mut impl FnMut(Item)) -> Result<(), String> {
-        while !input.is_empty() {
-            match self.phase {
-                Phase::Head => {
-                    if let Some(body) = self.framed(&mut input, parse_head)? {
-                        self.phase = body;
+        while let Some(&b) = input.first() {
+            self.phase = match self.phase {
+                Phase::Head => match self.head(&mut input)? {
+                    Some(body) => {
                         on(Item::Open);
+                        body
+                    }
+                    None => Phase::Head,
+                },
+                Phase::Size(size, over) => {
+                    input = &input[1..];
+                    match (b, size, char::from(b).to_digit(16)) {
+                        (b'\n', Some(0), _) => return Err("closed by the server".into()),
+                        (b'\n', Some(size), _) => Phase::Chunk(size),
+                        (_, _, Some(d)) if !over => match size.unwrap_or(0).checked_mul(16) {
+                            Some(size) => Phase::Size(Some(size + u64::from(d)), false),
+                            None => return Err(bad("bad chunk size line")),
+                        },
+                        (_, Some(_), _) if over || b == b';' || b == b'\r' => Phase::Size(size, true),
+                        _ => return Err(bad("bad chunk size line")),
                     }
                 }
-                Phase::Size(skip) => match self.framed(&mut input, |b| chunk_size(b, skip))? {
-                    Some(0) => return Err("closed by the server".into()),
-                    Some(size) => self.phase = Phase::Chunk(size),
-                    None => {}
-                },
                 Phase::Chunk(left) => {
                     let n = input.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let left = left - n as u64;
-                    self.phase = if left == 0 { Phase::Size(2) } else { Phase::Chunk(left) };
                     self.sse.feed(&input[..n], on)?;
                     input = &input[n..];
+                    if n as u64 == left { Phase::Crlf(0) } else { Phase::Chunk(left - n as u64) }
                 }
+                Phase::Crlf(i) if b == b"\r\n"[i] => {
+                    input = &input[1..];
+                    if i == 0 { Phase::Crlf(1) } else { Phase::Size(None, false) }
+                }
+                Phase::Crlf(_) => return Err(bad("chunk data not followed by CRLF")),
                 Phase::UntilClose => return self.sse.feed(input, on),
             }
         }
         Ok(())
     }
 
-    /// Runs `parse` on what `input` starts with, keeping it in `pending`
-    /// until complete; consumes what was parsed (or all of `input`).
-    fn framed<T>(
-        &mut self,
-        input: &mut &[u8],
-        parse: impl Fn(&[u8]) -> Parsed<T>,
-    ) -> Result<Option<T>, String> {
-        let before = self.pending.len();
+    /// The body's framing once the head is complete (consumed); until then
+    /// `input` goes to `head`.
+    fn head(&mut self, input: &mut &[u8]) -> Result<Option<Phase>, String> {
+        let before = self.head.len();
         if before == 0 {
-            if let Some((n, t)) = parse(input)? {
+            if let Some((n, body)) = parse_head(input)? {
                 *input = &input[n..];
-                return Ok(Some(t));
+                return Ok(Some(body));
             }
         }
         let take = input.len().min(MAX_LINE + 1 - before);
-        self.pending.extend_from_slice(&input[..take]);
-        let parsed = parse(&self.pending)?;
-        if parsed.is_none() && self.pending.len() > MAX_LINE {
-            return Err(bad("response head too large"));
-        }
-        let rest: &[u8] = input;
-        *input = parsed.as_ref().map_or(&[], |(n, _)| &rest[n - before..]);
-        Ok(parsed.map(|(_, t)| {
-            self.pending = Vec::new();
-            t
-        }))
+        self.head.extend_from_slice(&input[..take]);
+        let Some((n, body)) = parse_head(&self.head)? else {
+            *input = &[];
+            return if self.head.len() > MAX_LINE { Err(bad("response head too large")) } else { Ok(None) };
+        };
+        (*input, self.head) = (&input[n - before..], Vec::new());
+        Ok(Some(body))
     }
 }
 
-/// httparse's result: `None` if incomplete.
-fn done<T, E>(r: Result<Status<T>, E>, what: &str) -> Result<Option<T>, String> {
-    match r {
-        Ok(Status::Complete(t)) => Ok(Some(t)),
-        Ok(Status::Partial) => Ok(None),
-        Err(_) => Err(bad(what)),
-    }
-}
-
-/// A chunk size line after `skip` bytes of CRLF; the size.
-fn chunk_size(b: &[u8], skip: usize) -> Parsed<u64> {
-    let (crlf, line) = b.split_at(b.len().min(skip));
-    if !b"\r\n".starts_with(crlf) {
-        return Err(bad("chunk data not followed by CRLF"));
-    }
-    // httparse would take an empty line for size 0.
-    if line.first().is_some_and(|d| !d.is_ascii_hexdigit()) {
-        return Err(bad("bad chunk size line"));
-    }
-    Ok(done(httparse::parse_chunk_size(line), "bad chunk size line")?.map(|(n, size)| (skip + n, size)))
-}
-
-/// How the body of a 200 `text/event-stream` head is delimited.
-fn parse_head(bytes: &[u8]) -> Parsed<Phase> {
+/// How the body of a 200 `text/event-stream` head is delimited, after its
+/// length; anything else is an error.
+fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Phase)>, String> {
     let mut headers = [EMPTY_HEADER; 64];
     let mut response = httparse::Response::new(&mut headers);
-    let Some(n) = done(response.parse(bytes), "bad response head")? else { return Ok(None) };
-    match response.code {
-        Some(200) => {}
-        status => return Err(format!("status {}", status.unwrap_or_default())),
+    let n = match response.parse(bytes) {
+        Ok(Status::Complete(n)) => n,
+        Ok(Status::Partial) => return Ok(None),
+        Err(_) => return Err(bad("bad response head")),
+    };
+    if response.code != Some(200) {
+        return Err(format!("status {}", response.code.unwrap_or_default()));
     }
     let (mut sse, mut body) = (false, Phase::UntilClose);
     for h in response.headers.iter() {
@@ -168,7 +152,7 @@ fn parse_head(bytes: &[u8]) -> Parsed<Phase> {
             if !h.value.to_ascii_lowercase().trim_ascii_end().ends_with(b"chunked") {
                 return Err(bad("unsupported transfer-encoding"));
             }
-            body = Phase::Size(0);
+            body = Phase::Size(None, false);
         }
     }
     if !sse {
@@ -265,10 +249,9 @@ mod tests {
     use super::*;
 
     /// Feeds `wire` in pieces of `step` bytes: the items, and the error.
-    fn parse(wire: &[u8], step: usize) -> (Vec<Item>, String) {
+    fn parse(wire: &str, step: usize) -> (Vec<Item>, String) {
         let (mut p, mut items) = (Parser::default(), Vec::new());
-        let end = wire.chunks(step).try_for_each(|piece| p.feed(piece, &mut |i| items.push(i)));
-        assert!(p.sse.partial.is_empty() || end.is_err());
+        let end = wire.as_bytes().chunks(step).try_for_each(|piece| p.feed(piece, &mut |i| items.push(i)));
         (items, end.err().unwrap_or_default())
     }
 
@@ -276,25 +259,25 @@ mod tests {
     fn responses_split_at_every_point() {
         let body = "retry: 3000\n\n:\n\nid: 7\ndata: {\"a\":1,\"served_at_ms\":1764064800123}\n\n\
             event: stale\r\ndata: {}\r\n\r\nevent: presence\nid: x\ndata: 3\n\nevent: end\n\n";
-        let want = [
+        let mut want = vec![
             Item::Open,
             Item::Comment,
             Item::Event(Kind::Message, Id::Value(7), Some(1_764_064_800_123)),
+        ];
+        want.extend([
             Item::Event(Kind::Stale, Id::Missing, None),
             Item::Event(Kind::Presence, Id::Bad, None),
-        ];
-        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream";
-        let until_close = format!("{head}\r\n\r\n{body}");
+        ]);
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n";
         let chunks: String = body
             .as_bytes()
             .chunks(7)
             .map(|c| format!("{:x};e=1\r\n{}\r\n", c.len(), String::from_utf8_lossy(c)))
             .collect();
-        let chunked = format!("{head}\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}0\r\n\r\n");
+        let chunked = format!("{head}Transfer-Encoding: chunked\r\n\r\n{chunks}0\r\n\r\n");
         for step in 1..=chunked.len() {
-            assert_eq!(parse(until_close.as_bytes(), step), (want.to_vec(), String::new()), "step {step}");
-            let closed = (want.to_vec(), "closed by the server".to_owned());
-            assert_eq!(parse(chunked.as_bytes(), step), closed, "step {step}");
+            assert_eq!(parse(&format!("{head}\r\n{body}"), step), (want.clone(), String::new()), "{step}");
+            assert_eq!(parse(&chunked, step), (want.clone(), "closed by the server".into()), "{step}");
         }
     }
 
@@ -317,7 +300,7 @@ mod tests {
             (format!("{sse}x: {}", "a".repeat(MAX_LINE)), "parse: response head too large"),
             (format!("{sse}\r\n{}", "a".repeat(MAX_LINE + 1)), "parse: SSE line too long"),
         ] {
-            assert_eq!(parse(wire.as_bytes(), 1000).1, want);
+            assert_eq!(parse(&wire, 1000).1, want);
         }
         assert_eq!(find_stamp(br#"{"served_at_ms": 99999999999999999999}"#), None);
     }
