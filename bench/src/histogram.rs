@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 const SUB_BITS: u32 = 5;
 const SUB: usize = 1 << SUB_BITS;
-/// Powers of two above the exact range: values up to 2^45 (µs: a year) are
-/// bucketed, larger ones clamped.
+/// Powers of two above the exact range: up to 2^45 (µs: a year), larger clamped.
 const RANGES: usize = 40;
 const BUCKETS: usize = SUB * (RANGES + 1);
 
@@ -32,8 +31,7 @@ impl Histogram {
         self.max.fetch_max(value, Relaxed);
     }
 
-    /// Forgets everything so far (to start a measurement window); records
-    /// racing with it land on either side.
+    /// Forgets everything so far (a window starts); racing records land on either side.
     pub fn reset(&self) {
         self.buckets.iter().chain([&self.sum, &self.max]).for_each(|a| a.store(0, Relaxed));
     }
@@ -54,8 +52,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The value at quantile `q` (0..=1): the upper end of its bucket, never
-    /// above the exact maximum; `None` when empty.
+    /// The value at quantile `q` (0..=1): its bucket's upper end, at most the maximum.
     pub fn quantile(&self, q: f64) -> Option<u64> {
         let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
         let mut seen = 0;

@@ -110,6 +110,11 @@ impl Parser {
         Ok(())
     }
 
+    /// Whether the head is read.
+    pub fn open(&self) -> bool {
+        !matches!(self.phase, Phase::Head)
+    }
+
     /// The body's framing once the head is complete (consumed); until then
     /// `input` goes to `head`.
     fn head(&mut self, input: &mut &[u8]) -> Result<Option<Phase>, String> {
