@@ -73,23 +73,21 @@ pub struct Trace {
     last_id: Option<u64>,
 }
 
-/// Who connects where, one entry per connection; one copy of each request.
+/// Who connects where: (address, request, event key) per connection, one
+/// copy of each request.
 #[derive(Default)]
 pub struct Plan {
     conns: Vec<(SocketAddr, Arc<[u8]>, u32)>,
-    requests: HashMap<(SocketAddr, String), Arc<[u8]>>,
+    requests: HashMap<String, Arc<[u8]>>,
 }
 
 impl Plan {
     /// One more connection to `addr`, `GET path`; `key` names its event
     /// (grouping deliveries per update).
     pub fn push(&mut self, addr: SocketAddr, path: &str, key: u32) {
-        let request = self.requests.entry((addr, path.to_owned())).or_insert_with(|| {
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
-                .into_bytes()
-                .into()
-        });
-        self.conns.push((addr, request.clone(), key));
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+        let request = self.requests.entry(request).or_insert_with_key(|r| r.as_bytes().into()).clone();
+        self.conns.push((addr, request, key));
     }
 }
 
@@ -138,9 +136,7 @@ macro_rules! counters {
         struct Atomics { $($name: AtomicU64,)* }
 
         impl Stats {
-            pub fn counters(&self) -> Counters {
-                Counters { $($name: self.c.$name.load(Relaxed),)* }
-            }
+            pub fn counters(&self) -> Counters { Counters { $($name: self.c.$name.load(Relaxed),)* } }
         }
 
         impl Counters {
@@ -237,7 +233,7 @@ struct Shared {
     stats: Arc<Stats>,
     config: Config,
     stop: CancellationToken,
-    plan: Plan,
+    conns: Vec<(SocketAddr, Arc<[u8]>, u32)>,
     sources: Vec<Ipv4Addr>,
     /// When the next connection may start (paced across all).
     next_start: Mutex<Instant>,
@@ -246,7 +242,8 @@ struct Shared {
 impl Load {
     /// Starts every connection of `plan`, paced; inside a tokio runtime.
     pub fn start(plan: Plan, config: Config) -> Self {
-        let count = plan.conns.len().div_ceil(config.per_source.max(1) as usize) as u32;
+        let conns = plan.conns;
+        let count = conns.len().div_ceil(config.per_source.max(1) as usize) as u32;
         let first = NEXT_SOURCE.fetch_add(count, Relaxed);
         let sources = (first..first + count).map(|i| Ipv4Addr::from(0x7f00_0000 | (i & 0xff_ffff))).collect();
         let (stop, next_start) = (CancellationToken::new(), Mutex::new(Instant::now()));
@@ -256,8 +253,8 @@ impl Load {
             watchdog.cancel();
             None
         });
-        let shared = Arc::new(Shared { stats: Arc::default(), config, stop, plan, sources, next_start });
-        for i in 0..shared.plan.conns.len() {
+        let shared = Arc::new(Shared { stats: Arc::default(), config, stop, conns, sources, next_start });
+        for i in 0..shared.conns.len() {
             tasks.spawn(connection(i, shared.clone()));
         }
         Self { shared, tasks }
@@ -295,7 +292,7 @@ impl Load {
     pub async fn stop_traced(mut self, grace: Duration) -> (Vec<Option<Trace>>, usize) {
         self.shared.stop.cancel();
         let deadline = Instant::now() + grace;
-        let mut traces: Vec<Option<Trace>> = (0..self.shared.plan.conns.len()).map(|_| None).collect();
+        let mut traces: Vec<Option<Trace>> = (0..self.shared.conns.len()).map(|_| None).collect();
         while let Ok(Some(done)) = tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
             if let Ok(Some((i, trace))) = done {
                 traces[i] = Some(trace);
@@ -310,12 +307,10 @@ impl Load {
 /// One browser: connect, read until stopped, reconnect when the stream ends.
 async fn connection(i: usize, shared: Arc<Shared>) -> Option<(usize, Trace)> {
     // Boxed: an untraced connection pays one pointer.
-    let (mut trace, c) = (shared.config.trace.then(Box::<Trace>::default), &shared.stats.c);
+    let mut trace = shared.config.trace.then(Box::<Trace>::default);
     for attempt in 0u64.. {
-        // This attempt's share of the gauges `open` and `ready`.
-        let mut gauges = (false, false);
-        let failure = tokio::select! {
-            _ = shared.stop.cancelled() => None,
+        tokio::select! {
+            _ = shared.stop.cancelled() => break,
             Err(failure) = async {
                 if attempt > 0 {
                     tokio::time::sleep(shared.config.reconnect_delay).await;
@@ -327,26 +322,17 @@ async fn connection(i: usize, shared: Arc<Shared>) -> Option<(usize, Trace)> {
                     at
                 };
                 tokio::time::sleep_until(start).await;
-                c.reconnects.fetch_add(attempt.min(1), Relaxed);
-                stream(&shared, i, trace.as_deref_mut(), &mut gauges).await
-            } => Some(failure),
-        };
-        c.open.fetch_sub(u64::from(gauges.0), Relaxed);
-        c.ready.fetch_sub(u64::from(gauges.1), Relaxed);
-        let Some(failure) = failure else { break };
-        shared.stats.fail(failure);
+                shared.stats.c.reconnects.fetch_add(attempt.min(1), Relaxed);
+                stream(&shared, i, trace.as_deref_mut()).await
+            } => shared.stats.fail(failure),
+        }
     }
     trace.map(|t| (i, *t))
 }
 
 /// Connection `i`'s life, until it fails: why.
-async fn stream(
-    shared: &Shared,
-    i: usize,
-    mut trace: Option<&mut Trace>,
-    (open, ready): &mut (bool, bool),
-) -> Result<Infallible, String> {
-    let (stats, config, (addr, request, key)) = (&*shared.stats, &shared.config, &shared.plan.conns[i]);
+async fn stream(shared: &Shared, i: usize, trace: Option<&mut Trace>) -> Result<Infallible, String> {
+    let (stats, config, conn) = (&*shared.stats, &shared.config, &shared.conns[i]);
     let source = shared.sources[i / config.per_source.max(1) as usize];
     let io = |what: &'static str| move |e: std::io::Error| format!("{what}: {e}");
     let late = |what: &'static str| move |_| format!("timeout: {what}");
@@ -356,81 +342,108 @@ async fn stream(
     if config.reset {
         socket.set_zero_linger().map_err(io("socket/bind"))?;
     }
-    let connecting = tokio::time::timeout(config.connect_timeout, socket.connect(*addr));
+    let connecting = tokio::time::timeout(config.connect_timeout, socket.connect(conn.0));
     let mut tcp = connecting.await.map_err(late("TCP connect"))?.map_err(io("connect"))?;
     stats.connect.record(micros(started.elapsed()));
     let _ = tcp.set_nodelay(true);
     // A block of its own, so the task does not keep the resumed request.
     let written = async {
         let resumed = trace.as_ref().and_then(|t| t.last_id).map(|id| {
-            [&request[..request.len() - 2], format!("Last-Event-ID: {id}\r\n\r\n").as_bytes()].concat()
+            [&conn.1[..conn.1.len() - 2], format!("Last-Event-ID: {id}\r\n\r\n").as_bytes()].concat()
         });
-        tcp.write_all(resumed.as_deref().unwrap_or(request)).await
+        tcp.write_all(resumed.as_deref().unwrap_or(&conn.1)).await
     };
     tokio::time::timeout(config.connect_timeout, written)
         .await
         .map_err(late("sending the request"))?
         .map_err(io("read/write"))?;
-    let c = &stats.c;
-    let mut on = |item, now_us| {
-        let counter = match item {
-            Item::Open => {
-                *open = true;
-                &c.open
-            }
-            Item::Comment => &c.comments,
-            Item::Event(kind, id, stamp) => {
-                if let Some(t) = trace.as_deref_mut() {
-                    if let (Kind::Message, Id::Value(id)) = (kind, id) {
-                        t.last_id = t.last_id.max(Some(id));
-                    }
-                    match kind {
-                        Kind::Message if t.data.len() < MAX_TRACE => {
-                            t.data.push(Rec { at_us: now_us, id, stamp })
-                        }
-                        Kind::Message | Kind::Presence => {}
-                        _ if t.named.len() < MAX_TRACE => t.named.push((now_us, kind)),
-                        _ => {}
-                    }
-                }
-                match kind {
-                    Kind::Message => {
-                        if let Some(ms) = stamp.filter(|_| *ready) {
-                            stats.delivered(*key, ms, now_us.saturating_sub(ms.saturating_mul(1000)));
-                        }
-                        if !std::mem::replace(ready, true) {
-                            stats.first_event.record(micros(started.elapsed()));
-                            c.ready.fetch_add(1, Relaxed);
-                        }
-                        &c.messages
-                    }
-                    Kind::Stale => &c.stale,
-                    Kind::Live => &c.live,
-                    Kind::Presence => &c.presence,
-                    Kind::End => &c.end,
-                    Kind::Other => return,
-                }
-            }
-        };
-        counter.fetch_add(1, Relaxed);
-    };
-    let (mut parser, mut silence) = (Parser::default(), config.connect_timeout);
+    let mut reader =
+        Reader { stats, parser: Parser::default(), open: false, ready: false, started, key: conn.2, trace };
+    let mut silence = config.connect_timeout;
     loop {
         // Polled readiness, not `readable()`: a smaller task, and the one read
         // waker slot is enough for the only reader.
         let readable = tokio::time::timeout(silence, std::future::poll_fn(|cx| tcp.poll_read_ready(cx)));
-        let what = if parser.open() { "no bytes within the idle timeout" } else { "no response head" };
+        let what = if reader.open { "no bytes within the idle timeout" } else { "no response head" };
         readable.await.map_err(late(what))?.map_err(io("read/write"))?;
         silence = BUF.with_borrow_mut(|buf| match tcp.try_read(buf) {
             Ok(0) => Err("closed by the server".to_owned()),
             Ok(n) => {
-                c.bytes.fetch_add(n as u64, Relaxed);
-                let now_us = unix_micros();
-                parser.feed(&buf[..n], &mut |item| on(item, now_us)).map(|()| config.idle_timeout)
+                stats.c.bytes.fetch_add(n as u64, Relaxed);
+                reader.feed(&buf[..n]).map(|()| config.idle_timeout)
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(silence),
             Err(e) => Err(io("read/write")(e)),
         })?;
+    }
+}
+
+/// Parser state of one connection; `open` and `ready` (has its first data
+/// event) are its share of the gauges, returned when it ends.
+struct Reader<'a> {
+    stats: &'a Stats,
+    parser: Parser,
+    open: bool,
+    ready: bool,
+    started: Instant,
+    key: u32,
+    trace: Option<&'a mut Trace>,
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        self.stats.c.open.fetch_sub(u64::from(self.open), Relaxed);
+        self.stats.c.ready.fetch_sub(u64::from(self.ready), Relaxed);
+    }
+}
+
+impl Reader<'_> {
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let now_us = unix_micros();
+        let Self { stats, parser, open, ready, started, key, trace } = self;
+        let (stats, c) = (*stats, &stats.c);
+        parser.feed(bytes, &mut |item| {
+            let counter = match item {
+                Item::Open => {
+                    *open = true;
+                    &c.open
+                }
+                Item::Comment => &c.comments,
+                Item::Event(kind, id, stamp) => {
+                    if let Some(t) = trace.as_deref_mut() {
+                        if let (Kind::Message, Id::Value(id)) = (kind, id) {
+                            t.last_id = t.last_id.max(Some(id));
+                        }
+                        match kind {
+                            Kind::Message if t.data.len() < MAX_TRACE => {
+                                t.data.push(Rec { at_us: now_us, id, stamp })
+                            }
+                            Kind::Message | Kind::Presence => {}
+                            _ if t.named.len() < MAX_TRACE => t.named.push((now_us, kind)),
+                            _ => {}
+                        }
+                    }
+                    match kind {
+                        Kind::Message => {
+                            if let Some(ms) = stamp.filter(|_| *ready) {
+                                stats.delivered(*key, ms, now_us.saturating_sub(ms.saturating_mul(1000)));
+                            }
+                            if !std::mem::replace(ready, true) {
+                                stats.first_event.record(micros(started.elapsed()));
+                                c.ready.fetch_add(1, Relaxed);
+                            }
+                            &c.messages
+                        }
+                        Kind::Stale => &c.stale,
+                        Kind::Live => &c.live,
+                        Kind::Presence => &c.presence,
+                        Kind::End => &c.end,
+                        Kind::Other => return,
+                    }
+                }
+            };
+            counter.fetch_add(1, Relaxed);
+        })
     }
 }
 

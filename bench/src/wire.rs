@@ -45,12 +45,13 @@ pub enum Item {
 enum Phase {
     #[default]
     Head,
-    /// A chunk size line: its value (`None` before a digit), and whether the
-    /// digits are over (an extension, the CR).
-    Size(Option<u64>, bool),
-    /// Bytes left of a chunk's data; then the index in the CRLF after it.
+    /// A chunk size line: its value, and whether its digits are over (an
+    /// extension, the CR).
+    Size(u64, bool),
+    /// Bytes left of a chunk's data.
     Chunk(u64),
-    Crlf(usize),
+    /// In the CRLF after a chunk's data (0, 1), then at the size's first digit (2).
+    Crlf(u8),
     UntilClose,
 }
 
@@ -82,14 +83,14 @@ impl Parser {
                 },
                 Phase::Size(size, over) => {
                     input = &input[1..];
-                    match (b, size, char::from(b).to_digit(16)) {
-                        (b'\n', Some(0), _) => return Err("closed by the server".into()),
-                        (b'\n', Some(size), _) => Phase::Chunk(size),
-                        (_, _, Some(d)) if !over => match size.unwrap_or(0).checked_mul(16) {
-                            Some(size) => Phase::Size(Some(size + u64::from(d)), false),
+                    match (b, char::from(b).to_digit(16)) {
+                        (b'\n', _) if size == 0 => return Err("closed by the server".into()),
+                        (b'\n', _) => Phase::Chunk(size),
+                        (_, Some(d)) if !over => match size.checked_mul(16) {
+                            Some(size) => Phase::Size(size + u64::from(d), false),
                             None => return Err(bad("bad chunk size line")),
                         },
-                        (_, Some(_), _) if over || b == b';' || b == b'\r' => Phase::Size(size, true),
+                        _ if over || b == b';' || b == b'\r' => Phase::Size(size, true),
                         _ => return Err(bad("bad chunk size line")),
                     }
                 }
@@ -99,20 +100,19 @@ impl Parser {
                     input = &input[n..];
                     if n as u64 == left { Phase::Crlf(0) } else { Phase::Chunk(left - n as u64) }
                 }
-                Phase::Crlf(i) if b == b"\r\n"[i] => {
+                Phase::Crlf(i) => {
                     input = &input[1..];
-                    if i == 0 { Phase::Crlf(1) } else { Phase::Size(None, false) }
+                    match (i, char::from(b).to_digit(16)) {
+                        (2, Some(d)) => Phase::Size(d.into(), false),
+                        (2, None) => return Err(bad("bad chunk size line")),
+                        _ if b == b"\r\n"[usize::from(i)] => Phase::Crlf(i + 1),
+                        _ => return Err(bad("chunk data not followed by CRLF")),
+                    }
                 }
-                Phase::Crlf(_) => return Err(bad("chunk data not followed by CRLF")),
                 Phase::UntilClose => return self.sse.feed(input, on),
             }
         }
         Ok(())
-    }
-
-    /// Whether the head is read.
-    pub fn open(&self) -> bool {
-        !matches!(self.phase, Phase::Head)
     }
 
     /// The body's framing once the head is complete (consumed); until then
@@ -157,7 +157,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Phase)>, String> {
             if !h.value.to_ascii_lowercase().trim_ascii_end().ends_with(b"chunked") {
                 return Err(bad("unsupported transfer-encoding"));
             }
-            body = Phase::Size(None, false);
+            body = Phase::Crlf(2);
         }
     }
     if !sse {
