@@ -464,67 +464,34 @@ pub fn ms(s: &Snapshot, q: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::{io::AsyncReadExt, net::TcpListener};
 
-    /// One traced browser; the server answers its connections in turn: an
-    /// edge stream ending after two events, two bad answers, then an nchan
-    /// stream (until close, ids no numbers) held open.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn counts_measures_and_resumes_across_reconnects() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut plan = Plan::default();
-        plan.push(listener.local_addr().unwrap(), "/live/e/stream", 7);
-        let now_ms = unix_micros() / 1000;
+    #[test]
+    fn first_events_are_not_deliveries_and_gauges_return() {
+        let (stats, mut trace, now_ms) = (Stats::default(), Trace::default(), unix_micros() / 1000);
         let data = |id, ago| format!("id: {id}\ndata: {{\"served_at_ms\":{}}}\n\n", now_ms - ago);
-        let sse = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n";
-        let body = [data("1", 5000), data("2", 20), ":\n\nevent: presence\ndata: 3\n\n".into()].concat();
-        let answers = [
-            format!("{sse}transfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n", body.len()),
-            "HTTP/1.1 503 Busy\r\ncontent-length: 0\r\n\r\n".into(),
-            format!("{sse}transfer-encoding: chunked\r\n\r\nzz\r\n"),
-            [sse, "\r\n", &data("17:a", 5000), &data("17:b", 10), &data("17:c", 5)].concat(),
-        ];
-        tokio::spawn(async move {
-            let (mut held, mut buf) = (Vec::new(), [0; 1024]);
-            for (i, answer) in answers.iter().enumerate() {
-                let (mut s, _) = listener.accept().await.unwrap();
-                let n = s.read(&mut buf).await.unwrap();
-                let resumed = if i > 0 { "Last-Event-ID: 2\r\n" } else { "" };
-                let ok = buf[..n].ends_with(format!("Accept: text/event-stream\r\n{resumed}\r\n").as_bytes());
-                s.write_all(if ok { answer.as_bytes() } else { b"HTTP/1.1 400 Bad\r\n\r\n" }).await.unwrap();
-                held.push(s);
-            }
-            std::future::pending::<()>().await
-        });
-        let config = Config {
-            connect_rate: 1000,
-            per_source: 1,
-            connect_timeout: Duration::from_secs(2),
-            idle_timeout: Duration::from_secs(5),
-            reconnect_delay: Duration::from_millis(10),
-            deadline: Instant::now() + Duration::from_secs(10),
-            reset: false,
-            trace: true,
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n:\n\n";
+        let wire = [head, &data(1, 5000), &data(2, 20), "event: stale\ndata: {}\n\n", &data(3, 10)].concat();
+        let parser = Parser::default();
+        let trace_ref = Some(&mut trace);
+        let mut reader = Reader {
+            stats: &stats,
+            parser,
+            open: false,
+            ready: false,
+            started: Instant::now(),
+            key: 7,
+            trace: trace_ref,
         };
-        let load = Load::start(plan, config);
-        let stats = load.stats().clone();
-        for _ in 0..50 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        reader.feed(wire.as_bytes()).unwrap();
         let c = stats.counters();
-        assert_eq!((c.open, c.ready, c.reconnects, c.errors, c.comments, c.messages), (1, 1, 3, 3, 1, 5));
-        let (traces, stuck) = load.stop_traced(Duration::from_secs(2)).await;
-        let c = stats.counters();
-        assert_eq!((stuck, c.open, c.ready), (0, 0, 0), "gauges return");
-        let kinds: Vec<_> = stats.error_kinds().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(kinds, ["closed by the server", "parse: bad chunk size line", "status 503"]);
-        // Every connection's first event is the replayed value, not a delivery.
-        let (lat, first) = (stats.latency.snapshot(), stats.first_event.snapshot());
-        assert!(lat.count == 3 && lat.max < 1_000_000 && first.count == 2, "{lat:?}");
+        assert_eq!((c.open, c.ready, c.messages, c.comments, c.stale), (1, 1, 3, 1, 1));
+        drop(reader);
+        let (c, latency) = (stats.counters(), stats.latency.snapshot());
+        assert_eq!((c.open, c.ready, latency.count, stats.first_event.snapshot().count), (0, 0, 2, 1));
+        assert!(latency.max < 1_000_000, "the replayed value (5 s old) is no delivery");
         let (updates, _) = stats.updates_served(0, u64::MAX);
-        assert!(updates.len() == 3 && updates.iter().all(|u| u.reached == 1));
-        let ids: Vec<_> = traces[0].as_ref().unwrap().data.iter().map(|r| r.id).collect();
-        assert_eq!(ids, [Id::Value(1), Id::Value(2), Id::Bad, Id::Bad, Id::Bad]);
+        assert!(updates.len() == 2 && updates.iter().all(|u| u.reached == 1));
+        assert_eq!((trace.data.len(), trace.named.len(), trace.last_id), (3, 1, Some(3)));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! type, id and `served_at_ms` stamp are read.
 
 use httparse::{EMPTY_HEADER, Status};
+use std::mem::take;
 
 /// Largest response head or SSE line accepted.
 const MAX_LINE: usize = 64 * 1024;
@@ -55,13 +56,18 @@ enum Phase {
     UntilClose,
 }
 
-/// One connection's response.
+/// One connection's response; its body is `text/event-stream` lines ending
+/// with LF or CRLF, an empty line dispatching an event with data.
 #[derive(Debug, Default)]
 pub struct Parser {
     phase: Phase,
-    /// A head split across reads (empty otherwise).
-    head: Vec<u8>,
-    sse: Sse,
+    /// A head or SSE line split across reads (empty otherwise).
+    partial: Vec<u8>,
+    /// The event being read.
+    kind: Kind,
+    id: Id,
+    stamp: Option<u64>,
+    data: bool,
 }
 
 fn bad(what: &str) -> String {
@@ -96,7 +102,7 @@ impl Parser {
                 }
                 Phase::Chunk(left) => {
                     let n = input.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    self.sse.feed(&input[..n], on)?;
+                    self.lines(&input[..n], on)?;
                     input = &input[n..];
                     if n as u64 == left { Phase::Crlf(0) } else { Phase::Chunk(left - n as u64) }
                 }
@@ -109,16 +115,16 @@ impl Parser {
                         _ => return Err(bad("chunk data not followed by CRLF")),
                     }
                 }
-                Phase::UntilClose => return self.sse.feed(input, on),
+                Phase::UntilClose => return self.lines(input, on),
             }
         }
         Ok(())
     }
 
     /// The body's framing once the head is complete (consumed); until then
-    /// `input` goes to `head`.
+    /// `input` goes to `partial`.
     fn head(&mut self, input: &mut &[u8]) -> Result<Option<Phase>, String> {
-        let before = self.head.len();
+        let before = self.partial.len();
         if before == 0 {
             if let Some((n, body)) = parse_head(input)? {
                 *input = &input[n..];
@@ -126,12 +132,16 @@ impl Parser {
             }
         }
         let take = input.len().min(MAX_LINE + 1 - before);
-        self.head.extend_from_slice(&input[..take]);
-        let Some((n, body)) = parse_head(&self.head)? else {
+        self.partial.extend_from_slice(&input[..take]);
+        let Some((n, body)) = parse_head(&self.partial)? else {
             *input = &[];
-            return if self.head.len() > MAX_LINE { Err(bad("response head too large")) } else { Ok(None) };
+            return if self.partial.len() > MAX_LINE {
+                Err(bad("response head too large"))
+            } else {
+                Ok(None)
+            };
         };
-        (*input, self.head) = (&input[n - before..], Vec::new());
+        (*input, self.partial) = (&input[n - before..], Vec::new());
         Ok(Some(body))
     }
 }
@@ -166,20 +176,8 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Phase)>, String> {
     Ok(Some((n, body)))
 }
 
-/// A `text/event-stream` body whose lines end with LF or CRLF (as the edge
-/// and nchan send); an empty line dispatches an event with data.
-#[derive(Debug, Default)]
-struct Sse {
-    /// A line split across reads (empty otherwise).
-    partial: Vec<u8>,
-    kind: Kind,
-    id: Id,
-    data: bool,
-    stamp: Option<u64>,
-}
-
-impl Sse {
-    fn feed(&mut self, mut input: &[u8], on: &mut impl FnMut(Item)) -> Result<(), String> {
+impl Parser {
+    fn lines(&mut self, mut input: &[u8], on: &mut impl FnMut(Item)) -> Result<(), String> {
         while let Some(end) = input.iter().position(|&b| b == b'\n') {
             if self.partial.is_empty() {
                 self.line(&input[..end], on);
@@ -209,8 +207,8 @@ impl Sse {
         };
         match field {
             b"" if line.is_empty() => {
-                let Self { kind, id, data, stamp, .. } = std::mem::take(self);
-                if data {
+                let (kind, id, stamp) = (take(&mut self.kind), take(&mut self.id), self.stamp.take());
+                if take(&mut self.data) {
                     on(Item::Event(kind, id, stamp));
                 }
             }
