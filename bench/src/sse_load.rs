@@ -170,14 +170,8 @@ impl Stats {
     /// Which of the events `keys` missed a change in `[from_ms, to_ms)`: with
     /// media-sim's `--stamp` each poll (one per interval, 5 % jitter) is a
     /// change, so a change no browser received shows as two updates (or an
-    /// update and an end of the window) more than `max_gap_ms` apart.
-    pub fn gaps(
-        &self,
-        keys: impl IntoIterator<Item = u32>,
-        from_ms: u64,
-        to_ms: u64,
-        max_gap_ms: u64,
-    ) -> Gaps {
+    /// update and an end of the window) more than `gap_ms` apart.
+    pub fn gaps(&self, keys: impl IntoIterator<Item = u32>, from_ms: u64, to_ms: u64, gap_ms: u64) -> Gaps {
         let mut stamps: HashMap<u32, Vec<u64>> = HashMap::new();
         for &(key, at) in lock(&self.updates).keys().filter(|(_, at)| (from_ms..to_ms).contains(at)) {
             stamps.entry(key).or_default().push(at);
@@ -188,7 +182,7 @@ impl Stats {
             points.extend([from_ms, to_ms]);
             points.sort_unstable();
             let longest = points.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-            gaps.with_gap += u64::from(longest > max_gap_ms);
+            gaps.with_gap += u64::from(longest > gap_ms);
             gaps.longest_ms = gaps.longest_ms.max(longest);
         }
         gaps
