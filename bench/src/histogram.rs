@@ -68,13 +68,10 @@ impl Snapshot {
     }
 }
 
-/// Bucket of `value`: its top `SUB_BITS + 1` bits, offset by its magnitude.
+/// Bucket of `value`: its top `SUB_BITS + 1` bits, offset by its magnitude (clamped).
 fn index(value: u64) -> usize {
     let range = (64 - value.leading_zeros() as usize).saturating_sub(SUB_BITS as usize + 1);
-    if range >= RANGES {
-        return BUCKETS - 1;
-    }
-    range * SUB + (value >> range) as usize
+    (range * SUB + (value >> range) as usize).min(BUCKETS - 1)
 }
 
 /// The largest value in bucket `i`.

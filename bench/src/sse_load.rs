@@ -236,8 +236,7 @@ struct Shared {
 impl Load {
     /// Starts every connection of `plan`, paced; inside a tokio runtime.
     pub fn start(plan: Plan, config: Config) -> Self {
-        let conns = plan.conns;
-        let count = conns.len().div_ceil(config.per_source.max(1) as usize) as u32;
+        let count = plan.conns.len().div_ceil(config.per_source.max(1) as usize) as u32;
         let first = NEXT_SOURCE.fetch_add(count, Relaxed);
         let sources = (first..first + count).map(|i| Ipv4Addr::from(0x7f00_0000 | (i & 0xff_ffff))).collect();
         let (stop, next_start) = (CancellationToken::new(), Mutex::new(Instant::now()));
@@ -247,7 +246,8 @@ impl Load {
             watchdog.cancel();
             None
         });
-        let shared = Arc::new(Shared { stats: Arc::default(), config, stop, conns, sources, next_start });
+        let shared =
+            Arc::new(Shared { stats: Arc::default(), config, stop, conns: plan.conns, sources, next_start });
         for i in 0..shared.conns.len() {
             tasks.spawn(connection(i, shared.clone()));
         }
