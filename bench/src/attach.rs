@@ -1,7 +1,5 @@
 //! Scenario `sse-load`: the SSE load generator alone against edges started
-//! by hand, for what the other scenarios cannot run (an edge under a
-//! profiler, a hand-built edge). `--pid` adds that process's RSS before and
-//! after connecting and its CPU in the window. Loopback targets only.
+//! by hand (BENCHMARKS.md, "Scenario `sse-load`").
 
 use crate::{
     procstat,
@@ -38,29 +36,27 @@ pub struct Args {
     load: LoadArgs,
 }
 
+/// Latencies and rates in the window; `totals` of the whole run.
 #[derive(Serialize)]
 struct Figures {
     connections: u32,
     /// Every browser had its first event after.
     all_ready_s: Option<f64>,
     connect_p99_ms: Option<f64>,
-    /// In the window.
     messages_per_s: f64,
     latency_p50_ms: Option<f64>,
     latency_p99_ms: Option<f64>,
     latency_max_ms: Option<f64>,
-    /// The whole run.
     totals: Counters,
-    /// The process of `--pid`.
     process: Option<Process>,
 }
 
+/// The process of `--pid`; CPU in the window, % of one core.
 #[derive(Serialize)]
 struct Process {
     rss_before_kib: u64,
     rss_connected_kib: u64,
     rss_per_conn_kib: f64,
-    /// In the window, % of one core.
     cpu_pct: f64,
 }
 
@@ -69,8 +65,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         anyhow::bail!("{t} is not a loopback address: load goes to 127.0.0.0/8 only");
     }
     let sample = || args.pid.map(procstat::sample).transpose();
-    let before = sample()?;
-    let (n, mut plan) = (u64::from(args.connections), Plan::default());
+    let (before, n, mut plan) = (sample()?, u64::from(args.connections), Plan::default());
     for i in 0..args.connections {
         let (target, event) = (i as usize % args.target.len(), (i / args.target.len() as u32) % args.events);
         plan.push(args.target[target], &format!("/live/{}/stream", event_id(event)), event);
@@ -80,17 +75,14 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let load = Load::start(plan, args.load.config(deadline));
     let ready_after = load.wait_ready(n, ramp_limit).await;
     tokio::time::sleep(SETTLE).await;
-    let connected = sample()?;
-    let stats = load.stats().clone();
+    let (connected, stats) = (sample()?, load.stats().clone());
     stats.latency.reset();
     let (c0, start) = (stats.counters(), Instant::now());
     tokio::time::sleep(args.duration).await;
-    let window = start.elapsed().as_secs_f64();
-    let end = sample()?;
+    let (window, end) = (start.elapsed().as_secs_f64(), sample()?);
     let (messages, latency) = (stats.counters().since(&c0).messages, stats.latency.snapshot());
     let connect_p99_ms = sse_load::ms(&stats.connect.snapshot(), 0.99);
     load.stop(Duration::from_secs(5)).await;
-
     let process = before.zip(connected).zip(end).map(|((before, connected), end)| Process {
         rss_before_kib: before.rss_bytes / 1024,
         rss_connected_kib: connected.rss_bytes / 1024,

@@ -1,218 +1,20 @@
-//! Push parsers for what the load clients read: HTTP/1.1 responses (several
-//! per keep-alive connection) and `text/event-stream` bodies. Fed whatever
-//! one `read` returned, they keep per connection only a partial line when a
-//! read splits one, so 15,000 clients stay far cheaper than the edge they
-//! measure. Framing is checked strictly (httparse for heads and chunk sizes);
-//! of the payload only the event type, id and `served_at_ms` stamp are read.
+//! The push parser of what a browser reads (BENCHMARKS.md, "The SSE load
+//! generator"): one HTTP/1.1 response, a 200 `text/event-stream` head
+//! (httparse) then a chunked (edge) or until-close (nchan) body, and its SSE
+//! lines. Fed whatever one `read` returned, it keeps only a head or line split
+//! across reads. Framing is checked strictly; of the payload only the event
+//! type, id and `served_at_ms` stamp are read.
 
 use httparse::{EMPTY_HEADER, Status};
+use std::mem::take;
 
-/// Largest response head (or framing line) accepted.
-const MAX_HEAD: usize = 16 * 1024;
-/// Largest SSE line accepted.
+/// Largest response head or SSE line accepted.
 const MAX_LINE: usize = 64 * 1024;
 
-/// A framing or syntax error; the connection is unusable after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WireError(pub &'static str);
-
-impl std::fmt::Display for WireError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
-    }
-}
-
-impl std::error::Error for WireError {}
-
-/// The parts of a response head the clients use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Head {
-    pub status: u16,
-    pub content_type: Option<String>,
-    pub etag: Option<String>,
-    /// `Connection: close` was sent.
-    pub close: bool,
-}
-
-/// What [`ResponseParser::feed`] reports, in wire order.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Item<'a> {
-    Head(Head),
-    /// Body bytes, chunk framing removed.
-    Body(&'a [u8]),
-    /// The response is complete; the next bytes start a new one.
-    End,
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-enum Phase {
-    #[default]
-    Head,
-    /// Bytes left of a `Content-Length` body.
-    Sized(u64),
-    UntilClose,
-    /// A chunk size line, after this many bytes (the CRLF ending a chunk).
-    Size(usize),
-    /// Bytes left of a chunk's data.
-    Chunk(u64),
-    /// Trailer fields after the last chunk.
-    Trailer,
-}
-
-/// Parses consecutive HTTP/1.1 responses from a byte stream.
-#[derive(Debug, Default)]
-pub struct ResponseParser {
-    phase: Phase,
-    /// A head or framing line split across reads (empty otherwise).
-    pending: Vec<u8>,
-}
-
-type Parsed<T> = Result<Option<(usize, T)>, WireError>;
-
-impl ResponseParser {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Feeds bytes as they arrive; `on` gets the items they complete and may
-    /// stop parsing with an error, which `feed` returns.
-    pub fn feed(
-        &mut self,
-        mut input: &[u8],
-        on: &mut impl FnMut(Item<'_>) -> Result<(), WireError>,
-    ) -> Result<(), WireError> {
-        while !input.is_empty() {
-            let complete = match self.phase {
-                Phase::Head => match self.framed(&mut input, parse_head)? {
-                    Some((head, body)) => {
-                        on(Item::Head(head))?;
-                        self.phase = body;
-                        matches!(body, Phase::Sized(0))
-                    }
-                    None => false,
-                },
-                Phase::Sized(left) | Phase::Chunk(left) => {
-                    let n = input.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let (body, left) = (&input[..n], left - n as u64);
-                    input = &input[n..];
-                    self.phase = match self.phase {
-                        Phase::Chunk(_) if left == 0 => Phase::Size(2),
-                        Phase::Chunk(_) => Phase::Chunk(left),
-                        _ => Phase::Sized(left),
-                    };
-                    on(Item::Body(body))?;
-                    left == 0 && matches!(self.phase, Phase::Sized(_))
-                }
-                Phase::UntilClose => on(Item::Body(std::mem::take(&mut input))).map(|()| false)?,
-                Phase::Size(skip) => {
-                    if let Some(size) = self.framed(&mut input, |b| chunk_size(b, skip))? {
-                        self.phase = if size == 0 { Phase::Trailer } else { Phase::Chunk(size) };
-                    }
-                    false
-                }
-                Phase::Trailer => {
-                    let trailer = |b: &[u8]| {
-                        let mut fields = [EMPTY_HEADER; 16];
-                        Ok(done(httparse::parse_headers(b, &mut fields), "bad trailer")?
-                            .map(|(n, _)| (n, ())))
-                    };
-                    self.framed(&mut input, trailer)?.is_some()
-                }
-            };
-            if complete {
-                self.phase = Phase::Head;
-                on(Item::End)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs `parse` on what `input` starts with, keeping it in `pending`
-    /// until complete; consumes what was parsed (or all of `input`).
-    fn framed<T>(
-        &mut self,
-        input: &mut &[u8],
-        parse: impl Fn(&[u8]) -> Parsed<T>,
-    ) -> Result<Option<T>, WireError> {
-        let before = self.pending.len();
-        if before == 0 {
-            if let Some((n, t)) = parse(input)? {
-                *input = &input[n..];
-                return Ok(Some(t));
-            }
-        }
-        let take = input.len().min(MAX_HEAD + 1 - before);
-        self.pending.extend_from_slice(&input[..take]);
-        let parsed = parse(&self.pending)?;
-        if parsed.is_none() && self.pending.len() > MAX_HEAD {
-            return Err(WireError("response head too large"));
-        }
-        let rest: &[u8] = input;
-        *input = parsed.as_ref().map_or(&[], |(n, _)| &rest[n - before..]);
-        Ok(parsed.map(|(_, t)| {
-            self.pending = Vec::new();
-            t
-        }))
-    }
-}
-
-/// httparse's result: `None` if incomplete.
-fn done<T, E>(r: Result<Status<T>, E>, what: &'static str) -> Result<Option<T>, WireError> {
-    match r {
-        Ok(Status::Complete(t)) => Ok(Some(t)),
-        Ok(Status::Partial) => Ok(None),
-        Err(_) => Err(WireError(what)),
-    }
-}
-
-/// A chunk size line after `skip` bytes of CRLF; the size.
-fn chunk_size(b: &[u8], skip: usize) -> Parsed<u64> {
-    let (crlf, line) = b.split_at(b.len().min(skip));
-    if !b"\r\n".starts_with(crlf) {
-        return Err(WireError("chunk data not followed by CRLF"));
-    }
-    // httparse would take an empty line for size 0.
-    if line.first().is_some_and(|d| !d.is_ascii_hexdigit()) {
-        return Err(WireError("bad chunk size line"));
-    }
-    Ok(done(httparse::parse_chunk_size(line), "bad chunk size line")?.map(|(n, size)| (skip + n, size)))
-}
-
-/// The head and how its body is delimited (RFC 9112 §6.3; `Sized(0)`: none).
-fn parse_head(bytes: &[u8]) -> Parsed<(Head, Phase)> {
-    let mut headers = [EMPTY_HEADER; 64];
-    let mut response = httparse::Response::new(&mut headers);
-    let Some(n) = done(response.parse(bytes), "bad response head")? else { return Ok(None) };
-    let status = response.code.unwrap_or_default();
-    let mut head = Head { status, content_type: None, etag: None, close: false };
-    let mut body = Phase::UntilClose;
-    for h in response.headers.iter() {
-        let text = || Some(String::from_utf8_lossy(h.value).into_owned());
-        match h.name.to_ascii_lowercase().as_str() {
-            "content-type" => head.content_type = text(),
-            "etag" => head.etag = text(),
-            "connection" => head.close = h.value.eq_ignore_ascii_case(b"close"),
-            "transfer-encoding" if h.value.to_ascii_lowercase().trim_ascii_end().ends_with(b"chunked") => {
-                body = Phase::Size(0)
-            }
-            "transfer-encoding" => return Err(WireError("unsupported transfer-encoding")),
-            "content-length" if !matches!(body, Phase::Size(_)) => {
-                let len = std::str::from_utf8(h.value).ok().and_then(|v| v.parse().ok());
-                body = Phase::Sized(len.ok_or(WireError("bad content-length"))?);
-            }
-            _ => {}
-        }
-    }
-    if (100..200).contains(&status) || status == 204 || status == 304 {
-        body = Phase::Sized(0);
-    }
-    Ok(Some((n, (head, body))))
-}
-
-/// The type of an SSE event, as far as the benchmark tells them apart.
+/// The type of an SSE event, as far as the benchmark tells them apart
+/// (`Message`: unnamed, the media JSON).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kind {
-    /// Unnamed (`message`): the media JSON.
     #[default]
     Message,
     Stale,
@@ -222,34 +24,160 @@ pub enum Kind {
     Other,
 }
 
-/// An event's own `id` field (the edge sends one with every data event).
+/// An event's own `id` field (`Bad`: not a decimal number).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Id {
     #[default]
     Missing,
-    /// Not a decimal number.
     Bad,
     Value(u64),
 }
 
-/// An SSE event with data (its `served_at_ms` stamp, if any), or a comment
-/// (`None`: the edge's keep-alive).
-pub type SseItem = Option<(Kind, Id, Option<u64>)>;
-
-/// Parses a `text/event-stream` body whose lines end with LF or CRLF (as the
-/// edge and nchan send); an empty line dispatches an event with data.
-#[derive(Debug, Default)]
-pub struct SseParser {
-    /// A line split across reads (empty otherwise).
-    partial: Vec<u8>,
-    kind: Kind,
-    id: Id,
-    data: bool,
-    stamp: Option<u64>,
+/// What [`Parser::feed`] reports: the 200 head, a comment line (the edge's
+/// keep-alive), an event with data (and its `served_at_ms` stamp).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Item {
+    Open,
+    Comment,
+    Event(Kind, Id, Option<u64>),
 }
 
-impl SseParser {
-    pub fn feed(&mut self, mut input: &[u8], on: &mut impl FnMut(SseItem)) -> Result<(), WireError> {
+#[derive(Debug, Clone, Copy, Default)]
+enum Phase {
+    #[default]
+    Head,
+    /// A chunk size line: its value, and whether its digits are over (an
+    /// extension, the CR).
+    Size(u64, bool),
+    /// Bytes left of a chunk's data.
+    Chunk(u64),
+    /// In the CRLF after a chunk's data (0, 1), then at the size's first digit (2).
+    Crlf(u8),
+    UntilClose,
+}
+
+/// One connection's response; its body is `text/event-stream` lines ending
+/// with LF or CRLF, an empty line dispatching an event with data.
+#[derive(Debug, Default)]
+pub struct Parser {
+    phase: Phase,
+    /// A head or SSE line split across reads (empty otherwise).
+    partial: Vec<u8>,
+    /// The event being read.
+    kind: Kind,
+    id: Id,
+    stamp: Option<u64>,
+    data: bool,
+}
+
+fn bad(what: &str) -> String {
+    format!("parse: {what}")
+}
+
+impl Parser {
+    /// Feeds bytes as they arrive; an error (why) ends the connection, as do
+    /// a non-200 head and the last chunk.
+    pub fn feed(&mut self, mut input: &[u8], on: &mut impl FnMut(Item)) -> Result<(), String> {
+        while let Some(&b) = input.first() {
+            self.phase = match self.phase {
+                Phase::Head => match self.head(&mut input)? {
+                    Some(body) => {
+                        on(Item::Open);
+                        body
+                    }
+                    None => Phase::Head,
+                },
+                Phase::Size(size, over) => {
+                    input = &input[1..];
+                    match (b, char::from(b).to_digit(16)) {
+                        (b'\n', _) if size == 0 => return Err("closed by the server".into()),
+                        (b'\n', _) => Phase::Chunk(size),
+                        (_, Some(d)) if !over => match size.checked_mul(16) {
+                            Some(size) => Phase::Size(size + u64::from(d), false),
+                            None => return Err(bad("bad chunk size line")),
+                        },
+                        _ if over || b == b';' || b == b'\r' => Phase::Size(size, true),
+                        _ => return Err(bad("bad chunk size line")),
+                    }
+                }
+                Phase::Chunk(left) => {
+                    let n = input.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    self.lines(&input[..n], on)?;
+                    input = &input[n..];
+                    if n as u64 == left { Phase::Crlf(0) } else { Phase::Chunk(left - n as u64) }
+                }
+                Phase::Crlf(i) => {
+                    input = &input[1..];
+                    match (i, char::from(b).to_digit(16)) {
+                        (2, Some(d)) => Phase::Size(d.into(), false),
+                        (2, None) => return Err(bad("bad chunk size line")),
+                        _ if b == b"\r\n"[usize::from(i)] => Phase::Crlf(i + 1),
+                        _ => return Err(bad("chunk data not followed by CRLF")),
+                    }
+                }
+                Phase::UntilClose => return self.lines(input, on),
+            }
+        }
+        Ok(())
+    }
+
+    /// The body's framing once the head is complete (consumed); until then
+    /// `input` goes to `partial`.
+    fn head(&mut self, input: &mut &[u8]) -> Result<Option<Phase>, String> {
+        let before = self.partial.len();
+        if before == 0 {
+            if let Some((n, body)) = parse_head(input)? {
+                *input = &input[n..];
+                return Ok(Some(body));
+            }
+        }
+        let take = input.len().min(MAX_LINE + 1 - before);
+        self.partial.extend_from_slice(&input[..take]);
+        let Some((n, body)) = parse_head(&self.partial)? else {
+            *input = &[];
+            return if self.partial.len() > MAX_LINE {
+                Err(bad("response head too large"))
+            } else {
+                Ok(None)
+            };
+        };
+        (*input, self.partial) = (&input[n - before..], Vec::new());
+        Ok(Some(body))
+    }
+}
+
+/// How the body of a 200 `text/event-stream` head is delimited, after its
+/// length; anything else is an error.
+fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Phase)>, String> {
+    let mut headers = [EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    let n = match response.parse(bytes) {
+        Ok(Status::Complete(n)) => n,
+        Ok(Status::Partial) => return Ok(None),
+        Err(_) => return Err(bad("bad response head")),
+    };
+    if response.code != Some(200) {
+        return Err(format!("status {}", response.code.unwrap_or_default()));
+    }
+    let (mut sse, mut body) = (false, Phase::UntilClose);
+    for h in response.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-type") {
+            sse = h.value.starts_with(b"text/event-stream");
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if !h.value.to_ascii_lowercase().trim_ascii_end().ends_with(b"chunked") {
+                return Err(bad("unsupported transfer-encoding"));
+            }
+            body = Phase::Crlf(2);
+        }
+    }
+    if !sse {
+        return Err("200 without content-type text/event-stream".into());
+    }
+    Ok(Some((n, body)))
+}
+
+impl Parser {
+    fn lines(&mut self, mut input: &[u8], on: &mut impl FnMut(Item)) -> Result<(), String> {
         while let Some(end) = input.iter().position(|&b| b == b'\n') {
             if self.partial.is_empty() {
                 self.line(&input[..end], on);
@@ -263,15 +191,15 @@ impl SseParser {
         self.append(input)
     }
 
-    fn append(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+    fn append(&mut self, bytes: &[u8]) -> Result<(), String> {
         if self.partial.len() + bytes.len() > MAX_LINE {
-            return Err(WireError("SSE line too long"));
+            return Err(bad("SSE line too long"));
         }
         self.partial.extend_from_slice(bytes);
         Ok(())
     }
 
-    fn line(&mut self, line: &[u8], on: &mut impl FnMut(SseItem)) {
+    fn line(&mut self, line: &[u8], on: &mut impl FnMut(Item)) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let (field, value) = match line.iter().position(|&b| b == b':') {
             Some(i) => (&line[..i], line[i + 1..].strip_prefix(b" ").unwrap_or(&line[i + 1..])),
@@ -279,12 +207,12 @@ impl SseParser {
         };
         match field {
             b"" if line.is_empty() => {
-                let Self { kind, id, data, stamp, .. } = std::mem::take(self);
-                if data {
-                    on(Some((kind, id, stamp)));
+                let (kind, id, stamp) = (take(&mut self.kind), take(&mut self.id), self.stamp.take());
+                if take(&mut self.data) {
+                    on(Item::Event(kind, id, stamp));
                 }
             }
-            b"" => on(None),
+            b"" => on(Item::Comment),
             b"data" => {
                 self.data = true;
                 self.stamp = self.stamp.or_else(|| find_stamp(value));
@@ -323,79 +251,49 @@ fn find_stamp(json: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
-    /// Feeds `wire` in pieces of `step` bytes; the items as text.
-    fn responses(wire: &[u8], step: usize) -> Result<Vec<String>, WireError> {
-        let (mut p, mut out, mut body) = (ResponseParser::new(), Vec::new(), Vec::new());
-        for piece in wire.chunks(step) {
-            p.feed(piece, &mut |item| {
-                match item {
-                    Item::Head(h) => out.push(format!("{} {:?} {}", h.status, h.etag, h.close)),
-                    Item::Body(b) => body.extend_from_slice(b),
-                    Item::End => out.push(String::from_utf8(std::mem::take(&mut body)).unwrap()),
-                }
-                Ok(())
-            })?;
-        }
-        Ok(out)
-    }
-
-    const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
-
-    #[test]
-    fn keep_alive_responses_with_chunks_split_across_reads() {
-        let wire = [
-            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: \"e1\"\r\n\r\nhello"[..],
-            b"HTTP/1.1 304 Not Modified\r\nETag: \"e1\"\r\n\r\n",
-            CHUNKED,
-            b"3;ext=1\r\nabc\r\nA\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",
-        ]
-        .concat();
-        let want = ["200 Some(\"\\\"e1\\\"\") false", "hello", "304 Some(\"\\\"e1\\\"\") false", ""]
-            .into_iter()
-            .chain(["200 None false", "abc0123456789", "200 None true"]);
-        for step in 1..=wire.len() {
-            assert_eq!(responses(&wire, step).unwrap(), want.clone().collect::<Vec<_>>(), "step {step}");
-        }
+    /// Feeds `wire` in pieces of `step` bytes: the items, and the error.
+    fn parse(wire: &str, step: usize) -> (Vec<Item>, String) {
+        let (mut p, mut items) = (Parser::default(), Vec::new());
+        let end = wire.as_bytes().chunks(step).try_for_each(|piece| p.feed(piece, &mut |i| items.push(i)));
+        (items, end.err().unwrap_or_default())
     }
 
     #[test]
-    fn framing_errors() {
-        let chunks: [&[u8]; 6] = [
-            b"zz\r\n",
-            b"\r\n",
-            b"FFFFFFFFFFFFFFFFF\r\n",
-            b"3\r\nabcX",
-            b"1\r\na\n",
-            b"0\r\nbad trailer\r\n\r\n",
-        ];
-        for wire in chunks.map(|c| [CHUNKED, c].concat()).into_iter().chain([
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
-            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n".to_vec(),
-            b"SSH-2.0-OpenSSH\r\n\r\n".to_vec(),
-        ]) {
-            assert!(responses(&wire, 1).is_err(), "{}", String::from_utf8_lossy(&wire));
-        }
-        let huge = [&b"HTTP/1.1 200 OK\r\nx: "[..], &[b'a'; MAX_HEAD]].concat();
-        assert_eq!(responses(&huge, 1000), Err(WireError("response head too large")));
-    }
-
-    #[test]
-    fn sse_events_with_lines_split_across_reads() {
-        let body = b"retry: 3000\n\n:\n\nid: 7\ndata: {\"a\":1,\"served_at_ms\":1764064800123}\n\n\
+    fn responses_split_at_every_point() {
+        let body = "retry: 3000\n\n:\n\nid: 7\ndata: {\"a\":1,\"served_at_ms\":1764064800123}\n\n\
             event: stale\r\ndata: {}\r\n\r\nevent: presence\nid: x\ndata: 3\n\nevent: end\n\n";
-        let want = [
-            None,
-            Some((Kind::Message, Id::Value(7), Some(1_764_064_800_123))),
-            Some((Kind::Stale, Id::Missing, None)),
-            Some((Kind::Presence, Id::Bad, None)),
-        ];
-        for step in 1..=body.len() {
-            let (mut p, mut got) = (SseParser::default(), Vec::new());
-            body.chunks(step).for_each(|piece| p.feed(piece, &mut |i| got.push(i)).unwrap());
-            assert_eq!((got.as_slice(), p.partial.capacity()), (&want[..], 0), "step {step}");
+        let (stale, presence) =
+            (Item::Event(Kind::Stale, Id::Missing, None), Item::Event(Kind::Presence, Id::Bad, None));
+        let data = Item::Event(Kind::Message, Id::Value(7), Some(1_764_064_800_123));
+        let want = vec![Item::Open, Item::Comment, data, stale, presence];
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n";
+        let chunk = |c: &[u8]| format!("{:x};e=1\r\n{}\r\n", c.len(), String::from_utf8_lossy(c));
+        let chunks: String = body.as_bytes().chunks(7).map(chunk).collect();
+        let chunked = format!("{head}Transfer-Encoding: chunked\r\n\r\n{chunks}0\r\n\r\n");
+        for step in 1..=chunked.len() {
+            assert_eq!(parse(&format!("{head}\r\n{body}"), step), (want.clone(), String::new()), "{step}");
+            assert_eq!(parse(&chunked, step), (want.clone(), "closed by the server".into()), "{step}");
         }
-        assert!(SseParser::default().feed(&[b'a'; MAX_LINE + 1], &mut |_| {}).is_err());
+    }
+
+    #[test]
+    fn errors() {
+        let sse = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n";
+        let chunked = format!("{sse}transfer-encoding: chunked\r\n\r\n");
+        for (wire, want) in [
+            ("HTTP/1.1 503 Busy\r\ncontent-length: 0\r\n\r\n".into(), "status 503"),
+            ("HTTP/1.1 200 OK\r\n\r\n".into(), "200 without content-type text/event-stream"),
+            ("SSH-2.0-OpenSSH\r\n\r\n".into(), "parse: bad response head"),
+            (format!("{sse}transfer-encoding: gzip\r\n\r\n"), "parse: unsupported transfer-encoding"),
+            (format!("{chunked}zz\r\n"), "parse: bad chunk size line"),
+            (format!("{chunked}\r\n"), "parse: bad chunk size line"),
+            (format!("{chunked}FFFFFFFFFFFFFFFFF\r\n"), "parse: bad chunk size line"),
+            (format!("{chunked}3\r\nabcX"), "parse: chunk data not followed by CRLF"),
+            (format!("{sse}x: {}", "a".repeat(MAX_LINE)), "parse: response head too large"),
+            (format!("{sse}\r\n{}", "a".repeat(MAX_LINE + 1)), "parse: SSE line too long"),
+        ] {
+            assert_eq!(parse(&wire, 1000).1, want);
+        }
         assert_eq!(find_stamp(br#"{"served_at_ms": 99999999999999999999}"#), None);
     }
 }
