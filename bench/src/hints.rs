@@ -10,9 +10,10 @@ use anyhow::Context;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::Serialize;
+
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::{io::Write, net::Ipv4Addr, net::SocketAddr, time::Duration};
 use tokio::time::Instant;
 
@@ -23,7 +24,7 @@ const TARGET_HINT_P99_MS: f64 = 100.0;
 /// The poller's default `--min-hint-gap` between two hints' polls.
 const HINT_GAP: Duration = Duration::from_millis(250);
 
-#[derive(Debug, clap::Args, serde::Serialize)]
+#[derive(Debug, clap::Args, Serialize)]
 pub struct Args {
     /// SSE browsers, all on one event, on one edge.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=18_000))]
@@ -57,11 +58,6 @@ pub struct Args {
 /// made it), and the polls it answered.
 type Media = Arc<(Mutex<(u64, u64)>, AtomicU64)>;
 
-fn lock(media: &Media) -> std::sync::MutexGuard<'_, (u64, u64)> {
-    // Replacing a value cannot leave it half-updated.
-    media.0.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 fn body((version, stamp_ms): (u64, u64)) -> String {
     format!(r#"{{"event":"{EVENT}","version":{version},"served_at_ms":{stamp_ms}}}"#)
 }
@@ -71,13 +67,48 @@ async fn live(State(media): State<Media>, Path(id): Path<String>, headers: Heade
     if id != EVENT {
         return StatusCode::NOT_FOUND.into_response();
     }
-    let doc = *lock(&media);
+    let doc = *media.0.lock().unwrap();
     let etag = format!("\"v{}\"", doc.0);
     if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes()) {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
     }
     let json = "application/json".to_owned();
     ([(header::CONTENT_TYPE, json), (header::ETAG, etag)], body(doc)).into_response()
+}
+
+/// One variant's figures: change → last browser, one per change (nearest
+/// rank: p99 is the max below 100 changes), and change → each browser.
+#[derive(Serialize)]
+struct Run {
+    column: String,
+    reached_all: usize,
+    last_p50_ms: Option<f64>,
+    last_p99_ms: Option<f64>,
+    last_max_ms: Option<f64>,
+    last_mean_ms: Option<f64>,
+    first_p50_ms: Option<f64>,
+    /// Changes less than 250 ms after the previous one was delivered, and the max over the others.
+    within_hint_gap: usize,
+    apart_max_ms: Option<f64>,
+    deliveries: u64,
+    each_p50_ms: Option<f64>,
+    each_p99_ms: Option<f64>,
+    each_max_ms: Option<f64>,
+    /// Deliveries beyond one per browser and change (filled in last).
+    repeats: u64,
+    /// Polls of the event during the variant; POSTs answered 202 and failed.
+    polls: u64,
+    posts_ok: usize,
+    post_failures: u32,
+    post_p50_ms: Option<f64>,
+    post_max_ms: Option<f64>,
+    /// The browsers during the variant (`open` at its end).
+    counters: sse_load::Counters,
+    wall_s: f64,
+    /// CPU during the variant, % of one core.
+    poller_pct: f64,
+    edge_pct: f64,
+    others_pct: f64,
 }
 
 /// SplitMix64: reproducible waits from `--seed`, uniform in `[low, high)`.
@@ -140,7 +171,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             tokio::time::sleep(wait).await;
             // A new version, stamped now (two changes in one ms get distinct stamps).
             let doc = {
-                let mut doc = lock(&media);
+                let mut doc = media.0.lock().unwrap();
                 *doc = (doc.0 + 1, (unix_micros() / 1000).max(doc.1 + 1));
                 *doc
             };
@@ -186,37 +217,34 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             let target = format!("target p99 change → last browser under {TARGET_HINT_P99_MS} ms");
             notes.push(format!("{target}: {column}: {p99:.1} ms, {verdict}"));
         }
-        let mean = last.iter().sum::<u64>() as f64;
-        runs.push((
-            changes.iter().map(|c| c.0).collect::<Vec<_>>(),
-            json!({
-                "column": column,
-                // Change to the last browser, one figure per change (nearest rank:
-                // p99 is the max below 100 changes).
-                "changes": changes.len(),
-                "reached_all": changes.iter().filter(|c| c.1 >= args.browsers).count(),
-                "last_p50_ms": quantile_ms(&last, 0.5), "last_p99_ms": quantile_ms(&last, 0.99), "last_max_ms": quantile_ms(&last, 1.0),
-                "last_mean_ms": (!last.is_empty()).then(|| mean / last.len() as f64 / 1e3),
-                "first_p50_ms": quantile_ms(&sorted(changes.iter().map(|c| c.2)), 0.5),
-                // Changes less than 250 ms after the previous one was delivered, and the max over the others.
-                "within_hint_gap": changes.iter().filter(|c| c.5 < HINT_GAP).count(),
-                "apart_max_ms": quantile_ms(&apart, 1.0),
-                // Change to each browser, every delivery; repeats (beyond one per browser and change) come last.
-                "deliveries": each.count,
-                "each_p50_ms": sse_load::ms(&each, 0.5), "each_p99_ms": sse_load::ms(&each, 0.99),
-                "each_max_ms": (each.count > 0).then(|| each.max as f64 / 1000.0),
-                "repeats": 0,
-                // Polls of the event during the variant; POSTs answered 202 and failed.
-                "polls": polls,
-                "posts_ok": posts.len(), "post_failures": failures,
-                "post_p50_ms": quantile_ms(&posts, 0.5), "post_max_ms": quantile_ms(&posts, 1.0),
-                // The browsers during the variant (`open` at its end).
-                "counters": stats.counters().since(&counters0),
-                "wall_s": wall,
-                // CPU during the variant, % of one core.
-                "poller_pct": pct(cpu.of(0)), "edge_pct": pct(cpu.of(1)), "others_pct": pct(cpu.others()),
-            }),
-        ));
+        let mean = last.iter().sum::<u64>() as f64 / last.len().max(1) as f64 / 1e3;
+        let run = Run {
+            column: column.to_owned(),
+            reached_all: changes.iter().filter(|c| c.1 >= args.browsers).count(),
+            last_p50_ms: quantile_ms(&last, 0.5),
+            last_p99_ms: quantile_ms(&last, 0.99),
+            last_max_ms: quantile_ms(&last, 1.0),
+            last_mean_ms: (!last.is_empty()).then_some(mean),
+            first_p50_ms: quantile_ms(&sorted(changes.iter().map(|c| c.2)), 0.5),
+            within_hint_gap: changes.iter().filter(|c| c.5 < HINT_GAP).count(),
+            apart_max_ms: quantile_ms(&apart, 1.0),
+            deliveries: each.count,
+            each_p50_ms: sse_load::ms(&each, 0.5),
+            each_p99_ms: sse_load::ms(&each, 0.99),
+            each_max_ms: (each.count > 0).then(|| each.max as f64 / 1000.0),
+            repeats: 0,
+            polls,
+            posts_ok: posts.len(),
+            post_failures: failures,
+            post_p50_ms: quantile_ms(&posts, 0.5),
+            post_max_ms: quantile_ms(&posts, 1.0),
+            counters: stats.counters().since(&counters0),
+            wall_s: wall,
+            poller_pct: pct(cpu.of(0)),
+            edge_pct: pct(cpu.of(1)),
+            others_pct: pct(cpu.others()),
+        };
+        runs.push((changes.iter().map(|c| c.0).collect::<Vec<_>>(), run));
         poller.child.ensure_running()?;
         edge.child.ensure_running()?;
     }
@@ -230,11 +258,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     poller.stop().await?;
     drop(server);
 
-    for (stamps, f) in &mut runs {
+    for (stamps, run) in &mut runs {
         // Deliveries beyond one per browser, by the change's stamp.
         let stamped = stamps.iter().filter_map(|&s| all_updates.iter().find(|u| u.served_at_ms == s));
-        f["repeats"] =
-            stamped.map(|u| u64::from(u.reached.saturating_sub(args.browsers))).sum::<u64>().into();
+        run.repeats = stamped.map(|u| u64::from(u.reached.saturating_sub(args.browsers))).sum();
     }
     notes.extend(
         stats.error_kinds().iter().map(|(kind, n)| format!("browser error (whole run): {kind} x{n}")),
@@ -245,9 +272,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         humantime::format_duration(args.interval),
         args.changes
     );
-    let runs: Vec<Value> = runs.into_iter().map(|r| r.1).collect();
+    let runs: Vec<Run> = runs.into_iter().map(|r| r.1).collect();
     // The seed of the random waits (`--seed` or the clock).
-    let params =
-        json!({"args": args, "seed": seed, "cores": cores(), "poller_cmd": poller_cmd, "edge_cmd": edge_cmd});
-    poller::report("hints", title, json!({"params": params, "runs": runs}), notes)
+    let params = serde_json::json!({"args": args, "seed": seed, "cores": cores(), "poller_cmd": poller_cmd,
+        "edge_cmd": edge_cmd});
+    let mut report = Report::new("hints", title, &serde_json::json!({"params": params, "runs": runs}))?;
+    notes.into_iter().for_each(|n| _ = report.note(n));
+    Ok(report)
 }

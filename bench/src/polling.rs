@@ -4,16 +4,17 @@
 //! relay in front of it that both setups use. No `--stamp`: answers keep ETags.
 
 use crate::push::{LoadArgs, at_least_1s, event_id};
-use crate::{poller::report, procstat, report::Report, sse_load, stack};
+use crate::{procstat, report::Report, sse_load, stack};
 use anyhow::Context;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::json;
 use std::sync::{Arc, atomic::AtomicU64, atomic::Ordering::Relaxed};
 use std::{net::Ipv4Addr, net::SocketAddr, time::Duration};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::{net::TcpListener, net::TcpStream, task::JoinSet, time::Instant};
 
-#[derive(Debug, clap::Args, serde::Serialize)]
+#[derive(Debug, clap::Args, Serialize)]
 pub struct Args {
     /// Viewers, in both setups.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=5_000))]
@@ -39,11 +40,32 @@ pub struct Args {
     bins: stack::BinArgs,
 }
 
-/// Counts read at both ends of a window: media-sim's requests; HTTP bytes
-/// through the relay (heads included, TCP/IP overhead not) to and from it;
-/// what the viewers saw: values (200s, or SSE data events), errors,
-/// reconnects, and polling only: answers 200, 304, other, bytes read.
-type Counts = [u64; 10];
+/// One setup's figures at the media service over its window.
+#[derive(Serialize)]
+struct Run {
+    column: &'static str,
+    /// media-sim's own `GET /live` count; expected: viewers or events / interval.
+    requests: u64,
+    requests_per_s: f64,
+    expected_per_s: f64,
+    /// HTTP bytes through the relay (heads included, TCP/IP overhead not).
+    bytes_in_per_s: f64,
+    bytes_out_per_s: f64,
+    bytes_per_request: f64,
+    /// Polling: the bytes the viewers read, a cross-check of the relay.
+    client_bytes_per_s: Option<f64>,
+    media_cpu_pct: f64,
+    poller_cpu_pct: Option<f64>,
+    edge_cpu_pct: Option<f64>,
+    /// New values received: 200s, or SSE data events.
+    values: u64,
+    errors: u64,
+    reconnects: u64,
+}
+
+/// Counts read at both ends of a window: media-sim's requests, bytes to and
+/// from it, then the viewers' values, errors, reconnects and bytes read.
+type Counts = [u64; 7];
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     let media = stack::media_sim(&args.bins, args.change_every, false).await?;
@@ -59,7 +81,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     let every = humantime::format_duration(args.interval);
     eprintln!("polling: {} viewers polling every {every}", args.viewers);
-    let seen = Arc::new(<[AtomicU64; 7]>::default());
+    let seen = Arc::new(<[AtomicU64; 4]>::default());
     let mut viewers = JoinSet::new();
     for i in 0..args.viewers {
         let path = format!("/live/{}", event_id(i % args.events));
@@ -70,10 +92,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     tokio::time::sleep(args.interval + Duration::from_secs(1)).await;
     let counts = async || {
         let ([r, i, o], s) = (upstream().await?, seen.each_ref().map(|n| n.load(Relaxed)));
-        anyhow::Ok([r, i, o, s[0], s[1], s[2], s[3], s[4], s[5], s[6]])
+        anyhow::Ok([r, i, o, s[0], s[1], s[2], s[3]])
     };
-    let pids = [media.pid(), std::process::id()];
-    let polling = window(&args, "polling", f64::from(args.viewers), &pids, counts).await?;
+    let polling = window(&args, "polling", args.viewers, &[media.pid()], counts).await?;
     viewers.shutdown().await;
 
     eprintln!("livepush: {} viewers through one edge", args.viewers);
@@ -93,10 +114,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     tokio::time::sleep(args.interval).await;
     let counts = async || {
         let ([r, i, o], c) = (upstream().await?, load.stats().counters());
-        anyhow::Ok([r, i, o, c.messages, c.errors, c.reconnects, 0, 0, 0, 0])
+        anyhow::Ok([r, i, o, c.messages, c.errors, c.reconnects, 0])
     };
-    let pids = [media.pid(), poller.pid(), edge.pid(), std::process::id()];
-    let livepush = window(&args, "livepush", f64::from(args.events), &pids, counts).await?;
+    let pids = [media.pid(), poller.pid(), edge.pid()];
+    let livepush = window(&args, "livepush", args.events, &pids, counts).await?;
     load.stop(Duration::from_secs(5)).await;
     let (media_cmd, poller_cmd, edge_cmd) = (media.cmd.clone(), poller.cmd.clone(), edge.cmd.clone());
     edge.stop().await?;
@@ -108,58 +129,60 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         "livepush-bench polling: {} viewers of {} event(s), every {every}, polling vs livepush",
         args.viewers, args.events
     );
-    let rate = |c: &Value, keys: &[&str]| keys.iter().filter_map(|k| c[*k].as_f64()).sum::<f64>();
-    let ratio =
-        |keys: &[&str]| (rate(&livepush, keys) > 0.0).then(|| rate(&polling, keys) / rate(&livepush, keys));
     // polling / livepush, upstream requests/s and bytes/s (both directions).
-    let (requests_ratio, bytes_ratio) =
-        (ratio(&["requests_per_s"]), ratio(&["bytes_in_per_s", "bytes_out_per_s"]));
+    let ratio = |p: f64, l: f64| (l > 0.0).then(|| p / l);
+    let requests_ratio = ratio(polling.requests_per_s, livepush.requests_per_s);
+    let bytes = |r: &Run| r.bytes_in_per_s + r.bytes_out_per_s;
+    let bytes_ratio = ratio(bytes(&polling), bytes(&livepush));
     let figures = json!({"args": args, "media_cmd": media_cmd, "poller_cmd": poller_cmd, "edge_cmd": edge_cmd,
         "runs": [polling, livepush], "requests_ratio": requests_ratio, "bytes_ratio": bytes_ratio});
-    let notes = [
+    let mut report = Report::new("polling", title, &figures)?;
+    report.note(
         "requests: media-sim's own count; bytes: HTTP bytes through a counting TCP relay in front of media-sim, \
-         used by the polling viewers and by the poller alike (TCP/IP overhead not included)",
-        "polling viewers revalidate with If-None-Match, as a browser cache does with no-cache + ETag",
-    ];
-    report("polling", title, figures, notes.map(str::to_owned).to_vec())
+         used by the polling viewers and by the poller alike (TCP/IP overhead not included)"
+            .to_owned(),
+    );
+    report.note(
+        "polling viewers revalidate with If-None-Match, as a browser cache does with no-cache + ETag".into(),
+    );
+    Ok(report)
 }
 
-/// One setup's figures at the media service over a window: `pids` are
-/// media-sim, what livepush adds, then this process; `per_interval` is the
-/// requests expected per interval (viewers, or events).
+/// One setup's window: `pids` are media-sim, then the poller and the edge;
+/// `per_interval` the requests expected per interval (viewers, or events).
 async fn window(
     args: &Args,
-    column: &str,
-    per_interval: f64,
+    column: &'static str,
+    per_interval: u32,
     pids: &[u32],
     counts: impl AsyncFn() -> anyhow::Result<Counts>,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Run> {
     let (c0, cpu0) = (counts().await?, procstat::Cpu::read(pids)?);
     let start = Instant::now();
     tokio::time::sleep(args.duration).await;
     let cpu = procstat::Cpu::read(pids)?.since(&cpu0);
     let secs = start.elapsed().as_secs_f64().max(1e-9);
     let c1 = counts().await?;
-    let c: Counts = std::array::from_fn(|i| c1[i].saturating_sub(c0[i]));
-    let (polling, livepush) = (column == "polling", column == "livepush");
+    let [requests, bytes_in, bytes_out, values, errors, reconnects, read]: Counts =
+        std::array::from_fn(|i| c1[i].saturating_sub(c0[i]));
     let (per_s, pct) = (|x: u64| x as f64 / secs, |i: usize| 100.0 * cpu.of(i) / secs);
-    Ok(json!({
-        "column": column,
-        // media-sim's own `GET /live` count; expected: viewers or events / interval.
-        "requests": c[0], "requests_per_s": per_s(c[0]), "expected_per_s": per_interval / args.interval.as_secs_f64(),
-        // HTTP bytes through the relay in front of media-sim.
-        "bytes_in_per_s": per_s(c[1]), "bytes_out_per_s": per_s(c[2]),
-        "bytes_per_request": (c[1] + c[2]) as f64 / c[0].max(1) as f64,
-        // Polling: response bytes the viewers read (cross-check) and their answers.
-        "client_bytes_per_s": polling.then(|| per_s(c[9])),
-        "status_200": polling.then_some(c[6]), "status_304": polling.then_some(c[7]), "status_other": polling.then_some(c[8]),
-        "media_cpu_pct": pct(0),
-        // What livepush runs instead, and other programs on the host, competing.
-        "poller_cpu_pct": livepush.then(|| pct(1)), "edge_cpu_pct": livepush.then(|| pct(2)),
-        "others_cpu_pct": 100.0 * cpu.others() / secs,
-        // New values received: 200s, or SSE data events.
-        "values": c[3], "errors": c[4], "reconnects": c[5],
-    }))
+    let livepush = pids.len() > 1;
+    Ok(Run {
+        column,
+        requests,
+        requests_per_s: per_s(requests),
+        expected_per_s: f64::from(per_interval) / args.interval.as_secs_f64(),
+        bytes_in_per_s: per_s(bytes_in),
+        bytes_out_per_s: per_s(bytes_out),
+        bytes_per_request: (bytes_in + bytes_out) as f64 / requests.max(1) as f64,
+        client_bytes_per_s: (!livepush).then(|| per_s(read)),
+        media_cpu_pct: pct(0),
+        poller_cpu_pct: livepush.then(|| pct(1)),
+        edge_cpu_pct: livepush.then(|| pct(2)),
+        values,
+        errors,
+        reconnects,
+    })
 }
 
 /// Relays every connection of `listener` to `upstream`, counting bytes to and from it.
@@ -196,8 +219,8 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, n: &AtomicU64) ->
 }
 
 /// One polling browser: every `interval` from `first`, one keep-alive request
-/// revalidating its last ETag; `seen` as in [`Counts`] from values on.
-async fn poll(target: SocketAddr, path: String, first: Instant, every: Duration, seen: Arc<[AtomicU64; 7]>) {
+/// revalidating its last ETag; `seen`: values, errors, reconnects, bytes read.
+async fn poll(target: SocketAddr, path: String, first: Instant, every: Duration, seen: Arc<[AtomicU64; 4]>) {
     let mut ticker = tokio::time::interval_at(first, every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut conn, mut etag, mut connected) = (None::<TcpStream>, None::<String>, false);
@@ -216,26 +239,17 @@ async fn poll(target: SocketAddr, path: String, first: Instant, every: Duration,
                 }
             };
             tcp.write_all(request.as_bytes()).await?;
-            let answer = read_answer(&mut tcp, &seen[6]).await?;
+            let answer = read_answer(&mut tcp, &seen[3]).await?;
             anyhow::Ok((tcp, answer))
         };
-        let Ok(Ok((tcp, (status, new_etag, close)))) =
-            tokio::time::timeout(Duration::from_secs(10), asked).await
-        else {
-            seen[1].fetch_add(1, Relaxed);
-            continue;
-        };
-        seen[0].fetch_add(u64::from(status == 200), Relaxed);
-        seen[if status == 200 {
-            3
-        } else if status == 304 {
-            4
-        } else {
-            5
-        }]
-        .fetch_add(1, Relaxed);
-        etag = new_etag.or(etag);
-        conn = (!close).then_some(tcp);
+        match tokio::time::timeout(Duration::from_secs(10), asked).await {
+            Ok(Ok((tcp, (status, new_etag, close)))) => {
+                seen[0].fetch_add(u64::from(status == 200), Relaxed);
+                etag = new_etag.or(etag);
+                conn = (!close).then_some(tcp);
+            }
+            _ => _ = seen[1].fetch_add(1, Relaxed),
+        }
     }
 }
 
