@@ -60,41 +60,28 @@ fn parse_mode(s: &str) -> Result<Option<u32>, String> {
 #[derive(Serialize)]
 struct Run {
     column: String,
-    first_values_s: f64,
-    requests: u64,
     requests_per_s: f64,
     expected_per_s: f64,
     ratio: f64,
     ids_per_request: f64,
     status_200: u64,
     status_304: u64,
-    status_other: u64,
     polls_per_event_per_interval: f64,
     event_polls_min: u32,
     event_polls_max: u32,
-    events_unpolled: usize,
     /// Requests per tenth of the interval over its whole intervals (10 % each if even).
     phase_share_min_pct: Option<f64>,
     phase_share_max_pct: Option<f64>,
-    /// Requests per whole 100 ms slot.
-    slot_mean: f64,
-    slot_min: u64,
-    slot_max: u64,
+    /// Requests in the busiest whole 100 ms slot over the mean.
     slot_max_over_mean: f64,
     updates: u64,
-    updates_per_s: f64,
-    poller_cpu_s: f64,
     poller_cpu_pct: f64,
     poller_cpu_us_per_poll: f64,
-    poller_cpu_us_per_request: f64,
     poller_rss_idle_mib: f64,
     poller_rss_warm_mib: f64,
-    poller_rss_end_mib: f64,
-    poller_rss_peak_mib: f64,
     poller_rss_per_event_kib: f64,
     /// This process (media-sim and the subscribers), and other programs on the host.
     harness_cpu_pct: f64,
-    harness_rss_end_mib: f64,
     others_pct: f64,
 }
 
@@ -106,15 +93,13 @@ type Log = Arc<(std::time::Instant, Mutex<Vec<Arrival>>)>;
 async fn record(State(log): State<Log>, req: Request, next: Next) -> Response {
     let index = |id: &str| id.strip_prefix("ev-").and_then(|n| n.parse().ok()).unwrap_or(u32::MAX);
     let (path, query) = (req.uri().path(), req.uri().query().unwrap_or(""));
-    let events: Vec<u32> = match path.strip_prefix("/live/") {
-        Some(id) => vec![index(id)],
-        // Without ids still a request (answered 400): one foreign id.
-        None if path == "/batch" => {
-            let ids = query.split('&').find_map(|kv| kv.strip_prefix("ids=")).unwrap_or("");
-            ids.split(',').map(index).collect()
-        }
+    // A batch without ids is still a request (answered 400): one foreign id.
+    let ids = match path.strip_prefix("/live/") {
+        Some(id) => id,
+        None if path == "/batch" => query.split('&').find_map(|kv| kv.strip_prefix("ids=")).unwrap_or(""),
         None => return next.run(req).await,
     };
+    let events: Vec<u32> = ids.split(',').map(index).collect();
     let at_us = micros(log.0.elapsed());
     let response = next.run(req).await;
     let status = response.status().as_u16();
@@ -134,12 +119,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     for &batch in &args.batch_size {
         let column = batch.map_or("one per event".to_owned(), |n| format!("batch {n}"));
         eprintln!("poller: {column}");
-        let mut extra = vec!["--max-events".to_owned(), args.events.max(100_000).to_string()];
-        if let Some(n) = batch {
-            let url = format!("http://{sim}/batch?ids={{event_ids}}");
-            extra.extend(["--media-batch-url".to_owned(), url, "--batch-size".to_owned(), n.to_string()]);
+        let (max, n) = (args.events.max(100_000).to_string(), batch.unwrap_or(0).to_string());
+        let url = format!("http://{sim}/batch?ids={{event_ids}}");
+        let mut extra = vec!["--max-events", &max];
+        if batch.is_some() {
+            extra.extend(["--media-batch-url", &url, "--batch-size", &n]);
         }
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
         let mut poller = stack::poller_at(&args.bins, addr, sim, args.interval, &extra).await?;
         let pid = poller.pid();
@@ -180,123 +165,93 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         // Warm-up: every stream has its first value, then one interval for the
         // poll phases to settle. A stream lost or the poller gone would leave
         // figures that do not describe N watched events.
-        let mut healthy = |tasks: &mut JoinSet<String>| -> anyhow::Result<()> {
-            poller.child.ensure_running()?;
-            match tasks.try_join_next() {
-                Some(why) => bail!("{}", why.unwrap_or_else(|e| e.to_string())),
-                None => Ok(()),
-            }
-        };
         while counts[1].load(Relaxed) < u64::from(args.events) {
-            healthy(&mut tasks)?;
-            if subscribed.elapsed() >= Duration::from_secs(60) + 2 * args.interval {
-                bail!("only {} of {} streams had a first update", counts[1].load(Relaxed), args.events);
+            poller.child.ensure_running()?;
+            if let Some(why) = tasks.try_join_next() {
+                bail!("{}", why?);
             }
+            let late = subscribed.elapsed() >= Duration::from_secs(60) + 2 * args.interval;
+            ensure!(!late, "only {} of {} streams had a first update", counts[1].load(Relaxed), args.events);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let first_values_s = subscribed.elapsed().as_secs_f64();
         tokio::time::sleep(args.interval).await;
-        healthy(&mut tasks)?;
 
         let (warm, me) = (procstat::sample(pid)?, std::process::id());
         let cpu0 = procstat::Cpu::read(&[pid, me])?;
         let (start, updates0) = (Instant::now(), counts[0].load(Relaxed));
         tokio::time::sleep_until(start + args.duration).await;
         let cpu = procstat::Cpu::read(&[pid, me])?.since(&cpu0);
-        let (end, me_end) = (procstat::sample(pid)?, procstat::sample(me)?);
         let wall = start.elapsed().as_secs_f64();
         let updates = counts[0].load(Relaxed) - updates0;
         poller.child.ensure_running()?;
         if let Some(first) = tasks.try_join_next() {
-            let (n, first) =
-                (1 + std::iter::from_fn(|| tasks.try_join_next()).count(), first.unwrap_or_default());
-            notes.push(format!("{column}: {n} streams ended during the window (first: {first})"));
+            let n = 1 + std::iter::from_fn(|| tasks.try_join_next()).count();
+            notes.push(format!("{column}: {n} streams ended after warm-up (first: {})", first?));
         }
         tasks.shutdown().await;
         drop(channels);
         cmds.push(poller.cmd.clone());
         poller.stop().await?;
 
-        // The window's arrivals, timed from its start.
+        // The window's arrivals, timed from its start: requests per 100 ms
+        // slot and per tenth of the interval, polls per event, ids and statuses.
         let from = micros(start.into_std().saturating_duration_since(log.0));
         let (span, interval) = (micros(args.duration), micros(args.interval));
-        let polls: Vec<Arrival> = log
-            .1
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|a| a.0 >= from && a.0 - from < span)
-            .map(|&(at, event, status, request)| (at - from, event, status, request))
-            .collect();
-        let mut per_event = vec![0u32; args.events as usize];
+        let (mut per_event, mut status, mut requests) = (vec![0u32; args.events as usize], [0u64; 3], 0);
         let (mut slots, mut tenths) = (vec![0u64; (span / micros(SLOT)) as usize], [0u64; 10]);
-        for &(at, event, _, request) in &polls {
-            if let Some(c) = per_event.get_mut(event as usize) {
-                *c += 1;
-            }
-            if let (true, Some(c)) = (request, slots.get_mut((at / micros(SLOT)) as usize)) {
-                *c += 1;
-            }
-            if request && at < span / interval * interval {
-                tenths[(at % interval * 10 / interval) as usize] += 1;
+        for &(at, event, code, request) in log.1.lock().unwrap().iter() {
+            let Some(at) = at.checked_sub(from).filter(|&at| at < span) else { continue };
+            per_event.get_mut(event as usize).into_iter().for_each(|c| *c += 1);
+            status[0] += 1;
+            status[1] += u64::from(code == 200);
+            status[2] += u64::from(code == 304);
+            if request {
+                requests += 1;
+                slots.get_mut((at / micros(SLOT)) as usize).into_iter().for_each(|c| *c += 1);
+                if at < span / interval * interval {
+                    tenths[(at % interval * 10 / interval) as usize] += 1;
+                }
             }
         }
-        let (requests, ids) = (polls.iter().filter(|a| a.3).count() as u64, polls.len() as u64);
+        let (requests, ids) = (f64::from(requests), status[0] as f64);
         let in_tenths = tenths.iter().sum::<u64>() as f64;
-        let share = |c: &u64| (in_tenths > 0.0).then(|| 100.0 * *c as f64 / in_tenths);
-        let status = |code: u16| polls.iter().filter(|a| a.2 == code).count() as u64;
+        let share = |c: Option<&u64>| (in_tenths > 0.0).then(|| 100.0 * *c.unwrap_or(&0) as f64 / in_tenths);
         let secs = args.duration.as_secs_f64();
-        let slot_mean = slots.iter().sum::<u64>() as f64 / slots.len().max(1) as f64;
         let slot_max = slots.iter().copied().max().unwrap_or(0);
         let expected_per_s =
             f64::from(batch.map_or(args.events, |b| args.events.div_ceil(b))) / args.interval.as_secs_f64();
-        let poller_cpu_s = cpu.of(0);
+        let rss_growth_kib = (warm.rss_bytes.saturating_sub(idle.rss_bytes) / 1024) as f64;
         runs.push(Run {
             column,
-            first_values_s,
-            requests,
-            requests_per_s: requests as f64 / secs,
+            requests_per_s: requests / secs,
             expected_per_s,
-            ratio: requests as f64 / secs / expected_per_s,
-            ids_per_request: ids as f64 / requests.max(1) as f64,
-            status_200: status(200),
-            status_304: status(304),
-            status_other: ids - status(200) - status(304),
-            polls_per_event_per_interval: ids as f64
-                / f64::from(args.events)
-                / (secs / args.interval.as_secs_f64()),
+            ratio: requests / secs / expected_per_s,
+            ids_per_request: ids / requests.max(1.0),
+            status_200: status[1],
+            status_304: status[2],
+            polls_per_event_per_interval: ids / f64::from(args.events) / (secs / args.interval.as_secs_f64()),
             event_polls_min: per_event.iter().copied().min().unwrap_or(0),
             event_polls_max: per_event.iter().copied().max().unwrap_or(0),
-            events_unpolled: per_event.iter().filter(|&&c| c == 0).count(),
-            phase_share_min_pct: tenths.iter().min().and_then(share),
-            phase_share_max_pct: tenths.iter().max().and_then(share),
-            slot_mean,
-            slot_min: slots.iter().copied().min().unwrap_or(0),
-            slot_max,
-            slot_max_over_mean: slot_max as f64 / slot_mean.max(f64::MIN_POSITIVE),
+            phase_share_min_pct: share(tenths.iter().min()),
+            phase_share_max_pct: share(tenths.iter().max()),
+            slot_max_over_mean: slot_max as f64 * slots.len() as f64
+                / slots.iter().sum::<u64>().max(1) as f64,
             updates,
-            updates_per_s: updates as f64 / wall,
-            poller_cpu_s,
-            poller_cpu_pct: 100.0 * poller_cpu_s / wall,
-            poller_cpu_us_per_poll: 1e6 * poller_cpu_s / ids.max(1) as f64,
-            poller_cpu_us_per_request: 1e6 * poller_cpu_s / requests.max(1) as f64,
+            poller_cpu_pct: 100.0 * cpu.of(0) / wall,
+            poller_cpu_us_per_poll: 1e6 * cpu.of(0) / ids.max(1.0),
             poller_rss_idle_mib: mib(idle.rss_bytes),
             poller_rss_warm_mib: mib(warm.rss_bytes),
-            poller_rss_end_mib: mib(end.rss_bytes),
-            poller_rss_peak_mib: mib(end.peak_rss_bytes),
-            poller_rss_per_event_kib: (warm.rss_bytes.saturating_sub(idle.rss_bytes) / 1024) as f64
-                / f64::from(args.events),
+            poller_rss_per_event_kib: rss_growth_kib / f64::from(args.events),
             harness_cpu_pct: 100.0 * cpu.of(1) / wall,
-            harness_rss_end_mib: mib(me_end.rss_bytes),
             others_pct: 100.0 * cpu.others() / wall,
         });
     }
     let names: Vec<&str> = runs.iter().map(|r| r.column.as_str()).collect();
+    let (every, window) =
+        (humantime::format_duration(args.interval), humantime::format_duration(args.duration));
     let title = format!(
-        "livepush-bench poller: {} events, interval {}, measured {}, {}",
+        "livepush-bench poller: {} events, interval {every}, measured {window}, {}",
         args.events,
-        humantime::format_duration(args.interval),
-        humantime::format_duration(args.duration),
         names.join(" vs ")
     );
     // Ports vary: the first mode's command, and the flags batching adds.
