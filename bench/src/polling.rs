@@ -45,15 +45,11 @@ pub struct Args {
 struct Run {
     column: &'static str,
     /// media-sim's own `GET /live` count; expected: viewers or events / interval.
-    requests: u64,
     requests_per_s: f64,
     expected_per_s: f64,
     /// HTTP bytes through the relay (heads included, TCP/IP overhead not).
     bytes_in_per_s: f64,
     bytes_out_per_s: f64,
-    bytes_per_request: f64,
-    /// Polling: the bytes the viewers read, a cross-check of the relay.
-    client_bytes_per_s: Option<f64>,
     media_cpu_pct: f64,
     poller_cpu_pct: Option<f64>,
     edge_cpu_pct: Option<f64>,
@@ -64,8 +60,8 @@ struct Run {
 }
 
 /// Counts read at both ends of a window: media-sim's requests, bytes to and
-/// from it, then the viewers' values, errors, reconnects and bytes read.
-type Counts = [u64; 7];
+/// from it, then the viewers' values, errors and reconnects.
+type Counts = [u64; 6];
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     let media = stack::media_sim(&args.bins, args.change_every, false).await?;
@@ -81,7 +77,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     let every = humantime::format_duration(args.interval);
     eprintln!("polling: {} viewers polling every {every}", args.viewers);
-    let seen = Arc::new(<[AtomicU64; 4]>::default());
+    let seen = Arc::new(<[AtomicU64; 3]>::default());
     let mut viewers = JoinSet::new();
     for i in 0..args.viewers {
         let path = format!("/live/{}", event_id(i % args.events));
@@ -92,7 +88,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     tokio::time::sleep(args.interval + Duration::from_secs(1)).await;
     let counts = async || {
         let ([r, i, o], s) = (upstream().await?, seen.each_ref().map(|n| n.load(Relaxed)));
-        anyhow::Ok([r, i, o, s[0], s[1], s[2], s[3]])
+        anyhow::Ok([r, i, o, s[0], s[1], s[2]])
     };
     let polling = window(&args, "polling", args.viewers, &[media.pid()], counts).await?;
     viewers.shutdown().await;
@@ -114,7 +110,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     tokio::time::sleep(args.interval).await;
     let counts = async || {
         let ([r, i, o], c) = (upstream().await?, load.stats().counters());
-        anyhow::Ok([r, i, o, c.messages, c.errors, c.reconnects, 0])
+        anyhow::Ok([r, i, o, c.messages, c.errors, c.reconnects])
     };
     let pids = [media.pid(), poller.pid(), edge.pid()];
     let livepush = window(&args, "livepush", args.events, &pids, counts).await?;
@@ -136,16 +132,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let bytes_ratio = ratio(bytes(&polling), bytes(&livepush));
     let figures = json!({"args": args, "media_cmd": media_cmd, "poller_cmd": poller_cmd, "edge_cmd": edge_cmd,
         "runs": [polling, livepush], "requests_ratio": requests_ratio, "bytes_ratio": bytes_ratio});
-    let mut report = Report::new("polling", title, &figures)?;
-    report.note(
-        "requests: media-sim's own count; bytes: HTTP bytes through a counting TCP relay in front of media-sim, \
-         used by the polling viewers and by the poller alike (TCP/IP overhead not included)"
-            .to_owned(),
-    );
-    report.note(
-        "polling viewers revalidate with If-None-Match, as a browser cache does with no-cache + ETag".into(),
-    );
-    Ok(report)
+    Report::new("polling", title, &figures)
 }
 
 /// One setup's window: `pids` are media-sim, then the poller and the edge;
@@ -163,19 +150,16 @@ async fn window(
     let cpu = procstat::Cpu::read(pids)?.since(&cpu0);
     let secs = start.elapsed().as_secs_f64().max(1e-9);
     let c1 = counts().await?;
-    let [requests, bytes_in, bytes_out, values, errors, reconnects, read]: Counts =
+    let [requests, bytes_in, bytes_out, values, errors, reconnects]: Counts =
         std::array::from_fn(|i| c1[i].saturating_sub(c0[i]));
     let (per_s, pct) = (|x: u64| x as f64 / secs, |i: usize| 100.0 * cpu.of(i) / secs);
     let livepush = pids.len() > 1;
     Ok(Run {
         column,
-        requests,
         requests_per_s: per_s(requests),
         expected_per_s: f64::from(per_interval) / args.interval.as_secs_f64(),
         bytes_in_per_s: per_s(bytes_in),
         bytes_out_per_s: per_s(bytes_out),
-        bytes_per_request: (bytes_in + bytes_out) as f64 / requests.max(1) as f64,
-        client_bytes_per_s: (!livepush).then(|| per_s(read)),
         media_cpu_pct: pct(0),
         poller_cpu_pct: livepush.then(|| pct(1)),
         edge_cpu_pct: livepush.then(|| pct(2)),
@@ -219,8 +203,8 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, n: &AtomicU64) ->
 }
 
 /// One polling browser: every `interval` from `first`, one keep-alive request
-/// revalidating its last ETag; `seen`: values, errors, reconnects, bytes read.
-async fn poll(target: SocketAddr, path: String, first: Instant, every: Duration, seen: Arc<[AtomicU64; 4]>) {
+/// revalidating its last ETag; `seen`: values, errors, reconnects.
+async fn poll(target: SocketAddr, path: String, first: Instant, every: Duration, seen: Arc<[AtomicU64; 3]>) {
     let mut ticker = tokio::time::interval_at(first, every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut conn, mut etag, mut connected) = (None::<TcpStream>, None::<String>, false);
@@ -239,7 +223,7 @@ async fn poll(target: SocketAddr, path: String, first: Instant, every: Duration,
                 }
             };
             tcp.write_all(request.as_bytes()).await?;
-            let answer = read_answer(&mut tcp, &seen[3]).await?;
+            let answer = read_answer(&mut tcp).await?;
             anyhow::Ok((tcp, answer))
         };
         match tokio::time::timeout(Duration::from_secs(10), asked).await {
@@ -254,13 +238,11 @@ async fn poll(target: SocketAddr, path: String, first: Instant, every: Duration,
 }
 
 /// Reads one answer (head and `Content-Length` body): its status, ETag and
-/// whether the server closes the connection; counts the bytes read.
-async fn read_answer(tcp: &mut TcpStream, read: &AtomicU64) -> anyhow::Result<(u16, Option<String>, bool)> {
+/// whether the server closes the connection.
+async fn read_answer(tcp: &mut TcpStream) -> anyhow::Result<(u16, Option<String>, bool)> {
     let mut buf = Vec::with_capacity(4096);
     loop {
-        let n = tcp.read_buf(&mut buf).await?;
-        anyhow::ensure!(n > 0, "closed by the server");
-        read.fetch_add(n as u64, Relaxed);
+        anyhow::ensure!(tcp.read_buf(&mut buf).await? > 0, "closed by the server");
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut head = httparse::Response::new(&mut headers);
         let httparse::Status::Complete(len) = head.parse(&buf)? else { continue };
