@@ -4,7 +4,7 @@
 //! relay in front of it that both setups use. No `--stamp`: answers keep ETags.
 
 use crate::push::{LoadArgs, at_least_1s, event_id};
-use crate::{procstat, report::Report, sse_load, stack};
+use crate::{report::Report, sse_load, stack};
 use anyhow::Context;
 use serde::Serialize;
 use serde_json::json;
@@ -40,36 +40,23 @@ pub struct Args {
     bins: stack::BinArgs,
 }
 
-/// One setup's figures at the media service over its window.
+/// One setup's figures at the media service over its window: requests by
+/// media-sim's own count, HTTP bytes through the relay (heads included, TCP/IP
+/// overhead not), and what the viewers saw (values: 200s, or SSE data events).
 #[derive(Serialize)]
 struct Run {
     column: &'static str,
-    /// media-sim's own `GET /live` count; expected: viewers or events / interval.
     requests_per_s: f64,
-    expected_per_s: f64,
-    /// HTTP bytes through the relay (heads included, TCP/IP overhead not).
     bytes_in_per_s: f64,
     bytes_out_per_s: f64,
-    media_cpu_pct: f64,
-    poller_cpu_pct: Option<f64>,
-    edge_cpu_pct: Option<f64>,
-    /// New values received: 200s, or SSE data events.
     values: u64,
     errors: u64,
     reconnects: u64,
 }
 
-/// Counts read at both ends of a window: media-sim's requests, bytes to and
-/// from it, then the viewers' values, errors and reconnects.
-type Counts = [u64; 6];
-
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     let media = stack::media_sim(&args.bins, args.change_every, false).await?;
-    let relay_listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.context("binding the relay")?;
-    let relay = relay_listener.local_addr().context("relay address")?;
-    let relayed = Arc::new(<[AtomicU64; 2]>::default());
-    let mut relays = JoinSet::new();
-    relays.spawn(relay_to(relay_listener, media.addr, relayed.clone()));
+    let (relay, relayed, _relays) = relay_to(media.addr).await?;
     let upstream = async || {
         let requests = stack::media_requests(media.addr).await?;
         anyhow::Ok([requests, relayed[0].load(Relaxed), relayed[1].load(Relaxed)])
@@ -86,11 +73,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
     // Every viewer has started and polled once; keep-alive connections are up.
     tokio::time::sleep(args.interval + Duration::from_secs(1)).await;
-    let counts = async || {
+    let polling = window(&args, "polling", async || {
         let ([r, i, o], s) = (upstream().await?, seen.each_ref().map(|n| n.load(Relaxed)));
         anyhow::Ok([r, i, o, s[0], s[1], s[2]])
-    };
-    let polling = window(&args, "polling", args.viewers, &[media.pid()], counts).await?;
+    })
+    .await?;
     viewers.shutdown().await;
 
     eprintln!("livepush: {} viewers through one edge", args.viewers);
@@ -108,17 +95,15 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     ready.with_context(|| format!("not every SSE viewer had a first event within {ramp_limit:?}"))?;
     // Let the poll phases settle, like the polling side's first interval.
     tokio::time::sleep(args.interval).await;
-    let counts = async || {
+    let livepush = window(&args, "livepush", async || {
         let ([r, i, o], c) = (upstream().await?, load.stats().counters());
         anyhow::Ok([r, i, o, c.messages, c.errors, c.reconnects])
-    };
-    let pids = [media.pid(), poller.pid(), edge.pid()];
-    let livepush = window(&args, "livepush", args.events, &pids, counts).await?;
+    })
+    .await?;
     load.stop(Duration::from_secs(5)).await;
     let (media_cmd, poller_cmd, edge_cmd) = (media.cmd.clone(), poller.cmd.clone(), edge.cmd.clone());
     edge.stop().await?;
     poller.stop().await?;
-    relays.shutdown().await;
     media.stop().await?;
 
     let title = format!(
@@ -135,59 +120,51 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     Report::new("polling", title, &figures)
 }
 
-/// One setup's window: `pids` are media-sim, then the poller and the edge;
-/// `per_interval` the requests expected per interval (viewers, or events).
+/// One setup's window; `counts`: media-sim's requests, bytes to and from it,
+/// then the viewers' values, errors and reconnects.
 async fn window(
     args: &Args,
     column: &'static str,
-    per_interval: u32,
-    pids: &[u32],
-    counts: impl AsyncFn() -> anyhow::Result<Counts>,
+    counts: impl AsyncFn() -> anyhow::Result<[u64; 6]>,
 ) -> anyhow::Result<Run> {
-    let (c0, cpu0) = (counts().await?, procstat::Cpu::read(pids)?);
-    let start = Instant::now();
+    let (c0, start) = (counts().await?, Instant::now());
     tokio::time::sleep(args.duration).await;
-    let cpu = procstat::Cpu::read(pids)?.since(&cpu0);
-    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    let secs = start.elapsed().as_secs_f64();
     let c1 = counts().await?;
-    let [requests, bytes_in, bytes_out, values, errors, reconnects]: Counts =
+    let [requests, bytes_in, bytes_out, values, errors, reconnects] =
         std::array::from_fn(|i| c1[i].saturating_sub(c0[i]));
-    let (per_s, pct) = (|x: u64| x as f64 / secs, |i: usize| 100.0 * cpu.of(i) / secs);
-    let livepush = pids.len() > 1;
-    Ok(Run {
-        column,
-        requests_per_s: per_s(requests),
-        expected_per_s: f64::from(per_interval) / args.interval.as_secs_f64(),
-        bytes_in_per_s: per_s(bytes_in),
-        bytes_out_per_s: per_s(bytes_out),
-        media_cpu_pct: pct(0),
-        poller_cpu_pct: livepush.then(|| pct(1)),
-        edge_cpu_pct: livepush.then(|| pct(2)),
-        values,
-        errors,
-        reconnects,
-    })
+    let per_s = |x: u64| x as f64 / secs;
+    let (requests_per_s, bytes_in_per_s, bytes_out_per_s) =
+        (per_s(requests), per_s(bytes_in), per_s(bytes_out));
+    Ok(Run { column, requests_per_s, bytes_in_per_s, bytes_out_per_s, values, errors, reconnects })
 }
 
-/// Relays every connection of `listener` to `upstream`, counting bytes to and from it.
-async fn relay_to(listener: TcpListener, upstream: SocketAddr, relayed: Arc<[AtomicU64; 2]>) {
-    // Dropped with this task, so the relays stop with it.
-    let mut relays = JoinSet::new();
-    loop {
-        let Ok((client, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let relayed = relayed.clone();
-        relays.spawn(async move {
-            let Ok(server) = TcpStream::connect(upstream).await else { return };
-            let _ = (client.set_nodelay(true), server.set_nodelay(true));
-            let ((cr, cw), (sr, sw)) = (client.into_split(), server.into_split());
-            // A failed relay closes both sides; the client sees and counts it.
-            let _ = tokio::try_join!(pump(cr, sw, &relayed[0]), pump(sr, cw, &relayed[1]));
-        });
-        while relays.try_join_next().is_some() {}
-    }
+/// A relay to `upstream` on a free loopback port, counting bytes to and
+/// from it, until the returned set is dropped.
+async fn relay_to(upstream: SocketAddr) -> anyhow::Result<(SocketAddr, Arc<[AtomicU64; 2]>, JoinSet<()>)> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.context("binding the relay")?;
+    let (addr, relayed) = (listener.local_addr()?, Arc::new(<[AtomicU64; 2]>::default()));
+    let (counts, mut background) = (relayed.clone(), JoinSet::new());
+    background.spawn(async move {
+        // Dropped with this task, so the relays stop with it.
+        let mut relays = JoinSet::new();
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let relayed = counts.clone();
+            relays.spawn(async move {
+                let Ok(server) = TcpStream::connect(upstream).await else { return };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let ((cr, cw), (sr, sw)) = (client.into_split(), server.into_split());
+                // A failed relay closes both sides; the client sees and counts it.
+                let _ = tokio::try_join!(pump(cr, sw, &relayed[0]), pump(sr, cw, &relayed[1]));
+            });
+            while relays.try_join_next().is_some() {}
+        }
+    });
+    Ok((addr, relayed, background))
 }
 
 async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, n: &AtomicU64) -> std::io::Result<()> {
