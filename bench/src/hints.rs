@@ -90,8 +90,10 @@ struct Run {
     each_p50_ms: Option<f64>,
     each_p99_ms: Option<f64>,
     each_max_ms: Option<f64>,
-    /// Deliveries beyond one per browser and change (filled in last).
+    /// Deliveries beyond one per browser and change (filled in last, by the changes' stamps).
     repeats: u64,
+    #[serde(skip)]
+    stamps: Vec<u64>,
     /// Polls of the event during the variant; POSTs answered 202 and failed.
     polls: u64,
     posts_ok: usize,
@@ -148,7 +150,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let (path, auth) = (format!("/events/{EVENT}/changed"), format!("Bearer {token}"));
-    let (mut runs, mut stamps, mut notes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut runs, mut notes) = (Vec::new(), Vec::new());
     for variant in &args.variants {
         let column = if variant == "none" { "no hint" } else { variant };
         eprintln!("hints: variant {column}");
@@ -159,8 +161,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let started = Instant::now();
         // Per change: browsers reached, µs to the first and the last, the
         // POST's round trip, the wait before it; and its stamp.
-        let (mut changes, mut failures) = (Vec::new(), 0);
-        let mut stamped = Vec::new();
+        let (mut changes, mut stamps, mut failures) = (Vec::new(), Vec::new(), 0);
         for _ in 0..args.changes {
             let wait = between(&mut rng, args.min_change_gap, args.interval);
             tokio::time::sleep(wait).await;
@@ -191,7 +192,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             };
             let (reached, first, last) = update.map_or((0, 0, 0), |u| (u.reached, u.first_us, u.last_us));
             changes.push((reached, first, last, post_us, wait));
-            stamped.push(doc.1);
+            stamps.push(doc.1);
         }
         let cpu = procstat::Cpu::read(&pids)?.since(&cpu0);
         let wall = started.elapsed().as_secs_f64();
@@ -216,6 +217,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             each_p99_ms: sse_load::ms(&each, 0.99),
             each_max_ms: (each.count > 0).then(|| each.max as f64 / 1000.0),
             repeats: 0,
+            stamps,
             polls: media.1.load(Relaxed) - polls0,
             posts_ok: posts.len(),
             post_failures: failures,
@@ -227,7 +229,6 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             edge_pct: pct(cpu.of(1)),
             others_pct: pct(cpu.others()),
         });
-        stamps.push(stamped);
         poller.child.ensure_running()?;
         edge.child.ensure_running()?;
     }
@@ -236,8 +237,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stats = load.stats().clone();
     let (all_updates, _) = stats.updates_served(0, u64::MAX);
-    for (run, stamps) in runs.iter_mut().zip(&stamps) {
-        let updates = stamps.iter().filter_map(|&s| all_updates.iter().find(|u| u.served_at_ms == s));
+    for run in &mut runs {
+        let updates = run.stamps.iter().filter_map(|&s| all_updates.iter().find(|u| u.served_at_ms == s));
         run.repeats = updates.map(|u| u64::from(u.reached.saturating_sub(args.browsers))).sum();
     }
     load.stop(Duration::from_secs(5)).await;
@@ -246,8 +247,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     edge.stop().await?;
     poller.stop().await?;
 
-    let every = humantime::format_duration(args.interval);
-    let (n, changes) = (args.browsers, args.changes);
+    let (n, every, changes) = (args.browsers, humantime::format_duration(args.interval), args.changes);
     let title = format!(
         "livepush-bench hints: change to browser, {n} browsers on one event, interval {every}, {changes} changes per variant"
     );

@@ -7,11 +7,12 @@ use crate::report::{Report, cores, mib};
 use crate::{procstat, push::event_id, sse_load::micros, stack};
 use anyhow::{Context, bail, ensure};
 use axum::{extract::Request, extract::State, middleware::Next, response::Response};
+use humantime::format_duration as human;
 use livepush::proto::{SubscribeRequest, live_feed_client::LiveFeedClient};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::{net::Ipv4Addr, net::SocketAddr, sync::Arc, sync::Mutex, time::Duration};
-use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet, time::Instant};
 
 /// gRPC streams per connection, as an edge would hold a few thousand.
 const STREAMS_PER_CHANNEL: usize = 2_500;
@@ -85,10 +86,10 @@ struct Run {
     others_pct: f64,
 }
 
-/// One polled id as media-sim saw it: (µs since the log's origin, event index
-/// or `u32::MAX` for a foreign id, the answer's status, first id of its request).
-type Arrival = (u64, u32, u16, bool);
-type Log = Arc<(std::time::Instant, Mutex<Vec<Arrival>>)>;
+/// One polled id as media-sim saw it: (arrival, event index or `u32::MAX` for
+/// a foreign id, the answer's status, first id of its request).
+type Arrival = (Instant, u32, u16, bool);
+type Log = Arc<Mutex<Vec<Arrival>>>;
 
 async fn record(State(log): State<Log>, req: Request, next: Next) -> Response {
     let index = |id: &str| id.strip_prefix("ev-").and_then(|n| n.parse().ok()).unwrap_or(u32::MAX);
@@ -100,17 +101,16 @@ async fn record(State(log): State<Log>, req: Request, next: Next) -> Response {
         None => return next.run(req).await,
     };
     let events: Vec<u32> = ids.split(',').map(index).collect();
-    let at_us = micros(log.0.elapsed());
-    let response = next.run(req).await;
+    let (at, response) = (Instant::now(), next.run(req).await);
     let status = response.status().as_u16();
-    let mut arrivals = log.1.lock().unwrap();
-    arrivals.extend(events.into_iter().enumerate().map(|(i, event)| (at_us, event, status, i == 0)));
+    let mut arrivals = log.lock().unwrap();
+    arrivals.extend(events.into_iter().enumerate().map(|(i, event)| (at, event, status, i == 0)));
     response
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     ensure!(!args.interval.is_zero() && args.duration >= SLOT, "--interval 0 or --duration under {SLOT:?}");
-    let log: Log = Arc::new((std::time::Instant::now(), Mutex::default()));
+    let log = Log::default();
     let app = media_sim::app(media_sim::Sim::new(args.change_every, false))
         .layer(axum::middleware::from_fn_with_state(log.clone(), record));
     let (sim, _server) = serve(app).await?;
@@ -195,12 +195,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
         // The window's arrivals, timed from its start: requests per 100 ms
         // slot and per tenth of the interval, polls per event, ids and statuses.
-        let from = micros(start.into_std().saturating_duration_since(log.0));
         let (span, interval) = (micros(args.duration), micros(args.interval));
         let (mut per_event, mut status, mut requests) = (vec![0u32; args.events as usize], [0u64; 3], 0);
         let (mut slots, mut tenths) = (vec![0u64; (span / micros(SLOT)) as usize], [0u64; 10]);
-        for &(at, event, code, request) in log.1.lock().unwrap().iter() {
-            let Some(at) = at.checked_sub(from).filter(|&at| at < span) else { continue };
+        let arrivals = log.lock().unwrap();
+        let since_start =
+            arrivals.iter().filter(|a| a.0 >= start).map(|&(at, e, c, r)| (micros(at - start), e, c, r));
+        for (at, event, code, request) in since_start.filter(|a| a.0 < span) {
             per_event.get_mut(event as usize).into_iter().for_each(|c| *c += 1);
             status[0] += 1;
             status[1] += u64::from(code == 200);
@@ -246,14 +247,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             others_pct: 100.0 * cpu.others() / wall,
         });
     }
-    let names: Vec<&str> = runs.iter().map(|r| r.column.as_str()).collect();
-    let (every, window) =
-        (humantime::format_duration(args.interval), humantime::format_duration(args.duration));
-    let title = format!(
-        "livepush-bench poller: {} events, interval {every}, measured {window}, {}",
-        args.events,
-        names.join(" vs ")
-    );
+    let names = runs.iter().map(|r| r.column.as_str()).collect::<Vec<_>>().join(" vs ");
+    let (events, every, window) = (args.events, human(args.interval), human(args.duration));
+    let title =
+        format!("livepush-bench poller: {events} events, interval {every}, measured {window}, {names}");
     // Ports vary: the first mode's command, and the flags batching adds.
     let batch_flags = cmds.iter().find_map(|c| c.find(" --media-batch-url").map(|i| c[i + 1..].to_owned()));
     let params = serde_json::json!({"args": args, "streams_per_channel": STREAMS_PER_CHANNEL,
@@ -265,10 +262,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
 /// Serves `app` on a free loopback port until the returned set is dropped.
 pub async fn serve(app: axum::Router) -> anyhow::Result<(SocketAddr, JoinSet<std::io::Result<()>>)> {
-    let listener =
-        tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.context("binding a server")?;
-    let addr = listener.local_addr().context("server address")?;
-    let mut background = JoinSet::new();
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.context("binding a server")?;
+    let (addr, mut background) = (listener.local_addr()?, JoinSet::new());
     background.spawn(async move { axum::serve(listener, app).await });
     Ok((addr, background))
 }

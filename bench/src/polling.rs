@@ -106,9 +106,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     poller.stop().await?;
     media.stop().await?;
 
+    let (viewers, events) = (args.viewers, args.events);
     let title = format!(
-        "livepush-bench polling: {} viewers of {} event(s), every {every}, polling vs livepush",
-        args.viewers, args.events
+        "livepush-bench polling: {viewers} viewers of {events} event(s), every {every}, polling vs livepush"
     );
     // polling / livepush, upstream requests/s and bytes/s (both directions).
     let ratio = |p: f64, l: f64| (l > 0.0).then(|| p / l);
