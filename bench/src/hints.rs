@@ -7,7 +7,7 @@ use crate::report::{Report, cores, quantile_ms, sorted};
 use crate::sse_load::{self, micros, unix_micros};
 use crate::{httpc, poller, procstat, push::LoadArgs, stack};
 use anyhow::Context;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -59,11 +59,9 @@ fn body((version, stamp_ms): (u64, u64)) -> String {
     format!(r#"{{"event":"{EVENT}","version":{version},"served_at_ms":{stamp_ms}}}"#)
 }
 
-async fn live(State(media): State<Media>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+/// `GET /live/hinted-1` (other ids are not found), with ETags as media-sim's.
+async fn live(State(media): State<Media>, headers: HeaderMap) -> Response {
     media.1.fetch_add(1, Relaxed);
-    if id != EVENT {
-        return StatusCode::NOT_FOUND.into_response();
-    }
     let doc = *media.0.lock().unwrap();
     let etag = format!("\"v{}\"", doc.0);
     if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes()) {
@@ -122,7 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let seed = args.seed.unwrap_or_else(unix_micros);
     let mut rng = seed;
     let media: Media = Arc::new((Mutex::new((0, unix_micros() / 1000)), AtomicU64::new(0)));
-    let app = axum::Router::new().route("/live/{event_id}", axum::routing::get(live));
+    let app = axum::Router::new().route(&format!("/live/{EVENT}"), axum::routing::get(live));
     let (media_addr, _server) = poller::serve(app.with_state(media.clone())).await?;
 
     // The poller's --publish-token-file, removed when dropped.
