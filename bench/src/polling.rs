@@ -167,16 +167,11 @@ async fn relay_to(upstream: SocketAddr) -> anyhow::Result<(SocketAddr, Arc<[Atom
     Ok((addr, relayed, background))
 }
 
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, n: &AtomicU64) -> std::io::Result<()> {
-    let mut buf = vec![0; 8 * 1024];
-    loop {
-        let read = from.read(&mut buf).await?;
-        if read == 0 {
-            return to.shutdown().await;
-        }
-        n.fetch_add(read as u64, Relaxed);
-        to.write_all(&buf[..read]).await?;
-    }
+async fn pump(from: OwnedReadHalf, mut to: OwnedWriteHalf, n: &AtomicU64) -> std::io::Result<()> {
+    let mut from =
+        tokio_util::io::InspectReader::new(from, |read| _ = n.fetch_add(read.len() as u64, Relaxed));
+    tokio::io::copy(&mut from, &mut to).await?;
+    to.shutdown().await
 }
 
 /// One polling browser: every `interval` from `first`, one keep-alive request
