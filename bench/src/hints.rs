@@ -71,7 +71,8 @@ async fn live(State(media): State<Media>, headers: HeaderMap) -> Response {
 }
 
 /// One variant's figures: change → last browser, one per change (nearest
-/// rank: p99 is the max below 100 changes), and change → each browser.
+/// rank: p99 is the max below 100 changes), change → each browser; CPU in %
+/// of one core.
 #[derive(Serialize)]
 struct Run {
     column: String,
@@ -79,7 +80,7 @@ struct Run {
     last_p50_ms: Option<f64>,
     last_p99_ms: Option<f64>,
     last_max_ms: Option<f64>,
-    last_mean_ms: Option<f64>,
+    last_mean_ms: f64,
     first_p50_ms: Option<f64>,
     /// Changes less than 250 ms after the previous one was delivered, and the max over the others.
     within_hint_gap: usize,
@@ -101,7 +102,6 @@ struct Run {
     /// The browsers during the variant (`open` at its end).
     counters: sse_load::Counters,
     wall_s: f64,
-    /// CPU during the variant, % of one core.
     poller_pct: f64,
     edge_pct: f64,
     others_pct: f64,
@@ -199,14 +199,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let posts = sorted(changes.iter().filter_map(|c| c.3));
         let apart = sorted(changes.iter().filter(|c| c.4 >= HINT_GAP).map(|c| c.2));
         let pct = |x: f64| 100.0 * x / wall.max(f64::MIN_POSITIVE);
-        let mean = last.iter().sum::<u64>() as f64 / last.len().max(1) as f64 / 1e3;
         runs.push(Run {
             column: column.to_owned(),
             reached_all: changes.iter().filter(|c| c.0 >= args.browsers).count(),
             last_p50_ms: quantile_ms(&last, 0.5),
             last_p99_ms: quantile_ms(&last, 0.99),
             last_max_ms: quantile_ms(&last, 1.0),
-            last_mean_ms: (!last.is_empty()).then_some(mean),
+            last_mean_ms: last.iter().sum::<u64>() as f64 / last.len() as f64 / 1e3,
             first_p50_ms: quantile_ms(&sorted(changes.iter().map(|c| c.1)), 0.5),
             within_hint_gap: changes.iter().filter(|c| c.4 < HINT_GAP).count(),
             apart_max_ms: quantile_ms(&apart, 1.0),
