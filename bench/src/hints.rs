@@ -76,6 +76,7 @@ async fn live(State(media): State<Media>, headers: HeaderMap) -> Response {
 #[derive(Serialize)]
 struct Run {
     column: String,
+    changes: usize,
     reached_all: usize,
     last_p50_ms: Option<f64>,
     last_p99_ms: Option<f64>,
@@ -201,6 +202,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let pct = |x: f64| 100.0 * x / wall.max(f64::MIN_POSITIVE);
         runs.push(Run {
             column: column.to_owned(),
+            changes: changes.len(),
             reached_all: changes.iter().filter(|c| c.0 >= args.browsers).count(),
             last_p50_ms: quantile_ms(&last, 0.5),
             last_p99_ms: quantile_ms(&last, 0.99),

@@ -61,28 +61,41 @@ fn parse_mode(s: &str) -> Result<Option<u32>, String> {
 #[derive(Serialize)]
 struct Run {
     column: String,
+    first_values_s: f64,
+    requests: u64,
     requests_per_s: f64,
     expected_per_s: f64,
     ratio: f64,
     ids_per_request: f64,
     status_200: u64,
     status_304: u64,
+    status_other: u64,
     polls_per_event_per_interval: f64,
     event_polls_min: u32,
     event_polls_max: u32,
+    events_unpolled: usize,
     /// Requests per tenth of the interval over its whole intervals (10 % each if even).
     phase_share_min_pct: Option<f64>,
     phase_share_max_pct: Option<f64>,
-    /// Requests in the busiest whole 100 ms slot over the mean.
+    /// Requests per whole 100 ms slot, and the busiest over the mean.
+    slot_mean: f64,
+    slot_min: u64,
+    slot_max: u64,
     slot_max_over_mean: f64,
     updates: u64,
+    updates_per_s: f64,
+    poller_cpu_s: f64,
     poller_cpu_pct: f64,
     poller_cpu_us_per_poll: f64,
+    poller_cpu_us_per_request: f64,
     poller_rss_idle_mib: f64,
     poller_rss_warm_mib: f64,
+    poller_rss_end_mib: f64,
+    poller_rss_peak_mib: f64,
     poller_rss_per_event_kib: f64,
     /// This process (media-sim and the subscribers), and other programs on the host.
     harness_cpu_pct: f64,
+    harness_rss_end_mib: f64,
     others_pct: f64,
 }
 
@@ -174,6 +187,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             ensure!(!late, "only {} of {} streams had a first update", counts[1].load(Relaxed), args.events);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let first_values_s = subscribed.elapsed().as_secs_f64();
         tokio::time::sleep(args.interval).await;
 
         let (warm, me) = (procstat::sample(pid)?, std::process::id());
@@ -181,6 +195,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let (start, updates0) = (Instant::now(), counts[0].load(Relaxed));
         tokio::time::sleep_until(start + args.duration).await;
         let cpu = procstat::Cpu::read(&[pid, me])?.since(&cpu0);
+        let (end, me_end) = (procstat::sample(pid)?, procstat::sample(me)?);
         let wall = start.elapsed().as_secs_f64();
         let updates = counts[0].load(Relaxed) - updates0;
         poller.child.ensure_running()?;
@@ -219,31 +234,44 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let share = |c: Option<&u64>| (in_tenths > 0.0).then(|| 100.0 * *c.unwrap_or(&0) as f64 / in_tenths);
         let secs = args.duration.as_secs_f64();
         let slot_max = slots.iter().copied().max().unwrap_or(0);
+        let slot_mean = slots.iter().sum::<u64>() as f64 / slots.len().max(1) as f64;
         let expected_per_s =
             f64::from(batch.map_or(args.events, |b| args.events.div_ceil(b))) / args.interval.as_secs_f64();
         let rss_growth_kib = (warm.rss_bytes.saturating_sub(idle.rss_bytes) / 1024) as f64;
         runs.push(Run {
             column,
+            first_values_s,
+            requests: requests as u64,
             requests_per_s: requests / secs,
             expected_per_s,
             ratio: requests / secs / expected_per_s,
             ids_per_request: ids / requests.max(1.0),
             status_200: status[1],
             status_304: status[2],
+            status_other: status[0] - status[1] - status[2],
             polls_per_event_per_interval: ids / f64::from(args.events) / (secs / args.interval.as_secs_f64()),
             event_polls_min: per_event.iter().copied().min().unwrap_or(0),
             event_polls_max: per_event.iter().copied().max().unwrap_or(0),
+            events_unpolled: per_event.iter().filter(|&&c| c == 0).count(),
             phase_share_min_pct: share(tenths.iter().min()),
             phase_share_max_pct: share(tenths.iter().max()),
-            slot_max_over_mean: slot_max as f64 * slots.len() as f64
-                / slots.iter().sum::<u64>().max(1) as f64,
+            slot_mean,
+            slot_min: slots.iter().copied().min().unwrap_or(0),
+            slot_max,
+            slot_max_over_mean: slot_max as f64 / slot_mean.max(f64::MIN_POSITIVE),
             updates,
+            updates_per_s: updates as f64 / wall,
+            poller_cpu_s: cpu.of(0),
             poller_cpu_pct: 100.0 * cpu.of(0) / wall,
             poller_cpu_us_per_poll: 1e6 * cpu.of(0) / ids.max(1.0),
+            poller_cpu_us_per_request: 1e6 * cpu.of(0) / requests.max(1.0),
             poller_rss_idle_mib: mib(idle.rss_bytes),
             poller_rss_warm_mib: mib(warm.rss_bytes),
+            poller_rss_end_mib: mib(end.rss_bytes),
+            poller_rss_peak_mib: mib(end.peak_rss_bytes),
             poller_rss_per_event_kib: rss_growth_kib / f64::from(args.events),
             harness_cpu_pct: 100.0 * cpu.of(1) / wall,
+            harness_rss_end_mib: mib(me_end.rss_bytes),
             others_pct: 100.0 * cpu.others() / wall,
         });
     }

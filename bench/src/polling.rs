@@ -4,7 +4,7 @@
 //! relay in front of it that both setups use. No `--stamp`: answers keep ETags.
 
 use crate::push::{LoadArgs, at_least_1s, event_id};
-use crate::{report::Report, sse_load, stack};
+use crate::{procstat, report::Report, sse_load, stack};
 use anyhow::Context;
 use serde::Serialize;
 use serde_json::json;
@@ -46,9 +46,24 @@ pub struct Args {
 #[derive(Serialize)]
 struct Run {
     column: &'static str,
+    requests: u64,
     requests_per_s: f64,
+    /// Viewers (or events) per interval.
+    expected_per_s: f64,
     bytes_in_per_s: f64,
     bytes_out_per_s: f64,
+    bytes_per_request: f64,
+    /// Polling only: response bytes the viewers read (a cross-check of the
+    /// relay's) and their answers.
+    client_bytes_per_s: Option<f64>,
+    status_200: Option<u64>,
+    status_304: Option<u64>,
+    status_other: Option<u64>,
+    /// media-sim; what livepush runs instead; other programs on the host.
+    media_cpu_pct: f64,
+    poller_cpu_pct: Option<f64>,
+    edge_cpu_pct: Option<f64>,
+    others_cpu_pct: f64,
     values: u64,
     errors: u64,
     reconnects: u64,
@@ -64,7 +79,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     let every = humantime::format_duration(args.interval);
     eprintln!("polling: {} viewers polling every {every}", args.viewers);
-    let seen = Arc::new(<[AtomicU64; 3]>::default());
+    // 200s, errors, reconnects, 304s, other answers, bytes read.
+    let seen = Arc::new(<[AtomicU64; 6]>::default());
     let mut viewers = JoinSet::new();
     for i in 0..args.viewers {
         let path = format!("/live/{}", event_id(i % args.events));
@@ -73,9 +89,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
     // Every viewer has started and polled once; keep-alive connections are up.
     tokio::time::sleep(args.interval + Duration::from_secs(1)).await;
-    let polling = window(&args, "polling", async || {
+    let pids = [media.pid(), std::process::id()];
+    let polling = window(&args, "polling", f64::from(args.viewers), &pids, async || {
         let ([r, i, o], s) = (upstream().await?, seen.each_ref().map(|n| n.load(Relaxed)));
-        anyhow::Ok([r, i, o, s[0], s[1], s[2]])
+        anyhow::Ok([r, i, o, s[0], s[1], s[2], s[3], s[4], s[5]])
     })
     .await?;
     viewers.shutdown().await;
@@ -95,9 +112,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     ready.with_context(|| format!("not every SSE viewer had a first event within {ramp_limit:?}"))?;
     // Let the poll phases settle, like the polling side's first interval.
     tokio::time::sleep(args.interval).await;
-    let livepush = window(&args, "livepush", async || {
+    let pids = [media.pid(), poller.pid(), edge.pid(), std::process::id()];
+    let livepush = window(&args, "livepush", f64::from(args.events), &pids, async || {
         let ([r, i, o], c) = (upstream().await?, load.stats().counters());
-        anyhow::Ok([r, i, o, c.messages, c.errors, c.reconnects])
+        anyhow::Ok([r, i, o, c.messages, c.errors, c.reconnects, 0, 0, 0])
     })
     .await?;
     load.stop(Duration::from_secs(5)).await;
@@ -120,23 +138,46 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     Report::new("polling", title, &figures)
 }
 
-/// One setup's window; `counts`: media-sim's requests, bytes to and from it,
-/// then the viewers' values, errors and reconnects.
+/// One setup's window; `per_interval`: requests expected per interval;
+/// `pids`: media-sim, what livepush adds, this process; `counts`: media-sim's
+/// requests, bytes to and from it, then the viewers' values, errors,
+/// reconnects, 304s, other answers and bytes read.
 async fn window(
     args: &Args,
     column: &'static str,
-    counts: impl AsyncFn() -> anyhow::Result<[u64; 6]>,
+    per_interval: f64,
+    pids: &[u32],
+    counts: impl AsyncFn() -> anyhow::Result<[u64; 9]>,
 ) -> anyhow::Result<Run> {
-    let (c0, start) = (counts().await?, Instant::now());
+    let (c0, cpu0, start) = (counts().await?, procstat::Cpu::read(pids)?, Instant::now());
     tokio::time::sleep(args.duration).await;
+    let cpu = procstat::Cpu::read(pids)?.since(&cpu0);
     let secs = start.elapsed().as_secs_f64();
     let c1 = counts().await?;
-    let [requests, bytes_in, bytes_out, values, errors, reconnects] =
+    let [requests, bytes_in, bytes_out, values, errors, reconnects, s304, other, read] =
         std::array::from_fn(|i| c1[i].saturating_sub(c0[i]));
-    let per_s = |x: u64| x as f64 / secs;
-    let (requests_per_s, bytes_in_per_s, bytes_out_per_s) =
-        (per_s(requests), per_s(bytes_in), per_s(bytes_out));
-    Ok(Run { column, requests_per_s, bytes_in_per_s, bytes_out_per_s, values, errors, reconnects })
+    let (per_s, pct) = (|x: u64| x as f64 / secs, |i: usize| 100.0 * cpu.of(i) / secs);
+    let (polling, livepush) = (column == "polling", column == "livepush");
+    Ok(Run {
+        column,
+        requests,
+        requests_per_s: per_s(requests),
+        expected_per_s: per_interval / args.interval.as_secs_f64(),
+        bytes_in_per_s: per_s(bytes_in),
+        bytes_out_per_s: per_s(bytes_out),
+        bytes_per_request: (bytes_in + bytes_out) as f64 / requests.max(1) as f64,
+        client_bytes_per_s: polling.then(|| per_s(read)),
+        status_200: polling.then_some(values),
+        status_304: polling.then_some(s304),
+        status_other: polling.then_some(other),
+        media_cpu_pct: pct(0),
+        poller_cpu_pct: livepush.then(|| pct(1)),
+        edge_cpu_pct: livepush.then(|| pct(2)),
+        others_cpu_pct: 100.0 * cpu.others() / secs,
+        values,
+        errors,
+        reconnects,
+    })
 }
 
 /// A relay to `upstream` on a free loopback port, counting bytes to and
@@ -175,8 +216,9 @@ async fn pump(from: OwnedReadHalf, mut to: OwnedWriteHalf, n: &AtomicU64) -> std
 }
 
 /// One polling browser: every `interval` from `first`, one keep-alive request
-/// revalidating its last ETag; `seen`: values, errors, reconnects.
-async fn poll(target: SocketAddr, path: String, first: Instant, every: Duration, seen: Arc<[AtomicU64; 3]>) {
+/// revalidating its last ETag; `seen`: 200s, errors, reconnects, 304s,
+/// other answers, bytes read.
+async fn poll(target: SocketAddr, path: String, first: Instant, every: Duration, seen: Arc<[AtomicU64; 6]>) {
     let mut ticker = tokio::time::interval_at(first, every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut conn, mut etag, mut connected) = (None::<TcpStream>, None::<String>, false);
@@ -199,8 +241,14 @@ async fn poll(target: SocketAddr, path: String, first: Instant, every: Duration,
             anyhow::Ok((tcp, answer))
         };
         match tokio::time::timeout(Duration::from_secs(10), asked).await {
-            Ok(Ok((tcp, (status, new_etag, close)))) => {
-                seen[0].fetch_add(u64::from(status == 200), Relaxed);
+            Ok(Ok((tcp, (status, new_etag, close, read)))) => {
+                let slot = match status {
+                    200 => 0,
+                    304 => 3,
+                    _ => 4,
+                };
+                seen[slot].fetch_add(1, Relaxed);
+                seen[5].fetch_add(read as u64, Relaxed);
                 etag = new_etag.or(etag);
                 conn = (!close).then_some(tcp);
             }
@@ -210,8 +258,8 @@ async fn poll(target: SocketAddr, path: String, first: Instant, every: Duration,
 }
 
 /// Reads one answer (head and `Content-Length` body): its status, ETag and
-/// whether the server closes the connection.
-async fn read_answer(tcp: &mut TcpStream) -> anyhow::Result<(u16, Option<String>, bool)> {
+/// whether the server closes the connection, and the bytes read.
+async fn read_answer(tcp: &mut TcpStream) -> anyhow::Result<(u16, Option<String>, bool, usize)> {
     let mut buf = Vec::with_capacity(4096);
     loop {
         anyhow::ensure!(tcp.read_buf(&mut buf).await? > 0, "closed by the server");
@@ -225,7 +273,8 @@ async fn read_answer(tcp: &mut TcpStream) -> anyhow::Result<(u16, Option<String>
         if buf.len() >= len + header("content-length").map_or(Ok(0), str::parse::<usize>)? {
             let close = head.version == Some(0)
                 || header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
-            return Ok((head.code.unwrap_or(0), header("etag").map(str::to_owned), close));
+            let etag = header("etag").map(str::to_owned);
+            return Ok((head.code.unwrap_or(0), etag, close, buf.len()));
         }
     }
 }
