@@ -7,23 +7,21 @@ use crate::report::{Report, cores, quantile_ms, sorted};
 use crate::sse_load::{self, micros, unix_micros};
 use crate::{httpc, poller, procstat, push::LoadArgs, stack};
 use anyhow::Context;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::{io::Write, net::Ipv4Addr, net::SocketAddr, time::Duration};
 use tokio::time::Instant;
 
 /// The one event every browser watches.
 const EVENT: &str = "hinted-1";
-/// The issue's target for change → last browser with a hint or publish.
-const TARGET_HINT_P99_MS: f64 = 100.0;
 /// The poller's default `--min-hint-gap` between two hints' polls.
 const HINT_GAP: Duration = Duration::from_millis(250);
 
-#[derive(Debug, clap::Args, serde::Serialize)]
+#[derive(Debug, clap::Args, Serialize)]
 pub struct Args {
     /// SSE browsers, all on one event, on one edge.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=18_000))]
@@ -57,27 +55,57 @@ pub struct Args {
 /// made it), and the polls it answered.
 type Media = Arc<(Mutex<(u64, u64)>, AtomicU64)>;
 
-fn lock(media: &Media) -> std::sync::MutexGuard<'_, (u64, u64)> {
-    // Replacing a value cannot leave it half-updated.
-    media.0.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 fn body((version, stamp_ms): (u64, u64)) -> String {
     format!(r#"{{"event":"{EVENT}","version":{version},"served_at_ms":{stamp_ms}}}"#)
 }
 
-async fn live(State(media): State<Media>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+/// `GET /live/hinted-1` (other ids are not found), with ETags as media-sim's.
+async fn live(State(media): State<Media>, headers: HeaderMap) -> Response {
     media.1.fetch_add(1, Relaxed);
-    if id != EVENT {
-        return StatusCode::NOT_FOUND.into_response();
-    }
-    let doc = *lock(&media);
+    let doc = *media.0.lock().unwrap();
     let etag = format!("\"v{}\"", doc.0);
     if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes()) {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
     }
-    let json = "application/json".to_owned();
-    ([(header::CONTENT_TYPE, json), (header::ETAG, etag)], body(doc)).into_response()
+    ([(header::CONTENT_TYPE, "application/json".to_owned()), (header::ETAG, etag)], body(doc)).into_response()
+}
+
+/// One variant's figures: change → last browser, one per change (nearest
+/// rank: p99 is the max below 100 changes), change → each browser; CPU in %
+/// of one core.
+#[derive(Serialize)]
+struct Run {
+    column: String,
+    changes: usize,
+    reached_all: usize,
+    last_p50_ms: Option<f64>,
+    last_p99_ms: Option<f64>,
+    last_max_ms: Option<f64>,
+    last_mean_ms: f64,
+    first_p50_ms: Option<f64>,
+    /// Changes less than 250 ms after the previous one was delivered, and the max over the others.
+    within_hint_gap: usize,
+    apart_max_ms: Option<f64>,
+    deliveries: u64,
+    each_p50_ms: Option<f64>,
+    each_p99_ms: Option<f64>,
+    each_max_ms: Option<f64>,
+    /// Deliveries beyond one per browser and change (filled in last, by the changes' stamps).
+    repeats: u64,
+    #[serde(skip)]
+    stamps: Vec<u64>,
+    /// Polls of the event during the variant; POSTs answered 202 and failed.
+    polls: u64,
+    posts_ok: usize,
+    post_failures: u32,
+    post_p50_ms: Option<f64>,
+    post_max_ms: Option<f64>,
+    /// The browsers during the variant (`open` at its end).
+    counters: sse_load::Counters,
+    wall_s: f64,
+    poller_pct: f64,
+    edge_pct: f64,
+    others_pct: f64,
 }
 
 /// SplitMix64: reproducible waits from `--seed`, uniform in `[low, high)`.
@@ -92,18 +120,16 @@ fn between(state: &mut u64, low: Duration, high: Duration) -> Duration {
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     let seed = args.seed.unwrap_or_else(unix_micros);
     let mut rng = seed;
-
     let media: Media = Arc::new((Mutex::new((0, unix_micros() / 1000)), AtomicU64::new(0)));
-    let app = axum::Router::new().route("/live/{event_id}", axum::routing::get(live));
-    let (media_addr, server) = poller::serve(app.with_state(media.clone())).await?;
+    let app = axum::Router::new().route(&format!("/live/{EVENT}"), axum::routing::get(live));
+    let (media_addr, _server) = poller::serve(app.with_state(media.clone())).await?;
 
     // The poller's --publish-token-file, removed when dropped.
     let token = format!("bench-{:x}-{:x}", unix_micros(), std::process::id());
     let mut token_file = tempfile::NamedTempFile::new().context("creating the token file")?;
     writeln!(token_file, "{token}").context("writing the token file")?;
+    let flags = ["--publish-token-file", &token_file.path().to_string_lossy()];
     let poller_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
-    let token_path = token_file.path().to_string_lossy().into_owned();
-    let flags = ["--publish-token-file", token_path.as_str()];
     let mut poller = stack::poller_at(&args.bins, poller_addr, media_addr, args.interval, &flags).await?;
     let mut edge = stack::edge(&args.bins, &[poller.addr]).await?;
     let pids = [poller.pid(), edge.pid(), std::process::id()];
@@ -132,122 +158,102 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             (stats.counters(), procstat::Cpu::read(&pids)?, media.1.load(Relaxed));
         stats.latency.reset();
         let started = Instant::now();
-        // Per change: its stamp, browsers reached, µs to the first and the
-        // last, the POST's round trip, the wait before it.
-        let (mut changes, mut failures) = (Vec::new(), 0);
+        // Per change: browsers reached, µs to the first and the last, the
+        // POST's round trip, the wait before it; and its stamp.
+        let (mut changes, mut stamps, mut failures) = (Vec::new(), Vec::new(), 0);
         for _ in 0..args.changes {
             let wait = between(&mut rng, args.min_change_gap, args.interval);
             tokio::time::sleep(wait).await;
             // A new version, stamped now (two changes in one ms get distinct stamps).
             let doc = {
-                let mut doc = lock(&media);
+                let mut doc = media.0.lock().unwrap();
                 *doc = (doc.0 + 1, (unix_micros() / 1000).max(doc.1 + 1));
                 *doc
             };
             let mut post_us = None;
             if variant != "none" {
                 let body = if variant == "publish" { body(doc) } else { String::new() };
-                let posted = Instant::now();
-                let headers = [("Authorization", auth.as_str())];
+                let (posted, headers) = (Instant::now(), [("Authorization", auth.as_str())]);
                 match httpc::post_json(poller.addr, &path, &headers, &body, Duration::from_secs(5)).await {
                     Ok((202, _)) => post_us = Some(micros(posted.elapsed())),
-                    answer => {
-                        failures += 1;
-                        let why = answer
-                            .map_or_else(|e| format!("{e:#}"), |(s, text)| format!("{s} {}", text.trim()));
-                        if failures <= 5 {
-                            notes.push(format!("{column}: POST failed: {why}"));
-                        }
-                    }
+                    answer if failures < 5 => notes.push(format!("{column}: POST failed: {answer:?}")),
+                    _ => {}
                 }
+                failures += u32::from(post_us.is_none());
             }
             let give_up = Instant::now() + limit;
-            loop {
-                let (updates, _) = stats.updates_served(doc.1, doc.1 + 1);
-                let u = updates.first();
-                let reached = u.map_or(0, |u| u.reached);
-                if reached >= args.browsers || Instant::now() >= give_up {
-                    let (first, last) = u.map_or((0, 0), |u| (u.first_us, u.last_us));
-                    break changes.push((doc.1, reached, first, last, post_us, wait));
+            let update = loop {
+                let update = stats.updates_served(doc.1, doc.1 + 1).0.first().copied();
+                if update.is_some_and(|u| u.reached >= args.browsers) || Instant::now() >= give_up {
+                    break update;
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+            };
+            let (reached, first, last) = update.map_or((0, 0, 0), |u| (u.reached, u.first_us, u.last_us));
+            changes.push((reached, first, last, post_us, wait));
+            stamps.push(doc.1);
         }
         let cpu = procstat::Cpu::read(&pids)?.since(&cpu0);
         let wall = started.elapsed().as_secs_f64();
-        let polls = media.1.load(Relaxed) - polls0;
         let each = stats.latency.snapshot();
-        let last = sorted(changes.iter().map(|c| c.3));
-        let posts = sorted(changes.iter().filter_map(|c| c.4));
-        let apart = sorted(changes.iter().filter(|c| c.5 >= HINT_GAP).map(|c| c.3));
+        let last = sorted(changes.iter().map(|c| c.2));
+        let posts = sorted(changes.iter().filter_map(|c| c.3));
+        let apart = sorted(changes.iter().filter(|c| c.4 >= HINT_GAP).map(|c| c.2));
         let pct = |x: f64| 100.0 * x / wall.max(f64::MIN_POSITIVE);
-        if let Some(p99) = quantile_ms(&last, 0.99).filter(|_| variant != "none") {
-            let verdict = if p99 < TARGET_HINT_P99_MS { "met" } else { "missed" };
-            let target = format!("target p99 change → last browser under {TARGET_HINT_P99_MS} ms");
-            notes.push(format!("{target}: {column}: {p99:.1} ms, {verdict}"));
-        }
-        let mean = last.iter().sum::<u64>() as f64;
-        runs.push((
-            changes.iter().map(|c| c.0).collect::<Vec<_>>(),
-            json!({
-                "column": column,
-                // Change to the last browser, one figure per change (nearest rank:
-                // p99 is the max below 100 changes).
-                "changes": changes.len(),
-                "reached_all": changes.iter().filter(|c| c.1 >= args.browsers).count(),
-                "last_p50_ms": quantile_ms(&last, 0.5), "last_p99_ms": quantile_ms(&last, 0.99), "last_max_ms": quantile_ms(&last, 1.0),
-                "last_mean_ms": (!last.is_empty()).then(|| mean / last.len() as f64 / 1e3),
-                "first_p50_ms": quantile_ms(&sorted(changes.iter().map(|c| c.2)), 0.5),
-                // Changes less than 250 ms after the previous one was delivered, and the max over the others.
-                "within_hint_gap": changes.iter().filter(|c| c.5 < HINT_GAP).count(),
-                "apart_max_ms": quantile_ms(&apart, 1.0),
-                // Change to each browser, every delivery; repeats (beyond one per browser and change) come last.
-                "deliveries": each.count,
-                "each_p50_ms": sse_load::ms(&each, 0.5), "each_p99_ms": sse_load::ms(&each, 0.99),
-                "each_max_ms": (each.count > 0).then(|| each.max as f64 / 1000.0),
-                "repeats": 0,
-                // Polls of the event during the variant; POSTs answered 202 and failed.
-                "polls": polls,
-                "posts_ok": posts.len(), "post_failures": failures,
-                "post_p50_ms": quantile_ms(&posts, 0.5), "post_max_ms": quantile_ms(&posts, 1.0),
-                // The browsers during the variant (`open` at its end).
-                "counters": stats.counters().since(&counters0),
-                "wall_s": wall,
-                // CPU during the variant, % of one core.
-                "poller_pct": pct(cpu.of(0)), "edge_pct": pct(cpu.of(1)), "others_pct": pct(cpu.others()),
-            }),
-        ));
+        runs.push(Run {
+            column: column.to_owned(),
+            changes: changes.len(),
+            reached_all: changes.iter().filter(|c| c.0 >= args.browsers).count(),
+            last_p50_ms: quantile_ms(&last, 0.5),
+            last_p99_ms: quantile_ms(&last, 0.99),
+            last_max_ms: quantile_ms(&last, 1.0),
+            last_mean_ms: last.iter().sum::<u64>() as f64 / last.len() as f64 / 1e3,
+            first_p50_ms: quantile_ms(&sorted(changes.iter().map(|c| c.1)), 0.5),
+            within_hint_gap: changes.iter().filter(|c| c.4 < HINT_GAP).count(),
+            apart_max_ms: quantile_ms(&apart, 1.0),
+            deliveries: each.count,
+            each_p50_ms: sse_load::ms(&each, 0.5),
+            each_p99_ms: sse_load::ms(&each, 0.99),
+            each_max_ms: (each.count > 0).then(|| each.max as f64 / 1000.0),
+            repeats: 0,
+            stamps,
+            polls: media.1.load(Relaxed) - polls0,
+            posts_ok: posts.len(),
+            post_failures: failures,
+            post_p50_ms: quantile_ms(&posts, 0.5),
+            post_max_ms: quantile_ms(&posts, 1.0),
+            counters: stats.counters().since(&counters0),
+            wall_s: wall,
+            poller_pct: pct(cpu.of(0)),
+            edge_pct: pct(cpu.of(1)),
+            others_pct: pct(cpu.others()),
+        });
         poller.child.ensure_running()?;
         edge.child.ensure_running()?;
     }
-    // Late repeats (a regular poll re-publishing a value, say) get time to show.
+    // Late repeats (a regular poll re-publishing a value, say) get time to
+    // show: deliveries beyond one per browser, by the change's stamp.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stats = load.stats().clone();
     let (all_updates, _) = stats.updates_served(0, u64::MAX);
+    for run in &mut runs {
+        let updates = run.stamps.iter().filter_map(|&s| all_updates.iter().find(|u| u.served_at_ms == s));
+        run.repeats = updates.map(|u| u64::from(u.reached.saturating_sub(args.browsers))).sum();
+    }
     load.stop(Duration::from_secs(5)).await;
-    let (poller_cmd, edge_cmd) = (poller.cmd.clone(), edge.cmd.clone());
+    let params = serde_json::json!({"args": args, "seed": seed, "cores": cores(), "poller_cmd": poller.cmd,
+        "edge_cmd": edge.cmd});
     edge.stop().await?;
     poller.stop().await?;
-    drop(server);
 
-    for (stamps, f) in &mut runs {
-        // Deliveries beyond one per browser, by the change's stamp.
-        let stamped = stamps.iter().filter_map(|&s| all_updates.iter().find(|u| u.served_at_ms == s));
-        f["repeats"] =
-            stamped.map(|u| u64::from(u.reached.saturating_sub(args.browsers))).sum::<u64>().into();
-    }
+    let (n, every, changes) = (args.browsers, humantime::format_duration(args.interval), args.changes);
+    let title = format!(
+        "livepush-bench hints: change to browser, {n} browsers on one event, interval {every}, {changes} changes per variant"
+    );
+    let mut report = Report::new("hints", title, &serde_json::json!({"params": params, "runs": runs}))?;
     notes.extend(
         stats.error_kinds().iter().map(|(kind, n)| format!("browser error (whole run): {kind} x{n}")),
     );
-    let title = format!(
-        "livepush-bench hints: change to browser, {} browsers on one event, interval {}, {} changes per variant",
-        args.browsers,
-        humantime::format_duration(args.interval),
-        args.changes
-    );
-    let runs: Vec<Value> = runs.into_iter().map(|r| r.1).collect();
-    // The seed of the random waits (`--seed` or the clock).
-    let params =
-        json!({"args": args, "seed": seed, "cores": cores(), "poller_cmd": poller_cmd, "edge_cmd": edge_cmd});
-    poller::report("hints", title, json!({"params": params, "runs": runs}), notes)
+    notes.into_iter().for_each(|n| _ = report.note(n));
+    Ok(report)
 }

@@ -1,26 +1,25 @@
 //! Scenario `poller`: one real poller process (`/proc` gives its CPU and RSS
-//! alone) watching N events, one gRPC `Subscribe` stream each, against
-//! media-sim served here behind a middleware timing each poll as the media
-//! service sees it. `--batch-size off,100` runs once per mode, a fresh poller
-//! each. Phases and figures: BENCHMARKS.md, scenario `poller`.
+//! alone) watching N events over gRPC, against media-sim served here behind
+//! a middleware timing each poll as media-sim sees it. Phases and figures:
+//! BENCHMARKS.md, scenario `poller`.
 
 use crate::report::{Report, cores, mib};
 use crate::{procstat, push::event_id, sse_load::micros, stack};
 use anyhow::{Context, bail, ensure};
-use axum::{extract::Request, middleware::Next, response::Response};
+use axum::{extract::Request, extract::State, middleware::Next, response::Response};
+use humantime::format_duration as human;
 use livepush::proto::{SubscribeRequest, live_feed_client::LiveFeedClient};
-use serde_json::{Value, json};
+use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::{net::Ipv4Addr, net::SocketAddr, time::Duration};
-use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
+use std::{net::Ipv4Addr, net::SocketAddr, sync::Arc, sync::Mutex, time::Duration};
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet, time::Instant};
 
 /// gRPC streams per connection, as an edge would hold a few thousand.
 const STREAMS_PER_CHANNEL: usize = 2_500;
 /// Slots for the burstiness figure.
 const SLOT: Duration = Duration::from_millis(100);
 
-#[derive(Debug, clap::Args, serde::Serialize)]
+#[derive(Debug, clap::Args, Serialize)]
 pub struct Args {
     /// Events watched, one gRPC stream each (ids ev-000000, ev-000001, ...).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=200_000))]
@@ -37,8 +36,8 @@ pub struct Args {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     #[serde(rename = "change_every_s", serialize_with = "crate::report::secs")]
     change_every: Duration,
-    /// Subscribe calls awaiting their answer at once, per connection (more
-    /// once made h2 answer ENHANCE_YOUR_CALM; see BENCHMARKS.md).
+    /// Subscribe calls awaiting their answer at once, per connection (see
+    /// BENCHMARKS.md on ENHANCE_YOUR_CALM).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pending_subscribes: u32,
     /// Polling modes, each with a fresh poller: `off` (one request per
@@ -57,76 +56,98 @@ fn parse_mode(s: &str) -> Result<Option<u32>, String> {
     }
 }
 
-/// One event polled as media-sim saw it: a `GET /live/{id}`, or one id of
-/// a `GET /batch?ids=...`, whose first id marks the request.
-#[derive(Clone, Copy)]
-struct Arrival {
-    at_us: u64,
-    /// `u32::MAX` for an id not of the `ev-NNNNNN` scheme.
-    event: u32,
-    /// The answer's (a batch's, for each of its ids).
-    status: u16,
-    request: bool,
+/// One mode's figures. As media-sim saw them: requests are `GET /live` and
+/// `GET /batch`, polls are ids (a batch's status counts for each of its ids).
+#[derive(Serialize)]
+struct Run {
+    column: String,
+    first_values_s: f64,
+    requests: u64,
+    requests_per_s: f64,
+    expected_per_s: f64,
+    ratio: f64,
+    ids_per_request: f64,
+    status_200: u64,
+    status_304: u64,
+    status_other: u64,
+    polls_per_event_per_interval: f64,
+    event_polls_min: u32,
+    event_polls_max: u32,
+    events_unpolled: usize,
+    /// Requests per tenth of the interval over its whole intervals (10 % each if even).
+    phase_share_min_pct: Option<f64>,
+    phase_share_max_pct: Option<f64>,
+    /// Requests per whole 100 ms slot, and the busiest over the mean.
+    slot_mean: f64,
+    slot_min: u64,
+    slot_max: u64,
+    slot_max_over_mean: f64,
+    updates: u64,
+    updates_per_s: f64,
+    poller_cpu_s: f64,
+    poller_cpu_pct: f64,
+    poller_cpu_us_per_poll: f64,
+    poller_cpu_us_per_request: f64,
+    poller_rss_idle_mib: f64,
+    poller_rss_warm_mib: f64,
+    poller_rss_end_mib: f64,
+    poller_rss_peak_mib: f64,
+    poller_rss_per_event_kib: f64,
+    /// This process (media-sim and the subscribers), and other programs on the host.
+    harness_cpu_pct: f64,
+    harness_rss_end_mib: f64,
+    others_pct: f64,
 }
 
-/// Arrivals since an origin (16 bytes each; runs are bounded in time).
-type Log = Arc<(std::time::Instant, Mutex<Vec<Arrival>>)>;
+/// One polled id as media-sim saw it: (arrival, event index or `u32::MAX` for
+/// a foreign id, the answer's status, first id of its request).
+type Arrival = (Instant, u32, u16, bool);
+type Log = Arc<Mutex<Vec<Arrival>>>;
 
-fn lock(log: &Log) -> std::sync::MutexGuard<'_, Vec<Arrival>> {
-    // Pushing a Copy value cannot leave the log half-updated.
-    log.1.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-async fn record(axum::extract::State(log): axum::extract::State<Log>, req: Request, next: Next) -> Response {
+async fn record(State(log): State<Log>, req: Request, next: Next) -> Response {
     let index = |id: &str| id.strip_prefix("ev-").and_then(|n| n.parse().ok()).unwrap_or(u32::MAX);
     let (path, query) = (req.uri().path(), req.uri().query().unwrap_or(""));
-    let events: Vec<u32> = match path.strip_prefix("/live/") {
-        Some(id) => vec![index(id)],
-        // Without ids still a request (answered 400): one foreign id.
-        None if path == "/batch" => {
-            let ids = query.split('&').find_map(|kv| kv.strip_prefix("ids=")).unwrap_or("");
-            ids.split(',').map(index).collect()
-        }
+    // A batch without ids is still a request (answered 400): one foreign id.
+    let ids = match path.strip_prefix("/live/") {
+        Some(id) => id,
+        None if path == "/batch" => query.split('&').find_map(|kv| kv.strip_prefix("ids=")).unwrap_or(""),
         None => return next.run(req).await,
     };
-    let at_us = micros(log.0.elapsed());
-    let response = next.run(req).await;
+    let events: Vec<u32> = ids.split(',').map(index).collect();
+    let (at, response) = (Instant::now(), next.run(req).await);
     let status = response.status().as_u16();
-    let arrivals = events.into_iter().enumerate();
-    lock(&log).extend(arrivals.map(|(i, event)| Arrival { at_us, event, status, request: i == 0 }));
+    let mut arrivals = log.lock().unwrap();
+    arrivals.extend(events.into_iter().enumerate().map(|(i, event)| (at, event, status, i == 0)));
     response
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     ensure!(!args.interval.is_zero() && args.duration >= SLOT, "--interval 0 or --duration under {SLOT:?}");
-    let log: Log = Arc::new((std::time::Instant::now(), Mutex::default()));
+    let log = Log::default();
     let app = media_sim::app(media_sim::Sim::new(args.change_every, false))
         .layer(axum::middleware::from_fn_with_state(log.clone(), record));
-    let (sim, background) = serve(app).await?;
+    let (sim, _server) = serve(app).await?;
 
-    // Each polling mode (`batch`: ids per request) with a fresh poller
-    // against the shared media-sim.
     let (mut runs, mut cmds, mut notes) = (Vec::new(), Vec::new(), Vec::new());
     for &batch in &args.batch_size {
         let column = batch.map_or("one per event".to_owned(), |n| format!("batch {n}"));
         eprintln!("poller: {column}");
-        let mut extra = vec!["--max-events".to_owned(), args.events.max(100_000).to_string()];
-        if let Some(n) = batch {
-            let url = format!("http://{sim}/batch?ids={{event_ids}}");
-            extra.extend(["--media-batch-url".to_owned(), url, "--batch-size".to_owned(), n.to_string()]);
+        let (max, n) = (args.events.max(100_000).to_string(), batch.unwrap_or(0).to_string());
+        let url = format!("http://{sim}/batch?ids={{event_ids}}");
+        let mut extra = vec!["--max-events", &max];
+        if batch.is_some() {
+            extra.extend(["--media-batch-url", &url, "--batch-size", &n]);
         }
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
         let mut poller = stack::poller_at(&args.bins, addr, sim, args.interval, &extra).await?;
         let pid = poller.pid();
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true);
-        let (mut channels, pending) = (Vec::new(), args.pending_subscribes as usize);
+        let mut channels = Vec::new();
         while channels.len() * STREAMS_PER_CHANNEL < args.events as usize {
-            let channel =
-                endpoint.connect().await.with_context(|| format!("connecting to the poller at {addr}"))?;
-            channels.push((channel, Arc::new(Semaphore::new(pending))));
+            let channel = endpoint.connect().await.with_context(|| format!("connecting to {addr}"))?;
+            channels.push((channel, Arc::new(Semaphore::new(args.pending_subscribes as usize))));
         }
         let idle = procstat::sample(pid)?;
 
@@ -141,9 +162,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             tasks.spawn(async move {
                 let read = async {
                     let permit = pacer.acquire().await;
-                    let mut client = LiveFeedClient::new(channel);
-                    let mut stream =
-                        client.subscribe(SubscribeRequest { event_id: id.clone() }).await?.into_inner();
+                    let request = SubscribeRequest { event_id: id.clone() };
+                    let mut stream = LiveFeedClient::new(channel).subscribe(request).await?.into_inner();
                     drop(permit);
                     let mut first = true;
                     while stream.message().await?.is_some() {
@@ -158,26 +178,19 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         // Warm-up: every stream has its first value, then one interval for the
         // poll phases to settle. A stream lost or the poller gone would leave
         // figures that do not describe N watched events.
-        let mut healthy = |tasks: &mut JoinSet<String>| -> anyhow::Result<()> {
-            poller.child.ensure_running()?;
-            match tasks.try_join_next() {
-                Some(why) => bail!("{}", why.unwrap_or_else(|e| e.to_string())),
-                None => Ok(()),
-            }
-        };
         while counts[1].load(Relaxed) < u64::from(args.events) {
-            healthy(&mut tasks)?;
-            if subscribed.elapsed() >= Duration::from_secs(60) + 2 * args.interval {
-                bail!("only {} of {} streams had a first update", counts[1].load(Relaxed), args.events);
+            poller.child.ensure_running()?;
+            if let Some(why) = tasks.try_join_next() {
+                bail!("{}", why?);
             }
+            let late = subscribed.elapsed() >= Duration::from_secs(60) + 2 * args.interval;
+            ensure!(!late, "only {} of {} streams had a first update", counts[1].load(Relaxed), args.events);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let first_values_s = subscribed.elapsed().as_secs_f64();
         tokio::time::sleep(args.interval).await;
-        healthy(&mut tasks)?;
 
-        let warm = procstat::sample(pid)?;
-        let me = std::process::id();
+        let (warm, me) = (procstat::sample(pid)?, std::process::id());
         let cpu0 = procstat::Cpu::read(&[pid, me])?;
         let (start, updates0) = (Instant::now(), counts[0].load(Relaxed));
         tokio::time::sleep_until(start + args.duration).await;
@@ -187,109 +200,98 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let updates = counts[0].load(Relaxed) - updates0;
         poller.child.ensure_running()?;
         if let Some(first) = tasks.try_join_next() {
-            let (n, first) =
-                (1 + std::iter::from_fn(|| tasks.try_join_next()).count(), first.unwrap_or_default());
-            notes.push(format!("{column}: {n} streams ended during the window (first: {first})"));
+            let n = 1 + std::iter::from_fn(|| tasks.try_join_next()).count();
+            notes.push(format!("{column}: {n} streams ended after warm-up (first: {})", first?));
         }
         tasks.shutdown().await;
         drop(channels);
-        let poller_cmd = poller.cmd.clone();
+        cmds.push(poller.cmd.clone());
         poller.stop().await?;
 
-        // The window's arrivals; requests per whole 100 ms slot, and per tenth
-        // of the interval over its whole intervals (10 % each if even).
-        let (from, span, interval) = (
-            micros(start.into_std().saturating_duration_since(log.0)),
-            micros(args.duration),
-            micros(args.interval),
-        );
-        let polls: Vec<Arrival> = lock(&log)
-            .iter()
-            .filter(|a| a.at_us >= from && a.at_us - from < span)
-            .map(|a| Arrival { at_us: a.at_us - from, ..*a })
-            .collect();
-        let mut per_event = vec![0u32; args.events as usize];
+        // The window's arrivals, timed from its start: requests per 100 ms
+        // slot and per tenth of the interval, polls per event, ids and statuses.
+        let (span, interval) = (micros(args.duration), micros(args.interval));
+        let (mut per_event, mut status, mut requests) = (vec![0u32; args.events as usize], [0u64; 3], 0);
         let (mut slots, mut tenths) = (vec![0u64; (span / micros(SLOT)) as usize], [0u64; 10]);
-        for a in &polls {
-            if let Some(c) = per_event.get_mut(a.event as usize) {
-                *c += 1;
-            }
-            if let (true, Some(c)) = (a.request, slots.get_mut((a.at_us / micros(SLOT)) as usize)) {
-                *c += 1;
-            }
-            if a.request && a.at_us < span / interval * interval {
-                tenths[(a.at_us % interval * 10 / interval) as usize] += 1;
+        let arrivals = log.lock().unwrap();
+        let since_start =
+            arrivals.iter().filter(|a| a.0 >= start).map(|&(at, e, c, r)| (micros(at - start), e, c, r));
+        for (at, event, code, request) in since_start.filter(|a| a.0 < span) {
+            per_event.get_mut(event as usize).into_iter().for_each(|c| *c += 1);
+            status[0] += 1;
+            status[1] += u64::from(code == 200);
+            status[2] += u64::from(code == 304);
+            if request {
+                requests += 1;
+                slots.get_mut((at / micros(SLOT)) as usize).into_iter().for_each(|c| *c += 1);
+                if at < span / interval * interval {
+                    tenths[(at % interval * 10 / interval) as usize] += 1;
+                }
             }
         }
-        let n = polls.iter().filter(|a| a.request).count() as u64;
-        let ids = polls.len() as u64;
+        let (requests, ids) = (f64::from(requests), status[0] as f64);
         let in_tenths = tenths.iter().sum::<u64>() as f64;
         let share = |c: Option<&u64>| (in_tenths > 0.0).then(|| 100.0 * *c.unwrap_or(&0) as f64 / in_tenths);
-        let status = |code: u16| polls.iter().filter(|a| a.status == code).count() as u64;
         let secs = args.duration.as_secs_f64();
-        let slot_mean = slots.iter().sum::<u64>() as f64 / slots.len().max(1) as f64;
         let slot_max = slots.iter().copied().max().unwrap_or(0);
-        let expected =
+        let slot_mean = slots.iter().sum::<u64>() as f64 / slots.len().max(1) as f64;
+        let expected_per_s =
             f64::from(batch.map_or(args.events, |b| args.events.div_ceil(b))) / args.interval.as_secs_f64();
-        let poller_cpu = cpu.of(0);
-        runs.push(json!({
-            "column": column,
-            "first_values_s": first_values_s,
-            // As media-sim saw them: requests are `GET /live` and `GET /batch`, polls are ids.
-            "requests": n, "requests_per_s": n as f64 / secs, "expected_per_s": expected, "ratio": n as f64 / secs / expected,
-            "ids_per_request": ids as f64 / n.max(1) as f64,
-            "status_200": status(200), "status_304": status(304), "status_other": ids - status(200) - status(304),
-            "polls_per_event_per_interval": ids as f64 / f64::from(args.events) / (secs / args.interval.as_secs_f64()),
-            "event_polls_min": per_event.iter().min(), "event_polls_max": per_event.iter().max(),
-            "events_unpolled": per_event.iter().filter(|&&c| c == 0).count(),
-            "phase_share_min_pct": share(tenths.iter().min()), "phase_share_max_pct": share(tenths.iter().max()),
-            "slot_mean": slot_mean, "slot_min": slots.iter().min().copied().unwrap_or(0), "slot_max": slot_max,
-            "slot_max_over_mean": slot_max as f64 / slot_mean.max(f64::MIN_POSITIVE),
-            "updates": updates, "updates_per_s": updates as f64 / wall,
-            "poller_cpu_s": poller_cpu, "poller_cpu_pct": 100.0 * poller_cpu / wall,
-            "poller_cpu_us_per_poll": 1e6 * poller_cpu / ids.max(1) as f64,
-            "poller_cpu_us_per_request": 1e6 * poller_cpu / n.max(1) as f64,
-            "poller_rss_idle_mib": mib(idle.rss_bytes), "poller_rss_warm_mib": mib(warm.rss_bytes),
-            "poller_rss_end_mib": mib(end.rss_bytes), "poller_rss_peak_mib": mib(end.peak_rss_bytes),
-            "poller_rss_per_event_kib": (warm.rss_bytes.saturating_sub(idle.rss_bytes) / 1024) as f64 / f64::from(args.events),
-            // This process (media-sim and the subscribers), and other programs on the host.
-            "harness_cpu_pct": 100.0 * cpu.of(1) / wall, "harness_rss_end_mib": mib(me_end.rss_bytes),
-            "others_pct": 100.0 * cpu.others() / wall,
-        }));
-        cmds.push(poller_cmd);
+        let rss_growth_kib = (warm.rss_bytes.saturating_sub(idle.rss_bytes) / 1024) as f64;
+        runs.push(Run {
+            column,
+            first_values_s,
+            requests: requests as u64,
+            requests_per_s: requests / secs,
+            expected_per_s,
+            ratio: requests / secs / expected_per_s,
+            ids_per_request: ids / requests.max(1.0),
+            status_200: status[1],
+            status_304: status[2],
+            status_other: status[0] - status[1] - status[2],
+            polls_per_event_per_interval: ids / f64::from(args.events) / (secs / args.interval.as_secs_f64()),
+            event_polls_min: per_event.iter().copied().min().unwrap_or(0),
+            event_polls_max: per_event.iter().copied().max().unwrap_or(0),
+            events_unpolled: per_event.iter().filter(|&&c| c == 0).count(),
+            phase_share_min_pct: share(tenths.iter().min()),
+            phase_share_max_pct: share(tenths.iter().max()),
+            slot_mean,
+            slot_min: slots.iter().copied().min().unwrap_or(0),
+            slot_max,
+            slot_max_over_mean: slot_max as f64 / slot_mean.max(f64::MIN_POSITIVE),
+            updates,
+            updates_per_s: updates as f64 / wall,
+            poller_cpu_s: cpu.of(0),
+            poller_cpu_pct: 100.0 * cpu.of(0) / wall,
+            poller_cpu_us_per_poll: 1e6 * cpu.of(0) / ids.max(1.0),
+            poller_cpu_us_per_request: 1e6 * cpu.of(0) / requests.max(1.0),
+            poller_rss_idle_mib: mib(idle.rss_bytes),
+            poller_rss_warm_mib: mib(warm.rss_bytes),
+            poller_rss_end_mib: mib(end.rss_bytes),
+            poller_rss_peak_mib: mib(end.peak_rss_bytes),
+            poller_rss_per_event_kib: rss_growth_kib / f64::from(args.events),
+            harness_cpu_pct: 100.0 * cpu.of(1) / wall,
+            harness_rss_end_mib: mib(me_end.rss_bytes),
+            others_pct: 100.0 * cpu.others() / wall,
+        });
     }
-    drop(background);
-    let names: Vec<&str> = runs.iter().filter_map(|r| r["column"].as_str()).collect();
-    let (interval, duration) =
-        (humantime::format_duration(args.interval), humantime::format_duration(args.duration));
-    let title = format!(
-        "livepush-bench poller: {} events, interval {interval}, measured {duration}, {}",
-        args.events,
-        names.join(" vs ")
-    );
-    // Ports vary: the first column's command, and the flags batching adds.
-    let batch_flags =
-        cmds.iter().find_map(|c: &String| c.find(" --media-batch-url").map(|i| c[i + 1..].to_owned()));
-    let params = json!({"args": args, "streams_per_channel": STREAMS_PER_CHANNEL, "cores": cores(),
-        "poller_cmd": cmds[0], "batch_flags": batch_flags});
-    report("poller", title, json!({"params": params, "runs": runs}), notes)
+    let names = runs.iter().map(|r| r.column.as_str()).collect::<Vec<_>>().join(" vs ");
+    let (events, every, window) = (args.events, human(args.interval), human(args.duration));
+    let title =
+        format!("livepush-bench poller: {events} events, interval {every}, measured {window}, {names}");
+    // Ports vary: the first mode's command, and the flags batching adds.
+    let batch_flags = cmds.iter().find_map(|c| c.find(" --media-batch-url").map(|i| c[i + 1..].to_owned()));
+    let params = serde_json::json!({"args": args, "streams_per_channel": STREAMS_PER_CHANNEL,
+        "cores": cores(), "poller_cmd": cmds[0], "batch_flags": batch_flags});
+    let mut report = Report::new("poller", title, &serde_json::json!({"params": params, "runs": runs}))?;
+    notes.into_iter().for_each(|n| _ = report.note(n));
+    Ok(report)
 }
 
 /// Serves `app` on a free loopback port until the returned set is dropped.
 pub async fn serve(app: axum::Router) -> anyhow::Result<(SocketAddr, JoinSet<std::io::Result<()>>)> {
-    let listener =
-        tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.context("binding a server")?;
-    let addr = listener.local_addr().context("server address")?;
-    let mut background = JoinSet::new();
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.context("binding a server")?;
+    let (addr, mut background) = (listener.local_addr()?, JoinSet::new());
     background.spawn(async move { axum::serve(listener, app).await });
     Ok((addr, background))
-}
-
-/// The report of `figures`, with `notes` under it.
-pub fn report(scenario: &str, title: String, figures: Value, notes: Vec<String>) -> anyhow::Result<Report> {
-    let mut report = Report::new(scenario, title, &figures)?;
-    for note in notes {
-        report.note(note);
-    }
-    Ok(report)
 }

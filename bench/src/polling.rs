@@ -4,16 +4,17 @@
 //! relay in front of it that both setups use. No `--stamp`: answers keep ETags.
 
 use crate::push::{LoadArgs, at_least_1s, event_id};
-use crate::{poller::report, procstat, report::Report, sse_load, stack};
+use crate::{procstat, report::Report, sse_load, stack};
 use anyhow::Context;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::json;
 use std::sync::{Arc, atomic::AtomicU64, atomic::Ordering::Relaxed};
 use std::{net::Ipv4Addr, net::SocketAddr, time::Duration};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::{net::TcpListener, net::TcpStream, task::JoinSet, time::Instant};
 
-#[derive(Debug, clap::Args, serde::Serialize)]
+#[derive(Debug, clap::Args, Serialize)]
 pub struct Args {
     /// Viewers, in both setups.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=5_000))]
@@ -39,19 +40,38 @@ pub struct Args {
     bins: stack::BinArgs,
 }
 
-/// Counts read at both ends of a window: media-sim's requests; HTTP bytes
-/// through the relay (heads included, TCP/IP overhead not) to and from it;
-/// what the viewers saw: values (200s, or SSE data events), errors,
-/// reconnects, and polling only: answers 200, 304, other, bytes read.
-type Counts = [u64; 10];
+/// One setup's figures at the media service over its window: requests by
+/// media-sim's own count, HTTP bytes through the relay (heads included, TCP/IP
+/// overhead not), and what the viewers saw (values: 200s, or SSE data events).
+#[derive(Serialize)]
+struct Run {
+    column: &'static str,
+    requests: u64,
+    requests_per_s: f64,
+    /// Viewers (or events) per interval.
+    expected_per_s: f64,
+    bytes_in_per_s: f64,
+    bytes_out_per_s: f64,
+    bytes_per_request: f64,
+    /// Polling only: response bytes the viewers read (a cross-check of the
+    /// relay's) and their answers.
+    client_bytes_per_s: Option<f64>,
+    status_200: Option<u64>,
+    status_304: Option<u64>,
+    status_other: Option<u64>,
+    /// media-sim; what livepush runs instead; other programs on the host.
+    media_cpu_pct: f64,
+    poller_cpu_pct: Option<f64>,
+    edge_cpu_pct: Option<f64>,
+    others_cpu_pct: f64,
+    values: u64,
+    errors: u64,
+    reconnects: u64,
+}
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     let media = stack::media_sim(&args.bins, args.change_every, false).await?;
-    let relay_listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.context("binding the relay")?;
-    let relay = relay_listener.local_addr().context("relay address")?;
-    let relayed = Arc::new(<[AtomicU64; 2]>::default());
-    let mut relays = JoinSet::new();
-    relays.spawn(relay_to(relay_listener, media.addr, relayed.clone()));
+    let (relay, relayed, _relays) = relay_to(media.addr).await?;
     let upstream = async || {
         let requests = stack::media_requests(media.addr).await?;
         anyhow::Ok([requests, relayed[0].load(Relaxed), relayed[1].load(Relaxed)])
@@ -59,7 +79,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     let every = humantime::format_duration(args.interval);
     eprintln!("polling: {} viewers polling every {every}", args.viewers);
-    let seen = Arc::new(<[AtomicU64; 7]>::default());
+    // 200s, errors, reconnects, 304s, other answers, bytes read.
+    let seen = Arc::new(<[AtomicU64; 6]>::default());
     let mut viewers = JoinSet::new();
     for i in 0..args.viewers {
         let path = format!("/live/{}", event_id(i % args.events));
@@ -68,12 +89,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
     // Every viewer has started and polled once; keep-alive connections are up.
     tokio::time::sleep(args.interval + Duration::from_secs(1)).await;
-    let counts = async || {
-        let ([r, i, o], s) = (upstream().await?, seen.each_ref().map(|n| n.load(Relaxed)));
-        anyhow::Ok([r, i, o, s[0], s[1], s[2], s[3], s[4], s[5], s[6]])
-    };
     let pids = [media.pid(), std::process::id()];
-    let polling = window(&args, "polling", f64::from(args.viewers), &pids, counts).await?;
+    let polling = window(&args, "polling", f64::from(args.viewers), &pids, async || {
+        let ([r, i, o], s) = (upstream().await?, seen.each_ref().map(|n| n.load(Relaxed)));
+        anyhow::Ok([r, i, o, s[0], s[1], s[2], s[3], s[4], s[5]])
+    })
+    .await?;
     viewers.shutdown().await;
 
     eprintln!("livepush: {} viewers through one edge", args.viewers);
@@ -91,113 +112,113 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     ready.with_context(|| format!("not every SSE viewer had a first event within {ramp_limit:?}"))?;
     // Let the poll phases settle, like the polling side's first interval.
     tokio::time::sleep(args.interval).await;
-    let counts = async || {
-        let ([r, i, o], c) = (upstream().await?, load.stats().counters());
-        anyhow::Ok([r, i, o, c.messages, c.errors, c.reconnects, 0, 0, 0, 0])
-    };
     let pids = [media.pid(), poller.pid(), edge.pid(), std::process::id()];
-    let livepush = window(&args, "livepush", f64::from(args.events), &pids, counts).await?;
+    let livepush = window(&args, "livepush", f64::from(args.events), &pids, async || {
+        let ([r, i, o], c) = (upstream().await?, load.stats().counters());
+        anyhow::Ok([r, i, o, c.messages, c.errors, c.reconnects, 0, 0, 0])
+    })
+    .await?;
     load.stop(Duration::from_secs(5)).await;
     let (media_cmd, poller_cmd, edge_cmd) = (media.cmd.clone(), poller.cmd.clone(), edge.cmd.clone());
     edge.stop().await?;
     poller.stop().await?;
-    relays.shutdown().await;
     media.stop().await?;
 
+    let (viewers, events) = (args.viewers, args.events);
     let title = format!(
-        "livepush-bench polling: {} viewers of {} event(s), every {every}, polling vs livepush",
-        args.viewers, args.events
+        "livepush-bench polling: {viewers} viewers of {events} event(s), every {every}, polling vs livepush"
     );
-    let rate = |c: &Value, keys: &[&str]| keys.iter().filter_map(|k| c[*k].as_f64()).sum::<f64>();
-    let ratio =
-        |keys: &[&str]| (rate(&livepush, keys) > 0.0).then(|| rate(&polling, keys) / rate(&livepush, keys));
     // polling / livepush, upstream requests/s and bytes/s (both directions).
-    let (requests_ratio, bytes_ratio) =
-        (ratio(&["requests_per_s"]), ratio(&["bytes_in_per_s", "bytes_out_per_s"]));
+    let ratio = |p: f64, l: f64| (l > 0.0).then(|| p / l);
+    let requests_ratio = ratio(polling.requests_per_s, livepush.requests_per_s);
+    let bytes = |r: &Run| r.bytes_in_per_s + r.bytes_out_per_s;
+    let bytes_ratio = ratio(bytes(&polling), bytes(&livepush));
     let figures = json!({"args": args, "media_cmd": media_cmd, "poller_cmd": poller_cmd, "edge_cmd": edge_cmd,
         "runs": [polling, livepush], "requests_ratio": requests_ratio, "bytes_ratio": bytes_ratio});
-    let notes = [
-        "requests: media-sim's own count; bytes: HTTP bytes through a counting TCP relay in front of media-sim, \
-         used by the polling viewers and by the poller alike (TCP/IP overhead not included)",
-        "polling viewers revalidate with If-None-Match, as a browser cache does with no-cache + ETag",
-    ];
-    report("polling", title, figures, notes.map(str::to_owned).to_vec())
+    Report::new("polling", title, &figures)
 }
 
-/// One setup's figures at the media service over a window: `pids` are
-/// media-sim, what livepush adds, then this process; `per_interval` is the
-/// requests expected per interval (viewers, or events).
+/// One setup's window; `per_interval`: requests expected per interval;
+/// `pids`: media-sim, what livepush adds, this process; `counts`: media-sim's
+/// requests, bytes to and from it, then the viewers' values, errors,
+/// reconnects, 304s, other answers and bytes read.
 async fn window(
     args: &Args,
-    column: &str,
+    column: &'static str,
     per_interval: f64,
     pids: &[u32],
-    counts: impl AsyncFn() -> anyhow::Result<Counts>,
-) -> anyhow::Result<Value> {
-    let (c0, cpu0) = (counts().await?, procstat::Cpu::read(pids)?);
-    let start = Instant::now();
+    counts: impl AsyncFn() -> anyhow::Result<[u64; 9]>,
+) -> anyhow::Result<Run> {
+    let (c0, cpu0, start) = (counts().await?, procstat::Cpu::read(pids)?, Instant::now());
     tokio::time::sleep(args.duration).await;
     let cpu = procstat::Cpu::read(pids)?.since(&cpu0);
-    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    let secs = start.elapsed().as_secs_f64();
     let c1 = counts().await?;
-    let c: Counts = std::array::from_fn(|i| c1[i].saturating_sub(c0[i]));
-    let (polling, livepush) = (column == "polling", column == "livepush");
+    let [requests, bytes_in, bytes_out, values, errors, reconnects, s304, other, read] =
+        std::array::from_fn(|i| c1[i].saturating_sub(c0[i]));
     let (per_s, pct) = (|x: u64| x as f64 / secs, |i: usize| 100.0 * cpu.of(i) / secs);
-    Ok(json!({
-        "column": column,
-        // media-sim's own `GET /live` count; expected: viewers or events / interval.
-        "requests": c[0], "requests_per_s": per_s(c[0]), "expected_per_s": per_interval / args.interval.as_secs_f64(),
-        // HTTP bytes through the relay in front of media-sim.
-        "bytes_in_per_s": per_s(c[1]), "bytes_out_per_s": per_s(c[2]),
-        "bytes_per_request": (c[1] + c[2]) as f64 / c[0].max(1) as f64,
-        // Polling: response bytes the viewers read (cross-check) and their answers.
-        "client_bytes_per_s": polling.then(|| per_s(c[9])),
-        "status_200": polling.then_some(c[6]), "status_304": polling.then_some(c[7]), "status_other": polling.then_some(c[8]),
-        "media_cpu_pct": pct(0),
-        // What livepush runs instead, and other programs on the host, competing.
-        "poller_cpu_pct": livepush.then(|| pct(1)), "edge_cpu_pct": livepush.then(|| pct(2)),
-        "others_cpu_pct": 100.0 * cpu.others() / secs,
-        // New values received: 200s, or SSE data events.
-        "values": c[3], "errors": c[4], "reconnects": c[5],
-    }))
+    let (polling, livepush) = (column == "polling", column == "livepush");
+    Ok(Run {
+        column,
+        requests,
+        requests_per_s: per_s(requests),
+        expected_per_s: per_interval / args.interval.as_secs_f64(),
+        bytes_in_per_s: per_s(bytes_in),
+        bytes_out_per_s: per_s(bytes_out),
+        bytes_per_request: (bytes_in + bytes_out) as f64 / requests.max(1) as f64,
+        client_bytes_per_s: polling.then(|| per_s(read)),
+        status_200: polling.then_some(values),
+        status_304: polling.then_some(s304),
+        status_other: polling.then_some(other),
+        media_cpu_pct: pct(0),
+        poller_cpu_pct: livepush.then(|| pct(1)),
+        edge_cpu_pct: livepush.then(|| pct(2)),
+        others_cpu_pct: 100.0 * cpu.others() / secs,
+        values,
+        errors,
+        reconnects,
+    })
 }
 
-/// Relays every connection of `listener` to `upstream`, counting bytes to and from it.
-async fn relay_to(listener: TcpListener, upstream: SocketAddr, relayed: Arc<[AtomicU64; 2]>) {
-    // Dropped with this task, so the relays stop with it.
-    let mut relays = JoinSet::new();
-    loop {
-        let Ok((client, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let relayed = relayed.clone();
-        relays.spawn(async move {
-            let Ok(server) = TcpStream::connect(upstream).await else { return };
-            let _ = (client.set_nodelay(true), server.set_nodelay(true));
-            let ((cr, cw), (sr, sw)) = (client.into_split(), server.into_split());
-            // A failed relay closes both sides; the client sees and counts it.
-            let _ = tokio::try_join!(pump(cr, sw, &relayed[0]), pump(sr, cw, &relayed[1]));
-        });
-        while relays.try_join_next().is_some() {}
-    }
-}
-
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, n: &AtomicU64) -> std::io::Result<()> {
-    let mut buf = vec![0; 8 * 1024];
-    loop {
-        let read = from.read(&mut buf).await?;
-        if read == 0 {
-            return to.shutdown().await;
+/// A relay to `upstream` on a free loopback port, counting bytes to and
+/// from it, until the returned set is dropped.
+async fn relay_to(upstream: SocketAddr) -> anyhow::Result<(SocketAddr, Arc<[AtomicU64; 2]>, JoinSet<()>)> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.context("binding the relay")?;
+    let (addr, relayed) = (listener.local_addr()?, Arc::new(<[AtomicU64; 2]>::default()));
+    let (counts, mut background) = (relayed.clone(), JoinSet::new());
+    background.spawn(async move {
+        // Dropped with this task, so the relays stop with it.
+        let mut relays = JoinSet::new();
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let relayed = counts.clone();
+            relays.spawn(async move {
+                let Ok(server) = TcpStream::connect(upstream).await else { return };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let ((cr, cw), (sr, sw)) = (client.into_split(), server.into_split());
+                // A failed relay closes both sides; the client sees and counts it.
+                let _ = tokio::try_join!(pump(cr, sw, &relayed[0]), pump(sr, cw, &relayed[1]));
+            });
+            while relays.try_join_next().is_some() {}
         }
-        n.fetch_add(read as u64, Relaxed);
-        to.write_all(&buf[..read]).await?;
-    }
+    });
+    Ok((addr, relayed, background))
+}
+
+async fn pump(from: OwnedReadHalf, mut to: OwnedWriteHalf, n: &AtomicU64) -> std::io::Result<()> {
+    let mut from =
+        tokio_util::io::InspectReader::new(from, |read| _ = n.fetch_add(read.len() as u64, Relaxed));
+    tokio::io::copy(&mut from, &mut to).await?;
+    to.shutdown().await
 }
 
 /// One polling browser: every `interval` from `first`, one keep-alive request
-/// revalidating its last ETag; `seen` as in [`Counts`] from values on.
-async fn poll(target: SocketAddr, path: String, first: Instant, every: Duration, seen: Arc<[AtomicU64; 7]>) {
+/// revalidating its last ETag; `seen`: 200s, errors, reconnects, 304s,
+/// other answers, bytes read.
+async fn poll(target: SocketAddr, path: String, first: Instant, every: Duration, seen: Arc<[AtomicU64; 6]>) {
     let mut ticker = tokio::time::interval_at(first, every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut conn, mut etag, mut connected) = (None::<TcpStream>, None::<String>, false);
@@ -216,37 +237,32 @@ async fn poll(target: SocketAddr, path: String, first: Instant, every: Duration,
                 }
             };
             tcp.write_all(request.as_bytes()).await?;
-            let answer = read_answer(&mut tcp, &seen[6]).await?;
+            let answer = read_answer(&mut tcp).await?;
             anyhow::Ok((tcp, answer))
         };
-        let Ok(Ok((tcp, (status, new_etag, close)))) =
-            tokio::time::timeout(Duration::from_secs(10), asked).await
-        else {
-            seen[1].fetch_add(1, Relaxed);
-            continue;
-        };
-        seen[0].fetch_add(u64::from(status == 200), Relaxed);
-        seen[if status == 200 {
-            3
-        } else if status == 304 {
-            4
-        } else {
-            5
-        }]
-        .fetch_add(1, Relaxed);
-        etag = new_etag.or(etag);
-        conn = (!close).then_some(tcp);
+        match tokio::time::timeout(Duration::from_secs(10), asked).await {
+            Ok(Ok((tcp, (status, new_etag, close, read)))) => {
+                let slot = match status {
+                    200 => 0,
+                    304 => 3,
+                    _ => 4,
+                };
+                seen[slot].fetch_add(1, Relaxed);
+                seen[5].fetch_add(read as u64, Relaxed);
+                etag = new_etag.or(etag);
+                conn = (!close).then_some(tcp);
+            }
+            _ => _ = seen[1].fetch_add(1, Relaxed),
+        }
     }
 }
 
 /// Reads one answer (head and `Content-Length` body): its status, ETag and
-/// whether the server closes the connection; counts the bytes read.
-async fn read_answer(tcp: &mut TcpStream, read: &AtomicU64) -> anyhow::Result<(u16, Option<String>, bool)> {
+/// whether the server closes the connection, and the bytes read.
+async fn read_answer(tcp: &mut TcpStream) -> anyhow::Result<(u16, Option<String>, bool, usize)> {
     let mut buf = Vec::with_capacity(4096);
     loop {
-        let n = tcp.read_buf(&mut buf).await?;
-        anyhow::ensure!(n > 0, "closed by the server");
-        read.fetch_add(n as u64, Relaxed);
+        anyhow::ensure!(tcp.read_buf(&mut buf).await? > 0, "closed by the server");
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut head = httparse::Response::new(&mut headers);
         let httparse::Status::Complete(len) = head.parse(&buf)? else { continue };
@@ -257,7 +273,8 @@ async fn read_answer(tcp: &mut TcpStream, read: &AtomicU64) -> anyhow::Result<(u
         if buf.len() >= len + header("content-length").map_or(Ok(0), str::parse::<usize>)? {
             let close = head.version == Some(0)
                 || header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
-            return Ok((head.code.unwrap_or(0), header("etag").map(str::to_owned), close));
+            let etag = header("etag").map(str::to_owned);
+            return Ok((head.code.unwrap_or(0), etag, close, buf.len()));
         }
     }
 }
