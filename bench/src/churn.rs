@@ -1,13 +1,12 @@
 //! Scenario `churn`: browsers come and go in batches on one edge, each on an
-//! event of its own, resetting (RST, as a vanished tab) once served, while
-//! the browsers of one stable event keep watching and `/readyz` is probed:
-//! do the edge and the poller return to their level before? BENCHMARKS.md
-//! describes the phases.
+//! event of its own, resetting (RST, as a vanished tab) once served, while the
+//! browsers of one stable event watch and `/readyz` is probed: do the edge and
+//! the poller return to their level before? Phases: BENCHMARKS.md.
 
 use crate::{
     httpc, procstat,
     push::{EdgeUpstream, LoadArgs, at_least_1s, event_id},
-    report::{self, Report, cores, sorted},
+    report::{self, Report, sorted},
     sse_load::{self, Counters, Load, Plan, unix_micros},
     stack::{self, BinArgs, metric, scrape},
 };
@@ -63,17 +62,12 @@ pub struct Args {
     bins: BinArgs,
 }
 
-/// The figures, filled in as measured. Readings are of the edge (process and
-/// `/metrics`) and the poller: before the churn, peak (the highest reading
+/// Readings of the edge and the poller: before the churn, peak (the highest
 /// at a probe; RSS peak is VmHWM) and after the drain.
 #[derive(Default, Serialize)]
 struct Figures<'a> {
     args: Option<&'a Args>,
     batches: u32,
-    cores: usize,
-    media_cmd: &'a str,
-    poller_cmd: &'a str,
-    edge_cmd: &'a str,
     churn: Churn,
     /// The stable event's browsers, churn start to after-sample.
     stable: Stable,
@@ -82,29 +76,27 @@ struct Figures<'a> {
     before: Reading,
     peak: Reading,
     after: Reading,
-    /// Edge subscribe failures during the run.
     subscribe_failures: u64,
     /// media-sim requests/s after the linger; expected: the stable event alone.
     after_requests_per_s: f64,
     expected_after_per_s: f64,
-    /// After the churn, until the edge's streams, its upstream and the
+    /// From the churn's end until the edge's streams, its upstream and the
     /// poller were back to the stable event.
     streams_back_s: Option<f64>,
     upstream_back_s: Option<f64>,
     poller_back_s: Option<f64>,
     /// livepush_edge_streams_open once every browser left.
     streams_open_end: Option<u64>,
-    /// CPU, churn start to after-sample, % of one core.
+    /// Churn start to after-sample, % of one core.
     cpu_pct: BTreeMap<&'static str, f64>,
     targets: BTreeMap<&'static str, bool>,
 }
 
+/// `with_value`: browsers holding a value when reset; `batch_ready`: a batch all served after.
 #[derive(Default, Serialize)]
 struct Churn {
     time_s: f64,
-    /// Browsers holding a value when reset.
     with_value: u64,
-    /// A batch: all served after, median and slowest.
     batch_ready_p50_s: Option<f64>,
     batch_ready_max_s: Option<f64>,
     first_value_max_ms: Option<f64>,
@@ -112,17 +104,16 @@ struct Churn {
     reconnects: u64,
 }
 
+/// Updates served (stamped in the period) and those that reached every
+/// stable browser; changes missed (updates more than 1.5 intervals apart).
 #[derive(Default, Serialize)]
 struct Stable {
-    /// Updates served (stamped in the period) and those that reached every
-    /// stable browser; changes missed (updates more than 1.5 intervals apart).
     updates: usize,
     reached_all: usize,
     missed: u64,
     longest_gap_s: f64,
     latency_p50_ms: Option<f64>,
     latency_p99_ms: Option<f64>,
-    /// `open`: at the after-sample.
     counters: Counters,
 }
 
@@ -133,47 +124,46 @@ struct Readyz {
     slowest_ms: f64,
 }
 
-/// One reading of the edge (process and `/metrics`) and the poller.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-struct Reading {
-    rss_bytes: u64,
-    peak_rss_bytes: u64,
-    open_files: u64,
-    streams_open: u64,
-    upstream: EdgeUpstream,
-    poller_events: u64,
+/// Declares [`Reading`], one reading of the edge (process, `/metrics`) and
+/// the poller, and `max`: each figure's maximum of two readings.
+macro_rules! reading {
+    ($($name:ident),*) => {
+        #[derive(Clone, Copy, Default, Serialize)]
+        struct Reading { $($name: u64,)* }
+
+        impl Reading {
+            fn max(self, o: Self) -> Self {
+                Self { $($name: self.$name.max(o.$name),)* }
+            }
+        }
+    };
 }
 
-impl Reading {
-    async fn take(edge: SocketAddr, pid: u32, poller: SocketAddr) -> anyhow::Result<Self> {
-        let (sample, text) = (procstat::sample(pid)?, scrape(edge).await?);
-        Ok(Self {
-            rss_bytes: sample.rss_bytes,
-            peak_rss_bytes: sample.peak_rss_bytes,
-            open_files: procstat::open_files(pid)?,
-            streams_open: metric(&text, EDGE_STREAMS_OPEN).context("no streams_open in edge metrics")?,
-            upstream: EdgeUpstream::parse(&text),
-            poller_events: metric(&scrape(poller).await?, POLLER_EVENTS_WATCHED)
-                .context("no events_watched in poller metrics")?,
-        })
-    }
+reading!(
+    rss_bytes,
+    peak_rss_bytes,
+    open_files,
+    streams_open,
+    upstream_channels,
+    upstream_streams,
+    subscribe_failures,
+    poller_events
+);
 
-    /// Each figure's maximum of the two.
-    fn max(self, o: Self) -> Self {
-        let u = (self.upstream, o.upstream);
-        Self {
-            rss_bytes: self.rss_bytes.max(o.rss_bytes),
-            peak_rss_bytes: self.peak_rss_bytes.max(o.peak_rss_bytes),
-            open_files: self.open_files.max(o.open_files),
-            streams_open: self.streams_open.max(o.streams_open),
-            upstream: EdgeUpstream {
-                channels: u.0.channels.max(u.1.channels),
-                streams: u.0.streams.max(u.1.streams),
-                subscribe_failures: u.0.subscribe_failures.max(u.1.subscribe_failures),
-            },
-            poller_events: self.poller_events.max(o.poller_events),
-        }
-    }
+async fn take(edge: SocketAddr, pid: u32, poller: SocketAddr) -> anyhow::Result<Reading> {
+    let (sample, text) = (procstat::sample(pid)?, scrape(edge).await?);
+    let up = EdgeUpstream::parse(&text);
+    Ok(Reading {
+        rss_bytes: sample.rss_bytes,
+        peak_rss_bytes: sample.peak_rss_bytes,
+        open_files: procstat::open_files(pid)?,
+        streams_open: metric(&text, EDGE_STREAMS_OPEN).context("no streams_open in edge metrics")?,
+        upstream_channels: up.channels,
+        upstream_streams: up.streams,
+        subscribe_failures: up.subscribe_failures,
+        poller_events: metric(&scrape(poller).await?, POLLER_EVENTS_WATCHED)
+            .context("no events_watched in poller metrics")?,
+    })
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
@@ -188,15 +178,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let mut f = Figures {
         args: Some(args),
         batches: args.browsers.div_ceil(args.batch),
-        cores: cores(),
-        media_cmd: &media.cmd,
-        poller_cmd: &poller.cmd,
-        edge_cmd: &edge.cmd,
         expected_after_per_s: 1.0 / args.interval.as_secs_f64(),
         ..Figures::default()
     };
     let path = |id: &str| format!("/live/{id}/stream");
-    let read = || Reading::take(edge.addr, edge.pid(), poller.addr);
+    let read = || take(edge.addr, edge.pid(), poller.addr);
     let far = Instant::now() + Duration::from_secs(3_600);
 
     // The stable browsers, then the before-sample.
@@ -207,8 +193,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     // Not all of them ready is no reason to stop: `stable.counters.ready` tells.
     stable.wait_ready(n_stable, args.load.ramp(n_stable) + Duration::from_secs(20)).await;
     sleep(args.settle).await;
-    f.before = read().await?;
-    let b = f.before;
+    let b = read().await?;
+    f.before = b;
     let rss = report::mib(b.rss_bytes);
     eprintln!("before: edge RSS {rss:.1} MiB, {} open files, {} streams", b.open_files, b.streams_open);
 
@@ -224,12 +210,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             while tokio::select! { _ = stop.cancelled() => false, _ = tick.tick() => true } {
                 let sent = Instant::now();
                 r.sent += 1;
-                r.ok += u64::from(matches!(
-                    httpc::get(edge, "/readyz", Duration::from_secs(1)).await,
-                    Ok((200, _))
-                ));
+                let answer = httpc::get(edge, "/readyz", Duration::from_secs(1)).await;
+                r.ok += u64::from(matches!(answer, Ok((200, _))));
                 r.slowest_ms = r.slowest_ms.max(sent.elapsed().as_secs_f64() * 1e3);
-                if let Ok(reading) = Reading::take(edge, pid, poller).await {
+                if let Ok(reading) = take(edge, pid, poller).await {
                     peak = peak.max(reading);
                 }
             }
@@ -245,7 +229,6 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     // The churn: batch after batch of fresh events, reset once served.
     eprintln!("churn: {} browsers in {} batches of {}", args.browsers, f.batches, args.batch);
     let (mut ready, c) = (Vec::new(), &mut f.churn);
-    let mut first_value_max = None;
     for first in (0..args.browsers).step_by(args.batch as usize) {
         let n = args.batch.min(args.browsers - first);
         let mut plan = Plan::default();
@@ -260,14 +243,14 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let (counters, first_value) = (stats.counters(), stats.first_event.snapshot());
         (c.errors, c.reconnects) = (c.errors + counters.errors, c.reconnects + counters.reconnects);
         if first_value.count > 0 {
-            first_value_max = first_value_max.max(Some(first_value.max));
+            c.first_value_max_ms =
+                Some(c.first_value_max_ms.unwrap_or(0.0).max(first_value.max as f64 / 1e3));
         }
     }
     let ready = sorted(ready);
     c.time_s = start.elapsed().as_secs_f64();
     c.batch_ready_p50_s = ready.get(ready.len() / 2).map(Duration::as_secs_f64);
     c.batch_ready_max_s = ready.last().map(Duration::as_secs_f64);
-    c.first_value_max_ms = first_value_max.map(|us| us as f64 / 1e3);
     eprintln!("churn done in {:.1} s; draining", c.time_s);
 
     // The drain: back to the stable event alone.
@@ -275,7 +258,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     while drain.elapsed() < EDGE_GRACE_MAX + args.linger + Duration::from_secs(30) {
         let (r, at) = (read().await?, Some(drain.elapsed().as_secs_f64()));
         f.streams_back_s = f.streams_back_s.or(at.filter(|_| r.streams_open <= b.streams_open));
-        f.upstream_back_s = f.upstream_back_s.or(at.filter(|_| r.upstream.streams <= b.upstream.streams));
+        f.upstream_back_s = f.upstream_back_s.or(at.filter(|_| r.upstream_streams <= b.upstream_streams));
         f.poller_back_s = f.poller_back_s.or(at.filter(|_| r.poller_events <= b.poller_events));
         if f.streams_back_s.and(f.upstream_back_s).and(f.poller_back_s).is_some() {
             break;
@@ -287,7 +270,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     sleep(args.settle).await;
     let requests = stack::media_requests(media.addr).await?.saturating_sub(requests0);
     f.after_requests_per_s = requests as f64 / settle.elapsed().as_secs_f64();
-    f.after = read().await?;
+    let a = read().await?;
+    f.after = a;
     let spent = procstat::Cpu::read(&pids)?.since(&cpu0);
     let span = start.elapsed().as_secs_f64();
     let end_ms = unix_micros() / 1000;
@@ -297,12 +281,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     // The stable browsers over the churn and the drain; updates served up
     // to the after-sample are given a second to arrive.
     let latency = stable_stats.latency.snapshot();
-    f.stable.counters = stable_stats.counters().since(&stable0);
+    let s = &mut f.stable;
+    s.counters = stable_stats.counters().since(&stable0);
     sleep(Duration::from_secs(1)).await;
     let (updates, _) = stable_stats.updates_served(start_ms, end_ms);
     let max_gap_ms = u64::try_from(args.interval.as_millis() * 3 / 2).unwrap_or(u64::MAX);
     let gaps = stable_stats.gaps([0], start_ms, end_ms, max_gap_ms);
-    let s = &mut f.stable;
     s.updates = updates.len();
     s.reached_all = updates.iter().filter(|u| u.reached >= args.stable_browsers).count();
     (s.missed, s.longest_gap_s) = (gaps.with_gap, gaps.longest_ms as f64 / 1e3);
@@ -316,10 +300,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         sleep(Duration::from_millis(100)).await;
     }
 
-    let (a, st) = (f.after, &f.stable);
-    f.subscribe_failures = a.upstream.subscribe_failures.saturating_sub(b.upstream.subscribe_failures);
-    let cpu =
-        [("edge", spent.of(0)), ("poller", spent.of(1)), ("media-sim", spent.of(2)), ("load", spent.of(3))];
+    let st = &f.stable;
+    f.subscribe_failures = a.subscribe_failures.saturating_sub(b.subscribe_failures);
+    let cpu = [("edge", 0), ("poller", 1), ("media-sim", 2), ("load", 3)].map(|(k, i)| (k, spent.of(i)));
     f.cpu_pct =
         cpu.into_iter().chain([("others", spent.others())]).map(|(k, x)| (k, 100.0 * x / span)).collect();
     f.targets = BTreeMap::from([

@@ -1,17 +1,12 @@
-//! Scenario `failover`: a poller killed with SIGKILL under load, and how long
-//! the browsers of its events go without fresh data; BENCHMARKS.md describes
-//! the phases. Everything about the browsers is read from the load
-//! generator's per-connection traces after the run: time to resume is the
-//! first data event with `served_at_ms` at or after the kill (a value only a
-//! surviving poller can have fetched), and an event moved if that value's id
-//! jumped to a new feed's (ids start at the feed's start time in µs).
+//! Scenario `failover`: a poller killed with SIGKILL under load; phases and
+//! figures in BENCHMARKS.md, read from the browsers' traces after the run.
 
 use crate::{
     child::{self, Signal},
     procstat,
     push::{LoadArgs, ShapeArgs, at_least_1s, event_id},
-    report::{Report, cores, quantile_ms, sorted},
-    sse_load::{self, Load, Plan, Rec, Trace, unix_micros},
+    report::{Report, quantile_ms, sorted},
+    sse_load::{self, Counters, Load, Plan, Rec, Trace, unix_micros},
     stack::{self, BinArgs, Proc, metric, scrape},
     wire::{Id, Kind},
 };
@@ -31,11 +26,8 @@ use tokio::time::{Instant, sleep};
 const LINGER: Duration = Duration::from_secs(10);
 /// An id step larger than this is a new feed (a new owner).
 const FEED_JUMP: u64 = 1_000_000;
-/// media-sim's `--change-every`; with `--stamp` every answer is new anyway.
-const CHANGE_EVERY: Duration = Duration::from_millis(250);
 /// Longest wait for the restarted poller to get its streams back.
 const RETURN_LIMIT: Duration = Duration::from_secs(30);
-
 #[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     #[command(flatten)]
@@ -68,54 +60,40 @@ pub struct Args {
     bins: BinArgs,
 }
 
-/// The figures, filled in as measured. Per-poller lists are in poller order
-/// (`None`: not running), per-edge lists in edge order.
+/// Per-poller lists are in poller order (`None`: not running).
 #[derive(Default, Serialize)]
 struct Figures<'a> {
     args: Option<&'a Args>,
-    cores: usize,
-    media_cmd: String,
-    poller_cmd: String,
-    edge_cmd: String,
-    /// Every browser had its first event after.
-    ready_s: f64,
+    victim: String,
+    /// events_watched before the kill; events whose browsers saw a new feed's id.
+    victim_events: u64,
+    moved_events: usize,
+    edge_failovers: Vec<u64>,
+    /// Other programs, % of one core: the window before, from the kill on.
+    others_cpu_pct_before: f64,
+    others_cpu_pct: f64,
     before: Window,
-    kill: Kill,
-    /// Browsers of the events that moved: time to a value served after the
-    /// kill; the others are the control group (their next regular poll).
+    /// Browsers of the events that moved, and the others (control).
     affected: Group,
     unaffected: Group,
-    /// Browsers of events none of whose browsers resumed.
-    unclassified: usize,
     /// From the end of the observation.
     after: Window,
     #[serde(rename = "return")]
     ret: Option<Return>,
-    /// Every browser, whole run.
-    integrity: Integrity,
+    /// Every browser, whole run; ids must strictly increase, by one within a feed.
+    counters: Counters,
+    duplicates: u64,
+    out_of_order: u64,
+    skipped: u64,
 }
 
-/// Upstream polls in a window, and the events each poller watched at its end.
 #[derive(Default, Serialize)]
 struct Window {
     events_per_poller: Vec<Option<u64>>,
     polls_per_event_per_interval: f64,
 }
 
-#[derive(Default, Serialize)]
-struct Kill {
-    victim: String,
-    /// Its events_watched before; events whose browsers saw a new feed's id;
-    /// streams moved per edge (the edges' failover counter).
-    victim_events: u64,
-    moved_events: usize,
-    edge_failovers: Vec<u64>,
-    /// Other programs on the host, % of one core: in the window before, from
-    /// the kill on.
-    others_cpu_pct_before: f64,
-    others_cpu_pct: f64,
-}
-
+/// Resume: kill to a value served after it; gap: the data event before it to it.
 #[derive(Default, Serialize)]
 struct Group {
     browsers: usize,
@@ -125,7 +103,6 @@ struct Group {
     resume_p90_ms: Option<f64>,
     resume_p99_ms: Option<f64>,
     resume_max_ms: Option<f64>,
-    /// Previous data event to the resuming one.
     gap_p50_ms: Option<f64>,
     gap_max_ms: Option<f64>,
 }
@@ -134,21 +111,16 @@ struct Group {
 #[derive(Default, Serialize)]
 struct Return {
     accepting_s: f64,
-    /// Per edge, until it counted every poller up again.
     edges_up_s: Vec<Option<f64>>,
-    /// Until its Subscribe streams were back to their count before the kill.
     streams_back_s: Option<f64>,
-    /// Affected browsers switched back and not; others switched (expected 0).
     switched: usize,
     not_switched: usize,
     others_switched: usize,
-    /// Restart to a browser's first value from the returned poller.
+    /// Restart to the returned poller's first value; the interim owner's last to it.
     switch_p50_ms: Option<f64>,
-    /// The interim owner's last value to the returned poller's first.
     switch_gap_p50_ms: Option<f64>,
     switch_gap_max_ms: Option<f64>,
-    /// Per browser, the largest gap between data events after the restart
-    /// (the end counts as one): switched events, others.
+    /// Per browser, the longest wait for data after the restart.
     gap_affected_max_ms: Option<f64>,
     gap_others_max_ms: Option<f64>,
     stale: usize,
@@ -156,42 +128,25 @@ struct Return {
     polls: Window,
 }
 
-#[derive(Default, Serialize)]
-struct Integrity {
-    data_events: u64,
-    /// Ids must strictly increase, by one within a feed: repeated or lower
-    /// ids, and values passed over.
-    duplicates: u64,
-    out_of_order: u64,
-    skipped: u64,
-    errors: u64,
-    reconnects: u64,
-    stale: u64,
-    live: u64,
-}
-
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     let (events, edges) = (args.shape.events, args.shape.edges as usize);
     let n = events * args.shape.browsers;
     ensure!(n <= 18_000, "{n} connections: the harness holds one file per connection, at most 18,000");
     ensure!(args.interval >= Duration::from_millis(100), "--interval must be at least 100ms");
-    // On an error the processes' guards stop them.
-    let media = stack::media_sim(&args.bins, CHANGE_EVERY, true).await?;
+    // On an error the processes' guards stop them. With `--stamp` every
+    // answer is new: media-sim's change period does not matter.
+    let media = stack::media_sim(&args.bins, Duration::from_millis(250), true).await?;
     let mut pollers = Vec::new();
     for _ in 0..args.pollers {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
         pollers.push(Some(start_poller(&args, addr, media.addr).await?));
     }
     let addrs: Vec<SocketAddr> = pollers.iter().flatten().map(|p| p.addr).collect();
-    let mut edge_procs = Vec::new();
+    let mut es = Vec::new();
     for _ in 0..edges {
-        edge_procs.push(stack::edge(&args.bins, &addrs).await?);
+        es.push(stack::edge(&args.bins, &addrs).await?);
     }
-    let es = &edge_procs;
-    let mut f = Figures { args: Some(&args), cores: cores(), ..Figures::default() };
-    f.media_cmd.clone_from(&media.cmd);
-    f.poller_cmd = pollers.iter().flatten().next().map(|p| p.cmd.clone()).unwrap_or_default();
-    f.edge_cmd.clone_from(&es[0].cmd);
+    let mut f = Figures { args: Some(&args), ..Figures::default() };
 
     // Steady state: browser i watches event i mod events on edge (i div events) mod edges.
     let mut plan = Plan::default();
@@ -212,24 +167,23 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let (ready, c) = (browsers.wait_ready(n, limit).await, browsers.stats().counters());
     let ready = ready
         .with_context(|| format!("{} of {n} browsers ready after {limit:?}, {} errors", c.ready, c.errors))?;
-    f.ready_s = ready.as_secs_f64();
-    eprintln!("failover: {n} browsers receiving after {:.1} s", f.ready_s);
+    eprintln!("failover: {n} browsers receiving after {:.1} s", ready.as_secs_f64());
     sleep(args.settle).await;
-    let cpu0 = cpu(&media, &pollers, es)?;
+    let cpu0 = cpu(&media, &pollers, &es)?;
     f.before = window(&args, media.addr, &pollers).await?;
-    f.kill.others_cpu_pct_before =
-        100.0 * cpu(&media, &pollers, es)?.since(&cpu0).others() / args.window.as_secs_f64();
+    f.others_cpu_pct_before =
+        100.0 * cpu(&media, &pollers, &es)?.since(&cpu0).others() / args.window.as_secs_f64();
 
     // SIGKILL to the poller polling the most events.
     let victim =
         (0..pollers.len()).rev().max_by_key(|&i| f.before.events_per_poller[i]).context("no pollers")?;
     let addr = addrs[victim];
-    f.kill.victim = format!("poller {} of {} ({addr})", victim + 1, pollers.len());
-    f.kill.victim_events = f.before.events_per_poller[victim].unwrap_or(0);
+    f.victim = format!("poller {} of {} ({addr})", victim + 1, pollers.len());
+    f.victim_events = f.before.events_per_poller[victim].unwrap_or(0);
     let streams = poller_gauges(addr).await?.1;
-    let failovers0 = edge_metric(es, EDGE_UPSTREAM_FAILOVERS).await?;
+    let failovers0 = edge_metric(&es, EDGE_UPSTREAM_FAILOVERS).await?;
     let killed = pollers[victim].take().context("victim already stopped")?;
-    let cpu0 = cpu(&media, &pollers, es)?;
+    let cpu0 = cpu(&media, &pollers, &es)?;
     child::signal(killed.pid(), Signal::KILL).with_context(|| format!("SIGKILL to {}", killed.pid()))?;
     let k_us = unix_micros();
     eprintln!("failover: SIGKILL sent to poller {addr}");
@@ -237,9 +191,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     sleep(args.observe).await;
     let observed_us = unix_micros();
     let observe_s = (observed_us - k_us) as f64 / 1e6;
-    f.kill.others_cpu_pct = 100.0 * cpu(&media, &pollers, es)?.since(&cpu0).others() / observe_s;
-    let failovers = edge_metric(es, EDGE_UPSTREAM_FAILOVERS).await?;
-    f.kill.edge_failovers = failovers.iter().zip(&failovers0).map(|(a, b)| a.saturating_sub(*b)).collect();
+    f.others_cpu_pct = 100.0 * cpu(&media, &pollers, &es)?.since(&cpu0).others() / observe_s;
+    let failovers = edge_metric(&es, EDGE_UPSTREAM_FAILOVERS).await?;
+    f.edge_failovers = failovers.iter().zip(&failovers0).map(|(a, b)| a.saturating_sub(*b)).collect();
     f.after = window(&args, media.addr, &pollers).await?;
 
     // The return: until its streams are back and the edges count it up,
@@ -252,7 +206,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         eprintln!("failover: poller {addr} restarted");
         while t.elapsed() < RETURN_LIMIT && (ret.streams_back_s.is_none() || ret.edges_up_s.contains(&None)) {
             let (up, back) =
-                (edge_metric(es, EDGE_POLLERS_UP).await?, poller_gauges(addr).await?.1 >= streams);
+                (edge_metric(&es, EDGE_POLLERS_UP).await?, poller_gauges(addr).await?.1 >= streams);
             let at = Some(t.elapsed().as_secs_f64());
             for (s, up) in ret.edges_up_s.iter_mut().zip(up) {
                 *s = s.or(at.filter(|_| up >= u64::from(args.pollers)));
@@ -266,7 +220,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
 
     let end_us = unix_micros();
-    let c = browsers.stats().counters();
+    f.counters = browsers.stats().counters();
     let (traces, _) = browsers.stop_traced(Duration::from_secs(5)).await;
     let logs: Vec<(u32, Trace)> =
         traces.into_iter().enumerate().filter_map(|(i, t)| Some((i as u32 % events, t?))).collect();
@@ -274,10 +228,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     if let Some(ret) = &mut f.ret {
         back(&logs, &moved, r_us, end_us, ret);
     }
-    let g = &mut f.integrity;
-    (g.data_events, g.errors, g.reconnects, g.stale, g.live) =
-        (c.messages, c.errors, c.reconnects, c.stale, c.live);
-    logs.iter().for_each(|(_, t)| check_ids(t, g));
+    logs.iter().for_each(|(_, t)| check_ids(t, &mut f));
     let title = format!(
         "livepush-bench failover: {events} events x {} browsers over {edges} edges, {} pollers, one killed",
         args.shape.browsers, args.pollers
@@ -286,7 +237,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     r.note(format!(
         "time to resume: from the kill to the first value served after it; moved: id jump > {FEED_JUMP}"
     ));
-    for p in edge_procs.into_iter().chain(pollers.into_iter().flatten()).chain([media]) {
+    for p in es.into_iter().chain(pollers.into_iter().flatten()).chain([media]) {
         p.stop().await?;
     }
     Ok(r)
@@ -342,15 +293,15 @@ fn jump(a: &Rec, b: &Rec) -> bool {
 
 /// Counts ids that do not strictly increase, and values passed over within a
 /// feed (a step of more than one but no new feed).
-fn check_ids(t: &Trace, g: &mut Integrity) {
+fn check_ids(t: &Trace, f: &mut Figures) {
     let mut last = None;
     for id in t.data.iter().filter_map(|r| if let Id::Value(id) = r.id { Some(id) } else { None }) {
         match last {
-            Some(l) if id == l => g.duplicates += 1,
-            Some(l) if id < l => g.out_of_order += 1,
+            Some(l) if id == l => f.duplicates += 1,
+            Some(l) if id < l => f.out_of_order += 1,
             _ => {
                 let step = last.map_or(1, |l| id - l);
-                g.skipped += if (2..=FEED_JUMP).contains(&step) { step - 1 } else { 0 };
+                f.skipped += if (2..=FEED_JUMP).contains(&step) { step - 1 } else { 0 };
                 last = Some(id);
             }
         }
@@ -397,8 +348,7 @@ fn kill(logs: &[(u32, Trace)], k_us: u64, observed_us: u64, f: &mut Figures) -> 
         }
     };
     (f.affected, f.unaffected) = (group(true), group(false));
-    f.unclassified = logs.iter().filter(|(e, _)| !moved.contains_key(e)).count();
-    f.kill.moved_events = moved.values().filter(|m| **m).count();
+    f.moved_events = moved.values().filter(|m| **m).count();
     moved
 }
 
@@ -439,58 +389,24 @@ mod tests {
     /// A browser of `event` that read (ms, id, served_at_ms) values.
     fn browser(event: u32, recs: &[(u64, u64, u64)]) -> (u32, Trace) {
         let rec = |&(at_ms, id, stamp)| Rec { at_us: at_ms * 1000, id: Id::Value(id), stamp: Some(stamp) };
-        let mut t = Trace::default();
-        t.data = recs.iter().map(rec).collect();
-        (event, t)
-    }
-
-    #[test]
-    fn ids_must_strictly_increase_by_one_within_a_feed() {
-        // A step of three within a feed passes over two values; a new feed's jump none.
-        let mut g = Integrity::default();
-        check_ids(&browser(0, &[5, 6, 6, 4, 7, 10, 10 + FEED_JUMP + 5].map(|id| (0, id, 1))).1, &mut g);
-        assert_eq!((g.duplicates, g.out_of_order, g.skipped), (1, 1, 2));
+        (event, Trace { data: recs.iter().map(rec).collect(), ..Trace::default() })
     }
 
     #[test]
     fn classifies_browsers_by_the_feed_of_their_first_value_after_the_kill() {
-        // Kill at 10 s: event 0 moves (its id jumps to a new feed's), event 1
+        // Kill at 10 s: event 0 moves (its id jumps to a new feed's); event 1
         // stays (a value served before the kill but read after it is no
-        // resumption), event 2's browser gets no fresh value.
+        // resumption); event 2's browser gets no fresh value.
         let logs = [
             browser(0, &[(9_500, 1_000_005, 9_499), (10_050, 10_000_000, 10_040)]),
-            browser(0, &[(9_500, 1_000_005, 9_499), (10_060, 10_000_000, 10_040)]),
             browser(1, &[(9_900, 2_000_009, 9_899), (10_001, 2_000_010, 9_999), (10_700, 2_000_011, 10_690)]),
             browser(2, &[(9_000, 3_000_001, 8_999)]),
         ];
         let mut f = Figures::default();
         let moved = kill(&logs, 10_000_000, 20_000_000, &mut f);
-        assert_eq!(
-            (moved.clone().into_iter().collect::<Vec<_>>(), f.unclassified, f.kill.moved_events),
-            (vec![(0, true), (1, false)], 1, 1)
-        );
+        assert_eq!(moved.into_iter().collect::<Vec<_>>(), [(0, true), (1, false)]);
         let (a, u) = (&f.affected, &f.unaffected);
-        assert_eq!(
-            (a.browsers, a.resume_p50_ms, a.resume_max_ms, a.gap_max_ms),
-            (2, Some(50.0), Some(60.0), Some(560.0))
-        );
+        assert_eq!((a.browsers, a.resume_max_ms, a.gap_max_ms), (1, Some(50.0), Some(550.0)));
         assert_eq!((u.browsers, u.resume_max_ms, u.gap_max_ms), (1, Some(700.0), Some(699.0)));
-
-        // Restart at 30 s: event 0's first browser switches at 33 s, the
-        // other not; event 1's stays. The run ends at 40 s.
-        let later = [
-            browser(
-                0,
-                &[(29_000, 10_000_020, 28_999), (33_000, 30_500_000, 32_999), (34_000, 30_500_001, 33_999)],
-            ),
-            browser(0, &[(29_000, 10_000_020, 28_999), (39_000, 10_000_030, 38_999)]),
-            browser(1, &[(29_500, 2_000_030, 29_499), (30_500, 2_000_031, 30_499)]),
-        ];
-        let mut r = Return::default();
-        back(&later, &moved, 30_000_000, 40_000_000, &mut r);
-        assert_eq!((r.switched, r.not_switched, r.others_switched), (1, 1, 0));
-        assert_eq!((r.switch_p50_ms, r.switch_gap_max_ms), (Some(3_000.0), Some(4_000.0)));
-        // Largest gaps: 6 s (34 s to the end) and 10 s; 9.5 s to the end.
-        assert_eq!((r.gap_affected_max_ms, r.gap_others_max_ms), (Some(10_000.0), Some(9_500.0)));
     }
 }
