@@ -6,7 +6,7 @@
 use crate::{
     httpc, procstat,
     push::{EdgeUpstream, LoadArgs, at_least_1s, event_id},
-    report::{self, Report, sorted},
+    report::{Report, sorted},
     sse_load::{self, Counters, Load, Plan, unix_micros},
     stack::{self, BinArgs, metric, scrape},
 };
@@ -62,16 +62,15 @@ pub struct Args {
     bins: BinArgs,
 }
 
-/// Readings of the edge and the poller: before the churn, peak (the highest
-/// at a probe; RSS peak is VmHWM) and after the drain.
+/// Readings: before the churn, peak (the highest at a probe; RSS peak is
+/// VmHWM) and after the drain.
 #[derive(Default, Serialize)]
 struct Figures<'a> {
     args: Option<&'a Args>,
     batches: u32,
     churn: Churn,
-    /// The stable event's browsers, churn start to after-sample.
+    /// The stable event's browsers and `/readyz`, churn start to after-sample.
     stable: Stable,
-    /// `/readyz` probes, churn start to after-sample.
     readyz: Readyz,
     before: Reading,
     peak: Reading,
@@ -104,8 +103,8 @@ struct Churn {
     reconnects: u64,
 }
 
-/// Updates served (stamped in the period) and those that reached every
-/// stable browser; changes missed (updates more than 1.5 intervals apart).
+/// Updates served (stamped in the period), those that reached every stable
+/// browser, and changes missed (updates more than 1.5 intervals apart).
 #[derive(Default, Serialize)]
 struct Stable {
     updates: usize,
@@ -124,46 +123,24 @@ struct Readyz {
     slowest_ms: f64,
 }
 
-/// Declares [`Reading`], one reading of the edge (process, `/metrics`) and
-/// the poller, and `max`: each figure's maximum of two readings.
-macro_rules! reading {
-    ($($name:ident),*) => {
-        #[derive(Clone, Copy, Default, Serialize)]
-        struct Reading { $($name: u64,)* }
-
-        impl Reading {
-            fn max(self, o: Self) -> Self {
-                Self { $($name: self.$name.max(o.$name),)* }
-            }
-        }
-    };
-}
-
-reading!(
-    rss_bytes,
-    peak_rss_bytes,
-    open_files,
-    streams_open,
-    upstream_channels,
-    upstream_streams,
-    subscribe_failures,
-    poller_events
-);
+/// One reading of the edge (process, `/metrics`) and the poller, by figure:
+/// a map, so the peaks are each figure's maximum.
+type Reading = BTreeMap<&'static str, u64>;
 
 async fn take(edge: SocketAddr, pid: u32, poller: SocketAddr) -> anyhow::Result<Reading> {
-    let (sample, text) = (procstat::sample(pid)?, scrape(edge).await?);
+    let (sample, text, poller) = (procstat::sample(pid)?, scrape(edge).await?, scrape(poller).await?);
+    let get = |text, name| metric(text, name).with_context(|| format!("no {name} in /metrics"));
     let up = EdgeUpstream::parse(&text);
-    Ok(Reading {
-        rss_bytes: sample.rss_bytes,
-        peak_rss_bytes: sample.peak_rss_bytes,
-        open_files: procstat::open_files(pid)?,
-        streams_open: metric(&text, EDGE_STREAMS_OPEN).context("no streams_open in edge metrics")?,
-        upstream_channels: up.channels,
-        upstream_streams: up.streams,
-        subscribe_failures: up.subscribe_failures,
-        poller_events: metric(&scrape(poller).await?, POLLER_EVENTS_WATCHED)
-            .context("no events_watched in poller metrics")?,
-    })
+    Ok(BTreeMap::from([
+        ("rss_bytes", sample.rss_bytes),
+        ("peak_rss_bytes", sample.peak_rss_bytes),
+        ("open_files", procstat::open_files(pid)?),
+        ("streams_open", get(&text, EDGE_STREAMS_OPEN)?),
+        ("upstream_channels", up.channels),
+        ("upstream_streams", up.streams),
+        ("subscribe_failures", up.subscribe_failures),
+        ("poller_events", get(&poller, POLLER_EVENTS_WATCHED)?),
+    ]))
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
@@ -194,9 +171,6 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     stable.wait_ready(n_stable, args.load.ramp(n_stable) + Duration::from_secs(20)).await;
     sleep(args.settle).await;
     let b = read().await?;
-    f.before = b;
-    let rss = report::mib(b.rss_bytes);
-    eprintln!("before: edge RSS {rss:.1} MiB, {} open files, {} streams", b.open_files, b.streams_open);
 
     // Probes of /readyz, each followed by a reading for the peaks.
     let stop_probes = CancellationToken::new();
@@ -204,7 +178,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let (stop, every, pid) = (stop_probes.clone(), args.probe_every, edge.pid());
         let (edge, poller) = (edge.addr, poller.addr);
         tokio::spawn(async move {
-            let (mut r, mut peak) = (Readyz::default(), Reading::default());
+            let (mut r, mut peak) = (Readyz::default(), Reading::new());
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
             while tokio::select! { _ = stop.cancelled() => false, _ = tick.tick() => true } {
@@ -213,8 +187,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 let answer = httpc::get(edge, "/readyz", Duration::from_secs(1)).await;
                 r.ok += u64::from(matches!(answer, Ok((200, _))));
                 r.slowest_ms = r.slowest_ms.max(sent.elapsed().as_secs_f64() * 1e3);
-                if let Ok(reading) = take(edge, pid, poller).await {
-                    peak = peak.max(reading);
+                for (k, x) in take(edge, pid, poller).await.into_iter().flatten() {
+                    peak.entry(k).and_modify(|p| *p = x.max(*p)).or_insert(x);
                 }
             }
             (r, peak)
@@ -257,21 +231,20 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let drain = Instant::now();
     while drain.elapsed() < EDGE_GRACE_MAX + args.linger + Duration::from_secs(30) {
         let (r, at) = (read().await?, Some(drain.elapsed().as_secs_f64()));
-        f.streams_back_s = f.streams_back_s.or(at.filter(|_| r.streams_open <= b.streams_open));
-        f.upstream_back_s = f.upstream_back_s.or(at.filter(|_| r.upstream_streams <= b.upstream_streams));
-        f.poller_back_s = f.poller_back_s.or(at.filter(|_| r.poller_events <= b.poller_events));
+        let back = |k| at.filter(|_| r[k] <= b[k]);
+        f.streams_back_s = f.streams_back_s.or(back("streams_open"));
+        f.upstream_back_s = f.upstream_back_s.or(back("upstream_streams"));
+        f.poller_back_s = f.poller_back_s.or(back("poller_events"));
         if f.streams_back_s.and(f.upstream_back_s).and(f.poller_back_s).is_some() {
             break;
         }
         sleep(Duration::from_millis(250)).await;
     }
-    eprintln!("drain over after {:.1} s; settling", drain.elapsed().as_secs_f64());
     let (requests0, settle) = (stack::media_requests(media.addr).await?, Instant::now());
     sleep(args.settle).await;
     let requests = stack::media_requests(media.addr).await?.saturating_sub(requests0);
     f.after_requests_per_s = requests as f64 / settle.elapsed().as_secs_f64();
     let a = read().await?;
-    f.after = a;
     let spent = procstat::Cpu::read(&pids)?.since(&cpu0);
     let span = start.elapsed().as_secs_f64();
     let end_ms = unix_micros() / 1000;
@@ -301,20 +274,22 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
 
     let st = &f.stable;
-    f.subscribe_failures = a.subscribe_failures.saturating_sub(b.subscribe_failures);
+    f.subscribe_failures = a["subscribe_failures"].saturating_sub(b["subscribe_failures"]);
     let cpu = [("edge", 0), ("poller", 1), ("media-sim", 2), ("load", 3)].map(|(k, i)| (k, spent.of(i)));
     f.cpu_pct =
         cpu.into_iter().chain([("others", spent.others())]).map(|(k, x)| (k, 100.0 * x / span)).collect();
+    let (rss, files) = (b["rss_bytes"] as f64 * 1.1 + 2.0 * 1_048_576.0, b["open_files"] as f64 * 1.1);
     f.targets = BTreeMap::from([
         ("churn_served", f.churn.with_value == u64::from(args.browsers) && f.churn.errors == 0),
-        ("rss_back", a.rss_bytes as f64 <= b.rss_bytes as f64 * 1.1 + 2.0 * 1_048_576.0),
-        ("files_back", a.open_files as f64 <= b.open_files as f64 * 1.1),
-        ("streams_back", a.streams_open == b.streams_open && f.streams_open_end == Some(0)),
-        ("poller_stops", a.poller_events == b.poller_events),
+        ("rss_back", a["rss_bytes"] as f64 <= rss),
+        ("files_back", a["open_files"] as f64 <= files),
+        ("streams_back", a["streams_open"] == b["streams_open"] && f.streams_open_end == Some(0)),
+        ("poller_stops", a["poller_events"] == b["poller_events"]),
         ("stable_no_stale", st.counters.stale == 0),
         ("stable_every_change", st.missed == 0 && st.reached_all == st.updates && st.counters.errors == 0),
         ("readyz_always_200", f.readyz.ok == f.readyz.sent),
     ]);
+    (f.before, f.after) = (b, a);
     let title = format!(
         "livepush-bench churn: {} browsers in batches of {} on distinct events, {} stable browsers, one edge",
         args.browsers, args.batch, args.stable_browsers
