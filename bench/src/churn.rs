@@ -1,7 +1,6 @@
-//! Scenario `churn`: browsers come and go in batches on one edge, each on an
-//! event of its own, resetting (RST, as a vanished tab) once served, while the
-//! browsers of one stable event watch and `/readyz` is probed: do the edge and
-//! the poller return to their level before? Phases: BENCHMARKS.md.
+//! Scenario `churn`: browsers come and go in batches on one edge while one
+//! event is watched: do the edge and the poller return to their level before?
+//! Phases and targets: BENCHMARKS.md.
 
 use crate::{
     httpc, procstat,
@@ -21,8 +20,7 @@ use std::{
 use tokio::time::{Instant, MissedTickBehavior, sleep};
 use tokio_util::sync::CancellationToken;
 
-/// The edge keeps an upstream stream this long at most after its last
-/// browser left (5 s, times up to 1.5).
+/// The edge keeps an upstream stream at most 5 s x 1.5 after its last browser left.
 const EDGE_GRACE_MAX: Duration = Duration::from_millis(7_500);
 
 #[derive(Debug, clap::Args, serde::Serialize)]
@@ -67,8 +65,16 @@ pub struct Args {
 #[derive(Default, Serialize)]
 struct Figures<'a> {
     args: Option<&'a Args>,
+    /// The churn: its time, browsers holding a value when reset, a batch all
+    /// served after (median, slowest), the slowest browser's first value.
     batches: u32,
-    churn: Churn,
+    churn_s: f64,
+    with_value: u64,
+    batch_ready_p50_s: Option<f64>,
+    batch_ready_max_s: Option<f64>,
+    first_value_max_ms: Option<f64>,
+    churn_errors: u64,
+    churn_reconnects: u64,
     /// The stable event's browsers and `/readyz`, churn start to after-sample.
     stable: Stable,
     readyz: Readyz,
@@ -89,18 +95,6 @@ struct Figures<'a> {
     /// Churn start to after-sample, % of one core.
     cpu_pct: BTreeMap<&'static str, f64>,
     targets: BTreeMap<&'static str, bool>,
-}
-
-/// `with_value`: browsers holding a value when reset; `batch_ready`: a batch all served after.
-#[derive(Default, Serialize)]
-struct Churn {
-    time_s: f64,
-    with_value: u64,
-    batch_ready_p50_s: Option<f64>,
-    batch_ready_max_s: Option<f64>,
-    first_value_max_ms: Option<f64>,
-    errors: u64,
-    reconnects: u64,
 }
 
 /// Updates served (stamped in the period), those that reached every stable
@@ -146,10 +140,9 @@ async fn take(edge: SocketAddr, pid: u32, poller: SocketAddr) -> anyhow::Result<
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     // On an error the processes' guards stop them.
     let media = stack::media_sim(&args.bins, args.interval, true).await?;
-    let poller_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
-    let linger = humantime::format_duration(args.linger).to_string();
-    let poller =
-        stack::poller_at(&args.bins, poller_addr, media.addr, args.interval, &["--linger", &linger]).await?;
+    let (addr, linger) = (SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?)), args.linger);
+    let linger = ["--linger", &humantime::format_duration(linger).to_string()];
+    let poller = stack::poller_at(&args.bins, addr, media.addr, args.interval, &linger).await?;
     let edge = stack::edge(&args.bins, &[poller.addr]).await?;
     let args = &args;
     let mut f = Figures {
@@ -201,8 +194,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let stable0 = stable_stats.counters();
 
     // The churn: batch after batch of fresh events, reset once served.
-    eprintln!("churn: {} browsers in {} batches of {}", args.browsers, f.batches, args.batch);
-    let (mut ready, c) = (Vec::new(), &mut f.churn);
+    let (mut ready, c) = (Vec::new(), &mut f);
     for first in (0..args.browsers).step_by(args.batch as usize) {
         let n = args.batch.min(args.browsers - first);
         let mut plan = Plan::default();
@@ -215,17 +207,17 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let stuck = load.stop(Duration::from_secs(2)).await;
         anyhow::ensure!(stuck == 0, "{stuck} browsers of a batch did not stop");
         let (counters, first_value) = (stats.counters(), stats.first_event.snapshot());
-        (c.errors, c.reconnects) = (c.errors + counters.errors, c.reconnects + counters.reconnects);
+        (c.churn_errors, c.churn_reconnects) =
+            (c.churn_errors + counters.errors, c.churn_reconnects + counters.reconnects);
         if first_value.count > 0 {
             c.first_value_max_ms =
                 Some(c.first_value_max_ms.unwrap_or(0.0).max(first_value.max as f64 / 1e3));
         }
     }
     let ready = sorted(ready);
-    c.time_s = start.elapsed().as_secs_f64();
+    c.churn_s = start.elapsed().as_secs_f64();
     c.batch_ready_p50_s = ready.get(ready.len() / 2).map(Duration::as_secs_f64);
     c.batch_ready_max_s = ready.last().map(Duration::as_secs_f64);
-    eprintln!("churn done in {:.1} s; draining", c.time_s);
 
     // The drain: back to the stable event alone.
     let drain = Instant::now();
@@ -280,7 +272,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         cpu.into_iter().chain([("others", spent.others())]).map(|(k, x)| (k, 100.0 * x / span)).collect();
     let (rss, files) = (b["rss_bytes"] as f64 * 1.1 + 2.0 * 1_048_576.0, b["open_files"] as f64 * 1.1);
     f.targets = BTreeMap::from([
-        ("churn_served", f.churn.with_value == u64::from(args.browsers) && f.churn.errors == 0),
+        ("churn_served", f.with_value == u64::from(args.browsers) && f.churn_errors == 0),
         ("rss_back", a["rss_bytes"] as f64 <= rss),
         ("files_back", a["open_files"] as f64 <= files),
         ("streams_back", a["streams_open"] == b["streams_open"] && f.streams_open_end == Some(0)),
