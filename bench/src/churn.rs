@@ -2,21 +2,14 @@
 //! event is watched: do the edge and the poller return to their level before?
 //! Phases and targets: BENCHMARKS.md.
 
-use crate::{
-    httpc, procstat,
-    push::{EdgeUpstream, LoadArgs, at_least_1s, event_id},
-    report::{Report, sorted},
-    sse_load::{self, Counters, Load, Plan, unix_micros},
-    stack::{self, BinArgs, metric, scrape},
-};
+use crate::push::{EdgeUpstream, LoadArgs, at_least_1s, event_id};
+use crate::sse_load::{self, Counters, Load, Plan, unix_micros};
+use crate::stack::{self, BinArgs, metric, scrape};
+use crate::{httpc, procstat, report::Report, report::sorted};
 use anyhow::Context;
 use livepush::metrics::{EDGE_STREAMS_OPEN, POLLER_EVENTS_WATCHED};
 use serde::Serialize;
-use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use tokio::time::{Instant, MissedTickBehavior, sleep};
 use tokio_util::sync::CancellationToken;
 
@@ -140,7 +133,7 @@ async fn take(edge: SocketAddr, pid: u32, poller: SocketAddr) -> anyhow::Result<
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     // On an error the processes' guards stop them.
     let media = stack::media_sim(&args.bins, args.interval, true).await?;
-    let (addr, linger) = (SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?)), args.linger);
+    let (addr, linger) = (SocketAddr::from(([127, 0, 0, 1], stack::free_port()?)), args.linger);
     let linger = ["--linger", &humantime::format_duration(linger).to_string()];
     let poller = stack::poller_at(&args.bins, addr, media.addr, args.interval, &linger).await?;
     let edge = stack::edge(&args.bins, &[poller.addr]).await?;

@@ -1,25 +1,16 @@
 //! Scenario `failover`: a poller killed with SIGKILL under load; phases and
 //! figures in BENCHMARKS.md, read from the browsers' traces after the run.
 
-use crate::{
-    child::{self, Signal},
-    procstat,
-    push::{LoadArgs, ShapeArgs, at_least_1s, event_id},
-    report::{Report, quantile_ms, sorted},
-    sse_load::{self, Counters, Load, Plan, Rec, Trace, unix_micros},
-    stack::{self, BinArgs, Proc, metric, scrape},
-    wire::{Id, Kind},
-};
+use crate::child::{self, Signal};
+use crate::push::{LoadArgs, ShapeArgs, at_least_1s, event_id};
+use crate::report::{Report, quantile_ms, sorted};
+use crate::sse_load::{self, Counters, Load, Plan, Rec, Trace, unix_micros};
+use crate::stack::{self, BinArgs, Proc, metric, scrape};
+use crate::{procstat, wire::Id, wire::Kind};
 use anyhow::{Context, ensure};
-use livepush::metrics::{
-    EDGE_POLLERS_UP, EDGE_UPSTREAM_FAILOVERS, POLLER_EVENTS_WATCHED, POLLER_SUBSCRIBERS,
-};
+use livepush::metrics::*;
 use serde::Serialize;
-use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use tokio::time::{Instant, sleep};
 
 /// The pollers' `--linger`: the wait before the last window depends on it.
@@ -79,9 +70,8 @@ struct Figures<'a> {
     unaffected: Group,
     /// From the end of the observation.
     after: Window,
-    #[serde(rename = "return")]
-    ret: Option<Return>,
-    /// Every browser, whole run; ids must strictly increase, by one within a feed.
+    r#return: Option<Return>,
+    /// Every browser, whole run: counters, ids repeated, lower, passed over.
     counters: Counters,
     duplicates: u64,
     out_of_order: u64,
@@ -137,13 +127,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     // On an error the processes' guards stop them. With `--stamp` every
     // answer is new: media-sim's change period does not matter.
     let media = stack::media_sim(&args.bins, Duration::from_millis(250), true).await?;
-    let mut pollers = Vec::new();
+    let (mut pollers, mut es) = (Vec::new(), Vec::new());
     for _ in 0..args.pollers {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
+        let addr = SocketAddr::from(([127, 0, 0, 1], stack::free_port()?));
         pollers.push(Some(start_poller(&args, addr, media.addr).await?));
     }
     let addrs: Vec<SocketAddr> = pollers.iter().flatten().map(|p| p.addr).collect();
-    let mut es = Vec::new();
     for _ in 0..edges {
         es.push(stack::edge(&args.bins, &addrs).await?);
     }
@@ -166,9 +155,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     };
     let browsers = Load::start(plan, config);
     let (ready, c) = (browsers.wait_ready(n, limit).await, browsers.stats().counters());
-    let ready = ready
-        .with_context(|| format!("{} of {n} browsers ready after {limit:?}, {} errors", c.ready, c.errors))?;
-    eprintln!("failover: {n} browsers receiving after {:.1} s", ready.as_secs_f64());
+    ensure!(ready.is_some(), "{} of {n} browsers ready after {limit:?}, {} errors", c.ready, c.errors);
     sleep(args.settle).await;
     let cpu0 = cpu(&media, &pollers, &es)?;
     f.before = window(&args, media.addr, &pollers).await?;
@@ -215,7 +202,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         }
         sleep(LINGER + Duration::from_secs(2)).await;
         ret.polls = window(&args, media.addr, &pollers).await?;
-        f.ret = Some(ret);
+        f.r#return = Some(ret);
     }
 
     let end_us = unix_micros();
@@ -224,10 +211,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let logs: Vec<(u32, Trace)> =
         traces.into_iter().enumerate().filter_map(|(i, t)| Some((i as u32 % events, t?))).collect();
     let moved = kill(&logs, k_us, observed_us, &mut f);
-    if let Some(ret) = &mut f.ret {
+    if let Some(ret) = &mut f.r#return {
         back(&logs, &moved, r_us, end_us, ret);
     }
-    logs.iter().for_each(|(_, t)| check_ids(t, &mut f));
     let title = format!(
         "livepush-bench failover: {events} events x {} browsers over {edges} edges, {} pollers, one killed",
         args.shape.browsers, args.pollers
@@ -287,26 +273,9 @@ fn jump(a: &Rec, b: &Rec) -> bool {
     matches!((a.id, b.id), (Id::Value(a), Id::Value(b)) if b > a.saturating_add(FEED_JUMP))
 }
 
-/// Counts ids that do not strictly increase, and values passed over within a
-/// feed (a step of more than one but no new feed).
-fn check_ids(t: &Trace, f: &mut Figures) {
-    let mut last = None;
-    for id in t.data.iter().filter_map(|r| if let Id::Value(id) = r.id { Some(id) } else { None }) {
-        match last {
-            Some(l) if id == l => f.duplicates += 1,
-            Some(l) if id < l => f.out_of_order += 1,
-            _ => {
-                let step = last.map_or(1, |l| id - l);
-                f.skipped += if (2..=FEED_JUMP).contains(&step) { step - 1 } else { 0 };
-                last = Some(id);
-            }
-        }
-    }
-}
-
 /// The browsers (`(event, trace)`) around the kill at `k_us`, observed until
-/// `observed_us`, into `f`; returns whether each event moved (missing: none
-/// of its browsers resumed).
+/// `observed_us`, and their ids, into `f`; returns whether each event moved
+/// (missing: none of its browsers resumed).
 fn kill(logs: &[(u32, Trace)], k_us: u64, observed_us: u64, f: &mut Figures) -> BTreeMap<u32, bool> {
     // Per browser, its first value served at or after the kill if read in
     // the observation: µs to it, µs since the data event before it.
@@ -319,6 +288,20 @@ fn kill(logs: &[(u32, Trace)], k_us: u64, observed_us: u64, f: &mut Figures) -> 
             *moved.entry(*e).or_insert(false) |= prev.is_some_and(|p| jump(p, r));
         }
         seen.push(first.map(|(r, prev)| (r.at_us.saturating_sub(k_us), prev.map(|p| r.at_us - p.at_us))));
+        // Ids must strictly increase, and by one within a feed (a step of
+        // more than one but no new feed passes values over).
+        let mut last = None;
+        for id in t.data.iter().filter_map(|r| if let Id::Value(id) = r.id { Some(id) } else { None }) {
+            match last {
+                Some(l) if id == l => f.duplicates += 1,
+                Some(l) if id < l => f.out_of_order += 1,
+                _ => {
+                    let step = last.map_or(1, |l| id - l);
+                    f.skipped += if (2..=FEED_JUMP).contains(&step) { step - 1 } else { 0 };
+                    last = Some(id);
+                }
+            }
+        }
     }
     let group = |affected| {
         let mine = || logs.iter().zip(&seen).filter(|((e, _), _)| moved.get(e) == Some(&affected));
@@ -376,14 +359,14 @@ fn back(logs: &[(u32, Trace)], moved: &BTreeMap<u32, bool>, r_us: u64, end_us: u
 mod tests {
     use super::*;
 
-    /// A browser of `event` that read (ms, id, served_at_ms) values.
-    fn browser(event: u32, recs: &[(u64, u64, u64)]) -> (u32, Trace) {
-        let rec = |&(at_ms, id, stamp)| Rec { at_us: at_ms * 1000, id: Id::Value(id), stamp: Some(stamp) };
-        (event, Trace { data: recs.iter().map(rec).collect(), ..Trace::default() })
-    }
-
     #[test]
     fn classifies_browsers_by_the_feed_of_their_first_value_after_the_kill() {
+        // A browser of `event` that read (ms, id, served_at_ms) values.
+        let browser = |event, recs: &[(u64, u64, u64)]| {
+            let rec =
+                |&(at_ms, id, stamp)| Rec { at_us: at_ms * 1000, id: Id::Value(id), stamp: Some(stamp) };
+            (event, Trace { data: recs.iter().map(rec).collect(), ..Trace::default() })
+        };
         // Kill at 10 s: event 0 moves (new feed's id); event 1 stays (a value served
         // before the kill is no resumption); event 2 gets no fresh value.
         let logs = [
