@@ -71,7 +71,7 @@ struct Figures<'a> {
     /// From the end of the observation.
     after: Window,
     r#return: Option<Return>,
-    /// Every browser, whole run: counters, ids repeated, lower, passed over.
+    /// Every browser, whole run: counters; ids repeated, lower, passed over.
     counters: Counters,
     duplicates: u64,
     out_of_order: u64,
@@ -124,13 +124,14 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let n = events * args.shape.browsers;
     ensure!(n <= 18_000, "{n} connections: the harness holds one file per connection, at most 18,000");
     ensure!(args.interval >= Duration::from_millis(100), "--interval must be at least 100ms");
-    // On an error the processes' guards stop them. With `--stamp` every
-    // answer is new: media-sim's change period does not matter.
+    // On an error the guards stop the processes. `--stamp`: every answer is new.
     let media = stack::media_sim(&args.bins, Duration::from_millis(250), true).await?;
+    let linger = ["--linger", &humantime::format_duration(LINGER).to_string()];
+    let start_poller = |addr| stack::poller_at(&args.bins, addr, media.addr, args.interval, &linger);
     let (mut pollers, mut es) = (Vec::new(), Vec::new());
     for _ in 0..args.pollers {
         let addr = SocketAddr::from(([127, 0, 0, 1], stack::free_port()?));
-        pollers.push(Some(start_poller(&args, addr, media.addr).await?));
+        pollers.push(Some(start_poller(addr).await?));
     }
     let addrs: Vec<SocketAddr> = pollers.iter().flatten().map(|p| p.addr).collect();
     for _ in 0..edges {
@@ -144,15 +145,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let path = format!("/live/{}/stream", event_id(i % events));
         plan.push(es[(i / events) as usize % edges].addr, &path, i % events);
     }
-    let n = u64::from(n);
+    let (n, runs) = (u64::from(n), args.settle + 3 * args.window + args.observe + RETURN_LIMIT + LINGER);
     let limit = args.load.ramp(n) + Duration::from_secs(30);
-    let runs = args.settle + 3 * args.window + args.observe + RETURN_LIMIT + LINGER;
-    let config = sse_load::Config {
-        trace: true,
-        // What the edge's `retry: 3000` tells a browser.
-        reconnect_delay: Duration::from_secs(3),
-        ..args.load.config(Instant::now() + limit + runs + Duration::from_secs(120))
-    };
+    let config = args.load.config(Instant::now() + limit + runs + Duration::from_secs(120));
+    // Traced; reconnecting after the edge's `retry: 3000`, as a browser does.
+    let config = sse_load::Config { trace: true, reconnect_delay: Duration::from_secs(3), ..config };
     let browsers = Load::start(plan, config);
     let (ready, c) = (browsers.wait_ready(n, limit).await, browsers.stats().counters());
     ensure!(ready.is_some(), "{} of {n} browsers ready after {limit:?}, {} errors", c.ready, c.errors);
@@ -183,12 +180,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     f.edge_failovers = failovers.iter().zip(&failovers0).map(|(a, b)| a.saturating_sub(*b)).collect();
     f.after = window(&args, media.addr, &pollers).await?;
 
-    // The return: until its streams are back and the edges count it up,
-    // then the survivors' linger on the events that moved back.
+    // The return: until its streams are back and the edges count it up, then the survivors' linger.
     let (t, r_us) = (Instant::now(), unix_micros());
     if !args.no_return {
         let mut ret = Return { edges_up_s: vec![None; edges], ..Return::default() };
-        pollers[victim] = Some(start_poller(&args, addr, media.addr).await?);
+        pollers[victim] = Some(start_poller(addr).await?);
         ret.accepting_s = t.elapsed().as_secs_f64();
         while t.elapsed() < RETURN_LIMIT && (ret.streams_back_s.is_none() || ret.edges_up_s.contains(&None)) {
             let (up, back) =
@@ -211,9 +207,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let logs: Vec<(u32, Trace)> =
         traces.into_iter().enumerate().filter_map(|(i, t)| Some((i as u32 % events, t?))).collect();
     let moved = kill(&logs, k_us, observed_us, &mut f);
-    if let Some(ret) = &mut f.r#return {
-        back(&logs, &moved, r_us, end_us, ret);
-    }
+    f.r#return.iter_mut().for_each(|ret| back(&logs, &moved, r_us, end_us, ret));
     let title = format!(
         "livepush-bench failover: {events} events x {} browsers over {edges} edges, {} pollers, one killed",
         args.shape.browsers, args.pollers
@@ -254,12 +248,6 @@ fn cpu(media: &Proc, pollers: &[Option<Proc>], edges: &[Proc]) -> anyhow::Result
     procstat::Cpu::read(&procs.map(Proc::pid).chain([std::process::id()]).collect::<Vec<_>>())
 }
 
-/// A poller on `addr` lingering [`LINGER`] after its last subscriber.
-async fn start_poller(args: &Args, addr: SocketAddr, media: SocketAddr) -> anyhow::Result<Proc> {
-    let linger = humantime::format_duration(LINGER).to_string();
-    stack::poller_at(&args.bins, addr, media, args.interval, &["--linger", &linger]).await
-}
-
 /// A poller's events watched and Subscribe streams.
 async fn poller_gauges(addr: SocketAddr) -> anyhow::Result<(u64, u64)> {
     let text = scrape(addr).await?;
@@ -273,9 +261,8 @@ fn jump(a: &Rec, b: &Rec) -> bool {
     matches!((a.id, b.id), (Id::Value(a), Id::Value(b)) if b > a.saturating_add(FEED_JUMP))
 }
 
-/// The browsers (`(event, trace)`) around the kill at `k_us`, observed until
-/// `observed_us`, and their ids, into `f`; returns whether each event moved
-/// (missing: none of its browsers resumed).
+/// The browsers around the kill at `k_us`, observed until `observed_us`, and
+/// their ids, into `f`; returns whether each event moved (missing: no resume).
 fn kill(logs: &[(u32, Trace)], k_us: u64, observed_us: u64, f: &mut Figures) -> BTreeMap<u32, bool> {
     // Per browser, its first value served at or after the kill if read in
     // the observation: µs to it, µs since the data event before it.
@@ -288,8 +275,7 @@ fn kill(logs: &[(u32, Trace)], k_us: u64, observed_us: u64, f: &mut Figures) -> 
             *moved.entry(*e).or_insert(false) |= prev.is_some_and(|p| jump(p, r));
         }
         seen.push(first.map(|(r, prev)| (r.at_us.saturating_sub(k_us), prev.map(|p| r.at_us - p.at_us))));
-        // Ids must strictly increase, and by one within a feed (a step of
-        // more than one but no new feed passes values over).
+        // Ids strictly increase, by one within a feed (a larger step passes values over).
         let mut last = None;
         for id in t.data.iter().filter_map(|r| if let Id::Value(id) = r.id { Some(id) } else { None }) {
             match last {
@@ -327,32 +313,29 @@ fn kill(logs: &[(u32, Trace)], k_us: u64, observed_us: u64, f: &mut Figures) -> 
 
 /// What the browsers saw after the restart at `r_us`, until `end_us`, into `ret`.
 fn back(logs: &[(u32, Trace)], moved: &BTreeMap<u32, bool>, r_us: u64, end_us: u64, ret: &mut Return) {
-    let (mut switch, mut switch_gap, mut gaps) = (Vec::new(), Vec::new(), [Vec::new(), Vec::new()]);
+    let (mut switches, mut gap_max) = (Vec::new(), [None, None]);
     for (e, t) in logs {
         let affected = moved.get(e) == Some(&true);
         match (t.data.windows(2).find(|w| w[1].at_us >= r_us && jump(&w[0], &w[1])), affected) {
-            (Some(w), true) => {
-                switch.push(w[1].at_us - r_us);
-                switch_gap.push(w[1].at_us - w[0].at_us);
-            }
+            (Some(w), true) => switches.push((w[1].at_us - r_us, w[1].at_us - w[0].at_us)),
             (None, true) => ret.not_switched += 1,
             (Some(_), false) => ret.others_switched += 1,
             (None, false) => {}
         }
+        // The longest wait for data from the restart on (the end counts as a read).
         let last = t.data.iter().rev().find(|r| r.at_us < r_us).map_or(r_us, |r| r.at_us);
         let reads = t.data.iter().map(|r| r.at_us).filter(|at| (r_us..=end_us).contains(at));
         let points: Vec<u64> = [last].into_iter().chain(reads).chain([end_us]).collect();
-        gaps[usize::from(!affected)].push(points.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0));
+        let gap = points.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        gap_max[usize::from(!affected)] = gap_max[usize::from(!affected)].max(Some(gap));
         ret.stale += t.named.iter().filter(|&&(at, k)| at >= r_us && k == Kind::Stale).count();
     }
-    let [switch, switch_gap, affected, others] =
-        [switch, switch_gap, gaps[0].clone(), gaps[1].clone()].map(sorted);
-    ret.switched = switch.len();
-    ret.switch_p50_ms = quantile_ms(&switch, 0.5);
+    let (switch, switch_gap) = (sorted(switches.iter().map(|s| s.0)), sorted(switches.iter().map(|s| s.1)));
+    (ret.switched, ret.switch_p50_ms) = (switch.len(), quantile_ms(&switch, 0.5));
     (ret.switch_gap_p50_ms, ret.switch_gap_max_ms) =
         (quantile_ms(&switch_gap, 0.5), quantile_ms(&switch_gap, 1.0));
-    (ret.gap_affected_max_ms, ret.gap_others_max_ms) =
-        (quantile_ms(&affected, 1.0), quantile_ms(&others, 1.0));
+    let [affected, others] = gap_max.map(|us| us.map(|us| us as f64 / 1000.0));
+    (ret.gap_affected_max_ms, ret.gap_others_max_ms) = (affected, others);
 }
 
 #[cfg(test)]
