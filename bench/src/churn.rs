@@ -53,13 +53,11 @@ pub struct Args {
     bins: BinArgs,
 }
 
-/// Readings: before the churn, peak (the highest at a probe; RSS peak is
-/// VmHWM) and after the drain.
+/// Readings: before the churn, peak (highest at a probe; RSS: VmHWM), after the drain.
 #[derive(Default, Serialize)]
 struct Figures<'a> {
     args: Option<&'a Args>,
-    /// The churn: its time, browsers holding a value when reset, a batch all
-    /// served after (median, slowest), the slowest browser's first value.
+    /// Browsers holding a value when reset; a batch all served after (median, slowest).
     batches: u32,
     churn_s: f64,
     with_value: u64,
@@ -78,12 +76,9 @@ struct Figures<'a> {
     /// media-sim requests/s after the linger; expected: the stable event alone.
     after_requests_per_s: f64,
     expected_after_per_s: f64,
-    /// From the churn's end until the edge's streams, its upstream and the
-    /// poller were back to the stable event.
-    streams_back_s: Option<f64>,
-    upstream_back_s: Option<f64>,
-    poller_back_s: Option<f64>,
-    /// livepush_edge_streams_open once every browser left.
+    /// From the churn's end until the edge's streams, its upstream streams and
+    /// the poller's events were back to their level before.
+    back_s: BTreeMap<&'static str, f64>,
     streams_open_end: Option<u64>,
     /// Churn start to after-sample, % of one core.
     cpu_pct: BTreeMap<&'static str, f64>,
@@ -110,8 +105,7 @@ struct Readyz {
     slowest_ms: f64,
 }
 
-/// One reading of the edge (process, `/metrics`) and the poller, by figure:
-/// a map, so the peaks are each figure's maximum.
+/// The edge's (process, `/metrics`) and the poller's figures: a map, so a peak is each one's maximum.
 type Reading = BTreeMap<&'static str, u64>;
 
 async fn take(edge: SocketAddr, pid: u32, poller: SocketAddr) -> anyhow::Result<Reading> {
@@ -137,13 +131,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let linger = ["--linger", &humantime::format_duration(linger).to_string()];
     let poller = stack::poller_at(&args.bins, addr, media.addr, args.interval, &linger).await?;
     let edge = stack::edge(&args.bins, &[poller.addr]).await?;
-    let args = &args;
-    let mut f = Figures {
-        args: Some(args),
-        batches: args.browsers.div_ceil(args.batch),
-        expected_after_per_s: 1.0 / args.interval.as_secs_f64(),
-        ..Figures::default()
-    };
+    let mut f = Figures { args: Some(&args), ..Figures::default() };
+    (f.batches, f.expected_after_per_s) =
+        (args.browsers.div_ceil(args.batch), 1.0 / args.interval.as_secs_f64());
     let path = |id: &str| format!("/live/{id}/stream");
     let read = || take(edge.addr, edge.pid(), poller.addr);
     let far = Instant::now() + Duration::from_secs(3_600);
@@ -187,7 +177,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let stable0 = stable_stats.counters();
 
     // The churn: batch after batch of fresh events, reset once served.
-    let (mut ready, c) = (Vec::new(), &mut f);
+    let (mut ready, mut first_value_max) = (Vec::new(), None);
     for first in (0..args.browsers).step_by(args.batch as usize) {
         let n = args.batch.min(args.browsers - first);
         let mut plan = Plan::default();
@@ -196,31 +186,28 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         ready.extend(load.wait_ready(n.into(), args.load.ramp(n.into()) + Duration::from_secs(15)).await);
         sleep(args.hold).await;
         let stats = load.stats().clone();
-        c.with_value += stats.counters().ready;
+        f.with_value += stats.counters().ready;
         let stuck = load.stop(Duration::from_secs(2)).await;
         anyhow::ensure!(stuck == 0, "{stuck} browsers of a batch did not stop");
         let (counters, first_value) = (stats.counters(), stats.first_event.snapshot());
-        (c.churn_errors, c.churn_reconnects) =
-            (c.churn_errors + counters.errors, c.churn_reconnects + counters.reconnects);
-        if first_value.count > 0 {
-            c.first_value_max_ms =
-                Some(c.first_value_max_ms.unwrap_or(0.0).max(first_value.max as f64 / 1e3));
-        }
+        (f.churn_errors, f.churn_reconnects) =
+            (f.churn_errors + counters.errors, f.churn_reconnects + counters.reconnects);
+        first_value_max = first_value_max.max((first_value.count > 0).then_some(first_value.max));
     }
     let ready = sorted(ready);
-    c.churn_s = start.elapsed().as_secs_f64();
-    c.batch_ready_p50_s = ready.get(ready.len() / 2).map(Duration::as_secs_f64);
-    c.batch_ready_max_s = ready.last().map(Duration::as_secs_f64);
+    f.churn_s = start.elapsed().as_secs_f64();
+    f.batch_ready_p50_s = ready.get(ready.len() / 2).map(Duration::as_secs_f64);
+    f.batch_ready_max_s = ready.last().map(Duration::as_secs_f64);
+    f.first_value_max_ms = first_value_max.map(|us| us as f64 / 1e3);
 
     // The drain: back to the stable event alone.
     let drain = Instant::now();
     while drain.elapsed() < EDGE_GRACE_MAX + args.linger + Duration::from_secs(30) {
-        let (r, at) = (read().await?, Some(drain.elapsed().as_secs_f64()));
-        let back = |k| at.filter(|_| r[k] <= b[k]);
-        f.streams_back_s = f.streams_back_s.or(back("streams_open"));
-        f.upstream_back_s = f.upstream_back_s.or(back("upstream_streams"));
-        f.poller_back_s = f.poller_back_s.or(back("poller_events"));
-        if f.streams_back_s.and(f.upstream_back_s).and(f.poller_back_s).is_some() {
+        let (r, at) = (read().await?, drain.elapsed().as_secs_f64());
+        for k in ["streams_open", "upstream_streams", "poller_events"].into_iter().filter(|&k| r[k] <= b[k]) {
+            f.back_s.entry(k).or_insert(at);
+        }
+        if f.back_s.len() == 3 {
             break;
         }
         sleep(Duration::from_millis(250)).await;
@@ -243,8 +230,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     s.counters = stable_stats.counters().since(&stable0);
     sleep(Duration::from_secs(1)).await;
     let (updates, _) = stable_stats.updates_served(start_ms, end_ms);
-    let max_gap_ms = u64::try_from(args.interval.as_millis() * 3 / 2).unwrap_or(u64::MAX);
-    let gaps = stable_stats.gaps([0], start_ms, end_ms, max_gap_ms);
+    let gaps = stable_stats.gaps([0], start_ms, end_ms, args.interval.as_millis() as u64 * 3 / 2);
     s.updates = updates.len();
     s.reached_all = updates.iter().filter(|u| u.reached >= args.stable_browsers).count();
     (s.missed, s.longest_gap_s) = (gaps.with_gap, gaps.longest_ms as f64 / 1e3);
