@@ -135,15 +135,16 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
     let addrs: Vec<SocketAddr> = pollers.iter().flatten().map(|p| p.addr).collect();
     for _ in 0..edges {
-        es.push(stack::edge(&args.bins, &addrs).await?);
+        es.push(Some(stack::edge(&args.bins, &addrs).await?));
     }
+    let edge_addrs: Vec<SocketAddr> = es.iter().flatten().map(|e| e.addr).collect();
     let mut f = Figures { args: Some(&args), ..Figures::default() };
 
     // Steady state: browser i watches event i mod events on edge (i div events) mod edges.
     let mut plan = Plan::default();
     for i in 0..n {
         let path = format!("/live/{}/stream", event_id(i % events));
-        plan.push(es[(i / events) as usize % edges].addr, &path, i % events);
+        plan.push(edge_addrs[(i / events) as usize % edges], &path, i % events);
     }
     let (n, runs) = (u64::from(n), args.settle + 3 * args.window + args.observe + RETURN_LIMIT + LINGER);
     let limit = args.load.ramp(n) + Duration::from_secs(30);
@@ -165,8 +166,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let addr = addrs[victim];
     f.victim = format!("poller {} of {} ({addr})", victim + 1, pollers.len());
     f.victim_events = f.before.events_per_poller[victim].unwrap_or(0);
-    let streams = poller_gauges(addr).await?.1;
-    let failovers0 = edge_metric(&es, EDGE_UPSTREAM_FAILOVERS).await?;
+    let streams = metrics(&pollers[victim..=victim], POLLER_SUBSCRIBERS).await?[0];
+    let failovers0 = metrics(&es, EDGE_UPSTREAM_FAILOVERS).await?;
     let killed = pollers[victim].take().context("victim already stopped")?;
     let cpu0 = cpu(&media, &pollers, &es)?;
     child::signal(killed.pid(), Signal::KILL).with_context(|| format!("SIGKILL to {}", killed.pid()))?;
@@ -176,8 +177,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let observed_us = unix_micros();
     let observe_s = (observed_us - k_us) as f64 / 1e6;
     f.others_cpu_pct = 100.0 * cpu(&media, &pollers, &es)?.since(&cpu0).others() / observe_s;
-    let failovers = edge_metric(&es, EDGE_UPSTREAM_FAILOVERS).await?;
-    f.edge_failovers = failovers.iter().zip(&failovers0).map(|(a, b)| a.saturating_sub(*b)).collect();
+    let failovers = metrics(&es, EDGE_UPSTREAM_FAILOVERS).await?.into_iter().zip(failovers0);
+    f.edge_failovers = failovers.map(|(a, b)| a.unwrap_or(0).saturating_sub(b.unwrap_or(0))).collect();
     f.after = window(&args, media.addr, &pollers).await?;
 
     // The return: until its streams are back and the edges count it up, then the survivors' linger.
@@ -187,11 +188,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         pollers[victim] = Some(start_poller(addr).await?);
         ret.accepting_s = t.elapsed().as_secs_f64();
         while t.elapsed() < RETURN_LIMIT && (ret.streams_back_s.is_none() || ret.edges_up_s.contains(&None)) {
-            let (up, back) =
-                (edge_metric(&es, EDGE_POLLERS_UP).await?, poller_gauges(addr).await?.1 >= streams);
+            let up = metrics(&es, EDGE_POLLERS_UP).await?;
+            let back = metrics(&pollers[victim..=victim], POLLER_SUBSCRIBERS).await?[0] >= streams;
             let at = Some(t.elapsed().as_secs_f64());
             for (s, up) in ret.edges_up_s.iter_mut().zip(up) {
-                *s = s.or(at.filter(|_| up >= u64::from(args.pollers)));
+                *s = s.or(at.filter(|_| up >= Some(u64::from(args.pollers))));
             }
             ret.streams_back_s = ret.streams_back_s.or(at.filter(|_| back));
             sleep(Duration::from_millis(50)).await;
@@ -213,7 +214,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         args.shape.browsers, args.pollers
     );
     let r = Report::new("failover", title, &f)?;
-    for p in es.into_iter().chain(pollers.into_iter().flatten()).chain([media]) {
+    for p in es.into_iter().chain(pollers).flatten().chain([media]) {
         p.stop().await?;
     }
     Ok(r)
@@ -225,34 +226,24 @@ async fn window(args: &Args, media: SocketAddr, pollers: &[Option<Proc>]) -> any
     sleep(args.window).await;
     let requests = stack::media_requests(media).await?.saturating_sub(r0);
     let intervals = t.elapsed().as_secs_f64() / args.interval.as_secs_f64();
-    let mut events_per_poller = Vec::new();
-    for p in pollers {
-        events_per_poller.push(if let Some(p) = p { Some(poller_gauges(p.addr).await?.0) } else { None });
-    }
+    let events_per_poller = metrics(pollers, POLLER_EVENTS_WATCHED).await?;
     let polls_per_event_per_interval = requests as f64 / f64::from(args.shape.events) / intervals;
     Ok(Window { events_per_poller, polls_per_event_per_interval })
 }
 
-/// Metric `name` of each edge (0 if missing).
-async fn edge_metric(edges: &[Proc], name: &str) -> anyhow::Result<Vec<u64>> {
+/// Metric `name` of each process (`None`: not running, or no such metric).
+async fn metrics(procs: &[Option<Proc>], name: &str) -> anyhow::Result<Vec<Option<u64>>> {
     let mut out = Vec::new();
-    for e in edges {
-        out.push(metric(&scrape(e.addr).await?, name).unwrap_or(0));
+    for p in procs {
+        out.push(if let Some(p) = p { metric(&scrape(p.addr).await?, name) } else { None });
     }
     Ok(out)
 }
 
 /// CPU of the running processes and this one, and the host's busy time.
-fn cpu(media: &Proc, pollers: &[Option<Proc>], edges: &[Proc]) -> anyhow::Result<procstat::Cpu> {
-    let procs = pollers.iter().flatten().chain(edges).chain([media]);
+fn cpu(media: &Proc, pollers: &[Option<Proc>], edges: &[Option<Proc>]) -> anyhow::Result<procstat::Cpu> {
+    let procs = pollers.iter().chain(edges).flatten().chain([media]);
     procstat::Cpu::read(&procs.map(Proc::pid).chain([std::process::id()]).collect::<Vec<_>>())
-}
-
-/// A poller's events watched and Subscribe streams.
-async fn poller_gauges(addr: SocketAddr) -> anyhow::Result<(u64, u64)> {
-    let text = scrape(addr).await?;
-    let get = |name| metric(&text, name).with_context(|| format!("no {name} in {addr}'s /metrics"));
-    Ok((get(POLLER_EVENTS_WATCHED)?, get(POLLER_SUBSCRIBERS)?))
 }
 
 /// Whether `b` comes from a newer feed than `a`: within a feed ids count
