@@ -332,7 +332,9 @@ mod tests {
         // A browser of `event` that read (ms, id, served_at_ms) values.
         let browser = |event, recs: &[(u64, u64, u64)]| {
             let rec = |&(ms, id, stamp)| Rec { at_us: ms * 1000, id: Id::Value(id), stamp: Some(stamp) };
-            (event, Trace { data: recs.iter().map(rec).collect(), ..Trace::default() })
+            let mut t = Trace::default();
+            t.data = recs.iter().map(rec).collect();
+            (event, t)
         };
         // Kill at 10 s: event 0 moves (new feed's id); event 1 stays (a value served
         // before the kill is no resumption); event 2 gets no fresh value.
