@@ -1,6 +1,5 @@
-//! Scenario `churn`: browsers come and go in batches on one edge while one
-//! event is watched: do the edge and the poller return to their level before?
-//! Phases and targets: BENCHMARKS.md.
+//! Scenario `churn` (phases and targets: BENCHMARKS.md): browsers come and go on one
+//! edge while one event is watched; do the edge and the poller return to their level?
 
 use crate::push::{EdgeUpstream, LoadArgs, at_least_1s, event_id};
 use crate::sse_load::{self, Counters, Load, Plan, unix_micros};
@@ -57,9 +56,8 @@ pub struct Args {
 #[derive(Default, Serialize)]
 struct Figures<'a> {
     args: Option<&'a Args>,
-    /// Browsers holding a value when reset; a batch all served after (median, slowest).
-    batches: u32,
     churn_s: f64,
+    /// Browsers holding a value when reset; a batch all served after (median, slowest).
     with_value: u64,
     batch_ready_p50_s: Option<f64>,
     batch_ready_max_s: Option<f64>,
@@ -72,10 +70,8 @@ struct Figures<'a> {
     before: Reading,
     peak: Reading,
     after: Reading,
-    subscribe_failures: u64,
-    /// media-sim requests/s after the linger; expected: the stable event alone.
+    /// media-sim requests/s after the linger (the stable event alone: 1 / interval).
     after_requests_per_s: f64,
-    expected_after_per_s: f64,
     /// From the churn's end until the edge's streams, its upstream streams and
     /// the poller's events were back to their level before.
     back_s: BTreeMap<&'static str, f64>,
@@ -132,8 +128,6 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let poller = stack::poller_at(&args.bins, addr, media.addr, args.interval, &linger).await?;
     let edge = stack::edge(&args.bins, &[poller.addr]).await?;
     let mut f = Figures { args: Some(&args), ..Figures::default() };
-    (f.batches, f.expected_after_per_s) =
-        (args.browsers.div_ceil(args.batch), 1.0 / args.interval.as_secs_f64());
     let path = |id: &str| format!("/live/{id}/stream");
     let read = || take(edge.addr, edge.pid(), poller.addr);
     let far = Instant::now() + Duration::from_secs(3_600);
@@ -189,9 +183,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         f.with_value += stats.counters().ready;
         let stuck = load.stop(Duration::from_secs(2)).await;
         anyhow::ensure!(stuck == 0, "{stuck} browsers of a batch did not stop");
-        let (counters, first_value) = (stats.counters(), stats.first_event.snapshot());
-        (f.churn_errors, f.churn_reconnects) =
-            (f.churn_errors + counters.errors, f.churn_reconnects + counters.reconnects);
+        let (c, first_value) = (stats.counters(), stats.first_event.snapshot());
+        (f.churn_errors, f.churn_reconnects) = (f.churn_errors + c.errors, f.churn_reconnects + c.reconnects);
         first_value_max = first_value_max.max((first_value.count > 0).then_some(first_value.max));
     }
     let ready = sorted(ready);
@@ -217,8 +210,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let requests = stack::media_requests(media.addr).await?.saturating_sub(requests0);
     f.after_requests_per_s = requests as f64 / settle.elapsed().as_secs_f64();
     let a = read().await?;
-    let spent = procstat::Cpu::read(&pids)?.since(&cpu0);
-    let span = start.elapsed().as_secs_f64();
+    let (spent, span) = (procstat::Cpu::read(&pids)?.since(&cpu0), start.elapsed().as_secs_f64());
     let end_ms = unix_micros() / 1000;
     stop_probes.cancel();
     (f.readyz, f.peak) = probing.await.context("the probe task")?;
@@ -245,15 +237,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
 
     let st = &f.stable;
-    f.subscribe_failures = a["subscribe_failures"].saturating_sub(b["subscribe_failures"]);
     let cpu = [("edge", 0), ("poller", 1), ("media-sim", 2), ("load", 3)].map(|(k, i)| (k, spent.of(i)));
     f.cpu_pct =
         cpu.into_iter().chain([("others", spent.others())]).map(|(k, x)| (k, 100.0 * x / span)).collect();
-    let (rss, files) = (b["rss_bytes"] as f64 * 1.1 + 2.0 * 1_048_576.0, b["open_files"] as f64 * 1.1);
     f.targets = BTreeMap::from([
         ("churn_served", f.with_value == u64::from(args.browsers) && f.churn_errors == 0),
-        ("rss_back", a["rss_bytes"] as f64 <= rss),
-        ("files_back", a["open_files"] as f64 <= files),
+        ("rss_back", a["rss_bytes"] as f64 <= b["rss_bytes"] as f64 * 1.1 + 2.0 * 1_048_576.0),
+        ("files_back", a["open_files"] as f64 <= b["open_files"] as f64 * 1.1),
         ("streams_back", a["streams_open"] == b["streams_open"] && f.streams_open_end == Some(0)),
         ("poller_stops", a["poller_events"] == b["poller_events"]),
         ("stable_no_stale", st.counters.stale == 0),

@@ -57,8 +57,7 @@ pub struct Args {
 struct Figures<'a> {
     args: Option<&'a Args>,
     victim: String,
-    /// events_watched before the kill; events whose browsers saw a new feed's id.
-    victim_events: u64,
+    /// Events whose browsers saw a new feed's id.
     moved_events: usize,
     edge_failovers: Vec<u64>,
     /// Other programs, % of one core: the window before, from the kill on.
@@ -165,7 +164,6 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         (0..pollers.len()).rev().max_by_key(|&i| f.before.events_per_poller[i]).context("no pollers")?;
     let addr = addrs[victim];
     f.victim = format!("poller {} of {} ({addr})", victim + 1, pollers.len());
-    f.victim_events = f.before.events_per_poller[victim].unwrap_or(0);
     let streams = metrics(&pollers[victim..=victim], POLLER_SUBSCRIBERS).await?[0];
     let failovers0 = metrics(&es, EDGE_UPSTREAM_FAILOVERS).await?;
     let killed = pollers[victim].take().context("victim already stopped")?;
