@@ -97,7 +97,6 @@ struct Group {
     gap_max_ms: Option<f64>,
 }
 
-/// The killed poller's return on the same address.
 #[derive(Default, Serialize)]
 struct Return {
     accepting_s: f64,
@@ -314,10 +313,9 @@ fn analyse(logs: &[(u32, Trace)], [k_us, observed_us, r_us, end_us]: [u64; 4], f
         gap_max[usize::from(!affected)] = gap_max[usize::from(!affected)].max(Some(gap));
         ret.stale += t.named.iter().filter(|&&(at, k)| at >= r_us && k == Kind::Stale).count();
     }
-    let (switch, switch_gap) = (sorted(switches.iter().map(|s| s.0)), sorted(switches.iter().map(|s| s.1)));
+    let (switch, gaps) = (sorted(switches.iter().map(|s| s.0)), sorted(switches.iter().map(|s| s.1)));
     (ret.switched, ret.switch_p50_ms) = (switch.len(), quantile_ms(&switch, 0.5));
-    (ret.switch_gap_p50_ms, ret.switch_gap_max_ms) =
-        (quantile_ms(&switch_gap, 0.5), quantile_ms(&switch_gap, 1.0));
+    (ret.switch_gap_p50_ms, ret.switch_gap_max_ms) = (quantile_ms(&gaps, 0.5), quantile_ms(&gaps, 1.0));
     [ret.gap_affected_max_ms, ret.gap_others_max_ms] = gap_max.map(|us| us.map(|us| us as f64 / 1000.0));
 }
 
@@ -327,25 +325,23 @@ mod tests {
 
     #[test]
     fn classifies_browsers_by_the_feed_of_their_first_value_after_the_kill() {
-        // A browser of `event` that read (ms, id, served_at_ms) values.
-        let browser = |event, recs: &[(u64, u64, u64)]| {
-            let rec = |&(ms, id, stamp)| Rec { at_us: ms * 1000, id: Id::Value(id), stamp: Some(stamp) };
-            let mut t = Trace::default();
-            t.data = recs.iter().map(rec).collect();
-            (event, t)
-        };
-        // Kill at 10 s: event 0 moves (new feed's id); event 1 stays (a value served
-        // before the kill is no resumption); event 2 gets no fresh value.
+        // Kill at 10 s: event 0 moves (a new feed's id); event 1 stays (a value
+        // served before the kill is no resumption). Reads: (ms, id, served_at_ms).
         let logs = [
-            browser(0, &[(9_500, 1_000_005, 9_499), (10_050, 10_000_000, 10_040)]),
-            browser(1, &[(9_900, 2_000_009, 9_899), (10_001, 2_000_010, 9_999), (10_700, 2_000_011, 10_690)]),
-            browser(2, &[(9_000, 3_000_001, 8_999)]),
-        ];
+            (0, vec![(9_500, 1_000_005, 9_499), (10_050, 10_000_000, 10_040)]),
+            (1, vec![(9_900, 2_000_009, 9_899), (10_001, 2_000_010, 9_999), (10_700, 2_000_011, 10_690)]),
+        ]
+        .map(|(event, reads)| {
+            let rec =
+                |&(ms, id, at): &(u64, _, _)| Rec { at_us: ms * 1000, id: Id::Value(id), stamp: Some(at) };
+            let mut t = Trace::default();
+            t.data = reads.iter().map(rec).collect();
+            (event, t)
+        });
         let mut f = Figures::default();
         analyse(&logs, [10_000_000, 20_000_000, 0, 0], &mut f);
         let (a, u) = (&f.affected, &f.unaffected);
-        assert_eq!(f.moved_events, 1);
-        assert_eq!((a.browsers, a.resume_max_ms, a.gap_max_ms), (1, Some(50.0), Some(550.0)));
+        assert_eq!((f.moved_events, a.resume_max_ms, a.gap_max_ms), (1, Some(50.0), Some(550.0)));
         assert_eq!((u.browsers, u.resume_max_ms, u.gap_max_ms), (1, Some(700.0), Some(699.0)));
     }
 }
