@@ -12,9 +12,6 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use tokio::time::{Instant, MissedTickBehavior, sleep};
 use tokio_util::sync::CancellationToken;
 
-/// The edge keeps an upstream stream at most 5 s x 1.5 after its last browser left.
-const EDGE_GRACE_MAX: Duration = Duration::from_millis(7_500);
-
 #[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
     /// Browsers that connect and reset, each on an event of its own.
@@ -72,8 +69,7 @@ struct Figures<'a> {
     after: Reading,
     /// media-sim requests/s after the linger (the stable event alone: 1 / interval).
     after_requests_per_s: f64,
-    /// From the churn's end until the edge's streams, its upstream streams and
-    /// the poller's events were back to their level before.
+    /// From the churn's end until the edge's streams and the poller's events were back.
     back_s: BTreeMap<&'static str, f64>,
     streams_open_end: Option<u64>,
     /// Churn start to after-sample, % of one core.
@@ -81,8 +77,7 @@ struct Figures<'a> {
     targets: BTreeMap<&'static str, bool>,
 }
 
-/// Updates served (stamped in the period), those that reached every stable
-/// browser, and changes missed (updates more than 1.5 intervals apart).
+/// Updates served and those that reached every browser; missed: gaps over 1.5 intervals.
 #[derive(Default, Serialize)]
 struct Stable {
     updates: usize,
@@ -121,7 +116,6 @@ async fn take(edge: SocketAddr, pid: u32, poller: SocketAddr) -> anyhow::Result<
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
-    // On an error the processes' guards stop them.
     let media = stack::media_sim(&args.bins, args.interval, true).await?;
     let (addr, linger) = (SocketAddr::from(([127, 0, 0, 1], stack::free_port()?)), args.linger);
     let linger = ["--linger", &humantime::format_duration(linger).to_string()];
@@ -166,9 +160,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     };
     let pids = [edge.pid(), poller.pid(), media.pid(), std::process::id()];
     let (cpu0, start, start_ms) = (procstat::Cpu::read(&pids)?, Instant::now(), unix_micros() / 1000);
-    let stable_stats = stable.stats().clone();
+    let (stable_stats, stable0) = (stable.stats().clone(), stable.stats().counters());
     stable_stats.latency.reset();
-    let stable0 = stable_stats.counters();
 
     // The churn: batch after batch of fresh events, reset once served.
     let (mut ready, mut first_value_max) = (Vec::new(), None);
@@ -193,9 +186,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     f.batch_ready_max_s = ready.last().map(Duration::as_secs_f64);
     f.first_value_max_ms = first_value_max.map(|us| us as f64 / 1e3);
 
-    // The drain: back to the stable event alone.
+    // The drain: back to the stable event alone. The edge keeps an upstream
+    // stream at most 5 s x 1.5 after its last browser left, then the linger.
     let drain = Instant::now();
-    while drain.elapsed() < EDGE_GRACE_MAX + args.linger + Duration::from_secs(30) {
+    while drain.elapsed() < Duration::from_millis(7_500) + args.linger + Duration::from_secs(30) {
         let (r, at) = (read().await?, drain.elapsed().as_secs_f64());
         for k in ["streams_open", "upstream_streams", "poller_events"].into_iter().filter(|&k| r[k] <= b[k]) {
             f.back_s.entry(k).or_insert(at);
@@ -215,8 +209,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     stop_probes.cancel();
     (f.readyz, f.peak) = probing.await.context("the probe task")?;
 
-    // The stable browsers over the churn and the drain; updates served up
-    // to the after-sample are given a second to arrive.
+    // The stable browsers; updates served up to the after-sample get a second to arrive.
     let latency = stable_stats.latency.snapshot();
     let s = &mut f.stable;
     s.counters = stable_stats.counters().since(&stable0);

@@ -242,17 +242,14 @@ fn cpu(media: &Proc, pollers: &[Option<Proc>], edges: &[Option<Proc>]) -> anyhow
     procstat::Cpu::read(&procs.map(Proc::pid).chain([std::process::id()]).collect::<Vec<_>>())
 }
 
-/// Whether `b` comes from a newer feed than `a`: within a feed ids count
-/// changes, across feeds they jump by the µs between the feeds' starts.
+/// Whether `b` is from a newer feed than `a`: a feed's ids start at its start time in µs.
 fn jump(a: &Rec, b: &Rec) -> bool {
     matches!((a.id, b.id), (Id::Value(a), Id::Value(b)) if b > a.saturating_add(FEED_JUMP))
 }
 
-/// The browsers (`(event, trace)`) around the kill at `k_us`, observed until
-/// `observed_us`, their ids, and after the restart at `r_us` until `end_us`.
+/// The browsers' `(event, trace)` around the kill, their ids, and after the restart, into `f`.
 fn analyse(logs: &[(u32, Trace)], [k_us, observed_us, r_us, end_us]: [u64; 4], f: &mut Figures) {
-    // Per browser, its first value served from the kill on, read in the
-    // observation: µs to it, µs since the data event before it.
+    // Per browser, its first value served from the kill on: µs to it, µs since the read before.
     let (mut seen, mut moved) = (Vec::new(), BTreeMap::new());
     for (e, t) in logs {
         let i = t.data.iter().position(|r| r.stamp.is_some_and(|s| s > 0 && s * 1000 >= k_us));
