@@ -53,6 +53,7 @@ pub struct Args {
 #[derive(Default, Serialize)]
 struct Figures<'a> {
     args: Option<&'a Args>,
+    batches: u32,
     churn_s: f64,
     /// Browsers holding a value when reset; a batch all served after (median, slowest).
     with_value: u64,
@@ -67,9 +68,11 @@ struct Figures<'a> {
     before: Reading,
     peak: Reading,
     after: Reading,
-    /// media-sim requests/s after the linger (the stable event alone: 1 / interval).
+    /// Edge subscribe failures; media-sim requests/s after the linger, and for the stable event alone.
+    subscribe_failures: u64,
     after_requests_per_s: f64,
-    /// From the churn's end until the edge's streams and the poller's events were back.
+    expected_after_per_s: f64,
+    /// From the churn's end until the edge's streams, its upstream and the poller were back.
     back_s: BTreeMap<&'static str, f64>,
     streams_open_end: Option<u64>,
     /// Churn start to after-sample, % of one core.
@@ -117,19 +120,20 @@ async fn take(edge: SocketAddr, pid: u32, poller: SocketAddr) -> anyhow::Result<
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     let media = stack::media_sim(&args.bins, args.interval, true).await?;
-    let (addr, linger) = (SocketAddr::from(([127, 0, 0, 1], stack::free_port()?)), args.linger);
-    let linger = ["--linger", &humantime::format_duration(linger).to_string()];
+    let addr = SocketAddr::from(([127, 0, 0, 1], stack::free_port()?));
+    let linger = ["--linger", &humantime::format_duration(args.linger).to_string()];
     let poller = stack::poller_at(&args.bins, addr, media.addr, args.interval, &linger).await?;
     let edge = stack::edge(&args.bins, &[poller.addr]).await?;
     let mut f = Figures { args: Some(&args), ..Figures::default() };
-    let path = |id: &str| format!("/live/{id}/stream");
+    (f.batches, f.expected_after_per_s) =
+        (args.browsers.div_ceil(args.batch), 1.0 / args.interval.as_secs_f64());
     let read = || take(edge.addr, edge.pid(), poller.addr);
     let far = Instant::now() + Duration::from_secs(3_600);
 
     // The stable browsers, then the before-sample.
     let n_stable = u64::from(args.stable_browsers);
     let mut plan = Plan::default();
-    (0..n_stable).for_each(|_| plan.push(edge.addr, &path("stable"), 0));
+    (0..n_stable).for_each(|_| plan.push(edge.addr, "/live/stable/stream", 0));
     let stable = Load::start(plan, args.load.config(far));
     // Not all of them ready is no reason to stop: `stable.counters.ready` tells.
     stable.wait_ready(n_stable, args.load.ramp(n_stable) + Duration::from_secs(20)).await;
@@ -168,7 +172,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     for first in (0..args.browsers).step_by(args.batch as usize) {
         let n = args.batch.min(args.browsers - first);
         let mut plan = Plan::default();
-        (first..first + n).for_each(|i| plan.push(edge.addr, &path(&event_id(i)), i));
+        (first..first + n).for_each(|i| plan.push(edge.addr, &format!("/live/{}/stream", event_id(i)), i));
         let load = Load::start(plan, sse_load::Config { reset: true, ..args.load.config(far) });
         ready.extend(load.wait_ready(n.into(), args.load.ramp(n.into()) + Duration::from_secs(15)).await);
         sleep(args.hold).await;
@@ -186,8 +190,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     f.batch_ready_max_s = ready.last().map(Duration::as_secs_f64);
     f.first_value_max_ms = first_value_max.map(|us| us as f64 / 1e3);
 
-    // The drain: back to the stable event alone. The edge keeps an upstream
-    // stream at most 5 s x 1.5 after its last browser left, then the linger.
+    // The drain to the stable event alone: the edge's grace (5 s x 1.5 at most), then the linger.
     let drain = Instant::now();
     while drain.elapsed() < Duration::from_millis(7_500) + args.linger + Duration::from_secs(30) {
         let (r, at) = (read().await?, drain.elapsed().as_secs_f64());
@@ -230,6 +233,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
 
     let st = &f.stable;
+    f.subscribe_failures = a["subscribe_failures"].saturating_sub(b["subscribe_failures"]);
     let cpu = [("edge", 0), ("poller", 1), ("media-sim", 2), ("load", 3)].map(|(k, i)| (k, spent.of(i)));
     f.cpu_pct =
         cpu.into_iter().chain([("others", spent.others())]).map(|(k, x)| (k, 100.0 * x / span)).collect();

@@ -57,7 +57,8 @@ pub struct Args {
 struct Figures<'a> {
     args: Option<&'a Args>,
     victim: String,
-    /// Events whose browsers saw a new feed's id.
+    /// The victim's events_watched before; events whose browsers saw a new feed's id.
+    victim_events: u64,
     moved_events: usize,
     edge_failovers: Vec<u64>,
     /// Other programs, % of one core: the window before, from the kill on.
@@ -67,7 +68,6 @@ struct Figures<'a> {
     /// Browsers of the events that moved, and the others (control).
     affected: Group,
     unaffected: Group,
-    /// From the end of the observation.
     after: Window,
     r#return: Option<Return>,
     /// Every browser, whole run: counters; ids repeated, lower, passed over.
@@ -103,7 +103,6 @@ struct Return {
     edges_up_s: Vec<Option<f64>>,
     streams_back_s: Option<f64>,
     switched: usize,
-    not_switched: usize,
     others_switched: usize,
     /// Restart to the returned poller's first value; the interim owner's last to it.
     switch_p50_ms: Option<f64>,
@@ -113,7 +112,6 @@ struct Return {
     gap_affected_max_ms: Option<f64>,
     gap_others_max_ms: Option<f64>,
     stale: usize,
-    /// After the survivors' linger.
     polls: Window,
 }
 
@@ -159,10 +157,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         100.0 * cpu(&media, &pollers, &es)?.since(&cpu0).others() / args.window.as_secs_f64();
 
     // SIGKILL to the poller polling the most events.
-    let victim =
-        (0..pollers.len()).rev().max_by_key(|&i| f.before.events_per_poller[i]).context("no pollers")?;
+    let victim = (0..pollers.len()).rev().max_by_key(|&i| f.before.events_per_poller[i]).unwrap_or(0);
     let addr = addrs[victim];
     f.victim = format!("poller {} of {} ({addr})", victim + 1, pollers.len());
+    f.victim_events = f.before.events_per_poller[victim].unwrap_or(0);
     let streams = metrics(&pollers[victim..=victim], POLLER_SUBSCRIBERS).await?[0];
     let failovers0 = metrics(&es, EDGE_UPSTREAM_FAILOVERS).await?;
     let killed = pollers[victim].take().context("victim already stopped")?;
@@ -171,9 +169,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let k_us = unix_micros();
     let _ = killed.child.stop().await; // reaps it (killed: not a success)
     sleep(args.observe).await;
-    let observed_us = unix_micros();
-    let observe_s = (observed_us - k_us) as f64 / 1e6;
-    f.others_cpu_pct = 100.0 * cpu(&media, &pollers, &es)?.since(&cpu0).others() / observe_s;
+    let (observed_us, spent) = (unix_micros(), cpu(&media, &pollers, &es)?.since(&cpu0));
+    f.others_cpu_pct = 100.0 * spent.others() / ((observed_us - k_us) as f64 / 1e6);
     let failovers = metrics(&es, EDGE_UPSTREAM_FAILOVERS).await?.into_iter().zip(failovers0);
     f.edge_failovers = failovers.map(|(a, b)| a.unwrap_or(0).saturating_sub(b.unwrap_or(0))).collect();
     f.after = window(&args, media.addr, &pollers).await?;
@@ -298,9 +295,8 @@ fn analyse(logs: &[(u32, Trace)], [k_us, observed_us, r_us, end_us]: [u64; 4], f
         let affected = moved.get(e) == Some(&true);
         match (t.data.windows(2).find(|w| w[1].at_us >= r_us && jump(&w[0], &w[1])), affected) {
             (Some(w), true) => switches.push((w[1].at_us - r_us, w[1].at_us - w[0].at_us)),
-            (None, true) => ret.not_switched += 1,
             (Some(_), false) => ret.others_switched += 1,
-            (None, false) => {}
+            (None, _) => {}
         }
         // The longest wait for data from the restart on (the end counts as a read).
         let last = t.data.iter().rev().find(|r| r.at_us < r_us).map_or(r_us, |r| r.at_us);
