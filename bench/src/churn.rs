@@ -1,30 +1,16 @@
-//! Scenario `churn`: browsers come and go in batches on one edge, each on an
-//! event of its own, resetting (RST, as a vanished tab) once served, while
-//! the browsers of one stable event keep watching and `/readyz` is probed:
-//! do the edge and the poller return to their level before? BENCHMARKS.md
-//! describes the phases.
+//! Scenario `churn` (phases and targets: BENCHMARKS.md): browsers come and go on one
+//! edge while one event is watched; do the edge and the poller return to their level?
 
-use crate::{
-    httpc, procstat,
-    push::{EdgeUpstream, LoadArgs, at_least_1s, event_id},
-    report::{self, Report, cores, sorted},
-    sse_load::{self, Counters, Load, Plan, unix_micros},
-    stack::{self, BinArgs, metric, scrape},
-};
+use crate::push::{EdgeUpstream, LoadArgs, at_least_1s, event_id};
+use crate::sse_load::{self, Counters, Load, Plan, unix_micros};
+use crate::stack::{self, BinArgs, metric, scrape};
+use crate::{httpc, procstat, report::Report, report::sorted};
 use anyhow::Context;
 use livepush::metrics::{EDGE_STREAMS_OPEN, POLLER_EVENTS_WATCHED};
 use serde::Serialize;
-use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use tokio::time::{Instant, MissedTickBehavior, sleep};
 use tokio_util::sync::CancellationToken;
-
-/// The edge keeps an upstream stream this long at most after its last
-/// browser left (5 s, times up to 1.5).
-const EDGE_GRACE_MAX: Duration = Duration::from_millis(7_500);
 
 #[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
@@ -63,66 +49,46 @@ pub struct Args {
     bins: BinArgs,
 }
 
-/// The figures, filled in as measured. Readings are of the edge (process and
-/// `/metrics`) and the poller: before the churn, peak (the highest reading
-/// at a probe; RSS peak is VmHWM) and after the drain.
+/// Readings: before the churn, peak (highest at a probe; RSS: VmHWM), after the drain.
 #[derive(Default, Serialize)]
 struct Figures<'a> {
     args: Option<&'a Args>,
     batches: u32,
-    cores: usize,
-    media_cmd: &'a str,
-    poller_cmd: &'a str,
-    edge_cmd: &'a str,
-    churn: Churn,
-    /// The stable event's browsers, churn start to after-sample.
+    churn_s: f64,
+    /// Browsers holding a value when reset; a batch all served after (median, slowest).
+    with_value: u64,
+    batch_ready_p50_s: Option<f64>,
+    batch_ready_max_s: Option<f64>,
+    first_value_max_ms: Option<f64>,
+    churn_errors: u64,
+    churn_reconnects: u64,
+    /// The stable event's browsers and `/readyz`, churn start to after-sample.
     stable: Stable,
-    /// `/readyz` probes, churn start to after-sample.
     readyz: Readyz,
     before: Reading,
     peak: Reading,
     after: Reading,
-    /// Edge subscribe failures during the run.
+    /// Edge subscribe failures; media-sim requests/s after the linger, and for the stable event alone.
     subscribe_failures: u64,
-    /// media-sim requests/s after the linger; expected: the stable event alone.
     after_requests_per_s: f64,
     expected_after_per_s: f64,
-    /// After the churn, until the edge's streams, its upstream and the
-    /// poller were back to the stable event.
-    streams_back_s: Option<f64>,
-    upstream_back_s: Option<f64>,
-    poller_back_s: Option<f64>,
-    /// livepush_edge_streams_open once every browser left.
+    /// From the churn's end until the edge's streams, its upstream and the poller were back.
+    back_s: BTreeMap<&'static str, f64>,
     streams_open_end: Option<u64>,
-    /// CPU, churn start to after-sample, % of one core.
+    /// Churn start to after-sample, % of one core.
     cpu_pct: BTreeMap<&'static str, f64>,
     targets: BTreeMap<&'static str, bool>,
 }
 
-#[derive(Default, Serialize)]
-struct Churn {
-    time_s: f64,
-    /// Browsers holding a value when reset.
-    with_value: u64,
-    /// A batch: all served after, median and slowest.
-    batch_ready_p50_s: Option<f64>,
-    batch_ready_max_s: Option<f64>,
-    first_value_max_ms: Option<f64>,
-    errors: u64,
-    reconnects: u64,
-}
-
+/// Updates served and those that reached every browser; missed: gaps over 1.5 intervals.
 #[derive(Default, Serialize)]
 struct Stable {
-    /// Updates served (stamped in the period) and those that reached every
-    /// stable browser; changes missed (updates more than 1.5 intervals apart).
     updates: usize,
     reached_all: usize,
     missed: u64,
     longest_gap_s: f64,
     latency_p50_ms: Option<f64>,
     latency_p99_ms: Option<f64>,
-    /// `open`: at the after-sample.
     counters: Counters,
 }
 
@@ -133,84 +99,46 @@ struct Readyz {
     slowest_ms: f64,
 }
 
-/// One reading of the edge (process and `/metrics`) and the poller.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-struct Reading {
-    rss_bytes: u64,
-    peak_rss_bytes: u64,
-    open_files: u64,
-    streams_open: u64,
-    upstream: EdgeUpstream,
-    poller_events: u64,
-}
+/// The edge's (process, `/metrics`) and the poller's figures: a map, so a peak is each one's maximum.
+type Reading = BTreeMap<&'static str, u64>;
 
-impl Reading {
-    async fn take(edge: SocketAddr, pid: u32, poller: SocketAddr) -> anyhow::Result<Self> {
-        let (sample, text) = (procstat::sample(pid)?, scrape(edge).await?);
-        Ok(Self {
-            rss_bytes: sample.rss_bytes,
-            peak_rss_bytes: sample.peak_rss_bytes,
-            open_files: procstat::open_files(pid)?,
-            streams_open: metric(&text, EDGE_STREAMS_OPEN).context("no streams_open in edge metrics")?,
-            upstream: EdgeUpstream::parse(&text),
-            poller_events: metric(&scrape(poller).await?, POLLER_EVENTS_WATCHED)
-                .context("no events_watched in poller metrics")?,
-        })
-    }
-
-    /// Each figure's maximum of the two.
-    fn max(self, o: Self) -> Self {
-        let u = (self.upstream, o.upstream);
-        Self {
-            rss_bytes: self.rss_bytes.max(o.rss_bytes),
-            peak_rss_bytes: self.peak_rss_bytes.max(o.peak_rss_bytes),
-            open_files: self.open_files.max(o.open_files),
-            streams_open: self.streams_open.max(o.streams_open),
-            upstream: EdgeUpstream {
-                channels: u.0.channels.max(u.1.channels),
-                streams: u.0.streams.max(u.1.streams),
-                subscribe_failures: u.0.subscribe_failures.max(u.1.subscribe_failures),
-            },
-            poller_events: self.poller_events.max(o.poller_events),
-        }
-    }
+async fn take(edge: SocketAddr, pid: u32, poller: SocketAddr) -> anyhow::Result<Reading> {
+    let (sample, text, poller) = (procstat::sample(pid)?, scrape(edge).await?, scrape(poller).await?);
+    let get = |text, name| metric(text, name).with_context(|| format!("no {name} in /metrics"));
+    let up = EdgeUpstream::parse(&text);
+    Ok(BTreeMap::from([
+        ("rss_bytes", sample.rss_bytes),
+        ("peak_rss_bytes", sample.peak_rss_bytes),
+        ("open_files", procstat::open_files(pid)?),
+        ("streams_open", get(&text, EDGE_STREAMS_OPEN)?),
+        ("upstream_channels", up.channels),
+        ("upstream_streams", up.streams),
+        ("subscribe_failures", up.subscribe_failures),
+        ("poller_events", get(&poller, POLLER_EVENTS_WATCHED)?),
+    ]))
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
-    // On an error the processes' guards stop them.
     let media = stack::media_sim(&args.bins, args.interval, true).await?;
-    let poller_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
-    let linger = humantime::format_duration(args.linger).to_string();
-    let poller =
-        stack::poller_at(&args.bins, poller_addr, media.addr, args.interval, &["--linger", &linger]).await?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], stack::free_port()?));
+    let linger = ["--linger", &humantime::format_duration(args.linger).to_string()];
+    let poller = stack::poller_at(&args.bins, addr, media.addr, args.interval, &linger).await?;
     let edge = stack::edge(&args.bins, &[poller.addr]).await?;
-    let args = &args;
-    let mut f = Figures {
-        args: Some(args),
-        batches: args.browsers.div_ceil(args.batch),
-        cores: cores(),
-        media_cmd: &media.cmd,
-        poller_cmd: &poller.cmd,
-        edge_cmd: &edge.cmd,
-        expected_after_per_s: 1.0 / args.interval.as_secs_f64(),
-        ..Figures::default()
-    };
-    let path = |id: &str| format!("/live/{id}/stream");
-    let read = || Reading::take(edge.addr, edge.pid(), poller.addr);
+    let mut f = Figures { args: Some(&args), ..Figures::default() };
+    (f.batches, f.expected_after_per_s) =
+        (args.browsers.div_ceil(args.batch), 1.0 / args.interval.as_secs_f64());
+    let read = || take(edge.addr, edge.pid(), poller.addr);
     let far = Instant::now() + Duration::from_secs(3_600);
 
     // The stable browsers, then the before-sample.
     let n_stable = u64::from(args.stable_browsers);
     let mut plan = Plan::default();
-    (0..n_stable).for_each(|_| plan.push(edge.addr, &path("stable"), 0));
+    (0..n_stable).for_each(|_| plan.push(edge.addr, "/live/stable/stream", 0));
     let stable = Load::start(plan, args.load.config(far));
     // Not all of them ready is no reason to stop: `stable.counters.ready` tells.
     stable.wait_ready(n_stable, args.load.ramp(n_stable) + Duration::from_secs(20)).await;
     sleep(args.settle).await;
-    f.before = read().await?;
-    let b = f.before;
-    let rss = report::mib(b.rss_bytes);
-    eprintln!("before: edge RSS {rss:.1} MiB, {} open files, {} streams", b.open_files, b.streams_open);
+    let b = read().await?;
 
     // Probes of /readyz, each followed by a reading for the peaks.
     let stop_probes = CancellationToken::new();
@@ -218,19 +146,17 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let (stop, every, pid) = (stop_probes.clone(), args.probe_every, edge.pid());
         let (edge, poller) = (edge.addr, poller.addr);
         tokio::spawn(async move {
-            let (mut r, mut peak) = (Readyz::default(), Reading::default());
+            let (mut r, mut peak) = (Readyz::default(), Reading::new());
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
             while tokio::select! { _ = stop.cancelled() => false, _ = tick.tick() => true } {
                 let sent = Instant::now();
                 r.sent += 1;
-                r.ok += u64::from(matches!(
-                    httpc::get(edge, "/readyz", Duration::from_secs(1)).await,
-                    Ok((200, _))
-                ));
+                let answer = httpc::get(edge, "/readyz", Duration::from_secs(1)).await;
+                r.ok += u64::from(matches!(answer, Ok((200, _))));
                 r.slowest_ms = r.slowest_ms.max(sent.elapsed().as_secs_f64() * 1e3);
-                if let Ok(reading) = Reading::take(edge, pid, poller).await {
-                    peak = peak.max(reading);
+                for (k, x) in take(edge, pid, poller).await.into_iter().flatten() {
+                    peak.entry(k).and_modify(|p| *p = x.max(*p)).or_insert(x);
                 }
             }
             (r, peak)
@@ -238,71 +164,61 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     };
     let pids = [edge.pid(), poller.pid(), media.pid(), std::process::id()];
     let (cpu0, start, start_ms) = (procstat::Cpu::read(&pids)?, Instant::now(), unix_micros() / 1000);
-    let stable_stats = stable.stats().clone();
+    let (stable_stats, stable0) = (stable.stats().clone(), stable.stats().counters());
     stable_stats.latency.reset();
-    let stable0 = stable_stats.counters();
 
     // The churn: batch after batch of fresh events, reset once served.
-    eprintln!("churn: {} browsers in {} batches of {}", args.browsers, f.batches, args.batch);
-    let (mut ready, c) = (Vec::new(), &mut f.churn);
-    let mut first_value_max = None;
+    let (mut ready, mut first_value_max) = (Vec::new(), None);
     for first in (0..args.browsers).step_by(args.batch as usize) {
         let n = args.batch.min(args.browsers - first);
         let mut plan = Plan::default();
-        (first..first + n).for_each(|i| plan.push(edge.addr, &path(&event_id(i)), i));
+        (first..first + n).for_each(|i| plan.push(edge.addr, &format!("/live/{}/stream", event_id(i)), i));
         let load = Load::start(plan, sse_load::Config { reset: true, ..args.load.config(far) });
         ready.extend(load.wait_ready(n.into(), args.load.ramp(n.into()) + Duration::from_secs(15)).await);
         sleep(args.hold).await;
         let stats = load.stats().clone();
-        c.with_value += stats.counters().ready;
+        f.with_value += stats.counters().ready;
         let stuck = load.stop(Duration::from_secs(2)).await;
         anyhow::ensure!(stuck == 0, "{stuck} browsers of a batch did not stop");
-        let (counters, first_value) = (stats.counters(), stats.first_event.snapshot());
-        (c.errors, c.reconnects) = (c.errors + counters.errors, c.reconnects + counters.reconnects);
-        if first_value.count > 0 {
-            first_value_max = first_value_max.max(Some(first_value.max));
-        }
+        let (c, first_value) = (stats.counters(), stats.first_event.snapshot());
+        (f.churn_errors, f.churn_reconnects) = (f.churn_errors + c.errors, f.churn_reconnects + c.reconnects);
+        first_value_max = first_value_max.max((first_value.count > 0).then_some(first_value.max));
     }
     let ready = sorted(ready);
-    c.time_s = start.elapsed().as_secs_f64();
-    c.batch_ready_p50_s = ready.get(ready.len() / 2).map(Duration::as_secs_f64);
-    c.batch_ready_max_s = ready.last().map(Duration::as_secs_f64);
-    c.first_value_max_ms = first_value_max.map(|us| us as f64 / 1e3);
-    eprintln!("churn done in {:.1} s; draining", c.time_s);
+    f.churn_s = start.elapsed().as_secs_f64();
+    f.batch_ready_p50_s = ready.get(ready.len() / 2).map(Duration::as_secs_f64);
+    f.batch_ready_max_s = ready.last().map(Duration::as_secs_f64);
+    f.first_value_max_ms = first_value_max.map(|us| us as f64 / 1e3);
 
-    // The drain: back to the stable event alone.
+    // The drain to the stable event alone: the edge's grace (5 s x 1.5 at most), then the linger.
     let drain = Instant::now();
-    while drain.elapsed() < EDGE_GRACE_MAX + args.linger + Duration::from_secs(30) {
-        let (r, at) = (read().await?, Some(drain.elapsed().as_secs_f64()));
-        f.streams_back_s = f.streams_back_s.or(at.filter(|_| r.streams_open <= b.streams_open));
-        f.upstream_back_s = f.upstream_back_s.or(at.filter(|_| r.upstream.streams <= b.upstream.streams));
-        f.poller_back_s = f.poller_back_s.or(at.filter(|_| r.poller_events <= b.poller_events));
-        if f.streams_back_s.and(f.upstream_back_s).and(f.poller_back_s).is_some() {
+    while drain.elapsed() < Duration::from_millis(7_500) + args.linger + Duration::from_secs(30) {
+        let (r, at) = (read().await?, drain.elapsed().as_secs_f64());
+        for k in ["streams_open", "upstream_streams", "poller_events"].into_iter().filter(|&k| r[k] <= b[k]) {
+            f.back_s.entry(k).or_insert(at);
+        }
+        if f.back_s.len() == 3 {
             break;
         }
         sleep(Duration::from_millis(250)).await;
     }
-    eprintln!("drain over after {:.1} s; settling", drain.elapsed().as_secs_f64());
     let (requests0, settle) = (stack::media_requests(media.addr).await?, Instant::now());
     sleep(args.settle).await;
     let requests = stack::media_requests(media.addr).await?.saturating_sub(requests0);
     f.after_requests_per_s = requests as f64 / settle.elapsed().as_secs_f64();
-    f.after = read().await?;
-    let spent = procstat::Cpu::read(&pids)?.since(&cpu0);
-    let span = start.elapsed().as_secs_f64();
+    let a = read().await?;
+    let (spent, span) = (procstat::Cpu::read(&pids)?.since(&cpu0), start.elapsed().as_secs_f64());
     let end_ms = unix_micros() / 1000;
     stop_probes.cancel();
     (f.readyz, f.peak) = probing.await.context("the probe task")?;
 
-    // The stable browsers over the churn and the drain; updates served up
-    // to the after-sample are given a second to arrive.
+    // The stable browsers; updates served up to the after-sample get a second to arrive.
     let latency = stable_stats.latency.snapshot();
-    f.stable.counters = stable_stats.counters().since(&stable0);
+    let s = &mut f.stable;
+    s.counters = stable_stats.counters().since(&stable0);
     sleep(Duration::from_secs(1)).await;
     let (updates, _) = stable_stats.updates_served(start_ms, end_ms);
-    let max_gap_ms = u64::try_from(args.interval.as_millis() * 3 / 2).unwrap_or(u64::MAX);
-    let gaps = stable_stats.gaps([0], start_ms, end_ms, max_gap_ms);
-    let s = &mut f.stable;
+    let gaps = stable_stats.gaps([0], start_ms, end_ms, args.interval.as_millis() as u64 * 3 / 2);
     s.updates = updates.len();
     s.reached_all = updates.iter().filter(|u| u.reached >= args.stable_browsers).count();
     (s.missed, s.longest_gap_s) = (gaps.with_gap, gaps.longest_ms as f64 / 1e3);
@@ -316,22 +232,22 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         sleep(Duration::from_millis(100)).await;
     }
 
-    let (a, st) = (f.after, &f.stable);
-    f.subscribe_failures = a.upstream.subscribe_failures.saturating_sub(b.upstream.subscribe_failures);
-    let cpu =
-        [("edge", spent.of(0)), ("poller", spent.of(1)), ("media-sim", spent.of(2)), ("load", spent.of(3))];
+    let st = &f.stable;
+    f.subscribe_failures = a["subscribe_failures"].saturating_sub(b["subscribe_failures"]);
+    let cpu = [("edge", 0), ("poller", 1), ("media-sim", 2), ("load", 3)].map(|(k, i)| (k, spent.of(i)));
     f.cpu_pct =
         cpu.into_iter().chain([("others", spent.others())]).map(|(k, x)| (k, 100.0 * x / span)).collect();
     f.targets = BTreeMap::from([
-        ("churn_served", f.churn.with_value == u64::from(args.browsers) && f.churn.errors == 0),
-        ("rss_back", a.rss_bytes as f64 <= b.rss_bytes as f64 * 1.1 + 2.0 * 1_048_576.0),
-        ("files_back", a.open_files as f64 <= b.open_files as f64 * 1.1),
-        ("streams_back", a.streams_open == b.streams_open && f.streams_open_end == Some(0)),
-        ("poller_stops", a.poller_events == b.poller_events),
+        ("churn_served", f.with_value == u64::from(args.browsers) && f.churn_errors == 0),
+        ("rss_back", a["rss_bytes"] as f64 <= b["rss_bytes"] as f64 * 1.1 + 2.0 * 1_048_576.0),
+        ("files_back", a["open_files"] as f64 <= b["open_files"] as f64 * 1.1),
+        ("streams_back", a["streams_open"] == b["streams_open"] && f.streams_open_end == Some(0)),
+        ("poller_stops", a["poller_events"] == b["poller_events"]),
         ("stable_no_stale", st.counters.stale == 0),
         ("stable_every_change", st.missed == 0 && st.reached_all == st.updates && st.counters.errors == 0),
         ("readyz_always_200", f.readyz.ok == f.readyz.sent),
     ]);
+    (f.before, f.after) = (b, a);
     let title = format!(
         "livepush-bench churn: {} browsers in batches of {} on distinct events, {} stable browsers, one edge",
         args.browsers, args.batch, args.stable_browsers

@@ -1,38 +1,22 @@
-//! Scenario `failover`: a poller killed with SIGKILL under load, and how long
-//! the browsers of its events go without fresh data; BENCHMARKS.md describes
-//! the phases. Everything about the browsers is read from the load
-//! generator's per-connection traces after the run: time to resume is the
-//! first data event with `served_at_ms` at or after the kill (a value only a
-//! surviving poller can have fetched), and an event moved if that value's id
-//! jumped to a new feed's (ids start at the feed's start time in µs).
+//! Scenario `failover`: a poller killed with SIGKILL under load; phases and
+//! figures in BENCHMARKS.md, read from the browsers' traces after the run.
 
-use crate::{
-    child::{self, Signal},
-    procstat,
-    push::{LoadArgs, ShapeArgs, at_least_1s, event_id},
-    report::{Report, cores, quantile_ms, sorted},
-    sse_load::{self, Load, Plan, Rec, Trace, unix_micros},
-    stack::{self, BinArgs, Proc, metric, scrape},
-    wire::{Id, Kind},
-};
+use crate::child::{self, Signal};
+use crate::push::{LoadArgs, ShapeArgs, at_least_1s, event_id};
+use crate::report::{Report, quantile_ms, sorted};
+use crate::sse_load::{self, Counters, Load, Plan, Rec, Trace, unix_micros};
+use crate::stack::{self, BinArgs, Proc, metric, scrape};
+use crate::{procstat, wire::Id, wire::Kind};
 use anyhow::{Context, ensure};
-use livepush::metrics::{
-    EDGE_POLLERS_UP, EDGE_UPSTREAM_FAILOVERS, POLLER_EVENTS_WATCHED, POLLER_SUBSCRIBERS,
-};
+use livepush::metrics::*;
 use serde::Serialize;
-use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use tokio::time::{Instant, sleep};
 
 /// The pollers' `--linger`: the wait before the last window depends on it.
 const LINGER: Duration = Duration::from_secs(10);
 /// An id step larger than this is a new feed (a new owner).
 const FEED_JUMP: u64 = 1_000_000;
-/// media-sim's `--change-every`; with `--stamp` every answer is new anyway.
-const CHANGE_EVERY: Duration = Duration::from_millis(250);
 /// Longest wait for the restarted poller to get its streams back.
 const RETURN_LIMIT: Duration = Duration::from_secs(30);
 
@@ -68,54 +52,38 @@ pub struct Args {
     bins: BinArgs,
 }
 
-/// The figures, filled in as measured. Per-poller lists are in poller order
-/// (`None`: not running), per-edge lists in edge order.
+/// Per-poller lists are in poller order (`None`: not running).
 #[derive(Default, Serialize)]
 struct Figures<'a> {
     args: Option<&'a Args>,
-    cores: usize,
-    media_cmd: String,
-    poller_cmd: String,
-    edge_cmd: String,
-    /// Every browser had its first event after.
-    ready_s: f64,
+    victim: String,
+    /// The victim's events_watched before; events whose browsers saw a new feed's id.
+    victim_events: u64,
+    moved_events: usize,
+    edge_failovers: Vec<u64>,
+    /// Other programs, % of one core: the window before, from the kill on.
+    others_cpu_pct_before: f64,
+    others_cpu_pct: f64,
     before: Window,
-    kill: Kill,
-    /// Browsers of the events that moved: time to a value served after the
-    /// kill; the others are the control group (their next regular poll).
+    /// Browsers of the events that moved, and the others (control).
     affected: Group,
     unaffected: Group,
-    /// Browsers of events none of whose browsers resumed.
-    unclassified: usize,
-    /// From the end of the observation.
     after: Window,
-    #[serde(rename = "return")]
-    ret: Option<Return>,
-    /// Every browser, whole run.
-    integrity: Integrity,
+    r#return: Option<Return>,
+    /// Every browser, whole run: counters; ids repeated, lower, passed over.
+    counters: Counters,
+    duplicates: u64,
+    out_of_order: u64,
+    skipped: u64,
 }
 
-/// Upstream polls in a window, and the events each poller watched at its end.
 #[derive(Default, Serialize)]
 struct Window {
     events_per_poller: Vec<Option<u64>>,
     polls_per_event_per_interval: f64,
 }
 
-#[derive(Default, Serialize)]
-struct Kill {
-    victim: String,
-    /// Its events_watched before; events whose browsers saw a new feed's id;
-    /// streams moved per edge (the edges' failover counter).
-    victim_events: u64,
-    moved_events: usize,
-    edge_failovers: Vec<u64>,
-    /// Other programs on the host, % of one core: in the window before, from
-    /// the kill on.
-    others_cpu_pct_before: f64,
-    others_cpu_pct: f64,
-}
-
+/// Resume: kill to a value served after it; gap: the data event before it to it.
 #[derive(Default, Serialize)]
 struct Group {
     browsers: usize,
@@ -125,49 +93,26 @@ struct Group {
     resume_p90_ms: Option<f64>,
     resume_p99_ms: Option<f64>,
     resume_max_ms: Option<f64>,
-    /// Previous data event to the resuming one.
     gap_p50_ms: Option<f64>,
     gap_max_ms: Option<f64>,
 }
 
-/// The killed poller's return on the same address.
 #[derive(Default, Serialize)]
 struct Return {
     accepting_s: f64,
-    /// Per edge, until it counted every poller up again.
     edges_up_s: Vec<Option<f64>>,
-    /// Until its Subscribe streams were back to their count before the kill.
     streams_back_s: Option<f64>,
-    /// Affected browsers switched back and not; others switched (expected 0).
     switched: usize,
-    not_switched: usize,
     others_switched: usize,
-    /// Restart to a browser's first value from the returned poller.
+    /// Restart to the returned poller's first value; the interim owner's last to it.
     switch_p50_ms: Option<f64>,
-    /// The interim owner's last value to the returned poller's first.
     switch_gap_p50_ms: Option<f64>,
     switch_gap_max_ms: Option<f64>,
-    /// Per browser, the largest gap between data events after the restart
-    /// (the end counts as one): switched events, others.
+    /// Per browser, the longest wait for data after the restart.
     gap_affected_max_ms: Option<f64>,
     gap_others_max_ms: Option<f64>,
     stale: usize,
-    /// After the survivors' linger.
     polls: Window,
-}
-
-#[derive(Default, Serialize)]
-struct Integrity {
-    data_events: u64,
-    /// Ids must strictly increase, by one within a feed: repeated or lower
-    /// ids, and values passed over.
-    duplicates: u64,
-    out_of_order: u64,
-    skipped: u64,
-    errors: u64,
-    reconnects: u64,
-    stale: u64,
-    live: u64,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
@@ -175,118 +120,94 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let n = events * args.shape.browsers;
     ensure!(n <= 18_000, "{n} connections: the harness holds one file per connection, at most 18,000");
     ensure!(args.interval >= Duration::from_millis(100), "--interval must be at least 100ms");
-    // On an error the processes' guards stop them.
-    let media = stack::media_sim(&args.bins, CHANGE_EVERY, true).await?;
-    let mut pollers = Vec::new();
+    // On an error the guards stop the processes. `--stamp`: every answer is new.
+    let media = stack::media_sim(&args.bins, Duration::from_millis(250), true).await?;
+    let linger = ["--linger", &humantime::format_duration(LINGER).to_string()];
+    let start_poller = |addr| stack::poller_at(&args.bins, addr, media.addr, args.interval, &linger);
+    let (mut pollers, mut es) = (Vec::new(), Vec::new());
     for _ in 0..args.pollers {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
-        pollers.push(Some(start_poller(&args, addr, media.addr).await?));
+        let addr = SocketAddr::from(([127, 0, 0, 1], stack::free_port()?));
+        pollers.push(Some(start_poller(addr).await?));
     }
     let addrs: Vec<SocketAddr> = pollers.iter().flatten().map(|p| p.addr).collect();
-    let mut edge_procs = Vec::new();
     for _ in 0..edges {
-        edge_procs.push(stack::edge(&args.bins, &addrs).await?);
+        es.push(Some(stack::edge(&args.bins, &addrs).await?));
     }
-    let es = &edge_procs;
-    let mut f = Figures { args: Some(&args), cores: cores(), ..Figures::default() };
-    f.media_cmd.clone_from(&media.cmd);
-    f.poller_cmd = pollers.iter().flatten().next().map(|p| p.cmd.clone()).unwrap_or_default();
-    f.edge_cmd.clone_from(&es[0].cmd);
+    let edge_addrs: Vec<SocketAddr> = es.iter().flatten().map(|e| e.addr).collect();
+    let mut f = Figures { args: Some(&args), ..Figures::default() };
 
     // Steady state: browser i watches event i mod events on edge (i div events) mod edges.
     let mut plan = Plan::default();
     for i in 0..n {
         let path = format!("/live/{}/stream", event_id(i % events));
-        plan.push(es[(i / events) as usize % edges].addr, &path, i % events);
+        plan.push(edge_addrs[(i / events) as usize % edges], &path, i % events);
     }
-    let n = u64::from(n);
+    let (n, runs) = (u64::from(n), args.settle + 3 * args.window + args.observe + RETURN_LIMIT + LINGER);
     let limit = args.load.ramp(n) + Duration::from_secs(30);
-    let runs = args.settle + 3 * args.window + args.observe + RETURN_LIMIT + LINGER;
-    let config = sse_load::Config {
-        trace: true,
-        // What the edge's `retry: 3000` tells a browser.
-        reconnect_delay: Duration::from_secs(3),
-        ..args.load.config(Instant::now() + limit + runs + Duration::from_secs(120))
-    };
+    let config = args.load.config(Instant::now() + limit + runs + Duration::from_secs(120));
+    // Traced; reconnecting after the edge's `retry: 3000`, as a browser does.
+    let config = sse_load::Config { trace: true, reconnect_delay: Duration::from_secs(3), ..config };
     let browsers = Load::start(plan, config);
     let (ready, c) = (browsers.wait_ready(n, limit).await, browsers.stats().counters());
-    let ready = ready
-        .with_context(|| format!("{} of {n} browsers ready after {limit:?}, {} errors", c.ready, c.errors))?;
-    f.ready_s = ready.as_secs_f64();
-    eprintln!("failover: {n} browsers receiving after {:.1} s", f.ready_s);
+    ensure!(ready.is_some(), "{} of {n} browsers ready after {limit:?}, {} errors", c.ready, c.errors);
     sleep(args.settle).await;
-    let cpu0 = cpu(&media, &pollers, es)?;
+    let cpu0 = cpu(&media, &pollers, &es)?;
     f.before = window(&args, media.addr, &pollers).await?;
-    f.kill.others_cpu_pct_before =
-        100.0 * cpu(&media, &pollers, es)?.since(&cpu0).others() / args.window.as_secs_f64();
+    f.others_cpu_pct_before =
+        100.0 * cpu(&media, &pollers, &es)?.since(&cpu0).others() / args.window.as_secs_f64();
 
     // SIGKILL to the poller polling the most events.
-    let victim =
-        (0..pollers.len()).rev().max_by_key(|&i| f.before.events_per_poller[i]).context("no pollers")?;
+    let victim = (0..pollers.len()).rev().max_by_key(|&i| f.before.events_per_poller[i]).unwrap_or(0);
     let addr = addrs[victim];
-    f.kill.victim = format!("poller {} of {} ({addr})", victim + 1, pollers.len());
-    f.kill.victim_events = f.before.events_per_poller[victim].unwrap_or(0);
-    let streams = poller_gauges(addr).await?.1;
-    let failovers0 = edge_metric(es, EDGE_UPSTREAM_FAILOVERS).await?;
+    f.victim = format!("poller {} of {} ({addr})", victim + 1, pollers.len());
+    f.victim_events = f.before.events_per_poller[victim].unwrap_or(0);
+    let streams = metrics(&pollers[victim..=victim], POLLER_SUBSCRIBERS).await?[0];
+    let failovers0 = metrics(&es, EDGE_UPSTREAM_FAILOVERS).await?;
     let killed = pollers[victim].take().context("victim already stopped")?;
-    let cpu0 = cpu(&media, &pollers, es)?;
+    let cpu0 = cpu(&media, &pollers, &es)?;
     child::signal(killed.pid(), Signal::KILL).with_context(|| format!("SIGKILL to {}", killed.pid()))?;
     let k_us = unix_micros();
-    eprintln!("failover: SIGKILL sent to poller {addr}");
     let _ = killed.child.stop().await; // reaps it (killed: not a success)
     sleep(args.observe).await;
-    let observed_us = unix_micros();
-    let observe_s = (observed_us - k_us) as f64 / 1e6;
-    f.kill.others_cpu_pct = 100.0 * cpu(&media, &pollers, es)?.since(&cpu0).others() / observe_s;
-    let failovers = edge_metric(es, EDGE_UPSTREAM_FAILOVERS).await?;
-    f.kill.edge_failovers = failovers.iter().zip(&failovers0).map(|(a, b)| a.saturating_sub(*b)).collect();
+    let (observed_us, spent) = (unix_micros(), cpu(&media, &pollers, &es)?.since(&cpu0));
+    f.others_cpu_pct = 100.0 * spent.others() / ((observed_us - k_us) as f64 / 1e6);
+    let failovers = metrics(&es, EDGE_UPSTREAM_FAILOVERS).await?.into_iter().zip(failovers0);
+    f.edge_failovers = failovers.map(|(a, b)| a.unwrap_or(0).saturating_sub(b.unwrap_or(0))).collect();
     f.after = window(&args, media.addr, &pollers).await?;
 
-    // The return: until its streams are back and the edges count it up,
-    // then the survivors' linger on the events that moved back.
+    // The return: until its streams are back and the edges count it up, then the survivors' linger.
     let (t, r_us) = (Instant::now(), unix_micros());
     if !args.no_return {
         let mut ret = Return { edges_up_s: vec![None; edges], ..Return::default() };
-        pollers[victim] = Some(start_poller(&args, addr, media.addr).await?);
+        pollers[victim] = Some(start_poller(addr).await?);
         ret.accepting_s = t.elapsed().as_secs_f64();
-        eprintln!("failover: poller {addr} restarted");
         while t.elapsed() < RETURN_LIMIT && (ret.streams_back_s.is_none() || ret.edges_up_s.contains(&None)) {
-            let (up, back) =
-                (edge_metric(es, EDGE_POLLERS_UP).await?, poller_gauges(addr).await?.1 >= streams);
+            let up = metrics(&es, EDGE_POLLERS_UP).await?;
+            let back = metrics(&pollers[victim..=victim], POLLER_SUBSCRIBERS).await?[0] >= streams;
             let at = Some(t.elapsed().as_secs_f64());
             for (s, up) in ret.edges_up_s.iter_mut().zip(up) {
-                *s = s.or(at.filter(|_| up >= u64::from(args.pollers)));
+                *s = s.or(at.filter(|_| up >= Some(u64::from(args.pollers))));
             }
             ret.streams_back_s = ret.streams_back_s.or(at.filter(|_| back));
             sleep(Duration::from_millis(50)).await;
         }
         sleep(LINGER + Duration::from_secs(2)).await;
         ret.polls = window(&args, media.addr, &pollers).await?;
-        f.ret = Some(ret);
+        f.r#return = Some(ret);
     }
 
     let end_us = unix_micros();
-    let c = browsers.stats().counters();
+    f.counters = browsers.stats().counters();
     let (traces, _) = browsers.stop_traced(Duration::from_secs(5)).await;
     let logs: Vec<(u32, Trace)> =
         traces.into_iter().enumerate().filter_map(|(i, t)| Some((i as u32 % events, t?))).collect();
-    let moved = kill(&logs, k_us, observed_us, &mut f);
-    if let Some(ret) = &mut f.ret {
-        back(&logs, &moved, r_us, end_us, ret);
-    }
-    let g = &mut f.integrity;
-    (g.data_events, g.errors, g.reconnects, g.stale, g.live) =
-        (c.messages, c.errors, c.reconnects, c.stale, c.live);
-    logs.iter().for_each(|(_, t)| check_ids(t, g));
+    analyse(&logs, [k_us, observed_us, r_us, end_us], &mut f);
     let title = format!(
         "livepush-bench failover: {events} events x {} browsers over {edges} edges, {} pollers, one killed",
         args.shape.browsers, args.pollers
     );
-    let mut r = Report::new("failover", title, &f)?;
-    r.note(format!(
-        "time to resume: from the kill to the first value served after it; moved: id jump > {FEED_JUMP}"
-    ));
-    for p in edge_procs.into_iter().chain(pollers.into_iter().flatten()).chain([media]) {
+    let r = Report::new("failover", title, &f)?;
+    for p in es.into_iter().chain(pollers).flatten().chain([media]) {
         p.stop().await?;
     }
     Ok(r)
@@ -298,85 +219,55 @@ async fn window(args: &Args, media: SocketAddr, pollers: &[Option<Proc>]) -> any
     sleep(args.window).await;
     let requests = stack::media_requests(media).await?.saturating_sub(r0);
     let intervals = t.elapsed().as_secs_f64() / args.interval.as_secs_f64();
-    let mut events_per_poller = Vec::new();
-    for p in pollers {
-        events_per_poller.push(if let Some(p) = p { Some(poller_gauges(p.addr).await?.0) } else { None });
-    }
+    let events_per_poller = metrics(pollers, POLLER_EVENTS_WATCHED).await?;
     let polls_per_event_per_interval = requests as f64 / f64::from(args.shape.events) / intervals;
     Ok(Window { events_per_poller, polls_per_event_per_interval })
 }
 
-/// Metric `name` of each edge (0 if missing).
-async fn edge_metric(edges: &[Proc], name: &str) -> anyhow::Result<Vec<u64>> {
+/// Metric `name` of each process (`None`: not running, or no such metric).
+async fn metrics(procs: &[Option<Proc>], name: &str) -> anyhow::Result<Vec<Option<u64>>> {
     let mut out = Vec::new();
-    for e in edges {
-        out.push(metric(&scrape(e.addr).await?, name).unwrap_or(0));
+    for p in procs {
+        out.push(if let Some(p) = p { metric(&scrape(p.addr).await?, name) } else { None });
     }
     Ok(out)
 }
 
 /// CPU of the running processes and this one, and the host's busy time.
-fn cpu(media: &Proc, pollers: &[Option<Proc>], edges: &[Proc]) -> anyhow::Result<procstat::Cpu> {
-    let procs = pollers.iter().flatten().chain(edges).chain([media]);
+fn cpu(media: &Proc, pollers: &[Option<Proc>], edges: &[Option<Proc>]) -> anyhow::Result<procstat::Cpu> {
+    let procs = pollers.iter().chain(edges).flatten().chain([media]);
     procstat::Cpu::read(&procs.map(Proc::pid).chain([std::process::id()]).collect::<Vec<_>>())
 }
 
-/// A poller on `addr` lingering [`LINGER`] after its last subscriber.
-async fn start_poller(args: &Args, addr: SocketAddr, media: SocketAddr) -> anyhow::Result<Proc> {
-    let linger = humantime::format_duration(LINGER).to_string();
-    stack::poller_at(&args.bins, addr, media, args.interval, &["--linger", &linger]).await
-}
-
-/// A poller's events watched and Subscribe streams.
-async fn poller_gauges(addr: SocketAddr) -> anyhow::Result<(u64, u64)> {
-    let text = scrape(addr).await?;
-    let get = |name| metric(&text, name).with_context(|| format!("no {name} in {addr}'s /metrics"));
-    Ok((get(POLLER_EVENTS_WATCHED)?, get(POLLER_SUBSCRIBERS)?))
-}
-
-/// Whether `b` comes from a newer feed than `a`: within a feed ids count
-/// changes, across feeds they jump by the µs between the feeds' starts.
+/// Whether `b` is from a newer feed than `a`: a feed's ids start at its start time in µs.
 fn jump(a: &Rec, b: &Rec) -> bool {
     matches!((a.id, b.id), (Id::Value(a), Id::Value(b)) if b > a.saturating_add(FEED_JUMP))
 }
 
-/// Counts ids that do not strictly increase, and values passed over within a
-/// feed (a step of more than one but no new feed).
-fn check_ids(t: &Trace, g: &mut Integrity) {
-    let mut last = None;
-    for id in t.data.iter().filter_map(|r| if let Id::Value(id) = r.id { Some(id) } else { None }) {
-        match last {
-            Some(l) if id == l => g.duplicates += 1,
-            Some(l) if id < l => g.out_of_order += 1,
-            _ => {
-                let step = last.map_or(1, |l| id - l);
-                g.skipped += if (2..=FEED_JUMP).contains(&step) { step - 1 } else { 0 };
-                last = Some(id);
-            }
+/// The browsers' `(event, trace)` around the kill, their ids, and after the restart, into `f`.
+fn analyse(logs: &[(u32, Trace)], [k_us, observed_us, r_us, end_us]: [u64; 4], f: &mut Figures) {
+    // Per browser, its first value served from the kill on: µs to it, µs since the read before.
+    let (mut seen, mut moved) = (Vec::new(), BTreeMap::new());
+    for (e, t) in logs {
+        let i = t.data.iter().position(|r| r.stamp.is_some_and(|s| s > 0 && s * 1000 >= k_us));
+        let first = i.map(|i| (&t.data[i], i.checked_sub(1).map(|j| &t.data[j])));
+        let first = first.filter(|(r, _)| r.at_us <= observed_us);
+        if let Some((r, prev)) = first {
+            *moved.entry(*e).or_insert(false) |= prev.is_some_and(|p| jump(p, r));
         }
-    }
-}
-
-/// The browsers (`(event, trace)`) around the kill at `k_us`, observed until
-/// `observed_us`, into `f`; returns whether each event moved (missing: none
-/// of its browsers resumed).
-fn kill(logs: &[(u32, Trace)], k_us: u64, observed_us: u64, f: &mut Figures) -> BTreeMap<u32, bool> {
-    // Per browser, its first value served at or after the kill: µs to it,
-    // µs since the data event before it, whether it came from a new feed.
-    let seen: Vec<Option<(u64, Option<u64>, bool)>> = logs
-        .iter()
-        .map(|(_, t)| {
-            let i = t.data.iter().position(|r| r.stamp.is_some_and(|s| s > 0 && s * 1000 >= k_us))?;
-            let (r, prev) = (&t.data[i], i.checked_sub(1).map(|j| &t.data[j]));
-            let moved = prev.is_some_and(|p| jump(p, r));
-            (r.at_us <= observed_us)
-                .then(|| (r.at_us.saturating_sub(k_us), prev.map(|p| r.at_us - p.at_us), moved))
-        })
-        .collect();
-    let mut moved = BTreeMap::new();
-    for ((e, _), s) in logs.iter().zip(&seen) {
-        if let Some((.., m)) = s {
-            *moved.entry(*e).or_insert(false) |= m;
+        seen.push(first.map(|(r, prev)| (r.at_us.saturating_sub(k_us), prev.map(|p| r.at_us - p.at_us))));
+        // Ids strictly increase, by one within a feed (a larger step passes values over).
+        let mut last = None;
+        for id in t.data.iter().filter_map(|r| if let Id::Value(id) = r.id { Some(id) } else { None }) {
+            match last {
+                Some(l) if id == l => f.duplicates += 1,
+                Some(l) if id < l => f.out_of_order += 1,
+                _ => {
+                    let step = last.map_or(1, |l| id - l);
+                    f.skipped += if (2..=FEED_JUMP).contains(&step) { step - 1 } else { 0 };
+                    last = Some(id);
+                }
+            }
         }
     }
     let group = |affected| {
@@ -397,100 +288,53 @@ fn kill(logs: &[(u32, Trace)], k_us: u64, observed_us: u64, f: &mut Figures) -> 
         }
     };
     (f.affected, f.unaffected) = (group(true), group(false));
-    f.unclassified = logs.iter().filter(|(e, _)| !moved.contains_key(e)).count();
-    f.kill.moved_events = moved.values().filter(|m| **m).count();
-    moved
-}
-
-/// What the browsers saw after the restart at `r_us`, until `end_us`, into `ret`.
-fn back(logs: &[(u32, Trace)], moved: &BTreeMap<u32, bool>, r_us: u64, end_us: u64, ret: &mut Return) {
-    let (mut switch, mut switch_gap, mut gaps) = (Vec::new(), Vec::new(), [Vec::new(), Vec::new()]);
+    f.moved_events = moved.values().filter(|m| **m).count();
+    let Some(ret) = &mut f.r#return else { return };
+    let (mut switches, mut gap_max) = (Vec::new(), [None, None]);
     for (e, t) in logs {
         let affected = moved.get(e) == Some(&true);
         match (t.data.windows(2).find(|w| w[1].at_us >= r_us && jump(&w[0], &w[1])), affected) {
-            (Some(w), true) => {
-                switch.push(w[1].at_us - r_us);
-                switch_gap.push(w[1].at_us - w[0].at_us);
-            }
-            (None, true) => ret.not_switched += 1,
+            (Some(w), true) => switches.push((w[1].at_us - r_us, w[1].at_us - w[0].at_us)),
             (Some(_), false) => ret.others_switched += 1,
-            (None, false) => {}
+            (None, _) => {}
         }
+        // The longest wait for data from the restart on (the end counts as a read).
         let last = t.data.iter().rev().find(|r| r.at_us < r_us).map_or(r_us, |r| r.at_us);
         let reads = t.data.iter().map(|r| r.at_us).filter(|at| (r_us..=end_us).contains(at));
         let points: Vec<u64> = [last].into_iter().chain(reads).chain([end_us]).collect();
-        gaps[usize::from(!affected)].push(points.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0));
+        let gap = points.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        gap_max[usize::from(!affected)] = gap_max[usize::from(!affected)].max(Some(gap));
         ret.stale += t.named.iter().filter(|&&(at, k)| at >= r_us && k == Kind::Stale).count();
     }
-    let [switch, switch_gap, affected, others] =
-        [switch, switch_gap, gaps[0].clone(), gaps[1].clone()].map(sorted);
-    ret.switched = switch.len();
-    ret.switch_p50_ms = quantile_ms(&switch, 0.5);
-    (ret.switch_gap_p50_ms, ret.switch_gap_max_ms) =
-        (quantile_ms(&switch_gap, 0.5), quantile_ms(&switch_gap, 1.0));
-    (ret.gap_affected_max_ms, ret.gap_others_max_ms) =
-        (quantile_ms(&affected, 1.0), quantile_ms(&others, 1.0));
+    let (switch, gaps) = (sorted(switches.iter().map(|s| s.0)), sorted(switches.iter().map(|s| s.1)));
+    (ret.switched, ret.switch_p50_ms) = (switch.len(), quantile_ms(&switch, 0.5));
+    (ret.switch_gap_p50_ms, ret.switch_gap_max_ms) = (quantile_ms(&gaps, 0.5), quantile_ms(&gaps, 1.0));
+    [ret.gap_affected_max_ms, ret.gap_others_max_ms] = gap_max.map(|us| us.map(|us| us as f64 / 1000.0));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A browser of `event` that read (ms, id, served_at_ms) values.
-    fn browser(event: u32, recs: &[(u64, u64, u64)]) -> (u32, Trace) {
-        let rec = |&(at_ms, id, stamp)| Rec { at_us: at_ms * 1000, id: Id::Value(id), stamp: Some(stamp) };
-        let mut t = Trace::default();
-        t.data = recs.iter().map(rec).collect();
-        (event, t)
-    }
-
-    #[test]
-    fn ids_must_strictly_increase_by_one_within_a_feed() {
-        // A step of three within a feed passes over two values; a new feed's jump none.
-        let mut g = Integrity::default();
-        check_ids(&browser(0, &[5, 6, 6, 4, 7, 10, 10 + FEED_JUMP + 5].map(|id| (0, id, 1))).1, &mut g);
-        assert_eq!((g.duplicates, g.out_of_order, g.skipped), (1, 1, 2));
-    }
-
     #[test]
     fn classifies_browsers_by_the_feed_of_their_first_value_after_the_kill() {
-        // Kill at 10 s: event 0 moves (its id jumps to a new feed's), event 1
-        // stays (a value served before the kill but read after it is no
-        // resumption), event 2's browser gets no fresh value.
+        // Kill at 10 s: event 0 moves (a new feed's id); event 1 stays (a value
+        // served before the kill is no resumption). Reads: (ms, id, served_at_ms).
         let logs = [
-            browser(0, &[(9_500, 1_000_005, 9_499), (10_050, 10_000_000, 10_040)]),
-            browser(0, &[(9_500, 1_000_005, 9_499), (10_060, 10_000_000, 10_040)]),
-            browser(1, &[(9_900, 2_000_009, 9_899), (10_001, 2_000_010, 9_999), (10_700, 2_000_011, 10_690)]),
-            browser(2, &[(9_000, 3_000_001, 8_999)]),
-        ];
+            (0, vec![(9_500, 1_000_005, 9_499), (10_050, 10_000_000, 10_040)]),
+            (1, vec![(9_900, 2_000_009, 9_899), (10_001, 2_000_010, 9_999), (10_700, 2_000_011, 10_690)]),
+        ]
+        .map(|(event, reads)| {
+            let rec =
+                |&(ms, id, at): &(u64, _, _)| Rec { at_us: ms * 1000, id: Id::Value(id), stamp: Some(at) };
+            let mut t = Trace::default();
+            t.data = reads.iter().map(rec).collect();
+            (event, t)
+        });
         let mut f = Figures::default();
-        let moved = kill(&logs, 10_000_000, 20_000_000, &mut f);
-        assert_eq!(
-            (moved.clone().into_iter().collect::<Vec<_>>(), f.unclassified, f.kill.moved_events),
-            (vec![(0, true), (1, false)], 1, 1)
-        );
+        analyse(&logs, [10_000_000, 20_000_000, 0, 0], &mut f);
         let (a, u) = (&f.affected, &f.unaffected);
-        assert_eq!(
-            (a.browsers, a.resume_p50_ms, a.resume_max_ms, a.gap_max_ms),
-            (2, Some(50.0), Some(60.0), Some(560.0))
-        );
+        assert_eq!((f.moved_events, a.resume_max_ms, a.gap_max_ms), (1, Some(50.0), Some(550.0)));
         assert_eq!((u.browsers, u.resume_max_ms, u.gap_max_ms), (1, Some(700.0), Some(699.0)));
-
-        // Restart at 30 s: event 0's first browser switches at 33 s, the
-        // other not; event 1's stays. The run ends at 40 s.
-        let later = [
-            browser(
-                0,
-                &[(29_000, 10_000_020, 28_999), (33_000, 30_500_000, 32_999), (34_000, 30_500_001, 33_999)],
-            ),
-            browser(0, &[(29_000, 10_000_020, 28_999), (39_000, 10_000_030, 38_999)]),
-            browser(1, &[(29_500, 2_000_030, 29_499), (30_500, 2_000_031, 30_499)]),
-        ];
-        let mut r = Return::default();
-        back(&later, &moved, 30_000_000, 40_000_000, &mut r);
-        assert_eq!((r.switched, r.not_switched, r.others_switched), (1, 1, 0));
-        assert_eq!((r.switch_p50_ms, r.switch_gap_max_ms), (Some(3_000.0), Some(4_000.0)));
-        // Largest gaps: 6 s (34 s to the end) and 10 s; 9.5 s to the end.
-        assert_eq!((r.gap_affected_max_ms, r.gap_others_max_ms), (Some(10_000.0), Some(9_500.0)));
     }
 }
