@@ -6,7 +6,7 @@
 use crate::{
     child::Child,
     httpc,
-    push::{PushArgs, Runs, Server, ShapeArgs, Sizes, Upstream, at_least_1s},
+    push::{PushArgs, Runs, Server, ShapeArgs, Sizes, at_least_1s},
     report::Report,
     stack::{self, Proc},
 };
@@ -69,29 +69,23 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         ensure!(path.is_file(), "no {} (on Debian: `{apt}`, or pass {flag} PATH)", path.display());
     }
     let published = Arc::new(Mutex::new((0, 0, None)));
-    let mut up = if args.with_livepush { Some(Upstream::start(&args.push).await?) } else { None };
-    let mut runs = Runs::default();
+    let mut runs = Runs::new(&args.push, args.with_livepush).await?;
     for &n in &args.sizes.connections {
         let shape = ShapeArgs { events: 1, browsers: n, edges: 1 };
-        let column = if let Some(up) = up.as_mut() {
-            let edges = up.edges(1).await;
-            runs.measure(&args.push, shape.clone(), edges, Some(up), format!("livepush {n}")).await;
-            format!("nchan {n}")
-        } else {
-            n.to_string()
-        };
-        let nginx = start(&args, &published).await.map(|s| vec![s]);
-        runs.measure(&args.push, shape, nginx, None, column).await;
+        let mut column = n.to_string();
+        if args.with_livepush {
+            runs.livepush(shape.clone(), format!("livepush {n}")).await;
+            column = format!("nchan {n}");
+        }
+        runs.measure(shape, start(&args, &published).await.map(|s| vec![s]), column).await;
     }
-    if let Some(up) = up {
-        up.stop().await?;
-    }
-    let title = if args.with_livepush {
-        format!("one channel, {} SSE connections, livepush (one edge) and nchan (one nginx)", args.sizes)
-    } else {
-        format!("one channel, one nginx with nchan, {} EventSource connections", args.sizes)
+    let title = match args.with_livepush {
+        true => {
+            format!("one channel, {} SSE connections, livepush (one edge) and nchan (one nginx)", args.sizes)
+        }
+        false => format!("one channel, one nginx with nchan, {} EventSource connections", args.sizes),
     };
-    let mut report = runs.report("nchan", &title, &args)?;
+    let mut report = runs.report("nchan", &title, &args).await?;
     let (ok, failed, first) = &*published.lock().unwrap_or_else(PoisonError::into_inner);
     let first = first.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default();
     report.note(format!(

@@ -4,9 +4,10 @@
 
 use crate::{
     child,
+    histogram::Snapshot,
     procstat::{self, MemoryDetail, Sample},
     report::{self, Report},
-    sse_load::{self, Load, Plan},
+    sse_load::{self, Load, Plan, Update},
     stack::{self, BinArgs, Proc},
 };
 use anyhow::Context;
@@ -22,7 +23,6 @@ pub struct LoadArgs {
     /// New SSE connections per second (first connections and reconnects).
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
     pub connect_rate: u32,
-
     /// Connections bound to each source address (127.0.0.2, 127.0.0.3, ...).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=25_000))]
     pub per_source: u32,
@@ -55,11 +55,9 @@ pub struct ShapeArgs {
     /// Events watched (ids ev-000000, ev-000001, ...).
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub events: u32,
-
     /// Browsers per event, spread over the edges.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub browsers: u32,
-
     /// Edge processes (each given every poller).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
     pub edges: u32,
@@ -71,25 +69,20 @@ pub struct PushArgs {
     #[arg(long, default_value = "30s", value_parser = at_least_1s)]
     #[serde(rename = "duration_s", serialize_with = "report::secs")]
     pub duration: Duration,
-
     /// Wait from "every browser has its first event" to the connected RSS and the window.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     #[serde(rename = "settle_s", serialize_with = "report::secs")]
     pub settle: Duration,
-
     /// The poller's --interval.
     #[arg(long, default_value = "1s", value_parser = at_least_1s)]
     #[serde(rename = "interval_s", serialize_with = "report::secs")]
     pub interval: Duration,
-
     /// media-sim's --change-every (it runs with --stamp: every answer is new).
     #[arg(long, default_value = "1s", value_parser = at_least_1s)]
     #[serde(rename = "change_every_s", serialize_with = "report::secs")]
     pub change_every: Duration,
-
     #[command(flatten)]
     pub load: LoadArgs,
-
     #[command(flatten)]
     pub bins: BinArgs,
 }
@@ -111,29 +104,17 @@ pub struct Server {
 }
 
 impl Server {
-    fn system(&self) -> &'static str {
-        if self.nginx.is_some() { "nchan" } else { "livepush" }
-    }
-
     fn stream_path(&self, event: u32) -> String {
         if self.nginx.is_some() { "/sub".into() } else { format!("/live/{}/stream", event_id(event)) }
     }
 
-    /// Its processes, measured together: the edge; nginx's master and workers.
-    fn pids(&self) -> anyhow::Result<Vec<u32>> {
-        Ok([vec![self.proc.pid()], procstat::children(self.proc.pid())?].concat())
-    }
-
     async fn stop(self) -> anyhow::Result<()> {
-        let workers = procstat::children(self.proc.pid())?;
-        let _dir = self.nginx.map(|(_publisher, dir)| dir);
+        let (workers, _dir) = (procstat::children(self.proc.pid())?, self.nginx.map(|(_, dir)| dir));
         self.proc.stop().await?;
-        for pid in workers {
-            // A worker that outlived its master (still nginx: the pid not reused).
-            if std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"nginx: ")) {
-                let _ = child::signal(pid, child::Signal::KILL);
-            }
-        }
+        // A worker that outlived its master (still nginx: the pid not reused).
+        let nginx =
+            |p: &u32| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.starts_with(b"nginx: "));
+        workers.into_iter().filter(nginx).for_each(|pid| _ = child::signal(pid, child::Signal::KILL));
         Ok(())
     }
 }
@@ -141,10 +122,9 @@ impl Server {
 /// An edge's upstream to the pollers, from its `/metrics` (a metric missing counts 0).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct EdgeUpstream {
-    /// HTTP/2 connections carrying `Subscribe` streams, all pollers.
+    /// HTTP/2 connections carrying `Subscribe` streams, all pollers; failures: all reasons.
     pub channels: u64,
     pub streams: u64,
-    /// All reasons.
     pub subscribe_failures: u64,
 }
 
@@ -152,59 +132,23 @@ impl EdgeUpstream {
     pub fn parse(text: &str) -> Self {
         use livepush::metrics::*;
         let get = |name| stack::metric(text, name).unwrap_or(0);
-        Self {
-            channels: get(EDGE_UPSTREAM_CHANNELS),
-            streams: get(EDGE_UPSTREAM_STREAMS),
-            subscribe_failures: get(EDGE_UPSTREAM_SUBSCRIBE_FAILURES),
-        }
+        let (channels, streams) = (get(EDGE_UPSTREAM_CHANNELS), get(EDGE_UPSTREAM_STREAMS));
+        Self { channels, streams, subscribe_failures: get(EDGE_UPSTREAM_SUBSCRIBE_FAILURES) }
     }
 }
 
-/// media-sim (`--stamp`) and the poller, for the whole invocation.
-pub struct Upstream {
-    media: Proc,
-    poller: Proc,
-    bins: BinArgs,
-}
-
-impl Upstream {
-    pub async fn start(args: &PushArgs) -> anyhow::Result<Self> {
-        let media = stack::media_sim(&args.bins, args.change_every, true).await?;
-        let poller = stack::poller(&args.bins, media.addr, args.interval).await?;
-        Ok(Self { media, poller, bins: args.bins.clone() })
-    }
-
-    /// `k` fresh edges.
-    pub async fn edges(&self, k: u32) -> anyhow::Result<Vec<Server>> {
-        let mut edges = Vec::new();
-        for _ in 0..k {
-            edges.push(Server { proc: stack::edge(&self.bins, &[self.poller.addr]).await?, nginx: None });
-        }
-        Ok(edges)
-    }
-
-    pub async fn stop(self) -> anyhow::Result<()> {
-        self.poller.stop().await?;
-        self.media.stop().await
-    }
-}
-
-/// One run, one column of the report. Whole run: the connecting (ramp) figures,
-/// errors, TcpExt ListenOverflows / ListenDrops / SyncookiesSent. Window: the
-/// rest; latency from the update produced (media-sim serving it, or the harness
-/// publishing it to nchan) to a browser reading it; per update: the slowest
-/// browser and first to last browser (p50 over updates); memory: mean per server
+/// One run, one column. Whole run: connecting (the ramp), errors, TcpExt
+/// ListenOverflows / ListenDrops / SyncookiesSent. The rest is the window:
+/// latency from the update produced (media-sim serving it, or the harness
+/// publishing it to nchan) to a browser reading it; per update, p50 of its
+/// slowest browser and of its first-to-last spread; memory: mean per server
 /// (nginx's processes summed), per connection = (connected or end - idle) / N;
-/// `_pct`: % of one core.
-#[derive(Serialize)]
+/// `_pct`: % of one core; polls: media-sim's `GET /live` count (`None`: nchan).
+#[derive(Serialize, Default)]
 pub struct Outcome {
     column: String,
     system: &'static str,
     connections: u64,
-    servers: u32,
-    events: u32,
-    per_event: u32,
-    conns_per_server: f64,
     /// Every browser had its first event after (`None`: not within the limit).
     all_ready_s: Option<f64>,
     connect_p50_p99_max_ms: Vec<Option<f64>>,
@@ -228,22 +172,20 @@ pub struct Outcome {
     spread_p50_ms: Option<f64>,
     /// Deliveries not grouped per update (cap): the per-update figures miss them.
     updates_dropped: u64,
-    /// Events whose updates lay over 1.5 intervals apart; `None`: not polled.
+    /// Events whose updates lay over 1.5 intervals apart (`None`: nchan).
     events_missing_a_change: Option<u64>,
     longest_gap_s: Option<f64>,
-    /// media-sim's `GET /live` count; the expected rate is events / interval.
     polls: Option<u64>,
     polls_per_s: Option<f64>,
-    expected_polls_per_s: Option<f64>,
     polls_per_event_per_interval: Option<f64>,
-    /// The edges' `/metrics` at the end of the window, summed.
+    /// The edges' at the end of the window, summed.
     edge_upstream: Option<EdgeUpstream>,
     rss_idle_connected_end_mib: Vec<f64>,
     rss_per_conn_kib: f64,
-    /// The RssAnon, RssFile, RssShmem parts of `rss_per_conn_kib`.
+    /// Its RssAnon, RssFile, RssShmem parts.
     anon_file_shmem_per_conn_kib: Vec<f64>,
     end_per_conn_kib: f64,
-    /// smaps_rollup Private_Dirty, connected.
+    /// smaps_rollup Private_Dirty and threads, connected.
     private_dirty_mib: f64,
     threads: f64,
     server_s: f64,
@@ -256,44 +198,38 @@ pub struct Outcome {
     load_pct: f64,
     /// Other programs on the host, competing.
     others_pct: f64,
+    /// nchan / livepush at the same size (< 1: nchan lower): RSS per connection,
+    /// latency p50, p99, server CPU per delivery.
+    vs_livepush_rss_p50_p99_cpu: Option<Vec<Option<f64>>>,
 }
 
-/// One reading of a server: its processes' figures summed.
-type Mem = (Sample, MemoryDetail);
+/// The servers' processes, measured together: an edge; nginx's master and workers.
+fn pids(servers: &[Server]) -> anyhow::Result<Vec<u32>> {
+    let each = servers.iter().map(|s| Ok([vec![s.proc.pid()], procstat::children(s.proc.pid())?].concat()));
+    Ok(each.collect::<anyhow::Result<Vec<_>>>()?.concat())
+}
 
-fn memory(servers: &[Server]) -> anyhow::Result<Vec<Mem>> {
-    let read = |s: &Server| -> anyhow::Result<Mem> {
-        let mut m = Mem::default();
-        for pid in s.pids()? {
-            m.0.add(&procstat::sample(pid)?);
-            m.1.add(&procstat::memory_detail(pid)?);
+/// Per server, its processes' figures summed.
+fn memory(servers: &[Server]) -> anyhow::Result<Vec<(Sample, MemoryDetail)>> {
+    let read = |s| -> anyhow::Result<(Sample, MemoryDetail)> {
+        let mut m = <(Sample, MemoryDetail)>::default();
+        for pid in pids(std::slice::from_ref(s))? {
+            (m.0.add(&procstat::sample(pid)?), m.1.add(&procstat::memory_detail(pid)?));
         }
         Ok(m)
     };
     servers.iter().map(read).collect()
 }
 
-fn pids(servers: &[Server]) -> anyhow::Result<Vec<u32>> {
-    Ok(servers.iter().map(Server::pids).collect::<anyhow::Result<Vec<_>>>()?.concat())
-}
-
-/// media-sim's `GET /live` count so far, if the system has one.
-async fn requests(up: Option<&Upstream>) -> anyhow::Result<Option<u64>> {
-    Ok(match up {
-        Some(up) => Some(stack::media_requests(up.media.addr).await?),
-        None => None,
-    })
-}
-
 /// Accept-queue overflows, the SYNs they dropped, SYN-queue overflows.
 const LISTEN: &[&str] = &["ListenOverflows", "ListenDrops", "SyncookiesSent"];
 
-/// Runs one shape on fresh `servers`; `up` feeds them if they are edges.
+/// Runs one shape on fresh `servers` (the phases: BENCHMARKS.md); `up` feeds edges.
 async fn measure(
     args: &PushArgs,
     shape: &ShapeArgs,
     mut servers: Vec<Server>,
-    up: Option<&mut Upstream>,
+    mut up: Option<&mut Upstream>,
 ) -> anyhow::Result<Outcome> {
     // Warm-up: one stream per server until its first event; then the idle RSS.
     let mut plan = Plan::default();
@@ -315,47 +251,45 @@ async fn measure(
         plan.push(servers[s].proc.addr, &servers[s].stream_path(event), event);
         conns[s] += 1;
     }
+    let system = if up.is_some() { "livepush" } else { "nchan" };
+    let mut o = Outcome { system, connections: n, ..Outcome::default() };
     let ramp_limit = args.load.ramp(n) + Duration::from_secs(30);
     let deadline = Instant::now() + ramp_limit + args.settle + args.duration + Duration::from_secs(60);
     let (listen0, server_pids) = (procstat::tcp_ext(LISTEN)?, pids(&servers)?);
     let (ramp_cpu0, ramp_start) = (procstat::Cpu::read(&server_pids)?, Instant::now());
     let load = Load::start(plan, args.load.config(deadline));
-    let (system, sources) = (servers[0].system(), load.sources().len());
-    eprintln!("connecting {n} browsers to {} {system} server(s) from {sources} address(es)", conns.len());
-    let ready_after = load.wait_ready(n, ramp_limit).await;
+    let sources = load.sources().len();
+    eprintln!("connecting {n} browsers to {} {system} server(s) from {sources} address(es)", servers.len());
+    o.all_ready_s = load.wait_ready(n, ramp_limit).await.map(|d| d.as_secs_f64());
     let ramp_cpu: f64 = procstat::Cpu::read(&server_pids)?.since(&ramp_cpu0).procs.iter().map(|p| p.0).sum();
-    let ramp = ramp_start.elapsed().as_secs_f64();
-    if ready_after.is_none() {
-        let ready = load.stats().counters().ready;
-        eprintln!("only {ready} of {n} browsers had a first event after {ramp_limit:?}; measuring anyway");
-    }
+    o.ramp_server_pct = 100.0 * ramp_cpu / ramp_start.elapsed().as_secs_f64().max(1e-3);
+    o.ramp_server_us_per_conn = 1e6 * ramp_cpu / n.max(1) as f64;
     sleep(args.settle).await;
     servers.iter_mut().try_for_each(|s| s.proc.child.ensure_running())?;
     let connected = memory(&servers)?;
 
     // The window: CPU of the servers' processes, the feeders, this process.
-    let stats = load.stats().clone();
+    let (stats, media) = (load.stats().clone(), up.as_ref().map(|u| u.media.addr));
     eprintln!("measuring for {}", humantime::format_duration(args.duration));
     stats.latency.reset();
-    let (c0, r0) = (stats.counters(), requests(up.as_deref()).await?);
-    let mut pids = pids(&servers)?;
+    let r0 = if let Some(m) = media { Some(stack::media_requests(m).await?) } else { None };
+    let (c0, mut pids) = (stats.counters(), pids(&servers)?);
     let k = pids.len();
-    let feeders = up.as_deref().map(|u| [u.poller.pid(), u.media.pid()]);
-    pids.extend(feeders.iter().flatten().chain(&[std::process::id()]));
+    pids.extend(up.iter().flat_map(|u| [u.poller.pid(), u.media.pid()]).chain([std::process::id()]));
     let (cpu0, t0_ms, start) = (procstat::Cpu::read(&pids)?, sse_load::unix_micros() / 1000, Instant::now());
     sleep(args.duration).await;
     let cpu = procstat::Cpu::read(&pids)?.since(&cpu0);
     let (t1_ms, secs) = (sse_load::unix_micros() / 1000, start.elapsed().as_secs_f64());
     let (latency, window) = (stats.latency.snapshot(), stats.counters().since(&c0));
-    let (r1, end) = (requests(up.as_deref()).await?, memory(&servers)?);
-    let mut edge_upstream = None;
-    if let Some(up) = up {
+    let r1 = if let Some(m) = media { Some(stack::media_requests(m).await?) } else { None };
+    let end = memory(&servers)?;
+    if let Some(up) = up.as_mut() {
         // Every edge's metrics in one text: each figure is their sum.
         let mut text = String::new();
         for s in &servers {
             text += &stack::scrape(s.proc.addr).await?;
         }
-        edge_upstream = Some(EdgeUpstream::parse(&text));
+        o.edge_upstream = Some(EdgeUpstream::parse(&text));
         up.poller.child.ensure_running()?;
         up.media.child.ensure_running()?;
     }
@@ -365,151 +299,138 @@ async fn measure(
     // interval (5 % jitter; the settle lets each event's second poll, up to
     // 1.5 intervals after its first, pass): a longer gap is a change missed.
     sleep(Duration::from_secs(2)).await;
-    let (updates, updates_dropped) = stats.updates_served(t0_ms, t1_ms);
+    let (updates, dropped) = stats.updates_served(t0_ms, t1_ms);
+    o.updates_dropped = dropped;
     let max_gap_ms = u64::try_from(args.interval.as_millis() * 3 / 2).unwrap_or(u64::MAX);
-    let gaps = r0.is_some().then(|| stats.gaps(0..shape.events, t0_ms, t1_ms, max_gap_ms));
-    let listen = procstat::tcp_ext(LISTEN)?.iter().zip(listen0).map(|(b, a)| b.saturating_sub(a)).collect();
+    let gaps = media.map(|_| stats.gaps(0..shape.events, t0_ms, t1_ms, max_gap_ms));
+    let listen = procstat::tcp_ext(LISTEN)?;
+    o.listen_overflows_drops_syncookies =
+        listen.iter().zip(listen0).map(|(b, a)| b.saturating_sub(a)).collect();
     load.stop(Duration::from_secs(5)).await;
-    let totals = stats.counters();
     for s in servers {
         s.stop().await?;
     }
 
-    let (server_s, server_system_s) = cpu.procs[..k].iter().fold((0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1));
-    let (load_s, pct) = (cpu.of(pids.len() - 1), |s: f64| 100.0 * s / secs);
-    let qs = |h: &crate::histogram::Histogram, q: &[f64]| {
-        q.iter().map(|&q| sse_load::ms(&h.snapshot(), q)).collect()
-    };
+    let ms = |h: &Snapshot, q: &[f64]| -> Vec<_> { q.iter().map(|&q| sse_load::ms(h, q)).collect() };
+    let totals = stats.counters();
+    (o.errors, o.reconnects, o.stale) = (totals.errors, totals.reconnects, totals.stale);
+    o.error_kinds = stats.error_kinds().into_iter().collect();
+    o.connect_p50_p99_max_ms = ms(&stats.connect.snapshot(), &[0.5, 0.99, 1.0]);
+    o.first_event_p50_p99_ms = ms(&stats.first_event.snapshot(), &[0.5, 0.99]);
+    o.latency_p50_p90_p99_max_ms = ms(&latency, &[0.5, 0.9, 0.99, 1.0]);
+    o.latency_mean_ms = latency.mean().map(|us| us / 1000.0);
+    (o.messages, o.messages_per_s) = (window.messages, window.messages as f64 / secs);
+    o.kib_per_s = window.bytes as f64 / 1024.0 / secs;
+    let reached_all = updates.iter().filter(|u| u.reached >= shape.browsers).count() as f64;
+    o.reached_all_pct = (!updates.is_empty()).then(|| 100.0 * reached_all / updates.len() as f64);
+    let p50 = |f: fn(&Update) -> u64| report::quantile_ms(&report::sorted(updates.iter().map(f)), 0.5);
+    (o.last_p50_ms, o.spread_p50_ms) = (p50(|u| u.last_us), p50(|u| u.last_us - u.first_us));
+    o.updates = updates.len();
+    o.events_missing_a_change = gaps.map(|g| g.with_gap);
+    o.longest_gap_s = gaps.map(|g| g.longest_ms as f64 / 1000.0);
+    o.polls = r1.zip(r0).map(|(r1, r0)| r1.saturating_sub(r0));
+    o.polls_per_s = o.polls.map(|p| p as f64 / secs);
+    let intervals = f64::from(shape.events) * secs / args.interval.as_secs_f64();
+    o.polls_per_event_per_interval = o.polls.map(|p| p as f64 / intervals);
+
     let mean = |f: &dyn Fn(usize) -> f64| (0..conns.len()).map(f).sum::<f64>() / conns.len() as f64;
-    let kib = |m: &Mem| {
+    let kib = |m: &(Sample, MemoryDetail)| {
         let d = &m.1;
         [m.0.rss_bytes as f64 / 1024.0, d.rss_anon_kib as f64, d.rss_file_kib as f64, d.rss_shmem_kib as f64]
     };
-    let mib = |m: &[Mem], j: usize| mean(&|i| kib(&m[i])[j] / 1024.0);
-    let per_conn =
-        |b: &[Mem], j: usize| mean(&|i| (kib(&b[i])[j] - kib(&idle[i])[j]) / conns[i].max(1) as f64);
-    let polls = r1.zip(r0).map(|(r1, r0)| r1.saturating_sub(r0));
-    let (interval, m) = (args.interval.as_secs_f64(), f64::from(shape.events));
-    let p50 =
-        |f: fn(&sse_load::Update) -> u64| report::quantile_ms(&report::sorted(updates.iter().map(f)), 0.5);
-    let reached_all = updates.iter().filter(|u| u.reached >= shape.browsers).count() as f64;
-    Ok(Outcome {
-        column: String::new(),
-        system,
-        connections: n,
-        servers: shape.edges,
-        events: shape.events,
-        per_event: shape.browsers,
-        conns_per_server: mean(&|i| conns[i] as f64),
-        all_ready_s: ready_after.map(|d| d.as_secs_f64()),
-        connect_p50_p99_max_ms: qs(&stats.connect, &[0.5, 0.99, 1.0]),
-        first_event_p50_p99_ms: qs(&stats.first_event, &[0.5, 0.99]),
-        ramp_server_pct: 100.0 * ramp_cpu / ramp.max(1e-3),
-        ramp_server_us_per_conn: 1e6 * ramp_cpu / n.max(1) as f64,
-        listen_overflows_drops_syncookies: listen,
-        errors: totals.errors,
-        reconnects: totals.reconnects,
-        stale: totals.stale,
-        error_kinds: stats.error_kinds().into_iter().collect(),
-        messages: window.messages,
-        messages_per_s: window.messages as f64 / secs,
-        kib_per_s: window.bytes as f64 / 1024.0 / secs,
-        latency_p50_p90_p99_max_ms: [0.5, 0.9, 0.99, 1.0]
-            .iter()
-            .map(|&q| sse_load::ms(&latency, q))
-            .collect(),
-        latency_mean_ms: latency.mean().map(|us| us / 1000.0),
-        updates: updates.len(),
-        reached_all_pct: (!updates.is_empty()).then(|| 100.0 * reached_all / updates.len() as f64),
-        last_p50_ms: p50(|u| u.last_us),
-        spread_p50_ms: p50(|u| u.last_us - u.first_us),
-        updates_dropped,
-        events_missing_a_change: gaps.map(|g| g.with_gap),
-        longest_gap_s: gaps.map(|g| g.longest_ms as f64 / 1000.0),
-        polls,
-        polls_per_s: polls.map(|p| p as f64 / secs),
-        expected_polls_per_s: polls.map(|_| m / interval),
-        polls_per_event_per_interval: polls.map(|p| p as f64 / m / (secs / interval)),
-        edge_upstream,
-        rss_idle_connected_end_mib: vec![mib(&idle, 0), mib(&connected, 0), mib(&end, 0)],
-        rss_per_conn_kib: per_conn(&connected, 0),
-        anon_file_shmem_per_conn_kib: vec![
-            per_conn(&connected, 1),
-            per_conn(&connected, 2),
-            per_conn(&connected, 3),
-        ],
-        end_per_conn_kib: per_conn(&end, 0),
-        private_dirty_mib: mean(&|i| connected[i].1.private_dirty_kib as f64 / 1024.0),
-        threads: mean(&|i| connected[i].1.threads as f64),
-        server_s,
-        server_pct: pct(server_s),
-        server_system_pct: pct(server_system_s),
-        server_us_per_delivery: 1e6 * server_s / window.messages.max(1) as f64,
-        server_ms_per_update: 1e3 * server_s / updates.len().max(1) as f64,
-        poller_media_sim_pct: feeders.map(|_| vec![pct(cpu.of(k)), pct(cpu.of(k + 1))]),
-        load_s,
-        load_pct: pct(load_s),
-        others_pct: pct(cpu.others()),
-    })
+    let per_conn = |b: &[(Sample, MemoryDetail)], j: usize| {
+        mean(&|i| (kib(&b[i])[j] - kib(&idle[i])[j]) / conns[i].max(1) as f64)
+    };
+    o.rss_idle_connected_end_mib =
+        [&idle, &connected, &end].map(|m| mean(&|i| kib(&m[i])[0] / 1024.0)).into();
+    (o.rss_per_conn_kib, o.end_per_conn_kib) = (per_conn(&connected, 0), per_conn(&end, 0));
+    o.anon_file_shmem_per_conn_kib = (1..4).map(|j| per_conn(&connected, j)).collect();
+    o.private_dirty_mib = mean(&|i| connected[i].1.private_dirty_kib as f64 / 1024.0);
+    o.threads = mean(&|i| connected[i].1.threads as f64);
+
+    let pct = |s: f64| 100.0 * s / secs;
+    let (server_s, server_system_s) = cpu.procs[..k].iter().fold((0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1));
+    (o.server_s, o.server_pct, o.server_system_pct) = (server_s, pct(server_s), pct(server_system_s));
+    o.server_us_per_delivery = 1e6 * server_s / window.messages.max(1) as f64;
+    o.server_ms_per_update = 1e3 * server_s / updates.len().max(1) as f64;
+    o.poller_media_sim_pct = media.map(|_| vec![pct(cpu.of(k)), pct(cpu.of(k + 1))]);
+    (o.load_s, o.others_pct) = (cpu.of(pids.len() - 1), pct(cpu.others()));
+    o.load_pct = pct(o.load_s);
+    Ok(o)
 }
 
-/// The columns of a report and the runs that failed: the others' figures still stand.
-#[derive(Default)]
-pub struct Runs {
+/// The runs of one report: media-sim and the poller if livepush is measured,
+/// the runs that failed (the others' figures stand).
+pub struct Runs<'a> {
+    args: &'a PushArgs,
+    up: Option<Upstream>,
     done: Vec<Outcome>,
     failed: Vec<String>,
 }
 
-impl Runs {
-    pub async fn measure(
-        &mut self,
-        args: &PushArgs,
-        shape: ShapeArgs,
-        servers: anyhow::Result<Vec<Server>>,
-        up: Option<&mut Upstream>,
-        column: String,
-    ) {
-        eprintln!("{column}: {} event(s) x {} browsers", shape.events, shape.browsers);
-        match async { measure(args, &shape, servers?, up).await }.await {
-            Ok(o) => self.done.push(Outcome { column, ..o }),
-            Err(e) => self.failed.push(format!("{column}: the run failed: {e:#}")),
+/// media-sim (`--stamp`) and the poller, for the whole invocation.
+struct Upstream {
+    media: Proc,
+    poller: Proc,
+}
+
+impl<'a> Runs<'a> {
+    pub async fn new(args: &'a PushArgs, livepush: bool) -> anyhow::Result<Self> {
+        let mut up = None;
+        if livepush {
+            let media = stack::media_sim(&args.bins, args.change_every, true).await?;
+            let poller = stack::poller(&args.bins, media.addr, args.interval).await?;
+            up = Some(Upstream { media, poller });
         }
+        Ok(Self { args, up, done: Vec::new(), failed: Vec::new() })
     }
 
-    /// The flags, host cores, one column per run, and nchan / livepush at
-    /// the same size (< 1: nchan lower) if both ran.
-    pub fn report(&self, scenario: &str, title: &str, args: &impl Serialize) -> anyhow::Result<Report> {
-        anyhow::ensure!(!self.done.is_empty(), "no run succeeded: {}", self.failed.join("; "));
-        let versus: Vec<_> = self
-            .done
-            .iter()
-            .filter(|o| o.system == "nchan")
-            .filter_map(|o| {
-                let l =
-                    self.done.iter().find(|l| l.system == "livepush" && l.connections == o.connections)?;
-                let r = |n: Option<f64>, l: Option<f64>| n.zip(l.filter(|&l| l > 0.0)).map(|(n, l)| n / l);
-                let (nl, ll) = (&o.latency_p50_p90_p99_max_ms, &l.latency_p50_p90_p99_max_ms);
-                Some(Versus {
-                    column: o.column.clone(),
-                    rss_per_conn: r(Some(o.rss_per_conn_kib), Some(l.rss_per_conn_kib)),
-                    latency_p50: r(nl[0], ll[0]),
-                    latency_p99: r(nl[2], ll[2]),
-                    cpu_per_delivery: r(Some(o.server_us_per_delivery), Some(l.server_us_per_delivery)),
-                })
-            })
-            .collect();
-        let figures = Figures { args, cores: report::cores(), runs: &self.done, versus: &versus };
-        let mut report = Report::new(scenario, format!("livepush-bench {scenario}: {title}"), &figures)?;
-        let clock = match self.done.iter().any(|o| o.system == "nchan") {
-            false => "media-sim's clock",
-            true => {
-                "stamped by media-sim serving it (livepush) or by the harness just before it POSTs it (nchan)"
-            }
+    /// Measures `shape` on fresh edges.
+    pub async fn livepush(&mut self, shape: ShapeArgs, column: String) {
+        let poller = self.up.as_ref().map(|u| u.poller.addr).expect("started for livepush");
+        let mut edges = Vec::new();
+        for _ in 0..shape.edges {
+            edges
+                .push(stack::edge(&self.args.bins, &[poller]).await.map(|proc| Server { proc, nginx: None }));
+        }
+        self.measure(shape, edges.into_iter().collect(), column).await;
+    }
+
+    pub async fn measure(&mut self, shape: ShapeArgs, servers: anyhow::Result<Vec<Server>>, column: String) {
+        eprintln!("{column}: {} event(s) x {} browsers", shape.events, shape.browsers);
+        let edges = servers.as_ref().is_ok_and(|s| s[0].nginx.is_none());
+        let up = self.up.as_mut().filter(|_| edges);
+        let mut o = match async { measure(self.args, &shape, servers?, up).await }.await {
+            Ok(o) => Outcome { column, ..o },
+            Err(e) => return self.failed.push(format!("{column}: the run failed: {e:#}")),
         };
-        report.note(format!(
-            "latency = browser read time - served_at_ms ({clock}, ms precision: up to 1 ms too high); \
-             each connection's first event (the replayed latest value) is not counted"
-        ));
+        let key = |o: &Outcome| {
+            let q = &o.latency_p50_p90_p99_max_ms;
+            [Some(o.rss_per_conn_kib), q[0], q[2], Some(o.server_us_per_delivery)]
+        };
+        let same =
+            self.done.iter().find(|l| !edges && l.system == "livepush" && l.connections == o.connections);
+        let ratios =
+            same.map(|l| key(&o).into_iter().zip(key(l)).map(|(n, l)| Some(n? / l.filter(|&l| l > 0.0)?)));
+        o.vs_livepush_rss_p50_p99_cpu = ratios.map(Iterator::collect);
+        self.done.push(o);
+    }
+
+    /// Stops media-sim and the poller; the report: the flags, the host's cores, a column per run.
+    pub async fn report(&mut self, name: &str, title: &str, args: &impl Serialize) -> anyhow::Result<Report> {
+        if let Some(up) = self.up.take() {
+            up.poller.stop().await?;
+            up.media.stop().await?;
+        }
+        anyhow::ensure!(!self.done.is_empty(), "no run succeeded: {}", self.failed.join("; "));
+        let figures = Figures { args, cores: report::cores(), runs: &self.done };
+        let mut report = Report::new(name, format!("livepush-bench {name}: {title}"), &figures)?;
+        report.note(
+            "latency = browser read time - served_at_ms (stamped by media-sim serving it, or by the harness \
+             just before it POSTs it to nchan; ms precision: up to 1 ms too high); each connection's first \
+             event (the replayed latest value) is not counted"
+                .into(),
+        );
         self.failed.iter().for_each(|f| _ = report.note(f.clone()));
         Ok(report)
     }
@@ -520,17 +441,6 @@ struct Figures<'a, A> {
     args: &'a A,
     cores: usize,
     runs: &'a [Outcome],
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    versus: &'a [Versus],
-}
-
-#[derive(Serialize)]
-struct Versus {
-    column: String,
-    rss_per_conn: Option<f64>,
-    latency_p50: Option<f64>,
-    latency_p99: Option<f64>,
-    cpu_per_delivery: Option<f64>,
 }
 
 /// The sizes of the one-channel scenarios (`fanout`, `nchan`).
@@ -553,11 +463,9 @@ pub struct FanoutArgs {
     #[command(flatten)]
     #[serde(flatten)]
     sizes: Sizes,
-
     /// Also draw latency and RSS per connection against connections as SVG.
     #[arg(long, value_name = "PATH")]
     plot: Option<PathBuf>,
-
     #[command(flatten)]
     #[serde(flatten)]
     push: PushArgs,
@@ -568,7 +476,6 @@ pub struct BreadthArgs {
     #[command(flatten)]
     #[serde(flatten)]
     shape: ShapeArgs,
-
     #[command(flatten)]
     #[serde(flatten)]
     push: PushArgs,
@@ -576,14 +483,12 @@ pub struct BreadthArgs {
 
 /// Scenario `fanout`: one event, one edge, N browsers, a fresh edge per size.
 pub async fn fanout(args: FanoutArgs) -> anyhow::Result<Report> {
-    let (mut up, mut runs) = (Upstream::start(&args.push).await?, Runs::default());
+    let mut runs = Runs::new(&args.push, true).await?;
     for &n in &args.sizes.connections {
-        let shape = ShapeArgs { events: 1, browsers: n, edges: 1 };
-        runs.measure(&args.push, shape, up.edges(1).await, Some(&mut up), n.to_string()).await;
+        runs.livepush(ShapeArgs { events: 1, browsers: n, edges: 1 }, n.to_string()).await;
     }
-    up.stop().await?;
     let title = format!("one event, one edge, {} SSE connections", args.sizes);
-    let mut report = runs.report("fanout", &title, &args)?;
+    let mut report = runs.report("fanout", &title, &args).await?;
     if let Some(path) = &args.plot {
         stack::ensure_parent(path)?;
         plot(path, &runs.done).map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
@@ -598,61 +503,42 @@ pub async fn breadth(args: BreadthArgs) -> anyhow::Result<Report> {
     let ShapeArgs { events, browsers, edges } = args.shape;
     let n = u64::from(events) * u64::from(browsers);
     anyhow::ensure!(n <= 18_000, "{n} connections: the load generator holds one file each, at most 18,000");
-    let (mut up, mut runs) = (Upstream::start(&args.push).await?, Runs::default());
-    let servers = up.edges(edges).await;
-    runs.measure(&args.push, args.shape.clone(), servers, Some(&mut up), format!("{events}x{browsers}"))
-        .await;
-    up.stop().await?;
-    runs.report("breadth", &format!("{events} events x {browsers} browsers over {edges} edges"), &args)
+    let mut runs = Runs::new(&args.push, true).await?;
+    runs.livepush(args.shape.clone(), format!("{events}x{browsers}")).await;
+    runs.report("breadth", &format!("{events} events x {browsers} browsers over {edges} edges"), &args).await
 }
 
-/// Latency p50/p99 and RSS per connection against connections, as SVG (no
-/// fonts needed), each with its target from the issue.
+/// Latency and RSS per connection against connections, each with its
+/// target from the issue, as SVG (needs no fonts).
 fn plot(path: &std::path::Path, runs: &[Outcome]) -> Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::new(path, (1100, 460)).into_drawing_area();
     root.fill(&WHITE)?;
-    let root = root.titled("livepush fan-out: one edge, one event, N SSE connections", ("sans-serif", 22))?;
-    let (left, right) = root.split_horizontally(550);
     let x_max = runs.iter().map(|o| o.connections).max().unwrap_or(1) as f64 * 1.1;
-    let xy = |f: fn(&Outcome) -> Option<f64>| -> Vec<(f64, f64)> {
+    let xy = |f: &dyn Fn(&Outcome) -> Option<f64>| -> Vec<(f64, f64)> {
         runs.iter().filter_map(|o| Some((o.connections as f64, f(o)?))).collect()
     };
+    let latency = |q: usize| xy(&|o| o.latency_p50_p90_p99_max_ms[q]);
     let panels = [
+        ("delivery latency, ms (target: p99 < 50)", 50.0, vec![("p50", latency(0)), ("p99", latency(2))]),
         (
-            left,
-            "delivery latency (ms), media-sim served -> browser read",
-            50.0,
-            "target p99 < 50 ms",
-            vec![
-                ("p50", xy(|o| o.latency_p50_p90_p99_max_ms[0]), BLUE),
-                ("p99", xy(|o| o.latency_p50_p90_p99_max_ms[2]), RED),
-            ],
-        ),
-        (
-            right,
-            "edge RSS per connection (KiB), (connected - idle) / N",
+            "edge RSS per connection, KiB (target: <= 6)",
             6.0,
-            "target <= 6 KiB",
-            vec![("measured", xy(|o| Some(o.rss_per_conn_kib)), GREEN)],
+            vec![("RSS", xy(&|o| Some(o.rss_per_conn_kib)))],
         ),
     ];
-    for (area, caption, target, label, series) in panels {
+    for ((caption, target, series), area) in panels.into_iter().zip(root.split_evenly((1, 2))) {
         let y_max = series.iter().flat_map(|s| &s.1).map(|p| p.1).fold(target, f64::max) * 1.2;
-        let mut chart = ChartBuilder::on(&area)
-            .caption(caption, ("sans-serif", 16))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(55)
-            .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
-        chart.configure_mesh().x_desc("SSE connections on the edge").light_line_style(WHITE).draw()?;
-        let dashes = DashedLineSeries::new([(0.0, target), (x_max, target)], 8, 5, BLACK.stroke_width(1));
-        let key = |c: RGBColor| move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2));
-        chart.draw_series(dashes)?.label(label).legend(key(BLACK));
-        for (name, points, color) in series {
-            let line = LineSeries::new(points, color.stroke_width(2)).point_size(4);
-            chart.draw_series(line)?.label(name).legend(key(color));
+        let mut chart = ChartBuilder::on(&area);
+        chart.caption(caption, ("sans-serif", 18)).margin(12).x_label_area_size(40).y_label_area_size(55);
+        let mut chart = chart.build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+        chart.configure_mesh().x_desc("SSE connections on the edge").draw()?;
+        chart.draw_series(DashedLineSeries::new([(0.0, target), (x_max, target)], 8, 5, BLACK.into()))?;
+        for (i, (name, points)) in series.into_iter().enumerate() {
+            let style = Palette99::pick(i).stroke_width(2);
+            let line = chart.draw_series(LineSeries::new(points, style).point_size(4))?;
+            line.label(name).legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], style));
         }
-        chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw()?;
+        chart.configure_series_labels().border_style(BLACK).draw()?;
     }
     root.present()?;
     Ok(())
