@@ -137,13 +137,10 @@ impl EdgeUpstream {
     }
 }
 
-/// One run, one column. Whole run: connecting (the ramp), errors, TcpExt
-/// ListenOverflows / ListenDrops / SyncookiesSent. The rest is the window:
-/// latency from the update produced (media-sim serving it, or the harness
-/// publishing it to nchan) to a browser reading it; per update, p50 of its
-/// slowest browser and of its first-to-last spread; memory: mean per server
-/// (nginx's processes summed), per connection = (connected or end - idle) / N;
-/// `_pct`: % of one core; polls: media-sim's `GET /live` count (`None`: nchan).
+/// One run, one column (BENCHMARKS.md, "Scenario `fanout`"). Connecting and
+/// errors: the whole run; the rest: the window. Latency: update produced
+/// (media-sim serving it, the harness publishing it to nchan) to browser read;
+/// memory: mean per server (nginx: its processes summed); `_pct`: of one core.
 #[derive(Serialize, Default)]
 pub struct Outcome {
     column: String,
@@ -166,23 +163,23 @@ pub struct Outcome {
     latency_p50_p90_p99_max_ms: Vec<Option<f64>>,
     latency_mean_ms: Option<f64>,
     updates: usize,
-    /// Updates that reached every browser of their event.
+    /// Of the updates, % that reached every browser of their event; p50 over updates.
     reached_all_pct: Option<f64>,
     last_p50_ms: Option<f64>,
     spread_p50_ms: Option<f64>,
-    /// Deliveries not grouped per update (cap): the per-update figures miss them.
+    /// Deliveries not grouped per update (a cap): the per-update figures miss them.
     updates_dropped: u64,
-    /// Events whose updates lay over 1.5 intervals apart (`None`: nchan).
+    /// Events whose updates lay over 1.5 intervals apart; media-sim's `GET /live`.
     events_missing_a_change: Option<u64>,
     longest_gap_s: Option<f64>,
     polls: Option<u64>,
     polls_per_s: Option<f64>,
     polls_per_event_per_interval: Option<f64>,
-    /// The edges' at the end of the window, summed.
+    /// At the end of the window, the edges' summed.
     edge_upstream: Option<EdgeUpstream>,
     rss_idle_connected_end_mib: Vec<f64>,
+    /// (connected - idle) / N, its RssAnon, RssFile, RssShmem parts; (end - idle) / N.
     rss_per_conn_kib: f64,
-    /// Its RssAnon, RssFile, RssShmem parts.
     anon_file_shmem_per_conn_kib: Vec<f64>,
     end_per_conn_kib: f64,
     /// smaps_rollup Private_Dirty and threads, connected.
@@ -196,7 +193,6 @@ pub struct Outcome {
     poller_media_sim_pct: Option<Vec<f64>>,
     load_s: f64,
     load_pct: f64,
-    /// Other programs on the host, competing.
     others_pct: f64,
     /// nchan / livepush at the same size (< 1: nchan lower): RSS per connection,
     /// latency p50, p99, server CPU per delivery.
@@ -209,158 +205,25 @@ fn pids(servers: &[Server]) -> anyhow::Result<Vec<u32>> {
     Ok(each.collect::<anyhow::Result<Vec<_>>>()?.concat())
 }
 
+type Mem = (Sample, MemoryDetail);
+
 /// Per server, its processes' figures summed.
-fn memory(servers: &[Server]) -> anyhow::Result<Vec<(Sample, MemoryDetail)>> {
-    let read = |s| -> anyhow::Result<(Sample, MemoryDetail)> {
-        let mut m = <(Sample, MemoryDetail)>::default();
+fn memory(servers: &[Server]) -> anyhow::Result<Vec<Mem>> {
+    let read = |s| -> anyhow::Result<Mem> {
+        let mut m = Mem::default();
         for pid in pids(std::slice::from_ref(s))? {
-            (m.0.add(&procstat::sample(pid)?), m.1.add(&procstat::memory_detail(pid)?));
+            m.0.add(&procstat::sample(pid)?);
+            m.1.add(&procstat::memory_detail(pid)?);
         }
         Ok(m)
     };
     servers.iter().map(read).collect()
 }
 
-/// Accept-queue overflows, the SYNs they dropped, SYN-queue overflows.
 const LISTEN: &[&str] = &["ListenOverflows", "ListenDrops", "SyncookiesSent"];
 
-/// Runs one shape on fresh `servers` (the phases: BENCHMARKS.md); `up` feeds edges.
-async fn measure(
-    args: &PushArgs,
-    shape: &ShapeArgs,
-    mut servers: Vec<Server>,
-    mut up: Option<&mut Upstream>,
-) -> anyhow::Result<Outcome> {
-    // Warm-up: one stream per server until its first event; then the idle RSS.
-    let mut plan = Plan::default();
-    servers.iter().for_each(|s| plan.push(s.proc.addr, &s.stream_path(0), 0));
-    let warm = Load::start(plan, args.load.config(Instant::now() + Duration::from_secs(30)));
-    let warmed = warm.wait_ready(servers.len() as u64, Duration::from_secs(20)).await;
-    let warm_errors = warm.stats().error_kinds();
-    warm.stop(Duration::from_secs(2)).await;
-    warmed.with_context(|| format!("warm-up streams got no first event within 20 s: {warm_errors:?}"))?;
-    sleep(Duration::from_secs(1)).await;
-    let idle = memory(&servers)?;
-
-    // Connection i watches event i % events on server (i / events) % servers:
-    // every event has browsers on every server.
-    let (events, n) = (u64::from(shape.events), u64::from(shape.events) * u64::from(shape.browsers));
-    let (mut plan, mut conns) = (Plan::default(), vec![0u64; servers.len()]);
-    for i in 0..n {
-        let (event, s) = ((i % events) as u32, (i / events) as usize % servers.len());
-        plan.push(servers[s].proc.addr, &servers[s].stream_path(event), event);
-        conns[s] += 1;
-    }
-    let system = if up.is_some() { "livepush" } else { "nchan" };
-    let mut o = Outcome { system, connections: n, ..Outcome::default() };
-    let ramp_limit = args.load.ramp(n) + Duration::from_secs(30);
-    let deadline = Instant::now() + ramp_limit + args.settle + args.duration + Duration::from_secs(60);
-    let (listen0, server_pids) = (procstat::tcp_ext(LISTEN)?, pids(&servers)?);
-    let (ramp_cpu0, ramp_start) = (procstat::Cpu::read(&server_pids)?, Instant::now());
-    let load = Load::start(plan, args.load.config(deadline));
-    let sources = load.sources().len();
-    eprintln!("connecting {n} browsers to {} {system} server(s) from {sources} address(es)", servers.len());
-    o.all_ready_s = load.wait_ready(n, ramp_limit).await.map(|d| d.as_secs_f64());
-    let ramp_cpu: f64 = procstat::Cpu::read(&server_pids)?.since(&ramp_cpu0).procs.iter().map(|p| p.0).sum();
-    o.ramp_server_pct = 100.0 * ramp_cpu / ramp_start.elapsed().as_secs_f64().max(1e-3);
-    o.ramp_server_us_per_conn = 1e6 * ramp_cpu / n.max(1) as f64;
-    sleep(args.settle).await;
-    servers.iter_mut().try_for_each(|s| s.proc.child.ensure_running())?;
-    let connected = memory(&servers)?;
-
-    // The window: CPU of the servers' processes, the feeders, this process.
-    let (stats, media) = (load.stats().clone(), up.as_ref().map(|u| u.media.addr));
-    eprintln!("measuring for {}", humantime::format_duration(args.duration));
-    stats.latency.reset();
-    let r0 = if let Some(m) = media { Some(stack::media_requests(m).await?) } else { None };
-    let (c0, mut pids) = (stats.counters(), pids(&servers)?);
-    let k = pids.len();
-    pids.extend(up.iter().flat_map(|u| [u.poller.pid(), u.media.pid()]).chain([std::process::id()]));
-    let (cpu0, t0_ms, start) = (procstat::Cpu::read(&pids)?, sse_load::unix_micros() / 1000, Instant::now());
-    sleep(args.duration).await;
-    let cpu = procstat::Cpu::read(&pids)?.since(&cpu0);
-    let (t1_ms, secs) = (sse_load::unix_micros() / 1000, start.elapsed().as_secs_f64());
-    let (latency, window) = (stats.latency.snapshot(), stats.counters().since(&c0));
-    let r1 = if let Some(m) = media { Some(stack::media_requests(m).await?) } else { None };
-    let end = memory(&servers)?;
-    if let Some(up) = up.as_mut() {
-        // Every edge's metrics in one text: each figure is their sum.
-        let mut text = String::new();
-        for s in &servers {
-            text += &stack::scrape(s.proc.addr).await?;
-        }
-        o.edge_upstream = Some(EdgeUpstream::parse(&text));
-        up.poller.child.ensure_running()?;
-        up.media.child.ensure_running()?;
-    }
-    servers.iter_mut().try_for_each(|s| s.proc.child.ensure_running())?;
-
-    // Let the updates served in the window reach everyone. A poll every
-    // interval (5 % jitter; the settle lets each event's second poll, up to
-    // 1.5 intervals after its first, pass): a longer gap is a change missed.
-    sleep(Duration::from_secs(2)).await;
-    let (updates, dropped) = stats.updates_served(t0_ms, t1_ms);
-    o.updates_dropped = dropped;
-    let max_gap_ms = u64::try_from(args.interval.as_millis() * 3 / 2).unwrap_or(u64::MAX);
-    let gaps = media.map(|_| stats.gaps(0..shape.events, t0_ms, t1_ms, max_gap_ms));
-    let listen = procstat::tcp_ext(LISTEN)?;
-    o.listen_overflows_drops_syncookies =
-        listen.iter().zip(listen0).map(|(b, a)| b.saturating_sub(a)).collect();
-    load.stop(Duration::from_secs(5)).await;
-    for s in servers {
-        s.stop().await?;
-    }
-
-    let ms = |h: &Snapshot, q: &[f64]| -> Vec<_> { q.iter().map(|&q| sse_load::ms(h, q)).collect() };
-    let totals = stats.counters();
-    (o.errors, o.reconnects, o.stale) = (totals.errors, totals.reconnects, totals.stale);
-    o.error_kinds = stats.error_kinds().into_iter().collect();
-    o.connect_p50_p99_max_ms = ms(&stats.connect.snapshot(), &[0.5, 0.99, 1.0]);
-    o.first_event_p50_p99_ms = ms(&stats.first_event.snapshot(), &[0.5, 0.99]);
-    o.latency_p50_p90_p99_max_ms = ms(&latency, &[0.5, 0.9, 0.99, 1.0]);
-    o.latency_mean_ms = latency.mean().map(|us| us / 1000.0);
-    (o.messages, o.messages_per_s) = (window.messages, window.messages as f64 / secs);
-    o.kib_per_s = window.bytes as f64 / 1024.0 / secs;
-    let reached_all = updates.iter().filter(|u| u.reached >= shape.browsers).count() as f64;
-    o.reached_all_pct = (!updates.is_empty()).then(|| 100.0 * reached_all / updates.len() as f64);
-    let p50 = |f: fn(&Update) -> u64| report::quantile_ms(&report::sorted(updates.iter().map(f)), 0.5);
-    (o.last_p50_ms, o.spread_p50_ms) = (p50(|u| u.last_us), p50(|u| u.last_us - u.first_us));
-    o.updates = updates.len();
-    o.events_missing_a_change = gaps.map(|g| g.with_gap);
-    o.longest_gap_s = gaps.map(|g| g.longest_ms as f64 / 1000.0);
-    o.polls = r1.zip(r0).map(|(r1, r0)| r1.saturating_sub(r0));
-    o.polls_per_s = o.polls.map(|p| p as f64 / secs);
-    let intervals = f64::from(shape.events) * secs / args.interval.as_secs_f64();
-    o.polls_per_event_per_interval = o.polls.map(|p| p as f64 / intervals);
-
-    let mean = |f: &dyn Fn(usize) -> f64| (0..conns.len()).map(f).sum::<f64>() / conns.len() as f64;
-    let kib = |m: &(Sample, MemoryDetail)| {
-        let d = &m.1;
-        [m.0.rss_bytes as f64 / 1024.0, d.rss_anon_kib as f64, d.rss_file_kib as f64, d.rss_shmem_kib as f64]
-    };
-    let per_conn = |b: &[(Sample, MemoryDetail)], j: usize| {
-        mean(&|i| (kib(&b[i])[j] - kib(&idle[i])[j]) / conns[i].max(1) as f64)
-    };
-    o.rss_idle_connected_end_mib =
-        [&idle, &connected, &end].map(|m| mean(&|i| kib(&m[i])[0] / 1024.0)).into();
-    (o.rss_per_conn_kib, o.end_per_conn_kib) = (per_conn(&connected, 0), per_conn(&end, 0));
-    o.anon_file_shmem_per_conn_kib = (1..4).map(|j| per_conn(&connected, j)).collect();
-    o.private_dirty_mib = mean(&|i| connected[i].1.private_dirty_kib as f64 / 1024.0);
-    o.threads = mean(&|i| connected[i].1.threads as f64);
-
-    let pct = |s: f64| 100.0 * s / secs;
-    let (server_s, server_system_s) = cpu.procs[..k].iter().fold((0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1));
-    (o.server_s, o.server_pct, o.server_system_pct) = (server_s, pct(server_s), pct(server_system_s));
-    o.server_us_per_delivery = 1e6 * server_s / window.messages.max(1) as f64;
-    o.server_ms_per_update = 1e3 * server_s / updates.len().max(1) as f64;
-    o.poller_media_sim_pct = media.map(|_| vec![pct(cpu.of(k)), pct(cpu.of(k + 1))]);
-    (o.load_s, o.others_pct) = (cpu.of(pids.len() - 1), pct(cpu.others()));
-    o.load_pct = pct(o.load_s);
-    Ok(o)
-}
-
-/// The runs of one report: media-sim and the poller if livepush is measured,
-/// the runs that failed (the others' figures stand).
+/// The runs of one report, media-sim and the poller for the whole invocation
+/// if livepush is measured, and the runs that failed (the others still stand).
 pub struct Runs<'a> {
     args: &'a PushArgs,
     up: Option<Upstream>,
@@ -368,7 +231,7 @@ pub struct Runs<'a> {
     failed: Vec<String>,
 }
 
-/// media-sim (`--stamp`) and the poller, for the whole invocation.
+/// media-sim (`--stamp`) and the poller.
 struct Upstream {
     media: Proc,
     poller: Proc,
@@ -379,8 +242,8 @@ impl<'a> Runs<'a> {
         let mut up = None;
         if livepush {
             let media = stack::media_sim(&args.bins, args.change_every, true).await?;
-            let poller = stack::poller(&args.bins, media.addr, args.interval).await?;
-            up = Some(Upstream { media, poller });
+            up =
+                Some(Upstream { poller: stack::poller(&args.bins, media.addr, args.interval).await?, media });
         }
         Ok(Self { args, up, done: Vec::new(), failed: Vec::new() })
     }
@@ -396,24 +259,152 @@ impl<'a> Runs<'a> {
         self.measure(shape, edges.into_iter().collect(), column).await;
     }
 
+    /// Measures `shape` on fresh `servers`: a column, or a failure noted.
     pub async fn measure(&mut self, shape: ShapeArgs, servers: anyhow::Result<Vec<Server>>, column: String) {
         eprintln!("{column}: {} event(s) x {} browsers", shape.events, shape.browsers);
-        let edges = servers.as_ref().is_ok_and(|s| s[0].nginx.is_none());
-        let up = self.up.as_mut().filter(|_| edges);
-        let mut o = match async { measure(self.args, &shape, servers?, up).await }.await {
-            Ok(o) => Outcome { column, ..o },
-            Err(e) => return self.failed.push(format!("{column}: the run failed: {e:#}")),
+        match async { self.run(&shape, servers?).await }.await {
+            Ok(o) => self.done.push(Outcome { column, ..o }),
+            Err(e) => self.failed.push(format!("{column}: the run failed: {e:#}")),
+        }
+    }
+
+    /// The phases of BENCHMARKS.md ("Scenario `fanout`"), each figure where measured.
+    async fn run(&mut self, shape: &ShapeArgs, mut servers: Vec<Server>) -> anyhow::Result<Outcome> {
+        let (args, edges) = (self.args, servers[0].nginx.is_none());
+        let mut up = self.up.as_mut().filter(|_| edges);
+        // Warm-up: one stream per server until its first event; then the idle RSS.
+        let mut plan = Plan::default();
+        servers.iter().for_each(|s| plan.push(s.proc.addr, &s.stream_path(0), 0));
+        let warm = Load::start(plan, args.load.config(Instant::now() + Duration::from_secs(30)));
+        let warmed = warm.wait_ready(servers.len() as u64, Duration::from_secs(20)).await;
+        let warm_errors = warm.stats().error_kinds();
+        warm.stop(Duration::from_secs(2)).await;
+        warmed.with_context(|| format!("warm-up streams got no first event within 20 s: {warm_errors:?}"))?;
+        sleep(Duration::from_secs(1)).await;
+        let idle = memory(&servers)?;
+
+        // Connection i watches event i % events on server (i / events) % servers:
+        // every event has browsers on every server.
+        let (events, n) = (u64::from(shape.events), u64::from(shape.events) * u64::from(shape.browsers));
+        let (mut plan, mut conns) = (Plan::default(), vec![0u64; servers.len()]);
+        for i in 0..n {
+            let (event, s) = ((i % events) as u32, (i / events) as usize % servers.len());
+            plan.push(servers[s].proc.addr, &servers[s].stream_path(event), event);
+            conns[s] += 1;
+        }
+        let system = if edges { "livepush" } else { "nchan" };
+        let mut o = Outcome { system, connections: n, ..Outcome::default() };
+        let ramp_limit = args.load.ramp(n) + Duration::from_secs(30);
+        let deadline = Instant::now() + ramp_limit + args.settle + args.duration + Duration::from_secs(60);
+        let (listen0, server_pids) = (procstat::tcp_ext(LISTEN)?, pids(&servers)?);
+        let (ramp_cpu0, ramp_start) = (procstat::Cpu::read(&server_pids)?, Instant::now());
+        let load = Load::start(plan, args.load.config(deadline));
+        eprintln!("connecting {n} browsers to {system} from {} source address(es)", load.sources().len());
+        o.all_ready_s = load.wait_ready(n, ramp_limit).await.map(|d| d.as_secs_f64());
+        let ramp_cpu: f64 =
+            procstat::Cpu::read(&server_pids)?.since(&ramp_cpu0).procs.iter().map(|p| p.0).sum();
+        o.ramp_server_pct = 100.0 * ramp_cpu / ramp_start.elapsed().as_secs_f64().max(1e-3);
+        o.ramp_server_us_per_conn = 1e6 * ramp_cpu / n.max(1) as f64;
+        sleep(args.settle).await;
+        servers.iter_mut().try_for_each(|s| s.proc.child.ensure_running())?;
+        let connected = memory(&servers)?;
+
+        // The window: CPU of the servers' processes, the feeders, this process.
+        let (stats, media) = (load.stats().clone(), up.as_ref().map(|u| u.media.addr));
+        stats.latency.reset();
+        let c0 = stats.counters();
+        let r0 = if let Some(m) = media { Some(stack::media_requests(m).await?) } else { None };
+        let mut pids = pids(&servers)?;
+        let k = pids.len();
+        pids.extend(up.iter().flat_map(|u| [u.poller.pid(), u.media.pid()]).chain([std::process::id()]));
+        let (cpu0, t0_ms, start) =
+            (procstat::Cpu::read(&pids)?, sse_load::unix_micros() / 1000, Instant::now());
+        sleep(args.duration).await;
+        let cpu = procstat::Cpu::read(&pids)?.since(&cpu0);
+        let (t1_ms, secs) = (sse_load::unix_micros() / 1000, start.elapsed().as_secs_f64());
+        let (latency, window) = (stats.latency.snapshot(), stats.counters().since(&c0));
+        let r1 = if let Some(m) = media { Some(stack::media_requests(m).await?) } else { None };
+        let end = memory(&servers)?;
+        if let Some(up) = up.as_mut() {
+            // Every edge's metrics in one text: each figure is their sum.
+            let mut text = String::new();
+            for s in &servers {
+                text += &stack::scrape(s.proc.addr).await?;
+            }
+            o.edge_upstream = Some(EdgeUpstream::parse(&text));
+            up.poller.child.ensure_running()?;
+            up.media.child.ensure_running()?;
+        }
+        servers.iter_mut().try_for_each(|s| s.proc.child.ensure_running())?;
+
+        // Let the updates served in the window reach everyone. A poll every
+        // interval (5 % jitter; the settle lets each event's second poll, up to
+        // 1.5 intervals after its first, pass): a longer gap is a change missed.
+        sleep(Duration::from_secs(2)).await;
+        let updates;
+        (updates, o.updates_dropped) = stats.updates_served(t0_ms, t1_ms);
+        let max_gap_ms = u64::try_from(args.interval.as_millis() * 3 / 2).unwrap_or(u64::MAX);
+        let gaps = media.map(|_| stats.gaps(0..shape.events, t0_ms, t1_ms, max_gap_ms));
+        let listen = procstat::tcp_ext(LISTEN)?.into_iter().zip(listen0);
+        o.listen_overflows_drops_syncookies = listen.map(|(b, a)| b.saturating_sub(a)).collect();
+        load.stop(Duration::from_secs(5)).await;
+        for s in servers {
+            s.stop().await?;
+        }
+
+        let totals = stats.counters();
+        (o.errors, o.reconnects, o.stale) = (totals.errors, totals.reconnects, totals.stale);
+        o.error_kinds = stats.error_kinds().into_iter().collect();
+        let ms = |h: &Snapshot, q: &[f64]| q.iter().map(|&q| sse_load::ms(h, q)).collect::<Vec<_>>();
+        o.connect_p50_p99_max_ms = ms(&stats.connect.snapshot(), &[0.5, 0.99, 1.0]);
+        o.first_event_p50_p99_ms = ms(&stats.first_event.snapshot(), &[0.5, 0.99]);
+        o.latency_p50_p90_p99_max_ms = ms(&latency, &[0.5, 0.9, 0.99, 1.0]);
+        o.latency_mean_ms = latency.mean().map(|us| us / 1000.0);
+        (o.messages, o.messages_per_s) = (window.messages, window.messages as f64 / secs);
+        o.kib_per_s = window.bytes as f64 / 1024.0 / secs;
+        let reached_all = updates.iter().filter(|u| u.reached >= shape.browsers).count() as f64;
+        o.reached_all_pct = (!updates.is_empty()).then(|| 100.0 * reached_all / updates.len() as f64);
+        let p50 = |f: fn(&Update) -> u64| report::quantile_ms(&report::sorted(updates.iter().map(f)), 0.5);
+        (o.last_p50_ms, o.spread_p50_ms) = (p50(|u| u.last_us), p50(|u| u.last_us - u.first_us));
+        o.updates = updates.len();
+        o.events_missing_a_change = gaps.map(|g| g.with_gap);
+        o.longest_gap_s = gaps.map(|g| g.longest_ms as f64 / 1e3);
+        o.polls = r1.zip(r0).map(|(r1, r0)| r1.saturating_sub(r0));
+        o.polls_per_s = o.polls.map(|p| p as f64 / secs);
+        let intervals = f64::from(shape.events) * secs / args.interval.as_secs_f64();
+        o.polls_per_event_per_interval = o.polls.map(|p| p as f64 / intervals);
+
+        let mean = |f: &dyn Fn(usize) -> f64| (0..conns.len()).map(f).sum::<f64>() / conns.len() as f64;
+        let kib = |(p, d): &Mem| {
+            [p.rss_bytes / 1024, d.rss_anon_kib, d.rss_file_kib, d.rss_shmem_kib].map(|k| k as f64)
         };
+        let per_conn = |b: &[Mem], j| mean(&|i| (kib(&b[i])[j] - kib(&idle[i])[j]) / conns[i].max(1) as f64);
+        o.rss_idle_connected_end_mib =
+            [&idle, &connected, &end].map(|m| mean(&|i| kib(&m[i])[0] / 1024.0)).into();
+        (o.rss_per_conn_kib, o.end_per_conn_kib) = (per_conn(&connected, 0), per_conn(&end, 0));
+        o.anon_file_shmem_per_conn_kib = (1..4).map(|j| per_conn(&connected, j)).collect();
+        o.private_dirty_mib = mean(&|i| connected[i].1.private_dirty_kib as f64 / 1024.0);
+        o.threads = mean(&|i| connected[i].1.threads as f64);
+
+        let pct = |s: f64| 100.0 * s / secs;
+        let (server_s, system_s) = cpu.procs[..k].iter().fold((0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1));
+        (o.server_s, o.server_pct, o.server_system_pct) = (server_s, pct(server_s), pct(system_s));
+        o.server_us_per_delivery = 1e6 * server_s / window.messages.max(1) as f64;
+        o.server_ms_per_update = 1e3 * server_s / updates.len().max(1) as f64;
+        o.poller_media_sim_pct = media.map(|_| vec![pct(cpu.of(k)), pct(cpu.of(k + 1))]);
+        (o.load_s, o.others_pct) = (cpu.of(pids.len() - 1), pct(cpu.others()));
+        o.load_pct = pct(o.load_s);
+
+        // nchan against the livepush run of its size, if any.
         let key = |o: &Outcome| {
             let q = &o.latency_p50_p90_p99_max_ms;
             [Some(o.rss_per_conn_kib), q[0], q[2], Some(o.server_us_per_delivery)]
         };
-        let same =
-            self.done.iter().find(|l| !edges && l.system == "livepush" && l.connections == o.connections);
+        let same = self.done.iter().find(|l| !edges && l.system == "livepush" && l.connections == n);
         let ratios =
             same.map(|l| key(&o).into_iter().zip(key(l)).map(|(n, l)| Some(n? / l.filter(|&l| l > 0.0)?)));
         o.vs_livepush_rss_p50_p99_cpu = ratios.map(Iterator::collect);
-        self.done.push(o);
+        Ok(o)
     }
 
     /// Stops media-sim and the poller; the report: the flags, the host's cores, a column per run.
@@ -423,46 +414,21 @@ impl<'a> Runs<'a> {
             up.media.stop().await?;
         }
         anyhow::ensure!(!self.done.is_empty(), "no run succeeded: {}", self.failed.join("; "));
-        let figures = Figures { args, cores: report::cores(), runs: &self.done };
+        let figures = serde_json::json!({ "args": args, "cores": report::cores(), "runs": self.done });
         let mut report = Report::new(name, format!("livepush-bench {name}: {title}"), &figures)?;
-        report.note(
-            "latency = browser read time - served_at_ms (stamped by media-sim serving it, or by the harness \
-             just before it POSTs it to nchan; ms precision: up to 1 ms too high); each connection's first \
-             event (the replayed latest value) is not counted"
-                .into(),
-        );
+        let note = "latency = browser read time - served_at_ms (media-sim serving it, or the harness just \
+            before it POSTs it to nchan; ms precision: up to 1 ms high); a connection's first event is not counted";
+        report.note(note.into());
         self.failed.iter().for_each(|f| _ = report.note(f.clone()));
         Ok(report)
     }
 }
 
-#[derive(Serialize)]
-struct Figures<'a, A> {
-    args: &'a A,
-    cores: usize,
-    runs: &'a [Outcome],
-}
-
-/// The sizes of the one-channel scenarios (`fanout`, `nchan`).
-#[derive(Debug, Clone, clap::Args, serde::Serialize)]
-pub struct Sizes {
-    /// SSE connections; a list (1000,5000,15000) runs each size on a fresh server.
-    #[arg(long, value_delimiter = ',', default_value = "1000", value_parser = clap::value_parser!(u32).range(1..=18_000))]
-    pub connections: Vec<u32>,
-}
-
-/// "1000 / 5000 / 15000", for titles.
-impl std::fmt::Display for Sizes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.connections.iter().map(u32::to_string).collect::<Vec<_>>().join(" / "))
-    }
-}
-
 #[derive(Debug, clap::Args, serde::Serialize)]
 pub struct FanoutArgs {
-    #[command(flatten)]
-    #[serde(flatten)]
-    sizes: Sizes,
+    /// SSE connections; a list (1000,5000,15000) runs each size on a fresh edge.
+    #[arg(long, value_delimiter = ',', default_value = "1000", value_parser = clap::value_parser!(u32).range(1..=18_000))]
+    connections: Vec<u32>,
     /// Also draw latency and RSS per connection against connections as SVG.
     #[arg(long, value_name = "PATH")]
     plot: Option<PathBuf>,
@@ -484,11 +450,10 @@ pub struct BreadthArgs {
 /// Scenario `fanout`: one event, one edge, N browsers, a fresh edge per size.
 pub async fn fanout(args: FanoutArgs) -> anyhow::Result<Report> {
     let mut runs = Runs::new(&args.push, true).await?;
-    for &n in &args.sizes.connections {
+    for &n in &args.connections {
         runs.livepush(ShapeArgs { events: 1, browsers: n, edges: 1 }, n.to_string()).await;
     }
-    let title = format!("one event, one edge, {} SSE connections", args.sizes);
-    let mut report = runs.report("fanout", &title, &args).await?;
+    let mut report = runs.report("fanout", "one event, one edge, N SSE connections", &args).await?;
     if let Some(path) = &args.plot {
         stack::ensure_parent(path)?;
         plot(path, &runs.done).map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
@@ -517,14 +482,10 @@ fn plot(path: &std::path::Path, runs: &[Outcome]) -> Result<(), Box<dyn std::err
     let xy = |f: &dyn Fn(&Outcome) -> Option<f64>| -> Vec<(f64, f64)> {
         runs.iter().filter_map(|o| Some((o.connections as f64, f(o)?))).collect()
     };
-    let latency = |q: usize| xy(&|o| o.latency_p50_p90_p99_max_ms[q]);
+    let (lat, rss) = (|q: usize| xy(&|o| o.latency_p50_p90_p99_max_ms[q]), xy(&|o| Some(o.rss_per_conn_kib)));
     let panels = [
-        ("delivery latency, ms (target: p99 < 50)", 50.0, vec![("p50", latency(0)), ("p99", latency(2))]),
-        (
-            "edge RSS per connection, KiB (target: <= 6)",
-            6.0,
-            vec![("RSS", xy(&|o| Some(o.rss_per_conn_kib)))],
-        ),
+        ("delivery latency, ms (target: p99 < 50)", 50.0, vec![("p50", lat(0)), ("p99", lat(2))]),
+        ("edge RSS per connection, KiB (target: <= 6)", 6.0, vec![("(connected - idle) / N", rss)]),
     ];
     for ((caption, target, series), area) in panels.into_iter().zip(root.split_evenly((1, 2))) {
         let y_max = series.iter().flat_map(|s| &s.1).map(|p| p.1).fold(target, f64::max) * 1.2;
@@ -540,6 +501,5 @@ fn plot(path: &std::path::Path, runs: &[Outcome]) -> Result<(), Box<dyn std::err
         }
         chart.configure_series_labels().border_style(BLACK).draw()?;
     }
-    root.present()?;
-    Ok(())
+    Ok(root.present()?)
 }
