@@ -1,12 +1,10 @@
-//! Scenario `nchan`: `fanout`'s measurement against nginx with the nchan
-//! module, one channel, updates published by the harness with a
-//! `served_at_ms` stamp; `--with-livepush` runs livepush at each size in the
-//! same session. BENCHMARKS.md ("Scenario 5") has the setup and the config.
+//! Scenario `nchan`: `fanout`'s measurement against nginx with the nchan module, one
+//! channel, updates published by the harness. BENCHMARKS.md ("Scenario 5") has the setup.
 
 use crate::{
     child::Child,
     httpc,
-    push::{PushArgs, Runs, Server, ShapeArgs, at_least_1s},
+    push::{PushArgs, Runs, Server, ShapeArgs, at_least_1s, event_id},
     report::Report,
     stack::{self, Proc},
 };
@@ -21,9 +19,6 @@ use std::{
 };
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
-
-/// The event whose media-sim document is published (as in `fanout`).
-const EVENT: &str = "ev-000000";
 
 #[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
@@ -40,8 +35,7 @@ pub struct Args {
     /// `nchan_message_buffer_length`: a new subscriber first gets the oldest kept.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     buffer_length: u32,
-    /// `nchan_subscriber_first_message`: `oldest` replays the buffered update
-    /// at once, as the edge replays an event's latest value; `newest` waits.
+    /// `nchan_subscriber_first_message`: `oldest` replays the buffered update at once, as the edge does.
     #[arg(long, default_value = "oldest", value_parser = ["oldest", "newest"])]
     first_message: String,
     /// The nginx binary.
@@ -60,26 +54,25 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let apt = "apt-get install nginx libnginx-mod-nchan";
         ensure!(path.is_file(), "no {} (on Debian: `{apt}`, or pass {flag} PATH)", path.display());
     }
-    let published = Arc::new(Mutex::new((0, 0, None)));
+    let published = Published::default();
     let mut runs = Runs::new(&args.push, args.with_livepush).await?;
     for &n in &args.connections {
         let shape = ShapeArgs { events: 1, browsers: n, edges: 1 };
         let mut column = n.to_string();
         if args.with_livepush {
-            runs.livepush(shape.clone(), format!("livepush {n}")).await;
+            runs.measure(shape.clone(), None, format!("livepush {n}")).await;
             column = format!("nchan {n}");
         }
-        runs.measure(shape, start(&args, &published).await.map(|s| vec![s]), column).await;
+        runs.measure(shape, Some(start(&args, &published).await), column).await;
     }
     let both = if args.with_livepush { "livepush (one edge) and " } else { "" };
     let title = format!("one channel, N SSE connections, {both}nchan (one nginx)");
     let mut report = runs.report("nchan", &title, &args).await?;
-    let (ok, failed, first) = &*published.lock().unwrap_or_else(PoisonError::into_inner);
-    let first = first.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default();
-    report.note(format!(
-        "nchan publisher: {ok} updates published by the ticker (plus one per nginx before its warm-up), \
-         {failed} failed{first}"
-    ));
+    let published = published.lock().unwrap_or_else(PoisonError::into_inner);
+    let failed: Vec<_> = published.iter().filter_map(|r| r.as_ref().err()).collect();
+    let first = failed.first().map_or(String::new(), |e| format!(" (first: {e})"));
+    let (ok, n) = (published.len() - failed.len(), failed.len());
+    report.note(format!("nchan publisher: {ok} ticks published (besides the first), {n} failed{first}"));
     report.note(versions(&args.nginx));
     Ok(report)
 }
@@ -92,8 +85,8 @@ fn versions(nginx: &Path) -> String {
     format!("{}, libnginx-mod-nchan {}", text(out(Command::new(nginx).arg("-v"))), text(dpkg))
 }
 
-/// Updates published, failed, and the first failure, over all nginx instances.
-type Published = Arc<Mutex<(u64, u64, Option<String>)>>;
+/// What the ticker's publishes gave, over all nginx instances.
+type Published = Arc<Mutex<Vec<Result<(), String>>>>;
 
 /// A fresh nginx, answering, with a message in the channel and its publisher.
 async fn start(args: &Args, published: &Published) -> anyhow::Result<Server> {
@@ -105,14 +98,8 @@ async fn start(args: &Args, published: &Published) -> anyhow::Result<Server> {
     std::fs::write(dir.path().join("nginx.conf"), conf).context("writing nginx.conf")?;
     // Pinned like the edge, with --edge-cpus.
     let taskset = args.push.bins.edge_cpus.iter().flat_map(|c| ["taskset".into(), "-c".into(), c.clone()]);
-    let mut argv: Vec<String> = taskset.chain([args.nginx.display().to_string(), "-p".into()]).collect();
-    argv.extend([
-        format!("{d}/"),
-        "-c".into(),
-        format!("{d}/nginx.conf"),
-        "-e".into(),
-        format!("{d}/error.log"),
-    ]);
+    let mut argv: Vec<String> = taskset.chain([args.nginx.display().to_string()]).collect();
+    argv.extend(["-p", &format!("{d}/"), "-c", "nginx.conf", "-e", "error.log"].map(String::from));
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
     let mut child = Child::spawn("nginx", cmd)?;
@@ -133,12 +120,8 @@ async fn start(args: &Args, published: &Published) -> anyhow::Result<Server> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let result = publish(addr, &sim).await;
-            let mut p = published.lock().unwrap_or_else(PoisonError::into_inner);
-            match result {
-                Ok(()) => p.0 += 1,
-                Err(e) => (p.1, p.2) = (p.1 + 1, p.2.take().or(Some(format!("{e:#}")))),
-            }
+            let result = publish(addr, &sim).await.map_err(|e| format!("{e:#}"));
+            published.lock().unwrap_or_else(PoisonError::into_inner).push(result);
         }
     });
     let proc = Proc { child, addr, cmd: stack::shell_words(&argv) };
@@ -175,7 +158,8 @@ http {{
 /// POSTs media-sim's current document (stamped now) to nchan's publisher
 /// location; nchan answers 201 (delivered to subscribers) or 202 (queued).
 async fn publish(addr: SocketAddr, sim: &Sim) -> anyhow::Result<()> {
-    let id = livepush::EventId::parse(EVENT).map_err(|e| anyhow::anyhow!("{EVENT}: {e}"))?;
+    // The document of `fanout`'s event.
+    let id = livepush::EventId::parse(&event_id(0)).map_err(|e| anyhow::anyhow!("{}: {e}", event_id(0)))?;
     let doc = sim.current(&id).context("media-sim's document")?;
     let (status, body) = httpc::post_json(addr, "/pub", &[], &doc.body, Duration::from_secs(2)).await?;
     ensure!((200..300).contains(&status), "POST /pub answered {status}: {}", body.trim());

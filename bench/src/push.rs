@@ -5,7 +5,7 @@
 use crate::{
     child,
     histogram::Snapshot,
-    procstat::{self, MemoryDetail, Sample},
+    procstat::{self, Cpu, MemoryDetail, Sample},
     report::{self, Report},
     sse_load::{self, Load, Plan, Update},
     stack::{self, BinArgs, Proc},
@@ -104,10 +104,6 @@ pub struct Server {
 }
 
 impl Server {
-    fn stream_path(&self, event: u32) -> String {
-        if self.nginx.is_some() { "/sub".into() } else { format!("/live/{}/stream", event_id(event)) }
-    }
-
     async fn stop(self) -> anyhow::Result<()> {
         let (workers, _dir) = (procstat::children(self.proc.pid())?, self.nginx.map(|(_, dir)| dir));
         self.proc.stop().await?;
@@ -153,9 +149,7 @@ pub struct Outcome {
     ramp_server_pct: f64,
     ramp_server_us_per_conn: f64,
     listen_overflows_drops_syncookies: Vec<u64>,
-    errors: u64,
-    reconnects: u64,
-    stale: u64,
+    errors_reconnects_stale: Vec<u64>,
     error_kinds: BTreeMap<String, u64>,
     messages: u64,
     messages_per_s: f64,
@@ -222,19 +216,13 @@ fn memory(servers: &[Server]) -> anyhow::Result<Vec<Mem>> {
 
 const LISTEN: &[&str] = &["ListenOverflows", "ListenDrops", "SyncookiesSent"];
 
-/// The runs of one report, media-sim and the poller for the whole invocation
-/// if livepush is measured, and the runs that failed (the others still stand).
+/// The runs of one report and those that failed (the others' figures stand).
 pub struct Runs<'a> {
     args: &'a PushArgs,
-    up: Option<Upstream>,
+    /// media-sim (`--stamp`) and the poller, for the whole invocation if livepush is measured.
+    up: Option<(Proc, Proc)>,
     done: Vec<Outcome>,
     failed: Vec<String>,
-}
-
-/// media-sim (`--stamp`) and the poller.
-struct Upstream {
-    media: Proc,
-    poller: Proc,
 }
 
 impl<'a> Runs<'a> {
@@ -242,27 +230,27 @@ impl<'a> Runs<'a> {
         let mut up = None;
         if livepush {
             let media = stack::media_sim(&args.bins, args.change_every, true).await?;
-            up =
-                Some(Upstream { poller: stack::poller(&args.bins, media.addr, args.interval).await?, media });
+            let poller = stack::poller(&args.bins, media.addr, args.interval).await?;
+            up = Some((media, poller));
         }
         Ok(Self { args, up, done: Vec::new(), failed: Vec::new() })
     }
 
-    /// Measures `shape` on fresh edges.
-    pub async fn livepush(&mut self, shape: ShapeArgs, column: String) {
-        let poller = self.up.as_ref().map(|u| u.poller.addr).expect("started for livepush");
-        let mut edges = Vec::new();
-        for _ in 0..shape.edges {
-            edges
-                .push(stack::edge(&self.args.bins, &[poller]).await.map(|proc| Server { proc, nginx: None }));
-        }
-        self.measure(shape, edges.into_iter().collect(), column).await;
-    }
-
-    /// Measures `shape` on fresh `servers`: a column, or a failure noted.
-    pub async fn measure(&mut self, shape: ShapeArgs, servers: anyhow::Result<Vec<Server>>, column: String) {
+    /// Measures `shape` on fresh edges (`nginx`: `None`) or on nginx: a column, or a failure noted.
+    pub async fn measure(&mut self, shape: ShapeArgs, nginx: Option<anyhow::Result<Server>>, column: String) {
         eprintln!("{column}: {} event(s) x {} browsers", shape.events, shape.browsers);
-        match async { self.run(&shape, servers?).await }.await {
+        let run = async {
+            let mut servers = Vec::new();
+            if let Some(nginx) = nginx {
+                servers.push(nginx?);
+            }
+            while servers.len() < shape.edges as usize {
+                let poller = self.up.as_ref().map(|u| u.1.addr).expect("started for livepush");
+                servers.push(Server { proc: stack::edge(&self.args.bins, &[poller]).await?, nginx: None });
+            }
+            self.run(&shape, servers).await
+        };
+        match run.await {
             Ok(o) => self.done.push(Outcome { column, ..o }),
             Err(e) => self.failed.push(format!("{column}: the run failed: {e:#}")),
         }
@@ -272,9 +260,10 @@ impl<'a> Runs<'a> {
     async fn run(&mut self, shape: &ShapeArgs, mut servers: Vec<Server>) -> anyhow::Result<Outcome> {
         let (args, edges) = (self.args, servers[0].nginx.is_none());
         let mut up = self.up.as_mut().filter(|_| edges);
+        let path = |e| if edges { format!("/live/{}/stream", event_id(e)) } else { "/sub".into() };
         // Warm-up: one stream per server until its first event; then the idle RSS.
         let mut plan = Plan::default();
-        servers.iter().for_each(|s| plan.push(s.proc.addr, &s.stream_path(0), 0));
+        servers.iter().for_each(|s| plan.push(s.proc.addr, &path(0), 0));
         let warm = Load::start(plan, args.load.config(Instant::now() + Duration::from_secs(30)));
         let warmed = warm.wait_ready(servers.len() as u64, Duration::from_secs(20)).await;
         let warm_errors = warm.stats().error_kinds();
@@ -282,14 +271,13 @@ impl<'a> Runs<'a> {
         warmed.with_context(|| format!("warm-up streams got no first event within 20 s: {warm_errors:?}"))?;
         sleep(Duration::from_secs(1)).await;
         let idle = memory(&servers)?;
-
         // Connection i watches event i % events on server (i / events) % servers:
         // every event has browsers on every server.
         let (events, n) = (u64::from(shape.events), u64::from(shape.events) * u64::from(shape.browsers));
         let (mut plan, mut conns) = (Plan::default(), vec![0u64; servers.len()]);
         for i in 0..n {
             let (event, s) = ((i % events) as u32, (i / events) as usize % servers.len());
-            plan.push(servers[s].proc.addr, &servers[s].stream_path(event), event);
+            plan.push(servers[s].proc.addr, &path(event), event);
             conns[s] += 1;
         }
         let system = if edges { "livepush" } else { "nchan" };
@@ -297,46 +285,44 @@ impl<'a> Runs<'a> {
         let ramp_limit = args.load.ramp(n) + Duration::from_secs(30);
         let deadline = Instant::now() + ramp_limit + args.settle + args.duration + Duration::from_secs(60);
         let (listen0, server_pids) = (procstat::tcp_ext(LISTEN)?, pids(&servers)?);
-        let (ramp_cpu0, ramp_start) = (procstat::Cpu::read(&server_pids)?, Instant::now());
+        let (ramp_cpu0, ramp_start) = (Cpu::read(&server_pids)?, Instant::now());
         let load = Load::start(plan, args.load.config(deadline));
         eprintln!("connecting {n} browsers to {system} from {} source address(es)", load.sources().len());
         o.all_ready_s = load.wait_ready(n, ramp_limit).await.map(|d| d.as_secs_f64());
-        let ramp_cpu: f64 =
-            procstat::Cpu::read(&server_pids)?.since(&ramp_cpu0).procs.iter().map(|p| p.0).sum();
+        let ramp_cpu: f64 = Cpu::read(&server_pids)?.since(&ramp_cpu0).procs.iter().map(|p| p.0).sum();
         o.ramp_server_pct = 100.0 * ramp_cpu / ramp_start.elapsed().as_secs_f64().max(1e-3);
         o.ramp_server_us_per_conn = 1e6 * ramp_cpu / n.max(1) as f64;
         sleep(args.settle).await;
         servers.iter_mut().try_for_each(|s| s.proc.child.ensure_running())?;
         let connected = memory(&servers)?;
-
         // The window: CPU of the servers' processes, the feeders, this process.
-        let (stats, media) = (load.stats().clone(), up.as_ref().map(|u| u.media.addr));
+        let (stats, media) = (load.stats().clone(), up.as_ref().map(|u| u.0.addr));
         stats.latency.reset();
         let c0 = stats.counters();
         let r0 = if let Some(m) = media { Some(stack::media_requests(m).await?) } else { None };
         let mut pids = pids(&servers)?;
         let k = pids.len();
-        pids.extend(up.iter().flat_map(|u| [u.poller.pid(), u.media.pid()]).chain([std::process::id()]));
-        let (cpu0, t0_ms, start) =
-            (procstat::Cpu::read(&pids)?, sse_load::unix_micros() / 1000, Instant::now());
+        pids.extend(
+            up.iter().flat_map(|(media, poller)| [poller.pid(), media.pid()]).chain([std::process::id()]),
+        );
+        let (cpu0, t0_ms, start) = (Cpu::read(&pids)?, sse_load::unix_micros() / 1000, Instant::now());
         sleep(args.duration).await;
-        let cpu = procstat::Cpu::read(&pids)?.since(&cpu0);
+        let cpu = Cpu::read(&pids)?.since(&cpu0);
         let (t1_ms, secs) = (sse_load::unix_micros() / 1000, start.elapsed().as_secs_f64());
         let (latency, window) = (stats.latency.snapshot(), stats.counters().since(&c0));
         let r1 = if let Some(m) = media { Some(stack::media_requests(m).await?) } else { None };
         let end = memory(&servers)?;
-        if let Some(up) = up.as_mut() {
+        if let Some((media, poller)) = up.as_mut() {
             // Every edge's metrics in one text: each figure is their sum.
             let mut text = String::new();
             for s in &servers {
                 text += &stack::scrape(s.proc.addr).await?;
             }
             o.edge_upstream = Some(EdgeUpstream::parse(&text));
-            up.poller.child.ensure_running()?;
-            up.media.child.ensure_running()?;
+            poller.child.ensure_running()?;
+            media.child.ensure_running()?;
         }
         servers.iter_mut().try_for_each(|s| s.proc.child.ensure_running())?;
-
         // Let the updates served in the window reach everyone. A poll every
         // interval (5 % jitter; the settle lets each event's second poll, up to
         // 1.5 intervals after its first, pass): a longer gap is a change missed.
@@ -351,9 +337,8 @@ impl<'a> Runs<'a> {
         for s in servers {
             s.stop().await?;
         }
-
         let totals = stats.counters();
-        (o.errors, o.reconnects, o.stale) = (totals.errors, totals.reconnects, totals.stale);
+        o.errors_reconnects_stale = vec![totals.errors, totals.reconnects, totals.stale];
         o.error_kinds = stats.error_kinds().into_iter().collect();
         let ms = |h: &Snapshot, q: &[f64]| q.iter().map(|&q| sse_load::ms(h, q)).collect::<Vec<_>>();
         o.connect_p50_p99_max_ms = ms(&stats.connect.snapshot(), &[0.5, 0.99, 1.0]);
@@ -373,7 +358,6 @@ impl<'a> Runs<'a> {
         o.polls_per_s = o.polls.map(|p| p as f64 / secs);
         let intervals = f64::from(shape.events) * secs / args.interval.as_secs_f64();
         o.polls_per_event_per_interval = o.polls.map(|p| p as f64 / intervals);
-
         let mean = |f: &dyn Fn(usize) -> f64| (0..conns.len()).map(f).sum::<f64>() / conns.len() as f64;
         let kib = |(p, d): &Mem| {
             [p.rss_bytes / 1024, d.rss_anon_kib, d.rss_file_kib, d.rss_shmem_kib].map(|k| k as f64)
@@ -385,7 +369,6 @@ impl<'a> Runs<'a> {
         o.anon_file_shmem_per_conn_kib = (1..4).map(|j| per_conn(&connected, j)).collect();
         o.private_dirty_mib = mean(&|i| connected[i].1.private_dirty_kib as f64 / 1024.0);
         o.threads = mean(&|i| connected[i].1.threads as f64);
-
         let pct = |s: f64| 100.0 * s / secs;
         let (server_s, system_s) = cpu.procs[..k].iter().fold((0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1));
         (o.server_s, o.server_pct, o.server_system_pct) = (server_s, pct(server_s), pct(system_s));
@@ -394,24 +377,22 @@ impl<'a> Runs<'a> {
         o.poller_media_sim_pct = media.map(|_| vec![pct(cpu.of(k)), pct(cpu.of(k + 1))]);
         (o.load_s, o.others_pct) = (cpu.of(pids.len() - 1), pct(cpu.others()));
         o.load_pct = pct(o.load_s);
-
         // nchan against the livepush run of its size, if any.
         let key = |o: &Outcome| {
             let q = &o.latency_p50_p90_p99_max_ms;
             [Some(o.rss_per_conn_kib), q[0], q[2], Some(o.server_us_per_delivery)]
         };
         let same = self.done.iter().find(|l| !edges && l.system == "livepush" && l.connections == n);
-        let ratios =
-            same.map(|l| key(&o).into_iter().zip(key(l)).map(|(n, l)| Some(n? / l.filter(|&l| l > 0.0)?)));
-        o.vs_livepush_rss_p50_p99_cpu = ratios.map(Iterator::collect);
+        let ratio = |(n, l): (Option<f64>, Option<f64>)| Some(n? / l.filter(|&l| l > 0.0)?);
+        o.vs_livepush_rss_p50_p99_cpu = same.map(|l| key(&o).into_iter().zip(key(l)).map(ratio).collect());
         Ok(o)
     }
 
     /// Stops media-sim and the poller; the report: the flags, the host's cores, a column per run.
     pub async fn report(&mut self, name: &str, title: &str, args: &impl Serialize) -> anyhow::Result<Report> {
-        if let Some(up) = self.up.take() {
-            up.poller.stop().await?;
-            up.media.stop().await?;
+        if let Some((media, poller)) = self.up.take() {
+            poller.stop().await?;
+            media.stop().await?;
         }
         anyhow::ensure!(!self.done.is_empty(), "no run succeeded: {}", self.failed.join("; "));
         let figures = serde_json::json!({ "args": args, "cores": report::cores(), "runs": self.done });
@@ -451,7 +432,7 @@ pub struct BreadthArgs {
 pub async fn fanout(args: FanoutArgs) -> anyhow::Result<Report> {
     let mut runs = Runs::new(&args.push, true).await?;
     for &n in &args.connections {
-        runs.livepush(ShapeArgs { events: 1, browsers: n, edges: 1 }, n.to_string()).await;
+        runs.measure(ShapeArgs { events: 1, browsers: n, edges: 1 }, None, n.to_string()).await;
     }
     let mut report = runs.report("fanout", "one event, one edge, N SSE connections", &args).await?;
     if let Some(path) = &args.plot {
@@ -469,7 +450,7 @@ pub async fn breadth(args: BreadthArgs) -> anyhow::Result<Report> {
     let n = u64::from(events) * u64::from(browsers);
     anyhow::ensure!(n <= 18_000, "{n} connections: the load generator holds one file each, at most 18,000");
     let mut runs = Runs::new(&args.push, true).await?;
-    runs.livepush(args.shape.clone(), format!("{events}x{browsers}")).await;
+    runs.measure(args.shape.clone(), None, format!("{events}x{browsers}")).await;
     runs.report("breadth", &format!("{events} events x {browsers} browsers over {edges} edges"), &args).await
 }
 
@@ -484,22 +465,19 @@ fn plot(path: &std::path::Path, runs: &[Outcome]) -> Result<(), Box<dyn std::err
     };
     let (lat, rss) = (|q: usize| xy(&|o| o.latency_p50_p90_p99_max_ms[q]), xy(&|o| Some(o.rss_per_conn_kib)));
     let panels = [
-        ("delivery latency, ms (target: p99 < 50)", 50.0, vec![("p50", lat(0)), ("p99", lat(2))]),
-        ("edge RSS per connection, KiB (target: <= 6)", 6.0, vec![("(connected - idle) / N", rss)]),
+        ("delivery latency p50 (lower) and p99, ms; target p99 < 50", 50.0, vec![lat(0), lat(2)]),
+        ("edge RSS per connection, (connected - idle) / N, KiB; target <= 6", 6.0, vec![rss]),
     ];
     for ((caption, target, series), area) in panels.into_iter().zip(root.split_evenly((1, 2))) {
-        let y_max = series.iter().flat_map(|s| &s.1).map(|p| p.1).fold(target, f64::max) * 1.2;
+        let y_max = series.iter().flatten().map(|p| p.1).fold(target, f64::max) * 1.2;
         let mut chart = ChartBuilder::on(&area);
         chart.caption(caption, ("sans-serif", 18)).margin(12).x_label_area_size(40).y_label_area_size(55);
         let mut chart = chart.build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
         chart.configure_mesh().x_desc("SSE connections on the edge").draw()?;
         chart.draw_series(DashedLineSeries::new([(0.0, target), (x_max, target)], 8, 5, BLACK.into()))?;
-        for (i, (name, points)) in series.into_iter().enumerate() {
-            let style = Palette99::pick(i).stroke_width(2);
-            let line = chart.draw_series(LineSeries::new(points, style).point_size(4))?;
-            line.label(name).legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], style));
+        for (i, points) in series.into_iter().enumerate() {
+            chart.draw_series(LineSeries::new(points, Palette99::pick(i).stroke_width(2)).point_size(4))?;
         }
-        chart.configure_series_labels().border_style(BLACK).draw()?;
     }
     Ok(root.present()?)
 }
