@@ -131,8 +131,7 @@ async fn start(args: &Args, published: &Published) -> anyhow::Result<Server> {
 /// The nginx.conf of one instance: everything it writes stays in `d`. As
 /// root the worker keeps our user, like the edge (else `nobody`).
 fn config(d: &str, args: &Args, addr: SocketAddr, root: bool) -> String {
-    let temp =
-        ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"].map(|t| format!("{t}_temp_path {d}/{t};"));
+    let tmp = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"].map(|t| format!("{t}_temp_path {d}/{t};"));
     let (module, user) = (args.nchan_module.display(), if root { "user root;" } else { "" });
     let (buffer, first) = (args.buffer_length, &args.first_message);
     format!(
@@ -141,17 +140,19 @@ daemon off; master_process on; worker_processes 1; worker_rlimit_nofile 20000; {
 pid {d}/nginx.pid; error_log {d}/error.log warn;
 events {{ worker_connections 19000; }}
 http {{
-    access_log off; {temp}
+    access_log off; {tmp}
     server {{
         listen {addr} backlog=1024;
         nchan_message_buffer_length {buffer};
         location = /healthz {{ return 200 \"ok\\n\"; }}
-        location = /sub {{ nchan_subscriber eventsource; nchan_channel_id live; nchan_subscriber_first_message {first}; }}
+        location = /sub {{
+            nchan_subscriber eventsource; nchan_channel_id live; nchan_subscriber_first_message {first};
+        }}
         location = /pub {{ nchan_publisher; nchan_channel_id live; allow 127.0.0.1; deny all; }}
     }}
 }}
 ",
-        temp = temp.join(" ")
+        tmp = tmp.join(" ")
     )
 }
 

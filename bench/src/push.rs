@@ -1,6 +1,5 @@
-//! The push path measured by one [`measure`]: media-sim → poller → edge(s) →
-//! SSE browsers (`fanout`, `breadth`), or nginx with nchan ([`crate::nchan`]).
-//! BENCHMARKS.md ("Scenario `fanout`") describes the phases and each figure.
+//! The push path measured by [`Runs`]: media-sim → poller → edge(s) → SSE browsers (`fanout`,
+//! `breadth`), or nginx with nchan ([`crate::nchan`]). Phases, figures: BENCHMARKS.md, `fanout`.
 
 use crate::{
     child,
@@ -13,7 +12,7 @@ use crate::{
 use anyhow::Context;
 use plotters::prelude::*;
 use serde::Serialize;
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, process, time::Duration};
 use tokio::time::{Instant, sleep};
 use tokio_util::task::AbortOnDropHandle;
 
@@ -133,9 +132,8 @@ impl EdgeUpstream {
     }
 }
 
-/// One run, one column (BENCHMARKS.md, "Scenario `fanout`"). Connecting and
-/// errors: the whole run; the rest: the window. Latency: update produced
-/// (media-sim serving it, the harness publishing it to nchan) to browser read;
+/// One run, one column. Connecting and errors: the whole run; the rest: the window. Latency:
+/// update produced (media-sim serving it, the harness POSTing it to nchan) to browser read;
 /// memory: mean per server (nginx: its processes summed); `_pct`: of one core.
 #[derive(Serialize, Default)]
 pub struct Outcome {
@@ -163,11 +161,12 @@ pub struct Outcome {
     spread_p50_ms: Option<f64>,
     /// Deliveries not grouped per update (a cap): the per-update figures miss them.
     updates_dropped: u64,
-    /// Events whose updates lay over 1.5 intervals apart; media-sim's `GET /live`.
+    /// Events with updates over 1.5 intervals apart; polls: media-sim's `GET /live` (vs events/interval).
     events_missing_a_change: Option<u64>,
     longest_gap_s: Option<f64>,
     polls: Option<u64>,
     polls_per_s: Option<f64>,
+    expected_polls_per_s: Option<f64>,
     polls_per_event_per_interval: Option<f64>,
     /// At the end of the window, the edges' summed.
     edge_upstream: Option<EdgeUpstream>,
@@ -219,7 +218,7 @@ const LISTEN: &[&str] = &["ListenOverflows", "ListenDrops", "SyncookiesSent"];
 /// The runs of one report and those that failed (the others' figures stand).
 pub struct Runs<'a> {
     args: &'a PushArgs,
-    /// media-sim (`--stamp`) and the poller, for the whole invocation if livepush is measured.
+    /// The poller and media-sim (`--stamp`), for the whole invocation if livepush is measured.
     up: Option<(Proc, Proc)>,
     done: Vec<Outcome>,
     failed: Vec<String>,
@@ -230,8 +229,7 @@ impl<'a> Runs<'a> {
         let mut up = None;
         if livepush {
             let media = stack::media_sim(&args.bins, args.change_every, true).await?;
-            let poller = stack::poller(&args.bins, media.addr, args.interval).await?;
-            up = Some((media, poller));
+            up = Some((stack::poller(&args.bins, media.addr, args.interval).await?, media));
         }
         Ok(Self { args, up, done: Vec::new(), failed: Vec::new() })
     }
@@ -245,7 +243,7 @@ impl<'a> Runs<'a> {
                 servers.push(nginx?);
             }
             while servers.len() < shape.edges as usize {
-                let poller = self.up.as_ref().map(|u| u.1.addr).expect("started for livepush");
+                let poller = self.up.as_ref().map(|u| u.0.addr).expect("started for livepush");
                 servers.push(Server { proc: stack::edge(&self.args.bins, &[poller]).await?, nginx: None });
             }
             self.run(&shape, servers).await
@@ -296,15 +294,13 @@ impl<'a> Runs<'a> {
         servers.iter_mut().try_for_each(|s| s.proc.child.ensure_running())?;
         let connected = memory(&servers)?;
         // The window: CPU of the servers' processes, the feeders, this process.
-        let (stats, media) = (load.stats().clone(), up.as_ref().map(|u| u.0.addr));
+        let (stats, media) = (load.stats().clone(), up.as_ref().map(|u| u.1.addr));
         stats.latency.reset();
         let c0 = stats.counters();
         let r0 = if let Some(m) = media { Some(stack::media_requests(m).await?) } else { None };
         let mut pids = pids(&servers)?;
         let k = pids.len();
-        pids.extend(
-            up.iter().flat_map(|(media, poller)| [poller.pid(), media.pid()]).chain([std::process::id()]),
-        );
+        pids.extend(up.iter().flat_map(|(poller, media)| [poller.pid(), media.pid()]).chain([process::id()]));
         let (cpu0, t0_ms, start) = (Cpu::read(&pids)?, sse_load::unix_micros() / 1000, Instant::now());
         sleep(args.duration).await;
         let cpu = Cpu::read(&pids)?.since(&cpu0);
@@ -312,7 +308,7 @@ impl<'a> Runs<'a> {
         let (latency, window) = (stats.latency.snapshot(), stats.counters().since(&c0));
         let r1 = if let Some(m) = media { Some(stack::media_requests(m).await?) } else { None };
         let end = memory(&servers)?;
-        if let Some((media, poller)) = up.as_mut() {
+        if let Some((poller, media)) = up.as_mut() {
             // Every edge's metrics in one text: each figure is their sum.
             let mut text = String::new();
             for s in &servers {
@@ -356,6 +352,7 @@ impl<'a> Runs<'a> {
         o.longest_gap_s = gaps.map(|g| g.longest_ms as f64 / 1e3);
         o.polls = r1.zip(r0).map(|(r1, r0)| r1.saturating_sub(r0));
         o.polls_per_s = o.polls.map(|p| p as f64 / secs);
+        o.expected_polls_per_s = o.polls.map(|_| f64::from(shape.events) / args.interval.as_secs_f64());
         let intervals = f64::from(shape.events) * secs / args.interval.as_secs_f64();
         o.polls_per_event_per_interval = o.polls.map(|p| p as f64 / intervals);
         let mean = |f: &dyn Fn(usize) -> f64| (0..conns.len()).map(f).sum::<f64>() / conns.len() as f64;
@@ -390,15 +387,16 @@ impl<'a> Runs<'a> {
 
     /// Stops media-sim and the poller; the report: the flags, the host's cores, a column per run.
     pub async fn report(&mut self, name: &str, title: &str, args: &impl Serialize) -> anyhow::Result<Report> {
-        if let Some((media, poller)) = self.up.take() {
+        if let Some((poller, media)) = self.up.take() {
             poller.stop().await?;
             media.stop().await?;
         }
         anyhow::ensure!(!self.done.is_empty(), "no run succeeded: {}", self.failed.join("; "));
         let figures = serde_json::json!({ "args": args, "cores": report::cores(), "runs": self.done });
         let mut report = Report::new(name, format!("livepush-bench {name}: {title}"), &figures)?;
-        let note = "latency = browser read time - served_at_ms (media-sim serving it, or the harness just \
-            before it POSTs it to nchan; ms precision: up to 1 ms high); a connection's first event is not counted";
+        let note = "latency = browser read time - served_at_ms (stamped by media-sim serving it, or by the \
+            harness just before its POST to nchan; ms precision: up to 1 ms too high); each connection's \
+            first event (the replayed latest value) is not counted";
         report.note(note.into());
         self.failed.iter().for_each(|f| _ = report.note(f.clone()));
         Ok(report)
