@@ -1,12 +1,10 @@
-//! Scenario `nchan`: `fanout`'s measurement against nginx with the nchan
-//! module, one channel, updates published by the harness with a
-//! `served_at_ms` stamp; `--with-livepush` runs livepush at each size in the
-//! same session. BENCHMARKS.md ("Scenario 5") has the setup and the config.
+//! Scenario `nchan`: `fanout`'s measurement against nginx with the nchan module, one
+//! channel, updates published by the harness. BENCHMARKS.md ("Scenario 5") has the setup.
 
 use crate::{
     child::Child,
     httpc,
-    push::{PushArgs, Runs, Server, ShapeArgs, Sizes, Upstream, at_least_1s},
+    push::{PushArgs, Runs, Server, ShapeArgs, at_least_1s, event_id},
     report::Report,
     stack::{self, Proc},
 };
@@ -22,42 +20,30 @@ use std::{
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
-/// The event whose media-sim document is published (as in `fanout`).
-const EVENT: &str = "ev-000000";
-
 #[derive(Debug, clap::Args, serde::Serialize)]
 pub struct Args {
-    #[command(flatten)]
-    #[serde(flatten)]
-    sizes: Sizes,
-
-    /// Also run livepush (as `fanout`) at each size, just before nchan, for
-    /// side-by-side figures from one session.
+    /// SSE connections; a list (1000,5000,15000) runs each size on a fresh server.
+    #[arg(long, value_delimiter = ',', default_value = "1000", value_parser = clap::value_parser!(u32).range(1..=18_000))]
+    connections: Vec<u32>,
+    /// Also run livepush (as `fanout`) at each size, just before nchan, in the same session.
     #[arg(long)]
     with_livepush: bool,
-
     /// Publish one update to the channel this often.
     #[arg(long, default_value = "1s", value_parser = at_least_1s)]
     #[serde(rename = "publish_every_s", serialize_with = "crate::report::secs")]
     publish_every: Duration,
-
     /// `nchan_message_buffer_length`: a new subscriber first gets the oldest kept.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     buffer_length: u32,
-
-    /// `nchan_subscriber_first_message`: `oldest` replays the buffered update
-    /// at once, as the edge replays an event's latest value; `newest` waits.
+    /// `nchan_subscriber_first_message`: `oldest` replays the buffered update at once, as the edge does.
     #[arg(long, default_value = "oldest", value_parser = ["oldest", "newest"])]
     first_message: String,
-
     /// The nginx binary.
     #[arg(long, default_value = "/usr/sbin/nginx", value_name = "PATH")]
     nginx: PathBuf,
-
     /// nchan's dynamic module.
     #[arg(long, default_value = "/usr/lib/nginx/modules/ngx_nchan_module.so", value_name = "PATH")]
     nchan_module: PathBuf,
-
     #[command(flatten)]
     #[serde(flatten)]
     push: PushArgs,
@@ -68,51 +54,39 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let apt = "apt-get install nginx libnginx-mod-nchan";
         ensure!(path.is_file(), "no {} (on Debian: `{apt}`, or pass {flag} PATH)", path.display());
     }
-    let published = Arc::new(Mutex::new((0, 0, None)));
-    let mut up = if args.with_livepush { Some(Upstream::start(&args.push).await?) } else { None };
-    let mut runs = Runs::default();
-    for &n in &args.sizes.connections {
+    let published = Published::default();
+    let mut runs = Runs::new(&args.push, args.with_livepush).await?;
+    for &n in &args.connections {
         let shape = ShapeArgs { events: 1, browsers: n, edges: 1 };
-        let column = if let Some(up) = up.as_mut() {
-            let edges = up.edges(1).await;
-            runs.measure(&args.push, shape.clone(), edges, Some(up), format!("livepush {n}")).await;
-            format!("nchan {n}")
-        } else {
-            n.to_string()
-        };
-        let nginx = start(&args, &published).await.map(|s| vec![s]);
-        runs.measure(&args.push, shape, nginx, None, column).await;
+        let mut column = n.to_string();
+        if args.with_livepush {
+            runs.measure(shape.clone(), None, format!("livepush {n}")).await;
+            column = format!("nchan {n}");
+        }
+        runs.measure(shape, Some(start(&args, &published).await), column).await;
     }
-    if let Some(up) = up {
-        up.stop().await?;
-    }
-    let title = if args.with_livepush {
-        format!("one channel, {} SSE connections, livepush (one edge) and nchan (one nginx)", args.sizes)
-    } else {
-        format!("one channel, one nginx with nchan, {} EventSource connections", args.sizes)
-    };
-    let mut report = runs.report("nchan", &title, &args)?;
-    let (ok, failed, first) = &*published.lock().unwrap_or_else(PoisonError::into_inner);
-    let first = first.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default();
-    report.note(format!(
-        "nchan publisher: {ok} updates published by the ticker (plus one per nginx before its warm-up), \
-         {failed} failed{first}"
-    ));
+    let both = if args.with_livepush { "livepush (one edge) and " } else { "" };
+    let title = format!("one channel, N SSE connections, {both}nchan (one nginx)");
+    let mut report = runs.report("nchan", &title, &args).await?;
+    let published = published.lock().unwrap_or_else(PoisonError::into_inner);
+    let failed: Vec<_> = published.iter().filter_map(|r| r.as_ref().err()).collect();
+    let first = failed.first().map_or(String::new(), |e| format!(" (first: {e})"));
+    let (ok, n) = (published.len() - failed.len(), failed.len());
+    report.note(format!("nchan publisher: {ok} ticks published (besides the first), {n} failed{first}"));
     report.note(versions(&args.nginx));
     Ok(report)
 }
 
 /// "nginx/1.22.1, libnginx-mod-nchan 1:1.3.6+dfsg-2": what `nginx -v` and dpkg say.
 fn versions(nginx: &Path) -> String {
-    let nginx = Command::new(nginx).arg("-v").output().map(|o| o.stderr).unwrap_or_default();
-    let dpkg = Command::new("dpkg-query").args(["-W", "-f", "${Version}", "libnginx-mod-nchan"]).output();
-    let module = dpkg.map(|o| o.stdout).unwrap_or_default();
+    let out = |c: &mut Command| c.output().map(|o| [o.stdout, o.stderr].concat()).unwrap_or_default();
     let text = |b: Vec<u8>| String::from_utf8_lossy(&b).trim().replace("nginx version: ", "");
-    format!("{}, libnginx-mod-nchan {}", text(nginx), text(module))
+    let dpkg = out(Command::new("dpkg-query").args(["-W", "-f", "${Version}", "libnginx-mod-nchan"]));
+    format!("{}, libnginx-mod-nchan {}", text(out(Command::new(nginx).arg("-v"))), text(dpkg))
 }
 
-/// Updates published, failed, and the first failure, over all nginx instances.
-type Published = Arc<Mutex<(u64, u64, Option<String>)>>;
+/// What the ticker's publishes gave, over all nginx instances.
+type Published = Arc<Mutex<Vec<Result<(), String>>>>;
 
 /// A fresh nginx, answering, with a message in the channel and its publisher.
 async fn start(args: &Args, published: &Published) -> anyhow::Result<Server> {
@@ -122,27 +96,19 @@ async fn start(args: &Args, published: &Published) -> anyhow::Result<Server> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
     let conf = config(&d, args, addr, rustix::process::geteuid().is_root());
     std::fs::write(dir.path().join("nginx.conf"), conf).context("writing nginx.conf")?;
-    let flags = ["-p", &format!("{d}/"), "-c", &format!("{d}/nginx.conf"), "-e", &format!("{d}/error.log")];
     // Pinned like the edge, with --edge-cpus.
-    let mut argv: Vec<String> = match &args.push.bins.edge_cpus {
-        Some(cpus) => vec!["taskset".into(), "-c".into(), cpus.clone()],
-        None => vec![],
-    };
-    argv.push(args.nginx.display().to_string());
-    argv.extend(flags.map(String::from));
+    let taskset = args.push.bins.edge_cpus.iter().flat_map(|c| ["taskset".into(), "-c".into(), c.clone()]);
+    let mut argv: Vec<String> = taskset.chain([args.nginx.display().to_string()]).collect();
+    argv.extend(["-p", &format!("{d}/"), "-c", "nginx.conf", "-e", "error.log"].map(String::from));
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
-    let shown = stack::shell_words(&argv);
     let mut child = Child::spawn("nginx", cmd)?;
-    let healthy =
-        || async move { matches!(httpc::get(addr, "/healthz", Duration::from_secs(1)).await, Ok((200, _))) };
+    let healthy = || async move {
+        httpc::get(addr, "/healthz", Duration::from_secs(1)).await.is_ok_and(|r| r.0 == 200)
+    };
     if let Err(e) = stack::wait_for(&mut child, "nginx", healthy).await {
         let log = std::fs::read_to_string(format!("{d}/error.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().collect();
-        anyhow::bail!(
-            "{e:#}; nginx's error.log ends with: {}",
-            tail[tail.len().saturating_sub(5)..].join(" | ")
-        );
+        anyhow::bail!("{e:#}; nginx's error.log: {}", log.trim().replace('\n', " | "));
     }
     // The channel has a message before anyone subscribes, as an edge has the
     // event's latest value: the warm-up stream gets its first event.
@@ -154,89 +120,49 @@ async fn start(args: &Args, published: &Published) -> anyhow::Result<Server> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let result = publish(addr, &sim).await;
-            let mut p = published.lock().unwrap_or_else(PoisonError::into_inner);
-            match result {
-                Ok(()) => p.0 += 1,
-                Err(e) => (p.1, p.2) = (p.1 + 1, p.2.take().or(Some(format!("{e:#}")))),
-            }
+            let result = publish(addr, &sim).await.map_err(|e| format!("{e:#}"));
+            published.lock().unwrap_or_else(PoisonError::into_inner).push(result);
         }
     });
-    let proc = Proc { child, addr, cmd: shown };
-    Ok(Server { proc, system: "nchan", publisher: Some(AbortOnDropHandle::new(publisher)), _dir: Some(dir) })
+    let proc = Proc { child, addr, cmd: stack::shell_words(&argv) };
+    Ok(Server { proc, nginx: Some((AbortOnDropHandle::new(publisher), dir)) })
 }
 
 /// The nginx.conf of one instance: everything it writes stays in `d`. As
 /// root the worker keeps our user, like the edge (else `nobody`).
 fn config(d: &str, args: &Args, addr: SocketAddr, root: bool) -> String {
-    let temp =
-        ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"].map(|t| format!("{t}_temp_path {d}/{t};"));
+    let tmp = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"].map(|t| format!("{t}_temp_path {d}/{t};"));
     let (module, user) = (args.nchan_module.display(), if root { "user root;" } else { "" });
     let (buffer, first) = (args.buffer_length, &args.first_message);
     format!(
         "load_module {module};
-daemon off;
-master_process on;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-{user}
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
+daemon off; master_process on; worker_processes 1; worker_rlimit_nofile 20000; {user}
+pid {d}/nginx.pid; error_log {d}/error.log warn;
 events {{ worker_connections 19000; }}
 http {{
-    access_log off;
-    {temp}
+    access_log off; {tmp}
     server {{
         listen {addr} backlog=1024;
         nchan_message_buffer_length {buffer};
         location = /healthz {{ return 200 \"ok\\n\"; }}
         location = /sub {{
-            nchan_subscriber eventsource;
-            nchan_channel_id live;
-            nchan_subscriber_first_message {first};
+            nchan_subscriber eventsource; nchan_channel_id live; nchan_subscriber_first_message {first};
         }}
         location = /pub {{ nchan_publisher; nchan_channel_id live; allow 127.0.0.1; deny all; }}
     }}
 }}
 ",
-        temp = temp.join("\n    ")
+        tmp = tmp.join(" ")
     )
 }
 
 /// POSTs media-sim's current document (stamped now) to nchan's publisher
 /// location; nchan answers 201 (delivered to subscribers) or 202 (queued).
 async fn publish(addr: SocketAddr, sim: &Sim) -> anyhow::Result<()> {
-    let id = livepush::EventId::parse(EVENT).map_err(|e| anyhow::anyhow!("{EVENT}: {e}"))?;
+    // The document of `fanout`'s event.
+    let id = livepush::EventId::parse(&event_id(0)).map_err(|e| anyhow::anyhow!("{}: {e}", event_id(0)))?;
     let doc = sim.current(&id).context("media-sim's document")?;
     let (status, body) = httpc::post_json(addr, "/pub", &[], &doc.body, Duration::from_secs(2)).await?;
     ensure!((200..300).contains(&status), "POST /pub answered {status}: {}", body.trim());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
-
-    #[test]
-    fn config_keeps_everything_in_its_directory() {
-        let args = Cli::parse_from(["nchan", "--first-message", "newest", "--buffer-length", "3"]).args;
-        let text = config("/tmp/x", &args, "127.0.0.1:18555".parse().unwrap(), true);
-        for want in [
-            "user root;\npid /tmp/x/nginx.pid;\nerror_log /tmp/x/error.log warn;",
-            "scgi_temp_path /tmp/x/scgi;",
-            "listen 127.0.0.1:18555 backlog=1024;",
-            "nchan_message_buffer_length 3;",
-            "nchan_subscriber_first_message newest;",
-        ] {
-            assert!(text.contains(want), "{want:?} missing from\n{text}");
-        }
-        assert_eq!(text.matches('{').count(), text.matches('}').count());
-    }
 }
