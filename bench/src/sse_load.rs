@@ -14,7 +14,7 @@ use std::{
     convert::Infallible,
     net::{Ipv4Addr, SocketAddr},
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, LazyLock, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -32,9 +32,12 @@ thread_local! {
     static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; 64 * 1024]);
 }
 
-/// The next source address, as an offset in 127.0.0.0/8: a run never meets
-/// an earlier one's TIME_WAIT sockets.
-static NEXT_SOURCE: AtomicU32 = AtomicU32::new(2);
+/// The next source address, as an offset in 127.0.0.0/8, starting at a
+/// place of this process's own: a run never meets the TIME_WAIT sockets of
+/// an earlier one (in this process or a run just before), which would delay
+/// its connects by SYN retransmits.
+static NEXT_SOURCE: LazyLock<AtomicU32> =
+    LazyLock::new(|| AtomicU32::new(2 + (std::process::id() % 200_000) * 64));
 
 #[derive(Debug, Clone)]
 pub struct Config {
