@@ -178,6 +178,8 @@ pub struct Outcome {
     /// smaps_rollup Private_Dirty and threads, connected.
     private_dirty_mib: f64,
     threads: f64,
+    /// This process's (connected - idle) / N: the browsers must cost far less than the server.
+    load_rss_per_conn_kib: f64,
     server_s: f64,
     server_pct: f64,
     server_system_pct: f64,
@@ -268,7 +270,7 @@ impl<'a> Runs<'a> {
         warm.stop(Duration::from_secs(2)).await;
         warmed.with_context(|| format!("warm-up streams got no first event within 20 s: {warm_errors:?}"))?;
         sleep(Duration::from_secs(1)).await;
-        let idle = memory(&servers)?;
+        let (idle, load_idle) = (memory(&servers)?, procstat::sample(process::id())?.rss_bytes);
         // Connection i watches event i % events on server (i / events) % servers:
         // every event has browsers on every server.
         let (events, n) = (u64::from(shape.events), u64::from(shape.events) * u64::from(shape.browsers));
@@ -292,7 +294,7 @@ impl<'a> Runs<'a> {
         o.ramp_server_us_per_conn = 1e6 * ramp_cpu / n.max(1) as f64;
         sleep(args.settle).await;
         servers.iter_mut().try_for_each(|s| s.proc.child.ensure_running())?;
-        let connected = memory(&servers)?;
+        let (connected, load_connected) = (memory(&servers)?, procstat::sample(process::id())?.rss_bytes);
         // The window: CPU of the servers' processes, the feeders, this process.
         let (stats, media) = (load.stats().clone(), up.as_ref().map(|u| u.1.addr));
         stats.latency.reset();
@@ -366,6 +368,7 @@ impl<'a> Runs<'a> {
         o.anon_file_shmem_per_conn_kib = (1..4).map(|j| per_conn(&connected, j)).collect();
         o.private_dirty_mib = mean(&|i| connected[i].1.private_dirty_kib as f64 / 1024.0);
         o.threads = mean(&|i| connected[i].1.threads as f64);
+        o.load_rss_per_conn_kib = load_connected.saturating_sub(load_idle) as f64 / 1024.0 / n.max(1) as f64;
         let pct = |s: f64| 100.0 * s / secs;
         let (server_s, system_s) = cpu.procs[..k].iter().fold((0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1));
         (o.server_s, o.server_pct, o.server_system_pct) = (server_s, pct(server_s), pct(system_s));
