@@ -14,7 +14,7 @@ use livepush::EventId;
 use std::{
     collections::HashSet,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -175,7 +175,7 @@ impl Sim {
     fn ended(&self) -> MutexGuard<'_, HashSet<EventId>> {
         // The set stays consistent even if a holder panicked: every critical
         // section is a single insert, remove or lookup.
-        self.inner.ended.lock().unwrap_or_else(PoisonError::into_inner)
+        livepush::sync::lock(&self.inner.ended, "ended events")
     }
 }
 

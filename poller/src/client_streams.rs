@@ -14,7 +14,7 @@ use livepush::metrics::Counter;
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
 };
 use tonic::{Request, Status, metadata::MetadataValue};
 
@@ -62,7 +62,7 @@ impl ClientStreams {
     /// Takes a place for one stream of `client`, or the refusal.
     pub fn open(&self, client: Option<ClientKey>) -> Result<ClientSlot, Box<Status>> {
         let Some(client) = client else { return Ok(ClientSlot { owner: None }) };
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = livepush::sync::lock(&self.open, "streams per client");
         if open.get(&client).copied().unwrap_or(0) >= self.limit {
             drop(open);
             self.refused.increment(1);
@@ -80,11 +80,11 @@ impl ClientStreams {
 
     /// Clients holding at least one stream.
     pub fn clients(&self) -> usize {
-        self.open.lock().unwrap_or_else(PoisonError::into_inner).len()
+        livepush::sync::lock(&self.open, "streams per client").len()
     }
 
     fn close(&self, client: &ClientKey) {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = livepush::sync::lock(&self.open, "streams per client");
         if let Some(n) = open.get_mut(client) {
             *n -= 1;
             if *n == 0 {

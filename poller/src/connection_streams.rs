@@ -14,7 +14,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
 };
 use tonic::{Status, metadata::MetadataValue};
 
@@ -54,7 +54,7 @@ impl ConnectionStreams {
     /// without one, e.g. in-memory tests; not limited), or the refusal.
     pub fn open(&self, peer: Option<SocketAddr>) -> Result<StreamSlot, Box<Status>> {
         let Some(peer) = peer else { return Ok(StreamSlot { owner: None }) };
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = livepush::sync::lock(&self.open, "streams per connection");
         let n = open.entry(peer).or_default();
         if *n >= self.limit {
             let mut status = Status::resource_exhausted(format!(
@@ -71,11 +71,11 @@ impl ConnectionStreams {
 
     /// Connections holding at least one subscription.
     pub fn connections(&self) -> usize {
-        self.open.lock().unwrap_or_else(PoisonError::into_inner).len()
+        livepush::sync::lock(&self.open, "streams per connection").len()
     }
 
     fn close(&self, peer: SocketAddr) {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = livepush::sync::lock(&self.open, "streams per connection");
         if let Some(n) = open.get_mut(&peer) {
             *n -= 1;
             if *n == 0 {

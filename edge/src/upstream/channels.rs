@@ -26,7 +26,7 @@ use livepush::{metrics::Gauge, proto::live_feed_client::LiveFeedClient};
 use rustls::pki_types::ServerName;
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
     time::Duration,
 };
 use tonic::{
@@ -196,8 +196,9 @@ impl ChannelPool {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every update keeps the state consistent before it can panic, so
-        // a poisoned lock still holds a usable table.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        // a poisoned lock still holds a usable table (said once in the log
+        // and the metrics).
+        livepush::sync::lock(&self.state, "upstream channels")
     }
 }
 
