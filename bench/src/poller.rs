@@ -18,6 +18,8 @@ use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet, time::Instant};
 const STREAMS_PER_CHANNEL: usize = 2_500;
 /// Slots for the burstiness figure.
 const SLOT: Duration = Duration::from_millis(100);
+/// Arrivals kept (16 bytes each); beyond, they are counted and the report says so.
+const MAX_ARRIVALS: usize = 2_000_000;
 
 #[derive(Debug, clap::Args, Serialize)]
 pub struct Args {
@@ -102,7 +104,8 @@ struct Run {
 /// One polled id as media-sim saw it: (arrival, event index or `u32::MAX` for
 /// a foreign id, the answer's status, first id of its request).
 type Arrival = (Instant, u32, u16, bool);
-type Log = Arc<Mutex<Vec<Arrival>>>;
+/// The arrivals, and how many did not fit in [`MAX_ARRIVALS`].
+type Log = Arc<Mutex<(Vec<Arrival>, u64)>>;
 
 async fn record(State(log): State<Log>, req: Request, next: Next) -> Response {
     let index = |id: &str| id.strip_prefix("ev-").and_then(|n| n.parse().ok()).unwrap_or(u32::MAX);
@@ -116,8 +119,12 @@ async fn record(State(log): State<Log>, req: Request, next: Next) -> Response {
     let events: Vec<u32> = ids.split(',').map(index).collect();
     let (at, response) = (Instant::now(), next.run(req).await);
     let status = response.status().as_u16();
-    let mut arrivals = log.lock().unwrap();
-    arrivals.extend(events.into_iter().enumerate().map(|(i, event)| (at, event, status, i == 0)));
+    let (arrivals, dropped) = &mut *log.lock().unwrap();
+    if arrivals.len() + events.len() <= MAX_ARRIVALS {
+        arrivals.extend(events.into_iter().enumerate().map(|(i, event)| (at, event, status, i == 0)));
+    } else {
+        *dropped += events.len() as u64;
+    }
     response
 }
 
@@ -213,7 +220,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let (span, interval) = (micros(args.duration), micros(args.interval));
         let (mut per_event, mut status, mut requests) = (vec![0u32; args.events as usize], [0u64; 3], 0);
         let (mut slots, mut tenths) = (vec![0u64; (span / micros(SLOT)) as usize], [0u64; 10]);
-        let arrivals = log.lock().unwrap();
+        let (arrivals, dropped) = &*log.lock().unwrap();
+        if *dropped > 0 {
+            notes.push(format!("{column}: {dropped} arrivals beyond {MAX_ARRIVALS} not recorded"));
+        }
         let since_start =
             arrivals.iter().filter(|a| a.0 >= start).map(|&(at, e, c, r)| (micros(at - start), e, c, r));
         for (at, event, code, request) in since_start.filter(|a| a.0 < span) {

@@ -14,6 +14,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::{net::TcpListener, net::TcpStream, task::JoinSet, time::Instant};
 
+/// Connections the relay holds at once: every viewer's (at most 5,000, and
+/// one reconnect each) and the poller's, with room to spare.
+const MAX_RELAYS: usize = 10_064;
+/// Largest answer a polling viewer reads (media-sim's are under 1 KiB).
+const MAX_ANSWER: usize = 1 << 20;
+
 #[derive(Debug, clap::Args, Serialize)]
 pub struct Args {
     /// Viewers, in both setups.
@@ -194,6 +200,10 @@ async fn relay_to(upstream: SocketAddr) -> anyhow::Result<(SocketAddr, Arc<[Atom
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
+            while relays.try_join_next().is_some() {}
+            if relays.len() >= MAX_RELAYS {
+                continue; // Dropping the client closes it: its viewer counts an error.
+            }
             let relayed = counts.clone();
             relays.spawn(async move {
                 let Ok(server) = TcpStream::connect(upstream).await else { return };
@@ -202,7 +212,6 @@ async fn relay_to(upstream: SocketAddr) -> anyhow::Result<(SocketAddr, Arc<[Atom
                 // A failed relay closes both sides; the client sees and counts it.
                 let _ = tokio::try_join!(pump(cr, sw, &relayed[0]), pump(sr, cw, &relayed[1]));
             });
-            while relays.try_join_next().is_some() {}
         }
     });
     Ok((addr, relayed, background))
@@ -262,6 +271,7 @@ async fn poll(target: SocketAddr, path: String, first: Instant, every: Duration,
 async fn read_answer(tcp: &mut TcpStream) -> anyhow::Result<(u16, Option<String>, bool, usize)> {
     let mut buf = Vec::with_capacity(4096);
     loop {
+        anyhow::ensure!(buf.len() <= MAX_ANSWER, "an answer over {MAX_ANSWER} bytes");
         anyhow::ensure!(tcp.read_buf(&mut buf).await? > 0, "closed by the server");
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut head = httparse::Response::new(&mut headers);
