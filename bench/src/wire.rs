@@ -46,13 +46,12 @@ pub enum Item {
 enum Phase {
     #[default]
     Head,
-    /// A chunk size line: its value, and whether its digits are over (an
-    /// extension, the CR).
-    Size(u64, bool),
+    /// Between two chunks' data: the size read so far, and where: in the
+    /// CRLF after the data (0, 1), at the size's first digit (2), in its other
+    /// digits (3), past them (an extension, the CR: 4) until the LF.
+    Size(u64, u8),
     /// Bytes left of a chunk's data.
     Chunk(u64),
-    /// In the CRLF after a chunk's data (0, 1), then at the size's first digit (2).
-    Crlf(u8),
     UntilClose,
 }
 
@@ -80,23 +79,17 @@ impl Parser {
     pub fn feed(&mut self, mut input: &[u8], on: &mut impl FnMut(Item)) -> Result<(), String> {
         while let Some(&b) = input.first() {
             self.phase = match self.phase {
-                Phase::Head => match self.head(&mut input)? {
-                    Some(body) => {
-                        on(Item::Open);
-                        body
-                    }
-                    None => Phase::Head,
-                },
-                Phase::Size(size, over) => {
+                Phase::Head => self.head(&mut input)?.inspect(|_| on(Item::Open)).unwrap_or(Phase::Head),
+                Phase::Size(size, at) => {
                     input = &input[1..];
-                    match (b, char::from(b).to_digit(16)) {
-                        (b'\n', _) if size == 0 => return Err("closed by the server".into()),
-                        (b'\n', _) => Phase::Chunk(size),
-                        (_, Some(d)) if !over => match size.checked_mul(16) {
-                            Some(size) => Phase::Size(size + u64::from(d), false),
-                            None => return Err(bad("bad chunk size line")),
-                        },
-                        _ if over || b == b';' || b == b'\r' => Phase::Size(size, true),
+                    match (at, b, char::from(b).to_digit(16)) {
+                        (0, b'\r', _) | (1, b'\n', _) => Phase::Size(0, at + 1),
+                        (0 | 1, ..) => return Err(bad("chunk data not followed by CRLF")),
+                        // A digit more, unless the size would overflow.
+                        (2 | 3, _, Some(d)) if size >> 60 == 0 => Phase::Size((size << 4) | u64::from(d), 3),
+                        (3 | 4, b'\n', _) if size == 0 => return Err("closed by the server".into()),
+                        (3 | 4, b'\n', _) => Phase::Chunk(size),
+                        (3, b';' | b'\r', _) | (4, ..) => Phase::Size(size, 4),
                         _ => return Err(bad("bad chunk size line")),
                     }
                 }
@@ -104,16 +97,7 @@ impl Parser {
                     let n = input.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                     self.lines(&input[..n], on)?;
                     input = &input[n..];
-                    if n as u64 == left { Phase::Crlf(0) } else { Phase::Chunk(left - n as u64) }
-                }
-                Phase::Crlf(i) => {
-                    input = &input[1..];
-                    match (i, char::from(b).to_digit(16)) {
-                        (2, Some(d)) => Phase::Size(d.into(), false),
-                        (2, None) => return Err(bad("bad chunk size line")),
-                        _ if b == b"\r\n"[usize::from(i)] => Phase::Crlf(i + 1),
-                        _ => return Err(bad("chunk data not followed by CRLF")),
-                    }
+                    if n as u64 == left { Phase::Size(0, 0) } else { Phase::Chunk(left - n as u64) }
                 }
                 Phase::UntilClose => return self.lines(input, on),
             }
@@ -135,11 +119,8 @@ impl Parser {
         self.partial.extend_from_slice(&input[..take]);
         let Some((n, body)) = parse_head(&self.partial)? else {
             *input = &[];
-            return if self.partial.len() > MAX_LINE {
-                Err(bad("response head too large"))
-            } else {
-                Ok(None)
-            };
+            let fits = self.partial.len() <= MAX_LINE;
+            return if fits { Ok(None) } else { Err(bad("response head too large")) };
         };
         (*input, self.partial) = (&input[n - before..], Vec::new());
         Ok(Some(body))
@@ -151,28 +132,25 @@ impl Parser {
 fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Phase)>, String> {
     let mut headers = [EMPTY_HEADER; 64];
     let mut response = httparse::Response::new(&mut headers);
-    let n = match response.parse(bytes) {
-        Ok(Status::Complete(n)) => n,
-        Ok(Status::Partial) => return Ok(None),
-        Err(_) => return Err(bad("bad response head")),
+    let Status::Complete(n) = response.parse(bytes).map_err(|_| bad("bad response head"))? else {
+        return Ok(None);
     };
     if response.code != Some(200) {
         return Err(format!("status {}", response.code.unwrap_or_default()));
     }
-    let (mut sse, mut body) = (false, Phase::UntilClose);
-    for h in response.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-type") {
-            sse = h.value.starts_with(b"text/event-stream");
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            if !h.value.to_ascii_lowercase().trim_ascii_end().ends_with(b"chunked") {
-                return Err(bad("unsupported transfer-encoding"));
-            }
-            body = Phase::Crlf(2);
-        }
+    let values = |name: &'static str| {
+        response.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+    };
+    // Every transfer-encoding ends with chunked; the last content-type is SSE.
+    let chunked = |v: &[u8]| v.to_ascii_lowercase().trim_ascii_end().ends_with(b"chunked");
+    if !values("transfer-encoding").all(chunked) {
+        return Err(bad("unsupported transfer-encoding"));
     }
-    if !sse {
+    if !values("content-type").next_back().is_some_and(|v| v.starts_with(b"text/event-stream")) {
         return Err("200 without content-type text/event-stream".into());
     }
+    let body =
+        if values("transfer-encoding").next().is_some() { Phase::Size(0, 2) } else { Phase::UntilClose };
     Ok(Some((n, body)))
 }
 
@@ -241,10 +219,8 @@ fn find_stamp(json: &[u8]) -> Option<u64> {
     const KEY: &[u8] = b"\"served_at_ms\":";
     let at = json.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
     let digits = json[at..].trim_ascii_start();
-    std::str::from_utf8(&digits[..digits.iter().take_while(|b| b.is_ascii_digit()).count()])
-        .ok()?
-        .parse()
-        .ok()
+    let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&digits[..n]).ok()?.parse().ok()
 }
 
 #[cfg(test)]
