@@ -104,7 +104,8 @@ pub struct Stats {
     pub first_event: Histogram,
     c: Atomics,
     error_kinds: Mutex<BTreeMap<String, u64>>,
-    updates: Mutex<HashMap<(u32, u64), Update>>,
+    /// By event key, then time served: each event's updates in order.
+    updates: Mutex<BTreeMap<(u32, u64), Update>>,
     updates_dropped: AtomicU64,
 }
 
@@ -175,15 +176,10 @@ impl Stats {
     /// change, so a change no browser received shows as two updates (or an
     /// update and an end of the window) more than `gap_ms` apart.
     pub fn gaps(&self, keys: impl IntoIterator<Item = u32>, from_ms: u64, to_ms: u64, gap_ms: u64) -> Gaps {
-        let mut stamps: HashMap<u32, Vec<u64>> = HashMap::new();
-        for &(key, at) in lock(&self.updates).keys().filter(|(_, at)| (from_ms..to_ms).contains(at)) {
-            stamps.entry(key).or_default().push(at);
-        }
-        let mut gaps = Gaps::default();
+        let (updates, mut gaps) = (lock(&self.updates), Gaps::default());
         for key in keys {
-            let mut points = stamps.remove(&key).unwrap_or_default();
-            points.extend([from_ms, to_ms]);
-            points.sort_unstable();
+            let served = updates.range((key, from_ms)..(key, to_ms)).map(|(&(_, at), _)| at);
+            let points: Vec<u64> = [from_ms].into_iter().chain(served).chain([to_ms]).collect();
             let longest = points.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
             gaps.with_gap += u64::from(longest > gap_ms);
             gaps.longest_ms = gaps.longest_ms.max(longest);
@@ -251,9 +247,7 @@ impl Load {
         });
         let shared =
             Arc::new(Shared { stats: Arc::default(), config, stop, conns: plan.conns, sources, next_start });
-        for i in 0..shared.conns.len() {
-            tasks.spawn(connection(i, shared.clone()));
-        }
+        tasks.extend((0..shared.conns.len()).map(|i| connection(i, shared.clone())));
         Self { shared, tasks }
     }
 
@@ -350,12 +344,9 @@ async fn stream(shared: &Shared, i: usize, trace: Option<&mut Trace>) -> Result<
         });
         tcp.write_all(resumed.as_deref().unwrap_or(&conn.1)).await
     };
-    tokio::time::timeout(config.connect_timeout, written)
-        .await
-        .map_err(late("sending the request"))?
-        .map_err(io("read/write"))?;
-    let mut reader =
-        Reader { stats, parser: Parser::default(), open: false, ready: false, started, key: conn.2, trace };
+    let sending = tokio::time::timeout(config.connect_timeout, written);
+    sending.await.map_err(late("sending the request"))?.map_err(io("read/write"))?;
+    let mut reader = Reader::new(stats, started, conn.2, trace);
     let mut silence = config.connect_timeout;
     loop {
         // Polled readiness, not `readable()`: a smaller task, and the one read
@@ -394,7 +385,11 @@ impl Drop for Reader<'_> {
     }
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    fn new(stats: &'a Stats, started: Instant, key: u32, trace: Option<&'a mut Trace>) -> Self {
+        Self { stats, parser: Parser::default(), open: false, ready: false, started, key, trace }
+    }
+
     fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
         let now_us = unix_micros();
         let Self { stats, parser, open, ready, started, key, trace } = self;
@@ -468,17 +463,7 @@ mod tests {
         let data = |id, ago| format!("id: {id}\ndata: {{\"served_at_ms\":{}}}\n\n", now_ms - ago);
         let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n:\n\n";
         let wire = [head, &data(1, 5000), &data(2, 20), "event: stale\ndata: {}\n\n", &data(3, 10)].concat();
-        let parser = Parser::default();
-        let trace_ref = Some(&mut trace);
-        let mut reader = Reader {
-            stats: &stats,
-            parser,
-            open: false,
-            ready: false,
-            started: Instant::now(),
-            key: 7,
-            trace: trace_ref,
-        };
+        let mut reader = Reader::new(&stats, Instant::now(), 7, Some(&mut trace));
         reader.feed(wire.as_bytes()).unwrap();
         let c = stats.counters();
         assert_eq!((c.open, c.ready, c.messages, c.comments, c.stale), (1, 1, 3, 1, 1));
