@@ -395,44 +395,39 @@ impl<'a> Reader<'a> {
         let Self { stats, parser, open, ready, started, key, trace } = self;
         let (stats, c) = (*stats, &stats.c);
         parser.feed(bytes, &mut |item| {
+            if let (Some(t), Item::Event(kind, id, stamp)) = (trace.as_deref_mut(), item) {
+                if let (Kind::Message, Id::Value(id)) = (kind, id) {
+                    t.last_id = t.last_id.max(Some(id));
+                }
+                match kind {
+                    Kind::Message if t.data.len() < MAX_TRACE => {
+                        t.data.push(Rec { at_us: now_us, id, stamp })
+                    }
+                    Kind::Message | Kind::Presence => {}
+                    _ if t.named.len() < MAX_TRACE => t.named.push((now_us, kind)),
+                    _ => {}
+                }
+            }
+            // The 200 head: this connection is open until its Reader drops.
+            *open |= item == Item::Open;
             let counter = match item {
-                Item::Open => {
-                    *open = true;
-                    &c.open
-                }
+                Item::Open => &c.open,
                 Item::Comment => &c.comments,
-                Item::Event(kind, id, stamp) => {
-                    if let Some(t) = trace.as_deref_mut() {
-                        if let (Kind::Message, Id::Value(id)) = (kind, id) {
-                            t.last_id = t.last_id.max(Some(id));
-                        }
-                        match kind {
-                            Kind::Message if t.data.len() < MAX_TRACE => {
-                                t.data.push(Rec { at_us: now_us, id, stamp })
-                            }
-                            Kind::Message | Kind::Presence => {}
-                            _ if t.named.len() < MAX_TRACE => t.named.push((now_us, kind)),
-                            _ => {}
-                        }
+                Item::Event(Kind::Message, _, stamp) => {
+                    if let Some(ms) = stamp.filter(|_| *ready) {
+                        stats.delivered(*key, ms, now_us.saturating_sub(ms.saturating_mul(1000)));
                     }
-                    match kind {
-                        Kind::Message => {
-                            if let Some(ms) = stamp.filter(|_| *ready) {
-                                stats.delivered(*key, ms, now_us.saturating_sub(ms.saturating_mul(1000)));
-                            }
-                            if !std::mem::replace(ready, true) {
-                                stats.first_event.record(micros(started.elapsed()));
-                                c.ready.fetch_add(1, Relaxed);
-                            }
-                            &c.messages
-                        }
-                        Kind::Stale => &c.stale,
-                        Kind::Live => &c.live,
-                        Kind::Presence => &c.presence,
-                        Kind::End => &c.end,
-                        Kind::Other => return,
+                    if !std::mem::replace(ready, true) {
+                        stats.first_event.record(micros(started.elapsed()));
+                        c.ready.fetch_add(1, Relaxed);
                     }
+                    &c.messages
                 }
+                Item::Event(Kind::Stale, ..) => &c.stale,
+                Item::Event(Kind::Live, ..) => &c.live,
+                Item::Event(Kind::Presence, ..) => &c.presence,
+                Item::Event(Kind::End, ..) => &c.end,
+                Item::Event(Kind::Other, ..) => return,
             };
             counter.fetch_add(1, Relaxed);
         })
