@@ -179,10 +179,9 @@ impl Parser {
 
     fn line(&mut self, line: &[u8], on: &mut impl FnMut(Item)) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let (field, value) = match line.iter().position(|&b| b == b':') {
-            Some(i) => (&line[..i], line[i + 1..].strip_prefix(b" ").unwrap_or(&line[i + 1..])),
-            None => (line, &b""[..]),
-        };
+        let mut parts = line.splitn(2, |&b| b == b':');
+        let (field, value) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        let value = value.strip_prefix(b" ").unwrap_or(value);
         match field {
             b"" if line.is_empty() => {
                 let (kind, id, stamp) = (take(&mut self.kind), take(&mut self.id), self.stamp.take());
@@ -205,10 +204,7 @@ impl Parser {
                     _ => Kind::Other,
                 }
             }
-            b"id" => {
-                self.id =
-                    std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).map_or(Id::Bad, Id::Value)
-            }
+            b"id" => self.id = decimal(value).map_or(Id::Bad, Id::Value),
             _ => {}
         }
     }
@@ -219,8 +215,12 @@ fn find_stamp(json: &[u8]) -> Option<u64> {
     const KEY: &[u8] = b"\"served_at_ms\":";
     let at = json.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
     let digits = json[at..].trim_ascii_start();
-    let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&digits[..n]).ok()?.parse().ok()
+    decimal(&digits[..digits.iter().take_while(|b| b.is_ascii_digit()).count()])
+}
+
+/// `bytes` as a decimal number (`str::parse`).
+fn decimal(bytes: &[u8]) -> Option<u64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
 #[cfg(test)]
