@@ -69,10 +69,6 @@ pub struct Parser {
     data: bool,
 }
 
-fn bad(what: &str) -> String {
-    format!("parse: {what}")
-}
-
 impl Parser {
     /// Feeds bytes as they arrive; an error (why) ends the connection, as do
     /// a non-200 head and the last chunk.
@@ -84,13 +80,13 @@ impl Parser {
                     input = &input[1..];
                     match (at, b, char::from(b).to_digit(16)) {
                         (0, b'\r', _) | (1, b'\n', _) => Phase::Size(0, at + 1),
-                        (0 | 1, ..) => return Err(bad("chunk data not followed by CRLF")),
+                        (0 | 1, ..) => return Err("parse: chunk data not followed by CRLF".into()),
                         // A digit more, unless the size would overflow.
                         (2 | 3, _, Some(d)) if size >> 60 == 0 => Phase::Size((size << 4) | u64::from(d), 3),
                         (3 | 4, b'\n', _) if size == 0 => return Err("closed by the server".into()),
                         (3 | 4, b'\n', _) => Phase::Chunk(size),
                         (3, b';' | b'\r', _) | (4, ..) => Phase::Size(size, 4),
-                        _ => return Err(bad("bad chunk size line")),
+                        _ => return Err("parse: bad chunk size line".into()),
                     }
                 }
                 Phase::Chunk(left) => {
@@ -120,7 +116,7 @@ impl Parser {
         let Some((n, body)) = parse_head(&self.partial)? else {
             *input = &[];
             let fits = self.partial.len() <= MAX_LINE;
-            return if fits { Ok(None) } else { Err(bad("response head too large")) };
+            return if fits { Ok(None) } else { Err("parse: response head too large".into()) };
         };
         (*input, self.partial) = (&input[n - before..], Vec::new());
         Ok(Some(body))
@@ -132,9 +128,8 @@ impl Parser {
 fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Phase)>, String> {
     let mut headers = [EMPTY_HEADER; 64];
     let mut response = httparse::Response::new(&mut headers);
-    let Status::Complete(n) = response.parse(bytes).map_err(|_| bad("bad response head"))? else {
-        return Ok(None);
-    };
+    let parsed = response.parse(bytes).map_err(|_| "parse: bad response head".to_owned())?;
+    let Status::Complete(n) = parsed else { return Ok(None) };
     if response.code != Some(200) {
         return Err(format!("status {}", response.code.unwrap_or_default()));
     }
@@ -144,7 +139,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Phase)>, String> {
     // Every transfer-encoding ends with chunked; the last content-type is SSE.
     let chunked = |v: &[u8]| v.to_ascii_lowercase().trim_ascii_end().ends_with(b"chunked");
     if !values("transfer-encoding").all(chunked) {
-        return Err(bad("unsupported transfer-encoding"));
+        return Err("parse: unsupported transfer-encoding".into());
     }
     if !values("content-type").next_back().is_some_and(|v| v.starts_with(b"text/event-stream")) {
         return Err("200 without content-type text/event-stream".into());
@@ -171,7 +166,7 @@ impl Parser {
 
     fn append(&mut self, bytes: &[u8]) -> Result<(), String> {
         if self.partial.len() + bytes.len() > MAX_LINE {
-            return Err(bad("SSE line too long"));
+            return Err("parse: SSE line too long".into());
         }
         self.partial.extend_from_slice(bytes);
         Ok(())
