@@ -285,9 +285,8 @@ impl Load {
         let deadline = Instant::now() + grace;
         let mut traces: Vec<Option<Trace>> = (0..self.shared.conns.len()).map(|_| None).collect();
         while let Ok(Some(done)) = tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
-            if let Ok(Some((i, trace))) = done {
-                traces[i] = Some(trace);
-            }
+            let Ok(Some((i, trace))) = done else { continue };
+            traces[i] = Some(trace);
         }
         let left = self.tasks.len();
         self.tasks.shutdown().await;
@@ -356,10 +355,7 @@ async fn stream(shared: &Shared, i: usize, trace: Option<&mut Trace>) -> Result<
         readable.await.map_err(late(what))?.map_err(io("read/write"))?;
         silence = BUF.with_borrow_mut(|buf| match tcp.try_read(buf) {
             Ok(0) => Err("closed by the server".to_owned()),
-            Ok(n) => {
-                stats.c.bytes.fetch_add(n as u64, Relaxed);
-                reader.feed(&buf[..n]).map(|()| config.idle_timeout)
-            }
+            Ok(n) => reader.feed(&buf[..n]).map(|()| config.idle_timeout),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(silence),
             Err(e) => Err(io("read/write")(e)),
         })?;
@@ -394,6 +390,7 @@ impl<'a> Reader<'a> {
         let now_us = unix_micros();
         let Self { stats, parser, open, ready, started, key, trace } = self;
         let (stats, c) = (*stats, &stats.c);
+        c.bytes.fetch_add(bytes.len() as u64, Relaxed);
         parser.feed(bytes, &mut |item| {
             if let (Some(t), Item::Event(kind, id, stamp)) = (trace.as_deref_mut(), item) {
                 if let (Kind::Message, Id::Value(id)) = (kind, id) {
