@@ -387,12 +387,11 @@ impl<'a> Reader<'a> {
     }
 
     fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let now_us = unix_micros();
-        let Self { stats, parser, open, ready, started, key, trace } = self;
-        let (stats, c) = (*stats, &stats.c);
+        let (now_us, stats, c) = (unix_micros(), self.stats, &self.stats.c);
         c.bytes.fetch_add(bytes.len() as u64, Relaxed);
-        parser.feed(bytes, &mut |item| {
-            if let (Some(t), Item::Event(kind, id, stamp)) = (trace.as_deref_mut(), item) {
+        // The closure borrows the Reader's other fields, apart from its parser.
+        self.parser.feed(bytes, &mut |item| {
+            if let (Some(t), Item::Event(kind, id, stamp)) = (self.trace.as_deref_mut(), item) {
                 if let (Kind::Message, Id::Value(id)) = (kind, id) {
                     t.last_id = t.last_id.max(Some(id));
                 }
@@ -406,16 +405,16 @@ impl<'a> Reader<'a> {
                 }
             }
             // The 200 head: this connection is open until its Reader drops.
-            *open |= item == Item::Open;
+            self.open |= item == Item::Open;
             let counter = match item {
                 Item::Open => &c.open,
                 Item::Comment => &c.comments,
                 Item::Event(Kind::Message, _, stamp) => {
-                    if let Some(ms) = stamp.filter(|_| *ready) {
-                        stats.delivered(*key, ms, now_us.saturating_sub(ms.saturating_mul(1000)));
+                    if let Some(ms) = stamp.filter(|_| self.ready) {
+                        stats.delivered(self.key, ms, now_us.saturating_sub(ms.saturating_mul(1000)));
                     }
-                    if !std::mem::replace(ready, true) {
-                        stats.first_event.record(micros(started.elapsed()));
+                    if !std::mem::replace(&mut self.ready, true) {
+                        stats.first_event.record(micros(self.started.elapsed()));
                         c.ready.fetch_add(1, Relaxed);
                     }
                     &c.messages
