@@ -387,7 +387,8 @@ impl<'a> Reader<'a> {
     }
 
     fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let (now_us, stats, c) = (unix_micros(), self.stats, &self.stats.c);
+        // When these bytes were read (Unix µs).
+        let (at_us, stats, c) = (unix_micros(), self.stats, &self.stats.c);
         c.bytes.fetch_add(bytes.len() as u64, Relaxed);
         // The closure borrows the Reader's other fields, apart from its parser.
         self.parser.feed(bytes, &mut |item| {
@@ -396,11 +397,9 @@ impl<'a> Reader<'a> {
                     t.last_id = t.last_id.max(Some(id));
                 }
                 match kind {
-                    Kind::Message if t.data.len() < MAX_TRACE => {
-                        t.data.push(Rec { at_us: now_us, id, stamp })
-                    }
+                    Kind::Message if t.data.len() < MAX_TRACE => t.data.push(Rec { at_us, id, stamp }),
                     Kind::Message | Kind::Presence => {}
-                    _ if t.named.len() < MAX_TRACE => t.named.push((now_us, kind)),
+                    _ if t.named.len() < MAX_TRACE => t.named.push((at_us, kind)),
                     _ => {}
                 }
             }
@@ -411,7 +410,7 @@ impl<'a> Reader<'a> {
                 Item::Comment => &c.comments,
                 Item::Event(Kind::Message, _, stamp) => {
                     if let Some(ms) = stamp.filter(|_| self.ready) {
-                        stats.delivered(self.key, ms, now_us.saturating_sub(ms.saturating_mul(1000)));
+                        stats.delivered(self.key, ms, at_us.saturating_sub(ms.saturating_mul(1000)));
                     }
                     if !std::mem::replace(&mut self.ready, true) {
                         stats.first_event.record(micros(self.started.elapsed()));
