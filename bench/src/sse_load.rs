@@ -8,13 +8,16 @@ use crate::{
     histogram::{Histogram, Snapshot},
     wire::{Id, Item, Kind, Parser},
 };
+// Recovers a poisoned lock, as everywhere in livepush: every critical section
+// here is a single insert or update.
+use livepush::sync::lock;
 use std::{
     cell::RefCell,
     collections::{BTreeMap, HashMap},
     convert::Infallible,
     net::{Ipv4Addr, SocketAddr},
     sync::{
-        Arc, LazyLock, Mutex, MutexGuard, PoisonError,
+        Arc, LazyLock, Mutex,
         atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -158,7 +161,7 @@ counters! { open, ready, reconnects, messages, stale, live, presence, end, comme
 impl Stats {
     /// Error messages and how often each occurred, most frequent first.
     pub fn error_kinds(&self) -> Vec<(String, u64)> {
-        let mut kinds: Vec<_> = lock(&self.error_kinds).iter().map(|(k, &n)| (k.clone(), n)).collect();
+        let mut kinds: Vec<_> = lock(&self.error_kinds, "error kinds").clone().into_iter().collect();
         kinds.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         kinds
     }
@@ -166,7 +169,7 @@ impl Stats {
     /// Updates served in `[from_ms, to_ms)` (Unix ms), and how many
     /// deliveries could not be grouped (cap reached).
     pub fn updates_served(&self, from_ms: u64, to_ms: u64) -> (Vec<Update>, u64) {
-        let updates = lock(&self.updates);
+        let updates = lock(&self.updates, "updates");
         let served = updates.values().filter(|u| (from_ms..to_ms).contains(&u.served_at_ms)).copied();
         (served.collect(), self.updates_dropped.load(Relaxed))
     }
@@ -176,7 +179,7 @@ impl Stats {
     /// change, so a change no browser received shows as two updates (or an
     /// update and an end of the window) more than `gap_ms` apart.
     pub fn gaps(&self, keys: impl IntoIterator<Item = u32>, from_ms: u64, to_ms: u64, gap_ms: u64) -> Gaps {
-        let (updates, mut gaps) = (lock(&self.updates), Gaps::default());
+        let (updates, mut gaps) = (lock(&self.updates, "updates"), Gaps::default());
         for key in keys {
             let served = updates.range((key, from_ms)..(key, to_ms)).map(|(&(_, at), _)| at);
             let points: Vec<u64> = [from_ms].into_iter().chain(served).chain([to_ms]).collect();
@@ -189,14 +192,14 @@ impl Stats {
 
     fn fail(&self, failure: String) {
         self.c.errors.fetch_add(1, Relaxed);
-        let mut kinds = lock(&self.error_kinds);
+        let mut kinds = lock(&self.error_kinds, "error kinds");
         let full = kinds.len() >= MAX_ERROR_KINDS && !kinds.contains_key(&failure);
         *kinds.entry(if full { "(other errors)".to_owned() } else { failure }).or_default() += 1;
     }
 
     fn delivered(&self, key: u32, served_at_ms: u64, latency_us: u64) {
         self.latency.record(latency_us);
-        let mut updates = lock(&self.updates);
+        let mut updates = lock(&self.updates, "updates");
         if updates.len() >= MAX_UPDATES && !updates.contains_key(&(key, served_at_ms)) {
             self.updates_dropped.fetch_add(1, Relaxed);
             return;
@@ -207,11 +210,6 @@ impl Stats {
         u.first_us = u.first_us.min(latency_us);
         u.last_us = u.last_us.max(latency_us);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section is a single insert or update.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The running generator; dropping it aborts every connection.
@@ -306,7 +304,7 @@ async fn connection(i: usize, shared: Arc<Shared>) -> Option<(usize, Trace)> {
                     tokio::time::sleep(shared.config.reconnect_delay).await;
                 }
                 let start = {
-                    let mut next = lock(&shared.next_start);
+                    let mut next = lock(&shared.next_start, "connect pacing");
                     let at = (*next).max(Instant::now());
                     *next = at + Duration::from_secs(1) / shared.config.connect_rate.max(1);
                     at
