@@ -124,7 +124,7 @@ pub struct Update {
 }
 
 /// Of the events asked about, how many missed a change; the longest gap.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Gaps {
     pub with_gap: u64,
     pub longest_ms: u64,
@@ -471,13 +471,11 @@ mod tests {
         [(1, 1_000), (1, 2_000), (1, 3_000), (1, 4_000), (2, 1_000), (2, 2_000), (2, 4_000), (4, 2_500)]
             .into_iter()
             .for_each(|(key, at)| stats.delivered(key, at, 5));
-        let g = |keys: &[u32], from| {
-            let g = stats.gaps(keys.iter().copied(), from, 4_500, 1_500);
-            (g.with_gap, g.longest_ms)
-        };
+        let g = |keys: &[u32], from| stats.gaps(keys.iter().copied(), from, 4_500, 1_500);
+        let want = |with_gap, longest_ms| Gaps { with_gap, longest_ms };
         assert_eq!(
             [g(&[1, 2], 500), g(&[1, 2, 3], 500), g(&[1], 2_500)],
-            [(1, 2_000), (2, 4_000), (0, 1_000)]
+            [want(1, 2_000), want(2, 4_000), want(0, 1_000)]
         );
     }
 }
