@@ -5,10 +5,9 @@ use crate::{
     procstat,
     push::{LoadArgs, at_least_1s, event_id},
     report::Report,
-    sse_load::{self, Load, Plan},
+    sse_load::{self, Counters, Load, Plan},
 };
 use serde::Serialize;
-use serde_json::json;
 use std::{net::SocketAddr, time::Duration};
 use tokio::time::Instant;
 
@@ -37,6 +36,30 @@ pub struct Args {
     load: LoadArgs,
 }
 
+/// Latencies and rates in the window; `totals` of the whole run.
+#[derive(Serialize)]
+struct Figures {
+    connections: u32,
+    /// Every browser had its first event after.
+    all_ready_s: Option<f64>,
+    connect_p99_ms: Option<f64>,
+    messages_per_s: f64,
+    latency_p50_ms: Option<f64>,
+    latency_p99_ms: Option<f64>,
+    latency_max_ms: Option<f64>,
+    totals: Counters,
+    process: Option<Process>,
+}
+
+/// The process of `--pid`; CPU in the window, % of one core.
+#[derive(Serialize)]
+struct Process {
+    rss_before_kib: u64,
+    rss_connected_kib: u64,
+    rss_per_conn_kib: f64,
+    cpu_pct: f64,
+}
+
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     if let Some(t) = args.target.iter().find(|t| !t.ip().is_loopback()) {
         anyhow::bail!("{t} is not a loopback address: load goes to 127.0.0.0/8 only");
@@ -60,29 +83,28 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let (messages, latency) = (stats.counters().since(&c0).messages, stats.latency.snapshot());
     let connect_p99_ms = sse_load::ms(&stats.connect.snapshot(), 0.99);
     load.stop(Duration::from_secs(5)).await;
-    // The process of `--pid`; CPU in the window, % of one core.
-    let process = before.zip(connected).zip(end).map(|((before, connected), end)| json!({
-        "rss_before_kib": before.rss_bytes / 1024,
-        "rss_connected_kib": connected.rss_bytes / 1024,
-        "rss_per_conn_kib": connected.rss_bytes.saturating_sub(before.rss_bytes) as f64 / 1024.0 / n as f64,
-        "cpu_pct": 100.0 * (end.cpu_seconds - connected.cpu_seconds) / window,
-    }));
-    // Latencies and rates in the window; `totals` of the whole run.
-    let figures = json!({
-        "connections": args.connections,
-        // Every browser had its first event after.
-        "all_ready_s": ready_after.map(|d| d.as_secs_f64()),
-        "connect_p99_ms": connect_p99_ms,
-        "messages_per_s": messages as f64 / window,
-        "latency_p50_ms": sse_load::ms(&latency, 0.5),
-        "latency_p99_ms": sse_load::ms(&latency, 0.99),
-        "latency_max_ms": sse_load::ms(&latency, 1.0),
-        "totals": stats.counters(),
-        "process": process,
+    let process = before.zip(connected).zip(end).map(|((before, connected), end)| Process {
+        rss_before_kib: before.rss_bytes / 1024,
+        rss_connected_kib: connected.rss_bytes / 1024,
+        rss_per_conn_kib: connected.rss_bytes.saturating_sub(before.rss_bytes) as f64 / 1024.0 / n as f64,
+        cpu_pct: 100.0 * (end.cpu_seconds - connected.cpu_seconds) / window,
     });
+    let figures = Figures {
+        connections: args.connections,
+        all_ready_s: ready_after.map(|d| d.as_secs_f64()),
+        connect_p99_ms,
+        messages_per_s: messages as f64 / window,
+        latency_p50_ms: sse_load::ms(&latency, 0.5),
+        latency_p99_ms: sse_load::ms(&latency, 0.99),
+        latency_max_ms: sse_load::ms(&latency, 1.0),
+        totals: stats.counters(),
+        process,
+    };
     let targets: Vec<String> = args.target.iter().map(ToString::to_string).collect();
     let title = format!("livepush-bench sse-load: {n} SSE connections to {}", targets.join(", "));
     let mut r = Report::new("sse-load", title, &figures)?;
-    stats.error_kinds().into_iter().for_each(|(kind, count)| _ = r.note(format!("{count} x {kind}")));
+    for (kind, count) in stats.error_kinds() {
+        r.note(format!("{count} x {kind}"));
+    }
     Ok(r)
 }
