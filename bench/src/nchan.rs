@@ -97,16 +97,12 @@ async fn start(args: &Args, published: &Published) -> anyhow::Result<Server> {
     let conf = config(&d, args, addr, rustix::process::geteuid().is_root());
     std::fs::write(dir.path().join("nginx.conf"), conf).context("writing nginx.conf")?;
     // Pinned like the edge, with --edge-cpus.
-    let taskset = args.push.bins.edge_cpus.iter().flat_map(|c| ["taskset".into(), "-c".into(), c.clone()]);
-    let mut argv: Vec<String> = taskset.chain([args.nginx.display().to_string()]).collect();
+    let mut argv = stack::pinned(args.push.bins.edge_cpus.as_deref(), args.nginx.display().to_string());
     argv.extend(["-p", &format!("{d}/"), "-c", "nginx.conf", "-e", "error.log"].map(String::from));
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
     let mut child = Child::spawn("nginx", cmd)?;
-    let healthy = || async move {
-        httpc::get(addr, "/healthz", Duration::from_secs(1)).await.is_ok_and(|r| r.0 == 200)
-    };
-    if let Err(e) = stack::wait_for(&mut child, "nginx", healthy).await {
+    if let Err(e) = stack::wait_for(&mut child, "nginx", || stack::http_ok(addr, "/healthz")).await {
         let log = std::fs::read_to_string(format!("{d}/error.log")).unwrap_or_default();
         anyhow::bail!("{e:#}; nginx's error.log: {}", log.trim().replace('\n', " | "));
     }

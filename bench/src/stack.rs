@@ -62,33 +62,38 @@ impl Proc {
     }
 }
 
-/// Starts binary `name` with `args`, under `taskset -c cpus` if given
-/// (taskset execs the binary, so the pid is the binary's).
-pub fn spawn(
+/// Starts binary `name` listening on `addr` with `args`, under `taskset -c cpus` if
+/// given (taskset execs the binary, so the pid is the binary's), and waits until
+/// `ready` holds (see [`wait_for`]).
+async fn start<F: Fn() -> Fut, Fut: Future<Output = bool>>(
     bins: &BinArgs,
     name: &str,
+    addr: SocketAddr,
     args: Vec<String>,
     cpus: Option<&str>,
-) -> anyhow::Result<(Child, String)> {
-    let dir = bins
-        .bin_dir
-        .clone()
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release").into());
+    ready: F,
+) -> anyhow::Result<Proc> {
+    let default_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release");
+    let dir = bins.bin_dir.clone().unwrap_or_else(|| default_dir.into());
     let bin = dir.join(name).canonicalize().ok().filter(|p| p.is_file()).with_context(|| {
         format!("no {name} in {} (`cargo build --release --bins`, or pass --bin-dir)", dir.display())
     })?;
-    let mut cmd = Command::new(if cpus.is_some() { "taskset".as_ref() } else { bin.as_path() });
-    let prefix = cpus.map(|c| format!("taskset -c {c} ")).unwrap_or_default();
-    if let Some(cpus) = cpus {
-        cmd.args(["-c", cpus]).arg(&bin);
-    }
-    cmd.args(&args).env("RUST_LOG", &bins.child_log);
+    let argv: Vec<String> = pinned(cpus, bin.display().to_string()).into_iter().chain(args).collect();
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]).env("RUST_LOG", &bins.child_log);
     let ours = |k: &str| ["EDGE_", "POLLER_", "MEDIA_SIM_"].iter().any(|p| k.starts_with(p));
     for (key, _) in std::env::vars_os().filter(|(k, _)| k.to_str().is_some_and(ours)) {
         cmd.env_remove(key);
     }
-    let shown = format!("RUST_LOG={} {prefix}{} {}", bins.child_log, bin.display(), shell_words(&args));
-    Ok((Child::spawn(name, cmd)?, shown))
+    let mut child = Child::spawn(name, cmd)?;
+    wait_for(&mut child, name, ready).await?;
+    Ok(Proc { child, addr, cmd: format!("RUST_LOG={} {}", bins.child_log, shell_words(&argv)) })
+}
+
+/// The command line running `bin` (its arguments follow), under `taskset -c cpus` if given.
+pub fn pinned(cpus: Option<&str>, bin: String) -> Vec<String> {
+    let taskset = cpus.map(|c| ["taskset".to_owned(), "-c".to_owned(), c.to_owned()]);
+    taskset.into_iter().flatten().chain([bin]).collect()
 }
 
 fn flags(pairs: &[(&str, String)]) -> Vec<String> {
@@ -99,7 +104,8 @@ fn loopback() -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)))
 }
 
-async fn http_ok(addr: SocketAddr, path: &str) -> bool {
+/// Whether `GET http://addr/path` answers 200 within a second.
+pub async fn http_ok(addr: SocketAddr, path: &str) -> bool {
     matches!(httpc::get(addr, path, Duration::from_secs(1)).await, Ok((200, _)))
 }
 
@@ -111,9 +117,7 @@ pub async fn media_sim(bins: &BinArgs, change_every: Duration, stamp: bool) -> a
         ("change-every", humantime::format_duration(change_every).to_string()),
     ]);
     args.extend(stamp.then(|| "--stamp".to_owned()));
-    let (mut child, cmd) = spawn(bins, "media-sim", args, None)?;
-    wait_for(&mut child, "media-sim", || http_ok(addr, "/stats")).await?;
-    Ok(Proc { child, addr, cmd })
+    start(bins, "media-sim", addr, args, None, || http_ok(addr, "/stats")).await
 }
 
 /// The poller on a free port, polling media-sim at `media` every `interval`.
@@ -137,10 +141,8 @@ pub async fn poller_at(
         ("shutdown-timeout", SHUTDOWN_TIMEOUT.to_owned()),
     ]);
     args.extend(extra.iter().map(|a| (*a).to_owned()));
-    let (mut child, cmd) = spawn(bins, "poller", args, None)?;
-    wait_for(&mut child, "poller", || async move { tokio::net::TcpStream::connect(addr).await.is_ok() })
-        .await?;
-    Ok(Proc { child, addr, cmd })
+    let listening = || async move { tokio::net::TcpStream::connect(addr).await.is_ok() };
+    start(bins, "poller", addr, args, None, listening).await
 }
 
 /// An edge on a free port using every poller in `pollers`, ready (`/readyz` 200).
@@ -152,9 +154,7 @@ pub async fn edge(bins: &BinArgs, pollers: &[SocketAddr]) -> anyhow::Result<Proc
         ("poller", pollers.join(",")),
         ("shutdown-timeout", SHUTDOWN_TIMEOUT.to_owned()),
     ]);
-    let (mut child, cmd) = spawn(bins, "edge", args, bins.edge_cpus.as_deref())?;
-    wait_for(&mut child, "edge", || http_ok(addr, "/readyz")).await?;
-    Ok(Proc { child, addr, cmd })
+    start(bins, "edge", addr, args, bins.edge_cpus.as_deref(), || http_ok(addr, "/readyz")).await
 }
 
 /// Polls `ready` every 50 ms until it holds, the child dies, or
