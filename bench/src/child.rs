@@ -73,18 +73,16 @@ impl Drop for Child {
 /// SIGTERM, up to [`GRACE`] to exit, then SIGKILL. The child is reaped only
 /// here, so its pid cannot have been reused when it is signalled.
 fn terminate(child: &mut std::process::Child) -> std::io::Result<ExitStatus> {
-    if child.try_wait()?.is_none() && signal(child.id(), Signal::TERM).is_ok() {
-        let deadline = Instant::now() + GRACE;
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    let asked = child.try_wait()?.is_none() && signal(child.id(), Signal::TERM).is_ok();
+    let deadline = Instant::now() + if asked { GRACE } else { Duration::ZERO };
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
         }
+        if Instant::now() >= deadline {
+            child.kill()?;
+            return child.wait();
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    if let Some(status) = child.try_wait()? {
-        return Ok(status);
-    }
-    child.kill()?;
-    child.wait()
 }

@@ -5,6 +5,7 @@
 
 use anyhow::Context;
 use procfs::{CurrentSI, KernelStats, process::Process};
+use std::collections::HashMap;
 
 /// CPU (`utime + stime`, and `stime` alone) and memory of one process, or
 /// several summed.
@@ -136,13 +137,12 @@ impl Cpu {
 /// does not read that file).
 pub fn tcp_ext(keys: &[&str]) -> anyhow::Result<Vec<u64>> {
     let text = std::fs::read_to_string("/proc/net/netstat")?;
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:")).map(str::split_whitespace);
+    // A line of names, then a line of their values.
+    let mut lines = text.lines().filter_map(|l| l.strip_prefix("TcpExt:")).map(str::split_whitespace);
     let (Some(names), Some(values)) = (lines.next(), lines.next()) else { anyhow::bail!("no TcpExt lines") };
-    let pairs: Vec<(&str, &str)> = names.zip(values).collect();
-    let value = |key: &&str| -> anyhow::Result<u64> {
-        let (_, v) = pairs.iter().find(|(n, _)| n == key).with_context(|| format!("no TcpExt {key}"))?;
-        Ok(v.parse()?)
-    };
+    let pairs: HashMap<&str, &str> = names.zip(values).collect();
+    let value =
+        |key: &&str| pairs.get(key).with_context(|| format!("no TcpExt {key}"))?.parse().map_err(Into::into);
     keys.iter().map(value).collect()
 }
 

@@ -8,7 +8,7 @@
 use anyhow::Context;
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
-use std::{io::Write, path::Path};
+use std::{collections::HashSet, io::Write, path::Path};
 
 pub struct Report {
     doc: Map<String, Json>,
@@ -97,38 +97,27 @@ fn cell(column: &Rows, key: &str) -> Option<String> {
 /// Columns of rows side by side under `heads` (a single column of rows
 /// without heads is a plain `key  value` list), one line per key.
 fn table(out: &mut impl Write, title: &str, columns: &[Rows], heads: &[String]) -> std::io::Result<()> {
-    let mut keys: Vec<&str> = Vec::new();
-    for (k, _) in columns.iter().flatten().filter(|(k, _)| k != "column") {
-        if !keys.contains(&k.as_str()) {
-            keys.push(k);
-        }
-    }
-    if keys.is_empty() {
+    // Each key once, in the order first met.
+    let mut seen = HashSet::new();
+    let keys = columns.iter().flatten().map(|(k, _)| k.as_str()).filter(|&k| k != "column" && seen.insert(k));
+    let mut lines: Vec<(&str, Vec<String>)> =
+        keys.map(|k| (k, columns.iter().map(|c| cell(c, k).unwrap_or_default()).collect())).collect();
+    if lines.is_empty() {
         return Ok(());
     }
-    let rows: Vec<Vec<String>> =
-        keys.iter().map(|k| columns.iter().map(|c| cell(c, k).unwrap_or_default()).collect()).collect();
-    let width = keys.iter().map(|k| k.chars().count()).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns.len())
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain(heads.get(i).map(|h| h.chars().count()))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
+    let width = lines.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
     let right = !heads.is_empty();
-    let line = |label: &str, cells: &[String]| {
+    if right {
+        writeln!(out, "{title}")?;
+        lines.insert(0, ("", heads.to_vec()));
+    }
+    let widths: Vec<usize> =
+        (0..columns.len()).map(|i| lines.iter().map(|l| l.1[i].chars().count()).max().unwrap_or(0)).collect();
+    for (label, cells) in lines {
         let cells =
             cells.iter().zip(&widths).map(|(c, &w)| if right { format!("{c:>w$}") } else { c.clone() });
-        format!("  {label:width$}  {}", cells.collect::<Vec<_>>().join("  ")).trim_end().to_owned()
-    };
-    if right {
-        writeln!(out, "{title}\n{}", line("", heads))?;
-    }
-    for (key, row) in keys.iter().zip(&rows) {
-        writeln!(out, "{}", line(key, row))?;
+        let line = format!("  {label:width$}  {}", cells.collect::<Vec<_>>().join("  "));
+        writeln!(out, "{}", line.trim_end())?;
     }
     writeln!(out)
 }
