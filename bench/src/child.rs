@@ -30,11 +30,8 @@ impl Child {
     /// log never mixes with the report on our stdout.
     pub fn spawn(name: &str, mut cmd: Command) -> anyhow::Result<Self> {
         let stderr = std::io::stderr().as_fd().try_clone_to_owned().context("duplicating stderr")?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(stderr))
-            .spawn()
-            .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::from(stderr));
+        let child = cmd.spawn().with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
         Ok(Self { name: name.to_owned(), inner: Some(child) })
     }
 

@@ -41,9 +41,8 @@ impl Report {
     pub fn print(&self, out: &mut impl Write) -> std::io::Result<()> {
         writeln!(out, "\n{}\n", self.doc["title"].as_str().unwrap_or_default())?;
         let mut plain = Rows::new();
-        for (key, value) in
-            self.doc.iter().filter(|(k, _)| !["scenario", "title", "notes"].contains(&k.as_str()))
-        {
+        let figures = self.doc.iter().filter(|(k, _)| !["scenario", "title", "notes"].contains(&k.as_str()));
+        for (key, value) in figures {
             match value {
                 Json::Array(items) if !items.is_empty() && items.iter().all(Json::is_object) => {
                     table(out, "", &[std::mem::take(&mut plain)], &[])?;

@@ -62,22 +62,23 @@ impl Proc {
     }
 }
 
-/// Starts binary `name` listening on `addr` with `args`, under `taskset -c cpus` if
+/// Starts binary `name` with `--listen addr` and `args`, under `taskset -c cpus` if
 /// given (taskset execs the binary, so the pid is the binary's), and waits until
 /// `ready` holds (see [`wait_for`]).
-async fn start<F: Fn() -> Fut, Fut: Future<Output = bool>>(
+async fn start(
     bins: &BinArgs,
     name: &str,
     addr: SocketAddr,
     args: Vec<String>,
     cpus: Option<&str>,
-    ready: F,
+    ready: impl AsyncFn() -> bool,
 ) -> anyhow::Result<Proc> {
     let default_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release");
     let dir = bins.bin_dir.clone().unwrap_or_else(|| default_dir.into());
     let bin = dir.join(name).canonicalize().ok().filter(|p| p.is_file()).with_context(|| {
         format!("no {name} in {} (`cargo build --release --bins`, or pass --bin-dir)", dir.display())
     })?;
+    let args = flags(&[("listen", addr.to_string())]).into_iter().chain(args);
     let argv: Vec<String> = pinned(cpus, bin.display().to_string()).into_iter().chain(args).collect();
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]).env("RUST_LOG", &bins.child_log);
@@ -112,10 +113,7 @@ pub async fn http_ok(addr: SocketAddr, path: &str) -> bool {
 /// media-sim on a free port, answering `/stats`.
 pub async fn media_sim(bins: &BinArgs, change_every: Duration, stamp: bool) -> anyhow::Result<Proc> {
     let addr = loopback()?;
-    let mut args = flags(&[
-        ("listen", addr.to_string()),
-        ("change-every", humantime::format_duration(change_every).to_string()),
-    ]);
+    let mut args = flags(&[("change-every", humantime::format_duration(change_every).to_string())]);
     args.extend(stamp.then(|| "--stamp".to_owned()));
     start(bins, "media-sim", addr, args, None, || http_ok(addr, "/stats")).await
 }
@@ -135,7 +133,6 @@ pub async fn poller_at(
     extra: &[&str],
 ) -> anyhow::Result<Proc> {
     let mut args = flags(&[
-        ("listen", addr.to_string()),
         ("media-url", format!("http://{media}/live/{{event_id}}")),
         ("interval", humantime::format_duration(interval).to_string()),
         ("shutdown-timeout", SHUTDOWN_TIMEOUT.to_owned()),
@@ -149,21 +146,13 @@ pub async fn poller_at(
 pub async fn edge(bins: &BinArgs, pollers: &[SocketAddr]) -> anyhow::Result<Proc> {
     let addr = loopback()?;
     let pollers: Vec<String> = pollers.iter().map(|p| format!("http://{p}")).collect();
-    let args = flags(&[
-        ("listen", addr.to_string()),
-        ("poller", pollers.join(",")),
-        ("shutdown-timeout", SHUTDOWN_TIMEOUT.to_owned()),
-    ]);
+    let args = flags(&[("poller", pollers.join(",")), ("shutdown-timeout", SHUTDOWN_TIMEOUT.to_owned())]);
     start(bins, "edge", addr, args, bins.edge_cpus.as_deref(), || http_ok(addr, "/readyz")).await
 }
 
 /// Polls `ready` every 50 ms until it holds, the child dies, or
 /// [`STARTUP_LIMIT`] passes.
-pub async fn wait_for<F: Fn() -> Fut, Fut: Future<Output = bool>>(
-    child: &mut Child,
-    name: &str,
-    ready: F,
-) -> anyhow::Result<()> {
+pub async fn wait_for(child: &mut Child, name: &str, ready: impl AsyncFn() -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + STARTUP_LIMIT;
     while !ready().await {
         child.ensure_running()?;
