@@ -52,9 +52,8 @@ impl Child {
     pub async fn stop(mut self) -> anyhow::Result<ExitStatus> {
         let Some(mut child) = self.inner.take() else { bail!("{} was already stopped", self.name) };
         let name = std::mem::take(&mut self.name);
-        tokio::task::spawn_blocking(move || terminate(&mut child))
-            .await?
-            .with_context(|| format!("stopping {name}"))
+        let status = tokio::task::spawn_blocking(move || terminate(&mut child)).await?;
+        status.with_context(|| format!("stopping {name}"))
     }
 }
 

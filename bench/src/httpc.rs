@@ -15,9 +15,7 @@ static CLIENT: LazyLock<reqwest::Client> = LazyLock::new(|| {
 
 /// `GET http://addr/path`: the status and the body, within `timeout`.
 pub async fn get(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
-    exchange(CLIENT.get(format!("http://{addr}{path}")), timeout)
-        .await
-        .with_context(|| format!("GET http://{addr}{path}"))
+    exchange(CLIENT.get(format!("http://{addr}{path}")), timeout).await
 }
 
 /// `POST http://addr/path` of a JSON `body` with extra `headers`.
@@ -28,16 +26,16 @@ pub async fn post_json(
     body: &str,
     timeout: Duration,
 ) -> anyhow::Result<(u16, String)> {
-    let request = headers.iter().fold(
-        CLIENT.post(format!("http://{addr}{path}")).header("content-type", "application/json"),
-        |r, (name, value)| r.header(*name, *value),
-    );
-    exchange(request.body(body.to_owned()), timeout)
-        .await
-        .with_context(|| format!("POST http://{addr}{path}"))
+    let request = CLIENT.post(format!("http://{addr}{path}")).header("content-type", "application/json");
+    let request = headers.iter().fold(request, |r, (name, value)| r.header(*name, *value));
+    exchange(request.body(body.to_owned()), timeout).await
 }
 
+/// Sends `request`: the status and the body; an error names the method and the URL.
 async fn exchange(request: reqwest::RequestBuilder, timeout: Duration) -> anyhow::Result<(u16, String)> {
-    let answer = request.timeout(timeout).send().await?;
-    Ok((answer.status().as_u16(), answer.text().await?))
+    let (client, request) = request.timeout(timeout).build_split();
+    let request = request.context("building an HTTP request")?;
+    let what = format!("{} {}", request.method(), request.url());
+    let answer = client.execute(request).await.with_context(|| what.clone())?;
+    Ok((answer.status().as_u16(), answer.text().await.with_context(|| what)?))
 }

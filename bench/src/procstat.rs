@@ -7,23 +7,13 @@ use anyhow::Context;
 use procfs::{CurrentSI, KernelStats, process::Process};
 use std::collections::HashMap;
 
-/// CPU (`utime + stime`, and `stime` alone) and memory of one process, or
-/// several summed.
+/// CPU (`utime + stime`, and `stime` alone) and memory of one process.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sample {
     pub cpu_seconds: f64,
     pub system_seconds: f64,
     pub rss_bytes: u64,
     pub peak_rss_bytes: u64,
-}
-
-impl Sample {
-    pub fn add(&mut self, o: &Self) {
-        self.cpu_seconds += o.cpu_seconds;
-        self.system_seconds += o.system_seconds;
-        self.rss_bytes += o.rss_bytes;
-        self.peak_rss_bytes += o.peak_rss_bytes;
-    }
 }
 
 fn process(pid: u32) -> anyhow::Result<Process> {
@@ -46,39 +36,16 @@ pub fn sample(pid: u32) -> anyhow::Result<Sample> {
     })
 }
 
-/// Where a process's resident memory is (KiB), and its threads.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MemoryDetail {
-    pub rss_anon_kib: u64,
-    pub rss_file_kib: u64,
-    pub rss_shmem_kib: u64,
-    pub private_dirty_kib: u64,
-    pub threads: u64,
-}
-
-impl MemoryDetail {
-    pub fn add(&mut self, o: &Self) {
-        self.rss_anon_kib += o.rss_anon_kib;
-        self.rss_file_kib += o.rss_file_kib;
-        self.rss_shmem_kib += o.rss_shmem_kib;
-        self.private_dirty_kib += o.private_dirty_kib;
-        self.threads += o.threads;
-    }
-}
-
-/// `RssAnon`, `RssFile`, `RssShmem`, `Threads` of `status` and
-/// `Private_Dirty` of `smaps_rollup`.
-pub fn memory_detail(pid: u32) -> anyhow::Result<MemoryDetail> {
+/// Where a process's resident memory is, in KiB: `VmRSS` and its `RssAnon`,
+/// `RssFile`, `RssShmem` parts (of `status`) and `Private_Dirty` (of
+/// `smaps_rollup`); then its `Threads`.
+pub fn memory_kib(pid: u32) -> anyhow::Result<[u64; 6]> {
     let p = process(pid)?;
-    let (status, rollup) = (p.status()?, p.smaps_rollup()?);
+    let (s, rollup) = (p.status()?, p.smaps_rollup()?);
     let dirty = rollup.memory_map_rollup.0.iter().filter_map(|m| m.extension.map.get("Private_Dirty"));
-    Ok(MemoryDetail {
-        rss_anon_kib: status.rssanon.context("no RssAnon")?,
-        rss_file_kib: status.rssfile.context("no RssFile")?,
-        rss_shmem_kib: status.rssshmem.context("no RssShmem")?,
-        private_dirty_kib: dirty.sum::<u64>() / 1024,
-        threads: status.threads,
-    })
+    let rss = [(s.vmrss, "VmRSS"), (s.rssanon, "RssAnon"), (s.rssfile, "RssFile"), (s.rssshmem, "RssShmem")];
+    let [vm, anon, file, shmem] = rss.map(|(kib, name)| kib.with_context(|| format!("no {name}")));
+    Ok([vm?, anon?, file?, shmem?, dirty.sum::<u64>() / 1024, s.threads])
 }
 
 /// Open file descriptors of `pid`.
@@ -89,9 +56,7 @@ pub fn open_files(pid: u32) -> anyhow::Result<u64> {
 /// The processes whose parent is `pid` (nginx's workers), sorted.
 pub fn children(pid: u32) -> anyhow::Result<Vec<u32>> {
     let stats = procfs::process::all_processes()?.filter_map(|p| p.ok()?.stat().ok());
-    let mut found: Vec<u32> = stats.filter(|s| s.ppid as u32 == pid).map(|s| s.pid as u32).collect();
-    found.sort_unstable();
-    Ok(found)
+    Ok(crate::report::sorted(stats.filter(|s| s.ppid as u32 == pid).map(|s| s.pid as u32)))
 }
 
 /// CPU seconds the whole host has been busy (all cores, not idle or
@@ -155,8 +120,8 @@ mod tests {
         let me = std::process::id();
         let s = sample(me).unwrap();
         assert!(s.rss_bytes > 0 && s.peak_rss_bytes >= s.rss_bytes);
-        let m = memory_detail(me).unwrap();
-        assert!(m.rss_anon_kib > 0 && m.threads >= 1 && m.private_dirty_kib > 0);
+        let [_, anon, _, _, private_dirty, threads] = memory_kib(me).unwrap();
+        assert!(anon > 0 && threads >= 1 && private_dirty > 0);
         assert!(open_files(me).unwrap() >= 1 && open_files(u32::MAX).is_err());
         assert!(host_busy_seconds().unwrap() > 0.0);
         assert_eq!(tcp_ext(&["ListenOverflows", "ListenDrops"]).unwrap().len(), 2);

@@ -4,7 +4,7 @@
 use crate::{
     child,
     histogram::Snapshot,
-    procstat::{self, Cpu, MemoryDetail, Sample},
+    procstat::{self, Cpu},
     report::{self, Report},
     sse_load::{self, Load, Plan, Update},
     stack::{self, BinArgs, Proc},
@@ -200,15 +200,15 @@ fn pids(servers: &[Server]) -> anyhow::Result<Vec<u32>> {
     Ok(each.collect::<anyhow::Result<Vec<_>>>()?.concat())
 }
 
-type Mem = (Sample, MemoryDetail);
+/// A server's [`procstat::memory_kib`], its processes' summed.
+type Mem = [u64; 6];
 
 /// Per server, its processes' figures summed.
 fn memory(servers: &[Server]) -> anyhow::Result<Vec<Mem>> {
     let read = |s| -> anyhow::Result<Mem> {
         let mut m = Mem::default();
         for pid in pids(std::slice::from_ref(s))? {
-            m.0.add(&procstat::sample(pid)?);
-            m.1.add(&procstat::memory_detail(pid)?);
+            m.iter_mut().zip(procstat::memory_kib(pid)?).for_each(|(sum, x)| *sum += x);
         }
         Ok(m)
     };
@@ -240,10 +240,7 @@ impl<'a> Runs<'a> {
     pub async fn measure(&mut self, shape: ShapeArgs, nginx: Option<anyhow::Result<Server>>, column: String) {
         eprintln!("{column}: {} event(s) x {} browsers", shape.events, shape.browsers);
         let run = async {
-            let mut servers = Vec::new();
-            if let Some(nginx) = nginx {
-                servers.push(nginx?);
-            }
+            let mut servers = nginx.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
             while servers.len() < shape.edges as usize {
                 let poller = self.up.as_ref().map(|u| u.0.addr).expect("started for livepush");
                 servers.push(Server { proc: stack::edge(&self.args.bins, &[poller]).await?, nginx: None });
@@ -358,16 +355,14 @@ impl<'a> Runs<'a> {
         let intervals = f64::from(shape.events) * secs / args.interval.as_secs_f64();
         o.polls_per_event_per_interval = o.polls.map(|p| p as f64 / intervals);
         let mean = |f: &dyn Fn(usize) -> f64| (0..conns.len()).map(f).sum::<f64>() / conns.len() as f64;
-        let kib = |(p, d): &Mem| {
-            [p.rss_bytes / 1024, d.rss_anon_kib, d.rss_file_kib, d.rss_shmem_kib].map(|k| k as f64)
-        };
-        let per_conn = |b: &[Mem], j| mean(&|i| (kib(&b[i])[j] - kib(&idle[i])[j]) / conns[i].max(1) as f64);
+        let per_conn =
+            |b: &[Mem], j: usize| mean(&|i| (b[i][j] as f64 - idle[i][j] as f64) / conns[i].max(1) as f64);
         o.rss_idle_connected_end_mib =
-            [&idle, &connected, &end].map(|m| mean(&|i| kib(&m[i])[0] / 1024.0)).into();
+            [&idle, &connected, &end].map(|m| mean(&|i| m[i][0] as f64 / 1024.0)).into();
         (o.rss_per_conn_kib, o.end_per_conn_kib) = (per_conn(&connected, 0), per_conn(&end, 0));
         o.anon_file_shmem_per_conn_kib = (1..4).map(|j| per_conn(&connected, j)).collect();
-        o.private_dirty_mib = mean(&|i| connected[i].1.private_dirty_kib as f64 / 1024.0);
-        o.threads = mean(&|i| connected[i].1.threads as f64);
+        o.private_dirty_mib = mean(&|i| connected[i][4] as f64 / 1024.0);
+        o.threads = mean(&|i| connected[i][5] as f64);
         o.load_rss_per_conn_kib = load_connected.saturating_sub(load_idle) as f64 / 1024.0 / n.max(1) as f64;
         let pct = |s: f64| 100.0 * s / secs;
         let (server_s, system_s) = cpu.procs[..k].iter().fold((0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1));

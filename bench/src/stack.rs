@@ -207,10 +207,9 @@ pub fn shell_words(args: &[String]) -> String {
 
 /// Creates the parent directory of `path` if needed.
 pub fn ensure_parent(path: &Path) -> anyhow::Result<()> {
-    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display())),
-        None => Ok(()),
-    }
+    // `create_dir_all("")` (a bare file name's parent) does nothing.
+    let dir = path.parent().unwrap_or(Path::new(""));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
 }
 
 #[cfg(test)]
