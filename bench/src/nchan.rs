@@ -60,10 +60,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let shape = ShapeArgs { events: 1, browsers: n, edges: 1 };
         let mut column = n.to_string();
         if args.with_livepush {
-            runs.measure(shape.clone(), None, format!("livepush {n}")).await;
+            runs.measure(shape.clone(), Ok(Vec::new()), format!("livepush {n}")).await;
             column = format!("nchan {n}");
         }
-        runs.measure(shape, Some(start(&args, &published).await), column).await;
+        runs.measure(shape, start(&args, &published).await.map(|s| vec![s]), column).await;
     }
     let both = if args.with_livepush { "livepush (one edge) and " } else { "" };
     let title = format!("one channel, N SSE connections, {both}nchan (one nginx)");
@@ -121,7 +121,7 @@ async fn start(args: &Args, published: &Published) -> anyhow::Result<Server> {
         }
     });
     let proc = Proc { child, addr, cmd: stack::shell_words(&argv) };
-    Ok(Server { proc, nginx: Some((AbortOnDropHandle::new(publisher), dir)) })
+    Ok(Server::started(proc, Some((AbortOnDropHandle::new(publisher), dir))))
 }
 
 /// The nginx.conf of one instance: everything it writes stays in `d`. As

@@ -12,7 +12,7 @@ use crate::{
 use anyhow::Context;
 use plotters::prelude::*;
 use serde::Serialize;
-use std::{collections::BTreeMap, path::PathBuf, process, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, process, time::Duration};
 use tokio::time::{Instant, sleep};
 use tokio_util::task::AbortOnDropHandle;
 
@@ -97,15 +97,33 @@ pub fn event_id(index: u32) -> String {
 
 /// One server holding browsers: an edge, or nginx's master (its workers are its children).
 pub struct Server {
-    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub pid: u32,
+    /// The process if the harness started it (`None`: an edge started by hand, `sse-load`).
+    pub proc: Option<Proc>,
     /// nginx's publisher (stopped first) and directory (removed last); `None`: an edge.
     pub nginx: Option<(AbortOnDropHandle<()>, tempfile::TempDir)>,
 }
 
 impl Server {
+    /// A server the harness started (and stops after its run).
+    pub fn started(proc: Proc, nginx: Option<(AbortOnDropHandle<()>, tempfile::TempDir)>) -> Self {
+        Self { addr: proc.addr, pid: proc.pid(), proc: Some(proc), nginx }
+    }
+
+    /// Fails if the server has exited (one started by hand: if its pid is gone).
+    fn ensure_running(&mut self) -> anyhow::Result<()> {
+        match &mut self.proc {
+            Some(proc) => proc.child.ensure_running(),
+            None => procstat::sample(self.pid).map(drop),
+        }
+    }
+
     async fn stop(self) -> anyhow::Result<()> {
-        let (workers, _dir) = (procstat::children(self.proc.pid())?, self.nginx.map(|(_, dir)| dir));
-        self.proc.stop().await?;
+        let (workers, _dir) = (procstat::children(self.pid)?, self.nginx.map(|(_, dir)| dir));
+        if let Some(proc) = self.proc {
+            proc.stop().await?;
+        }
         // A worker that outlived its master (still nginx: the pid not reused).
         let nginx =
             |p: &u32| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.starts_with(b"nginx: "));
@@ -196,7 +214,7 @@ pub struct Outcome {
 
 /// The servers' processes, measured together: an edge; nginx's master and workers.
 fn pids(servers: &[Server]) -> anyhow::Result<Vec<u32>> {
-    let each = servers.iter().map(|s| Ok([vec![s.proc.pid()], procstat::children(s.proc.pid())?].concat()));
+    let each = servers.iter().map(|s| Ok([vec![s.pid], procstat::children(s.pid)?].concat()));
     Ok(each.collect::<anyhow::Result<Vec<_>>>()?.concat())
 }
 
@@ -236,14 +254,15 @@ impl<'a> Runs<'a> {
         Ok(Self { args, up, done: Vec::new(), failed: Vec::new() })
     }
 
-    /// Measures `shape` on fresh edges (`nginx`: `None`) or on nginx: a column, or a failure noted.
-    pub async fn measure(&mut self, shape: ShapeArgs, nginx: Option<anyhow::Result<Server>>, column: String) {
+    /// Measures `shape` on the `given` servers (nginx, or edges started by hand), then on
+    /// fresh edges up to `shape.edges`: a column, or a failure noted.
+    pub async fn measure(&mut self, shape: ShapeArgs, given: anyhow::Result<Vec<Server>>, column: String) {
         eprintln!("{column}: {} event(s) x {} browsers", shape.events, shape.browsers);
         let run = async {
-            let mut servers = nginx.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+            let mut servers = given?;
             while servers.len() < shape.edges as usize {
                 let poller = self.up.as_ref().map(|u| u.0.addr).expect("started for livepush");
-                servers.push(Server { proc: stack::edge(&self.args.bins, &[poller]).await?, nginx: None });
+                servers.push(Server::started(stack::edge(&self.args.bins, &[poller]).await?, None));
             }
             self.run(&shape, servers).await
         };
@@ -260,7 +279,7 @@ impl<'a> Runs<'a> {
         let path = |e| if edges { format!("/live/{}/stream", event_id(e)) } else { "/sub".into() };
         // Warm-up: one stream per server until its first event; then the idle RSS.
         let mut plan = Plan::default();
-        servers.iter().for_each(|s| plan.push(s.proc.addr, &path(0), 0));
+        servers.iter().for_each(|s| plan.push(s.addr, &path(0), 0));
         let warm = Load::start(plan, args.load.config(Instant::now() + Duration::from_secs(30)));
         let warmed = warm.wait_ready(servers.len() as u64, Duration::from_secs(20)).await;
         let warm_errors = warm.stats().error_kinds();
@@ -274,7 +293,7 @@ impl<'a> Runs<'a> {
         let (mut plan, mut conns) = (Plan::default(), vec![0u64; servers.len()]);
         for i in 0..n {
             let (event, s) = ((i % events) as u32, (i / events) as usize % servers.len());
-            plan.push(servers[s].proc.addr, &path(event), event);
+            plan.push(servers[s].addr, &path(event), event);
             conns[s] += 1;
         }
         let system = if edges { "livepush" } else { "nchan" };
@@ -290,7 +309,7 @@ impl<'a> Runs<'a> {
         o.ramp_server_pct = 100.0 * ramp_cpu / ramp_start.elapsed().as_secs_f64().max(1e-3);
         o.ramp_server_us_per_conn = 1e6 * ramp_cpu / n.max(1) as f64;
         sleep(args.settle).await;
-        servers.iter_mut().try_for_each(|s| s.proc.child.ensure_running())?;
+        servers.iter_mut().try_for_each(|s| s.ensure_running())?;
         let (connected, load_connected) = (memory(&servers)?, procstat::sample(process::id())?.rss_bytes);
         // The window: CPU of the servers' processes, the feeders, this process.
         let (stats, media) = (load.stats().clone(), up.as_ref().map(|u| u.1.addr));
@@ -311,13 +330,13 @@ impl<'a> Runs<'a> {
             // Every edge's metrics in one text: each figure is their sum.
             let mut text = String::new();
             for s in &servers {
-                text += &stack::scrape(s.proc.addr).await?;
+                text += &stack::scrape(s.addr).await?;
             }
             o.edge_upstream = Some(EdgeUpstream::parse(&text));
             poller.child.ensure_running()?;
             media.child.ensure_running()?;
         }
-        servers.iter_mut().try_for_each(|s| s.proc.child.ensure_running())?;
+        servers.iter_mut().try_for_each(|s| s.ensure_running())?;
         // Let the updates served in the window reach everyone. A poll every
         // interval (5 % jitter; the settle lets each event's second poll, up to
         // 1.5 intervals after its first, pass): a longer gap is a change missed.
@@ -428,7 +447,7 @@ pub struct BreadthArgs {
 pub async fn fanout(args: FanoutArgs) -> anyhow::Result<Report> {
     let mut runs = Runs::new(&args.push, true).await?;
     for &n in &args.connections {
-        runs.measure(ShapeArgs { events: 1, browsers: n, edges: 1 }, None, n.to_string()).await;
+        runs.measure(ShapeArgs { events: 1, browsers: n, edges: 1 }, Ok(Vec::new()), n.to_string()).await;
     }
     let mut report = runs.report("fanout", "one event, one edge, N SSE connections", &args).await?;
     if let Some(path) = &args.plot {
@@ -446,7 +465,7 @@ pub async fn breadth(args: BreadthArgs) -> anyhow::Result<Report> {
     let n = u64::from(events) * u64::from(browsers);
     anyhow::ensure!(n <= 18_000, "{n} connections: the load generator holds one file each, at most 18,000");
     let mut runs = Runs::new(&args.push, true).await?;
-    runs.measure(args.shape.clone(), None, format!("{events}x{browsers}")).await;
+    runs.measure(args.shape.clone(), Ok(Vec::new()), format!("{events}x{browsers}")).await;
     runs.report("breadth", &format!("{events} events x {browsers} browsers over {edges} edges"), &args).await
 }
 
