@@ -14,7 +14,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, OnceLock, atomic::AtomicU64, atomic::Ordering::Relaxed},
     time::Duration,
 };
 use tokio::time::Instant;
@@ -54,7 +54,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let apt = "apt-get install nginx libnginx-mod-nchan";
         ensure!(path.is_file(), "no {} (on Debian: `{apt}`, or pass {flag} PATH)", path.display());
     }
-    let published = Published::default();
+    let published = Arc::new(Published::default());
     let mut runs = Runs::new(&args.push, args.with_livepush).await?;
     for &n in &args.connections {
         let shape = ShapeArgs { events: 1, browsers: n, edges: 1 };
@@ -68,10 +68,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let both = if args.with_livepush { "livepush (one edge) and " } else { "" };
     let title = format!("one channel, N SSE connections, {both}nchan (one nginx)");
     let mut report = runs.report("nchan", &title, &args).await?;
-    let published = published.lock().unwrap_or_else(PoisonError::into_inner);
-    let failed: Vec<_> = published.iter().filter_map(|r| r.as_ref().err()).collect();
-    let first = failed.first().map_or(String::new(), |e| format!(" (first: {e})"));
-    let (ok, n) = (published.len() - failed.len(), failed.len());
+    let first = published.first_error.get().map_or(String::new(), |e| format!(" (first: {e})"));
+    let (ok, n) = (published.ok.load(Relaxed), published.failed.load(Relaxed));
     report.note(format!("nchan publisher: {ok} ticks published (besides the first), {n} failed{first}"));
     report.note(versions(&args.nginx));
     Ok(report)
@@ -86,10 +84,16 @@ fn versions(nginx: &Path) -> String {
 }
 
 /// What the ticker's publishes gave, over all nginx instances.
-type Published = Arc<Mutex<Vec<Result<(), String>>>>;
+/// Counts, not a list: a publisher runs as long as its nginx does.
+#[derive(Default)]
+struct Published {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    first_error: OnceLock<String>,
+}
 
 /// A fresh nginx, answering, with a message in the channel and its publisher.
-async fn start(args: &Args, published: &Published) -> anyhow::Result<Server> {
+async fn start(args: &Args, published: &Arc<Published>) -> anyhow::Result<Server> {
     // Its configuration, logs and temp files, removed with the server.
     let dir = tempfile::Builder::new().prefix("livepush-bench-nchan-").tempdir()?;
     let d = dir.path().display().to_string();
@@ -116,8 +120,13 @@ async fn start(args: &Args, published: &Published) -> anyhow::Result<Server> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let result = publish(addr, &sim).await.map_err(|e| format!("{e:#}"));
-            published.lock().unwrap_or_else(PoisonError::into_inner).push(result);
+            match publish(addr, &sim).await {
+                Ok(()) => _ = published.ok.fetch_add(1, Relaxed),
+                Err(e) => {
+                    published.failed.fetch_add(1, Relaxed);
+                    _ = published.first_error.set(format!("{e:#}"));
+                }
+            }
         }
     });
     let proc = Proc { child, addr, cmd: stack::shell_words(&argv) };
