@@ -6,7 +6,7 @@ use crate::push::{LoadArgs, ShapeArgs, at_least_1s, event_id};
 use crate::report::{Report, quantile_ms, sorted};
 use crate::sse_load::{self, Counters, Load, Plan, Rec, Trace, unix_micros};
 use crate::stack::{self, BinArgs, Proc, metric, scrape};
-use crate::{procstat, wire::Id, wire::Kind};
+use crate::{poller::free_addr, procstat, wire::Id, wire::Kind};
 use anyhow::{Context, ensure};
 use livepush::metrics::*;
 use serde::Serialize;
@@ -126,8 +126,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let start_poller = |addr| stack::poller_at(&args.bins, addr, media.addr, args.interval, &linger);
     let (mut pollers, mut es) = (Vec::new(), Vec::new());
     for _ in 0..args.pollers {
-        let addr = SocketAddr::from(([127, 0, 0, 1], stack::free_port()?));
-        pollers.push(Some(start_poller(addr).await?));
+        pollers.push(Some(start_poller(free_addr()?).await?));
     }
     let addrs: Vec<SocketAddr> = pollers.iter().flatten().map(|p| p.addr).collect();
     for _ in 0..edges {
