@@ -141,25 +141,23 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     // Probes of /readyz, each followed by a reading for the peaks.
     let stop_probes = CancellationToken::new();
-    let probing = {
-        let (stop, every, pid) = (stop_probes.clone(), args.probe_every, edge.pid());
-        tokio::spawn(async move {
-            let (mut r, mut peak) = (Readyz::default(), Reading::new());
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            while tokio::select! { _ = stop.cancelled() => false, _ = tick.tick() => true } {
-                let sent = Instant::now();
-                r.sent += 1;
-                let answer = httpc::get(edge.addr, "/readyz", Duration::from_secs(1)).await;
-                r.ok += u64::from(matches!(answer, Ok((200, _))));
-                r.slowest_ms = r.slowest_ms.max(sent.elapsed().as_secs_f64() * 1e3);
-                for (k, x) in take(edge.addr, pid, poller.addr).await.into_iter().flatten() {
-                    peak.entry(k).and_modify(|p| *p = x.max(*p)).or_insert(x);
-                }
+    let (stop, pid) = (stop_probes.clone(), edge.pid());
+    let probing = tokio::spawn(async move {
+        let (mut r, mut peak) = (Readyz::default(), Reading::new());
+        let mut tick = tokio::time::interval(args.probe_every);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        while tokio::select! { _ = stop.cancelled() => false, _ = tick.tick() => true } {
+            let sent = Instant::now();
+            r.sent += 1;
+            let answer = httpc::get(edge.addr, "/readyz", Duration::from_secs(1)).await;
+            r.ok += u64::from(matches!(answer, Ok((200, _))));
+            r.slowest_ms = r.slowest_ms.max(sent.elapsed().as_secs_f64() * 1e3);
+            for (k, x) in take(edge.addr, pid, poller.addr).await.into_iter().flatten() {
+                peak.entry(k).and_modify(|p| *p = x.max(*p)).or_insert(x);
             }
-            (r, peak)
-        })
-    };
+        }
+        (r, peak)
+    });
     let pids = [edge.pid(), poller.pid(), media.pid(), std::process::id()];
     let (cpu0, start, start_ms) = (procstat::Cpu::read(&pids)?, Instant::now(), unix_micros() / 1000);
     let (stable_stats, stable0) = (stable.stats().clone(), stable.stats().counters());

@@ -141,11 +141,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         eprintln!("poller: {column}");
         let (max, n) = (args.events.max(100_000).to_string(), batch.unwrap_or(0).to_string());
         let url = format!("http://{sim}/batch?ids={{event_ids}}");
-        let mut extra = vec!["--max-events", &max];
-        if batch.is_some() {
-            extra.extend(["--media-batch-url", &url, "--batch-size", &n]);
-        }
-        let mut poller = stack::poller_at(&args.bins, free_addr()?, sim, args.interval, &extra).await?;
+        let flags = ["--max-events", &max, "--media-batch-url", &url, "--batch-size", &n];
+        // Batching adds its two flags to --max-events.
+        let extra = if batch.is_some() { &flags[..] } else { &flags[..2] };
+        let mut poller = stack::poller_at(&args.bins, free_addr()?, sim, args.interval, extra).await?;
         let (pid, addr) = (poller.pid(), poller.addr);
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(2))
