@@ -230,9 +230,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     let st = &f.stable;
     f.subscribe_failures = a["subscribe_failures"].saturating_sub(b["subscribe_failures"]);
-    let cpu = [("edge", 0), ("poller", 1), ("media-sim", 2), ("load", 3)].map(|(k, i)| (k, spent.of(i)));
-    f.cpu_pct =
-        cpu.into_iter().chain([("others", spent.others())]).map(|(k, x)| (k, 100.0 * x / span)).collect();
+    // In the order of `pids`, then the host beyond them.
+    let cpu = ["edge", "poller", "media-sim", "load"].into_iter().enumerate().map(|(i, k)| (k, spent.of(i)));
+    f.cpu_pct = cpu.chain([("others", spent.others())]).map(|(k, x)| (k, 100.0 * x / span)).collect();
     f.targets = BTreeMap::from([
         ("churn_served", f.with_value == u64::from(args.browsers) && f.churn_errors == 0),
         ("rss_back", a["rss_bytes"] as f64 <= b["rss_bytes"] as f64 * 1.1 + 2.0 * 1_048_576.0),
