@@ -4,7 +4,7 @@
 use crate::push::{EdgeUpstream, LoadArgs, at_least_1s, event_id};
 use crate::sse_load::{self, Counters, Load, Plan, unix_micros};
 use crate::stack::{self, BinArgs, metric, scrape};
-use crate::{httpc, procstat, report::Report, report::sorted};
+use crate::{httpc, poller::free_addr, procstat, report::Report, report::sorted};
 use anyhow::Context;
 use livepush::metrics::{EDGE_STREAMS_OPEN, POLLER_EVENTS_WATCHED};
 use serde::Serialize;
@@ -120,9 +120,8 @@ async fn take(edge: SocketAddr, pid: u32, poller: SocketAddr) -> anyhow::Result<
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     let media = stack::media_sim(&args.bins, args.interval, true).await?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], stack::free_port()?));
     let linger = ["--linger", &humantime::format_duration(args.linger).to_string()];
-    let poller = stack::poller_at(&args.bins, addr, media.addr, args.interval, &linger).await?;
+    let poller = stack::poller_at(&args.bins, free_addr()?, media.addr, args.interval, &linger).await?;
     let edge = stack::edge(&args.bins, &[poller.addr]).await?;
     let mut f = Figures { args: Some(&args), ..Figures::default() };
     (f.batches, f.expected_after_per_s) =
@@ -142,26 +141,23 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     // Probes of /readyz, each followed by a reading for the peaks.
     let stop_probes = CancellationToken::new();
-    let probing = {
-        let (stop, every, pid) = (stop_probes.clone(), args.probe_every, edge.pid());
-        let (edge, poller) = (edge.addr, poller.addr);
-        tokio::spawn(async move {
-            let (mut r, mut peak) = (Readyz::default(), Reading::new());
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            while tokio::select! { _ = stop.cancelled() => false, _ = tick.tick() => true } {
-                let sent = Instant::now();
-                r.sent += 1;
-                let answer = httpc::get(edge, "/readyz", Duration::from_secs(1)).await;
-                r.ok += u64::from(matches!(answer, Ok((200, _))));
-                r.slowest_ms = r.slowest_ms.max(sent.elapsed().as_secs_f64() * 1e3);
-                for (k, x) in take(edge, pid, poller).await.into_iter().flatten() {
-                    peak.entry(k).and_modify(|p| *p = x.max(*p)).or_insert(x);
-                }
+    let (stop, pid) = (stop_probes.clone(), edge.pid());
+    let probing = tokio::spawn(async move {
+        let (mut r, mut peak) = (Readyz::default(), Reading::new());
+        let mut tick = tokio::time::interval(args.probe_every);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        while tokio::select! { _ = stop.cancelled() => false, _ = tick.tick() => true } {
+            let sent = Instant::now();
+            r.sent += 1;
+            let answer = httpc::get(edge.addr, "/readyz", Duration::from_secs(1)).await;
+            r.ok += u64::from(matches!(answer, Ok((200, _))));
+            r.slowest_ms = r.slowest_ms.max(sent.elapsed().as_secs_f64() * 1e3);
+            for (k, x) in take(edge.addr, pid, poller.addr).await.into_iter().flatten() {
+                peak.entry(k).and_modify(|p| *p = x.max(*p)).or_insert(x);
             }
-            (r, peak)
-        })
-    };
+        }
+        (r, peak)
+    });
     let pids = [edge.pid(), poller.pid(), media.pid(), std::process::id()];
     let (cpu0, start, start_ms) = (procstat::Cpu::read(&pids)?, Instant::now(), unix_micros() / 1000);
     let (stable_stats, stable0) = (stable.stats().clone(), stable.stats().counters());
@@ -234,9 +230,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     let st = &f.stable;
     f.subscribe_failures = a["subscribe_failures"].saturating_sub(b["subscribe_failures"]);
-    let cpu = [("edge", 0), ("poller", 1), ("media-sim", 2), ("load", 3)].map(|(k, i)| (k, spent.of(i)));
-    f.cpu_pct =
-        cpu.into_iter().chain([("others", spent.others())]).map(|(k, x)| (k, 100.0 * x / span)).collect();
+    // In the order of `pids`, then the host beyond them.
+    let cpu = ["edge", "poller", "media-sim", "load"].into_iter().enumerate().map(|(i, k)| (k, spent.of(i)));
+    f.cpu_pct = cpu.chain([("others", spent.others())]).map(|(k, x)| (k, 100.0 * x / span)).collect();
     f.targets = BTreeMap::from([
         ("churn_served", f.with_value == u64::from(args.browsers) && f.churn_errors == 0),
         ("rss_back", a["rss_bytes"] as f64 <= b["rss_bytes"] as f64 * 1.1 + 2.0 * 1_048_576.0),

@@ -6,7 +6,7 @@ use crate::push::{LoadArgs, ShapeArgs, at_least_1s, event_id};
 use crate::report::{Report, quantile_ms, sorted};
 use crate::sse_load::{self, Counters, Load, Plan, Rec, Trace, unix_micros};
 use crate::stack::{self, BinArgs, Proc, metric, scrape};
-use crate::{procstat, wire::Id, wire::Kind};
+use crate::{poller::free_addr, procstat, wire::Id, wire::Kind};
 use anyhow::{Context, ensure};
 use livepush::metrics::*;
 use serde::Serialize;
@@ -126,8 +126,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let start_poller = |addr| stack::poller_at(&args.bins, addr, media.addr, args.interval, &linger);
     let (mut pollers, mut es) = (Vec::new(), Vec::new());
     for _ in 0..args.pollers {
-        let addr = SocketAddr::from(([127, 0, 0, 1], stack::free_port()?));
-        pollers.push(Some(start_poller(addr).await?));
+        pollers.push(Some(start_poller(free_addr()?).await?));
     }
     let addrs: Vec<SocketAddr> = pollers.iter().flatten().map(|p| p.addr).collect();
     for _ in 0..edges {
@@ -301,9 +300,9 @@ fn analyse(logs: &[(u32, Trace)], [k_us, observed_us, r_us, end_us]: [u64; 4], f
         // The longest wait for data from the restart on (the end counts as a read).
         let last = t.data.iter().rev().find(|r| r.at_us < r_us).map_or(r_us, |r| r.at_us);
         let reads = t.data.iter().map(|r| r.at_us).filter(|at| (r_us..=end_us).contains(at));
-        let points: Vec<u64> = [last].into_iter().chain(reads).chain([end_us]).collect();
-        let gap = points.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-        gap_max[usize::from(!affected)] = gap_max[usize::from(!affected)].max(Some(gap));
+        // Each read (and the end) minus the one before it.
+        let gap = reads.chain([end_us]).scan(last, |prev, at| Some(at - std::mem::replace(prev, at))).max();
+        gap_max[usize::from(!affected)] = gap_max[usize::from(!affected)].max(gap);
         ret.stale += t.named.iter().filter(|&&(at, k)| at >= r_us && k == Kind::Stale).count();
     }
     let (switch, gaps) = (sorted(switches.iter().map(|s| s.0)), sorted(switches.iter().map(|s| s.1)));

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::{io::Write, net::Ipv4Addr, net::SocketAddr, time::Duration};
+use std::{io::Write, time::Duration};
 use tokio::time::Instant;
 
 /// The one event every browser watches.
@@ -129,8 +129,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let mut token_file = tempfile::NamedTempFile::new().context("creating the token file")?;
     writeln!(token_file, "{token}").context("writing the token file")?;
     let flags = ["--publish-token-file", &token_file.path().to_string_lossy()];
-    let poller_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
-    let mut poller = stack::poller_at(&args.bins, poller_addr, media_addr, args.interval, &flags).await?;
+    let mut poller =
+        stack::poller_at(&args.bins, poller::free_addr()?, media_addr, args.interval, &flags).await?;
     let mut edge = stack::edge(&args.bins, &[poller.addr]).await?;
     let pids = [poller.pid(), edge.pid(), std::process::id()];
 
@@ -198,7 +198,6 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let each = stats.latency.snapshot();
         let last = sorted(changes.iter().map(|c| c.2));
         let posts = sorted(changes.iter().filter_map(|c| c.3));
-        let apart = sorted(changes.iter().filter(|c| c.4 >= HINT_GAP).map(|c| c.2));
         let pct = |x: f64| 100.0 * x / wall.max(f64::MIN_POSITIVE);
         runs.push(Run {
             column: column.to_owned(),
@@ -210,7 +209,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             last_mean_ms: last.iter().sum::<u64>() as f64 / last.len() as f64 / 1e3,
             first_p50_ms: quantile_ms(&sorted(changes.iter().map(|c| c.1)), 0.5),
             within_hint_gap: changes.iter().filter(|c| c.4 < HINT_GAP).count(),
-            apart_max_ms: quantile_ms(&apart, 1.0),
+            apart_max_ms: quantile_ms(&sorted(changes.iter().filter(|c| c.4 >= HINT_GAP).map(|c| c.2)), 1.0),
             deliveries: each.count,
             each_p50_ms: sse_load::ms(&each, 0.5),
             each_p99_ms: sse_load::ms(&each, 0.99),

@@ -141,13 +141,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         eprintln!("poller: {column}");
         let (max, n) = (args.events.max(100_000).to_string(), batch.unwrap_or(0).to_string());
         let url = format!("http://{sim}/batch?ids={{event_ids}}");
-        let mut extra = vec!["--max-events", &max];
-        if batch.is_some() {
-            extra.extend(["--media-batch-url", &url, "--batch-size", &n]);
-        }
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
-        let mut poller = stack::poller_at(&args.bins, addr, sim, args.interval, &extra).await?;
-        let pid = poller.pid();
+        let flags = ["--max-events", &max, "--media-batch-url", &url, "--batch-size", &n];
+        // Batching adds its two flags to --max-events.
+        let extra = if batch.is_some() { &flags[..] } else { &flags[..2] };
+        let mut poller = stack::poller_at(&args.bins, free_addr()?, sim, args.interval, extra).await?;
+        let (pid, addr) = (poller.pid(), poller.addr);
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true);
@@ -228,9 +226,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             arrivals.iter().filter(|a| a.0 >= start).map(|&(at, e, c, r)| (micros(at - start), e, c, r));
         for (at, event, code, request) in since_start.filter(|a| a.0 < span) {
             per_event.get_mut(event as usize).into_iter().for_each(|c| *c += 1);
-            status[0] += 1;
-            status[1] += u64::from(code == 200);
-            status[2] += u64::from(code == 304);
+            // Answers: 200, 304, other.
+            status[[200, 304].iter().position(|&c| c == code).unwrap_or(2)] += 1;
             if request {
                 requests += 1;
                 slots.get_mut((at / micros(SLOT)) as usize).into_iter().for_each(|c| *c += 1);
@@ -239,7 +236,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 }
             }
         }
-        let (requests, ids) = (f64::from(requests), status[0] as f64);
+        let (requests, ids) = (f64::from(requests), status.iter().sum::<u64>() as f64);
         let in_tenths = tenths.iter().sum::<u64>() as f64;
         let share = |c: Option<&u64>| (in_tenths > 0.0).then(|| 100.0 * *c.unwrap_or(&0) as f64 / in_tenths);
         let secs = args.duration.as_secs_f64();
@@ -256,9 +253,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             expected_per_s,
             ratio: requests / secs / expected_per_s,
             ids_per_request: ids / requests.max(1.0),
-            status_200: status[1],
-            status_304: status[2],
-            status_other: status[0] - status[1] - status[2],
+            status_200: status[0],
+            status_304: status[1],
+            status_other: status[2],
             polls_per_event_per_interval: ids / f64::from(args.events) / (secs / args.interval.as_secs_f64()),
             event_polls_min: per_event.iter().copied().min().unwrap_or(0),
             event_polls_max: per_event.iter().copied().max().unwrap_or(0),
@@ -296,6 +293,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let mut report = Report::new("poller", title, &serde_json::json!({"params": params, "runs": runs}))?;
     notes.into_iter().for_each(|n| _ = report.note(n));
     Ok(report)
+}
+
+/// A free loopback address: where a poller with flags of its own listens.
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?)))
 }
 
 /// Serves `app` on a free loopback port until the returned set is dropped.

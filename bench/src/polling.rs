@@ -11,8 +11,8 @@ use serde_json::json;
 use std::sync::{Arc, atomic::AtomicU64, atomic::Ordering::Relaxed};
 use std::{net::Ipv4Addr, net::SocketAddr, time::Duration};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::{net::TcpListener, net::TcpStream, task::JoinSet, time::Instant};
+use tokio_util::io::InspectReader;
 
 /// Connections the relay holds at once: every viewer's (at most 5,000, and
 /// one reconnect each) and the poller's, with room to spare.
@@ -125,10 +125,6 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     })
     .await?;
     load.stop(Duration::from_secs(5)).await;
-    let (media_cmd, poller_cmd, edge_cmd) = (media.cmd.clone(), poller.cmd.clone(), edge.cmd.clone());
-    edge.stop().await?;
-    poller.stop().await?;
-    media.stop().await?;
 
     let (viewers, events) = (args.viewers, args.events);
     let title = format!(
@@ -139,8 +135,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let requests_ratio = ratio(polling.requests_per_s, livepush.requests_per_s);
     let bytes = |r: &Run| r.bytes_in_per_s + r.bytes_out_per_s;
     let bytes_ratio = ratio(bytes(&polling), bytes(&livepush));
-    let figures = json!({"args": args, "media_cmd": media_cmd, "poller_cmd": poller_cmd, "edge_cmd": edge_cmd,
+    let figures = json!({"args": args, "media_cmd": media.cmd, "poller_cmd": poller.cmd, "edge_cmd": edge.cmd,
         "runs": [polling, livepush], "requests_ratio": requests_ratio, "bytes_ratio": bytes_ratio});
+    for p in [edge, poller, media] {
+        p.stop().await?;
+    }
     Report::new("polling", title, &figures)
 }
 
@@ -208,20 +207,19 @@ async fn relay_to(upstream: SocketAddr) -> anyhow::Result<(SocketAddr, Arc<[Atom
             relays.spawn(async move {
                 let Ok(server) = TcpStream::connect(upstream).await else { return };
                 let _ = (client.set_nodelay(true), server.set_nodelay(true));
-                let ((cr, cw), (sr, sw)) = (client.into_split(), server.into_split());
-                // A failed relay closes both sides; the client sees and counts it.
-                let _ = tokio::try_join!(pump(cr, sw, &relayed[0]), pump(sr, cw, &relayed[1]));
+                // Bytes are counted as read from each side; an end of either
+                // direction shuts the other side's writing down, and a failed
+                // relay closes both sides: the client sees and counts it.
+                let [to, from] = &*relayed;
+                let mut client =
+                    InspectReader::new(client, |r: &[u8]| _ = to.fetch_add(r.len() as u64, Relaxed));
+                let mut server =
+                    InspectReader::new(server, |r: &[u8]| _ = from.fetch_add(r.len() as u64, Relaxed));
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
             });
         }
     });
     Ok((addr, relayed, background))
-}
-
-async fn pump(from: OwnedReadHalf, mut to: OwnedWriteHalf, n: &AtomicU64) -> std::io::Result<()> {
-    let mut from =
-        tokio_util::io::InspectReader::new(from, |read| _ = n.fetch_add(read.len() as u64, Relaxed));
-    tokio::io::copy(&mut from, &mut to).await?;
-    to.shutdown().await
 }
 
 /// One polling browser: every `interval` from `first`, one keep-alive request
