@@ -139,6 +139,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     for &batch in &args.batch_size {
         let column = batch.map_or("one per event".to_owned(), |n| format!("batch {n}"));
         eprintln!("poller: {column}");
+        // Each mode's arrivals alone: its cap and its note of arrivals not recorded are its own.
+        *log.lock().unwrap() = Default::default();
         let (max, n) = (args.events.max(100_000).to_string(), batch.unwrap_or(0).to_string());
         let url = format!("http://{sim}/batch?ids={{event_ids}}");
         let flags = ["--max-events", &max, "--media-batch-url", &url, "--batch-size", &n];
