@@ -5,10 +5,9 @@
 use crate::push::{LoadArgs, PushArgs, Runs, Server, ShapeArgs, at_least_1s};
 use crate::{report::Report, stack::BinArgs};
 use anyhow::ensure;
-use serde::Serialize;
 use std::{net::SocketAddr, time::Duration};
 
-#[derive(Debug, clap::Args, Serialize)]
+#[derive(Debug, clap::Args)]
 pub struct Args {
     /// Edge address (loopback); repeated, every event has browsers on each.
     #[arg(long, required = true)]
@@ -24,11 +23,9 @@ pub struct Args {
     connections: u32,
     /// Measurement window after all connected.
     #[arg(long, default_value = "30s", value_parser = at_least_1s)]
-    #[serde(rename = "duration_s", serialize_with = "crate::report::secs")]
     duration: Duration,
     /// Wait from "every browser has its first event" to the connected RSS and the window.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-    #[serde(rename = "settle_s", serialize_with = "crate::report::secs")]
     settle: Duration,
     #[command(flatten)]
     load: LoadArgs,
@@ -57,5 +54,5 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     runs.measure(ShapeArgs { events, browsers, edges }, Ok(servers), column).await;
     let targets: Vec<String> = args.target.iter().map(ToString::to_string).collect();
     let title = format!("{} SSE connections to {}", args.connections, targets.join(", "));
-    runs.report("sse-load", &title, &args).await
+    runs.report("sse-load", &title).await
 }

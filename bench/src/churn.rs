@@ -4,7 +4,7 @@
 use crate::push::{EdgeUpstream, LoadArgs, at_least_1s, event_id};
 use crate::sse_load::{self, Counters, Load, Plan, unix_micros};
 use crate::stack::{self, BinArgs, metric, scrape};
-use crate::{httpc, poller::free_addr, procstat, report::Report, report::sorted};
+use crate::{httpc, procstat, report::Report, report::sorted};
 use anyhow::Context;
 use livepush::metrics::{EDGE_STREAMS_OPEN, POLLER_EVENTS_WATCHED};
 use serde::Serialize;
@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use tokio::time::{Instant, MissedTickBehavior, sleep};
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, clap::Args, serde::Serialize)]
+#[derive(Debug, clap::Args)]
 pub struct Args {
     /// Browsers that connect and reset, each on an event of its own.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -22,26 +22,21 @@ pub struct Args {
     batch: u32,
     /// How long a batch stays after its last browser has its first value.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    #[serde(rename = "hold_s", serialize_with = "crate::report::secs")]
     hold: Duration,
     /// Browsers of the stable event, connected throughout.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=5_000))]
     stable_browsers: u32,
     /// Time between two `/readyz` probes (each followed by a reading for the peaks).
     #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
-    #[serde(rename = "probe_every_s", serialize_with = "crate::report::secs")]
     probe_every: Duration,
     /// The poller's --interval (media-sim's --change-every too).
     #[arg(long, default_value = "2s", value_parser = at_least_1s)]
-    #[serde(rename = "interval_s", serialize_with = "crate::report::secs")]
     interval: Duration,
     /// The poller's --linger.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    #[serde(rename = "linger_s", serialize_with = "crate::report::secs")]
     linger: Duration,
     /// Wait before the before-sample, and after the drain before the after-sample.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    #[serde(rename = "settle_s", serialize_with = "crate::report::secs")]
     settle: Duration,
     #[command(flatten)]
     load: LoadArgs,
@@ -51,14 +46,12 @@ pub struct Args {
 
 /// Readings: before the churn, peak (highest at a probe; RSS: VmHWM), after the drain.
 #[derive(Default, Serialize)]
-struct Figures<'a> {
-    args: Option<&'a Args>,
+struct Figures {
     batches: u32,
     churn_s: f64,
     /// Browsers holding a value when reset; a batch all served after (median, slowest).
     with_value: u64,
-    batch_ready_p50_s: Option<f64>,
-    batch_ready_max_s: Option<f64>,
+    batch_ready_p50_max_s: [Option<f64>; 2],
     first_value_max_ms: Option<f64>,
     churn_errors: u64,
     churn_reconnects: u64,
@@ -87,8 +80,7 @@ struct Stable {
     reached_all: usize,
     missed: u64,
     longest_gap_s: f64,
-    latency_p50_ms: Option<f64>,
-    latency_p99_ms: Option<f64>,
+    latency_p50_p99_ms: Vec<Option<f64>>,
     counters: Counters,
 }
 
@@ -121,9 +113,9 @@ async fn take(edge: SocketAddr, pid: u32, poller: SocketAddr) -> anyhow::Result<
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     let media = stack::media_sim(&args.bins, args.interval, true).await?;
     let linger = ["--linger", &humantime::format_duration(args.linger).to_string()];
-    let poller = stack::poller_at(&args.bins, free_addr()?, media.addr, args.interval, &linger).await?;
+    let poller = stack::poller(&args.bins, stack::free_addr()?, media.addr, args.interval, &linger).await?;
     let edge = stack::edge(&args.bins, &[poller.addr]).await?;
-    let mut f = Figures { args: Some(&args), ..Figures::default() };
+    let mut f = Figures::default();
     (f.batches, f.expected_after_per_s) =
         (args.browsers.div_ceil(args.batch), 1.0 / args.interval.as_secs_f64());
     let read = || take(edge.addr, edge.pid(), poller.addr);
@@ -182,8 +174,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
     let ready = sorted(ready);
     f.churn_s = start.elapsed().as_secs_f64();
-    f.batch_ready_p50_s = ready.get(ready.len() / 2).map(Duration::as_secs_f64);
-    f.batch_ready_max_s = ready.last().map(Duration::as_secs_f64);
+    f.batch_ready_p50_max_s =
+        [ready.get(ready.len() / 2), ready.last()].map(|d| d.map(Duration::as_secs_f64));
     f.first_value_max_ms = first_value_max.map(|us| us as f64 / 1e3);
 
     // The drain to the stable event alone: the edge's grace (5 s x 1.5 at most), then the linger.
@@ -218,7 +210,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     s.updates = updates.len();
     s.reached_all = updates.iter().filter(|u| u.reached >= args.stable_browsers).count();
     (s.missed, s.longest_gap_s) = (gaps.with_gap, gaps.longest_ms as f64 / 1e3);
-    (s.latency_p50_ms, s.latency_p99_ms) = (sse_load::ms(&latency, 0.5), sse_load::ms(&latency, 0.99));
+    s.latency_p50_p99_ms = sse_load::ms(&latency, &[0.5, 0.99]);
     stable.stop(Duration::from_secs(5)).await;
 
     // Everyone has left: no stream may stay open.

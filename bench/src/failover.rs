@@ -3,10 +3,10 @@
 
 use crate::child::{self, Signal};
 use crate::push::{LoadArgs, ShapeArgs, at_least_1s, event_id};
-use crate::report::{Report, quantile_ms, sorted};
+use crate::report::{Report, quantile_ms, quantiles_ms, sorted};
 use crate::sse_load::{self, Counters, Load, Plan, Rec, Trace, unix_micros};
 use crate::stack::{self, BinArgs, Proc, metric, scrape};
-use crate::{poller::free_addr, procstat, wire::Id, wire::Kind};
+use crate::{procstat, wire::Id, wire::Kind};
 use anyhow::{Context, ensure};
 use livepush::metrics::*;
 use serde::Serialize;
@@ -20,7 +20,7 @@ const FEED_JUMP: u64 = 1_000_000;
 /// Longest wait for the restarted poller to get its streams back.
 const RETURN_LIMIT: Duration = Duration::from_secs(30);
 
-#[derive(Debug, clap::Args, serde::Serialize)]
+#[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     shape: ShapeArgs,
@@ -29,19 +29,15 @@ pub struct Args {
     pollers: u32,
     /// The pollers' --interval.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    #[serde(rename = "interval_s", serialize_with = "crate::report::secs")]
     interval: Duration,
     /// Wait between "every browser has its first event" and the first window.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    #[serde(rename = "settle_s", serialize_with = "crate::report::secs")]
     settle: Duration,
     /// Each window of counted polls (before the kill, after, after the return).
     #[arg(long, default_value = "10s", value_parser = at_least_1s)]
-    #[serde(rename = "window_s", serialize_with = "crate::report::secs")]
     window: Duration,
     /// Time browsers have after the kill to receive a value served after it.
     #[arg(long, default_value = "15s", value_parser = at_least_1s)]
-    #[serde(rename = "observe_s", serialize_with = "crate::report::secs")]
     observe: Duration,
     /// Do not restart the killed poller.
     #[arg(long)]
@@ -54,8 +50,7 @@ pub struct Args {
 
 /// Per-poller lists are in poller order (`None`: not running).
 #[derive(Default, Serialize)]
-struct Figures<'a> {
-    args: Option<&'a Args>,
+struct Figures {
     victim: String,
     /// The victim's events_watched before; events whose browsers saw a new feed's id.
     victim_events: u64,
@@ -88,13 +83,8 @@ struct Window {
 struct Group {
     browsers: usize,
     resumed: usize,
-    resume_min_ms: Option<f64>,
-    resume_p50_ms: Option<f64>,
-    resume_p90_ms: Option<f64>,
-    resume_p99_ms: Option<f64>,
-    resume_max_ms: Option<f64>,
-    gap_p50_ms: Option<f64>,
-    gap_max_ms: Option<f64>,
+    resume_min_p50_p90_p99_max_ms: Vec<Option<f64>>,
+    gap_p50_max_ms: Vec<Option<f64>>,
 }
 
 #[derive(Default, Serialize)]
@@ -106,11 +96,9 @@ struct Return {
     others_switched: usize,
     /// Restart to the returned poller's first value; the interim owner's last to it.
     switch_p50_ms: Option<f64>,
-    switch_gap_p50_ms: Option<f64>,
-    switch_gap_max_ms: Option<f64>,
+    switch_gap_p50_max_ms: Vec<Option<f64>>,
     /// Per browser, the longest wait for data after the restart.
-    gap_affected_max_ms: Option<f64>,
-    gap_others_max_ms: Option<f64>,
+    gap_max_affected_others_ms: [Option<f64>; 2],
     stale: usize,
     polls: Window,
 }
@@ -123,17 +111,17 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     // On an error the guards stop the processes. `--stamp`: every answer is new.
     let media = stack::media_sim(&args.bins, Duration::from_millis(250), true).await?;
     let linger = ["--linger", &humantime::format_duration(LINGER).to_string()];
-    let start_poller = |addr| stack::poller_at(&args.bins, addr, media.addr, args.interval, &linger);
+    let start_poller = |addr| stack::poller(&args.bins, addr, media.addr, args.interval, &linger);
     let (mut pollers, mut es) = (Vec::new(), Vec::new());
     for _ in 0..args.pollers {
-        pollers.push(Some(start_poller(free_addr()?).await?));
+        pollers.push(Some(start_poller(stack::free_addr()?).await?));
     }
     let addrs: Vec<SocketAddr> = pollers.iter().flatten().map(|p| p.addr).collect();
     for _ in 0..edges {
         es.push(Some(stack::edge(&args.bins, &addrs).await?));
     }
     let edge_addrs: Vec<SocketAddr> = es.iter().flatten().map(|e| e.addr).collect();
-    let mut f = Figures { args: Some(&args), ..Figures::default() };
+    let mut f = Figures::default();
 
     // Steady state: browser i watches event i mod events on edge (i div events) mod edges.
     let mut plan = Plan::default();
@@ -273,17 +261,11 @@ fn analyse(logs: &[(u32, Trace)], [k_us, observed_us, r_us, end_us]: [u64; 4], f
         let mine = || logs.iter().zip(&seen).filter(|((e, _), _)| moved.get(e) == Some(&affected));
         let resume = sorted(mine().filter_map(|(_, s)| s.map(|s| s.0)));
         let gap = sorted(mine().filter_map(|(_, s)| s.and_then(|s| s.1)));
-        let q = |q| quantile_ms(&resume, q);
         Group {
             browsers: mine().count(),
             resumed: resume.len(),
-            resume_min_ms: q(0.0),
-            resume_p50_ms: q(0.5),
-            resume_p90_ms: q(0.9),
-            resume_p99_ms: q(0.99),
-            resume_max_ms: q(1.0),
-            gap_p50_ms: quantile_ms(&gap, 0.5),
-            gap_max_ms: quantile_ms(&gap, 1.0),
+            resume_min_p50_p90_p99_max_ms: quantiles_ms(&resume, &[0.0, 0.5, 0.9, 0.99, 1.0]),
+            gap_p50_max_ms: quantiles_ms(&gap, &[0.5, 1.0]),
         }
     };
     (f.affected, f.unaffected) = (group(true), group(false));
@@ -307,8 +289,8 @@ fn analyse(logs: &[(u32, Trace)], [k_us, observed_us, r_us, end_us]: [u64; 4], f
     }
     let (switch, gaps) = (sorted(switches.iter().map(|s| s.0)), sorted(switches.iter().map(|s| s.1)));
     (ret.switched, ret.switch_p50_ms) = (switch.len(), quantile_ms(&switch, 0.5));
-    (ret.switch_gap_p50_ms, ret.switch_gap_max_ms) = (quantile_ms(&gaps, 0.5), quantile_ms(&gaps, 1.0));
-    [ret.gap_affected_max_ms, ret.gap_others_max_ms] = gap_max.map(|us| us.map(|us| us as f64 / 1000.0));
+    ret.switch_gap_p50_max_ms = quantiles_ms(&gaps, &[0.5, 1.0]);
+    ret.gap_max_affected_others_ms = gap_max.map(|us| us.map(|us| us as f64 / 1000.0));
 }
 
 #[cfg(test)]
@@ -333,7 +315,8 @@ mod tests {
         let mut f = Figures::default();
         analyse(&logs, [10_000_000, 20_000_000, 0, 0], &mut f);
         let (a, u) = (&f.affected, &f.unaffected);
-        assert_eq!((f.moved_events, a.resume_max_ms, a.gap_max_ms), (1, Some(50.0), Some(550.0)));
-        assert_eq!((u.browsers, u.resume_max_ms, u.gap_max_ms), (1, Some(700.0), Some(699.0)));
+        let max = |g: &Group| (g.resume_min_p50_p90_p99_max_ms[4], g.gap_p50_max_ms[1]);
+        assert_eq!((f.moved_events, max(a)), (1, (Some(50.0), Some(550.0))));
+        assert_eq!((u.browsers, max(u)), (1, (Some(700.0), Some(699.0))));
     }
 }

@@ -3,7 +3,7 @@
 //! a real poller and edge. The media service is served here and stamps each
 //! change's instant as `served_at_ms`, which the load generator measures from.
 
-use crate::report::{Report, cores, quantile_ms, sorted};
+use crate::report::{Report, cores, quantile_ms, quantiles_ms, sorted};
 use crate::sse_load::{self, micros, unix_micros};
 use crate::{httpc, poller, procstat, push::LoadArgs, stack};
 use anyhow::Context;
@@ -21,7 +21,7 @@ const EVENT: &str = "hinted-1";
 /// The poller's default `--min-hint-gap` between two hints' polls.
 const HINT_GAP: Duration = Duration::from_millis(250);
 
-#[derive(Debug, clap::Args, Serialize)]
+#[derive(Debug, clap::Args)]
 pub struct Args {
     /// SSE browsers, all on one event, on one edge.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=18_000))]
@@ -31,7 +31,6 @@ pub struct Args {
     changes: u32,
     /// The poller's --interval.
     #[arg(long, default_value = "5s", value_parser = crate::push::at_least_1s)]
-    #[serde(rename = "interval_s", serialize_with = "crate::report::secs")]
     interval: Duration,
     /// Variants, in order: `none` (regular polls only), `hint` (empty POST:
     /// poll now), `publish` (POST of the new document).
@@ -40,7 +39,6 @@ pub struct Args {
     /// Waits before a change (after the previous one reached every browser)
     /// are uniform in `[min-change-gap, interval)`.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-    #[serde(rename = "min_change_gap_s", serialize_with = "crate::report::secs")]
     min_change_gap: Duration,
     /// Seed of the random waits before changes [default: from the clock].
     #[arg(long)]
@@ -78,18 +76,14 @@ struct Run {
     column: String,
     changes: usize,
     reached_all: usize,
-    last_p50_ms: Option<f64>,
-    last_p99_ms: Option<f64>,
-    last_max_ms: Option<f64>,
+    last_p50_p99_max_ms: Vec<Option<f64>>,
     last_mean_ms: f64,
     first_p50_ms: Option<f64>,
     /// Changes less than 250 ms after the previous one was delivered, and the max over the others.
     within_hint_gap: usize,
     apart_max_ms: Option<f64>,
     deliveries: u64,
-    each_p50_ms: Option<f64>,
-    each_p99_ms: Option<f64>,
-    each_max_ms: Option<f64>,
+    each_p50_p99_max_ms: Vec<Option<f64>>,
     /// Deliveries beyond one per browser and change (filled in last, by the changes' stamps).
     repeats: u64,
     #[serde(skip)]
@@ -98,14 +92,11 @@ struct Run {
     polls: u64,
     posts_ok: usize,
     post_failures: u32,
-    post_p50_ms: Option<f64>,
-    post_max_ms: Option<f64>,
+    post_p50_max_ms: Vec<Option<f64>>,
     /// The browsers during the variant (`open` at its end).
     counters: sse_load::Counters,
     wall_s: f64,
-    poller_pct: f64,
-    edge_pct: f64,
-    others_pct: f64,
+    poller_edge_others_pct: [f64; 3],
 }
 
 /// SplitMix64: reproducible waits from `--seed`, uniform in `[low, high)`.
@@ -130,7 +121,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     writeln!(token_file, "{token}").context("writing the token file")?;
     let flags = ["--publish-token-file", &token_file.path().to_string_lossy()];
     let mut poller =
-        stack::poller_at(&args.bins, poller::free_addr()?, media_addr, args.interval, &flags).await?;
+        stack::poller(&args.bins, stack::free_addr()?, media_addr, args.interval, &flags).await?;
     let mut edge = stack::edge(&args.bins, &[poller.addr]).await?;
     let pids = [poller.pid(), edge.pid(), std::process::id()];
 
@@ -203,29 +194,23 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             column: column.to_owned(),
             changes: changes.len(),
             reached_all: changes.iter().filter(|c| c.0 >= args.browsers).count(),
-            last_p50_ms: quantile_ms(&last, 0.5),
-            last_p99_ms: quantile_ms(&last, 0.99),
-            last_max_ms: quantile_ms(&last, 1.0),
+            last_p50_p99_max_ms: quantiles_ms(&last, &[0.5, 0.99, 1.0]),
             last_mean_ms: last.iter().sum::<u64>() as f64 / last.len() as f64 / 1e3,
             first_p50_ms: quantile_ms(&sorted(changes.iter().map(|c| c.1)), 0.5),
             within_hint_gap: changes.iter().filter(|c| c.4 < HINT_GAP).count(),
             apart_max_ms: quantile_ms(&sorted(changes.iter().filter(|c| c.4 >= HINT_GAP).map(|c| c.2)), 1.0),
             deliveries: each.count,
-            each_p50_ms: sse_load::ms(&each, 0.5),
-            each_p99_ms: sse_load::ms(&each, 0.99),
-            each_max_ms: (each.count > 0).then(|| each.max as f64 / 1000.0),
+            // The histogram's 1.0 quantile is its exact maximum.
+            each_p50_p99_max_ms: sse_load::ms(&each, &[0.5, 0.99, 1.0]),
             repeats: 0,
             stamps,
             polls: media.1.load(Relaxed) - polls0,
             posts_ok: posts.len(),
             post_failures: failures,
-            post_p50_ms: quantile_ms(&posts, 0.5),
-            post_max_ms: quantile_ms(&posts, 1.0),
+            post_p50_max_ms: quantiles_ms(&posts, &[0.5, 1.0]),
             counters: stats.counters().since(&counters0),
             wall_s: wall,
-            poller_pct: pct(cpu.of(0)),
-            edge_pct: pct(cpu.of(1)),
-            others_pct: pct(cpu.others()),
+            poller_edge_others_pct: [cpu.of(0), cpu.of(1), cpu.others()].map(pct),
         });
         poller.child.ensure_running()?;
         edge.child.ensure_running()?;
@@ -240,7 +225,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         run.repeats = updates.map(|u| u64::from(u.reached.saturating_sub(args.browsers))).sum();
     }
     load.stop(Duration::from_secs(5)).await;
-    let params = serde_json::json!({"args": args, "seed": seed, "cores": cores(), "poller_cmd": poller.cmd,
+    let params = serde_json::json!({"seed": seed, "cores": cores(), "poller_cmd": poller.cmd,
         "edge_cmd": edge.cmd});
     edge.stop().await?;
     poller.stop().await?;

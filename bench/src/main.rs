@@ -20,10 +20,10 @@ mod stack;
 mod wire;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Subcommand};
 use std::path::PathBuf;
 
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(name = "livepush-bench", version, about = "Benchmarks of livepush (loopback only).")]
 struct Cli {
     /// Also write the figures as JSON to this file.
@@ -65,7 +65,8 @@ enum Scenario {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let scenario = async {
         match cli.scenario {
             Scenario::Poller(args) => poller::run(args).await,
@@ -80,10 +81,13 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     // Ctrl-C drops the scenario, whose guards stop the child processes.
-    let report = tokio::select! {
+    let mut report = tokio::select! {
         report = scenario => report?,
         _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
     };
+    // The scenario's flags, as given or defaulted, head the figures.
+    let (name, flags) = matches.subcommand().context("no scenario")?;
+    report.flags(Cli::command().find_subcommand(name).context("no scenario")?, flags);
     report.print(&mut std::io::stdout().lock()).context("printing the report")?;
     if let Some(path) = &cli.json {
         report.write_json(path)?;

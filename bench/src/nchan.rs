@@ -11,7 +11,7 @@ use crate::{
 use anyhow::{Context, ensure};
 use media_sim::Sim;
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
     sync::{Arc, OnceLock, atomic::AtomicU64, atomic::Ordering::Relaxed},
@@ -20,7 +20,7 @@ use std::{
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
-#[derive(Debug, clap::Args, serde::Serialize)]
+#[derive(Debug, clap::Args)]
 pub struct Args {
     /// SSE connections; a list (1000,5000,15000) runs each size on a fresh server.
     #[arg(long, value_delimiter = ',', default_value = "1000", value_parser = clap::value_parser!(u32).range(1..=18_000))]
@@ -30,7 +30,6 @@ pub struct Args {
     with_livepush: bool,
     /// Publish one update to the channel this often.
     #[arg(long, default_value = "1s", value_parser = at_least_1s)]
-    #[serde(rename = "publish_every_s", serialize_with = "crate::report::secs")]
     publish_every: Duration,
     /// `nchan_message_buffer_length`: a new subscriber first gets the oldest kept.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -45,7 +44,6 @@ pub struct Args {
     #[arg(long, default_value = "/usr/lib/nginx/modules/ngx_nchan_module.so", value_name = "PATH")]
     nchan_module: PathBuf,
     #[command(flatten)]
-    #[serde(flatten)]
     push: PushArgs,
 }
 
@@ -67,7 +65,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
     let both = if args.with_livepush { "livepush (one edge) and " } else { "" };
     let title = format!("one channel, N SSE connections, {both}nchan (one nginx)");
-    let mut report = runs.report("nchan", &title, &args).await?;
+    let mut report = runs.report("nchan", &title).await?;
     let first = published.first_error.get().map_or(String::new(), |e| format!(" (first: {e})"));
     let (ok, n) = (published.ok.load(Relaxed), published.failed.load(Relaxed));
     report.note(format!("nchan publisher: {ok} ticks published (besides the first), {n} failed{first}"));
@@ -97,7 +95,7 @@ async fn start(args: &Args, published: &Arc<Published>) -> anyhow::Result<Server
     // Its configuration, logs and temp files, removed with the server.
     let dir = tempfile::Builder::new().prefix("livepush-bench-nchan-").tempdir()?;
     let d = dir.path().display().to_string();
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?));
+    let addr = stack::free_addr()?;
     let conf = config(&d, args, addr, rustix::process::geteuid().is_root());
     std::fs::write(dir.path().join("nginx.conf"), conf).context("writing nginx.conf")?;
     // Pinned like the edge, with --edge-cpus.

@@ -21,22 +21,19 @@ const SLOT: Duration = Duration::from_millis(100);
 /// Arrivals kept (16 bytes each); beyond, they are counted and the report says so.
 const MAX_ARRIVALS: usize = 2_000_000;
 
-#[derive(Debug, clap::Args, Serialize)]
+#[derive(Debug, clap::Args)]
 pub struct Args {
     /// Events watched, one gRPC stream each (ids ev-000000, ev-000001, ...).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=200_000))]
     events: u32,
     /// The poller's --interval.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    #[serde(rename = "interval_s", serialize_with = "crate::report::secs")]
     interval: Duration,
     /// Length of the measurement window, after warm-up.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    #[serde(rename = "duration_s", serialize_with = "crate::report::secs")]
     duration: Duration,
     /// How often media-sim's data changes (a poll after a change gets a 200, else a 304).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    #[serde(rename = "change_every_s", serialize_with = "crate::report::secs")]
     change_every: Duration,
     /// Subscribe calls awaiting their answer at once, per connection (see
     /// BENCHMARKS.md on ENHANCE_YOUR_CALM).
@@ -69,20 +66,15 @@ struct Run {
     expected_per_s: f64,
     ratio: f64,
     ids_per_request: f64,
-    status_200: u64,
-    status_304: u64,
-    status_other: u64,
+    status_200_304_other: [u64; 3],
     polls_per_event_per_interval: f64,
-    event_polls_min: u32,
-    event_polls_max: u32,
+    event_polls_min_max: [u32; 2],
     events_unpolled: usize,
     /// Requests per tenth of the interval over its whole intervals (10 % each if even).
-    phase_share_min_pct: Option<f64>,
-    phase_share_max_pct: Option<f64>,
+    phase_share_min_max_pct: [Option<f64>; 2],
     /// Requests per whole 100 ms slot, and the busiest over the mean.
     slot_mean: f64,
-    slot_min: u64,
-    slot_max: u64,
+    slot_min_max: [u64; 2],
     slot_max_over_mean: f64,
     updates: u64,
     updates_per_s: f64,
@@ -90,10 +82,7 @@ struct Run {
     poller_cpu_pct: f64,
     poller_cpu_us_per_poll: f64,
     poller_cpu_us_per_request: f64,
-    poller_rss_idle_mib: f64,
-    poller_rss_warm_mib: f64,
-    poller_rss_end_mib: f64,
-    poller_rss_peak_mib: f64,
+    poller_rss_idle_warm_end_peak_mib: [f64; 4],
     poller_rss_per_event_kib: f64,
     /// This process (media-sim and the subscribers), and other programs on the host.
     harness_cpu_pct: f64,
@@ -146,7 +135,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let flags = ["--max-events", &max, "--media-batch-url", &url, "--batch-size", &n];
         // Batching adds its two flags to --max-events.
         let extra = if batch.is_some() { &flags[..] } else { &flags[..2] };
-        let mut poller = stack::poller_at(&args.bins, free_addr()?, sim, args.interval, extra).await?;
+        let mut poller = stack::poller(&args.bins, stack::free_addr()?, sim, args.interval, extra).await?;
         let (pid, addr) = (poller.pid(), poller.addr);
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(2))
@@ -255,18 +244,14 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             expected_per_s,
             ratio: requests / secs / expected_per_s,
             ids_per_request: ids / requests.max(1.0),
-            status_200: status[0],
-            status_304: status[1],
-            status_other: status[2],
+            status_200_304_other: status,
             polls_per_event_per_interval: ids / f64::from(args.events) / (secs / args.interval.as_secs_f64()),
-            event_polls_min: per_event.iter().copied().min().unwrap_or(0),
-            event_polls_max: per_event.iter().copied().max().unwrap_or(0),
+            event_polls_min_max: [per_event.iter().min(), per_event.iter().max()]
+                .map(|c| c.map_or(0, |c| *c)),
             events_unpolled: per_event.iter().filter(|&&c| c == 0).count(),
-            phase_share_min_pct: share(tenths.iter().min()),
-            phase_share_max_pct: share(tenths.iter().max()),
+            phase_share_min_max_pct: [share(tenths.iter().min()), share(tenths.iter().max())],
             slot_mean,
-            slot_min: slots.iter().copied().min().unwrap_or(0),
-            slot_max,
+            slot_min_max: [slots.iter().copied().min().unwrap_or(0), slot_max],
             slot_max_over_mean: slot_max as f64 / slot_mean.max(f64::MIN_POSITIVE),
             updates,
             updates_per_s: updates as f64 / wall,
@@ -274,10 +259,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             poller_cpu_pct: 100.0 * cpu.of(0) / wall,
             poller_cpu_us_per_poll: 1e6 * cpu.of(0) / ids.max(1.0),
             poller_cpu_us_per_request: 1e6 * cpu.of(0) / requests.max(1.0),
-            poller_rss_idle_mib: mib(idle.rss_bytes),
-            poller_rss_warm_mib: mib(warm.rss_bytes),
-            poller_rss_end_mib: mib(end.rss_bytes),
-            poller_rss_peak_mib: mib(end.peak_rss_bytes),
+            poller_rss_idle_warm_end_peak_mib: [
+                idle.rss_bytes,
+                warm.rss_bytes,
+                end.rss_bytes,
+                end.peak_rss_bytes,
+            ]
+            .map(mib),
             poller_rss_per_event_kib: rss_growth_kib / f64::from(args.events),
             harness_cpu_pct: 100.0 * cpu.of(1) / wall,
             harness_rss_end_mib: mib(me_end.rss_bytes),
@@ -290,16 +278,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         format!("livepush-bench poller: {events} events, interval {every}, measured {window}, {names}");
     // Ports vary: the first mode's command, and the flags batching adds.
     let batch_flags = cmds.iter().find_map(|c| c.find(" --media-batch-url").map(|i| c[i + 1..].to_owned()));
-    let params = serde_json::json!({"args": args, "streams_per_channel": STREAMS_PER_CHANNEL,
+    let params = serde_json::json!({"streams_per_channel": STREAMS_PER_CHANNEL,
         "cores": cores(), "poller_cmd": cmds[0], "batch_flags": batch_flags});
     let mut report = Report::new("poller", title, &serde_json::json!({"params": params, "runs": runs}))?;
     notes.into_iter().for_each(|n| _ = report.note(n));
     Ok(report)
-}
-
-/// A free loopback address: where a poller with flags of its own listens.
-pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, stack::free_port()?)))
 }
 
 /// Serves `app` on a free loopback port until the returned set is dropped.

@@ -20,7 +20,7 @@ const MAX_RELAYS: usize = 10_064;
 /// Largest answer a polling viewer reads (media-sim's are under 1 KiB).
 const MAX_ANSWER: usize = 1 << 20;
 
-#[derive(Debug, clap::Args, Serialize)]
+#[derive(Debug, clap::Args)]
 pub struct Args {
     /// Viewers, in both setups.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=5_000))]
@@ -30,15 +30,12 @@ pub struct Args {
     events: u32,
     /// How often each polling viewer asks, and the poller's --interval.
     #[arg(long, default_value = "5s", value_parser = at_least_1s)]
-    #[serde(rename = "interval_s", serialize_with = "crate::report::secs")]
     interval: Duration,
     /// media-sim's --change-every.
     #[arg(long, default_value = "5s", value_parser = at_least_1s)]
-    #[serde(rename = "change_every_s", serialize_with = "crate::report::secs")]
     change_every: Duration,
     /// Measurement window of each setup.
     #[arg(long, default_value = "60s", value_parser = at_least_1s)]
-    #[serde(rename = "duration_s", serialize_with = "crate::report::secs")]
     duration: Duration,
     #[command(flatten)]
     load: LoadArgs,
@@ -62,13 +59,10 @@ struct Run {
     /// Polling only: response bytes the viewers read (a cross-check of the
     /// relay's) and their answers.
     client_bytes_per_s: Option<f64>,
-    status_200: Option<u64>,
-    status_304: Option<u64>,
-    status_other: Option<u64>,
+    status_200_304_other: Option<[u64; 3]>,
     /// media-sim; what livepush runs instead; other programs on the host.
     media_cpu_pct: f64,
-    poller_cpu_pct: Option<f64>,
-    edge_cpu_pct: Option<f64>,
+    poller_edge_cpu_pct: Option<[f64; 2]>,
     others_cpu_pct: f64,
     values: u64,
     errors: u64,
@@ -104,7 +98,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     viewers.shutdown().await;
 
     eprintln!("livepush: {} viewers through one edge", args.viewers);
-    let poller = stack::poller(&args.bins, relay, args.interval).await?;
+    let poller = stack::poller(&args.bins, stack::free_addr()?, relay, args.interval, &[]).await?;
     let edge = stack::edge(&args.bins, &[poller.addr]).await?;
     let mut plan = sse_load::Plan::default();
     for i in 0..args.viewers {
@@ -135,7 +129,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let requests_ratio = ratio(polling.requests_per_s, livepush.requests_per_s);
     let bytes = |r: &Run| r.bytes_in_per_s + r.bytes_out_per_s;
     let bytes_ratio = ratio(bytes(&polling), bytes(&livepush));
-    let figures = json!({"args": args, "media_cmd": media.cmd, "poller_cmd": poller.cmd, "edge_cmd": edge.cmd,
+    let figures = json!({"media_cmd": media.cmd, "poller_cmd": poller.cmd, "edge_cmd": edge.cmd,
         "runs": [polling, livepush], "requests_ratio": requests_ratio, "bytes_ratio": bytes_ratio});
     for p in [edge, poller, media] {
         p.stop().await?;
@@ -172,12 +166,9 @@ async fn window(
         bytes_out_per_s: per_s(bytes_out),
         bytes_per_request: (bytes_in + bytes_out) as f64 / requests.max(1) as f64,
         client_bytes_per_s: polling.then(|| per_s(read)),
-        status_200: polling.then_some(values),
-        status_304: polling.then_some(s304),
-        status_other: polling.then_some(other),
+        status_200_304_other: polling.then_some([values, s304, other]),
         media_cpu_pct: pct(0),
-        poller_cpu_pct: livepush.then(|| pct(1)),
-        edge_cpu_pct: livepush.then(|| pct(2)),
+        poller_edge_cpu_pct: livepush.then(|| [pct(1), pct(2)]),
         others_cpu_pct: 100.0 * cpu.others() / secs,
         values,
         errors,

@@ -3,7 +3,6 @@
 
 use crate::{
     child,
-    histogram::Snapshot,
     procstat::{self, Cpu},
     report::{self, Report},
     sse_load::{self, Load, Plan, Update},
@@ -17,7 +16,7 @@ use tokio::time::{Instant, sleep};
 use tokio_util::task::AbortOnDropHandle;
 
 /// How the browsers are generated; shared with other scenarios.
-#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
     /// New SSE connections per second (first connections and reconnects).
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
@@ -49,7 +48,7 @@ impl LoadArgs {
 }
 
 /// Events x browsers over edges (`breadth`, `failover`; `fanout` is 1 x N over 1).
-#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ShapeArgs {
     /// Events watched (ids ev-000000, ev-000001, ...).
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -62,23 +61,19 @@ pub struct ShapeArgs {
     pub edges: u32,
 }
 
-#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct PushArgs {
     /// Length of the measurement window.
     #[arg(long, default_value = "30s", value_parser = at_least_1s)]
-    #[serde(rename = "duration_s", serialize_with = "report::secs")]
     pub duration: Duration,
     /// Wait from "every browser has its first event" to the connected RSS and the window.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    #[serde(rename = "settle_s", serialize_with = "report::secs")]
     pub settle: Duration,
     /// The poller's --interval.
     #[arg(long, default_value = "1s", value_parser = at_least_1s)]
-    #[serde(rename = "interval_s", serialize_with = "report::secs")]
     pub interval: Duration,
     /// media-sim's --change-every (it runs with --stamp: every answer is new).
     #[arg(long, default_value = "1s", value_parser = at_least_1s)]
-    #[serde(rename = "change_every_s", serialize_with = "report::secs")]
     pub change_every: Duration,
     #[command(flatten)]
     pub load: LoadArgs,
@@ -249,7 +244,10 @@ impl<'a> Runs<'a> {
         let mut up = None;
         if livepush {
             let media = stack::media_sim(&args.bins, args.change_every, true).await?;
-            up = Some((stack::poller(&args.bins, media.addr, args.interval).await?, media));
+            up = Some((
+                stack::poller(&args.bins, stack::free_addr()?, media.addr, args.interval, &[]).await?,
+                media,
+            ));
         }
         Ok(Self { args, up, done: Vec::new(), failed: Vec::new() })
     }
@@ -354,10 +352,9 @@ impl<'a> Runs<'a> {
         let totals = stats.counters();
         o.errors_reconnects_stale = vec![totals.errors, totals.reconnects, totals.stale];
         o.error_kinds = stats.error_kinds().into_iter().collect();
-        let ms = |h: &Snapshot, q: &[f64]| q.iter().map(|&q| sse_load::ms(h, q)).collect::<Vec<_>>();
-        o.connect_p50_p99_max_ms = ms(&stats.connect.snapshot(), &[0.5, 0.99, 1.0]);
-        o.first_event_p50_p99_ms = ms(&stats.first_event.snapshot(), &[0.5, 0.99]);
-        o.latency_p50_p90_p99_max_ms = ms(&latency, &[0.5, 0.9, 0.99, 1.0]);
+        o.connect_p50_p99_max_ms = sse_load::ms(&stats.connect.snapshot(), &[0.5, 0.99, 1.0]);
+        o.first_event_p50_p99_ms = sse_load::ms(&stats.first_event.snapshot(), &[0.5, 0.99]);
+        o.latency_p50_p90_p99_max_ms = sse_load::ms(&latency, &[0.5, 0.9, 0.99, 1.0]);
         o.latency_mean_ms = latency.mean().map(|us| us / 1000.0);
         (o.messages, o.messages_per_s) = (window.messages, window.messages as f64 / secs);
         o.kib_per_s = window.bytes as f64 / 1024.0 / secs;
@@ -403,13 +400,13 @@ impl<'a> Runs<'a> {
     }
 
     /// Stops media-sim and the poller; the report: the flags, the host's cores, a column per run.
-    pub async fn report(&mut self, name: &str, title: &str, args: &impl Serialize) -> anyhow::Result<Report> {
+    pub async fn report(&mut self, name: &str, title: &str) -> anyhow::Result<Report> {
         if let Some((poller, media)) = self.up.take() {
             poller.stop().await?;
             media.stop().await?;
         }
         anyhow::ensure!(!self.done.is_empty(), "no run succeeded: {}", self.failed.join("; "));
-        let figures = serde_json::json!({ "args": args, "cores": report::cores(), "runs": self.done });
+        let figures = serde_json::json!({ "cores": report::cores(), "runs": self.done });
         let mut report = Report::new(name, format!("livepush-bench {name}: {title}"), &figures)?;
         let note = "latency = browser read time - served_at_ms (stamped by media-sim serving it, or by the \
             harness just before its POST to nchan; ms precision: up to 1 ms too high); each connection's \
@@ -420,7 +417,7 @@ impl<'a> Runs<'a> {
     }
 }
 
-#[derive(Debug, clap::Args, serde::Serialize)]
+#[derive(Debug, clap::Args)]
 pub struct FanoutArgs {
     /// SSE connections; a list (1000,5000,15000) runs each size on a fresh edge.
     #[arg(long, value_delimiter = ',', default_value = "1000", value_parser = clap::value_parser!(u32).range(1..=18_000))]
@@ -429,17 +426,14 @@ pub struct FanoutArgs {
     #[arg(long, value_name = "PATH")]
     plot: Option<PathBuf>,
     #[command(flatten)]
-    #[serde(flatten)]
     push: PushArgs,
 }
 
-#[derive(Debug, clap::Args, serde::Serialize)]
+#[derive(Debug, clap::Args)]
 pub struct BreadthArgs {
     #[command(flatten)]
-    #[serde(flatten)]
     shape: ShapeArgs,
     #[command(flatten)]
-    #[serde(flatten)]
     push: PushArgs,
 }
 
@@ -449,7 +443,7 @@ pub async fn fanout(args: FanoutArgs) -> anyhow::Result<Report> {
     for &n in &args.connections {
         runs.measure(ShapeArgs { events: 1, browsers: n, edges: 1 }, Ok(Vec::new()), n.to_string()).await;
     }
-    let mut report = runs.report("fanout", "one event, one edge, N SSE connections", &args).await?;
+    let mut report = runs.report("fanout", "one event, one edge, N SSE connections").await?;
     if let Some(path) = &args.plot {
         stack::ensure_parent(path)?;
         plot(path, &runs.done).map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
@@ -466,7 +460,7 @@ pub async fn breadth(args: BreadthArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(n <= 18_000, "{n} connections: the load generator holds one file each, at most 18,000");
     let mut runs = Runs::new(&args.push, true).await?;
     runs.measure(args.shape.clone(), Ok(Vec::new()), format!("{events}x{browsers}")).await;
-    runs.report("breadth", &format!("{events} events x {browsers} browsers over {edges} edges"), &args).await
+    runs.report("breadth", &format!("{events} events x {browsers} browsers over {edges} edges")).await
 }
 
 /// Latency and RSS per connection against connections, each with its

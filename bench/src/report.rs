@@ -23,10 +23,25 @@ impl Report {
         let mut figures = serde_json::to_value(figures).context("encoding the figures")?;
         round(&mut figures);
         let Json::Object(fields) = figures else { anyhow::bail!("figures are not an object: {figures}") };
-        let mut doc = Map::from_iter([("scenario".into(), scenario.into()), ("title".into(), title.into())]);
+        // `args` (see [`Report::flags`]) comes right after the title.
+        let head = [("scenario", scenario.into()), ("title", title.into()), ("args", Json::Null)];
+        let mut doc: Map<String, Json> = head.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         doc.extend(fields);
         doc.insert("notes".into(), Json::Array(Vec::new()));
         Ok(Self { doc })
+    }
+
+    /// Records the scenario's flags, as given or defaulted, in `args`: the command
+    /// that reproduces the figures (a list flag's values joined by commas), in the
+    /// order `command` declares them.
+    pub fn flags(&mut self, command: &clap::Command, flags: &clap::ArgMatches) {
+        let mut args = Map::new();
+        for id in command.get_arguments().map(|a| a.get_id().as_str()) {
+            let Ok(Some(values)) = flags.try_get_raw(id) else { continue };
+            let values: Vec<_> = values.map(|v| v.to_string_lossy()).collect();
+            args.insert(id.to_owned(), values.join(",").into());
+        }
+        self.doc.insert("args".into(), Json::Object(args));
     }
 
     /// A line printed under the table (and kept in the JSON), for what a
@@ -139,15 +154,16 @@ pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1_048_576.0
 }
 
-/// Serializes a duration as seconds (with `serialize_with`).
-pub fn secs<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
-}
-
 /// Nearest-rank quantile `q` of `sorted` µs, in ms (`None` if empty).
 pub fn quantile_ms(sorted: &[u64], q: f64) -> Option<f64> {
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
     sorted.get(rank - 1).map(|&us| us as f64 / 1000.0)
+}
+
+/// Nearest-rank quantiles `qs` of `sorted` µs, in ms: one list-valued figure,
+/// named for its quantiles (`..._p50_p99_max_ms`).
+pub fn quantiles_ms(sorted: &[u64], qs: &[f64]) -> Vec<Option<f64>> {
+    qs.iter().map(|&q| quantile_ms(sorted, q)).collect()
 }
 
 /// `xs` sorted.
@@ -173,6 +189,20 @@ mod tests {
             (quantile_ms(&xs, 0.5), quantile_ms(&xs, 0.99), quantile_ms(&[], 0.5)),
             (Some(3.0), Some(5.0), None)
         );
+    }
+
+    #[test]
+    fn flags_record_given_and_default_values() {
+        let cli = clap::Command::new("bench")
+            .arg(clap::Arg::new("interval").long("interval").default_value("5s"))
+            .arg(clap::Arg::new("sizes").long("sizes").value_delimiter(','))
+            .arg(clap::Arg::new("seed").long("seed"));
+        let matches = cli.clone().get_matches_from(["bench", "--sizes", "1000,5000"]);
+        let mut r = Report::new("demo", "demo run".into(), &json!({"x": 1})).unwrap();
+        r.flags(&cli, &matches);
+        let keys: Vec<&String> = r.doc.keys().collect();
+        assert_eq!(keys, ["scenario", "title", "args", "x", "notes"]);
+        assert_eq!(r.doc["args"], json!({"interval": "5s", "sizes": "1000,5000"}));
     }
 
     #[test]

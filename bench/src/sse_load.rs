@@ -436,9 +436,9 @@ pub fn unix_micros() -> u64 {
     micros(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
 }
 
-/// A percentile of a histogram of µs, in ms.
-pub fn ms(s: &Snapshot, q: f64) -> Option<f64> {
-    s.quantile(q).map(|us| us as f64 / 1000.0)
+/// Quantiles `qs` of a histogram of µs, in ms (named as [`crate::report::quantiles_ms`]'s).
+pub fn ms(s: &Snapshot, qs: &[f64]) -> Vec<Option<f64>> {
+    qs.iter().map(|&q| s.quantile(q).map(|us| us as f64 / 1000.0)).collect()
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ const STARTUP_LIMIT: Duration = Duration::from_secs(20);
 const SHUTDOWN_TIMEOUT: &str = "2s";
 
 /// Where the release binaries are.
-#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct BinArgs {
     /// Directory of the `media-sim`, `poller` and `edge` binaries
     /// [default: <workspace>/target/release].
@@ -101,10 +101,6 @@ fn flags(pairs: &[(&str, String)]) -> Vec<String> {
     pairs.iter().flat_map(|(k, v)| [format!("--{k}"), v.clone()]).collect()
 }
 
-fn loopback() -> anyhow::Result<SocketAddr> {
-    Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)))
-}
-
 /// Whether `GET http://addr/path` answers 200 within a second.
 pub async fn http_ok(addr: SocketAddr, path: &str) -> bool {
     matches!(httpc::get(addr, path, Duration::from_secs(1)).await, Ok((200, _)))
@@ -112,20 +108,15 @@ pub async fn http_ok(addr: SocketAddr, path: &str) -> bool {
 
 /// media-sim on a free port, answering `/stats`.
 pub async fn media_sim(bins: &BinArgs, change_every: Duration, stamp: bool) -> anyhow::Result<Proc> {
-    let addr = loopback()?;
+    let addr = free_addr()?;
     let mut args = flags(&[("change-every", humantime::format_duration(change_every).to_string())]);
     args.extend(stamp.then(|| "--stamp".to_owned()));
     start(bins, "media-sim", addr, args, None, || http_ok(addr, "/stats")).await
 }
 
-/// The poller on a free port, polling media-sim at `media` every `interval`.
-pub async fn poller(bins: &BinArgs, media: SocketAddr, interval: Duration) -> anyhow::Result<Proc> {
-    poller_at(bins, loopback()?, media, interval, &[]).await
-}
-
-/// The poller on `addr` (to restart one where edges expect it), with
-/// `extra` flags.
-pub async fn poller_at(
+/// The poller on `addr` (a [`free_addr`], or where edges expect one restarted),
+/// polling media-sim at `media` every `interval`, with `extra` flags.
+pub async fn poller(
     bins: &BinArgs,
     addr: SocketAddr,
     media: SocketAddr,
@@ -144,7 +135,7 @@ pub async fn poller_at(
 
 /// An edge on a free port using every poller in `pollers`, ready (`/readyz` 200).
 pub async fn edge(bins: &BinArgs, pollers: &[SocketAddr]) -> anyhow::Result<Proc> {
-    let addr = loopback()?;
+    let addr = free_addr()?;
     let pollers: Vec<String> = pollers.iter().map(|p| format!("http://{p}")).collect();
     let args = flags(&[("poller", pollers.join(",")), ("shutdown-timeout", SHUTDOWN_TIMEOUT.to_owned())]);
     start(bins, "edge", addr, args, bins.edge_cpus.as_deref(), || http_ok(addr, "/readyz")).await
@@ -192,10 +183,10 @@ pub fn metric(text: &str, name: &str) -> Option<u64> {
     values.reduce(|a, b| a + b).map(|v| v.round() as u64)
 }
 
-/// A port free on loopback now (bound and released; a child binds it soon after).
-pub fn free_port() -> anyhow::Result<u16> {
+/// An address free on loopback now (bound and released; a child binds it soon after).
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
     let probe = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
-    Ok(probe.local_addr()?.port())
+    Ok(probe.local_addr()?)
 }
 
 /// Arguments joined for display, quoted where a shell would need it.
