@@ -17,8 +17,8 @@ pub struct Report {
 type Rows = Vec<(String, String)>;
 
 impl Report {
-    /// `figures` must serialize to an object; its fields follow `scenario`
-    /// and `title` in the JSON.
+    /// `figures` must serialize to an object; its fields follow `scenario`,
+    /// `title` and `args` (filled by [`Report::flags`]) in the JSON.
     pub fn new(scenario: &str, title: String, figures: &impl Serialize) -> anyhow::Result<Self> {
         let mut figures = serde_json::to_value(figures).context("encoding the figures")?;
         round(&mut figures);
